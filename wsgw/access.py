@@ -1,0 +1,115 @@
+"""A session's access: who the user is and which workspaces (and roots) they can see."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from typing import Iterable
+
+import attrs
+
+
+class AccessError(Exception):
+    """The user's access could not be established (bad claims, resolver backend down)."""
+
+
+def default_root_key(uuid: str, path: str) -> str:
+    """Cells' default key of a root in a multi-root workspace: md5(uuid)[0:8] + '-' + basename."""
+    return hashlib.md5(uuid.encode("utf-8")).hexdigest()[:8] + "-" + posixpath.basename(path.rstrip("/"))
+
+
+@attrs.frozen
+class Root:
+    """One root of a workspace: ``path`` is the full internal path events carry."""
+
+    uuid: str
+    path: str
+    key: str
+
+
+@attrs.frozen
+class Workspace:
+    """A workspace as one user sees it; a frozen value, so equal views share shaped frames."""
+
+    uuid: str
+    slug: str
+    roots: tuple[Root, ...]
+
+
+@attrs.frozen
+class Access:
+    """What a subscribed session holds about its user."""
+
+    login: str
+    sub: str
+    profile: str
+    roles: frozenset[str]
+    workspaces: tuple[Workspace, ...]
+    exp: int | None = None
+
+    @property
+    def subjects(self) -> frozenset[str]:
+        """Policy subjects: ``user:<login>``, ``profile:<profile>``, ``role:<id>`` and ``*``."""
+        return frozenset(
+            [f"user:{self.login}", f"profile:{self.profile}", "*"] + [f"role:{r}" for r in self.roles]
+        )
+
+    @property
+    def is_admin(self) -> bool:
+        return self.profile == "admin"
+
+
+def parse_roles(value: object) -> frozenset[str]:
+    """Roles as a comma separated string or a list of role ids."""
+    if value is None or value == "":
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(r.strip() for r in value.split(",") if r.strip())
+    if isinstance(value, list) and all(isinstance(r, str) for r in value):
+        return frozenset(value)
+    raise AccessError("roles must be a string or a list of strings")
+
+
+def parse_workspaces(value: object) -> tuple[Workspace, ...]:
+    """Workspaces from their JSON form ``[{"uuid","slug","roots":[{"uuid","path","key"?}]}]``."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise AccessError("workspaces must be a list")
+    out: list[Workspace] = []
+    for ws in value:
+        if not isinstance(ws, dict):
+            raise AccessError("a workspace must be an object")
+        uuid, slug, roots = ws.get("uuid"), ws.get("slug"), ws.get("roots")
+        if not isinstance(uuid, str) or not uuid or not isinstance(slug, str) or not slug:
+            raise AccessError("a workspace needs a uuid and a slug")
+        if not isinstance(roots, list):
+            raise AccessError(f"workspace {slug}: roots must be a list")
+        out.append(Workspace(uuid, slug, tuple(_parse_root(slug, r) for r in roots)))
+    return tuple(out)
+
+
+def _parse_root(slug: str, root: object) -> Root:
+    if not isinstance(root, dict):
+        raise AccessError(f"workspace {slug}: a root must be an object")
+    uuid, path, key = root.get("uuid", ""), root.get("path"), root.get("key")
+    if not isinstance(uuid, str) or not isinstance(path, str) or not path.strip("/"):
+        raise AccessError(f"workspace {slug}: a root needs a path")
+    path = path.strip("/")
+    if key is None:
+        key = default_root_key(uuid, path)
+    if not isinstance(key, str):
+        raise AccessError(f"workspace {slug}: a root key must be a string")
+    return Root(uuid, path, key)
+
+
+def access_from_document(login: str, sub: str, doc: dict, exp: int | None) -> Access:
+    """Build an Access from ``{"profile","roles","workspaces"}`` (claims or the http resolver's answer)."""
+    profile = doc.get("profile") or "standard"
+    if not isinstance(profile, str):
+        raise AccessError("profile must be a string")
+    return Access(login, sub, profile, parse_roles(doc.get("roles")), parse_workspaces(doc.get("workspaces")), exp)
+
+
+def all_root_paths(workspaces: Iterable[Workspace]) -> set[str]:
+    return {r.path for ws in workspaces for r in ws.roots}
