@@ -1,0 +1,89 @@
+"""Config loading: defaults, overrides, and refusals that name the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from wsgw.config import DEFAULT_TOPICS, ConfigError, config_from_file, config_from_string
+
+SECRET = {"WSGW_HMAC_SECRET": "s3cret"}
+
+
+def test_defaults_follow_the_spec() -> None:
+    """With an empty file the daemon listens on tcp6:5050 with the spec's default limits and topic channels."""
+    config = config_from_string("", environ=SECRET)
+    assert config.listen == ("tcp6:5050",)
+    assert config.redis == ""
+    assert (config.max_frame_ws, config.max_frame_chat) == (2048, 16384)
+    assert (config.ping_interval, config.pong_timeout, config.auth_timeout) == (30, 60, 30)
+    assert (config.batch_window, config.silent_rate, config.silent_burst) == (1.0, 20, 10)
+    assert (config.pacing_rate, config.pacing_burst) == (30, 20)
+    assert config.topics == DEFAULT_TOPICS
+    assert config.hmac_secret == b"s3cret"
+
+
+def test_file_values_and_overrides() -> None:
+    """Values come from the file; command-line overrides win over it."""
+    text = "[server]\nlisten = tcp:1\n    tcp:2\nredis = tcp:127.0.0.1:6379\n[topics]\nchat = my.chat\n"
+    config = config_from_string(text, environ=SECRET, overrides={"server.listen": "tcp:9"})
+    assert config.listen == ("tcp:9",)
+    assert config.redis == "tcp:127.0.0.1:6379"
+    assert config.topics["chat"] == "my.chat"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[server]\nlisen = tcp:1\n", "unknown key [server] lisen"),
+        ("[nope]\nx = 1\n", "unknown key [nope] x (unknown section)"),
+        ("[delivery]\nbatch_window = soon\n", "[delivery] batch_window = 'soon'"),
+        ("[delivery]\npacing_rate = -1\n", "must not be negative"),
+        ("[websocket]\nmax_frame_ws = 10\n", "at least 64 bytes"),
+        ("[access]\nresolver = ldap\n", "must be one of claims, http"),
+        ("[access]\nresolver = http\n", "resolver = http needs url"),
+        ("[topics]\ntree = same\nmeta = same\n", "must be distinct"),
+        ("not an ini", "File contains no section headers"),
+    ],
+)
+def test_bad_values_are_refused_with_key_and_file(text: str, expected: str) -> None:
+    """A bad key or value is refused with a message naming the file and the key."""
+    with pytest.raises(ConfigError) as e:
+        config_from_string(text, source="/etc/wsgw.ini", environ=SECRET)
+    assert "/etc/wsgw.ini" in str(e.value)
+    assert expected in str(e.value)
+
+
+def test_secret_from_file(tmp_path) -> None:
+    """The HMAC secret is read from the configured file, stripped, and never shown in repr."""
+    secret = tmp_path / "secret"
+    secret.write_text("abc123\n")
+    config = config_from_string(f"[auth]\nhmac_secret_file = {secret}\n", environ={})
+    assert config.hmac_secret == b"abc123"
+    assert "abc123" not in repr(config)
+
+
+def test_missing_secret_file_is_refused(tmp_path) -> None:
+    """A secret file that cannot be read is refused at startup, naming the key."""
+    with pytest.raises(ConfigError, match="hmac_secret_file"):
+        config_from_string(f"[auth]\nhmac_secret_file = {tmp_path}/none\n", environ={})
+
+
+def test_algorithm_without_key_is_refused() -> None:
+    """HS256 configured with no secret is a startup error, not a daemon refusing every token."""
+    with pytest.raises(ConfigError, match=r"\[auth\]"):
+        config_from_string("", environ={})
+
+
+def test_missing_config_file() -> None:
+    """A config path that does not exist is named in the error."""
+    with pytest.raises(ConfigError, match="/nonexistent.ini"):
+        config_from_file("/nonexistent.ini")
+
+
+def test_sample_config_is_valid() -> None:
+    """etc/wsgw.ini, the documented sample, loads (with a secret from the environment)."""
+    import pathlib
+
+    text = (pathlib.Path(__file__).parent.parent / "etc" / "wsgw.ini").read_text()
+    config = config_from_string(text, "etc/wsgw.ini", environ=SECRET)
+    assert config.listen

@@ -1,0 +1,51 @@
+"""``wsgw-token``: mint a development token signed with the HMAC secret, for `make run` and demos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jwt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wsgw-token", description=__doc__)
+    parser.add_argument("login", help="the user's login (the 'name' claim)")
+    parser.add_argument("--secret-file", help="HMAC secret file (default: $WSGW_HMAC_SECRET)")
+    parser.add_argument("--profile", default="standard", choices=["anon", "shared", "standard", "admin"])
+    parser.add_argument("--roles", default="", help="comma separated role ids")
+    parser.add_argument("--workspace", action="append", default=[], metavar="UUID:SLUG:ROOTPATH",
+                        help="a workspace the user can see (repeatable); default: personal-files on "
+                             "pydiods1/personal/<login>")
+    parser.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires")
+    args = parser.parse_args(argv)
+    if args.secret_file:
+        with open(args.secret_file, "rb") as f:
+            secret = f.read().strip()
+    elif os.environ.get("WSGW_HMAC_SECRET"):
+        secret = os.environ["WSGW_HMAC_SECRET"].encode()
+    else:
+        parser.error("give --secret-file or set WSGW_HMAC_SECRET")
+    specs = args.workspace or [f"ws-personal-{args.login}:personal-files:pydiods1/personal/{args.login}"]
+    workspaces = []
+    for spec in specs:
+        uuid, slug, root = spec.split(":", 2)
+        workspaces.append({"uuid": uuid, "slug": slug, "roots": [{"uuid": f"root-{uuid}", "path": root}]})
+    claims = {
+        "name": args.login,
+        "sub": f"uuid-{args.login}",
+        "profile": args.profile,
+        "roles": args.roles,
+        "workspaces": workspaces,
+        "exp": int(time.time()) + args.ttl,
+    }
+    sys.stdout.write(jwt.encode(claims, secret, algorithm="HS256") + "\n")
+    sys.stderr.write(json.dumps(claims, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Topic -> handler routing for bus messages: decode once, isolate each handler's failures, count."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Mapping
+
+from twisted.logger import Logger
+
+from wsgw.events import MalformedEvent, TopicHandler
+
+
+class Dispatcher:
+    """Delivers ``(topic, payload)`` from the bus to the topic's handler.
+
+    A payload that is not a JSON object, is too large, or that its handler
+    finds malformed, is logged, counted and dropped. A handler that raises
+    anything else is a bug: it is logged with its traceback and counted, and
+    every other topic and session goes on.
+    """
+
+    _log = Logger()
+
+    def __init__(self, handlers: Mapping[str, TopicHandler], max_event_bytes: int = 1 << 20) -> None:
+        self._handlers = dict(handlers)
+        self._max = max_event_bytes
+        self.received: Counter[str] = Counter()
+        self.malformed: Counter[str] = Counter()
+        self.crashed: Counter[str] = Counter()
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        self.received[topic] += 1
+        handler = self._handlers.get(topic)
+        if handler is None:
+            return
+        try:
+            event = self._decode(payload)
+            handler.handle(event)
+        except MalformedEvent as e:
+            self.malformed[topic] += 1
+            self._log.warn("dropped a malformed event on {topic}: {reason}", topic=topic, reason=str(e))
+        except Exception:
+            self.crashed[topic] += 1
+            self._log.failure("the {topic} handler failed on an event", topic=topic)
+
+    def _decode(self, payload: bytes) -> dict[str, Any]:
+        if len(payload) > self._max:
+            raise MalformedEvent(f"event of {len(payload)} bytes is over the {self._max} bytes limit")
+        try:
+            event = json.loads(payload)
+        except (ValueError, RecursionError) as e:
+            raise MalformedEvent(f"not JSON: {str(e)[:80]}") from None
+        if not isinstance(event, dict):
+            raise MalformedEvent("the event is not a JSON object")
+        return event

@@ -1,0 +1,91 @@
+"""Activity events (PROTOCOL.md §4.4): notify a user of what others did.
+
+Only user inboxes are handled: an event is skipped when its ``BoxName`` is not
+``inbox`` and its ``OwnerType`` is not ``USER`` (both must hold to skip, as in
+Cells). ``OwnerType`` is the proto enum ``{NODE=0, USER=1}``: absent means
+``NODE`` (the zero value is omitted in JSON), and the number 1 is accepted as
+``USER`` since protobuf JSON parsers accept enum numbers. The names of
+``Activity.object``, ``origin`` and ``target`` are reduced to basenames, the
+event is sent with ``"@type":"activity"`` to the sessions of ``OwnerId``,
+unless the owner is the actor (nobody is notified of their own action).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from wsgw.events import MalformedEvent, field
+from wsgw.frames import encode
+from wsgw.sessions import SessionTable
+
+_NAMED_OBJECTS = ("object", "origin", "target")
+
+
+class ActivityHandler:
+    """Handler of the activity topic."""
+
+    _log = Logger()
+
+    def __init__(self, table: SessionTable) -> None:
+        self._table = table
+        self.delivered = 0
+        self.skipped = 0  # events that are not for a user inbox
+
+    def handle(self, event: dict[str, Any]) -> None:
+        """Send a user-inbox activity to its owner's sessions, names reduced to basenames."""
+        if not isinstance(event, dict):
+            raise MalformedEvent("an activity event must be an object")
+        box = field(event, "BoxName", str, "")
+        owner_type = field(event, "OwnerType", (str, int), "NODE")
+        if box != "inbox" and owner_type not in ("USER", 1):
+            self.skipped += 1
+            return
+        owner = field(event, "OwnerId", str, "")
+        activity = field(event, "Activity", dict)
+        if activity is None:
+            raise MalformedEvent("an activity event needs Activity")
+        actor_id = field(field(activity, "actor", dict, {}), "id", str, "")
+        shaped = _with_basenames(activity)
+        if not owner or owner == actor_id:
+            return
+        # A snapshot: a send may close a session and shrink the live index.
+        recipients = tuple(self._table.with_login(owner))
+        if not recipients:
+            return
+        frame = encode({**event, "Activity": shaped, "@type": "activity"})
+        for session in recipients:
+            try:
+                session.send(frame)
+            except Exception:  # noqa: BLE001 - isolate a broken recipient
+                self._log.failure("activity event to session {sid} failed", sid=session.sid)
+            else:
+                self.delivered += 1
+
+
+def _with_basenames(activity: dict[str, Any]) -> dict[str, Any]:
+    """``activity`` with object/origin/target names reduced to basenames (copies; input untouched)."""
+    shaped = activity
+    for key in _NAMED_OBJECTS:
+        obj = field(activity, key, dict)
+        if obj is None:
+            continue
+        name = field(obj, "name", str)
+        if name is None:
+            continue
+        if shaped is activity:
+            shaped = dict(activity)
+        shaped[key] = {**obj, "name": basename(name)}
+    return shaped
+
+
+def basename(path: str) -> str:
+    """The last element of a slash separated path, trailing slashes ignored (Go's ``path.Base``).
+
+    Unlike ``path.Base`` an empty name stays empty rather than becoming ``"."``.
+    """
+    stripped = path.rstrip("/")
+    if not stripped:
+        return "/" if path else ""
+    return stripped[stripped.rfind("/") + 1 :]

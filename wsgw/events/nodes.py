@@ -1,0 +1,384 @@
+"""Node events of the tree and meta topics (PROTOCOL.md §4.1): validation, visibility, shaping, fan-out.
+
+``NodeHandler.handle`` validates a ``NodeChangeEvent`` once, drops ``READ``,
+merges bursts per node (``wsgw.events.batching``), spends the global budget of
+``Silent`` events, then finds the workspace views that may see the event
+through ``SessionTable.views_for_paths`` and shapes and encodes one frame per
+view, handed as the same bytes to every session holding that view.
+
+Shaping for one workspace view (``shape_for_workspace``):
+- a node is visible when its basename does not start with ``.`` and its path
+  equals or is below one of the workspace's roots;
+- a visible node's ``Path`` becomes ``<slug>/<rel>`` (one root) or
+  ``<slug>/<root key>/<rel>`` (several roots); a node that *is* a root has an
+  empty ``<rel>`` and becomes ``<slug>`` (one root) or ``<slug>/<root key>``
+  (several roots), as Go's ``path.Join`` in Cells would give;
+- its ``MetaStore`` loses every ``pydio:`` key, gets ``EventWorkspaceId`` set
+  to the JSON string of the workspace uuid, and every value that is not valid
+  JSON is re-encoded as a JSON string;
+- ``UPDATE_PATH`` with only the Target visible becomes ``CREATE``, with only
+  the Source visible ``DELETE``; only ``{Type, Target, Source}`` is sent and
+  ``Type`` is omitted for ``CREATE``;
+- ``UPDATE_USER_META`` is shaped without Source, and each session must be
+  allowed ``READ`` by ``Source.MetaStore["pydio:meta-policies"]``.
+
+Incoming event dicts are never modified: shaping builds new node dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Collection, Iterable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wsgw.access import Root, Workspace
+from wsgw.events import MalformedEvent, field
+from wsgw.events.batching import NodeBatcher, event_type, merge_key
+from wsgw.frames import encode
+from wsgw.pacing import TokenBucket
+from wsgw.sessions import Session, SessionTable
+
+EVENT_TYPES = frozenset(
+    {"CREATE", "READ", "UPDATE_PATH", "UPDATE_CONTENT", "UPDATE_META", "UPDATE_USER_META", "DELETE"}
+)
+NODE_TYPES = frozenset({"UNKNOWN", "LEAF", "COLLECTION"})
+RESERVED_META_PREFIX = "pydio:"
+POLICIES_META_KEY = "pydio:meta-policies"
+WORKSPACE_META_KEY = "EventWorkspaceId"
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def validate_event(event: object) -> str:
+    """Check the shape of a ``NodeChangeEvent``; return its type name (``CREATE`` when absent).
+
+    Raises MalformedEvent naming the first offending field.
+    """
+    if not isinstance(event, dict):
+        raise MalformedEvent("a node event must be an object")
+    kind = field(event, "Type", str, "CREATE")
+    if kind not in EVENT_TYPES:
+        raise MalformedEvent(f"Type {kind[:40]!r} is not a node event type")
+    field(event, "Silent", bool)
+    field(event, "Optimistic", bool)
+    target = _validate_node(event, "Target")
+    source = _validate_node(event, "Source")
+    if target is None and source is None:
+        raise MalformedEvent("a node event needs a Target or a Source")
+    return kind
+
+
+def _validate_node(event: dict[str, Any], name: str) -> dict[str, Any] | None:
+    node = field(event, name, dict)
+    if node is None:
+        return None
+    try:
+        field(node, "Uuid", str)
+        field(node, "Path", str)
+        field(node, "Etag", str)
+        node_type = field(node, "Type", str)
+        if node_type is not None and node_type not in NODE_TYPES:
+            raise MalformedEvent(f"Type {node_type[:40]!r} is not a node type")
+        for number in ("Size", "MTime", "Mode"):
+            field(node, number, (str, int))
+        meta = field(node, "MetaStore", dict)
+        if meta and not all(isinstance(v, str) for v in meta.values()):
+            raise MalformedEvent("MetaStore values must be strings")
+    except MalformedEvent as exc:
+        raise MalformedEvent(f"{name}.{exc}") from None
+    return node
+
+
+# -- visibility and paths -----------------------------------------------------------------------
+
+
+def internal_path(path: str) -> str:
+    """An event path as the session indexes hold it: no leading or trailing ``/``."""
+    return path.strip("/")
+
+
+def locate(path: str, ws: Workspace) -> tuple[Root, str] | None:
+    """The root of ``ws`` holding ``path`` and the path below it, or None when not visible.
+
+    ``path`` is internal (see ``internal_path``). The deepest matching root wins.
+    """
+    if not path or path.rpartition("/")[2].startswith("."):
+        return None
+    found: tuple[Root, str] | None = None
+    for root in ws.roots:
+        rp = root.path
+        if path == rp:
+            rel = ""
+        elif path.startswith(rp) and path[len(rp)] == "/":
+            rel = path[len(rp) + 1:]
+        else:
+            continue
+        if found is None or len(rp) > len(found[0].path):
+            found = (root, rel)
+    return found
+
+
+def is_visible(path: str, ws: Workspace) -> bool:
+    """Whether a node at ``path`` (leading/trailing ``/`` allowed) is visible in ``ws``."""
+    return locate(internal_path(path), ws) is not None
+
+
+def workspace_path(ws: Workspace, root: Root, rel: str) -> str:
+    """``<slug>/<rel>`` (one root) or ``<slug>/<root key>/<rel>``; a root itself drops ``/<rel>``."""
+    base = ws.slug if len(ws.roots) == 1 else ws.slug + "/" + root.key
+    return base + "/" + rel if rel else base
+
+
+# -- MetaStore ----------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(name)  # NaN / Infinity: Python accepts them, JSON.parse does not
+
+
+def is_json(value: str) -> bool:
+    """Whether ``value`` is a JSON text the browser's ``JSON.parse`` accepts."""
+    try:
+        json.loads(value, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def clean_meta_store(meta: dict[str, str] | None) -> dict[str, str]:
+    """A new MetaStore without ``pydio:`` keys, every value valid JSON (others re-encoded as strings)."""
+    if not meta:
+        return {}
+    return {
+        k: v if is_json(v) else json.dumps(v, ensure_ascii=False)
+        for k, v in meta.items()
+        if not k.startswith(RESERVED_META_PREFIX)
+    }
+
+
+# -- user-meta policies -------------------------------------------------------------------------
+
+
+def read_policy(policies_json: str | None) -> tuple[frozenset[str], frozenset[str]]:
+    """The subjects allowed and denied ``READ`` by a ``pydio:meta-policies`` value.
+
+    Anything that is not a JSON list of policy objects allows nobody.
+    """
+    allow: set[str] = set()
+    deny: set[str] = set()
+    try:
+        policies = json.loads(policies_json) if policies_json else None
+    except (ValueError, RecursionError):
+        policies = None
+    if isinstance(policies, list):
+        for policy in policies:
+            if not isinstance(policy, dict):
+                continue
+            subject, action, effect = policy.get("Subject"), policy.get("Action"), policy.get("Effect")
+            if not isinstance(subject, str) or not isinstance(action, str) or not isinstance(effect, str):
+                continue
+            if action.upper() != "READ":
+                continue
+            effect = effect.lower()
+            if effect == "allow":
+                allow.add(subject)
+            elif effect == "deny":
+                deny.add(subject)
+    return frozenset(allow), frozenset(deny)
+
+
+def subjects_allowed(policy: tuple[frozenset[str], frozenset[str]], subjects: Collection[str]) -> bool:
+    """Deny wins over allow, deny by default."""
+    allow, deny = policy
+    return deny.isdisjoint(subjects) and not allow.isdisjoint(subjects)
+
+
+def policies_allow_read(policies_json: str | None, subjects: Collection[str]) -> bool:
+    """Whether the policies allow ``READ`` to one of ``subjects`` (deny wins, deny by default)."""
+    return subjects_allowed(read_policy(policies_json), subjects)
+
+
+# -- shaping ------------------------------------------------------------------------------------
+
+
+class PreparedNode:
+    """A node with what does not depend on the workspace computed once: internal path, cleaned MetaStore."""
+
+    __slots__ = ("_node", "path", "_fields", "_meta")
+
+    def __init__(self, node: dict[str, Any]) -> None:
+        self._node = node
+        self.path = internal_path(node.get("Path") or "")
+        self._fields: dict[str, Any] | None = None  # computed when first visible
+        self._meta: dict[str, str] = {}
+
+    def for_workspace(self, ws: Workspace, ws_meta_value: str) -> dict[str, Any] | None:
+        """A new node dict as ``ws`` shows it, or None when the node is not visible there."""
+        found = locate(self.path, ws)
+        if found is None:
+            return None
+        if self._fields is None:
+            node = self._node
+            self._fields = {k: v for k, v in node.items() if k != "Path" and k != "MetaStore"}
+            self._meta = clean_meta_store(node.get("MetaStore"))
+        out = dict(self._fields)
+        out["Path"] = workspace_path(ws, *found)
+        meta = dict(self._meta)
+        meta[WORKSPACE_META_KEY] = ws_meta_value
+        out["MetaStore"] = meta
+        return out
+
+
+class PreparedEvent:
+    """A validated event ready to be shaped for many workspace views."""
+
+    __slots__ = ("kind", "target", "source")
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.kind = event_type(event)
+        target, source = event.get("Target"), event.get("Source")
+        if self.kind == "UPDATE_USER_META":
+            source = None  # sent without Source (it carries the policies)
+        self.target = PreparedNode(target) if target else None
+        self.source = PreparedNode(source) if source else None
+
+    def paths(self) -> list[str]:
+        """The internal paths to look workspace views up by."""
+        return [n.path for n in (self.target, self.source) if n is not None and n.path]
+
+    def shape(self, ws: Workspace) -> dict[str, Any] | None:
+        """The frame for ``ws``, or None when neither node is visible there."""
+        ws_meta_value = json.dumps(ws.uuid, ensure_ascii=False)
+        target = self.target.for_workspace(ws, ws_meta_value) if self.target else None
+        source = self.source.for_workspace(ws, ws_meta_value) if self.source else None
+        if target is None and source is None:
+            return None
+        kind = self.kind
+        if kind == "UPDATE_PATH":
+            if source is None:
+                kind = "CREATE"
+            elif target is None:
+                kind = "DELETE"
+        frame: dict[str, Any] = {}
+        if kind != "CREATE":
+            frame["Type"] = kind
+        if target is not None:
+            frame["Target"] = target
+        if source is not None:
+            frame["Source"] = source
+        return frame
+
+
+def shape_for_workspace(event: dict[str, Any], ws: Workspace) -> dict[str, Any] | None:
+    """The frame a (validated) ``event`` becomes for workspace view ``ws``; None when nothing is visible."""
+    return PreparedEvent(event).shape(ws)
+
+
+# -- the handler --------------------------------------------------------------------------------
+
+
+class NodeHandler:
+    """Handler of the tree and meta topics (one instance may serve both; sharing it is best).
+
+    ``batch_window`` 0 disables merging; ``silent_rate`` 0 disables the silent
+    budget. ``silent_bucket`` lets several handlers share one budget.
+    Counters: ``delivered`` (frames handed to sessions), ``merged`` (events
+    folded into a pending merge), ``silent_dropped``.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        table: SessionTable,
+        clock: IReactorTime,
+        batch_window: float = 1.0,
+        silent_rate: float = 20.0,
+        silent_burst: float = 10.0,
+        silent_bucket: TokenBucket | None = None,
+    ) -> None:
+        self._table = table
+        if silent_bucket is None and silent_rate > 0:
+            silent_bucket = TokenBucket(silent_rate, silent_burst, clock)
+        self._silent = silent_bucket
+        self._batcher = NodeBatcher(clock, batch_window, self._deliver) if batch_window > 0 else None
+        self.delivered = 0
+        self.merged = 0
+        self.silent_dropped = 0
+
+    @property
+    def pending(self) -> int:
+        """Nodes whose merge window is open."""
+        return len(self._batcher) if self._batcher is not None else 0
+
+    def handle(self, event: dict[str, Any]) -> None:
+        """Validate ``event``, then merge it, or deliver it (after any pending merge of its nodes)."""
+        kind = validate_event(event)
+        if kind == "READ":
+            return
+        batcher = self._batcher
+        if batcher is not None:
+            key = merge_key(event)
+            if key is not None:
+                if batcher.add(key, event):
+                    self.merged += 1
+                return
+            # A DELETE (or move...) never overtakes the merge of its node.
+            for name in ("Target", "Source"):
+                node = event.get(name)
+                uuid = node.get("Uuid") if node else None
+                if uuid and uuid in batcher:
+                    batcher.flush_node(uuid)
+        self._deliver(event)
+
+    def flush(self) -> None:
+        """Deliver every pending merge now (shutdown)."""
+        if self._batcher is not None:
+            self._batcher.flush()
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        if event.get("Silent") and self._silent is not None and not self._silent.take():
+            self.silent_dropped += 1
+            self._log.debug("silent node event dropped: over the silent budget")
+            return
+        prepared = PreparedEvent(event)
+        paths = prepared.paths()
+        views = self._table.views_for_paths(paths) if paths else None
+        if not views:
+            return
+        policy = None
+        if prepared.kind == "UPDATE_USER_META":
+            source = event.get("Source") or {}
+            policy = read_policy((source.get("MetaStore") or {}).get(POLICIES_META_KEY))
+            if not policy[0]:
+                return  # nobody is allowed
+        optimistic = bool(event.get("Optimistic"))
+        for ws, sessions in views.items():
+            recipients: Iterable[Session]
+            if policy is None:
+                recipients = tuple(sessions)  # a snapshot: a send may close a session
+            else:
+                recipients = [
+                    s for s in sessions if s.access is not None and subjects_allowed(policy, s.access.subjects)
+                ]
+            if not recipients:
+                continue
+            shaped = prepared.shape(ws)
+            if shaped is None:
+                continue
+            self._send(recipients, encode(shaped), optimistic)
+
+    def _send(self, recipients: Iterable[Session], frame: bytes, optimistic: bool) -> None:
+        for session in recipients:
+            try:
+                if optimistic:
+                    session.send(frame)
+                else:
+                    session.send_paced(frame)
+            except Exception:
+                self._log.failure("node event to session {sid} failed", sid=session.sid)
+            else:
+                self.delivered += 1

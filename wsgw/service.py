@@ -1,0 +1,116 @@
+"""GatewayService: wires the configured parts together, starts them in order and shuts them down by design.
+
+Start: bus, then listeners (a port that cannot be bound aborts startup).
+Stop (SIGTERM under systemd): stop accepting, flush pending node merges,
+close every socket with 1000 ``server shutting down``, wait for them (bounded
+by ``shutdown_timeout``), then stop the bus.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generator
+
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wsgw.auth import TokenVerifier
+from wsgw.bus.memory import MemoryBus
+from wsgw.bus.redis import RedisBus, RedisCommands
+from wsgw.chat.rooms import ChatService
+from wsgw.chat.store import MemoryChatStore, RedisChatStore
+from wsgw.config import Config
+from wsgw.dispatch import Dispatcher
+from wsgw.events.activity import ActivityHandler
+from wsgw.events.idm import IdmHandler
+from wsgw.events.nodes import NodeHandler
+from wsgw.events.tasks import TaskHandler
+from wsgw.gateway import CLOSE_NORMAL, Gateway
+from wsgw.resolvers import ClaimsResolver, HttpResolver
+from wsgw.web.protocols import GatewayFactory
+from wsgw.web.site import make_site
+
+
+class GatewayService(MultiService):
+    """The whole daemon as one twisted service."""
+
+    _log = Logger()
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        clock: IReactorTime = reactor
+        self._redis_commands: RedisCommands | None = None
+        if config.redis:
+            self.bus: Any = RedisBus(reactor, config.redis, config.topics, password=config.redis_password,
+                                     db=config.redis_db)
+            self._redis_commands = RedisCommands(reactor, config.redis, password=config.redis_password,
+                                                 db=config.redis_db)
+            store: Any = RedisChatStore(self._redis_commands)
+        else:
+            self.bus = MemoryBus(config.topics)
+            store = MemoryChatStore()
+        self.chat = ChatService(
+            clock, store, lambda payload: self.bus.publish("chat", payload),
+            history_cap=config.history_cap, presence_timeout=config.presence_timeout,
+            max_message_chars=config.max_message_chars,
+        )
+        verifier = TokenVerifier(
+            clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,
+            public_key_pem=config.public_key_pem, oidc_issuer=config.oidc_issuer or None,
+            audience=config.audience or None, issuer=config.issuer or None, leeway=config.leeway,
+        )
+        if config.resolver == "http":
+            resolver: Any = HttpResolver(clock, config.access_url, cache_ttl=config.access_cache_ttl)
+        else:
+            resolver = ClaimsResolver()
+        self.gateway = Gateway(
+            clock, verifier, resolver, self.chat, auth_timeout=config.auth_timeout, leeway=config.leeway,
+            pacing_rate=config.pacing_rate, pacing_burst=config.pacing_burst,
+            max_queued_frames=config.max_queued_frames,
+        )
+        table = self.gateway.table
+        self.nodes = NodeHandler(table, clock, batch_window=config.batch_window, silent_rate=config.silent_rate,
+                                 silent_burst=config.silent_burst)
+        self.dispatcher = Dispatcher({
+            "tree": self.nodes,
+            "meta": self.nodes,
+            "tasks": TaskHandler(table),
+            "idm": IdmHandler(table),
+            "activity": ActivityHandler(table),
+            "chat": self.chat,
+        })
+        self.bus.listen(self.dispatcher)
+        self.bus.setServiceParent(self)
+        if self._redis_commands is not None:
+            self._redis_commands.setServiceParent(self)
+        common = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout)
+        self.site = make_site(
+            GatewayFactory(self.gateway, "ws", max_frame=config.max_frame_ws, **common),
+            GatewayFactory(self.gateway, "chat", max_frame=config.max_frame_chat, **common),
+            self.bus,
+        )
+        self._listeners: list[Service] = [strports.service(d, self.site, reactor=reactor) for d in config.listen]
+
+    def startService(self) -> None:
+        super().startService()
+        for listener in self._listeners:
+            listener.startService()  # raises when the port cannot be bound: startup fails
+
+    @inlineCallbacks
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
+        self._log.info("shutting down: closing {n} sockets", n=len(self.gateway.sessions))
+        yield DeferredList([d for d in (s.stopService() for s in self._listeners if s.running) if d is not None])
+        self.nodes.flush()
+        self.gateway.close_all(CLOSE_NORMAL, "server shutting down")
+        drained = self.gateway.when_empty()
+        drained.addTimeout(self.config.shutdown_timeout, self._reactor)
+        try:
+            yield drained
+        except Exception:
+            self._log.warn("{n} sockets still open after {t} s: dropping them",
+                           n=len(self.gateway.sessions), t=self.config.shutdown_timeout)
+        yield super().stopService()

@@ -1,0 +1,56 @@
+"""twistd plugin options and makeService: parses and wires, does no work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from wsgw.config import ConfigError, config_from_file
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the wsgw WebSocket gateway. Addresses are Twisted endpoint strings; everything else is read from "
+        "the INI file given with --config (see etc/wsgw.ini). Secrets come from files or the environment "
+        "(WSGW_HMAC_SECRET, WSGW_REDIS_PASSWORD), never from the command line."
+    )
+    optParameters = [
+        ["config", "c", None, "INI configuration file (see etc/wsgw.ini)."],
+        ["redis", "r", None, "Redis client endpoint, e.g. tcp:127.0.0.1:6379 (default: the embedded bus)."],
+    ]
+    optFlags = [
+        ["embedded", None, "Use the embedded in-process bus even if the config names a Redis."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen endpoint, e.g. tcp6:5050 or ssl:5443:privateKey=key.pem (repeatable; default tcp6:5050)."""
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        overrides: dict[str, str] = {}
+        if self["listen"]:
+            overrides["server.listen"] = "\n".join(self["listen"])
+        if self["redis"] is not None:
+            overrides["server.redis"] = self["redis"]
+        if self["embedded"]:
+            overrides["server.redis"] = ""
+        try:
+            self["wsgw_config"] = config_from_file(self["config"], overrides)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> Any:
+    from twisted.internet import reactor
+
+    from wsgw.service import GatewayService
+
+    return GatewayService(options["wsgw_config"], reactor)

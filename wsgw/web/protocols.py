@@ -1,0 +1,102 @@
+"""Autobahn protocols for /ws and /chat: translate frames into calls on the gateway core, nothing more."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from wsgw import frames
+from wsgw.gateway import CLOSE_BAD_DATA, CLOSE_TOO_BIG, Gateway
+from wsgw.interfaces import IConnection
+from wsgw.sessions import Session
+
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+
+
+def frame_header(length: int) -> bytes:
+    """The header of one unmasked, final text frame of ``length`` bytes (server frames are never masked)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
+
+
+@implementer(IConnection)
+class GatewayProtocol(WebSocketServerProtocol):
+    """One client socket. Outgoing frames are framed here and written straight to the transport."""
+
+    _log = Logger()
+    factory: GatewayFactory
+    _session: Session | None = None
+
+    def onOpen(self) -> None:
+        self._session = self.factory.gateway.open(self, self.factory.endpoint)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self._session
+        if session is None:
+            return
+        if isBinary:
+            self._reject(CLOSE_BAD_DATA, "binary frames are not accepted: send JSON text frames")
+            return
+        try:
+            frame = json.loads(payload)
+        except (ValueError, RecursionError):
+            self._reject(CLOSE_BAD_DATA, "the frame is not valid JSON")
+            return
+        if not isinstance(frame, dict):
+            self._reject(CLOSE_BAD_DATA, "the frame is not a JSON object")
+            return
+        d = self.factory.gateway.receive(session, frame)
+        if d is not None:
+            d.addErrback(lambda f: self._log.failure("handling a frame of session {sid}", f, sid=session.sid))
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
+        # Autobahn's hook for an inbound message over maxMessagePayloadSize: say why, then close 1009.
+        self._reject(CLOSE_TOO_BIG, f"frame too big: the limit is {max_msg_size} bytes")
+
+    def _reject(self, code: int, reason: str) -> None:
+        self.send(frames.error(reason))
+        self.sendClose(code, reason)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._session is not None:
+            self.factory.gateway.closed(self._session)
+            self._session = None
+
+    # -- IConnection ------------------------------------------------------
+
+    def send(self, payload: bytes) -> None:
+        if self.state == _OPEN:
+            self.transport.writeSequence((frame_header(len(payload)), payload))
+
+    def close(self, code: int, reason: str) -> None:
+        if self.state == _OPEN:
+            self.sendClose(code, reason)
+
+
+class GatewayFactory(WebSocketServerFactory):
+    """The factory of one endpoint ("ws" or "chat"), sharing the gateway core."""
+
+    protocol = GatewayProtocol
+
+    def __init__(self, gateway: Gateway, endpoint: str, *, max_frame: int, ping_interval: float,
+                 pong_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gateway = gateway
+        self.endpoint = endpoint
+        self.setProtocolOptions(
+            maxFramePayloadSize=max_frame,
+            maxMessagePayloadSize=max_frame,
+            autoPingInterval=ping_interval,
+            autoPingTimeout=pong_timeout,
+            failByDrop=False,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=5,
+        )
