@@ -23,9 +23,9 @@ from typing import Any, cast
 
 import jwt
 from jwt.algorithms import get_default_algorithms
+from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet import defer, error
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -68,7 +68,7 @@ def validate_algorithms(
 ) -> None:
     """Raise ValueError with a clear message when the algorithms do not fit the configured key sources."""
     if isinstance(algorithms, str):
-        raise ValueError("jwt algorithms must be a list of names, not one string")
+        raise ValueError("jwt algorithms must be a list of names, not one string")  # noqa: TRY004
     if not algorithms:
         raise ValueError("no jwt algorithm configured")
     for alg in algorithms:
@@ -150,9 +150,7 @@ class TokenVerifier:
         except AuthError as e:
             return fail(e)
         assert self._jwks is not None
-        d = self._jwks.key_for(kid, alg)
-        d.addCallback(lambda key: self._decode(token, alg, key))
-        return d
+        return self._jwks.key_for(kid, alg).addCallback(lambda key: self._decode(token, alg, key))
 
     def _read_header(self, token: object) -> tuple[str, str | None]:
         if not isinstance(token, str):
@@ -190,7 +188,7 @@ class TokenVerifier:
             raise AuthError("malformed token") from None
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
-        except Exception:
+        except Exception:  # noqa: BLE001 - a decoder bug must refuse the token, not crash the session
             _log.failure("unexpected error decoding a {alg} token", alg=alg)
             raise AuthError("invalid token") from None
         return self._check_claims(claims)
@@ -289,9 +287,7 @@ class _JwksKeys:
             if self._keys is None:
                 return fail(AuthError("the issuer's signing keys are unavailable"))
             return fail(AuthError("token signed with an unknown key"))
-        d = self._fetch_shared()
-        d.addCallback(lambda _: self._lookup(kid, alg))
-        return d
+        return self._fetch_shared().addCallback(lambda _: self._lookup(kid, alg))
 
     def _may_fetch(self, now: float) -> bool:
         if self._waiters is not None or self._attempted_at is None:
@@ -377,7 +373,7 @@ class _JwksKeys:
 def _parse_jwks(doc: Any) -> dict[str | None, dict]:
     """The usable signature keys of a JWKS by kid (also under None when there is exactly one)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise ValueError("the JWKS document has no keys list")
+        raise ValueError("the JWKS document has no keys list")  # noqa: TRY004
     keys: dict[str | None, dict] = {}
     for jwk in doc["keys"]:
         if not isinstance(jwk, dict) or jwk.get("kty") not in ("RSA", "EC", "OKP") or jwk.get("use") == "enc":
@@ -478,12 +474,14 @@ class TreqGetter:
         self._follow_redirects = follow_redirects
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         agent = Agent(cast(Any, reactor), connectTimeout=timeout, pool=self._pool)
-        self._client = HTTPClient(agent, cookiejar=CookieJar(DefaultCookiePolicy(allowed_domains=[])))
+        no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+        self._client = HTTPClient(agent, cookiejar=cast(Any, no_cookies))
 
     def __call__(self, url: str, headers: Mapping[str, str] | None = None) -> Deferred[tuple[int, bytes]]:
-        d = self._client.get(
+        request_headers: dict[bytes | str, bytes | str] = {k: v for k, v in (headers or {}).items()}
+        d: Deferred[Any] = self._client.get(
             url,
-            headers=dict(headers or {}),
+            headers=request_headers,
             allow_redirects=self._follow_redirects,
             unbuffered=True,
             reactor=cast(Any, self._reactor),

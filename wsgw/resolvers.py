@@ -98,7 +98,7 @@ class HttpResolver:
             waiters.append(waiter)
             return waiter
         self._inflight[key] = [waiter]
-        d = maybeDeferred(self._get, self._url, {"Authorization": "Bearer " + token})
+        d: Deferred[Any] = maybeDeferred(self._get, self._url, {"Authorization": "Bearer " + token})
         d.addTimeout(self._timeout, self._clock)
         d.addCallbacks(self._parse, self._unavailable, callbackArgs=(login, sub, exp))
         d.addBoth(self._settle, key)

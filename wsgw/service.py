@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Generator
 
-from twisted.application import strports
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
-from twisted.internet.interfaces import IReactorTime
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from wsgw.auth import TokenVerifier
@@ -93,17 +94,24 @@ class GatewayService(MultiService):
             GatewayFactory(self.gateway, "chat", max_frame=config.max_frame_chat, **common),
             self.bus,
         )
-        self._listeners: list[Service] = [strports.service(d, self.site, reactor=reactor) for d in config.listen]
+        self.ports: list[IListeningPort] = []
 
     def startService(self) -> None:
+        """Start the bus, then listen; a port that cannot be bound raises here, so startup fails."""
         super().startService()
-        for listener in self._listeners:
-            listener.startService()  # raises when the port cannot be bound: startup fails
+        for description in self.config.listen:
+            failures: list[Failure] = []
+            d = serverFromString(self._reactor, description).listen(self.site)
+            d.addCallbacks(self.ports.append, failures.append)
+            if failures:
+                failures[0].raiseException()
+            self._log.info("listening on {address}", address=self.ports[-1].getHost())
 
     @inlineCallbacks
     def stopService(self) -> Generator[Deferred[Any], Any, None]:
         self._log.info("shutting down: closing {n} sockets", n=len(self.gateway.sessions))
-        yield DeferredList([d for d in (s.stopService() for s in self._listeners if s.running) if d is not None])
+        ports, self.ports = self.ports, []
+        yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.nodes.flush()
         self.gateway.close_all(CLOSE_NORMAL, "server shutting down")
         drained = self.gateway.when_empty()

@@ -23,7 +23,8 @@ most ``max_pending`` nodes wait at once (beyond that the oldest is flushed).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -51,8 +52,19 @@ def merge_key(event: dict[str, Any]) -> str | None:
 class Merge:
     """The fold of the events of one node; ``event()`` is the merged event."""
 
-    __slots__ = ("_has_create", "_has_content", "_last_type", "_source", "_target",
-                 "_meta_copied", "_real_etag", "_silent", "_optimistic", "count", "started")
+    __slots__ = (
+        "_has_content",
+        "_has_create",
+        "_last_type",
+        "_meta_copied",
+        "_optimistic",
+        "_real_etag",
+        "_silent",
+        "_source",
+        "_target",
+        "count",
+        "started",
+    )
 
     def __init__(self, event: dict[str, Any], started: float = 0.0) -> None:
         self.started = started
@@ -201,5 +213,5 @@ class NodeBatcher:
     def _emit(self, uuid: str, merge: Merge) -> None:
         try:
             self._deliver(merge.event())
-        except Exception:
+        except Exception:  # noqa: BLE001 - a failing delivery must not break the windows
             self._log.failure("delivering the merged events of node {uuid} failed", uuid=uuid)

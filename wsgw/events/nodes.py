@@ -28,7 +28,8 @@ Incoming event dicts are never modified: shaping builds new node dicts.
 from __future__ import annotations
 
 import json
-from typing import Any, Collection, Iterable
+from collections.abc import Collection, Iterable
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -59,7 +60,7 @@ def validate_event(event: object) -> str:
     """
     if not isinstance(event, dict):
         raise MalformedEvent("a node event must be an object")
-    kind = field(event, "Type", str, "CREATE")
+    kind: str = field(event, "Type", str, "CREATE")
     if kind not in EVENT_TYPES:
         raise MalformedEvent(f"Type {kind[:40]!r} is not a node event type")
     field(event, "Silent", bool)
@@ -72,7 +73,7 @@ def validate_event(event: object) -> str:
 
 
 def _validate_node(event: dict[str, Any], name: str) -> dict[str, Any] | None:
-    node = field(event, name, dict)
+    node: dict[str, Any] | None = field(event, name, dict)
     if node is None:
         return None
     try:
@@ -207,7 +208,7 @@ def policies_allow_read(policies_json: str | None, subjects: Collection[str]) ->
 class PreparedNode:
     """A node with what does not depend on the workspace computed once: internal path, cleaned MetaStore."""
 
-    __slots__ = ("_node", "path", "_fields", "_meta")
+    __slots__ = ("_fields", "_meta", "_node", "path")
 
     def __init__(self, node: dict[str, Any]) -> None:
         self._node = node
@@ -235,7 +236,7 @@ class PreparedNode:
 class PreparedEvent:
     """A validated event ready to be shaped for many workspace views."""
 
-    __slots__ = ("kind", "target", "source")
+    __slots__ = ("kind", "source", "target")
 
     def __init__(self, event: dict[str, Any]) -> None:
         self.kind = event_type(event)
@@ -341,8 +342,7 @@ class NodeHandler:
 
     def _deliver(self, event: dict[str, Any]) -> None:
         if event.get("Silent") and self._silent is not None and not self._silent.take():
-            self.silent_dropped += 1
-            self._log.debug("silent node event dropped: over the silent budget")
+            self.silent_dropped += 1  # counted, not logged: this is the flood path
             return
         prepared = PreparedEvent(event)
         paths = prepared.paths()
@@ -378,7 +378,7 @@ class NodeHandler:
                     session.send(frame)
                 else:
                     session.send_paced(frame)
-            except Exception:
+            except Exception:  # noqa: BLE001 - isolate a broken recipient
                 self._log.failure("node event to session {sid} failed", sid=session.sid)
             else:
                 self.delivered += 1

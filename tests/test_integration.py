@@ -1,0 +1,228 @@
+"""End to end: the real gateway service on loopback, the real Redis, real WebSocket clients."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+import treq
+
+from tests.daemon import Publisher, new_prefix, start_daemon, token, workspace
+from tests.wsclient import connect
+
+PERSONAL = workspace("ws-alice", "personal-files", "pydiods1/personal/alice")
+COMMON = workspace("ws-common", "common-files", "pydiods1/common")
+# a second workspace whose root is inside COMMON: a node below it is seen twice by its members
+PROJECTS = workspace("ws-projects", "projects", "pydiods1/common/projects")
+
+
+def node(path: str, uuid: str = "n1", **extra: object) -> dict[str, object]:
+    return {"Uuid": uuid, "Path": path, "Type": "LEAF", **extra}
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_event_reaches_the_right_users_only() -> None:
+    """A CREATE in alice's workspace reaches alice rewritten to her slug; bob, without it, gets nothing."""
+    prefix = new_prefix()
+    daemon = await start_daemon(prefix)
+    pub = Publisher(prefix)
+    try:
+        alice = await connect(daemon.port, "/ws")
+        bob = await connect(daemon.port, "/ws/event")
+        assert (await alice.subscribe(token("alice", [PERSONAL, COMMON])))["@type"] == "subscribed"
+        assert (await bob.subscribe(token("bob", [COMMON])))["user"] == "bob"
+
+        await pub.publish("tree", {"Type": "CREATE", "Target": node("pydiods1/personal/alice/a.txt")})
+        await pub.publish("tree", {"Type": "UPDATE_CONTENT", "Target": node("pydiods1/common/c.txt", "n2")})
+
+        first = await alice.next()
+        assert "Type" not in first  # CREATE is the zero value
+        assert first["Target"]["Path"] == "personal-files/a.txt"
+        assert first["Target"]["MetaStore"]["EventWorkspaceId"] == '"ws-alice"'
+        assert (await alice.next())["Target"]["Path"] == "common-files/c.txt"
+        # bob's first frame is the common event: the personal one never reached him
+        bob_first = await bob.next()
+        assert bob_first["Type"] == "UPDATE_CONTENT" and bob_first["Target"]["Path"] == "common-files/c.txt"
+    finally:
+        await pub.close()
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_workspaces_seeing_one_node_give_two_copies() -> None:
+    """A node visible through two of a user's workspaces arrives twice, once per workspace view."""
+    prefix = new_prefix()
+    daemon = await start_daemon(prefix)
+    pub = Publisher(prefix)
+    try:
+        carol = await connect(daemon.port)
+        await carol.subscribe(token("carol", [COMMON, PROJECTS]))
+        await pub.publish("tree", {"Target": node("pydiods1/common/projects/plan.md")})
+        got = {(await carol.next())["Target"]["Path"], (await carol.next())["Target"]["Path"]}
+        assert got == {"common-files/projects/plan.md", "projects/plan.md"}
+    finally:
+        await pub.close()
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_move_out_of_a_workspace_becomes_delete() -> None:
+    """UPDATE_PATH from inside a workspace to outside it reaches its members as a DELETE of the old path."""
+    prefix = new_prefix()
+    daemon = await start_daemon(prefix)
+    pub = Publisher(prefix)
+    try:
+        bob = await connect(daemon.port)
+        await bob.subscribe(token("bob", [COMMON]))
+        await pub.publish("tree", {
+            "Type": "UPDATE_PATH",
+            "Source": node("pydiods1/common/x.txt"),
+            "Target": node("pydiods1/personal/alice/x.txt"),
+        })
+        frame = await bob.next()
+        assert frame["Type"] == "DELETE"
+        assert frame["Source"]["Path"] == "common-files/x.txt"
+        assert "Target" not in frame
+    finally:
+        await pub.close()
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_task_idm_and_activity_events_are_routed() -> None:
+    """Task, IDM and activity events go to the users their rules name."""
+    prefix = new_prefix()
+    daemon = await start_daemon(prefix)
+    pub = Publisher(prefix)
+    try:
+        alice = await connect(daemon.port)
+        await alice.subscribe(token("alice", [PERSONAL], roles="r-team"))
+        await pub.publish("tasks", {"TaskUpdated": {"ID": "t1", "TriggerOwner": "alice", "Status": "Running"}})
+        assert (await alice.next())["TaskUpdated"]["ID"] == "t1"
+        await pub.publish("idm", {"Role": {"Uuid": "r-team"}})
+        assert (await alice.next())["@type"] == "idm"
+        await pub.publish("activity", {"OwnerType": "USER", "OwnerId": "alice", "BoxName": "inbox",
+                                       "Activity": {"actor": {"id": "bob"}, "object": {"name": "/a/b/c.txt"}}})
+        frame = await alice.next()
+        assert frame["@type"] == "activity" and frame["Activity"]["object"]["name"] == "c.txt"
+    finally:
+        await pub.close()
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_bus_event_disturbs_nothing() -> None:
+    """A malformed event is dropped and counted; the next good event is delivered."""
+    prefix = new_prefix()
+    daemon = await start_daemon(prefix)
+    pub = Publisher(prefix)
+    try:
+        alice = await connect(daemon.port)
+        await alice.subscribe(token("alice", [PERSONAL]))
+        await pub.publish("tree", b"{not json")
+        await pub.publish("tree", [1, 2])
+        await pub.publish("tree", {"Target": {"Path": 42}})
+        await pub.publish("tree", {"Target": node("pydiods1/personal/alice/ok.txt")})
+        assert (await alice.next())["Target"]["Path"] == "personal-files/ok.txt"
+        assert daemon.service.dispatcher.malformed["tree"] == 3
+    finally:
+        await pub.close()
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_instances_on_one_redis_deliver_to_their_own_sessions() -> None:
+    """Two daemons on one Redis each deliver a published event to their own sockets, once."""
+    prefix = new_prefix()
+    one = await start_daemon(prefix)
+    two = await start_daemon(prefix)
+    pub = Publisher(prefix)
+    try:
+        a = await connect(one.port)
+        b = await connect(two.port)
+        await a.subscribe(token("alice", [COMMON]))
+        await b.subscribe(token("bob", [COMMON]))
+        await pub.publish("tree", {"Target": node("pydiods1/common/one.txt")})
+        await pub.publish("tree", {"Target": node("pydiods1/common/two.txt", "n2")})
+        for client in (a, b):
+            assert (await client.next())["Target"]["Path"] == "common-files/one.txt"
+            assert (await client.next())["Target"]["Path"] == "common-files/two.txt"  # no duplicate between
+    finally:
+        await pub.close()
+        await one.stop()
+        await two.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_frames_get_error_and_close_codes() -> None:
+    """Non-JSON and non-object frames close 1003, binary frames 1003, oversized frames 1009, each after an error frame."""
+    daemon = await start_daemon(new_prefix(), redis=None)
+    try:
+        cases = [
+            (b"not json", False, 1003),
+            (b"[1,2]", False, 1003),
+            (b"{}", True, 1003),
+            (b'{"@type":"subscribe","jwt":"' + b"x" * 3000 + b'"}', False, 1009),
+        ]
+        for payload, binary, code in cases:
+            client = await connect(daemon.port)
+            client.sendMessage(payload, isBinary=binary)
+            error = await client.next()
+            assert error["@type"] == "error"
+            assert (await client.wait_closed())[0] == code
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_token_closes_4001() -> None:
+    """A token signed with another secret gets an error frame and close 4001."""
+    import jwt
+
+    daemon = await start_daemon(new_prefix(), redis=None)
+    try:
+        client = await connect(daemon.port)
+        answer = await client.subscribe(jwt.encode({"name": "eve", "exp": 2**31}, "other", algorithm="HS256"))
+        assert answer["@type"] == "error"
+        assert (await client.wait_closed())[0] == 4001
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_reports_the_bus() -> None:
+    """/healthz answers 200 ok on a connected bus."""
+    daemon = await start_daemon(new_prefix())
+    try:
+        response = await treq.get(f"http://127.0.0.1:{daemon.port}/healthz")
+        assert response.code == 200
+        assert (await response.text()).strip() == "ok"
+        missing = await treq.get(f"http://127.0.0.1:{daemon.port}/nope")
+        assert missing.code == 404
+        await missing.content()
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_closes_sockets_with_1000() -> None:
+    """Stopping the service closes every socket with 1000 'server shutting down'."""
+    daemon = await start_daemon(new_prefix(), redis=None)
+    client = await connect(daemon.port)
+    await client.subscribe(token("alice", [PERSONAL]))
+    await daemon.stop()
+    assert await client.wait_closed() == (1000, "server shutting down")
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_bus_delivers_published_events() -> None:
+    """With no Redis configured, events published on the embedded bus reach sockets."""
+    daemon = await start_daemon(new_prefix(), redis=None)
+    try:
+        alice = await connect(daemon.port)
+        await alice.subscribe(token("alice", [PERSONAL]))
+        import json
+
+        await daemon.service.bus.publish("tree", json.dumps({"Target": node("pydiods1/personal/alice/e.txt")}).encode())
+        assert (await alice.next())["Target"]["Path"] == "personal-files/e.txt"
+    finally:
+        await daemon.stop()

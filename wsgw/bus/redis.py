@@ -1,0 +1,453 @@
+"""Redis on txredisapi: ``RedisCommands`` (one command connection) and ``RedisBus`` (pub/sub IBus).
+
+Each connection is kept up by a ``twisted.application.internet.ClientService``
+on an endpoint string (``tcp:host:port``, ``tls:host:port``, ``unix:path``),
+reconnecting with a capped backoff, and redoes its whole setup (AUTH, SELECT,
+SUBSCRIBE) after every (re)connect. A connection counts as up only once that
+setup has succeeded; commands issued while it is not up fail at once with
+``txredisapi.ConnectionError``, and commands in flight when it drops fail with
+it too, so nothing waits forever.
+
+Replies: bulk strings come back as ``bytes`` (never decoded, never turned into
+numbers), integer replies as ``int``, status replies as ``str`` ("OK"),
+arrays as lists of those; Redis errors fail the Deferred with
+``txredisapi.ResponseError``.
+
+txredisapi 1.6.0 quirks worked around here (checked on Python 3.11, Twisted 26):
+
+- With its defaults (``charset="utf-8"``, ``convertNumbers=True``) a payload
+  ``b"123"`` arrives as ``int`` 123, a UTF-8 one as ``str`` and anything else
+  as ``bytes``; we build the protocol with ``charset=None, convertNumbers=False``.
+- It imports the global reactor and uses its ``callLater`` for reply timeouts
+  and to resume parsing after each bulk string; every protocol here gets the
+  injected reactor's ``callLater`` instead.
+- Its own AUTH/SELECT (password/dbid protocol arguments) calls
+  ``RedisFactory`` methods (``stopTrying``, ``connectionError``) that a
+  ClientService factory has not; we never pass them and send AUTH/SELECT
+  ourselves.
+- ``SubscriberProtocol`` hands the 2nd..Nth SUBSCRIBE acknowledgement to
+  whichever command waits next (e.g. a PING); our subscriber protocol counts
+  the acknowledgements, and never converts a message payload.
+- ``RedisProtocol`` silently becomes ``HiredisProtocol`` when hiredis is
+  installed; we always use the pure-Python ``BaseRedisProtocol``.
+
+And one Twisted quirk: a connection that ClientService's ``prepareConnection``
+rejects stays open, and closing it logs a critical ``NoTransition``. So the
+setup runs from ``connectionMade``; a connection whose setup fails (wrong
+password, ...) is closed while ClientService counts it connected, and the
+backoff still grows because the retry policy adds the consecutive rejections
+to its attempt count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import protocol
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txredisapi import BaseRedisProtocol, ConnectionError, ResponseError
+from zope.interface import implementer
+
+from wsgw.bus import check_publish, check_topics, deliver
+from wsgw.interfaces import IBus
+
+__all__ = ["RedisBus", "RedisCommands", "default_retry_policy", "ConnectionError", "ResponseError"]
+
+RetryPolicy = Callable[[int], float]
+Listener = Callable[[str, bytes], Any]
+
+DEFAULT_REPLY_TIMEOUT = 10.0
+DEFAULT_PING_INTERVAL = 30.0
+
+
+def default_retry_policy() -> RetryPolicy:
+    """Exponential backoff from 0.5 s, capped at 5 s (plus up to 1 s of jitter)."""
+    return backoffPolicy(initialDelay=0.5, maxDelay=5.0)
+
+
+class _Connection(BaseRedisProtocol):
+    """A txredisapi protocol that returns bytes, times on the injected reactor and reports to its link."""
+
+    def __init__(self, link: _Link, reply_timeout: float | None) -> None:
+        super().__init__(charset=None, replyTimeout=reply_timeout, convertNumbers=False)
+        self.callLater = link.reactor.callLater
+        self._link = link
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # without password/dbid this only marks the protocol usable
+        self._link._connection_made(self)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        self._link._connection_lost(self, reason)
+
+
+class _SubscriberConnection(_Connection):
+    """A connection in subscribed mode: messages go to ``on_message(channel, payload)``, other replies to waiters."""
+
+    def __init__(self, link: _Link, reply_timeout: float | None, on_message: Callable[[bytes, bytes], None]) -> None:
+        super().__init__(link, reply_timeout)
+        self._on_message = on_message
+        self._acks_pending = 0
+
+    def subscribe(self, channels: Sequence[str]) -> Deferred[Any]:
+        """SUBSCRIBE to ``channels``; fires once every channel is acknowledged."""
+        self._acks_pending += len(channels)
+        return self.execute_command("SUBSCRIBE", *channels)
+
+    def replyReceived(self, reply: Any) -> None:
+        if isinstance(reply, list) and len(reply) == 3:
+            kind = reply[0]
+            if kind == b"message":
+                try:
+                    self._on_message(reply[1], reply[2])
+                except Exception:
+                    self._link._log.failure("bus message on {channel!r} could not be handled", channel=reply[1])
+                return
+            if kind == b"subscribe":
+                self._acks_pending -= 1
+                if self._acks_pending > 0:
+                    return  # the SUBSCRIBE waiter gets the last acknowledgement only
+        super().replyReceived(reply)
+
+
+class _Factory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, link: _Link) -> None:
+        self._link = link
+
+    def buildProtocol(self, addr: Any) -> _Connection:
+        conn = self._link._build()
+        conn.factory = self
+        return conn
+
+
+class _Link(service.Service):
+    """One Redis connection kept up by a ClientService, usable only once its setup (AUTH, SELECT, ...) succeeded."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: str,
+        password: str | None,
+        db: int,
+        retry_policy: RetryPolicy | None,
+        reply_timeout: float | None,
+        role: str,
+    ) -> None:
+        self.reactor = reactor
+        self._endpoint = endpoint
+        self._password = password
+        self._db = db
+        self._role = role
+        self._reply_timeout = reply_timeout
+        self._policy = retry_policy if retry_policy is not None else default_retry_policy()
+        self._rejections = 0
+        self._ready: _Connection | None = None
+        self._waiters: list[Deferred[Any]] = []
+        self._problem: str | None = None
+        self._client = ClientService(
+            clientFromString(reactor, endpoint), _Factory(self), retryPolicy=self._retry_delay, clock=reactor
+        )
+
+    @property
+    def connected(self) -> bool:
+        """True once connected and set up, until the connection drops."""
+        return self._ready is not None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the last setup or connection failed, until the next successful setup."""
+        return self._problem
+
+    def whenConnected(self) -> Deferred[Any]:
+        """Fires with this object now if connected, else at the next successful setup (CancelledError on stop)."""
+        if self._ready is not None:
+            return succeed(self)
+        waiter: Deferred[Any] = Deferred(lambda d: self._waiters.remove(d))
+        self._waiters.append(waiter)
+        return waiter
+
+    def startService(self) -> None:
+        super().startService()
+        self._client.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(CancelledError(f"Redis {self._role} stopped"))
+        return self._client.stopService()
+
+    def _retry_delay(self, attempt: int) -> float:
+        return self._policy(attempt + self._rejections)
+
+    def _build(self) -> _Connection:
+        return _Connection(self, self._reply_timeout)
+
+    def _setup(self, conn: _Connection) -> Deferred[Any]:
+        return ensureDeferred(self._auth_and_select(conn))
+
+    async def _auth_and_select(self, conn: _Connection) -> None:
+        if self._password is not None:
+            await conn.execute_command("AUTH", self._password)
+        if self._db:
+            await conn.execute_command("SELECT", self._db)
+
+    def _connection_made(self, conn: _Connection) -> None:
+        setup = self._setup(conn)
+        setup.addCallbacks(lambda _: self._set_up(conn), lambda f: self._setup_failed(conn, f))
+        setup.addErrback(lambda f: self._log.failure("Redis {role} setup bookkeeping failed", f, role=self._role))
+
+    def _set_up(self, conn: _Connection) -> None:
+        if not conn.connected or not self.running:
+            return
+        self._rejections = 0
+        self._problem = None
+        self._ready = conn
+        self._log.info("Redis {role} connected to {endpoint}", role=self._role, endpoint=self._endpoint)
+        self._became_ready(conn)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(self)
+
+    def _became_ready(self, conn: _Connection) -> None:
+        """Hook for subclasses, called once a connection is set up."""
+
+    def _setup_failed(self, conn: _Connection, failure: Failure) -> None:
+        self._problem = failure.getErrorMessage()
+        if not conn.connected:
+            return  # lost during setup: _connection_lost logs it, ClientService reconnects
+        self._rejections += 1
+        self._log.error(
+            "Redis {role} at {endpoint}: connection setup failed, retrying: {error}",
+            role=self._role,
+            endpoint=self._endpoint,
+            error=self._problem,
+        )
+        conn.transport.abortConnection()
+
+    def _connection_lost(self, conn: _Connection, reason: Failure) -> None:
+        if self._ready is not conn:
+            return
+        self._ready = None
+        self._problem = reason.getErrorMessage()
+        if self.running:
+            self._log.warn(
+                "Redis {role} lost its connection to {endpoint}: {reason}; reconnecting",
+                role=self._role,
+                endpoint=self._endpoint,
+                reason=self._problem,
+            )
+
+    def _state(self) -> str:
+        if not self.running:
+            return "stopped"
+        if self._ready is not None:
+            return "connected"
+        return "connecting" if self._problem is None else f"connecting ({self._problem})"
+
+
+class RedisCommands(_Link):
+    """One Redis command connection (a twisted Service): ``execute_command`` while ``connected``, failing fast otherwise.
+
+    ``retry_policy(attempt) -> seconds`` paces reconnection (default: ``default_retry_policy()``);
+    ``reply_timeout`` (seconds, None for none) fails a command and drops the connection when Redis does not answer.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: str,
+        password: str | None = None,
+        db: int = 0,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+        role: str = "commands",
+    ) -> None:
+        super().__init__(reactor, endpoint, password, db, retry_policy, reply_timeout, role)
+        self._script_shas: dict[str, str] = {}
+
+    @property
+    def state(self) -> str:
+        """'connected', 'connecting' (with the last problem in parentheses) or 'stopped'."""
+        return self._state()
+
+    def execute_command(self, *args: Any) -> Deferred[Any]:
+        """Send one command (``"SET", key, value``); fails at once with ConnectionError while not connected."""
+        conn = self._ready
+        if conn is None:
+            return fail(ConnectionError(f"Redis {self._role} at {self._endpoint} is not connected"))
+        try:
+            return conn.execute_command(*args)
+        except Exception:
+            return fail()
+
+    def run_script(self, source: str, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Deferred[Any]:
+        """Run a Lua script by EVALSHA, falling back to EVAL (which caches it in Redis) on NOSCRIPT."""
+        sha = self._script_shas.get(source)
+        if sha is None:
+            sha = self._script_shas[source] = hashlib.sha1(source.encode()).hexdigest()
+
+        def load_and_run(failure: Failure) -> Any:
+            failure.trap(ResponseError)
+            if not str(failure.value).startswith("NOSCRIPT"):
+                return failure
+            return self.execute_command("EVAL", source, len(keys), *keys, *args)
+
+        return self.execute_command("EVALSHA", sha, len(keys), *keys, *args).addErrback(load_and_run)
+
+
+class _Subscriber(_Link):
+    """The subscriber connection: SUBSCRIBEs to every channel after each connect and PINGs to detect a dead peer."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: str,
+        password: str | None,
+        channels: Sequence[str],
+        on_message: Callable[[bytes, bytes], None],
+        retry_policy: RetryPolicy | None,
+        reply_timeout: float | None,
+        ping_interval: float | None,
+    ) -> None:
+        # pub/sub ignores the database number, so no SELECT
+        super().__init__(reactor, endpoint, password, 0, retry_policy, reply_timeout, "bus subscriber")
+        self._channels = list(channels)
+        self._on_message = on_message
+        self._ping_interval = ping_interval
+        self._ping_call: IDelayedCall | None = None
+
+    def _build(self) -> _Connection:
+        return _SubscriberConnection(self, self._reply_timeout, self._on_message)
+
+    def _setup(self, conn: _Connection) -> Deferred[Any]:
+        assert isinstance(conn, _SubscriberConnection)
+        setup = super()._setup(conn)
+        setup.addCallback(lambda _: conn.subscribe(self._channels))
+        return setup
+
+    def _became_ready(self, conn: _Connection) -> None:
+        self._schedule_ping(conn)
+
+    def _schedule_ping(self, conn: _Connection) -> None:
+        if self._ping_interval and self._ready is conn:
+            self._ping_call = self.reactor.callLater(self._ping_interval, self._ping, conn)
+
+    def _ping(self, conn: _Connection) -> None:
+        self._ping_call = None
+        if self._ready is not conn:
+            return
+        # a missing answer trips the reply timeout, which drops the connection; ClientService reconnects
+        conn.execute_command("PING").addCallbacks(lambda _: self._schedule_ping(conn), lambda _: None)
+
+    def _connection_lost(self, conn: _Connection, reason: Failure) -> None:
+        if self._ready is conn and self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+            self._ping_call = None
+        super()._connection_lost(conn, reason)
+
+
+@implementer(IBus)
+class RedisBus(service.MultiService):
+    """IBus on Redis pub/sub: a subscriber connection on every configured channel plus a publisher connection.
+
+    ``topics`` maps logical topic -> Redis channel. Listeners get ``(topic, payload: bytes)`` in the order Redis
+    delivers; a listener's exception is logged and never reaches the connection or the other listeners.
+    ``ping_interval`` (seconds, None to disable) PINGs the subscriber so that a silently dead peer is noticed
+    within ``ping_interval + reply_timeout``.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: str,
+        topics: Mapping[str, str],
+        password: str | None = None,
+        db: int = 0,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+    ) -> None:
+        super().__init__()
+        self._topics = check_topics(topics)
+        self._topic_by_channel = {channel.encode(): topic for topic, channel in self._topics.items()}
+        self._listeners: list[Listener] = []
+        self._publisher = RedisCommands(
+            reactor, endpoint, password, db, retry_policy=retry_policy, reply_timeout=reply_timeout,
+            role="bus publisher",
+        )
+        self._subscriber = _Subscriber(
+            reactor, endpoint, password, list(self._topics.values()), self._message,
+            retry_policy, reply_timeout, ping_interval,
+        )
+        self._publisher.setServiceParent(self)
+        self._subscriber.setServiceParent(self)
+
+    @property
+    def topics(self) -> Mapping[str, str]:
+        """The topic -> channel map (a copy)."""
+        return dict(self._topics)
+
+    @property
+    def connected(self) -> bool:
+        """True while subscribed to every channel and the publisher is connected."""
+        return self._subscriber.connected and self._publisher.connected
+
+    @property
+    def state(self) -> str:
+        """'connected', 'connecting', 'subscriber down', 'publisher down' or 'stopped', with the last problem."""
+        if not self.running:
+            return "stopped"
+        sub, pub = self._subscriber.connected, self._publisher.connected
+        if sub and pub:
+            return "connected"
+        state = "connecting" if not sub and not pub else "subscriber down" if not sub else "publisher down"
+        problem = self._subscriber.problem or self._publisher.problem
+        return state if problem is None else f"{state} ({problem})"
+
+    def listen(self, callback: Listener) -> None:
+        self._listeners.append(callback)
+
+    def publish(self, topic: str, payload: bytes) -> Deferred[Any]:
+        """PUBLISH ``payload`` on ``topic``'s channel; fires with the receiver count once Redis answered, fails with
+        ConnectionError at once while disconnected. ValueError for an unknown topic, TypeError for non-bytes."""
+        channel = check_publish(self._topics, topic, payload)
+        return self._publisher.execute_command("PUBLISH", channel, payload)
+
+    def whenSubscribed(self) -> Deferred[Any]:
+        """Fires once the subscriber is subscribed to every channel (now, or after the next (re)connect)."""
+        return self._subscriber.whenConnected()
+
+    def whenConnected(self) -> Deferred[Any]:
+        """Fires once subscribed and the publisher is connected (CancelledError if the bus stops first)."""
+        return ensureDeferred(self._both_connected())
+
+    async def _both_connected(self) -> RedisBus:
+        while not self.connected:
+            await self._subscriber.whenConnected()
+            await self._publisher.whenConnected()
+        return self
+
+    def _message(self, channel: bytes, payload: bytes) -> None:
+        topic = self._topic_by_channel.get(channel)
+        if topic is None:
+            self._log.warn("bus message on unexpected channel {channel!r} dropped", channel=channel)
+            return
+        deliver(self._listeners, topic, payload, self._log)

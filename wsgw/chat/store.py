@@ -1,0 +1,489 @@
+"""Chat storage: rooms, the (Type, RoomTypeObject) index, presence and capped message histories.
+
+``IChatStore`` is the contract (the lead may move it to ``wsgw.interfaces``);
+``MemoryChatStore`` is the embedded store of one process, ``RedisChatStore`` the
+shared one, where every change that two gateway instances could race on is one
+Lua script (find-or-create, presence, posting with the cap, edit, delete).
+
+Values are plain JSON-ready dicts in the wire shapes of PROTOCOL.md §5.1:
+a room is ``{"Uuid","Type","RoomTypeObject","RoomLabel","Users","LastUpdated"}``
+(``Users`` sorted), a message ``{"Uuid","RoomUuid","Message","Author","Timestamp",
+"Activity"?}``. Callers get copies; times always come from the caller's clock.
+
+Presence is stored per room as ``login -> last seen`` (caller's clock seconds):
+``touch_user`` refreshes it, ``remove_user`` removes it unless another instance
+refreshed it after ``idle_since``, and ``touch_user`` also prunes entries older
+than ``stale_before`` (logins left behind by an instance that died).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid as uuidlib
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import Interface, implementer
+
+Room = dict[str, Any]
+Message = dict[str, Any]
+
+
+class ChatStoreError(Exception):
+    """A store operation that cannot be done as asked."""
+
+
+class NoSuchRoom(ChatStoreError):
+    """The room does not exist."""
+
+
+class NoSuchMessage(ChatStoreError):
+    """The message does not exist in that room."""
+
+
+class NotAuthor(ChatStoreError):
+    """The message exists but was written by someone else."""
+
+
+class IChatStore(Interface):
+    """Chat rooms and messages (Redis or in memory). Every method returns a Deferred."""
+
+    def find_room(type: str, type_object: str) -> Deferred:
+        """The room identified by ``(type, type_object)``, or None."""
+
+    def get_room(room_uuid: str) -> Deferred:
+        """The room with that Uuid, or None."""
+
+    def find_or_create_room(type: str, type_object: str, label: str, now: float) -> Deferred:
+        """The room identified by ``(type, type_object)``, created if needed; fires ``(room, created)``.
+
+        Two concurrent calls, from any instances, end with one room.
+        """
+
+    def touch_user(room_uuid: str, login: str, now: float, stale_before: float) -> Deferred:
+        """Mark ``login`` present (last seen ``now``), prune presences older than ``stale_before``.
+
+        Fires ``(room, changed)`` where ``changed`` says ``Users`` changed; ``(None, False)``
+        when the room does not exist.
+        """
+
+    def remove_user(room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
+        """Remove ``login`` from ``Users``; with ``idle_since``, only if not seen after it.
+
+        Fires ``(room, changed)``; ``(None, False)`` when the room does not exist.
+        """
+
+    def post_message(message: Message, cap: int) -> Deferred:
+        """Append ``message`` to its room's history, dropping the oldest beyond ``cap``.
+
+        Fails with NoSuchRoom when ``message["RoomUuid"]`` does not exist.
+        """
+
+    def edit_message(room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
+        """Replace the text of a message written by ``author``; the old text is appended to
+        ``Activity.items`` as ``{"markdown": old, "updated": updated}``. Fires the new message;
+        fails with NoSuchMessage or NotAuthor (and changes nothing)."""
+
+    def delete_message(room_uuid: str, message_uuid: str, author: str) -> Deferred:
+        """Delete a message written by ``author``; fires the deleted message; fails with
+        NoSuchMessage or NotAuthor (and changes nothing)."""
+
+    def page(room_uuid: str, offset: int, limit: int) -> Deferred:
+        """Messages oldest first: walking back from the newest, skip ``offset``, take ``limit``
+        (``limit`` 0: all the rest). An unknown room has no messages."""
+
+
+def index_key(type: str, type_object: str) -> str:
+    """The index field of a room; ``Type`` is an enum name and never contains ``:``."""
+    return type + ":" + type_object
+
+
+def _stamp(now: float) -> str:
+    """Unix seconds as the protobuf-JSON int64 string."""
+    return str(int(now))
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@implementer(IChatStore)
+class MemoryChatStore:
+    """The embedded store: plain dicts in this process; every call completes synchronously."""
+
+    def __init__(self) -> None:
+        self._index: dict[str, str] = {}
+        self._rooms: dict[str, Room] = {}  # without Users
+        self._users: dict[str, dict[str, float]] = {}
+        self._messages: dict[str, list[Message]] = {}
+
+    def _room(self, room_uuid: str) -> Room:
+        room = dict(self._rooms[room_uuid])
+        room["Users"] = sorted(self._users[room_uuid])
+        return room
+
+    def find_room(self, type: str, type_object: str) -> Deferred:
+        room_uuid = self._index.get(index_key(type, type_object))
+        return succeed(None if room_uuid is None else self._room(room_uuid))
+
+    def get_room(self, room_uuid: str) -> Deferred:
+        return succeed(self._room(room_uuid) if room_uuid in self._rooms else None)
+
+    def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred:
+        key = index_key(type, type_object)
+        created = key not in self._index
+        if created:
+            room_uuid = str(uuidlib.uuid4())
+            self._index[key] = room_uuid
+            self._rooms[room_uuid] = {
+                "Uuid": room_uuid, "Type": type, "RoomTypeObject": type_object,
+                "RoomLabel": label, "LastUpdated": _stamp(now),
+            }
+            self._users[room_uuid] = {}
+            self._messages[room_uuid] = []
+        return succeed((self._room(self._index[key]), created))
+
+    def touch_user(self, room_uuid: str, login: str, now: float, stale_before: float) -> Deferred:
+        if room_uuid not in self._rooms:
+            return succeed((None, False))
+        users = self._users[room_uuid]
+        changed = login not in users
+        users[login] = now
+        for other in [u for u, seen in users.items() if seen < stale_before]:
+            del users[other]
+            changed = True
+        if changed:
+            self._rooms[room_uuid]["LastUpdated"] = _stamp(now)
+        return succeed((self._room(room_uuid), changed))
+
+    def remove_user(self, room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
+        if room_uuid not in self._rooms:
+            return succeed((None, False))
+        users = self._users[room_uuid]
+        seen = users.get(login)
+        changed = seen is not None and (idle_since is None or seen <= idle_since)
+        if changed:
+            del users[login]
+            self._rooms[room_uuid]["LastUpdated"] = _stamp(now)
+        return succeed((self._room(room_uuid), changed))
+
+    def post_message(self, message: Message, cap: int) -> Deferred:
+        history = self._messages.get(message["RoomUuid"])
+        if history is None:
+            return _failed(NoSuchRoom(message["RoomUuid"]))
+        history.append(copy.deepcopy(message))
+        if len(history) > cap:
+            del history[: len(history) - cap]
+        return succeed(None)
+
+    def _find(self, room_uuid: str, message_uuid: str, author: str) -> tuple[list[Message], int]:
+        history = self._messages.get(room_uuid, [])
+        for i, message in enumerate(history):
+            if message["Uuid"] == message_uuid:
+                if message.get("Author") != author:
+                    raise NotAuthor(message_uuid)
+                return history, i
+        raise NoSuchMessage(message_uuid)
+
+    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
+        try:
+            history, i = self._find(room_uuid, message_uuid, author)
+        except ChatStoreError as e:
+            return _failed(e)
+        message = history[i]
+        activity = message.get("Activity")
+        if not isinstance(activity, dict):
+            activity = message["Activity"] = {}
+        items = activity.get("items")
+        if not isinstance(items, list):
+            items = activity["items"] = []
+        items.append({"markdown": message.get("Message", ""), "updated": updated})
+        message["Message"] = text
+        return succeed(copy.deepcopy(message))
+
+    def delete_message(self, room_uuid: str, message_uuid: str, author: str) -> Deferred:
+        try:
+            history, i = self._find(room_uuid, message_uuid, author)
+        except ChatStoreError as e:
+            return _failed(e)
+        return succeed(history.pop(i))
+
+    def page(self, room_uuid: str, offset: int, limit: int) -> Deferred:
+        history = self._messages.get(room_uuid, [])
+        end = max(len(history) - offset, 0)
+        start = max(end - limit, 0) if limit > 0 else 0
+        return succeed(copy.deepcopy(history[start:end]))
+
+
+def _failed(error: Exception) -> Deferred:
+    d: Deferred = Deferred()
+    d.errback(error)
+    return d
+
+
+# --------------------------------------------------------------------------- redis
+
+# Every script returns one JSON document (txredisapi would otherwise turn
+# number-looking strings such as a login "007" into ints). Keys, under the
+# prefix p: p.."index" (hash "<Type>:<obj>" -> uuid), p.."room:"..u (hash of the
+# room fields), p.."users:"..u (hash login -> last seen), p.."order:"..u (list
+# of message uuids, oldest first), p.."msgs:"..u (hash uuid -> message JSON).
+# Keys are derived inside the scripts: fine on one Redis, not on Redis Cluster.
+
+_LUA_ROOM = """
+local function room_doc(p, u)
+  local fields = redis.call('HGETALL', p..'room:'..u)
+  if #fields == 0 then return nil end
+  local room = {}
+  for i = 1, #fields, 2 do room[fields[i]] = fields[i+1] end
+  local users = redis.call('HKEYS', p..'users:'..u)
+  return {room = room, users = users}
+end
+"""
+
+_FIND = _LUA_ROOM + """
+local u = redis.call('HGET', ARGV[1]..'index', ARGV[2])
+if not u then return false end
+return cjson.encode(room_doc(ARGV[1], u))
+"""
+
+_GET = _LUA_ROOM + """
+local doc = room_doc(ARGV[1], ARGV[2])
+if not doc then return false end
+return cjson.encode(doc)
+"""
+
+# ARGV: prefix, index field, new uuid, type, type object, label, LastUpdated
+_FIND_OR_CREATE = _LUA_ROOM + """
+local p = ARGV[1]
+local u = redis.call('HGET', p..'index', ARGV[2])
+local created = 0
+if not u then
+  u = ARGV[3]
+  created = 1
+  redis.call('HSET', p..'index', ARGV[2], u)
+  redis.call('HSET', p..'room:'..u, 'Uuid', u, 'Type', ARGV[4], 'RoomTypeObject', ARGV[5],
+             'RoomLabel', ARGV[6], 'LastUpdated', ARGV[7])
+end
+local doc = room_doc(p, u)
+doc.changed = created
+return cjson.encode(doc)
+"""
+
+# ARGV: prefix, room uuid, login, now, stale before, LastUpdated
+_TOUCH = _LUA_ROOM + """
+local p, u = ARGV[1], ARGV[2]
+if redis.call('EXISTS', p..'room:'..u) == 0 then return false end
+local uk = p..'users:'..u
+local changed = redis.call('HSET', uk, ARGV[3], ARGV[4])
+local all = redis.call('HGETALL', uk)
+local stale = tonumber(ARGV[5])
+for i = 1, #all, 2 do
+  if tonumber(all[i+1]) < stale then
+    redis.call('HDEL', uk, all[i])
+    changed = 1
+  end
+end
+if changed == 1 then redis.call('HSET', p..'room:'..u, 'LastUpdated', ARGV[6]) end
+local doc = room_doc(p, u)
+doc.changed = changed
+return cjson.encode(doc)
+"""
+
+# ARGV: prefix, room uuid, login, idle since ('' = unconditional), LastUpdated
+_REMOVE = _LUA_ROOM + """
+local p, u = ARGV[1], ARGV[2]
+if redis.call('EXISTS', p..'room:'..u) == 0 then return false end
+local uk = p..'users:'..u
+local seen = redis.call('HGET', uk, ARGV[3])
+local changed = 0
+if seen and (ARGV[4] == '' or tonumber(seen) <= tonumber(ARGV[4])) then
+  redis.call('HDEL', uk, ARGV[3])
+  redis.call('HSET', p..'room:'..u, 'LastUpdated', ARGV[5])
+  changed = 1
+end
+local doc = room_doc(p, u)
+doc.changed = changed
+return cjson.encode(doc)
+"""
+
+# ARGV: prefix, room uuid, message uuid, message JSON, cap
+_POST = """
+local p, u = ARGV[1], ARGV[2]
+if redis.call('EXISTS', p..'room:'..u) == 0 then return '{"ok":false}' end
+local order, msgs = p..'order:'..u, p..'msgs:'..u
+redis.call('HSET', msgs, ARGV[3], ARGV[4])
+local n = redis.call('RPUSH', order, ARGV[3])
+local cap = tonumber(ARGV[5])
+while n > cap do
+  redis.call('HDEL', msgs, redis.call('LPOP', order))
+  n = n - 1
+end
+return '{"ok":true}'
+"""
+
+_LUA_OWNED = """
+local function owned(p, u, id, author)
+  local raw = redis.call('HGET', p..'msgs:'..u, id)
+  if not raw then return nil, '{"error":"missing"}' end
+  local m = cjson.decode(raw)
+  if m.Author ~= author then return nil, '{"error":"author"}' end
+  return m, raw
+end
+"""
+
+# ARGV: prefix, room uuid, message uuid, author, new text, updated
+_EDIT = _LUA_OWNED + """
+local p, u, id = ARGV[1], ARGV[2], ARGV[3]
+local m, err = owned(p, u, id, ARGV[4])
+if not m then return err end
+if type(m.Activity) ~= 'table' then m.Activity = {} end
+if type(m.Activity.items) ~= 'table' then m.Activity.items = {} end
+local items = m.Activity.items
+items[#items + 1] = {markdown = m.Message or '', updated = ARGV[6]}
+m.Message = ARGV[5]
+local out = cjson.encode(m)
+redis.call('HSET', p..'msgs:'..u, id, out)
+return '{"message":' .. out .. '}'
+"""
+
+# ARGV: prefix, room uuid, message uuid, author
+_DELETE = _LUA_OWNED + """
+local p, u, id = ARGV[1], ARGV[2], ARGV[3]
+local m, raw = owned(p, u, id, ARGV[4])
+if not m then return raw end
+redis.call('HDEL', p..'msgs:'..u, id)
+redis.call('LREM', p..'order:'..u, 1, id)
+return '{"message":' .. raw .. '}'
+"""
+
+# ARGV: prefix, room uuid, offset, limit (0 = all)
+_PAGE = """
+local p, u = ARGV[1], ARGV[2]
+local order, msgs = p..'order:'..u, p..'msgs:'..u
+local last = redis.call('LLEN', order) - 1 - tonumber(ARGV[3])
+if last < 0 then return '[]' end
+local first = 0
+local limit = tonumber(ARGV[4])
+if limit > 0 then first = math.max(0, last - limit + 1) end
+local out = {}
+for _, id in ipairs(redis.call('LRANGE', order, first, last)) do
+  local raw = redis.call('HGET', msgs, id)
+  if raw then out[#out + 1] = raw end
+end
+return '[' .. table.concat(out, ',') .. ']'
+"""
+
+
+def _text(reply: Any) -> Any:
+    if isinstance(reply, bytes):
+        return reply.decode("utf-8")
+    return reply
+
+
+def _room_from(doc: dict[str, Any]) -> Room:
+    room = doc["room"]
+    users = doc.get("users")
+    return {
+        "Uuid": room.get("Uuid", ""),
+        "Type": room.get("Type", "GLOBAL"),
+        "RoomTypeObject": room.get("RoomTypeObject", ""),
+        "RoomLabel": room.get("RoomLabel", ""),
+        "Users": sorted(users) if isinstance(users, list) else [],  # cjson encodes {} for an empty table
+        "LastUpdated": room.get("LastUpdated", ""),
+    }
+
+
+@implementer(IChatStore)
+class RedisChatStore:
+    """The shared store on Redis. ``redis`` is anything with ``execute_command(*args) -> Deferred``
+    (a txredisapi connection). Use one connection (not a pool) so that one instance's commands
+    are applied in the order it issued them."""
+
+    def __init__(self, redis: Any, prefix: str = "wsgw:chat:") -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    async def _eval(self, script: str, *args: object) -> Any:
+        reply = await self._redis.execute_command("EVAL", script, 0, self._prefix, *[str(a) for a in args])
+        reply = _text(reply)
+        return None if reply is None else json.loads(reply)
+
+    def _run(self, coro: Any) -> Deferred:
+        return Deferred.fromCoroutine(coro)
+
+    def find_room(self, type: str, type_object: str) -> Deferred:
+        async def run() -> Room | None:
+            doc = await self._eval(_FIND, index_key(type, type_object))
+            return None if doc is None else _room_from(doc)
+        return self._run(run())
+
+    def get_room(self, room_uuid: str) -> Deferred:
+        async def run() -> Room | None:
+            doc = await self._eval(_GET, room_uuid)
+            return None if doc is None else _room_from(doc)
+        return self._run(run())
+
+    def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred:
+        async def run() -> tuple[Room, bool]:
+            doc = await self._eval(
+                _FIND_OR_CREATE, index_key(type, type_object), uuidlib.uuid4(), type, type_object, label, _stamp(now)
+            )
+            return _room_from(doc), bool(doc["changed"])
+        return self._run(run())
+
+    def _changed_room(self, script: str, *args: object) -> Deferred:
+        async def run() -> tuple[Room | None, bool]:
+            doc = await self._eval(script, *args)
+            if doc is None:
+                return None, False
+            return _room_from(doc), bool(doc["changed"])
+        return self._run(run())
+
+    def touch_user(self, room_uuid: str, login: str, now: float, stale_before: float) -> Deferred:
+        return self._changed_room(_TOUCH, room_uuid, login, repr(float(now)), repr(float(stale_before)), _stamp(now))
+
+    def remove_user(self, room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
+        since = "" if idle_since is None else repr(float(idle_since))
+        return self._changed_room(_REMOVE, room_uuid, login, since, _stamp(now))
+
+    def post_message(self, message: Message, cap: int) -> Deferred:
+        async def run() -> None:
+            encoded = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+            doc = await self._eval(_POST, message["RoomUuid"], message["Uuid"], encoded, cap)
+            if not doc["ok"]:
+                raise NoSuchRoom(message["RoomUuid"])
+        return self._run(run())
+
+    def _owned(self, script: str, *args: object) -> Deferred:
+        async def run() -> Message:
+            doc = await self._eval(script, *args)
+            if "message" in doc:
+                return _fix_activity(doc["message"])
+            raise (NotAuthor if doc["error"] == "author" else NoSuchMessage)(args[1])
+        return self._run(run())
+
+    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
+        return self._owned(_EDIT, room_uuid, message_uuid, author, text, updated)
+
+    def delete_message(self, room_uuid: str, message_uuid: str, author: str) -> Deferred:
+        return self._owned(_DELETE, room_uuid, message_uuid, author)
+
+    def page(self, room_uuid: str, offset: int, limit: int) -> Deferred:
+        async def run() -> list[Message]:
+            return [_fix_activity(m) for m in await self._eval(_PAGE, room_uuid, offset, limit)]
+        return self._run(run())
+
+
+def _fix_activity(message: Message) -> Message:
+    """Undo cjson's one lossy habit: an empty Lua table comes back as ``{}``, never ``[]``."""
+    activity = message.get("Activity")
+    if isinstance(activity, dict) and activity.get("items") == {}:
+        activity["items"] = []
+    return message
+
+
+__all__: list[str] = [
+    "ChatStoreError", "IChatStore", "MemoryChatStore", "Message", "NoSuchMessage", "NoSuchRoom",
+    "NotAuthor", "RedisChatStore", "Room", "index_key",
+]
