@@ -226,7 +226,9 @@ def test_algorithm_confusion_with_public_key_as_hmac_secret_is_refused() -> None
     assert result(mixed.verify(jwt.encode(claims(), _rsa_key, algorithm="RS256")))["name"] == "alice"
 
 
-@pytest.mark.parametrize("token", ["garbage", "a.b.c", "eyJhbGciOiJIUzI1NiJ9.e30", "...", "é.é.é"])
+@pytest.mark.parametrize(
+    "token", ["garbage", "a.b.c", "eyJhbGciOiJIUzI1NiJ9.e30", "...", "é.é.é", b64(b"[" * 3000 + b"]" * 3000) + ".e30."]
+)
 def test_garbage_is_refused_as_malformed(token: str) -> None:
     """Strings that are not JWTs are refused as malformed."""
     assert refused(hs_verifier().verify(token)).startswith("malformed token")
@@ -429,7 +431,7 @@ def test_unknown_kid_refetch_is_rate_limited() -> None:
 
 
 def test_jwks_fetch_failure_is_an_auth_error_and_retried_later() -> None:
-    """When the issuer cannot be reached, verify fails with AuthError; a later verify retries after the retry interval."""
+    """An unreachable issuer fails the verify with AuthError; a verify after the retry interval fetches again."""
     clock = clock_at()
     issuer = FakeIssuer(jwk(_rsa_key, "k1"))
     issuer.broken = True

@@ -21,7 +21,11 @@ from wsgw.resolvers import ClaimsResolver, HttpResolver
 
 URL = "http://access.internal/v1/access"
 WORKSPACES = [
-    {"uuid": "ws-1", "slug": "personal-files", "roots": [{"uuid": "r1", "path": "pydiods1/users/alice", "key": "home"}]}
+    {
+        "uuid": "ws-1",
+        "slug": "personal-files",
+        "roots": [{"uuid": "r1", "path": "pydiods1/users/alice", "key": "home"}],
+    }
 ]
 DOC = {"profile": "standard", "roles": ["ROOT_GROUP", "r-team"], "workspaces": WORKSPACES}
 CLAIMS = {"name": "alice", "sub": "u-1", "exp": 1_700_003_600}
@@ -48,7 +52,8 @@ def access_error(d: Deferred) -> str:
 
 def test_claims_resolver_builds_access_from_claims() -> None:
     """The claims resolver takes login, sub, exp, profile, roles and workspaces from the claims."""
-    access = result(ClaimsResolver().resolve("tok", {**CLAIMS, "profile": "admin", "roles": "a, b,,c", "workspaces": WORKSPACES}))
+    claims = {**CLAIMS, "profile": "admin", "roles": "a, b,,c", "workspaces": WORKSPACES}
+    access = result(ClaimsResolver().resolve("tok", claims))
     assert access == Access(
         "alice",
         "u-1",
@@ -251,7 +256,7 @@ class _AccessResource(Resource):
 
 @pytest_twisted.inlineCallbacks
 def test_default_getter_reads_the_access_document_over_http() -> Any:
-    """With no http_get, the resolver fetches the document from a real HTTP server, sends no cookies, and reports a refused connection."""
+    """The default getter reads the document over real HTTP, sends no cookies, and reports a refused connection."""
     from twisted.internet import reactor
 
     port = reactor.listenTCP(0, Site(_AccessResource()), interface="127.0.0.1")

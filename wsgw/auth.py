@@ -38,6 +38,9 @@ from wsgw.interfaces import ITokenVerifier
 
 _log = Logger()
 
+HttpGet = Callable[[str, Mapping[str, str]], Deferred[tuple[int, bytes]]]
+"""The getter the http resolver takes (and TreqGetter is): ``(url, headers) -> Deferred((status, body))``."""
+
 _KNOWN_ALGORITHMS = frozenset(a for a in get_default_algorithms() if a != "none")
 _KTY_FOR_FAMILY = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
@@ -87,7 +90,9 @@ def validate_algorithms(
     if has_secret and not hmac:
         raise ValueError("an hmac secret is configured but no HS* algorithm")
     if (has_public_key or has_issuer) and not asym:
-        raise ValueError("a public key or oidc issuer is configured but no asymmetric algorithm (RS*, PS*, ES*, EdDSA)")
+        raise ValueError(
+            "a public key or oidc issuer is configured but no asymmetric algorithm (RS*, PS*, ES*, EdDSA)"
+        )
 
 
 @implementer(ITokenVerifier)
@@ -163,7 +168,7 @@ class TokenVerifier:
             raise AuthError("malformed token")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, RecursionError):
             raise AuthError("malformed token") from None
         alg = header.get("alg")
         if not isinstance(alg, str):
@@ -410,7 +415,7 @@ class HttpStatusError(Exception):
     """An HTTP response had a status other than 200."""
 
 
-def _bytes_getter(get: Callable[[str, Mapping[str, str]], Deferred[tuple[int, bytes]]]) -> Callable[[str], Deferred[bytes]]:
+def _bytes_getter(get: HttpGet) -> Callable[[str], Deferred[bytes]]:
     """Adapt a (status, body) getter to the verifier's body getter: anything but 200 is an error."""
 
     def body(status_body: tuple[int, bytes]) -> bytes:
@@ -463,7 +468,12 @@ class TreqGetter:
     """
 
     def __init__(
-        self, reactor: IReactorTime, *, timeout: float = 10.0, max_bytes: int = 1 << 20, follow_redirects: bool = False
+        self,
+        reactor: IReactorTime,
+        *,
+        timeout: float = 10.0,
+        max_bytes: int = 1 << 20,
+        follow_redirects: bool = False,
     ) -> None:
         from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -22,12 +22,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsgw.access import Access, AccessError, access_from_document
-from wsgw.auth import TreqGetter, short_reason
+from wsgw.auth import HttpGet, TreqGetter, short_reason
 from wsgw.interfaces import IAccessResolver
 
 _log = Logger()
-
-HttpGet = Callable[[str, Mapping[str, str]], Deferred[tuple[int, bytes]]]
 
 
 def identity_from_claims(claims: Mapping[str, Any]) -> tuple[str, str, int | None]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 _log = Logger()
 
@@ -50,12 +50,15 @@ def deliver(listeners: list, topic: str, payload: bytes, log: Logger = _log) -> 
         try:
             result = listener(topic, payload)
         except Exception:
-            log.failure("bus listener {listener!r} failed on topic {topic}", listener=listener, topic=topic)
+            log.failure(
+                "bus listener {listener!r} failed on topic {topic}", level=LogLevel.error, listener=listener, topic=topic
+            )
             continue
         add_errback = getattr(result, "addErrback", None)
         if add_errback is not None:
             add_errback(
                 lambda f, listener=listener: log.failure(
-                    "bus listener {listener!r} failed on topic {topic}", f, listener=listener, topic=topic
+                    "bus listener {listener!r} failed on topic {topic}", f, LogLevel.error, listener=listener,
+                    topic=topic,
                 )
             )

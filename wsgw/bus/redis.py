@@ -35,8 +35,8 @@ And one Twisted quirk: a connection that ClientService's ``prepareConnection``
 rejects stays open, and closing it logs a critical ``NoTransition``. So the
 setup runs from ``connectionMade``; a connection whose setup fails (wrong
 password, ...) is closed while ClientService counts it connected, and the
-backoff still grows because the retry policy adds the consecutive rejections
-to its attempt count.
+backoff still grows because the retry policy is given the larger of
+ClientService's attempt count and the count of consecutive rejections.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class _Connection(BaseRedisProtocol):
         super().__init__(charset=None, replyTimeout=reply_timeout, convertNumbers=False)
         self.callLater = link.reactor.callLater
         self._link = link
+        self.drop_reason: str | None = None  # why we dropped it ourselves, when we did
 
     def connectionMade(self) -> None:
         super().connectionMade()  # without password/dbid this only marks the protocol usable
@@ -184,6 +185,9 @@ class _Link(service.Service):
         self._client.startService()
 
     def stopService(self) -> Deferred[None]:
+        if not self.running:
+            # ClientService refuses a second stop made from callbacks of the first one
+            return succeed(None)
         super().stopService()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -191,7 +195,8 @@ class _Link(service.Service):
         return self._client.stopService()
 
     def _retry_delay(self, attempt: int) -> float:
-        return self._policy(attempt + self._rejections)
+        # a rejected connection had connected, so ClientService restarts its count at 1: keep ours
+        return self._policy(max(attempt, self._rejections))
 
     def _build(self) -> _Connection:
         return _Connection(self, self._reply_timeout)
@@ -242,10 +247,10 @@ class _Link(service.Service):
         if self._ready is not conn:
             return
         self._ready = None
-        self._problem = reason.getErrorMessage()
+        self._problem = conn.drop_reason or reason.getErrorMessage()
         if self.running:
             self._log.warn(
-                "Redis {role} lost its connection to {endpoint}: {reason}; reconnecting",
+                "Redis {role} lost its connection to {endpoint} ({reason}); reconnecting",
                 role=self._role,
                 endpoint=self._endpoint,
                 reason=self._problem,
@@ -352,7 +357,11 @@ class _Subscriber(_Link):
         if self._ready is not conn:
             return
         # a missing answer trips the reply timeout, which drops the connection; ClientService reconnects
-        conn.execute_command("PING").addCallbacks(lambda _: self._schedule_ping(conn), lambda _: None)
+        ping = conn.execute_command("PING")
+        ping.addCallbacks(lambda _: self._schedule_ping(conn), lambda f: self._ping_failed(conn, f))
+
+    def _ping_failed(self, conn: _Connection, failure: Failure) -> None:
+        conn.drop_reason = f"no answer to PING: {failure.getErrorMessage()}"
 
     def _connection_lost(self, conn: _Connection, reason: Failure) -> None:
         if self._ready is conn and self._ping_call is not None and self._ping_call.active():
