@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from wsgw.config import DEFAULT_TOPICS, config_from_string
 from wsgw.service import GatewayService
 
-SECRET = "integration-secret"
+SECRET = "integration-secret-of-at-least-32-bytes"
 REDIS = "tcp:127.0.0.1:6379"
 
 

@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from types import TracebackType
+from typing import Self
 
 REDIS_SERVER = "/usr/bin/redis-server"
 _READY = b"Ready to accept connections"
@@ -122,7 +123,7 @@ class RedisServer:
                 process.kill()
                 process.wait(timeout=self._timeout)
 
-    def __enter__(self) -> RedisServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -26,6 +26,7 @@ def test_provides_ibus_and_is_always_connected() -> None:
     assert bus.connected is True
     assert bus.state == "embedded"
     assert bus.topics == TOPICS
+    assert bus.whenConnected().called and bus.whenSubscribed().called
 
 
 def test_publish_delivers_to_every_listener_before_returning() -> None:

@@ -207,7 +207,7 @@ async def test_commands_round_trip_bytes_ints_errors_and_scripts(running: Any, t
         assert await redis.execute_command("INCR", key + ":n") == 1
         with pytest.raises(ResponseError):
             await redis.execute_command("INCR", key)
-        script = "-- %s\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])" % key  # unique: not cached in Redis yet
+        script = f"-- {key}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])"  # unique: not cached in Redis yet
         assert await redis.run_script(script, [key + ":n"], [5]) == 6
         assert await redis.run_script(script, [key + ":n"], [5]) == 11
     finally:
@@ -238,7 +238,9 @@ async def test_commands_fail_at_once_while_disconnected(running: Any) -> None:
     assert d.called
     with pytest.raises(ConnectionError, match="not connected"):
         await d
-    assert not redis.connected and redis.state.startswith("connecting")
+    assert not redis.connected
+    await wait_until(lambda: "refused" in redis.state, "the state to say why")
+    assert redis.state.startswith("connecting (Connection was refused")
 
 
 @pytest_twisted.ensureDeferred
@@ -298,6 +300,7 @@ async def test_redis_restart_resubscribes(running: Any, redis_server: RedisServe
     await bounded(redis.whenConnected())
     assert bus.state == "connected"
     assert await bus.publish("meta", b"after") == 1
+    assert await bus.commands.execute_command("PING") == "PONG"
     await inbox.wait_for(2)
     assert inbox.messages == [("meta", b"before"), ("meta", b"after")]
 

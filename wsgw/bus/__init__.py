@@ -49,7 +49,7 @@ def deliver(listeners: list, topic: str, payload: bytes, log: Logger = _log) -> 
     for listener in listeners:
         try:
             result = listener(topic, payload)
-        except Exception:
+        except Exception:  # noqa: BLE001 - isolate a broken listener
             log.failure(
                 "bus listener {listener!r} failed on topic {topic}", level=LogLevel.error, listener=listener, topic=topic
             )

@@ -55,6 +55,8 @@ class MemoryBus(service.Service):
         """Already fired: the embedded bus is always up (same call as on RedisBus)."""
         return succeed(None)
 
+    whenSubscribed = whenConnected
+
     def publish(self, topic: str, payload: bytes) -> Deferred[None]:
         """Deliver ``payload`` on ``topic`` (see the module docstring for when); ValueError for an unknown topic,
         TypeError for a payload that is not bytes. The Deferred has fired already."""

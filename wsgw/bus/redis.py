@@ -48,18 +48,25 @@ from typing import Any
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import protocol
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
+from twisted.internet.base import DelayedCall
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    ensureDeferred,
+    fail,
+    succeed,
+)
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txredisapi import BaseRedisProtocol, ConnectionError, ResponseError
+from txredisapi import BaseRedisProtocol, ConnectionError, ResponseError  # type: ignore[import-untyped]
 from zope.interface import implementer
 
 from wsgw.bus import check_publish, check_topics, deliver
 from wsgw.interfaces import IBus
 
-__all__ = ["RedisBus", "RedisCommands", "default_retry_policy", "ConnectionError", "ResponseError"]
+__all__ = ["ConnectionError", "RedisBus", "RedisCommands", "ResponseError", "default_retry_policy"]
 
 RetryPolicy = Callable[[int], float]
 Listener = Callable[[str, bytes], Any]
@@ -110,7 +117,7 @@ class _SubscriberConnection(_Connection):
             if kind == b"message":
                 try:
                     self._on_message(reply[1], reply[2])
-                except Exception:
+                except Exception:  # noqa: BLE001 - a handling bug must not break the connection
                     self._link._log.failure("bus message on {channel!r} could not be handled", channel=reply[1])
                 return
             if kind == b"subscribe":
@@ -130,6 +137,18 @@ class _Factory(protocol.Factory):
         conn = self._link._build()
         conn.factory = self
         return conn
+
+
+@implementer(IStreamClientEndpoint)
+class _NotingEndpoint:
+    """An endpoint that tells its link why a connection attempt failed (ClientService only logs it)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, link: _Link) -> None:
+        self._endpoint = endpoint
+        self._link = link
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        return self._endpoint.connect(factory).addErrback(self._link._connect_failed)
 
 
 class _Link(service.Service):
@@ -159,7 +178,10 @@ class _Link(service.Service):
         self._waiters: list[Deferred[Any]] = []
         self._problem: str | None = None
         self._client = ClientService(
-            clientFromString(reactor, endpoint), _Factory(self), retryPolicy=self._retry_delay, clock=reactor
+            _NotingEndpoint(clientFromString(reactor, endpoint), self),
+            _Factory(self),
+            retryPolicy=self._retry_delay,
+            clock=reactor,
         )
 
     @property
@@ -209,6 +231,10 @@ class _Link(service.Service):
             await conn.execute_command("AUTH", self._password)
         if self._db:
             await conn.execute_command("SELECT", self._db)
+
+    def _connect_failed(self, failure: Failure) -> Failure:
+        self._problem = failure.getErrorMessage()
+        return failure
 
     def _connection_made(self, conn: _Connection) -> None:
         setup = self._setup(conn)
@@ -297,7 +323,7 @@ class RedisCommands(_Link):
             return fail(ConnectionError(f"Redis {self._role} at {self._endpoint} is not connected"))
         try:
             return conn.execute_command(*args)
-        except Exception:
+        except Exception:  # noqa: BLE001 - e.g. an argument that cannot be encoded: fail the Deferred
             return fail()
 
     def run_script(self, source: str, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Deferred[Any]:
@@ -334,7 +360,7 @@ class _Subscriber(_Link):
         self._channels = list(channels)
         self._on_message = on_message
         self._ping_interval = ping_interval
-        self._ping_call: IDelayedCall | None = None
+        self._ping_call: DelayedCall | None = None
 
     def _build(self) -> _Connection:
         return _SubscriberConnection(self, self._reply_timeout, self._on_message)
@@ -418,6 +444,12 @@ class RedisBus(service.MultiService):
     def connected(self) -> bool:
         """True while subscribed to every channel and the publisher is connected."""
         return self._subscriber.connected and self._publisher.connected
+
+    @property
+    def commands(self) -> RedisCommands:
+        """The publisher connection, usable for other commands (e.g. the chat store, whose writes then reach
+        Redis before the PUBLISH that announces them)."""
+        return self._publisher
 
     @property
     def state(self) -> str:

@@ -260,6 +260,8 @@ class ChatService:
         return state.lock.run(lambda: Deferred.fromCoroutine(self._frame(session, state, frame)))
 
     async def _frame(self, session: Session, state: _Socket, frame: dict) -> None:
+        if session not in self._sockets:
+            return  # closed while this frame waited for the previous ones
         action = frame.get("@type") if isinstance(frame, dict) else None
         name = action if isinstance(action, str) and action else "chat frame"
         try:
@@ -298,6 +300,12 @@ class ChatService:
                 await self._leave_room(session, state, joined)
             raise _Refused(f"JOIN: not allowed to join this {type} room")
         now = self._clock.seconds()
+        joined = _joined_uuid(state, type, type_object)
+        if ping and joined is not None:  # the usual heartbeat: refresh presence only
+            touched, changed = await self._touch(joined, access.login, now)
+            if touched is not None and changed:
+                await self._publish_event({"Room": touched}, "JOIN")
+            return
         if ping:
             found = await self._store.find_room(type, type_object)
             if found is None:
@@ -308,11 +316,6 @@ class ChatService:
         if session not in self._sockets:
             return
         room_uuid = room["Uuid"]
-        if ping and room_uuid in state.rooms:
-            touched, changed = await self._touch(room_uuid, access.login, now)
-            if touched is not None and changed:
-                await self._publish_event({"Room": touched}, "JOIN")
-            return
         self._join_room(session, state, room_uuid, type, type_object)
         try:
             touched, changed = await self._touch(room_uuid, access.login, now)
@@ -568,11 +571,15 @@ def _room_spec(frame: dict, action: str) -> tuple[str, str, str]:
         raise _Refused(f"{action}: missing Room")
     if not isinstance(room, dict):
         raise _Refused(f"{action}: Room must be an object")
-    type = room.get("Type") or "GLOBAL"
-    if type not in ROOM_TYPES:
+    type = room.get("Type")
+    if type is None or type == "":
+        type = "GLOBAL"
+    if not isinstance(type, str) or type not in ROOM_TYPES:
         raise _Refused(f"{action}: unknown Room.Type {_show(type)}")
-    type_object = room.get("RoomTypeObject") or ""
-    label = room.get("RoomLabel") or ""
+    type_object = room.get("RoomTypeObject")
+    type_object = "" if type_object is None else type_object
+    label = room.get("RoomLabel")
+    label = "" if label is None else label
     if not isinstance(type_object, str) or len(type_object) > _MAX_FIELD:
         raise _Refused(f"{action}: Room.RoomTypeObject must be a string of at most {_MAX_FIELD} characters")
     if not isinstance(label, str) or len(label) > _MAX_FIELD:

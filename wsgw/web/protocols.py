@@ -63,7 +63,7 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def _reject(self, code: int, reason: str) -> None:
         self.send(frames.error(reason))
-        self.sendClose(code, reason)
+        self.close(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._session is not None:
@@ -77,8 +77,9 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.transport.writeSequence((frame_header(len(payload)), payload))
 
     def close(self, code: int, reason: str) -> None:
+        # sendClose only lets applications use 1000 and 3000-4999; 1003/1009/1013 are ours to send too.
         if self.state == _OPEN:
-            self.sendClose(code, reason)
+            self.sendCloseFrame(code, reason.encode("utf-8")[:123])
 
 
 class GatewayFactory(WebSocketServerFactory):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web.resource import NoResource, Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from wsgw.interfaces import IBus
@@ -36,12 +37,12 @@ class _Root(Resource):
         super().__init__()
         self._routes = routes
 
-    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         full = request.path.rstrip(b"/") or b"/"
-        return self._routes.get(full) or NoResource()
+        return self._routes.get(full) or notFound()
 
     def render(self, request: Request) -> bytes:
-        return NoResource().render(request)
+        return notFound().render(request)
 
 
 def make_site(ws_factory, chat_factory, bus: IBus) -> Site:

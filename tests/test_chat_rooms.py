@@ -1,0 +1,879 @@
+"""The chat rules (PROTOCOL.md §5) in memory: a fake clock, MemoryChatStore, and a bus that loops events back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from wsgw.access import Access, Root, Workspace
+from wsgw.chat.rooms import ChatService, sanitize_markdown
+from wsgw.chat.store import MemoryChatStore
+from wsgw.events import MalformedEvent
+from wsgw.sessions import Session
+from wsgw.testing import RecordingConnection
+
+START = 1718022000.0
+WS = Workspace("ws-1", "common", (Root("r1", "pydiods1/common", "common"),))
+
+
+class LoopBus:
+    """A chat topic shared by several ChatService instances; delivers at once, or on flush() when held."""
+
+    def __init__(self) -> None:
+        self.services: list[ChatService] = []
+        self.events: list[dict] = []
+        self.held: list[bytes] | None = None
+
+    def publish(self, payload: bytes) -> Deferred:
+        assert isinstance(payload, bytes)
+        if self.held is not None:
+            self.held.append(payload)
+        else:
+            self._deliver(payload)
+        return succeed(None)
+
+    def _deliver(self, payload: bytes) -> None:
+        event = json.loads(payload)
+        self.events.append(event)
+        for service in self.services:
+            service.handle(event)
+
+    def hold(self) -> None:
+        self.held = []
+
+    def flush(self) -> None:
+        held, self.held = self.held or [], None
+        for payload in held:
+            self._deliver(payload)
+
+
+class Chat:
+    """One or more instances on one store, one clock and one bus."""
+
+    def __init__(self, instances: int = 1, **options: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = MemoryChatStore()
+        self.bus = LoopBus()
+        self.services = [ChatService(self.clock, self.store, self.bus.publish, **options) for _ in range(instances)]
+        self.bus.services.extend(self.services)
+
+    @property
+    def service(self) -> ChatService:
+        return self.services[0]
+
+    def connect(self, login: str, *, instance: int = 0, profile: str = "standard", sub: str | None = None,
+                workspaces: tuple[Workspace, ...] = (WS,)) -> Session:
+        session = Session(RecordingConnection(login), "chat")
+        session.access = Access(login, sub or f"sub-{login}", profile, frozenset(), workspaces)
+        self.services[instance].attach(session)
+        return session
+
+    def close(self, session: Session, instance: int = 0) -> None:
+        self.services[instance].detach(session)
+
+    def send(self, session: Session, frame: Any, instance: int = 0) -> None:
+        d = self.services[instance].handle_frame(session, frame)
+        if d is not None:
+            assert d.called, "the in-memory store answers at once"
+
+    def room(self, type: str = "WORKSPACE", obj: str = "ws-1") -> dict:
+        found = self.store.find_room(type, obj).result
+        assert found is not None
+        return found
+
+    def messages(self, room_uuid: str) -> list[dict]:
+        return self.store.page(room_uuid, 0, 0).result  # type: ignore[no-any-return]
+
+
+def frames(session: Session) -> list[Any]:
+    """Frames the socket received since the last call."""
+    return session.connection.clear()  # type: ignore[attr-defined]
+
+
+def kinds(received: list[Any]) -> list[str]:
+    return [f.get("@type", "message") for f in received]
+
+
+def join(type: str = "WORKSPACE", obj: str = "ws-1", **room: Any) -> dict:
+    return {"@type": "JOIN", "Room": {"Type": type, "RoomTypeObject": obj, **room}}
+
+
+def ping(type: str = "WORKSPACE", obj: str = "ws-1") -> dict:
+    return {"@type": "JOIN", "Room": {"Type": type, "RoomTypeObject": obj}, "Message": {"Message": "PING"}}
+
+
+def post(room_uuid: str, text: str, **fields: Any) -> dict:
+    return {"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": text, **fields}}
+
+
+def history(room: dict | None = None, **paging: int) -> dict:
+    frame: dict = {"@type": "HISTORY", "Room": room or {"Type": "WORKSPACE", "RoomTypeObject": "ws-1"}}
+    if paging:
+        frame["Message"] = {"Message": json.dumps(paging)}
+    return frame
+
+
+def assert_error(session: Session, *words: str) -> None:
+    received = frames(session)
+    assert len(received) == 1 and received[0]["@type"] == "error", received
+    for word in words:
+        assert word in received[0]["error"], received[0]["error"]
+    assert session.connection.closed is None  # type: ignore[attr-defined]
+
+
+def seed(chat: Chat, room_uuid: str, count: int) -> list[dict]:
+    """Store ``count`` messages straight into the room, one second apart."""
+    messages = []
+    for n in range(count):
+        m = {"Uuid": f"m{n}", "RoomUuid": room_uuid, "Message": f"text {n}", "Author": "zed",
+             "Timestamp": str(int(START) + n)}
+        chat.store.post_message(m, 1000)
+        messages.append(m)
+    return messages
+
+
+# --------------------------------------------------------------------------- conversation
+
+
+def test_full_conversation() -> None:
+    """Join, post, edit, delete, history and leave between two users, with every frame in order."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+
+    chat.send(alice, join(RoomLabel="Common"))
+    room = chat.room()
+    got = frames(alice)
+    assert got[0] == {"@type": "ROOM_UPDATE", "Room": dict(room, Users=["alice"])}
+    assert kinds(got) == ["ROOM_UPDATE", "ROOM_UPDATE"]  # direct, then the broadcast of the JOIN
+    assert room["RoomLabel"] == "Common"
+
+    chat.send(bob, join())
+    assert frames(alice) == [{"@type": "ROOM_UPDATE", "Room": dict(room, Users=["alice", "bob"])}]
+    assert kinds(frames(bob)) == ["ROOM_UPDATE", "ROOM_UPDATE"]
+
+    chat.clock.advance(5)
+    chat.send(alice, post(room["Uuid"], "hello **bob** <script>alert(1)</script>"))
+    [message] = frames(alice)
+    assert frames(bob) == [message]
+    assert message == {"Uuid": message["Uuid"], "RoomUuid": room["Uuid"], "Message": "hello **bob** ",
+                       "Author": "alice", "Timestamp": str(int(START) + 5)}
+
+    chat.send(bob, post(room["Uuid"], "hijack", Uuid=message["Uuid"]))
+    assert_error(bob, "POST", "someone else")
+    assert frames(alice) == []
+
+    chat.clock.advance(10)
+    chat.send(alice, post(room["Uuid"], "hello *bob*", Uuid=message["Uuid"], Author="bob"))
+    [edited] = frames(alice)
+    assert frames(bob) == [edited]
+    assert edited == dict(message, Message="hello *bob*", Activity={
+        "items": [{"markdown": "hello **bob** ", "updated": "2024-06-10T12:20:15Z"}]})
+
+    chat.send(bob, {"@type": "DELETE_MSG", "Message": dict(edited, Author="bob")})
+    assert_error(bob, "DELETE_MSG", "someone else")
+    chat.send(alice, {"@type": "DELETE_MSG", "Message": {"Uuid": message["Uuid"], "RoomUuid": room["Uuid"]}})
+    deleted = {"@type": "DELETE_MSG", "Message": edited}
+    assert frames(alice) == [deleted] and frames(bob) == [deleted]
+    assert chat.messages(room["Uuid"]) == []
+
+    chat.send(bob, post(room["Uuid"], "bye"))
+    chat.send(alice, history())
+    got = frames(alice)
+    assert kinds(got) == ["message", "ROOM_UPDATE", "message"]
+    assert got[2]["Message"] == "bye"
+
+    chat.send(bob, {"@type": "LEAVE", "Room": {"Type": "WORKSPACE", "RoomTypeObject": "ws-1"}})
+    frames(bob)
+    assert frames(alice) == [{"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["alice"])}]
+    chat.send(alice, post(room["Uuid"], "still there?"))
+    assert frames(bob) == []
+    chat.send(bob, post(room["Uuid"], "I left"))
+    assert_error(bob, "POST", "not joined")
+
+
+def test_broadcast_frames_are_the_same_bytes_for_every_socket() -> None:
+    """A broadcast is serialized once: every socket in the room gets the very same bytes object."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.send(bob, join())
+    room = chat.room()
+    frames(alice), frames(bob)
+    chat.send(alice, post(room["Uuid"], "hi"))
+    assert alice.connection.sent[-1] is bob.connection.sent[-1]  # type: ignore[attr-defined]
+
+
+def test_absent_type_is_the_global_room() -> None:
+    """A JOIN without Type joins the GLOBAL room, the same as Type GLOBAL."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, {"@type": "JOIN", "Room": {"RoomTypeObject": ""}})
+    chat.send(bob, {"@type": "JOIN", "Room": {"Type": "GLOBAL"}})
+    room = chat.room("GLOBAL", "")
+    assert room["Users"] == ["alice", "bob"]
+    assert chat.service.rooms_of(alice) == chat.service.rooms_of(bob) == {room["Uuid"]}
+
+
+def test_post_may_name_the_room_by_type_and_object() -> None:
+    """A POST naming its room by Room {Type, RoomTypeObject} posts to that joined room."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join("NODE", "node-9"))
+    frames(alice)
+    chat.send(alice, {"@type": "POST", "Room": {"Type": "NODE", "RoomTypeObject": "node-9"},
+                      "Message": {"Message": "about this file"}})
+    [message] = frames(alice)
+    assert message["RoomUuid"] == chat.room("NODE", "node-9")["Uuid"]
+
+
+# --------------------------------------------------------------------------- history
+
+
+def test_join_sends_the_newest_page_then_may_have_more() -> None:
+    """JOIN sends ROOM_UPDATE, the newest 40 messages oldest first, then MAY_HAVE_MORE when there are more."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    room = chat.room()
+    stored = seed(chat, room["Uuid"], 45)
+    chat.send(bob, join())
+    got = frames(bob)
+    assert got[0]["@type"] == "ROOM_UPDATE"
+    assert got[1:41] == stored[5:]
+    assert got[41] == {"@type": "MAY_HAVE_MORE", "RoomUuid": room["Uuid"], "Timestamp": int(START) + 5,
+                       "Offset": 40, "Limit": 40}
+    assert kinds(got[42:]) == ["ROOM_UPDATE"]
+
+
+@pytest.mark.parametrize("count", [0, 40])
+def test_join_without_more_history_sends_no_may_have_more(count: int) -> None:
+    """An empty room or exactly 40 messages: ROOM_UPDATE and the messages, no MAY_HAVE_MORE."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    stored = seed(chat, chat.room()["Uuid"], count)
+    chat.send(bob, join())
+    got = frames(bob)
+    assert got[1:1 + count] == stored
+    assert kinds(got) == ["ROOM_UPDATE"] + ["message"] * count + ["ROOM_UPDATE"]
+
+
+def test_history_paging_edges() -> None:
+    """HISTORY pages walk back from the newest: full pages announce more, past the end sends none."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    room = chat.room()
+
+    frames(alice)
+    chat.send(alice, history(Offset=0, Limit=40))
+    assert kinds(frames(alice)) == ["ROOM_UPDATE"]
+
+    stored = seed(chat, room["Uuid"], 10)
+    chat.send(alice, history(Offset=0, Limit=4))
+    got = frames(alice)
+    assert got[1:5] == stored[6:]
+    assert got[5] == {"@type": "MAY_HAVE_MORE", "RoomUuid": room["Uuid"], "Timestamp": int(START) + 6,
+                      "Offset": 4, "Limit": 4}
+
+    chat.send(alice, history(Offset=8, Limit=4))
+    got = frames(alice)
+    assert kinds(got) == ["ROOM_UPDATE", "message", "message"] and got[1:] == stored[:2]
+
+    chat.send(alice, history(Offset=0, Limit=10))
+    assert kinds(frames(alice))[-1] == "MAY_HAVE_MORE"  # an exact, full page may have more
+
+    chat.send(alice, history(Offset=10, Limit=4))
+    assert kinds(frames(alice)) == ["ROOM_UPDATE"]
+
+    chat.send(alice, history())
+    got = frames(alice)
+    assert got[1:] == stored
+
+    chat.send(alice, history(Offset=3))
+    assert frames(alice)[1:] == stored[:7]
+
+
+def test_history_by_room_uuid_checks_permission() -> None:
+    """HISTORY names a room by Uuid too, and is refused for a room the user may not join."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    room = chat.room()
+    seed(chat, room["Uuid"], 2)
+    outsider = chat.connect("eve", workspaces=())
+    chat.send(outsider, history({"Uuid": room["Uuid"]}))
+    assert_error(outsider, "HISTORY", "not allowed")
+    chat.send(alice, history({"Uuid": room["Uuid"]}))
+    assert kinds(frames(alice))[-3:] == ["ROOM_UPDATE", "message", "message"]
+
+
+@pytest.mark.parametrize("text,words", [
+    ("not json", ["HISTORY", "JSON"]),
+    ("[1]", ["HISTORY", "JSON"]),
+    ('{"Offset":-1}', ["HISTORY", "Offset"]),
+    ('{"Limit":"40"}', ["HISTORY", "Limit"]),
+    ('{"Limit":true}', ["HISTORY", "Limit"]),
+])
+def test_bad_history_paging_is_refused(text: str, words: list[str]) -> None:
+    """HISTORY with paging that is not JSON {Offset, Limit} of non-negative integers gets an error."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    frames(alice)
+    chat.send(alice, {"@type": "HISTORY", "Room": {"Type": "WORKSPACE", "RoomTypeObject": "ws-1"},
+                      "Message": {"Message": text}})
+    assert_error(alice, *words)
+
+
+def test_history_of_a_missing_room_creates_nothing() -> None:
+    """HISTORY of a room that does not exist is an error and does not create it."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, history({"Type": "NODE", "RoomTypeObject": "n1"}))
+    assert_error(alice, "HISTORY", "no such room")
+    assert chat.store.find_room("NODE", "n1").result is None
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+@pytest.mark.parametrize("type,obj,allowed", [
+    ("WORKSPACE", "ws-1", True),
+    ("WORKSPACE", "ws-2", False),
+    ("USER", "alice", True),
+    ("USER", "sub-alice", True),
+    ("USER", "bob", False),
+    ("GLOBAL", "", True),
+    ("NODE", "node-1", True),
+])
+def test_join_permissions_of_a_standard_user(type: str, obj: str, allowed: bool) -> None:
+    """Workspace rooms need the workspace, user rooms the user's login or sub; GLOBAL and NODE are open."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join(type, obj))
+    if allowed:
+        assert kinds(frames(alice))[0] == "ROOM_UPDATE"
+        assert chat.room(type, obj)["Users"] == ["alice"]
+    else:
+        assert_error(alice, "JOIN", "not allowed")
+        assert chat.store.find_room(type, obj).result is None
+
+
+@pytest.mark.parametrize("type,obj,allowed", [
+    ("GLOBAL", "", False),
+    ("NODE", "node-1", False),
+    ("WORKSPACE", "ws-1", True),
+    ("USER", "guest", True),
+])
+def test_join_permissions_of_an_anonymous_user(type: str, obj: str, allowed: bool) -> None:
+    """An anon profile may not join GLOBAL or NODE rooms; its workspace and own user room stay open."""
+    chat = Chat()
+    guest = chat.connect("guest", profile="anon")
+    chat.send(guest, join(type, obj))
+    if allowed:
+        assert kinds(frames(guest))[0] == "ROOM_UPDATE"
+    else:
+        assert_error(guest, "JOIN", "not allowed")
+        assert chat.store.find_room(type, obj).result is None
+
+
+def test_losing_access_leaves_the_room() -> None:
+    """After a re-subscribe without the workspace, access_changed leaves its room and removes presence."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.send(bob, join())
+    frames(alice), frames(bob)
+    assert alice.access is not None
+    alice.access = Access("alice", "sub-alice", "standard", frozenset(), ())
+    chat.service.access_changed(alice)
+    assert chat.service.rooms_of(alice) == frozenset()
+    assert frames(bob) == [{"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["bob"])}]
+    chat.send(bob, post(chat.room()["Uuid"], "secret"))
+    assert frames(alice) == []
+
+
+def test_a_new_login_on_the_socket_drops_the_old_logins_rooms() -> None:
+    """When a socket's login changes, the next frame first leaves the rooms joined as the old login."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    alice.access = Access("bob", "sub-bob", "standard", frozenset(), (WS,))
+    chat.send(alice, join("USER", "bob"))
+    assert chat.room()["Users"] == []
+    assert chat.service.rooms_of(alice) == {chat.room("USER", "bob")["Uuid"]}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("frame,words", [
+    ({"@type": "DANCE"}, ["unknown @type", "DANCE"]),
+    ({"Room": {}}, ["missing @type"]),
+    (["JOIN"], ["must be a JSON object"]),
+    ({"@type": 5}, ["missing @type"]),
+    ({"@type": "JOIN"}, ["JOIN", "missing Room"]),
+    ({"@type": "JOIN", "Room": "ws-1"}, ["JOIN", "Room must be an object"]),
+    ({"@type": "JOIN", "Room": {"Type": "TEAM", "RoomTypeObject": "x"}}, ["JOIN", "unknown Room.Type"]),
+    ({"@type": "JOIN", "Room": {"Type": ["GLOBAL"]}}, ["JOIN", "unknown Room.Type"]),
+    ({"@type": "JOIN", "Room": {"Type": "WORKSPACE"}}, ["JOIN", "missing Room.RoomTypeObject"]),
+    ({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": 7}}, ["JOIN", "RoomTypeObject"]),
+    ({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": "x" * 600}}, ["JOIN", "RoomTypeObject"]),
+    ({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": "n", "RoomLabel": []}}, ["JOIN", "RoomLabel"]),
+    ({"@type": "POST"}, ["POST", "missing Message"]),
+    ({"@type": "POST", "Message": "hi"}, ["POST", "Message must be an object"]),
+    ({"@type": "POST", "Message": {"RoomUuid": "r"}}, ["POST", "Message.Message must be a string"]),
+    ({"@type": "POST", "Message": {"Message": "hi"}}, ["POST", "missing Message.RoomUuid or Room"]),
+    ({"@type": "POST", "Message": {"RoomUuid": "elsewhere", "Message": "hi"}}, ["POST", "not joined"]),
+    ({"@type": "POST", "Message": {"RoomUuid": "r", "Message": "hi", "Uuid": 3}}, ["POST", "Uuid"]),
+    ({"@type": "DELETE_MSG", "Message": {"RoomUuid": "r"}}, ["DELETE_MSG", "missing Message.Uuid"]),
+    ({"@type": "DELETE_MSG", "Message": {"Uuid": "m", "RoomUuid": "elsewhere"}}, ["DELETE_MSG", "not joined"]),
+    ({"@type": "LEAVE", "Room": {"Type": "NODE", "RoomTypeObject": "n"}}, ["LEAVE", "not joined"]),
+    ({"@type": "LEAVE"}, ["LEAVE", "missing Message.RoomUuid or Room"]),
+    ({"@type": "HISTORY"}, ["HISTORY", "missing Room"]),
+])
+def test_malformed_or_refused_frames_get_an_error_and_change_nothing(frame: dict, words: list[str]) -> None:
+    """Each bad frame gets one error frame naming the action and the problem; the socket stays and nothing changes."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    room = chat.room()
+    seed(chat, room["Uuid"], 1)
+    before = (chat.room(), chat.messages(room["Uuid"]), chat.service.rooms_of(alice), len(chat.bus.events))
+    frames(alice)
+    chat.send(alice, frame)
+    assert_error(alice, *words)
+    assert (chat.room(), chat.messages(room["Uuid"]), chat.service.rooms_of(alice), len(chat.bus.events)) == before
+
+
+def test_frames_before_subscribe_are_refused() -> None:
+    """A chat frame on a socket without access is answered 'not subscribed' and does nothing."""
+    chat = Chat()
+    anonymous = Session(RecordingConnection(), "chat")
+    chat.service.attach(anonymous)
+    chat.send(anonymous, join())
+    assert_error(anonymous, "JOIN", "not subscribed")
+    assert chat.store.find_room("WORKSPACE", "ws-1").result is None
+
+
+def test_message_length_limit() -> None:
+    """A message over max_message_chars is refused; one at the limit is posted."""
+    chat = Chat(max_message_chars=10)
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    room = chat.room()
+    frames(alice)
+    chat.send(alice, post(room["Uuid"], "x" * 11))
+    assert_error(alice, "POST", "too long", "11")
+    chat.send(alice, post(room["Uuid"], "x" * 10))
+    assert frames(alice)[0]["Message"] == "x" * 10
+
+
+def test_a_message_that_sanitizes_to_nothing_is_refused() -> None:
+    """A POST whose text is only HTML (or blank) is refused as empty and not stored."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    room = chat.room()
+    frames(alice)
+    chat.send(alice, post(room["Uuid"], "<img src=x onerror=alert(1)>  "))
+    assert_error(alice, "POST", "empty")
+    assert chat.messages(room["Uuid"]) == []
+
+
+def test_edit_and_delete_of_missing_messages() -> None:
+    """Editing or deleting a message that is not in the room is an error naming the action."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    room = chat.room()
+    frames(alice)
+    chat.send(alice, post(room["Uuid"], "new text", Uuid="nope"))
+    assert_error(alice, "POST", "no such message")
+    chat.send(alice, {"@type": "DELETE_MSG", "Message": {"Uuid": "nope", "RoomUuid": room["Uuid"]}})
+    assert_error(alice, "DELETE_MSG", "no such message")
+
+
+def test_ping_never_creates_a_room() -> None:
+    """JOIN with PING for a room that does not exist is an error and creates nothing."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, ping("NODE", "n1"))
+    assert_error(alice, "JOIN", "does not exist")
+    assert chat.store.find_room("NODE", "n1").result is None
+
+
+def test_a_store_failure_answers_an_error_and_keeps_the_socket() -> None:
+    """When the store fails, the socket gets an 'internal error' frame for that action and stays open."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.store.find_or_create_room = lambda *a: fail(RuntimeError("redis down"))  # type: ignore[method-assign]
+    chat.send(alice, join())
+    assert_error(alice, "JOIN", "internal error")
+    assert chat.service.rooms_of(alice) == frozenset()
+
+
+def test_a_publish_failure_is_reported_to_the_poster() -> None:
+    """When the bus refuses a post, the message is stored and the poster is told the bus is unavailable."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    room = chat.room()
+    frames(alice)
+    chat.services[0]._publish = lambda payload: fail(ConnectionError("bus down"))  # type: ignore[assignment]
+    chat.send(alice, post(room["Uuid"], "hi"))
+    assert_error(alice, "POST", "bus")
+    assert [m["Message"] for m in chat.messages(room["Uuid"])] == ["hi"]
+
+
+def test_too_many_frames_in_flight_are_refused() -> None:
+    """Frames queued behind a slow one are bounded: beyond the limit they get an error at once."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    pending: Deferred = Deferred()
+    chat.store.find_or_create_room = lambda *a: pending  # type: ignore[method-assign]
+    for _ in range(33):
+        chat.services[0].handle_frame(alice, join())
+    assert frames(alice) == []
+    assert chat.services[0].handle_frame(alice, join()) is None
+    assert_error(alice, "JOIN", "too many")
+
+
+# --------------------------------------------------------------------------- sanitizing
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("> a quote\n> more", "> a quote\n> more"),
+    ("**bold** _it_ ~~s~~", "**bold** _it_ ~~s~~"),
+    ("a < b and c > d", "a < b and c > d"),
+    ("AT&T &amp; co", "AT&T & co"),
+    ("[link](https://x.test/?a=1&b=2)", "[link](https://x.test/?a=1&b=2)"),
+    ("hi <script>alert(1)</script>there", "hi there"),
+    ("<b>bold</b> <img src=x onerror=alert(1)>", "bold "),
+    ("&lt;script&gt;alert(1)&lt;/script&gt;ok", "ok"),
+    ("x <!-- hidden --> y", "x  y"),
+    ("```python\nif a<b: print('<b>')\n```\nafter <i>x</i>", "```python\nif a<b: print('<b>')\n```\nafter x"),
+    ("~~~\n<div>\n~~~", "~~~\n<div>\n~~~"),
+    ("use `a<b` or ``x<y`` <u>here</u>", "use `a<b` or ``x<y`` here"),
+    ("```\nunclosed <b>code", "```\nunclosed <b>code"),
+    ("line\r\nbreak", "line\nbreak"),
+])
+def test_sanitize_markdown(text: str, expected: str) -> None:
+    """HTML is removed with nh3 while Markdown (quotes, emphasis, <, &, links, code) reads as typed."""
+    assert sanitize_markdown(text) == expected
+
+
+def test_sanitized_prose_never_contains_a_tag() -> None:
+    """Whatever entity-encoding an attacker nests, prose comes out free of tags."""
+    for text in ["&amp;lt;img src=x onerror=alert(1)&amp;gt;", "&#60;script&#62;x", "<<script>script>alert(1)"]:
+        cleaned = sanitize_markdown(text)
+        assert "<script" not in cleaned and "<img" not in cleaned, cleaned
+
+
+# --------------------------------------------------------------------------- presence
+
+
+def test_presence_expires_without_join_or_ping() -> None:
+    """A login leaves Users (with a ROOM_UPDATE) 20 s after its last JOIN or PING; a PING re-adds it."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.clock.advance(10)
+    chat.send(bob, join())
+    frames(alice), frames(bob)
+    chat.clock.advance(9.9)
+    assert chat.room()["Users"] == ["alice", "bob"]
+    chat.clock.advance(0.1)
+    assert chat.room()["Users"] == ["bob"]
+    assert frames(bob) == [{"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["bob"])}]
+    assert kinds(frames(alice)) == ["ROOM_UPDATE"]  # still attached: it still hears the room
+    chat.clock.advance(5)
+    chat.send(bob, ping())
+    chat.clock.advance(15)
+    assert chat.room()["Users"] == ["bob"]  # refreshed by the PING at 25 s
+    chat.send(alice, ping())
+    assert chat.room()["Users"] == ["alice", "bob"]
+    assert frames(bob) == [{"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["alice", "bob"])}]
+    chat.clock.advance(5)
+    assert chat.room()["Users"] == ["alice"]
+
+
+def test_a_ping_that_changes_nothing_publishes_nothing() -> None:
+    """A PING from a present login refreshes presence without broadcasting."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    events = len(chat.bus.events)
+    chat.send(alice, ping())
+    assert len(chat.bus.events) == events
+    assert frames(alice)[-1]["@type"] == "ROOM_UPDATE"
+
+
+def test_presence_ends_when_the_logins_last_socket_closes() -> None:
+    """Closing one of two sockets of a login keeps it present; closing the last removes it at once."""
+    chat = Chat()
+    tab1, tab2, bob = chat.connect("alice"), chat.connect("alice"), chat.connect("bob")
+    for s in (tab1, tab2, bob):
+        chat.send(s, join())
+    frames(bob)
+    chat.close(tab1)
+    assert chat.room()["Users"] == ["alice", "bob"]
+    assert frames(bob) == []
+    chat.close(tab2)
+    assert chat.room()["Users"] == ["bob"]
+    assert frames(bob) == [{"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["bob"])}]
+    chat.close(bob)
+    assert chat.room()["Users"] == []
+    assert chat.clock.getDelayedCalls() == []
+
+
+def test_leave_keeps_presence_while_another_socket_of_the_login_stays() -> None:
+    """LEAVE from one tab detaches that tab only; the login stays present through its other tab."""
+    chat = Chat()
+    tab1, tab2 = chat.connect("alice"), chat.connect("alice")
+    chat.send(tab1, join())
+    chat.send(tab2, join())
+    chat.send(tab1, {"@type": "LEAVE", "Room": {"Type": "WORKSPACE", "RoomTypeObject": "ws-1"}})
+    assert chat.room()["Users"] == ["alice"]
+    frames(tab1), frames(tab2)
+    chat.send(tab2, post(chat.room()["Uuid"], "hi"))
+    assert frames(tab1) == [] and len(frames(tab2)) == 1
+
+
+def test_closing_after_expiry_changes_nothing() -> None:
+    """A socket closing after its presence expired does not publish a second removal."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    chat.clock.advance(20)
+    events = len(chat.bus.events)
+    chat.close(alice)
+    assert len(chat.bus.events) == events
+    assert chat.room()["Users"] == []
+
+
+def test_stop_cancels_presence_timers() -> None:
+    """stop() leaves no pending presence timer on the clock."""
+    chat = Chat()
+    chat.send(chat.connect("alice"), join())
+    assert chat.clock.getDelayedCalls()
+    chat.service.stop()
+    assert chat.clock.getDelayedCalls() == []
+
+
+# --------------------------------------------------------------------------- ordering
+
+
+def test_broadcasts_during_a_join_wait_for_its_history() -> None:
+    """While a JOIN loads history, room broadcasts are held: the joiner gets ROOM_UPDATE, history, then them."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    room = chat.room()
+    seed(chat, room["Uuid"], 2)
+    frames(alice)
+    snapshot = chat.messages(room["Uuid"])
+    pending: Deferred = Deferred()
+    chat.store.page = lambda *a: pending  # type: ignore[method-assign]
+    d = chat.service.handle_frame(bob, join())
+    chat.send(alice, post(room["Uuid"], "during the join"))
+    assert frames(bob) == []
+    pending.callback(snapshot)
+    assert d is not None and d.called
+    got = frames(bob)
+    assert kinds(got) == ["ROOM_UPDATE", "message", "message", "message", "ROOM_UPDATE"]
+    assert got[3]["Message"] == "during the join"
+
+
+def test_a_ping_reattaching_a_room_sends_room_update_before_messages() -> None:
+    """After a reconnect, the PING that re-attaches a room sends ROOM_UPDATE before any message of it."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.close(alice)
+    again = chat.connect("alice")
+    chat.bus.hold()
+    chat.send(again, ping())
+    chat.send(bob, join())
+    chat.send(bob, post(chat.room()["Uuid"], "welcome back"))
+    chat.bus.flush()
+    got = frames(again)
+    assert got[0] == {"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["alice"])}
+    assert "welcome back" in [f.get("Message") for f in got]
+
+
+def test_no_message_reaches_a_socket_without_a_room_update_first() -> None:
+    """Across a whole conversation, every message a socket gets follows a ROOM_UPDATE of that room."""
+    chat = Chat(instances=2)
+    alice, bob = chat.connect("alice"), chat.connect("bob", instance=1)
+    chat.send(alice, join())
+    chat.send(bob, ping(), instance=1)  # refused: nothing to re-attach yet
+    chat.send(bob, join(), instance=1)
+    room = chat.room()
+    for n in range(3):
+        chat.send(alice, post(room["Uuid"], f"m{n}"))
+        chat.send(bob, post(room["Uuid"], f"b{n}"), instance=1)
+    chat.send(bob, history(), instance=1)
+    for session in (alice, bob):
+        seen: set[str] = set()
+        for f in frames(session):
+            if f.get("@type") == "ROOM_UPDATE":
+                seen.add(f["Room"]["Uuid"])
+            elif "RoomUuid" in f and f.get("@type") is None:
+                assert f["RoomUuid"] in seen
+
+
+def test_frames_of_a_socket_run_in_order() -> None:
+    """A POST sent right after a JOIN whose store call is still pending runs after the JOIN, and succeeds."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    create = chat.store.find_or_create_room
+    pending: Deferred = Deferred()
+    chat.store.find_or_create_room = lambda *a: pending  # type: ignore[method-assign]
+    chat.service.handle_frame(alice, join())
+    chat.store.find_or_create_room = create  # type: ignore[method-assign]
+    d = chat.service.handle_frame(alice, {"@type": "POST", "Room": {"Type": "WORKSPACE", "RoomTypeObject": "ws-1"},
+                                          "Message": {"Message": "first!"}})
+    assert frames(alice) == []
+    pending.callback(create("WORKSPACE", "ws-1", "", START).result)
+    assert d is not None and d.called
+    assert kinds(frames(alice)) == ["ROOM_UPDATE", "ROOM_UPDATE", "message"]
+
+
+def test_a_socket_closing_during_a_join_leaves_no_presence() -> None:
+    """A socket that closes while its JOIN is in flight ends with no presence and no frames."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(bob, join())
+    frames(bob)
+    page = chat.store.page
+    pending: Deferred = Deferred()
+    chat.store.page = lambda *a: pending  # type: ignore[method-assign]
+    chat.service.handle_frame(alice, join())
+    chat.store.page = page  # type: ignore[method-assign]
+    chat.close(alice)
+    pending.callback([])
+    assert chat.room()["Users"] == ["bob"]
+    assert frames(alice) == []
+    assert chat.service.rooms_of(alice) == frozenset()
+
+
+# --------------------------------------------------------------------------- several instances
+
+
+def test_a_post_on_one_instance_reaches_sockets_on_the_other() -> None:
+    """Two instances on one store and bus: a room spans them, and so do its messages and presence."""
+    chat = Chat(instances=2)
+    alice, bob = chat.connect("alice"), chat.connect("bob", instance=1)
+    chat.send(alice, join())
+    chat.send(bob, join(), instance=1)
+    assert frames(alice)[-1]["Room"]["Users"] == ["alice", "bob"]
+    frames(bob)
+    chat.send(alice, post(chat.room()["Uuid"], "across"))
+    assert [f["Message"] for f in frames(bob)] == ["across"]
+    frames(alice)
+    chat.close(bob, instance=1)
+    assert frames(alice) == [{"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["alice"])}]
+
+
+def test_each_instance_expires_only_its_own_logins() -> None:
+    """Instance A expiring its login leaves the logins kept alive on instance B in Users."""
+    chat = Chat(instances=2)
+    alice, bob = chat.connect("alice"), chat.connect("bob", instance=1)
+    chat.send(alice, join())
+    chat.clock.advance(10)
+    chat.send(bob, join(), instance=1)
+    chat.clock.advance(10)
+    assert chat.room()["Users"] == ["bob"]
+    chat.clock.advance(10)
+    assert chat.room()["Users"] == []
+
+
+def test_a_fresher_presence_on_another_instance_survives_a_close() -> None:
+    """A login on two instances: closing its socket on one keeps it when the other refreshed it later."""
+    chat = Chat(instances=2)
+    here, there = chat.connect("carol"), chat.connect("carol", instance=1)
+    chat.send(here, join())
+    chat.clock.advance(5)
+    chat.send(there, join(), instance=1)
+    chat.close(here)
+    assert chat.room()["Users"] == ["carol"]
+    chat.clock.advance(20)
+    assert chat.room()["Users"] == []
+
+
+# --------------------------------------------------------------------------- bus events
+
+
+def test_events_from_other_services_are_broadcast_to_the_room() -> None:
+    """Message, DELETE and Room events published by anyone reach this instance's sockets in that room only."""
+    chat = Chat()
+    alice, outsider = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.send(outsider, join("NODE", "elsewhere"))
+    room = chat.room()
+    frames(alice), frames(outsider)
+    message = {"Uuid": "x1", "RoomUuid": room["Uuid"], "Message": "from a bot", "Author": "bot", "Timestamp": "1"}
+    chat.service.handle({"Message": message})
+    chat.service.handle({"Message": message, "Details": "DELETE"})
+    chat.service.handle({"Room": dict(room, RoomLabel="Renamed")})
+    assert frames(alice) == [
+        message, {"@type": "DELETE_MSG", "Message": message},
+        {"@type": "ROOM_UPDATE", "Room": dict(room, RoomLabel="Renamed")},
+    ]
+    assert frames(outsider) == []
+    chat.service.handle({"Room": {"Uuid": "no-sockets-here"}})
+
+
+@pytest.mark.parametrize("event", [
+    [],
+    {},
+    {"Details": "DELETE"},
+    {"Message": "text"},
+    {"Message": {"Message": "no room"}},
+    {"Message": {"RoomUuid": 5}},
+    {"Message": {"RoomUuid": "r"}, "Details": 1},
+    {"Room": {"Users": []}},
+    {"Room": ["x"]},
+])
+def test_malformed_chat_events_raise(event: Any) -> None:
+    """A chat event of the wrong shape raises MalformedEvent (the dispatcher logs and drops it)."""
+    chat = Chat()
+    with pytest.raises(MalformedEvent):
+        chat.service.handle(event)
+
+
+def test_unsubscribed_sockets_receive_nothing() -> None:
+    """A socket whose access was cleared receives no broadcast of rooms it had joined."""
+    chat = Chat()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.send(bob, join())
+    frames(bob)
+    bob.access = None
+    chat.send(alice, post(chat.room()["Uuid"], "anyone?"))
+    assert frames(bob) == []
+
+
+def test_frames_queued_behind_a_close_do_nothing() -> None:
+    """Frames still queued when their socket closes are dropped: no room joined, nothing sent."""
+    chat = Chat()
+    alice = chat.connect("alice")
+    create = chat.store.find_or_create_room
+    pending: Deferred = Deferred()
+    chat.store.find_or_create_room = lambda *a: pending  # type: ignore[method-assign]
+    chat.service.handle_frame(alice, join())
+    chat.store.find_or_create_room = create  # type: ignore[method-assign]
+    queued = chat.service.handle_frame(alice, join("NODE", "n1"))
+    chat.close(alice)
+    pending.callback(create("WORKSPACE", "ws-1", "", START).result)
+    assert queued is not None and queued.called
+    assert frames(alice) == []
+    assert chat.store.find_room("NODE", "n1").result is None
+    assert chat.room()["Users"] == []

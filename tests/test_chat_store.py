@@ -1,0 +1,294 @@
+"""The chat store contract: the same tests run against MemoryChatStore and RedisChatStore (shared Redis)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+import txredisapi
+from twisted.internet.defer import gatherResults
+from zope.interface.verify import verifyObject
+
+from wsgw.chat.store import (
+    IChatStore,
+    MemoryChatStore,
+    NoSuchMessage,
+    NoSuchRoom,
+    NotAuthor,
+    RedisChatStore,
+)
+
+NOW = 1718022000.0
+CAP = 1000
+
+
+async def _connect() -> Any:
+    return await txredisapi.Connection(
+        "127.0.0.1", 6379, reconnect=False, connectTimeout=5, replyTimeout=5
+    )
+
+
+async def _delete_prefix(redis: Any, prefix: str) -> None:
+    cursor = 0
+    while True:
+        cursor, keys = await redis.execute_command("SCAN", cursor, "MATCH", prefix + "*", "COUNT", 1000)
+        if keys:
+            await redis.execute_command("DEL", *keys)
+        if int(cursor) == 0:
+            return
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "redis"])
+async def stores(request: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """Two handles on one store: the same object in memory, two Redis connections on one prefix."""
+    if request.param == "memory":
+        store = MemoryChatStore()
+        yield store, store
+        return
+    prefix = f"wsgw-test:{uuid.uuid4().hex}:"
+    first, second = await _connect(), await _connect()
+    try:
+        yield RedisChatStore(first, prefix), RedisChatStore(second, prefix)
+    finally:
+        await _delete_prefix(first, prefix)
+        await first.disconnect()
+        await second.disconnect()
+
+
+@pytest.fixture
+def store(stores: tuple[Any, Any]) -> Any:
+    return stores[0]
+
+
+async def _room(store: Any, type: str = "WORKSPACE", obj: str = "ws-1") -> dict:
+    room, _ = await store.find_or_create_room(type, obj, "Label", NOW)
+    return room
+
+
+def _message(room: dict, n: int, author: str = "alice") -> dict:
+    return {
+        "Uuid": f"m-{n}", "RoomUuid": room["Uuid"], "Message": f"text {n}",
+        "Author": author, "Timestamp": str(int(NOW) + n),
+    }
+
+
+async def _post(store: Any, room: dict, count: int, cap: int = CAP) -> list[dict]:
+    messages = [_message(room, n) for n in range(1, count + 1)]
+    for m in messages:
+        await store.post_message(m, cap)
+    return messages
+
+
+def test_stores_provide_the_interface(store: Any) -> None:
+    """Both stores provide every IChatStore method."""
+    assert verifyObject(IChatStore, store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_find_or_create_creates_once_then_finds(store: Any) -> None:
+    """A room is created on the first find_or_create and found (same room) afterwards."""
+    assert await store.find_room("WORKSPACE", "ws-1") is None
+    room, created = await store.find_or_create_room("WORKSPACE", "ws-1", "My room", NOW)
+    assert created is True
+    assert room == {
+        "Uuid": room["Uuid"], "Type": "WORKSPACE", "RoomTypeObject": "ws-1", "RoomLabel": "My room",
+        "Users": [], "LastUpdated": "1718022000",
+    }
+    again, created = await store.find_or_create_room("WORKSPACE", "ws-1", "Other label", NOW + 5)
+    assert (again, created) == (room, False)
+    assert await store.find_room("WORKSPACE", "ws-1") == room
+    assert await store.get_room(room["Uuid"]) == room
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_are_keyed_by_type_and_object(store: Any) -> None:
+    """The same object under another type, or another object, is another room."""
+    a = await _room(store, "WORKSPACE", "x")
+    b = await _room(store, "NODE", "x")
+    c = await _room(store, "WORKSPACE", "y")
+    d = await _room(store, "GLOBAL", "")
+    assert len({a["Uuid"], b["Uuid"], c["Uuid"], d["Uuid"]}) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_rooms_are_none(store: Any) -> None:
+    """Unknown room uuids and keys read as None, and presence calls on them change nothing."""
+    assert await store.get_room("nope") is None
+    assert await store.find_room("USER", "nobody") is None
+    assert await store.touch_user("nope", "alice", NOW, NOW - 40) == (None, False)
+    assert await store.remove_user("nope", "alice", NOW) == (None, False)
+    assert await store.page("nope", 0, 0) == []
+    assert await store.find_room("USER", "nobody") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_find_or_create_from_two_connections_makes_one_room(stores: tuple[Any, Any]) -> None:
+    """Forty racing find_or_create calls, alternating between two connections, end with one room."""
+    a, b = stores
+    results = await gatherResults([
+        (a if i % 2 else b).find_or_create_room("NODE", "node-race", "", NOW) for i in range(40)
+    ])
+    assert len({room["Uuid"] for room, _ in results}) == 1
+    assert sum(1 for _, created in results if created) == 1
+    assert (await a.find_room("NODE", "node-race"))["Uuid"] == results[0][0]["Uuid"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_touch_and_remove_users(store: Any) -> None:
+    """touch_user adds a login once (sorted Users, LastUpdated moves); remove_user takes it out once."""
+    room = await _room(store)
+    touched, changed = await store.touch_user(room["Uuid"], "carol", NOW + 1, NOW - 40)
+    assert changed and touched["Users"] == ["carol"] and touched["LastUpdated"] == "1718022001"
+    touched, changed = await store.touch_user(room["Uuid"], "alice", NOW + 2, NOW - 40)
+    assert changed and touched["Users"] == ["alice", "carol"]
+    touched, changed = await store.touch_user(room["Uuid"], "alice", NOW + 3, NOW - 40)
+    assert not changed and touched["Users"] == ["alice", "carol"] and touched["LastUpdated"] == "1718022002"
+    removed, changed = await store.remove_user(room["Uuid"], "carol", NOW + 4)
+    assert changed and removed["Users"] == ["alice"] and removed["LastUpdated"] == "1718022004"
+    removed, changed = await store.remove_user(room["Uuid"], "carol", NOW + 5)
+    assert not changed and removed["Users"] == ["alice"]
+    assert (await store.get_room(room["Uuid"]))["Users"] == ["alice"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_conditional_remove_keeps_a_fresher_presence(store: Any) -> None:
+    """remove_user with idle_since keeps a login seen after it (refreshed by another instance)."""
+    room = await _room(store)
+    await store.touch_user(room["Uuid"], "alice", NOW + 10.5, NOW - 40)
+    kept, changed = await store.remove_user(room["Uuid"], "alice", NOW + 20, idle_since=NOW + 10)
+    assert not changed and kept["Users"] == ["alice"]
+    gone, changed = await store.remove_user(room["Uuid"], "alice", NOW + 20, idle_since=NOW + 10.5)
+    assert changed and gone["Users"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_touch_prunes_stale_presences(store: Any) -> None:
+    """A touch drops logins last seen before stale_before (left behind by a dead instance)."""
+    room = await _room(store)
+    await store.touch_user(room["Uuid"], "ghost", NOW, NOW - 40)
+    await store.touch_user(room["Uuid"], "alice", NOW + 30, NOW - 10)
+    touched, changed = await store.touch_user(room["Uuid"], "alice", NOW + 50, NOW + 10)
+    assert changed and touched["Users"] == ["alice"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_edges(store: Any) -> None:
+    """Pages walk back from the newest and come oldest first: empty, whole, exact, partial, past the end."""
+    room = await _room(store)
+    uuid_ = room["Uuid"]
+    assert await store.page(uuid_, 0, 40) == []
+    messages = await _post(store, room, 5)
+    assert await store.page(uuid_, 0, 0) == messages
+    assert await store.page(uuid_, 0, 5) == messages
+    assert await store.page(uuid_, 0, 2) == messages[3:]
+    assert await store.page(uuid_, 2, 2) == messages[1:3]
+    assert await store.page(uuid_, 4, 2) == messages[:1]
+    assert await store.page(uuid_, 3, 0) == messages[:2]
+    assert await store.page(uuid_, 5, 2) == []
+    assert await store.page(uuid_, 50, 0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_is_capped_per_room(store: Any) -> None:
+    """Posting beyond the cap drops the oldest messages of that room only."""
+    room, other = await _room(store, obj="a"), await _room(store, obj="b")
+    messages = await _post(store, room, 7, cap=4)
+    await store.post_message(_message(other, 99), 4)
+    assert await store.page(room["Uuid"], 0, 0) == messages[3:]
+    assert len(await store.page(other["Uuid"], 0, 0)) == 1
+    with pytest.raises(NoSuchMessage):
+        await store.edit_message(room["Uuid"], "m-1", "alice", "new", "2024-06-10T12:00:00Z")
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_to_a_missing_room_fails(store: Any) -> None:
+    """A message for a room that does not exist is refused with NoSuchRoom and not stored."""
+    with pytest.raises(NoSuchRoom):
+        await store.post_message(_message({"Uuid": "nope"}, 1), CAP)
+    assert await store.page("nope", 0, 0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_edit_appends_the_old_text_to_activity(store: Any) -> None:
+    """The author's edit changes the text, keeps the timestamp and appends each old text to Activity.items."""
+    room = await _room(store)
+    [original] = await _post(store, room, 1)
+    first = await store.edit_message(room["Uuid"], "m-1", "alice", "second", "2024-06-10T12:00:00Z")
+    assert first == dict(original, Message="second", Activity={
+        "items": [{"markdown": "text 1", "updated": "2024-06-10T12:00:00Z"}],
+    })
+    second = await store.edit_message(room["Uuid"], "m-1", "alice", "third", "2024-06-10T12:01:00Z")
+    assert second["Activity"]["items"] == [
+        {"markdown": "text 1", "updated": "2024-06-10T12:00:00Z"},
+        {"markdown": "second", "updated": "2024-06-10T12:01:00Z"},
+    ]
+    assert await store.page(room["Uuid"], 0, 0) == [second]
+
+
+@pytest_twisted.ensureDeferred
+async def test_edit_refuses_others_and_missing_messages(store: Any) -> None:
+    """Editing someone else's message, an unknown one, or one of another room changes nothing."""
+    room, other = await _room(store, obj="a"), await _room(store, obj="b")
+    messages = await _post(store, room, 1)
+    with pytest.raises(NotAuthor):
+        await store.edit_message(room["Uuid"], "m-1", "mallory", "pwned", "t")
+    with pytest.raises(NoSuchMessage):
+        await store.edit_message(room["Uuid"], "m-404", "alice", "x", "t")
+    with pytest.raises(NoSuchMessage):
+        await store.edit_message(other["Uuid"], "m-1", "alice", "x", "t")
+    assert await store.page(room["Uuid"], 0, 0) == messages
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete(store: Any) -> None:
+    """Only the author deletes; the deleted message is returned and gone; deleting again fails."""
+    room = await _room(store)
+    messages = await _post(store, room, 3)
+    with pytest.raises(NotAuthor):
+        await store.delete_message(room["Uuid"], "m-2", "mallory")
+    assert await store.page(room["Uuid"], 0, 0) == messages
+    assert await store.delete_message(room["Uuid"], "m-2", "alice") == messages[1]
+    assert await store.page(room["Uuid"], 0, 0) == [messages[0], messages[2]]
+    with pytest.raises(NoSuchMessage):
+        await store.delete_message(room["Uuid"], "m-2", "alice")
+
+
+@pytest_twisted.ensureDeferred
+async def test_number_like_strings_stay_strings(store: Any) -> None:
+    """Logins, type objects and texts that look like numbers come back as the same strings."""
+    room = await _room(store, "USER", "007")
+    assert room["RoomTypeObject"] == "007"
+    touched, _ = await store.touch_user(room["Uuid"], "0042", NOW, NOW - 40)
+    assert touched["Users"] == ["0042"]
+    message = {"Uuid": "1", "RoomUuid": room["Uuid"], "Message": "1.50", "Author": "0042", "Timestamp": "1"}
+    await store.post_message(message, CAP)
+    assert await store.page(room["Uuid"], 0, 0) == [message]
+    assert await store.find_room("USER", "007") == touched
+
+
+@pytest_twisted.ensureDeferred
+async def test_unicode_and_markup_round_trip(store: Any) -> None:
+    """Text with quotes, slashes, backslashes, newlines and non-ASCII is stored and edited unchanged."""
+    room = await _room(store)
+    text = 'é 😀 "q" a/b \\ \n```\ncode\n```'
+    message = {"Uuid": "u", "RoomUuid": room["Uuid"], "Message": text, "Author": "zoé", "Timestamp": "1"}
+    await store.post_message(message, CAP)
+    assert await store.page(room["Uuid"], 0, 0) == [message]
+    edited = await store.edit_message(room["Uuid"], "u", "zoé", text + "!", "t")
+    assert edited["Activity"]["items"][0]["markdown"] == text
+    assert edited["Message"] == text + "!"
+
+
+@pytest_twisted.ensureDeferred
+async def test_returned_values_are_copies(store: Any) -> None:
+    """Mutating a returned room or message does not change what the store holds."""
+    room = await _room(store)
+    [message] = await _post(store, room, 1)
+    got = (await store.page(room["Uuid"], 0, 0))[0]
+    got["Message"] = "tampered"
+    room["Users"].append("mallory")
+    assert (await store.page(room["Uuid"], 0, 0))[0] == message
+    assert (await store.get_room(room["Uuid"]))["Users"] == []
