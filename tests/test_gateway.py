@@ -51,6 +51,9 @@ class RecordingChat:
     def handle_frame(self, session: Any, frame: dict[str, Any]) -> None:
         self.calls.append(("frame", frame))
 
+    def access_changed(self, session: Any) -> None:
+        self.calls.append(("access", session.access.login if session.access else None))
+
 
 def make(**kwargs: Any) -> tuple[Gateway, Clock, FakeVerifier, RecordingChat]:
     clock = Clock()
@@ -237,7 +240,7 @@ def test_chat_sessions_go_to_the_chat_service_not_the_event_table() -> None:
     gw.receive(session, {"@type": "JOIN", "Room": {}})
     gw.closed(session)
     assert gw.table.with_login("alice") == set()
-    assert [c[0] for c in chat.calls] == ["attach", "frame", "detach"]
+    assert chat.calls[1:] == [("access", "alice"), ("frame", {"@type": "JOIN", "Room": {}}), ("detach", session)]
 
 
 def test_pacing_delays_node_frames_beyond_the_rate() -> None:

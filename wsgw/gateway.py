@@ -168,6 +168,8 @@ class Gateway:
             self.table.subscribe(session, access)
         else:
             session.access = access
+            if self._chat is not None:
+                self._chat.access_changed(session)
         session.token = token
         self.subscribes_accepted += 1
         self._cancel_timer(session)
@@ -191,6 +193,8 @@ class Gateway:
             self.table.unsubscribe(session)
         else:
             session.access = None
+            if self._chat is not None:
+                self._chat.access_changed(session)
         session.token = None
 
     # -- timers -----------------------------------------------------------

@@ -121,4 +121,5 @@ class GatewayService(MultiService):
         except Exception:
             self._log.warn("{n} sockets still open after {t} s: dropping them",
                            n=len(self.gateway.sessions), t=self.config.shutdown_timeout)
+        self.chat.stop()
         yield super().stopService()
