@@ -226,3 +226,47 @@ async def test_embedded_bus_delivers_published_events() -> None:
         assert (await alice.next())["Target"]["Path"] == "personal-files/e.txt"
     finally:
         await daemon.stop()
+
+
+async def healthz(port: int) -> int:
+    response = await treq.get(f"http://127.0.0.1:{port}/healthz")
+    await response.content()
+    return response.code
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_in_the_middle() -> None:
+    """Redis dies and comes back: /healthz goes 503 then 200, the bus re-subscribes, later events still arrive."""
+    from twisted.internet import reactor
+
+    from tests.redis_server import RedisServer
+
+    prefix = new_prefix()
+    with RedisServer() as redis:
+        daemon = await start_daemon(prefix, redis=redis.endpoint)
+        pub = Publisher(prefix, port=redis.port)
+        try:
+            alice = await connect(daemon.port)
+            await alice.subscribe(token("alice", [PERSONAL]))
+            await pub.publish("tree", {"Target": node("pydiods1/personal/alice/before.txt")})
+            assert (await alice.next())["Target"]["Path"] == "personal-files/before.txt"
+            await pub.close()
+
+            redis.kill()
+            for _ in range(500):  # each try is a full HTTP round trip; the bus notices the drop within a few
+                if await healthz(daemon.port) == 503:
+                    break
+            else:
+                pytest.fail("/healthz never reported the Redis outage")
+            assert not daemon.service.bus.connected
+
+            redis.start()
+            back = daemon.service.bus.whenConnected()
+            back.addTimeout(20, reactor)
+            await back
+            assert await healthz(daemon.port) == 200
+            await pub.publish("tree", {"Target": node("pydiods1/personal/alice/after.txt")})
+            assert (await alice.next())["Target"]["Path"] == "personal-files/after.txt"
+        finally:
+            await pub.close()
+            await daemon.stop()

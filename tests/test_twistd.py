@@ -25,21 +25,31 @@ def free_port() -> int:
 
 
 class Twistd(ProcessProtocol):
-    """Collects the daemon's log; fires ``listening`` when it logs that it listens, ``ended`` with the exit code."""
+    """Collects the daemon's log; ``logged(text)`` fires when it appears, ``ended`` with (exit code, signal)."""
 
     def __init__(self) -> None:
         self.output = b""
-        self.listening: Deferred[None] = Deferred()
+        self._waiting: list[tuple[bytes, Deferred[None]]] = []
         self.ended: Deferred[tuple[int | None, int | None]] = Deferred()
+
+    def logged(self, text: bytes, timeout: float = 30) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append((text, d))
+        d.addTimeout(timeout, reactor)
+        self.childDataReceived(0, b"")
+        return d
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         self.output += data
-        if not self.listening.called and b"listening on" in self.output:
-            self.listening.callback(None)
+        for text, d in list(self._waiting):
+            if text in self.output:
+                self._waiting.remove((text, d))
+                d.callback(None)
 
     def processEnded(self, reason) -> None:  # type: ignore[no-untyped-def]
-        if not self.listening.called:
-            self.listening.errback(RuntimeError("twistd exited:\n" + self.output.decode(errors="replace")))
+        for _, d in self._waiting:
+            d.errback(RuntimeError("twistd exited:\n" + self.output.decode(errors="replace")))
+        self._waiting.clear()
         self.ended.callback((reason.value.exitCode, reason.value.signal))
 
 
@@ -61,18 +71,12 @@ async def test_twistd_serves_events_and_stops_on_sigterm(tmp_path) -> None:
     proto, transport = spawn(["--config", str(config), "--listen", f"tcp:{port}:interface=127.0.0.1"])
     pub = Publisher(prefix)
     try:
-        proto.listening.addTimeout(30, reactor)
-        await proto.listening
+        await proto.logged(b"listening on")
+        await proto.logged(b"Redis bus subscriber connected")
         client = await connect(port)
         ws = workspace("w1", "files", "ds/files")
         assert (await client.subscribe(token("alice", [ws])))["@type"] == "subscribed"
-        # the subscriber connection may come up just after the listener: publish until one is received
-        for _ in range(50):
-            if await pub.publish("tree", {"Target": {"Uuid": "n", "Path": "ds/files/a.txt"}}) > 0:
-                break
-            ready: Deferred[None] = Deferred()
-            reactor.callLater(0.1, ready.callback, None)
-            await ready
+        assert await pub.publish("tree", {"Target": {"Uuid": "n", "Path": "ds/files/a.txt"}}) == 1
         assert (await client.next())["Target"]["Path"] == "files/a.txt"
         transport.signalProcess("TERM")  # type: ignore[attr-defined]
         assert await client.wait_closed() == (1000, "server shutting down")
@@ -93,7 +97,6 @@ async def test_twistd_refuses_a_port_in_use() -> None:
         taken.listen(1)
         port = taken.getsockname()[1]
         proto, _ = spawn(["--embedded", "--listen", f"tcp:{port}:interface=127.0.0.1"])
-        proto.listening.addErrback(lambda _: None)
         proto.ended.addTimeout(30, reactor)
         code, _ = await proto.ended
         assert code not in (0, None)
@@ -106,7 +109,6 @@ async def test_twistd_refuses_an_unknown_config_key(tmp_path) -> None:
     config = tmp_path / "bad.ini"
     config.write_text("[server]\nlistne = tcp:1\n")
     proto, _ = spawn(["--config", str(config)])
-    proto.listening.addErrback(lambda _: None)
     proto.ended.addTimeout(30, reactor)
     code, _ = await proto.ended
     assert code not in (0, None)
