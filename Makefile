@@ -20,13 +20,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 run: install .dev/secret
 	@echo
-	@echo "wsgw on ws://127.0.0.1:5050/ws (events) and ws://127.0.0.1:5050/chat (chat), embedded bus."
+	@echo "wsgw on ws://127.0.0.1:5050/ws (events) and ws://127.0.0.1:5050/chat (chat), bus: $(or $(REDIS),embedded)."
 	@echo "A token for user alice (valid 1 h):"
 	@$(VENV)/bin/wsgw-token alice --secret-file .dev/secret 2>/dev/null | sed 's/^/    /'
 	@echo "Connect and send:  {\"@type\":\"subscribe\",\"jwt\":\"<token>\"}"
 	@echo "More tokens: $(VENV)/bin/wsgw-token <login> --secret-file .dev/secret"
 	@echo
-	$(VENV)/bin/twistd --nodaemon --pidfile= wsgw --config etc/dev.ini
+	$(VENV)/bin/twistd --nodaemon --pidfile= wsgw --config etc/dev.ini $(if $(REDIS),--redis $(REDIS))
 
 test: install
 	$(VENV)/bin/pytest -q -p no:randomly

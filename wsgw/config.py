@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import configparser
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 

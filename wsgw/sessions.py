@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from wsgw.access import Access, Workspace
 from wsgw.interfaces import IConnection

@@ -74,7 +74,7 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def send(self, payload: bytes) -> None:
         if self.state == _OPEN:
-            self.transport.writeSequence((frame_header(len(payload)), payload))
+            self.transport.writeSequence((frame_header(len(payload)), payload))  # type: ignore[union-attr]
 
     def close(self, code: int, reason: str) -> None:
         # sendClose only lets applications use 1000 and 3000-4999; 1003/1009/1013 are ours to send too.
@@ -85,7 +85,7 @@ class GatewayProtocol(WebSocketServerProtocol):
 class GatewayFactory(WebSocketServerFactory):
     """The factory of one endpoint ("ws" or "chat"), sharing the gateway core."""
 
-    protocol = GatewayProtocol
+    protocol = GatewayProtocol  # type: ignore[assignment]
 
     def __init__(self, gateway: Gateway, endpoint: str, *, max_frame: int, ping_interval: float,
                  pong_timeout: float, **kwargs: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
@@ -33,7 +34,7 @@ class Health(Resource):
 class _Root(Resource):
     """Routes on the whole path, so /ws (a leaf) and /ws/chat can both exist."""
 
-    def __init__(self, routes: dict[bytes, Resource]) -> None:
+    def __init__(self, routes: dict[bytes, IResource]) -> None:
         super().__init__()
         self._routes = routes
 
@@ -45,10 +46,10 @@ class _Root(Resource):
         return notFound().render(request)
 
 
-def make_site(ws_factory, chat_factory, bus: IBus) -> Site:
+def make_site(ws_factory: WebSocketServerFactory, chat_factory: WebSocketServerFactory, bus: IBus) -> Site:
     events = WebSocketResource(ws_factory)
     chat = WebSocketResource(chat_factory)
-    routes: dict[bytes, Resource] = {
+    routes: dict[bytes, IResource] = {
         b"/ws": events,
         b"/ws/event": events,
         b"/chat": chat,
