@@ -103,11 +103,20 @@ _KEYS: dict[tuple[str, str], tuple[str, Callable[[str], Any], str]] = {
     ("delivery", "pacing_rate"): ("pacing_rate", _positive_float, "30"),
     ("delivery", "pacing_burst"): ("pacing_burst", _positive_float, "20"),
     ("delivery", "max_queued_frames"): ("max_queued_frames", _positive_int, "10000"),
+    ("delivery", "max_queued_bytes"): ("max_queued_bytes", _positive_int, "4194304"),
     ("websocket", "max_frame_ws"): ("max_frame_ws", _size, "2048"),
     ("websocket", "max_frame_chat"): ("max_frame_chat", _size, "16384"),
     ("websocket", "ping_interval"): ("ping_interval", _positive_float, "30"),
     ("websocket", "pong_timeout"): ("pong_timeout", _positive_float, "60"),
     ("websocket", "auth_timeout"): ("auth_timeout", _positive_float, "30"),
+    ("websocket", "inbound_rate"): ("inbound_rate", _positive_float, "20"),
+    ("websocket", "inbound_burst"): ("inbound_burst", _positive_float, "60"),
+    ("websocket", "max_connections_per_ip"): ("max_connections_per_ip", _positive_int, "0"),
+    ("websocket", "allowed_origins"): ("allowed_origins", _words, ""),
+    ("admin", "listen"): ("admin_listen", _lines, "tcp:5051:interface=127.0.0.1"),
+    ("admin", "publish_token_file"): ("publish_token_file", _text, ""),
+    ("log", "format"): ("log_format", _choice("text", "json"), "text"),
+    ("web", "live_page"): ("live_page", _bool, "no"),
     ("chat", "history_cap"): ("history_cap", _positive_int, "1000"),
     ("chat", "presence_timeout"): ("presence_timeout", _positive_float, "20"),
     ("chat", "max_message_chars"): ("max_message_chars", _positive_int, "8000"),
@@ -140,11 +149,20 @@ class Config:
     pacing_rate: float
     pacing_burst: float
     max_queued_frames: int
+    max_queued_bytes: int
     max_frame_ws: int
     max_frame_chat: int
     ping_interval: float
     pong_timeout: float
     auth_timeout: float
+    inbound_rate: float
+    inbound_burst: float
+    max_connections_per_ip: int
+    allowed_origins: tuple[str, ...]
+    admin_listen: tuple[str, ...]
+    publish_token_file: str
+    log_format: str
+    live_page: bool
     history_cap: int
     presence_timeout: float
     max_message_chars: int
