@@ -55,9 +55,9 @@ class Client(WebSocketClientProtocol):
         return await self.next()
 
 
-async def connect(port: int, path: str = "/ws", host: str = "127.0.0.1") -> Client:
+async def connect(port: int, path: str = "/ws", host: str = "127.0.0.1", origin: str | None = None) -> Client:
     url = f"ws://{host}:{port}{path}"
-    factory = WebSocketClientFactory(url)
+    factory = WebSocketClientFactory(url, origin=origin)
     factory.protocol = Client
     factory.setProtocolOptions(maxMessagePayloadSize=0, maxFramePayloadSize=0)
     endpoint = clientFromString(reactor, f"tcp:{host}:{port}:timeout=5")

@@ -65,6 +65,8 @@ class Gateway:
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
         self.subscribes_refused = 0
+        self.flood_closes = 0
+        self.slow_closes = 0
 
     # -- socket lifecycle -------------------------------------------------
 
@@ -219,5 +221,6 @@ class Gateway:
             session.connection.close(CLOSE_AUTH, "token expired")
 
     def _too_slow(self, session: Session) -> None:
+        self.slow_closes += 1
         self._log.warn("session {sid} reads too slowly: closing it", sid=session.sid)
         session.connection.close(CLOSE_SLOW, "client too slow")

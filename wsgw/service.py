@@ -31,6 +31,7 @@ from wsgw.events.nodes import NodeHandler
 from wsgw.events.tasks import TaskHandler
 from wsgw.gateway import CLOSE_NORMAL, Gateway
 from wsgw.resolvers import ClaimsResolver, HttpResolver
+from wsgw.web.inbound import InboundPolicy, PeerCounts
 from wsgw.web.protocols import GatewayFactory
 from wsgw.web.site import make_site
 
@@ -89,10 +90,13 @@ class GatewayService(MultiService):
         self.bus.setServiceParent(self)
         if self._redis_commands is not None:
             self._redis_commands.setServiceParent(self)
-        common = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout)
+        policy = InboundPolicy(config.inbound_rate, config.inbound_burst, config.max_connections_per_ip,
+                               config.allowed_origins)
+        common: dict[str, Any] = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout,
+                                      policy=policy, peers=PeerCounts())
         self.site = make_site(
-            GatewayFactory(self.gateway, "ws", max_frame=config.max_frame_ws, **common),
-            GatewayFactory(self.gateway, "chat", max_frame=config.max_frame_chat, **common),
+            GatewayFactory(self.gateway, "ws", reactor, max_frame=config.max_frame_ws, **common),
+            GatewayFactory(self.gateway, "chat", reactor, max_frame=config.max_frame_chat, **common),
             self.bus,
         )
         self.ports: list[IListeningPort] = []

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import Counter
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsgw import frames
-from wsgw.gateway import CLOSE_BAD_DATA, CLOSE_TOO_BIG, Gateway
+from wsgw.gateway import CLOSE_BAD_DATA, CLOSE_FLOOD, CLOSE_TOO_BIG, Gateway
 from wsgw.interfaces import IConnection
+from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session
+from wsgw.web.inbound import InboundPolicy, PeerCounts
 
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 
@@ -34,13 +39,34 @@ class GatewayProtocol(WebSocketServerProtocol):
     _log = Logger()
     factory: GatewayFactory
     _session: Session | None = None
+    _counted_host: str | None = None
+    _flood: TokenBucket | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        factory = self.factory
+        policy = factory.policy
+        if not policy.origin_allowed(request.headers.get("origin")):
+            factory.refused["origin"] += 1
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        host = self.transport.getPeer().host  # type: ignore[union-attr]
+        if not factory.peers.acquire(host, policy.per_ip):
+            factory.refused["per_ip"] += 1
+            raise ConnectionDeny(429, "too many connections from this address")
+        self._counted_host = host
 
     def onOpen(self) -> None:
+        self._flood = self.factory.policy.flood_bucket(self.factory.clock)
         self._session = self.factory.gateway.open(self, self.factory.endpoint)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
         if session is None:
+            return
+        if self._flood is not None and not self._flood.take():
+            self.factory.gateway.flood_closes += 1
+            self._reject(CLOSE_FLOOD, "too many frames: slow down")
+            self._session = None  # whatever else it already sent is ignored
+            self.factory.gateway.closed(session)
             return
         if isBinary:
             self._reject(CLOSE_BAD_DATA, "binary frames are not accepted: send JSON text frames")
@@ -66,6 +92,9 @@ class GatewayProtocol(WebSocketServerProtocol):
         self.close(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._counted_host is not None:
+            self.factory.peers.release(self._counted_host)
+            self._counted_host = None
         if self._session is not None:
             self.factory.gateway.closed(self._session)
             self._session = None
@@ -87,11 +116,16 @@ class GatewayFactory(WebSocketServerFactory):
 
     protocol = GatewayProtocol  # type: ignore[assignment]
 
-    def __init__(self, gateway: Gateway, endpoint: str, *, max_frame: int, ping_interval: float,
-                 pong_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, gateway: Gateway, endpoint: str, clock: IReactorTime, *, max_frame: int,
+                 ping_interval: float, pong_timeout: float, policy: InboundPolicy | None = None,
+                 peers: PeerCounts | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.gateway = gateway
         self.endpoint = endpoint
+        self.clock = clock
+        self.policy = policy or InboundPolicy()
+        self.peers = peers or PeerCounts()
+        self.refused: Counter[str] = Counter()
         self.setProtocolOptions(
             maxFramePayloadSize=max_frame,
             maxMessagePayloadSize=max_frame,

@@ -1,0 +1,96 @@
+"""Inbound defences on the real daemon: Origin allow-list, per-IP connection cap, inbound flood close 4029."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from tests.daemon import new_prefix, start_daemon, token, workspace
+from tests.wsclient import connect
+from wsgw.web.inbound import InboundPolicy, PeerCounts
+
+HOME = workspace("w-home", "home", "ds/home")
+
+
+def test_origin_matching() -> None:
+    """Origins match the allow-list exactly or by wildcard, case-insensitively; no Origin header is allowed."""
+    policy = InboundPolicy(origins=("https://cells.example.org", "https://*.example.net"))
+    assert policy.origin_allowed("https://cells.example.org")
+    assert policy.origin_allowed("HTTPS://Cells.Example.org/")
+    assert policy.origin_allowed("https://a.example.net")
+    assert not policy.origin_allowed("https://example.net.evil.com")
+    assert not policy.origin_allowed("http://cells.example.org")
+    assert not policy.origin_allowed("null")
+    assert policy.origin_allowed(None)
+    assert InboundPolicy().origin_allowed("https://anything")
+
+
+def test_peer_counts() -> None:
+    """The per-address count refuses past the cap and frees a slot on release."""
+    peers = PeerCounts()
+    assert peers.acquire("a", 2) and peers.acquire("a", 2)
+    assert not peers.acquire("a", 2)
+    assert peers.acquire("b", 2)
+    peers.release("a")
+    assert peers.acquire("a", 2)
+    for _ in range(2):
+        peers.release("a")
+    assert peers["a"] == 0 and peers.acquire("a", 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_origin_allow_list_on_the_wire() -> None:
+    """A browser from an origin not on the list is refused at the handshake; listed origins and non-browsers get in."""
+    extra = "[websocket]\nallowed_origins = https://cells.example.org\n"
+    daemon = await start_daemon(new_prefix(), redis=None, extra=extra)
+    try:
+        with pytest.raises(ConnectionError):
+            await connect(daemon.port, origin="https://evil.example.com")
+        good = await connect(daemon.port, origin="https://cells.example.org")
+        assert (await good.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
+        plain = await connect(daemon.port, "/chat")
+        assert (await plain.subscribe(token("bob")))["@type"] == "subscribed"
+        factory = daemon.service.site.resource._routes[b"/ws"]._factory
+        assert factory.refused["origin"] == 1
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_ip_cap_across_both_endpoints() -> None:
+    """With a cap of 2 per address, a third socket (on either endpoint) is refused until one closes."""
+    daemon = await start_daemon(new_prefix(), redis=None, extra="[websocket]\nmax_connections_per_ip = 2\n")
+    try:
+        first = await connect(daemon.port, "/ws")
+        await connect(daemon.port, "/chat")
+        with pytest.raises(ConnectionError):
+            await connect(daemon.port, "/ws")
+        first.sendClose(1000)
+        await first.wait_closed()
+        again = await connect(daemon.port, "/ws")
+        assert (await again.subscribe(token("alice")))["@type"] == "subscribed"
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_inbound_flood_closes_4029_and_spares_others() -> None:
+    """A client sending faster than the inbound limit gets an error and close 4029; another client still gets events."""
+    extra = "[websocket]\ninbound_rate = 5\ninbound_burst = 5\n"
+    daemon = await start_daemon(new_prefix(), redis=None, extra=extra)
+    try:
+        calm = await connect(daemon.port)
+        await calm.subscribe(token("alice", [HOME]))
+        flood = await connect(daemon.port)
+        for _ in range(50):
+            flood.send_json({"@type": "ping"})
+        error = await flood.next()
+        assert error == {"@type": "error", "error": "too many frames: slow down"}
+        assert (await flood.wait_closed())[0] == 4029
+        assert daemon.service.gateway.flood_closes == 1
+        import json
+
+        await daemon.service.bus.publish("tree", json.dumps({"Target": {"Uuid": "n", "Path": "ds/home/f"}}).encode())
+        assert (await calm.next())["Target"]["Path"] == "home/f"
+    finally:
+        await daemon.stop()
