@@ -52,8 +52,12 @@ class Daemon:
             await self.service.stopService()
 
 
-async def start_daemon(prefix: str, redis: str | None = REDIS, extra: str = "") -> Daemon:
-    """Start a GatewayService with channels under ``prefix``; ``redis=None`` runs on the embedded bus."""
+async def start_daemon(prefix: str, redis: str | None = REDIS, extra: str = "",
+                       overrides: dict[str, str] | None = None) -> Daemon:
+    """Start a GatewayService with channels under ``prefix``; ``redis=None`` runs on the embedded bus.
+
+    ``extra`` is INI text for sections not written here; ``overrides`` are ``section.key`` values (any section).
+    """
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     text = (
         f"[server]\nlisten = tcp:0:interface=127.0.0.1\nredis = {redis or ''}\nshutdown_timeout = 5\n"
@@ -61,7 +65,7 @@ async def start_daemon(prefix: str, redis: str | None = REDIS, extra: str = "") 
         f"[delivery]\nbatch_window = 0\n"
         f"{extra}"
     )
-    config = config_from_string(text, "<test>", environ={"WSGW_HMAC_SECRET": SECRET})
+    config = config_from_string(text, "<test>", overrides=overrides, environ={"WSGW_HMAC_SECRET": SECRET})
     service = GatewayService(config, reactor)
     service.startService()
     if redis:

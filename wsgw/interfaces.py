@@ -16,6 +16,9 @@ class IConnection(Interface):
     def close(code: int, reason: str) -> None:
         """Close the socket with a WebSocket close code and reason."""
 
+    def abort() -> None:
+        """Drop the TCP connection at once (a peer that did not finish the close handshake in time)."""
+
 
 class IBus(Interface):
     """The event bus: Redis pub/sub in production, in-process when no Redis is configured."""

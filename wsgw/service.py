@@ -126,5 +126,12 @@ class GatewayService(MultiService):
         except Exception:
             self._log.warn("{n} sockets still open after {t} s: dropping them",
                            n=len(self.gateway.sessions), t=self.config.shutdown_timeout)
+            for session in list(self.gateway.sessions):
+                session.connection.abort()
         self.chat.stop()
         yield super().stopService()
+        # twistd re-raises the signal that stopped the reactor (exit status 143 for SIGTERM); a designed
+        # shutdown that got this far is a success, so let it exit 0 as operators and systemd expect.
+        if getattr(self._reactor, "_exitSignal", None) is not None:
+            self._reactor._exitSignal = None
+        self._log.info("shutdown complete")

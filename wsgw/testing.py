@@ -18,6 +18,7 @@ class RecordingConnection:
         self.peer = peer
         self.sent: list[bytes] = []
         self.closed: tuple[int, str] | None = None
+        self.aborted = False
 
     def send(self, payload: bytes) -> None:
         assert isinstance(payload, bytes)
@@ -26,6 +27,9 @@ class RecordingConnection:
     def close(self, code: int, reason: str) -> None:
         if self.closed is None:
             self.closed = (code, reason)
+
+    def abort(self) -> None:
+        self.aborted = True
 
     @property
     def frames(self) -> list[Any]:

@@ -105,6 +105,9 @@ class GatewayProtocol(WebSocketServerProtocol):
         if self.state == _OPEN:
             self.transport.writeSequence((frame_header(len(payload)), payload))  # type: ignore[union-attr]
 
+    def abort(self) -> None:
+        self.dropConnection(abort=True)
+
     def close(self, code: int, reason: str) -> None:
         # sendClose only lets applications use 1000 and 3000-4999; 1003/1009/1013 are ours to send too.
         if self.state == _OPEN:
