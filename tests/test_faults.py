@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -9,7 +12,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
 from tests.daemon import new_prefix, start_daemon, token
-from tests.wsclient import connect
+from tests.wsclient import Client, connect
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -54,3 +57,51 @@ async def test_shutdown_drops_peers_that_ignore_the_close_within_the_timeout() -
     mute.lost.addTimeout(1, reactor)
     await mute.lost
     assert not daemon.service.gateway.sessions
+
+
+async def next_matching(client: Client, match: Callable[[Any], bool], limit: int = 10) -> Any:
+    """The next frame that matches, skipping at most ``limit`` others (each wait bounded)."""
+    for _ in range(limit):
+        frame = await client.next()
+        if match(frame):
+            return frame
+    raise AssertionError(f"no matching frame within {limit} frames")
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_during_a_redis_outage_gets_an_error_not_a_hang() -> None:
+    """With Redis down, a chat POST is answered at once with an error frame; the socket stays usable after Redis returns."""
+    from tests.redis_server import RedisServer
+    from tests.test_integration import healthz
+
+    with RedisServer() as redis:
+        daemon = await start_daemon(new_prefix(), redis=redis.endpoint)
+        try:
+            await daemon.service._redis_commands.whenConnected()
+            alice = await connect(daemon.port, "/chat")
+            await alice.subscribe(token("alice"))
+            room = {"Type": "GLOBAL", "RoomTypeObject": "outage"}
+            alice.send_json({"@type": "JOIN", "Room": room})
+            update = await alice.next()
+            assert update["@type"] == "ROOM_UPDATE"
+            room_uuid = update["Room"]["Uuid"]
+
+            redis.kill()
+            for _ in range(500):  # each try is an HTTP round trip: wait until the daemon has seen the outage
+                if await healthz(daemon.port) == 503 and not daemon.service._redis_commands.connected:
+                    break
+            alice.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": "lost?"}})
+            error = await next_matching(alice, lambda f: f.get("@type") != "ROOM_UPDATE")
+            assert error == {"@type": "error", "error": "POST: the chat store is unavailable, try again later"}
+
+            redis.start()  # a fresh, empty Redis (no persistence): the room must be joined again
+            for back in (daemon.service._redis_commands.whenConnected(), daemon.service.bus.whenConnected()):
+                back.addTimeout(20, reactor)
+                await back
+            alice.send_json({"@type": "JOIN", "Room": room})
+            update = await next_matching(alice, lambda f: f.get("@type") == "ROOM_UPDATE")
+            alice.send_json({"@type": "POST", "Message": {"RoomUuid": update["Room"]["Uuid"], "Message": "back"}})
+            posted = await next_matching(alice, lambda f: f.get("Message") == "back")
+            assert posted["Author"] == "alice"
+        finally:
+            await daemon.stop()

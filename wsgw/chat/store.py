@@ -23,7 +23,11 @@ import json
 import uuid as uuidlib
 from typing import Any
 
+import txredisapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
+
+from wsgw.bus.redis import RedisCommands
 from zope.interface import Interface, implementer
 
 Room = dict[str, Any]
@@ -32,6 +36,10 @@ Message = dict[str, Any]
 
 class ChatStoreError(Exception):
     """A store operation that cannot be done as asked."""
+
+
+class StoreUnavailable(ChatStoreError):
+    """The store cannot be reached right now (Redis down or not answering); nothing was changed by this call."""
 
 
 class NoSuchRoom(ChatStoreError):
@@ -405,7 +413,14 @@ class RedisChatStore:
         self._prefix = prefix
 
     async def _eval(self, script: str, *args: object) -> Any:
-        reply = await self._redis.execute_command("EVAL", script, 0, self._prefix, *[str(a) for a in args])
+        argv = [self._prefix, *[str(a) for a in args]]
+        try:
+            if isinstance(self._redis, RedisCommands):  # EVALSHA: the script body is sent once per connection
+                reply = await self._redis.run_script(script, (), argv)
+            else:
+                reply = await self._redis.execute_command("EVAL", script, 0, *argv)
+        except (txredisapi.ConnectionError, ConnectionLost, ConnectionDone) as e:
+            raise StoreUnavailable(str(e) or type(e).__name__) from None
         reply = _text(reply)
         return None if reply is None else json.loads(reply)
 
