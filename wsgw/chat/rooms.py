@@ -27,6 +27,7 @@ import html
 import json
 import re
 import uuid as uuidlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,7 +38,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from wsgw.access import Access
-from wsgw.chat.store import NoSuchMessage, NoSuchRoom, NotAuthor, Room
+from wsgw.chat.store import NoSuchMessage, NoSuchRoom, NotAuthor, Room, StoreUnavailable
 from wsgw.events import MalformedEvent, field
 from wsgw.frames import encode, error
 from wsgw.sessions import Session
@@ -202,6 +203,10 @@ class ChatService:
             "HISTORY": self._history,
             "DELETE_MSG": self._delete,
         }
+        # metrics, read at scrape time
+        self.handled: Counter[str] = Counter()  # client frames done, by action
+        self.refused = 0  # client frames answered with an error frame
+        self.delivered = 0  # bus chat events handed to sockets
 
     # ----------------------------------------------------------------- sockets
 
@@ -237,6 +242,11 @@ class ChatService:
         """The room uuids the socket has joined (for tests and metrics)."""
         state = self._sockets.get(session)
         return frozenset(state.rooms) if state else frozenset()
+
+    @property
+    def rooms_active(self) -> int:
+        """Rooms that have at least one socket of this instance attached."""
+        return len(self._room_sockets)
 
     def stop(self) -> None:
         """Cancel the presence timers (at shutdown, after the sockets were closed)."""
@@ -278,7 +288,13 @@ class ChatService:
             if access.login != state.login:
                 self.access_changed(session)
             await handler(session, state, access, frame)
+            self.handled[action] += 1
+        except StoreUnavailable as e:
+            self._log.warn("chat {action} from {session} refused: store unavailable ({reason})", action=name,
+                           session=session, reason=str(e))
+            self._reply(session, error(f"{name}: the chat store is unavailable, try again later"))
         except _Refused as refused:
+            self.refused += 1
             self._reply(session, error(str(refused)))
         except Exception:  # noqa: BLE001 - a store failure must answer the socket, not kill it
             self._log.failure("chat {action} from {session} failed", action=name, session=session)
@@ -559,6 +575,8 @@ class ChatService:
                 session.send(payload)
             except Exception:  # noqa: BLE001 - isolate a broken recipient
                 self._log.failure("chat: sending to {session} failed", session=session)
+            else:
+                self.delivered += 1
 
 
 # --------------------------------------------------------------------------- frame fields

@@ -26,9 +26,9 @@ from typing import Any
 import txredisapi
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from zope.interface import Interface, implementer
 
 from wsgw.bus.redis import RedisCommands
-from zope.interface import Interface, implementer
 
 Room = dict[str, Any]
 Message = dict[str, Any]
