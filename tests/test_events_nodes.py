@@ -427,7 +427,7 @@ def test_user_meta_wildcard_subject() -> None:
 
 
 def test_non_optimistic_events_are_paced_and_optimistic_ones_bypass() -> None:
-    """Node events go through the session's pacer; Optimistic events go straight out."""
+    """Node events go through the session's pacer; an Optimistic event goes out at once, behind what was held."""
     world = World(batch_window=0)
     conn = world.session(access("alice", COMMON))
     session = next(iter(world.table))
@@ -436,9 +436,10 @@ def test_non_optimistic_events_are_paced_and_optimistic_ones_bypass() -> None:
         world.handler.handle({"Type": "DELETE", "Source": node(f"pydiods1/p{i}", uuid=f"p{i}")})
     assert len(conn.sent) == 1
     world.handler.handle({"Type": "DELETE", "Source": node("pydiods1/o", uuid="o"), "Optimistic": True})
-    assert [f["Source"]["Uuid"] for f in conn.frames] == ["p0", "o"]
+    # order is kept: the held frames are released early rather than overtaken (a DELETE never precedes its CREATE)
+    assert [f["Source"]["Uuid"] for f in conn.frames] == ["p0", "p1", "p2", "o"]
     world.clock.pump([1.0, 1.0, 1.0])
-    assert [f["Source"]["Uuid"] for f in conn.frames] == ["p0", "o", "p1", "p2"]
+    assert len(conn.frames) == 4
 
 
 def test_silent_events_share_a_budget_and_the_excess_is_counted() -> None:
@@ -557,3 +558,16 @@ def test_shared_silent_bucket_between_handlers() -> None:
     tree.handle({"Type": "DELETE", "Source": node("pydiods1/a"), "Silent": True})
     meta.handle({"Type": "DELETE", "Source": node("pydiods1/b"), "Silent": True})
     assert (tree.silent_dropped, meta.silent_dropped) == (0, 1)
+
+
+def test_optimistic_delete_never_overtakes_a_paced_merged_create() -> None:
+    """A merged CREATE held by the pacer reaches the client before an Optimistic DELETE of the same node."""
+    world = World(batch_window=1.0)
+    conn = world.session(access("alice", COMMON))
+    session = next(iter(world.table))
+    session.pacer = Pacer(1.0, 1.0, world.clock, conn.send, lambda: None)
+    world.handler.handle({"Type": "DELETE", "Source": node("pydiods1/other", uuid="z")})  # uses the one token
+    world.handler.handle({"Type": "CREATE", "Target": node("pydiods1/x.txt", uuid="x")})
+    world.handler.handle({"Type": "DELETE", "Source": node("pydiods1/x.txt", uuid="x"), "Optimistic": True})
+    kinds = [(f.get("Type", "CREATE"), (f.get("Target") or f.get("Source"))["Uuid"]) for f in conn.frames]
+    assert kinds == [("DELETE", "z"), ("CREATE", "x"), ("DELETE", "x")]

@@ -265,3 +265,16 @@ def test_pacing_queue_overflow_closes_4008() -> None:
     for _ in range(5):
         session.send_paced(b"{}")
     assert conn.closed is not None and conn.closed[0] == 4008
+
+
+def test_optimistic_frames_keep_order_behind_paced_ones() -> None:
+    """An Optimistic (bypassing) frame goes out at once but after the frames the pacer still holds."""
+    gw, clock, _, _ = make(pacing_rate=10, pacing_burst=1)
+    conn = RecordingConnection()
+    session = gw.open(conn, "ws")
+    session.send_paced(b'{"n":0}')
+    session.send_paced(b'{"n":1}')
+    session.send_now(b'{"n":2}')
+    assert [f["n"] for f in conn.frames] == [0, 1, 2]
+    clock.advance(10)
+    assert [f["n"] for f in conn.frames] == [0, 1, 2]

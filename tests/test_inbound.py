@@ -94,3 +94,33 @@ async def test_inbound_flood_closes_4029_and_spares_others() -> None:
         assert (await calm.next())["Target"]["Path"] == "home/f"
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_frame_is_refused_not_processed() -> None:
+    """A valid subscribe over the /ws size limit gets error + 1009 and is never acted on."""
+    daemon = await start_daemon(new_prefix(), redis=None)
+    try:
+        client = await connect(daemon.port)
+        padded = token("alice", [HOME])  # a valid token ...
+        client.send_json({"@type": "subscribe", "jwt": padded, "pad": "x" * 3000})  # ... in a 3 KB frame
+        assert (await client.next())["@type"] == "error"
+        assert (await client.wait_closed())[0] == 1009
+        assert daemon.service.gateway.subscribes_accepted == 0
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_frames_after_a_refusal_are_ignored() -> None:
+    """After a refused subscribe the socket is closing: a valid subscribe sent right behind it is not accepted."""
+    daemon = await start_daemon(new_prefix(), redis=None)
+    try:
+        client = await connect(daemon.port)
+        client.send_json({"@type": "subscribe", "jwt": "garbage"})
+        client.send_json({"@type": "subscribe", "jwt": token("alice", [HOME])})
+        assert (await client.next())["@type"] == "error"
+        assert (await client.wait_closed())[0] == 4001
+        assert daemon.service.gateway.subscribes_accepted == 0
+    finally:
+        await daemon.stop()

@@ -76,6 +76,12 @@ class Pacer:
         self._queue.append(payload)
         self._schedule()
 
+    def bypass(self, payload: bytes) -> None:
+        """Send now, ahead of the rate: what is queued goes first (releasing it early), so order is kept."""
+        while self._queue:
+            self._send(self._queue.popleft())
+        self._send(payload)
+
     @property
     def pending(self) -> int:
         return len(self._queue)

@@ -28,6 +28,13 @@ class Session:
     def send(self, payload: bytes) -> None:
         self.connection.send(payload)
 
+    def send_now(self, payload: bytes) -> None:
+        """Send a node event past the pacer (Optimistic), after whatever it still holds, so order is kept."""
+        if self.pacer is None:
+            self.connection.send(payload)
+        else:
+            self.pacer.bypass(payload)
+
     def send_paced(self, payload: bytes) -> None:
         """Send a node event through the session's pacer (straight out when it has none)."""
         if self.pacer is None:

@@ -375,7 +375,7 @@ class NodeHandler:
         for session in recipients:
             try:
                 if optimistic:
-                    session.send(frame)
+                    session.send_now(frame)
                 else:
                     session.send_paced(frame)
             except Exception:  # noqa: BLE001 - isolate a broken recipient

@@ -60,8 +60,8 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
-        if session is None:
-            return
+        if session is None or self.state != _OPEN:
+            return  # the server is closing this socket: what the client sends now is not acted on
         if self._flood is not None and not self._flood.take():
             self.factory.gateway.flood_closes += 1
             self._reject(CLOSE_FLOOD, "too many frames: slow down")
@@ -111,6 +111,9 @@ class GatewayProtocol(WebSocketServerProtocol):
     def close(self, code: int, reason: str) -> None:
         # sendClose only lets applications use 1000 and 3000-4999; 1003/1009/1013 are ours to send too.
         if self.state == _OPEN:
+            self.factory.gateway.closes[code] += 1
+            # failedByMe makes Autobahn drop (not buffer, not deliver) any frame still arriving
+            self.failedByMe = True
             self.sendCloseFrame(code, reason.encode("utf-8")[:123])
 
 
