@@ -7,6 +7,7 @@ sessions are handed to the chat service once subscribed.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -65,6 +66,8 @@ class Gateway:
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
         self.subscribes_refused = 0
+        self.refusals: Counter[str] = Counter()  # subscribe refusals by kind (metrics)
+        self.closes: Counter[int] = Counter()  # closes the server initiated, by code (counted by the protocol)
         self.flood_closes = 0
         self.slow_closes = 0
 
@@ -134,7 +137,7 @@ class Gateway:
 
     def _subscribe(self, session: Session, token: object) -> Deferred[None] | None:
         if not isinstance(token, str) or not token:
-            self._refuse(session, "subscribe: missing token", CLOSE_AUTH)
+            self._refuse(session, "subscribe: missing token", CLOSE_AUTH, "missing_token")
             return None
         attempt = self._attempt.get(session, 0) + 1
         self._attempt[session] = attempt
@@ -151,14 +154,15 @@ class Gateway:
             if session not in self.sessions or self._attempt.get(session) != attempt:
                 return
             if failure.check(AuthError):
-                self._refuse(session, f"subscribe: {failure.value}", CLOSE_AUTH)
+                self._refuse(session, f"subscribe: {failure.value}", CLOSE_AUTH, "invalid_token")
             elif failure.check(AccessError):
                 reason = str(failure.value)
                 code = CLOSE_TRY_AGAIN if "unavailable" in reason else CLOSE_AUTH
-                self._refuse(session, f"subscribe: {reason}", code)
+                self._refuse(session, f"subscribe: {reason}", code,
+                             "access_unavailable" if code == CLOSE_TRY_AGAIN else "access_denied")
             else:
                 self._log.failure("subscribe failed unexpectedly for session {sid}", failure, sid=session.sid)
-                self._refuse(session, "subscribe: internal error", CLOSE_TRY_AGAIN)
+                self._refuse(session, "subscribe: internal error", CLOSE_TRY_AGAIN, "internal_error")
 
         d = self._verifier.verify(token)
         d.addCallback(verified)
@@ -182,8 +186,9 @@ class Gateway:
                        endpoint=session.endpoint)
         session.send(frames.encode({"@type": "subscribed", "user": access.login, "exp": access.exp}))
 
-    def _refuse(self, session: Session, reason: str, code: int) -> None:
+    def _refuse(self, session: Session, reason: str, code: int, kind: str) -> None:
         self.subscribes_refused += 1
+        self.refusals[kind] += 1
         self._log.info("session {sid} refused: {reason}", sid=session.sid, reason=reason)
         session.send(frames.error(reason))
         session.connection.close(code, reason[:120])
