@@ -47,17 +47,23 @@ class Daemon:
     def port(self) -> int:
         return self.service.ports[0].getHost().port
 
+    @property
+    def admin_port(self) -> int:
+        return self.service.admin_ports[0].getHost().port
+
     async def stop(self) -> None:
         if self.service.running:
             await self.service.stopService()
 
 
 async def start_daemon(prefix: str, redis: str | None = REDIS, extra: str = "",
-                       overrides: dict[str, str] | None = None) -> Daemon:
+                       overrides: dict[str, str] | None = None, admin: str = "") -> Daemon:
     """Start a GatewayService with channels under ``prefix``; ``redis=None`` runs on the embedded bus.
 
     ``extra`` is INI text for sections not written here; ``overrides`` are ``section.key`` values (any section).
+    ``admin`` is the operator listener's endpoint: none by default, so that daemons never race for port 5051.
     """
+    overrides = {"admin.listen": admin, "chat.key_prefix": f"{prefix}:chat:", **(overrides or {})}
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     text = (
         f"[server]\nlisten = tcp:0:interface=127.0.0.1\nredis = {redis or ''}\nshutdown_timeout = 5\n"
@@ -68,8 +74,9 @@ async def start_daemon(prefix: str, redis: str | None = REDIS, extra: str = "",
     config = config_from_string(text, "<test>", overrides=overrides, environ={"WSGW_HMAC_SECRET": SECRET})
     service = GatewayService(config, reactor)
     service.startService()
-    if redis:
-        await service.bus.whenSubscribed()
+    if redis:  # every Redis connection (bus subscriber and publisher, chat store) is up
+        await service.bus.whenConnected()
+        await service._redis_commands.whenConnected()
     return Daemon(service)
 
 

@@ -67,7 +67,8 @@ async def test_twistd_serves_events_and_stops_on_sigterm(tmp_path) -> None:
     port = free_port()
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     config = tmp_path / "wsgw.ini"
-    config.write_text(f"[server]\nredis = tcp:127.0.0.1:6379\n[topics]\n{topics}\n[delivery]\nbatch_window = 0\n")
+    config.write_text(f"[server]\nredis = tcp:127.0.0.1:6379\n[topics]\n{topics}\n[delivery]\nbatch_window = 0\n"
+                      "[admin]\nlisten =\n")
     proto, transport = spawn(["--config", str(config), "--listen", f"tcp:{port}:interface=127.0.0.1"])
     pub = Publisher(prefix)
     try:

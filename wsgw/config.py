@@ -175,6 +175,7 @@ class Config:
     hmac_secret: bytes | None = attrs.field(default=None, repr=False)
     public_key_pem: bytes | None = attrs.field(default=None, repr=False)
     redis_password: str | None = attrs.field(default=None, repr=False)
+    publish_token: bytes | None = attrs.field(default=None, repr=False)
     source: str = "<defaults>"
 
     @property
@@ -217,6 +218,7 @@ def config_from_string(
     values["public_key_pem"] = _secret(source, "public_key_file", values["public_key_file"], None)
     password = _secret(source, "redis_password_file", values["redis_password_file"], env.get("WSGW_REDIS_PASSWORD"))
     values["redis_password"] = password.decode("utf-8") if password else None
+    values["publish_token"] = _secret(source, "publish_token_file", values["publish_token_file"], None)
     config = Config(**values, source=source)
     _check(config)
     return config

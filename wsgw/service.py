@@ -31,6 +31,7 @@ from wsgw.events.nodes import NodeHandler
 from wsgw.events.tasks import TaskHandler
 from wsgw.gateway import CLOSE_NORMAL, Gateway
 from wsgw.resolvers import ClaimsResolver, HttpResolver
+from wsgw.web.admin import Metrics, make_admin_site
 from wsgw.web.inbound import InboundPolicy, PeerCounts
 from wsgw.web.protocols import GatewayFactory
 from wsgw.web.site import make_site
@@ -78,15 +79,17 @@ class GatewayService(MultiService):
         table = self.gateway.table
         self.nodes = NodeHandler(table, clock, batch_window=config.batch_window, silent_rate=config.silent_rate,
                                  silent_burst=config.silent_burst)
-        self.dispatcher = Dispatcher({
+        self.handlers: dict[str, Any] = {
             "tree": self.nodes,
             "meta": self.nodes,
             "tasks": TaskHandler(table),
             "idm": IdmHandler(table),
             "activity": ActivityHandler(table),
             "chat": self.chat,
-        })
-        self.bus.listen(self.dispatcher)
+        }
+        self.dispatcher = Dispatcher(self.handlers)
+        self.metrics = Metrics(self, config.topics)
+        self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)
         if self._redis_commands is not None:
             self._redis_commands.setServiceParent(self)
@@ -100,6 +103,8 @@ class GatewayService(MultiService):
             self.bus,
         )
         self.ports: list[IListeningPort] = []
+        self.admin_site = make_admin_site(self.metrics, self.bus, config.topics, config.publish_token, clock)
+        self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:
         """Start the bus, then listen; a port that cannot be bound raises here, so startup fails."""
@@ -111,11 +116,28 @@ class GatewayService(MultiService):
             if failures:
                 failures[0].raiseException()
             self._log.info("listening on {address}", address=self.ports[-1].getHost())
+        for description in self.config.admin_listen:
+            failures = []
+            d = serverFromString(self._reactor, description).listen(self.admin_site)
+            d.addCallbacks(self.admin_ports.append, failures.append)
+            if failures:
+                failures[0].raiseException()
+            self._log.info("operator listener (/metrics, /publish) on {address}",
+                           address=self.admin_ports[-1].getHost())
+
+    @property
+    def redis_links(self) -> list[Any]:
+        """The Redis connections (bus subscriber, bus publisher, chat store commands), for metrics."""
+        links: list[Any] = list(getattr(self.bus, "links", ()))
+        if self._redis_commands is not None:
+            links.append(self._redis_commands)
+        return links
 
     @inlineCallbacks
     def stopService(self) -> Generator[Deferred[Any], Any, None]:
         self._log.info("shutting down: closing {n} sockets", n=len(self.gateway.sessions))
-        ports, self.ports = self.ports, []
+        ports, self.ports = self.ports + self.admin_ports, []
+        self.admin_ports = []
         yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.nodes.flush()
         self.gateway.close_all(CLOSE_NORMAL, "server shutting down")

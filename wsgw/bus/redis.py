@@ -175,6 +175,8 @@ class _Link(service.Service):
         self._policy = retry_policy if retry_policy is not None else default_retry_policy()
         self._rejections = 0
         self._ready: _Connection | None = None
+        self.reconnects = 0  # successful setups after the first one (metrics)
+        self._was_up = False
         self._waiters: list[Deferred[Any]] = []
         self._problem: str | None = None
         self._client = ClientService(
@@ -188,6 +190,11 @@ class _Link(service.Service):
     def connected(self) -> bool:
         """True once connected and set up, until the connection drops."""
         return self._ready is not None
+
+    @property
+    def role(self) -> str:
+        """What this connection is for ("bus subscriber", "bus publisher", "commands"), for logs and metrics."""
+        return self._role
 
     @property
     def problem(self) -> str | None:
@@ -247,6 +254,9 @@ class _Link(service.Service):
         self._rejections = 0
         self._problem = None
         self._ready = conn
+        if self._was_up:
+            self.reconnects += 1
+        self._was_up = True
         self._log.info("Redis {role} connected to {endpoint}", role=self._role, endpoint=self._endpoint)
         self._became_ready(conn)
         waiters, self._waiters = self._waiters, []
@@ -444,6 +454,11 @@ class RedisBus(service.MultiService):
     def connected(self) -> bool:
         """True while subscribed to every channel and the publisher is connected."""
         return self._subscriber.connected and self._publisher.connected
+
+    @property
+    def links(self) -> tuple[_Link, _Link]:
+        """The subscriber and publisher connections (for metrics: ``role``, ``connected``, ``reconnects``)."""
+        return (self._subscriber, self._publisher)
 
     @property
     def commands(self) -> RedisCommands:
