@@ -20,7 +20,7 @@ from twisted.internet.interfaces import ITCPTransport
 from tests.daemon import Daemon, Publisher, new_prefix, start_daemon, token, workspace
 from tests.wsclient import Client, connect
 
-STORE_PREFIX = "wsgw:chat:"  # RedisChatStore's default: GatewayService does not pass another one
+STORE_PREFIX = "wsgw:chat:"  # the default [chat] key_prefix, shared on purpose: these tests clean up their rooms
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 Frame = dict[str, Any]
@@ -31,7 +31,7 @@ Frame = dict[str, Any]
 
 async def chat_daemon(prefix: str) -> Daemon:
     """A daemon on the real Redis whose bus and chat-store connections are all ready."""
-    daemon = await start_daemon(prefix)
+    daemon = await start_daemon(prefix, overrides={"chat.key_prefix": STORE_PREFIX})
     await daemon.service.bus.whenConnected()
     # start_daemon waits for the bus subscriber only; the chat store has its own command connection
     commands = daemon.service._redis_commands  # noqa: SLF001 - no public handle on it yet

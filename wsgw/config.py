@@ -120,6 +120,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Callable[[str], Any], str]] = {
     ("chat", "history_cap"): ("history_cap", _positive_int, "1000"),
     ("chat", "presence_timeout"): ("presence_timeout", _positive_float, "20"),
     ("chat", "max_message_chars"): ("max_message_chars", _positive_int, "8000"),
+    ("chat", "key_prefix"): ("chat_key_prefix", _text, "wsgw:chat:"),
 }
 _KEYS.update({("topics", t): (f"topic_{t}", _text, channel) for t, channel in DEFAULT_TOPICS.items()})
 
@@ -166,6 +167,7 @@ class Config:
     history_cap: int
     presence_timeout: float
     max_message_chars: int
+    chat_key_prefix: str
     topic_tree: str
     topic_meta: str
     topic_tasks: str

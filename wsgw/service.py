@@ -53,7 +53,7 @@ class GatewayService(MultiService):
                                      db=config.redis_db)
             self._redis_commands = RedisCommands(reactor, config.redis, password=config.redis_password,
                                                  db=config.redis_db)
-            store: Any = RedisChatStore(self._redis_commands)
+            store: Any = RedisChatStore(self._redis_commands, prefix=config.chat_key_prefix)
         else:
             self.bus = MemoryBus(config.topics)
             store = MemoryChatStore()
