@@ -124,3 +124,19 @@ async def test_frames_after_a_refusal_are_ignored() -> None:
         assert daemon.service.gateway.subscribes_accepted == 0
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_unauthenticated_sockets_are_closed_at_the_auth_timeout() -> None:
+    """Sockets that never subscribe are all closed with 4001 at the auth timeout; a subscribed one stays."""
+    daemon = await start_daemon(new_prefix(), redis=None, overrides={"websocket.auth_timeout": "0.5"})
+    try:
+        idle = [await connect(daemon.port, "/ws" if i % 2 else "/chat") for i in range(40)]
+        member = await connect(daemon.port)
+        await member.subscribe(token("alice", [HOME]))
+        for client in idle:
+            assert await client.wait_closed() == (4001, "authentication timeout")
+        (left,) = daemon.service.gateway.sessions
+        assert left.access is not None and left.access.login == "alice"
+    finally:
+        await daemon.stop()
