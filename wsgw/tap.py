@@ -7,6 +7,7 @@ from typing import Any
 from twisted.python import usage
 
 from wsgw.config import ConfigError, config_from_file
+from wsgw.logs import use_json_for_twistd
 
 
 class Options(usage.Options):
@@ -46,6 +47,8 @@ class Options(usage.Options):
             self["wsgw_config"] = config_from_file(self["config"], overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["wsgw_config"].log_format == "json":
+            use_json_for_twistd(getattr(self, "parent", None))  # twistd's --logger hook, before twistd reads it
 
 
 def makeService(options: Options) -> Any:
