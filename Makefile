@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install run test test-unit lint clean
+.PHONY: install install-browser run test test-unit lint clean
 
 install: $(VENV)/.installed
 
@@ -18,17 +18,36 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
 	chmod 600 $@
 
-run: install .dev/secret
+.dev/publish-token:
+	mkdir -p .dev
+	$(PY) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
+	chmod 600 $@
+
+run: install .dev/secret .dev/publish-token
 	@echo
 	@echo "wsgw on ws://127.0.0.1:5050/ws (events) and ws://127.0.0.1:5050/chat (chat), bus: $(or $(REDIS),embedded)."
-	@echo "A token for user alice (valid 1 h):"
-	@$(VENV)/bin/wsgw-token alice --secret-file .dev/secret 2>/dev/null | sed 's/^/    /'
+	@TOKEN=$$($(VENV)/bin/wsgw-token alice --secret-file .dev/secret 2>/dev/null) && \
+	  echo "A token for user alice (valid 1 h):" && echo "    $$TOKEN" && echo && \
+	  echo "Live page (open it in a browser): http://127.0.0.1:5050/#token=$$TOKEN"
+	@echo
 	@echo "Connect and send:  {\"@type\":\"subscribe\",\"jwt\":\"<token>\"}"
 	@echo "More tokens: $(VENV)/bin/wsgw-token <login> --secret-file .dev/secret"
+	@echo "Publish an event alice sees:"
+	@echo "    echo '{\"Target\":{\"Uuid\":\"n1\",\"Path\":\"pydiods1/personal/alice/report.pdf\",\"Type\":\"LEAF\"}}' | $(VENV)/bin/wsgw-publish --config etc/dev.ini $(if $(REDIS),--redis $(REDIS) )tree -"
+	@echo "Metrics: curl http://127.0.0.1:5051/metrics"
 	@echo
 	$(VENV)/bin/twistd --nodaemon --pidfile= wsgw --config etc/dev.ini $(if $(REDIS),--redis $(REDIS))
 
-test: install
+# The browser test drives Debian's chromium through chromium-driver; install them when missing.
+install-browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	  echo "install-browser: not root and no sudo: install chromium and chromium-driver (the browser test is skipped without them)"; \
+	  exit 0; fi; \
+	echo "install-browser: apt-get install chromium chromium-driver"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+
+test: install install-browser
 	$(VENV)/bin/pytest -q -p no:randomly
 
 lint: install

@@ -101,6 +101,7 @@ class GatewayService(MultiService):
             GatewayFactory(self.gateway, "ws", reactor, max_frame=config.max_frame_ws, **common),
             GatewayFactory(self.gateway, "chat", reactor, max_frame=config.max_frame_chat, **common),
             self.bus,
+            live_page=config.live_page,
         )
         self.ports: list[IListeningPort] = []
         self.admin_site = make_admin_site(self.metrics, self.bus, config.topics, config.publish_token, clock)

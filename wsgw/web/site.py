@@ -1,6 +1,11 @@
-"""One twisted.web Site serving /ws, /ws/event, /chat, /ws/chat and /healthz."""
+"""One twisted.web Site serving /ws, /ws/event, /chat, /ws/chat, /healthz, and the live page at / when it is on."""
 
 from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.resources
+import re
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -46,7 +51,32 @@ class _Root(Resource):
         return notFound().render(request)
 
 
-def make_site(ws_factory: WebSocketServerFactory, chat_factory: WebSocketServerFactory, bus: IBus) -> Site:
+class LivePage(Resource):
+    """The live page (``static/index.html``): one static file, its inline script allowed by hash in the CSP."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._body = importlib.resources.files("wsgw.web").joinpath("static/index.html").read_bytes()
+        scripts = re.findall(rb"<script>(.*?)</script>", self._body, re.DOTALL)
+        hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in scripts)
+        self._csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; connect-src 'self' ws: "
+                     "wss:; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'").encode()
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", self._csp)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        request.setHeader(b"cache-control", b"no-cache")
+        return self._body
+
+    render_HEAD = render_GET
+
+
+def make_site(ws_factory: WebSocketServerFactory, chat_factory: WebSocketServerFactory, bus: IBus,
+              live_page: bool = False) -> Site:
     events = WebSocketResource(ws_factory)
     chat = WebSocketResource(chat_factory)
     routes: dict[bytes, IResource] = {
@@ -56,6 +86,8 @@ def make_site(ws_factory: WebSocketServerFactory, chat_factory: WebSocketServerF
         b"/ws/chat": chat,
         b"/healthz": Health(bus),
     }
+    if live_page:
+        routes[b"/"] = routes[b"/index.html"] = LivePage()
     site = Site(_Root(routes))
     site.displayTracebacks = False
     site.noisy = False

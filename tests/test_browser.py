@@ -1,0 +1,145 @@
+"""The live page in a real browser: headless Debian Chromium (Selenium + chromium-driver) against the in-process daemon.
+
+Selenium is blocking, so every browser call runs in a reactor thread while the daemon keeps serving. The
+screenshot lands in tests/artifacts/live-page.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.daemon import Publisher, new_prefix, start_daemon, token, workspace
+from tests.wsclient import connect
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+HOME = workspace("w-home", "home", "ds/home")
+WAIT = 10.0
+
+
+def _need_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        message = f"no {' and no '.join(missing)}: run `make install-browser` (apt: chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def start_browser(profile: Path) -> Any:
+    """Headless Chromium driven by chromium-driver, with a fresh profile and nothing talking to the network."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}", "--window-size=1200,800"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+
+
+def wait_text(driver: Any, element_id: str, text: str) -> str:
+    """Wait (bounded) until the element's text contains ``text``; returns that text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def seen(d: Any) -> str | bool:
+        found = d.find_element(By.ID, element_id).text
+        return found if text in found else False
+
+    try:
+        return WebDriverWait(driver, WAIT).until(seen)  # type: ignore[no-any-return]
+    except Exception:
+        shown = driver.find_element(By.ID, element_id).text
+        raise AssertionError(f"#{element_id} never showed {text!r}; it shows {shown!r}") from None
+
+
+def type_and_send(driver: Any, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "message").send_keys(text)
+    driver.find_element(By.ID, "send").click()
+
+
+def click(driver: Any, element_id: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, element_id).click()
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_page_subscribes_receives_an_event_and_chats(tmp_path: Path) -> None:
+    """In Chromium the live page subscribes with a token, shows an event published on Redis, joins a room and
+    posts a message a second (Autobahn) client receives, and shows that client's answer."""
+    _need_browser()
+    prefix = new_prefix()
+    daemon = await start_daemon(prefix, overrides={"web.live_page": "yes"})
+    pub = Publisher(prefix)
+    driver = None
+    try:
+        driver = await deferToThread(start_browser, tmp_path / "profile")
+        url = f"http://127.0.0.1:{daemon.port}/#token={token('alice', [HOME])}"
+        await deferToThread(driver.get, url)
+        await deferToThread(wait_text, driver, "status-ws", "subscribed as alice")
+        await deferToThread(wait_text, driver, "status-chat", "subscribed as alice")
+        assert "token=" not in driver.current_url  # the page drops the token from the address bar
+
+        await pub.publish("tree", {"Target": {"Uuid": "n1", "Path": "ds/home/report.pdf", "Type": "LEAF"}})
+        await deferToThread(wait_text, driver, "events", "home/report.pdf")
+
+        bob = await connect(daemon.port, "/chat")
+        await bob.subscribe(token("bob", [HOME]))
+        bob.send_json({"@type": "JOIN", "Room": {"Type": "GLOBAL", "RoomTypeObject": "lobby"}})
+        assert (await bob.next())["@type"] == "ROOM_UPDATE"
+        await deferToThread(click, driver, "join")
+        await deferToThread(wait_text, driver, "room-status", "alice")
+
+        await deferToThread(type_and_send, driver, "hello from chromium")
+        while (frame := await bob.next()).get("Message") != "hello from chromium":
+            assert frame.get("@type") in ("ROOM_UPDATE", "MAY_HAVE_MORE"), frame
+        assert frame["Author"] == "alice"
+        bob.send_json({"@type": "POST", "Message": {"RoomUuid": frame["RoomUuid"], "Message": "hi alice, bob here"}})
+        await deferToThread(wait_text, driver, "messages", "hi alice, bob here")
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "live-page.png"
+        assert await deferToThread(driver.save_screenshot, str(shot))
+        assert shot.stat().st_size > 1000
+    finally:
+        if driver is not None:
+            await deferToThread(driver.quit)
+        await pub.close()
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_page_is_off_by_default_and_locked_down_when_on() -> None:
+    """Without live_page / is a 404; with it the page comes with a CSP that allows only its own inline script."""
+    import treq
+
+    off = await start_daemon(new_prefix(), redis=None)
+    on = await start_daemon(new_prefix(), redis=None, overrides={"web.live_page": "yes"})
+    try:
+        response = await treq.get(f"http://127.0.0.1:{off.port}/", timeout=5)
+        assert response.code == 404
+        await response.content()
+        response = await treq.get(f"http://127.0.0.1:{on.port}/", timeout=5)
+        assert response.code == 200
+        body = await response.text()
+        assert "<title>wsgw live</title>" in body
+        csp = response.headers.getRawHeaders("content-security-policy")[0]
+        assert "script-src 'sha256-" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+        assert response.headers.getRawHeaders("x-content-type-options") == ["nosniff"]
+    finally:
+        await off.stop()
+        await on.stop()
