@@ -180,6 +180,11 @@ async def test_redis_outage_shows_in_bus_up_and_reconnects(tmp_path: Any) -> Non
             assert value(samples, "wsgw_bus_up") == 1
             assert value(samples, "wsgw_redis_reconnects_total", role="bus subscriber") == 1
             assert value(samples, "wsgw_redis_reconnects_total", role="bus publisher") == 1
+            back = daemon.service._redis_commands.whenConnected()
+            back.addTimeout(20, reactor)
+            await back
+            samples = await scrape(daemon)
+            assert value(samples, "wsgw_redis_reconnects_total", role="chat store") == 1
             code, answer = await post(daemon, "/publish/tree", b'{"Target":{"Uuid":"n","Path":"ds/x"}}')
             assert code == 200 and answer["receivers"] == 1  # this daemon's own subscriber
         finally:

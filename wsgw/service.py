@@ -52,7 +52,7 @@ class GatewayService(MultiService):
             self.bus: Any = RedisBus(reactor, config.redis, config.topics, password=config.redis_password,
                                      db=config.redis_db)
             self._redis_commands = RedisCommands(reactor, config.redis, password=config.redis_password,
-                                                 db=config.redis_db)
+                                                 db=config.redis_db, role="chat store")
             store: Any = RedisChatStore(self._redis_commands, prefix=config.chat_key_prefix)
         else:
             self.bus = MemoryBus(config.topics)

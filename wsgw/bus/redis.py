@@ -193,7 +193,7 @@ class _Link(service.Service):
 
     @property
     def role(self) -> str:
-        """What this connection is for ("bus subscriber", "bus publisher", "commands"), for logs and metrics."""
+        """What this connection is for ("bus subscriber", "bus publisher", "chat store", ...), for logs and metrics."""
         return self._role
 
     @property
