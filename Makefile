@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install install-browser run test test-unit lint clean
+.PHONY: install install-browser run test test-unit lint clean bench bench-quick bench-deps
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,25 @@ test: install install-browser
 lint: install
 	$(VENV)/bin/ruff check wsgw tests
 	$(VENV)/bin/mypy wsgw
+
+# Benchmark: the gateway against bare Autobahn and Node `ws` (needs node/npm and redis-server on the PATH).
+NODE_BASELINE := bench/baselines/node
+
+$(VENV)/.bench-installed: setup.cfg | install
+	$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
+	touch $@
+
+$(NODE_BASELINE)/node_modules/.installed: $(NODE_BASELINE)/package.json $(NODE_BASELINE)/package-lock.json
+	cd $(NODE_BASELINE) && npm ci --no-audit --no-fund --silent
+	touch $@
+
+bench-deps: $(VENV)/.bench-installed $(NODE_BASELINE)/node_modules/.installed
+
+bench: bench-deps
+	$(PY) bench/run.py
+
+bench-quick: bench-deps
+	$(PY) bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) .dev build *.egg-info

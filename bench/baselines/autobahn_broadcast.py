@@ -1,0 +1,85 @@
+"""Baseline: a minimal Autobahn/Twisted broadcast server, the framework's own ceiling.
+
+Every message on the Redis channel goes to every connected client with
+``sendMessage``; a client's ``subscribe`` frame is answered ``subscribed``
+(no token check); any other client frame is relayed to every client (the
+chat scenario). No rules, no indexes, no queues: what bare Autobahn costs.
+
+    python bench/baselines/autobahn_broadcast.py --port 8001 --redis-port 6379 --channel C [--channel C2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+
+import txredisapi
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+SUBSCRIBED = b'{"@type":"subscribed","user":"bench"}'
+
+
+class Broadcast(WebSocketServerProtocol):
+    def onOpen(self) -> None:
+        self.factory.clients.add(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.clients.discard(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if payload.startswith(b'{"@type": "subscribe"') or payload.startswith(b'{"@type":"subscribe"'):
+            self.sendMessage(SUBSCRIBED)
+        else:
+            self.factory.broadcast(payload)
+
+
+class BroadcastFactory(WebSocketServerFactory):
+    protocol = Broadcast
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clients: set[Broadcast] = set()
+
+    def broadcast(self, payload: bytes) -> None:
+        for client in list(self.clients):
+            client.sendMessage(payload)
+
+
+class Subscriber(txredisapi.SubscriberProtocol):
+    def messageReceived(self, pattern: str, channel: str, message: bytes | str) -> None:
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+        self.factory.ws.broadcast(message)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.subscribe([c.encode() for c in self.factory.channels])
+
+
+class SubscriberFactory(txredisapi.SubscriberFactory):
+    protocol = Subscriber
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--redis-port", type=int, required=True)
+    p.add_argument("--channel", action="append", required=True)
+    args = p.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ws = BroadcastFactory()
+    ws.setProtocolOptions(autoPingInterval=30, autoPingTimeout=60, openHandshakeTimeout=10)
+    sub = SubscriberFactory()
+    sub.charset = None  # messages stay bytes
+    sub.ws = ws
+    sub.channels = args.channel
+    TCP4ClientEndpoint(reactor, "127.0.0.1", args.redis_port).connect(sub)
+    reactor.listenTCP(args.port, ws, backlog=4096, interface="127.0.0.1")
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
