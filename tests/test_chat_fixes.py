@@ -5,15 +5,24 @@ and presence removals still in flight when the service stops."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from html import unescape
 from html.parser import HTMLParser
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
-from wsgw.chat.rooms import sanitize_markdown
+from tests.test_chat_rooms import START, WS, LoopBus, frames, history, join, kinds, ping, post
+from wsgw.access import Access
+from wsgw.chat.rooms import ChatService, sanitize_markdown
+from wsgw.chat.store import IChatStore, MemoryChatStore
+from wsgw.sessions import Session
+from wsgw.testing import RecordingConnection
 
 # --------------------------------------------------------------------------- 1. sanitizer
 
@@ -169,3 +178,206 @@ def test_lone_surrogates_become_replacement_characters(text: str, expected: str)
     """A lone surrogate (valid in a JSON escape, not in UTF-8, refused by nh3) becomes U+FFFD, in prose and code."""
     assert sanitize_markdown(text) == expected
     expected.encode("utf-8")
+
+
+# --------------------------------------------------------------------------- 2. access changing mid-frame
+
+
+class DelayedStore(MemoryChatStore):
+    """The memory store, but the named methods answer only when ``release()`` is called (a slow Redis).
+    Like one Redis connection it answers in order: while a call waits, every later call waits behind it."""
+
+    def __init__(self, *slow: str) -> None:
+        super().__init__()
+        self.slow = set(slow)
+        self.pending: list[tuple[Deferred, Callable[[], Deferred]]] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name in IChatStore.names() and (name in self.slow or self.pending):
+            def delayed(*args: Any) -> Deferred:
+                d: Deferred = Deferred()
+                self.pending.append((d, lambda: value(*args)))
+                return d
+            return delayed
+        return value
+
+    def release(self) -> int:
+        """Answer the calls waiting so far, in order (calls they cause wait for the next release);
+        the number answered."""
+        count = len(self.pending)
+        for _ in range(count):
+            d, call = self.pending.pop(0)
+            call().chainDeferred(d)
+        return count
+
+
+class Race:
+    """One chat instance on a store of delayed answers, on a loop bus."""
+
+    def __init__(self, *slow: str) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = DelayedStore(*slow)
+        self.bus = LoopBus()
+        self.service = ChatService(self.clock, self.store, self.bus.publish)
+        self.bus.services.append(self.service)
+
+    def connect(self, login: str, workspaces: tuple = (WS,)) -> Session:
+        session = Session(RecordingConnection(login), "chat")
+        session.access = _access(login, workspaces)
+        self.service.attach(session)
+        return session
+
+    def close(self, session: Session) -> None:
+        self.service.detach(session)
+
+    def send(self, session: Session, frame: dict) -> Deferred:
+        d = self.service.handle_frame(session, frame)
+        assert d is not None
+        return d
+
+    def resubscribe(self, session: Session, access: Access | None) -> None:
+        """What Gateway._accept / _unsubscribe do: replace the access, then tell the chat service."""
+        session.access = access
+        self.service.access_changed(session)
+
+    def settle(self) -> None:
+        """Release the store until nothing waits any more."""
+        for _ in range(20):
+            if not self.store.release():
+                return
+        raise AssertionError("the store never settled")
+
+    def users(self) -> list[str]:
+        room = self.store._rooms and next(iter(self.store._rooms))
+        return sorted(self.store._users[room]) if room else []
+
+
+def _access(login: str, workspaces: tuple = (WS,)) -> Access:
+    return Access(login, f"sub-{login}", "standard", frozenset(), workspaces)
+
+
+def _errors(session: Session) -> list[str]:
+    return [f["error"] for f in frames(session) if f.get("@type") == "error"]
+
+
+@pytest.mark.parametrize("slow", ["find_or_create_room", "touch_user", "page"])
+def test_join_refused_when_the_access_loses_the_room_while_the_store_answers(slow: str) -> None:
+    """A JOIN waiting on the store when a re-subscribe removes the workspace attaches nothing, is answered
+    with an error, and the socket hears no message of that room afterwards."""
+    race = Race(slow)
+    mallory, bob = race.connect("mallory"), race.connect("bob")
+    done = race.send(mallory, join())
+    race.resubscribe(mallory, _access("mallory", ()))
+    race.settle()
+    assert done.called
+    received = frames(mallory)
+    assert kinds(received) == ["error"], received
+    assert "JOIN" in received[0]["error"] and "not allowed" in received[0]["error"]
+    assert race.service.rooms_of(mallory) == frozenset()
+    race.send(bob, join())
+    race.settle()
+    room_uuid = next(iter(race.service.rooms_of(bob)))
+    race.send(bob, post(room_uuid, "the secret plan"))
+    race.settle()
+    assert frames(mallory) == []
+    assert race.users() == ["bob"]
+
+
+@pytest.mark.parametrize("slow", ["find_or_create_room", "touch_user", "page"])
+def test_join_refused_when_the_socket_unsubscribes_while_the_store_answers(slow: str) -> None:
+    """A JOIN waiting on the store when the socket unsubscribes ends with a 'not subscribed' error,
+    no attached room, no stored presence, and no internal error."""
+    race = Race(slow)
+    alice = race.connect("alice")
+    done = race.send(alice, join())
+    race.resubscribe(alice, None)
+    race.settle()
+    assert done.called
+    assert _errors(alice) == ["JOIN: not subscribed"]
+    assert race.service.rooms_of(alice) == frozenset()
+    assert race.users() == []
+
+
+@pytest.mark.parametrize("slow", ["find_or_create_room", "touch_user", "page"])
+def test_join_refused_when_the_login_changes_while_the_store_answers(slow: str) -> None:
+    """A JOIN sent as alice that completes after the socket re-subscribed as bob attaches nothing for either."""
+    race = Race(slow)
+    tab = race.connect("alice")
+    done = race.send(tab, join())
+    race.resubscribe(tab, _access("bob"))
+    race.settle()
+    assert done.called
+    errors = _errors(tab)
+    assert len(errors) == 1 and errors[0].startswith("JOIN:"), errors
+    assert race.service.rooms_of(tab) == frozenset()
+    assert race.users() == []
+
+
+def test_join_goes_on_when_a_resubscribe_keeps_the_room() -> None:
+    """A re-subscribe that still allows the room (token refresh) does not disturb a JOIN in flight."""
+    race = Race("find_or_create_room", "touch_user", "page")
+    alice = race.connect("alice")
+    done = race.send(alice, join())
+    race.resubscribe(alice, _access("alice"))
+    race.settle()
+    assert done.called
+    assert set(kinds(frames(alice))) == {"ROOM_UPDATE"}  # its own, then the JOIN's broadcast
+    assert len(race.service.rooms_of(alice)) == 1
+    assert race.users() == ["alice"]
+
+
+def test_ping_refused_when_the_access_loses_the_room_while_the_store_answers() -> None:
+    """A PING of a joined room waiting on the store when the room is revoked ends detached, with an error."""
+    race = Race()
+    alice = race.connect("alice")
+    race.send(alice, join())
+    frames(alice)
+    race.store.slow.add("touch_user")
+    done = race.send(alice, ping())
+    race.resubscribe(alice, _access("alice", ()))
+    race.settle()
+    assert done.called
+    assert [e for e in _errors(alice) if "not allowed" in e], "the PING is refused"
+    assert race.service.rooms_of(alice) == frozenset()
+    assert race.users() == []
+
+
+@pytest.mark.parametrize("slow", ["find_room", "page"])
+def test_history_refused_when_the_access_loses_the_room_while_the_store_answers(slow: str) -> None:
+    """A HISTORY waiting on the store when the room is revoked sends no message of it, only an error."""
+    race = Race()
+    alice = race.connect("alice")
+    race.send(alice, join())
+    race.send(alice, post(next(iter(race.service.rooms_of(alice))), "secret"))
+    race.resubscribe(alice, _access("alice", ()))
+    frames(alice)
+    race.resubscribe(alice, _access("alice"))  # the workspace is back: the HISTORY may start
+    race.store.slow.add(slow)
+    done = race.send(alice, history())
+    race.resubscribe(alice, _access("alice", ()))
+    race.settle()
+    assert done.called
+    received = frames(alice)
+    assert kinds(received) == ["error"], received
+    assert "HISTORY" in received[0]["error"] and "not allowed" in received[0]["error"]
+
+
+def test_history_of_a_joined_room_refused_when_revoked_while_loading() -> None:
+    """HISTORY of a joined room whose access is revoked while the page loads sends neither the page
+    nor the broadcasts held meanwhile."""
+    race = Race()
+    alice, bob = race.connect("alice"), race.connect("bob")
+    race.send(alice, join())
+    race.send(bob, join())
+    room_uuid = next(iter(race.service.rooms_of(alice)))
+    frames(alice)
+    race.store.slow.add("page")
+    done = race.send(alice, history())
+    race.send(bob, post(room_uuid, "said while alice loads"))
+    race.resubscribe(alice, _access("alice", ()))
+    race.settle()
+    assert done.called
+    received = frames(alice)
+    assert kinds(received) == ["error"], received

@@ -13,7 +13,9 @@ Invariants:
   and first in every HISTORY reply. While a JOIN loads history, broadcasts for
   that room are held for the socket and sent after the history.
 - Frames of one socket are handled one at a time, in order (a POST right after
-  a JOIN sees the room joined).
+  a JOIN sees the room joined). A re-subscribe is not one of those frames, so a
+  JOIN or HISTORY that waited on the store re-checks the socket's current access
+  (and login) before it attaches the room or sends the room's messages.
 - Presence: a login is in a room's stored ``Users`` while one of its sockets
   here has the room joined and JOINed or PINGed it within ``presence_timeout``;
   each instance expires the logins of its own sockets (conditionally, so a
@@ -410,6 +412,16 @@ class ChatService:
         joined = _joined_uuid(state, type, type_object)
         if ping and joined is not None:  # the usual heartbeat: refresh presence only
             touched, changed = await self._touch(joined, access.login, now)
+            if session not in self._sockets:
+                return
+            try:
+                self._recheck(session, state, access, "JOIN", type, type_object)
+            except _Refused:
+                if joined in state.rooms:
+                    await self._leave_room(session, state, joined)
+                raise
+            if joined not in state.rooms:  # left meanwhile by an access that no longer allowed it
+                raise _Refused("JOIN: the room was left while refreshing it")
             if touched is not None and changed:
                 await self._publish_event({"Room": touched}, "JOIN")
             return
@@ -422,6 +434,7 @@ class ChatService:
             room, _ = await self._store.find_or_create_room(type, type_object, label, now)
         if session not in self._sockets:
             return
+        self._recheck(session, state, access, "JOIN", type, type_object)
         room_uuid = room["Uuid"]
         self._join_room(session, state, room_uuid, type, type_object)
         try:
@@ -429,12 +442,15 @@ class ChatService:
             if touched is None:
                 raise _Refused("JOIN: the room was deleted")
             history: list[dict] = [] if ping else await self._store.page(room_uuid, 0, JOIN_PAGE + 1)
+            if session not in self._sockets:
+                return
+            self._recheck(session, state, access, "JOIN", type, type_object)
+            if room_uuid not in state.rooms:  # left meanwhile by an access that no longer allowed it
+                raise _Refused("JOIN: the room was left while joining it")
         except BaseException:
             if session in self._sockets and room_uuid in state.rooms:
                 await self._leave_room(session, state, room_uuid)
             raise
-        if session not in self._sockets or room_uuid not in state.rooms:
-            return
         frames = [_room_update(touched)]
         if len(history) > JOIN_PAGE:
             history = history[1:]
@@ -445,6 +461,18 @@ class ChatService:
         self._release_held(session, state, room_uuid, frames)
         if not ping or changed:
             await self._publish_event({"Room": touched}, "JOIN")
+
+    def _recheck(self, session: Session, state: _Socket, access: Access, action: str, type: str,
+                 type_object: str, verb: str = "join") -> None:
+        """After an await: go on only if the socket is still subscribed as the login the frame started
+        with and its current access (a re-subscribe may have replaced it meanwhile) allows the room."""
+        current = session.access
+        if current is None:
+            raise _Refused(f"{action}: not subscribed")
+        if current.login != access.login or state.login != access.login:
+            raise _Refused(f"{action}: the socket re-subscribed as another user meanwhile")
+        if not may_join(current, type, type_object):
+            raise _Refused(f"{action}: not allowed to {verb} this {type} room")
 
     def _join_room(self, session: Session, state: _Socket, room_uuid: str, type: str, type_object: str) -> None:
         """Attach the room to the socket, holding the room's broadcasts until ``_release_held``."""
@@ -522,22 +550,22 @@ class ChatService:
         room = await self._find_room(frame, "HISTORY")
         if room is None:
             raise _Refused("HISTORY: no such room")
-        if not may_join(access, room["Type"], room["RoomTypeObject"]):
-            raise _Refused(f"HISTORY: not allowed to read this {room['Type']} room")
+        self._recheck(session, state, access, "HISTORY", room["Type"], room["RoomTypeObject"], "read")
         room_uuid = room["Uuid"]
         joined = room_uuid in state.rooms
         if joined:
             state.held[room_uuid] = []
         try:
             page = await self._store.page(room_uuid, offset, limit)
+            if session not in self._sockets:
+                return
+            self._recheck(session, state, access, "HISTORY", room["Type"], room["RoomTypeObject"], "read")
         except BaseException:
             state.held.pop(room_uuid, None)
             raise
         frames = [_room_update(room)] + [encode(m) for m in page]
         if limit > 0 and len(page) == limit:
             frames.append(_may_have_more(room_uuid, page, offset + limit, limit))
-        if session not in self._sockets:
-            return
         if joined and room_uuid in state.rooms:
             self._release_held(session, state, room_uuid, frames)
         else:
