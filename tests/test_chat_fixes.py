@@ -381,3 +381,70 @@ def test_history_of_a_joined_room_refused_when_revoked_while_loading() -> None:
     assert done.called
     received = frames(alice)
     assert kinds(received) == ["error"], received
+
+
+# --------------------------------------------------------------------------- 3. stop waits for presence
+
+
+def test_stop_waits_for_the_presence_removals_of_closed_sockets() -> None:
+    """stop() fires only once the leave started by a closing socket is stored and published."""
+    chat = Race()
+    store, service = chat.store, chat.service
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.send(bob, join())
+    chat.settle()
+    store.slow.add("remove_user")
+    chat.close(alice)
+    chat.close(bob)
+    stopped = service.stop()
+    assert isinstance(stopped, Deferred) and not stopped.called
+    assert store.release() == 2
+    assert stopped.called
+    assert chat.bus.events[-1]["Room"]["Users"] == []
+    assert chat.clock.getDelayedCalls() == []
+
+
+def test_stop_waits_for_an_expiry_in_flight() -> None:
+    """stop() also waits for a presence expiry whose store update is still running."""
+    chat = Race()
+    store, service = chat.store, chat.service
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    store.slow.add("remove_user")
+    chat.clock.advance(20)
+    stopped = service.stop()
+    assert not stopped.called
+    store.release()
+    assert stopped.called
+    assert chat.bus.events[-1]["Room"]["Users"] == []
+
+
+def test_stop_fires_at_once_when_nothing_is_pending_and_survives_a_failed_leave() -> None:
+    """stop() fires at once with nothing in flight, and a leave whose store call fails still lets it fire."""
+    assert Race().service.stop().called
+    chat = Race()
+    store, service = chat.store, chat.service
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    store.slow.add("remove_user")
+    chat.close(alice)
+    stopped = service.stop()
+    (d, _), = store.pending
+    d.errback(ConnectionError("redis went away"))
+    assert stopped.called and stopped.result is None
+
+
+def test_a_timed_out_stop_leaves_the_pending_leave_alone() -> None:
+    """Cancelling stop()'s Deferred (its caller's timeout) neither cancels the leave nor breaks it later."""
+    chat = Race()
+    store, service = chat.store, chat.service
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    store.slow.add("remove_user")
+    chat.close(alice)
+    stopped = service.stop()
+    stopped.cancel()
+    stopped.addErrback(lambda f: None)
+    store.release()
+    assert chat.bus.events[-1]["Room"]["Users"] == []

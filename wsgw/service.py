@@ -151,7 +151,13 @@ class GatewayService(MultiService):
                            n=len(self.gateway.sessions), t=self.config.shutdown_timeout)
             for session in list(self.gateway.sessions):
                 session.connection.abort()
-        self.chat.stop()
+        chat_done = self.chat.stop()  # presence removals of the closed sockets, before the bus stops
+        chat_done.addTimeout(self.config.shutdown_timeout, self._reactor)
+        try:
+            yield chat_done
+        except Exception:
+            self._log.warn("chat presence updates still pending after {t} s: dropping them",
+                           t=self.config.shutdown_timeout)
         yield super().stopService()
         # twistd re-raises the signal that stopped the reactor (exit status 143 for SIGTERM); a designed
         # shutdown that got this far is a success, so let it exit 0 as operators and systemd expect.

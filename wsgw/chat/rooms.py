@@ -19,7 +19,8 @@ Invariants:
 - Presence: a login is in a room's stored ``Users`` while one of its sockets
   here has the room joined and JOINed or PINGed it within ``presence_timeout``;
   each instance expires the logins of its own sockets (conditionally, so a
-  fresher refresh from another instance wins).
+  fresher refresh from another instance wins). ``stop()`` waits for the
+  removals still in flight, so a shutdown does not leave its logins behind.
 - Message text is sanitized with a CommonMark parser deciding what is code
   (``sanitize_markdown``): nothing it would render as raw HTML is stored.
 """
@@ -289,6 +290,8 @@ class ChatService:
         self._sockets: dict[Session, _Socket] = {}
         self._room_sockets: dict[str, set[Session]] = {}
         self._members: dict[tuple[str, str], _Member] = {}
+        self._pending: set[Deferred] = set()  # background store work and frames in flight, for stop()
+        self._idle: list[Deferred[None]] = []  # stop() waiters: fired when _pending empties
         self._handlers: dict[str, Callable[[Session, _Socket, Access, dict], Awaitable[None]]] = {
             "JOIN": self._join,
             "LEAVE": self._leave,
@@ -329,7 +332,23 @@ class ChatService:
 
     def _leave_soon(self, session: Session, state: _Socket, room_uuid: str) -> None:
         """Leave a room now; the store update it causes completes in the background."""
-        Deferred.fromCoroutine(self._leave_room(session, state, room_uuid)).addErrback(self._logged, "leaving a room")
+        d = Deferred.fromCoroutine(self._leave_room(session, state, room_uuid))
+        self._track(d.addErrback(self._logged, "leaving a room"))
+
+    def _track(self, d: Deferred) -> Deferred:
+        """Keep ``d`` (work that never fails) until it fires, so that stop() can wait for it."""
+        self._pending.add(d)
+
+        def done(result: object) -> object:
+            self._pending.discard(d)
+            if not self._pending:
+                waiters, self._idle = self._idle, []
+                for waiter in waiters:
+                    if not waiter.called:  # a waiter cancelled by its timeout has fired already
+                        waiter.callback(None)
+            return result
+
+        return d.addBoth(done)
 
     def rooms_of(self, session: Session) -> frozenset[str]:
         """The room uuids the socket has joined (for tests and metrics)."""
@@ -341,12 +360,20 @@ class ChatService:
         """Rooms that have at least one socket of this instance attached."""
         return len(self._room_sockets)
 
-    def stop(self) -> None:
-        """Cancel the presence timers (at shutdown, after the sockets were closed)."""
+    def stop(self) -> Deferred[None]:
+        """At shutdown, after the sockets were closed: cancel the presence timers. The Deferred fires
+        when the presence removals (leaves of the closed sockets, expiries) and frames still in flight
+        are stored and published; it never fails. The caller bounds the wait (``addTimeout``):
+        cancelling it only stops waiting, the work goes on."""
         for member in self._members.values():
             if member.timer is not None and member.timer.active():
                 member.timer.cancel()
             member.timer = None
+        if not self._pending:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle.append(waiter)
+        return waiter
 
     # ----------------------------------------------------------------- frames
 
@@ -360,7 +387,7 @@ class ChatService:
             action = frame.get("@type") if isinstance(frame, dict) else None
             session.send(error(f"{action if isinstance(action, str) else 'chat'}: too many requests in flight"))
             return None
-        return state.lock.run(lambda: Deferred.fromCoroutine(self._frame(session, state, frame)))
+        return self._track(state.lock.run(lambda: Deferred.fromCoroutine(self._frame(session, state, frame))))
 
     async def _frame(self, session: Session, state: _Socket, frame: dict) -> None:
         if session not in self._sockets:
@@ -508,7 +535,7 @@ class ChatService:
         self._log.debug("presence of {login} in {room} expired", login=login, room=room_uuid)
         d = self._store.remove_user(room_uuid, login, self._clock.seconds(), since)
         d.addCallback(self._publish_if_changed)
-        d.addErrback(self._logged, "expiring presence")
+        self._track(d.addErrback(self._logged, "expiring presence"))
 
     async def _leave_room(self, session: Session, state: _Socket, room_uuid: str) -> None:
         """Detach the room from the socket; the login's last socket here takes its presence along."""
