@@ -659,7 +659,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--scenarios", default="storm,paced,flood")
     p.add_argument("--duration", type=float, default=5.0)
-    p.add_argument("--window", type=int, default=8)
+    p.add_argument("--window", type=int, default=0, help="events in flight in a flood (default: 8,000 / N, >= 2)")
     p.add_argument("--paced-rate", type=float, default=10.0)
     p.add_argument("--paced-duration", type=float, default=3.0)
     p.add_argument("--slow-duration", type=float, default=4.0)
@@ -674,6 +674,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if not args.window:
+        args.window = max(2, 8000 // args.n)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     run = Run(args)

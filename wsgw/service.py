@@ -96,7 +96,9 @@ class GatewayService(MultiService):
         policy = InboundPolicy(config.inbound_rate, config.inbound_burst, config.max_connections_per_ip,
                                config.allowed_origins)
         common: dict[str, Any] = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout,
-                                      policy=policy, peers=PeerCounts())
+                                      policy=policy, peers=PeerCounts(),
+                                      max_queued_bytes=config.max_queued_bytes,
+                                      max_queued_frames=config.max_queued_frames)
         self.site = make_site(
             GatewayFactory(self.gateway, "ws", reactor, max_frame=config.max_frame_ws, **common),
             GatewayFactory(self.gateway, "chat", reactor, max_frame=config.max_frame_chat, **common),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from collections import Counter
 from typing import Any
 
@@ -14,33 +13,28 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsgw import frames
-from wsgw.gateway import CLOSE_BAD_DATA, CLOSE_FLOOD, CLOSE_TOO_BIG, Gateway
+from wsgw.gateway import CLOSE_BAD_DATA, CLOSE_FLOOD, CLOSE_SLOW, CLOSE_TOO_BIG, Gateway
 from wsgw.interfaces import IConnection
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session
 from wsgw.web.inbound import InboundPolicy, PeerCounts
+from wsgw.web.outbound import FrameCache, Outbound, frame_header
+
+__all__ = ["GatewayFactory", "GatewayProtocol", "frame_header"]
 
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
-def frame_header(length: int) -> bytes:
-    """The header of one unmasked, final text frame of ``length`` bytes (server frames are never masked)."""
-    if length < 126:
-        return bytes((0x81, length))
-    if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length)
-    return struct.pack("!BBQ", 0x81, 127, length)
-
-
 @implementer(IConnection)
 class GatewayProtocol(WebSocketServerProtocol):
-    """One client socket. Outgoing frames are framed here and written straight to the transport."""
+    """One client socket. Outgoing frames are framed once per payload and go out through ``Outbound``."""
 
     _log = Logger()
     factory: GatewayFactory
     _session: Session | None = None
     _counted_host: str | None = None
     _flood: TokenBucket | None = None
+    _out: Outbound | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         factory = self.factory
@@ -55,6 +49,9 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._counted_host = host
 
     def onOpen(self) -> None:
+        factory = self.factory
+        if self.transport is not None:  # (protocols driven without a socket in tests have none)
+            self._out = Outbound(self.transport, factory.max_queued_bytes, factory.max_queued_frames, self._too_slow)
         self._flood = self.factory.policy.flood_bucket(self.factory.clock)
         self._session = self.factory.gateway.open(self, self.factory.endpoint)
 
@@ -102,8 +99,14 @@ class GatewayProtocol(WebSocketServerProtocol):
     # -- IConnection ------------------------------------------------------
 
     def send(self, payload: bytes) -> None:
-        if self.state == _OPEN:
-            self.transport.writeSequence((frame_header(len(payload)), payload))  # type: ignore[union-attr]
+        if self.state == _OPEN and self._out is not None:
+            self._out.write(self.factory.frames.frame(payload))
+
+    def _too_slow(self) -> None:
+        # The outbound queue went past its limit (its frames are already dropped): close with 4008.
+        self.factory.gateway.slow_closes += 1
+        self._log.warn("{peer} reads too slowly: closing it with 4008", peer=self.peer)
+        self.close(CLOSE_SLOW, "client too slow")
 
     def abort(self) -> None:
         self.dropConnection(abort=True)
@@ -111,6 +114,8 @@ class GatewayProtocol(WebSocketServerProtocol):
     def close(self, code: int, reason: str) -> None:
         # sendClose only lets applications use 1000 and 3000-4999; 1003/1009/1013 are ours to send too.
         if self.state == _OPEN:
+            if self._out is not None:
+                self._out.flush()  # frames sent before the close go out before it
             self.factory.gateway.closes[code] += 1
             # failedByMe makes Autobahn drop (not buffer, not deliver) any frame still arriving
             self.failedByMe = True
@@ -124,8 +129,12 @@ class GatewayFactory(WebSocketServerFactory):
 
     def __init__(self, gateway: Gateway, endpoint: str, clock: IReactorTime, *, max_frame: int,
                  ping_interval: float, pong_timeout: float, policy: InboundPolicy | None = None,
-                 peers: PeerCounts | None = None, **kwargs: Any) -> None:
+                 peers: PeerCounts | None = None, max_queued_bytes: int = 4 << 20,
+                 max_queued_frames: int = 10_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.frames = FrameCache()  # one per endpoint: a fan-out frames each payload once
+        self.max_queued_bytes = max_queued_bytes
+        self.max_queued_frames = max_queued_frames
         self.gateway = gateway
         self.endpoint = endpoint
         self.clock = clock

@@ -1,0 +1,100 @@
+"""Profile one server under the broadcast flood with py-spy (the profiles quoted in bench/RESULTS.md).
+
+    python bench/profile.py --server gateway --n 10000 --seconds 6 --out /tmp/gw.txt
+
+Starts a private redis-server and the server on 127.0.0.1, connects N clients,
+floods, records the server with ``py-spy record --format raw`` (collapsed
+stacks) while the flood runs, then prints the functions with the most own
+samples and the heaviest inclusive frames. Everything is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import run  # noqa: E402
+
+
+def summarize(raw_path: str, top: int) -> str:
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    with open(raw_path) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            total += n
+            frames = stack.split(";")
+            own[frames[-1]] += n
+            for fr in set(frames):
+                incl[fr] += n
+    lines = [f"{total} samples", "", "own time:"]
+    lines += [f"  {c / total:6.1%}  {fr}" for fr, c in own.most_common(top)]
+    lines += ["", "inclusive:"]
+    lines += [f"  {c / total:6.1%}  {fr}" for fr, c in incl.most_common(top)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--server", default="gateway", choices=["gateway", "autobahn"])
+    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--top", type=int, default=30)
+    p.add_argument("--out", default="-")
+    p.add_argument("--reactor", default="")
+    args = p.parse_args()
+    run.raise_nofile()
+    pyspy = os.path.join(os.path.dirname(run.PY), "py-spy")
+    with tempfile.TemporaryDirectory(prefix="wsgw-profile-") as workdir:
+        redis_port = run.free_port()
+        redis = run.Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no"], os.path.join(workdir, "redis.log"))
+        try:
+            run.wait_port(redis_port, redis.proc)
+            server, port = run.start_server(args.server, workdir, redis_port, "prof", reactor=args.reactor)
+            try:
+                loader = subprocess.Popen(
+                    [run.PY, os.path.join(run.HERE, "loadgen.py"), "--server", args.server, "--port", str(port),
+                     "--server-pid", str(server.pid), "--redis-port", str(redis_port), "--prefix", "prof",
+                     "--n", str(args.n), "--scenarios", "storm,flood", "--duration", str(args.seconds + 4)],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=run.raise_nofile)
+                # Wait until the storm is over (the loader says so on stderr), then record the flood.
+                assert loader.stderr is not None
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    line = loader.stderr.readline().decode()
+                    if "storm done" in line or not line:
+                        break
+                time.sleep(1.5)
+                raw = os.path.join(workdir, "profile.txt")
+                subprocess.run([pyspy, "record", "--pid", str(server.pid), "--duration", str(int(args.seconds)),
+                                "--rate", "250", "--format", "raw", "--output", raw, "--nonblocking"],
+                               check=True, capture_output=True, timeout=args.seconds + 30)
+                out, _ = loader.communicate(timeout=60)
+            finally:
+                server.stop()
+            text = summarize(raw, args.top)
+            text += "\n\nloader: " + out.decode().strip()[-1500:]
+        finally:
+            redis.stop()
+    if args.out == "-":
+        print(text)
+    else:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(text[:4000])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The outbound side of one client socket: framing once per payload, a bounded queue, backpressure.
+
+``FrameCache`` frames a text payload once: a fan-out hands the same bytes
+object to every recipient, so the header is built and joined to it once per
+distinct payload, not once per socket.
+
+``Outbound`` owns what one socket has not sent yet. It registers on the
+transport as a streaming (push) producer, replacing twisted.web's HTTP
+channel, which stays registered after the WebSocket upgrade:
+
+- nothing pending anywhere: a frame goes straight to the socket with one
+  ``send()`` (on a plain TCP transport; through ``transport.write``
+  otherwise), so the common case costs no reactor round trip, no epoll
+  registration and no Twisted buffer;
+- what the kernel does not take, and every frame while the transport still
+  holds bytes, goes to the transport, which joins what piled up into one
+  write when the socket is writable again;
+- past the transport's own limit (64 KiB) it pauses this producer: frames
+  then wait here, and are handed over as one write when the transport has
+  drained and resumes the producer;
+- past ``max_bytes`` or ``max_frames`` waiting here, ``overflow`` is called
+  once and the queue dropped (the protocol closes the socket with 4008), so a
+  client that does not read costs bounded memory.
+
+Writing to the socket directly only happens while the transport holds
+nothing, so frames never overtake bytes Autobahn wrote (handshake answer,
+pings, close frames). (The transport's ``bufferSize`` cannot be lowered to
+pause earlier: Twisted also uses it as the size of each ``recv``.)
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+
+def frame_header(length: int) -> bytes:
+    """The header of one unmasked, final text frame of ``length`` bytes (server frames are never masked)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
+
+
+class FrameCache:
+    """Frames a text payload once for all the sockets it goes to (the last distinct payload is kept)."""
+
+    __slots__ = ("_payload", "_framed")
+
+    def __init__(self) -> None:
+        self._payload: bytes | None = None
+        self._framed = b""
+
+    def frame(self, payload: bytes) -> bytes:
+        """The whole frame (header and payload) for ``payload``; the same object as last time returns the same bytes."""
+        if payload is self._payload:
+            return self._framed
+        framed = frame_header(len(payload)) + payload
+        self._payload = payload
+        self._framed = framed
+        return framed
+
+
+def _buffered(transport: Any) -> int:
+    """Bytes a Twisted ``FileDescriptor`` holds and has not written yet."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def _direct_socket(transport: Any) -> socket.socket | None:
+    """The transport's socket when frames may be sent on it directly (plain TCP), else None (TLS, tests)."""
+    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
+        sock = getattr(transport, "socket", None)
+        try:
+            _buffered(transport)
+        except (AttributeError, TypeError):
+            return None  # not the FileDescriptor this module knows: go through transport.write
+        if isinstance(sock, socket.socket):
+            return sock
+    return None
+
+
+@implementer(IPushProducer)
+class Outbound:
+    """One socket's outbound frames: straight through when idle, bounded and coalesced when not."""
+
+    __slots__ = ("_transport", "_sock", "_paused", "_queue", "_queued", "_max_bytes", "_max_frames", "_overflow",
+                 "_stopped")
+
+    def __init__(self, transport: Any, max_bytes: int, max_frames: int, overflow: Callable[[], None]) -> None:
+        self._transport = transport
+        self._sock = _direct_socket(transport)
+        self._paused = False
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._max_bytes = max_bytes or (1 << 62)
+        self._max_frames = max_frames or (1 << 62)
+        self._overflow = overflow
+        self._stopped = False
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()  # twisted.web's channel, left registered after the upgrade
+        transport.registerProducer(self, True)
+
+    @property
+    def pending(self) -> tuple[int, int]:
+        """Frames and bytes waiting here (not counting what the transport and the kernel hold)."""
+        return len(self._queue), self._queued
+
+    def write(self, frame: bytes) -> None:
+        """Send one whole frame, or queue it while the transport is paused."""
+        if self._stopped:
+            return
+        if self._paused:
+            queue = self._queue
+            queue.append(frame)
+            self._queued += len(frame)
+            if self._queued > self._max_bytes or len(queue) > self._max_frames:
+                self.discard()
+                self._overflow()
+            return
+        self._send(frame)
+
+    def _send(self, data: bytes) -> None:
+        sock = self._sock
+        transport = self._transport
+        if sock is not None and not transport._tempDataLen and not transport.dataBuffer:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # the transport meets the same error on its next write and closes properly
+            if sent == len(data):
+                return
+            if sent:
+                data = data[sent:]
+        transport.write(data)
+
+    def flush(self) -> None:
+        """Hand whatever waits here to the transport now (before a close frame, say)."""
+        if self._queue:
+            data = b"".join(self._queue)
+            self._queue = []
+            self._queued = 0
+            self._transport.write(data)
+
+    def discard(self) -> None:
+        """Forget what waits here and accept nothing more."""
+        self._stopped = True
+        self._queue = []
+        self._queued = 0
+
+    # -- IPushProducer (called by the transport) ---------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._queue and not self._stopped:
+            data = b"".join(self._queue) if len(self._queue) > 1 else self._queue[0]
+            self._queue = []
+            self._queued = 0
+            self._send(data)
+
+    def stopProducing(self) -> None:
+        self.discard()
