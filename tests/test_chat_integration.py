@@ -483,10 +483,6 @@ async def test_presence_ends_when_the_logins_only_socket_goes(how: str) -> None:
         await forget_rooms([("GLOBAL", obj)])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: GatewayService.stopService stops the chat store's Redis connection while the presence removals "
-    "started by ChatService.detach (_leave_soon) still wait for their reply ('Lost connection'), so the "
-    "ROOM_UPDATE without the leaving logins is never published to the other instances"))
 @pytest_twisted.ensureDeferred
 async def test_presence_ends_when_the_instance_of_the_logins_socket_shuts_down() -> None:
     """When the daemon holding alice's only socket shuts down, bob on another daemon gets a ROOM_UPDATE without her."""

@@ -85,6 +85,8 @@ async def test_chat_during_a_redis_outage_gets_an_error_not_a_hang() -> None:
             update = await alice.next()
             assert update["@type"] == "ROOM_UPDATE"
             room_uuid = update["Room"]["Uuid"]
+            # the JOIN is complete once its ROOM_UPDATE came back through the bus too
+            await next_matching(alice, lambda f: f.get("@type") == "ROOM_UPDATE")
 
             redis.kill()
             for _ in range(3000):  # each try is an HTTP round trip: wait until the daemon has seen the outage
@@ -93,7 +95,7 @@ async def test_chat_during_a_redis_outage_gets_an_error_not_a_hang() -> None:
             else:
                 raise AssertionError("the daemon never noticed the Redis outage")
             alice.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": "lost?"}})
-            error = await next_matching(alice, lambda f: f.get("@type") != "ROOM_UPDATE")
+            error = await next_matching(alice, lambda f: f.get("@type") == "error")
             assert error == {"@type": "error", "error": "POST: the chat store is unavailable, try again later"}
 
             redis.start()  # a fresh, empty Redis (no persistence): the room must be joined again

@@ -299,10 +299,6 @@ async def test_a_token_over_the_verifier_limit_within_the_chat_frame_limit_is_re
         assert await answer_and_close(client) == ([{"@type": "error", "error": reason}], (4001, reason))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in wsgw/auth.py: _is_time calls math.isfinite on an int past float range (OverflowError) outside "
-    "_decode's try, so TokenVerifier.verify raises, the exception leaves GatewayProtocol.onMessage and "
-    "Twisted drops the connection (1006) instead of an error frame and 4001"))
 @pytest_twisted.ensureDeferred
 async def test_a_signed_token_with_an_absurd_expiry_is_refused_4001() -> None:
     """A correctly signed token whose exp is an integer past float range is refused with an error frame and 4001."""

@@ -427,9 +427,6 @@ def test_subscribe_with_any_signed_claims_subscribes_or_refuses_with_4001(
     assert not logged.events, logged.describe()
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "bug in wsgw/auth.py _is_time: math.isfinite(int) raises OverflowError for an int past float range, "
-    "and _check_claims runs outside _decode's try, so verify() raises instead of failing with AuthError"))
 @pytest.mark.parametrize("claim", ["exp", "nbf"])
 def test_a_signed_time_claim_past_float_range_is_refused_with_auth_error(claim: str) -> None:
     """A correctly signed token whose exp or nbf is an integer too big for a float is refused with AuthError."""
@@ -630,9 +627,6 @@ def test_client_frames_with_lone_surrogates_get_a_clear_answer(
     assert not logged.events, logged.describe()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "bug at commit 8a7d5d2: sanitize_markdown hands lone surrogates to nh3.clean, which raises UnicodeEncodeError "
-    "('POST: internal error' + traceback); a fix is in progress in wsgw/chat/rooms.py: drop this mark once committed"))
 def test_a_post_with_a_lone_surrogate_is_refused_clearly_or_stored(logged: LoggedFailures) -> None:
     """A chat POST whose text holds a lone surrogate is refused with a clear error or stored, without an internal
     error or a traceback (nh3 cannot take lone surrogates: the sanitizer must deal with them first)."""

@@ -229,8 +229,14 @@ class TokenVerifier:
 
 
 def _is_time(value: object) -> bool:
-    """A NumericDate: an int or a finite float (JSON allows ``Infinity``; bool is not a number here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A NumericDate: an int or a finite float (JSON allows ``Infinity``; bool is not a number here),
+    within a float's range (``10**400`` is a valid JSON integer that no clock comparison can use)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _prepare_pem(pem: bytes, algorithms: Sequence[str]) -> dict[str, Any]:
