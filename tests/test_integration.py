@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet.defer import Deferred
 
 from tests.daemon import Publisher, new_prefix, start_daemon, token, workspace
 from tests.wsclient import connect
@@ -270,3 +271,38 @@ async def test_redis_restart_in_the_middle() -> None:
         finally:
             await pub.close()
             await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_default_tcp6_listener_is_dual_stack() -> None:
+    """A tcp6 listener on [::] (the default kind) accepts IPv4 clients as well as IPv6 ones."""
+    daemon = await start_daemon(new_prefix(), redis=None, overrides={"server.listen": r"tcp6:0:interface=\:\:"})
+    try:
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
+        from twisted.internet.protocol import Protocol
+
+        class Get(Protocol):
+            def __init__(self) -> None:
+                self.answer = b""
+                self.done: Deferred[bytes] = Deferred()
+
+            def connectionMade(self) -> None:
+                self.transport.write(b"GET /healthz HTTP/1.0\r\n\r\n")  # type: ignore[union-attr]
+
+            def dataReceived(self, data: bytes) -> None:
+                self.answer += data
+
+            def connectionLost(self, reason: object = None) -> None:
+                self.done.callback(self.answer)
+
+        v6 = Get()
+        await connectProtocol(TCP6ClientEndpoint(reactor, "::1", daemon.port), v6)
+        assert (await v6.done).startswith(b"HTTP/1.0 200")
+        v4 = await treq.get(f"http://127.0.0.1:{daemon.port}/healthz")
+        assert v4.code == 200
+        await v4.content()
+        client = await connect(daemon.port, "/ws", host="127.0.0.1")
+        assert (await client.subscribe(token("alice")))["@type"] == "subscribed"
+    finally:
+        await daemon.stop()
