@@ -306,3 +306,34 @@ async def test_the_default_tcp6_listener_is_dual_stack() -> None:
         assert (await client.subscribe(token("alice")))["@type"] == "subscribed"
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_history_cap_comes_from_the_config() -> None:
+    """[chat] history_cap bounds the stored history of a room: only the newest messages are kept."""
+    prefix = new_prefix()
+    daemon = await start_daemon(prefix, overrides={"chat.history_cap": "3"})
+    try:
+        alice = await connect(daemon.port, "/chat")
+        await alice.subscribe(token("alice"))
+        room = {"Type": "GLOBAL", "RoomTypeObject": prefix}
+        alice.send_json({"@type": "JOIN", "Room": room})
+        room_uuid = (await alice.next())["Room"]["Uuid"]
+        for i in range(5):
+            alice.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": f"m{i}"}})
+        seen: list[str] = []
+        while seen[-1:] != ["m4"]:  # each post is broadcast back (ROOM_UPDATEs from the join may come between)
+            frame = await alice.next()
+            if "Message" in frame and "@type" not in frame:
+                seen.append(frame["Message"])
+        alice.send_json({"@type": "HISTORY", "Room": room, "Message": {"Message": ""}})
+        history: list[str] = []
+        while len(history) < 3:
+            frame = await alice.next()
+            if "Message" in frame and "@type" not in frame:
+                history.append(frame["Message"])
+        assert history == ["m2", "m3", "m4"]
+        alice.send_json({"@type": "HISTORY", "Room": room, "Message": {"Message": ""}})
+        assert (await alice.next())["@type"] == "ROOM_UPDATE"  # the second HISTORY starts: nothing else came
+    finally:
+        await daemon.stop()
