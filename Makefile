@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install install-browser run test test-unit lint clean bench bench-quick bench-deps
+.PHONY: install install-browser run test test-unit lint clean bench bench-quick bench-deps soak
 
 install: $(VENV)/.installed
 
@@ -72,6 +72,11 @@ bench: bench-deps
 
 bench-quick: bench-deps
 	$(PY) bench/run.py --quick
+
+# Soak (not part of `make test`): ~3 min of thousands of sessions churning against a twistd daemon on a private
+# redis-server, then checks that nothing leaked. SOAK_SECONDS, SOAK_SESSIONS, SOAK_CYCLES... (see tests/soak.py).
+soak: install
+	$(PY) -m tests.soak
 
 clean:
 	rm -rf $(VENV) .dev build *.egg-info
