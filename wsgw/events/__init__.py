@@ -7,7 +7,15 @@ event of the wrong shape (the dispatcher logs, counts and drops it).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from wsgw.sessions import Session
+
+_log = Logger()
 
 
 class MalformedEvent(ValueError):
@@ -35,3 +43,19 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 def _describe(kind: type | tuple[type, ...]) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
     return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
+
+
+def deliver(recipients: Iterable[Session], frame: bytes, topic: str) -> int:
+    """Send the same ``frame`` bytes to each recipient; a failing one is logged and skipped. Returns the count sent.
+
+    Iterates over a snapshot: a send may close a session and shrink the live index it came from.
+    """
+    sent = 0
+    for session in tuple(recipients):
+        try:
+            session.send(frame)
+        except Exception:  # noqa: BLE001 - isolate a broken recipient
+            _log.failure("{topic} event to session {sid} failed", topic=topic, sid=session.sid)
+        else:
+            sent += 1
+    return sent

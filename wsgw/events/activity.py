@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
-
-from wsgw.events import MalformedEvent, field
+from wsgw.events import MalformedEvent, deliver, field
 from wsgw.frames import encode
 from wsgw.sessions import SessionTable
 
@@ -26,7 +24,6 @@ _NAMED_OBJECTS = ("object", "origin", "target")
 class ActivityHandler:
     """Handler of the activity topic."""
 
-    _log = Logger()
 
     def __init__(self, table: SessionTable) -> None:
         self._table = table
@@ -50,18 +47,9 @@ class ActivityHandler:
         shaped = _with_basenames(activity)
         if not owner or owner == actor_id:
             return
-        # A snapshot: a send may close a session and shrink the live index.
-        recipients = tuple(self._table.with_login(owner))
-        if not recipients:
-            return
-        frame = encode({**event, "Activity": shaped, "@type": "activity"})
-        for session in recipients:
-            try:
-                session.send(frame)
-            except Exception:  # noqa: BLE001 - isolate a broken recipient
-                self._log.failure("activity event to session {sid} failed", sid=session.sid)
-            else:
-                self.delivered += 1
+        recipients = self._table.with_login(owner)
+        if recipients:
+            self.delivered += deliver(recipients, encode({**event, "Activity": shaped, "@type": "activity"}), "activity")
 
 
 def _with_basenames(activity: dict[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,7 @@ from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from twisted.logger import Logger
-
-from wsgw.events import MalformedEvent, field
+from wsgw.events import MalformedEvent, deliver, field
 from wsgw.frames import encode
 from wsgw.sessions import Session, SessionTable
 
@@ -25,7 +23,6 @@ _NOBODY: frozenset[Session] = frozenset()
 class IdmHandler:
     """Handler of the IDM topic."""
 
-    _log = Logger()
 
     def __init__(self, table: SessionTable) -> None:
         self._table = table
@@ -37,7 +34,7 @@ class IdmHandler:
             raise MalformedEvent("an IDM event must be an object")
         recipients = self._recipients(event)
         if recipients:
-            self._deliver(recipients, encode({**event, "@type": "idm"}))
+            self.delivered += deliver(recipients, encode({**event, "@type": "idm"}), "IDM")
 
     def _recipients(self, event: dict[str, Any]) -> Iterable[Session]:
         table = self._table
@@ -62,16 +59,6 @@ class IdmHandler:
         if workspace is not None:
             return _indexed(table.with_workspace, field(workspace, "UUID", str, ""))
         return _NOBODY
-
-    def _deliver(self, recipients: Iterable[Session], frame: bytes) -> None:
-        # A snapshot: a send may close a session and shrink the live index.
-        for session in tuple(recipients):
-            try:
-                session.send(frame)
-            except Exception:  # noqa: BLE001 - isolate a broken recipient
-                self._log.failure("IDM event to session {sid} failed", sid=session.sid)
-            else:
-                self.delivered += 1
 
 
 def _indexed(lookup: Callable[[str], AbstractSet[Session]], key: str) -> Iterable[Session]:

@@ -6,13 +6,10 @@ owner, and to every admin session when the owner is the system user.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from twisted.logger import Logger
-
-from wsgw.events import MalformedEvent, field
+from wsgw.events import MalformedEvent, deliver, field
 from wsgw.frames import encode
 from wsgw.sessions import Session, SessionTable
 
@@ -22,7 +19,6 @@ SYSTEM_USER = "pydio.system.user"
 class TaskHandler:
     """Handler of the tasks topic."""
 
-    _log = Logger()
 
     def __init__(self, table: SessionTable) -> None:
         self._table = table
@@ -44,14 +40,4 @@ class TaskHandler:
             # A set union: an admin who is also the owner gets one copy.
             recipients = self._table.admins() | recipients
         if recipients:
-            self._deliver(recipients, encode(event))
-
-    def _deliver(self, recipients: Iterable[Session], frame: bytes) -> None:
-        # A snapshot: a send may close a session and shrink the live index.
-        for session in tuple(recipients):
-            try:
-                session.send(frame)
-            except Exception:  # noqa: BLE001 - isolate a broken recipient
-                self._log.failure("task event to session {sid} failed", sid=session.sid)
-            else:
-                self.delivered += 1
+            self.delivered += deliver(recipients, encode(event), "task")
