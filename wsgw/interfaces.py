@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 
@@ -51,4 +52,48 @@ class ITokenVerifier(Interface):
 
 
 class IChatStore(Interface):
-    """Chat rooms and messages (Redis or in memory)."""
+    """Chat rooms and messages (Redis or in memory). Every method returns a Deferred."""
+
+    def find_room(type: str, type_object: str) -> Deferred:
+        """The room identified by ``(type, type_object)``, or None."""
+
+    def get_room(room_uuid: str) -> Deferred:
+        """The room with that Uuid, or None."""
+
+    def find_or_create_room(type: str, type_object: str, label: str, now: float) -> Deferred:
+        """The room identified by ``(type, type_object)``, created if needed; fires ``(room, created)``.
+
+        Two concurrent calls, from any instances, end with one room.
+        """
+
+    def touch_user(room_uuid: str, login: str, now: float, stale_before: float) -> Deferred:
+        """Mark ``login`` present (last seen ``now``), prune presences older than ``stale_before``.
+
+        Fires ``(room, changed)`` where ``changed`` says ``Users`` changed; ``(None, False)``
+        when the room does not exist.
+        """
+
+    def remove_user(room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
+        """Remove ``login`` from ``Users``; with ``idle_since``, only if not seen after it.
+
+        Fires ``(room, changed)``; ``(None, False)`` when the room does not exist.
+        """
+
+    def post_message(message: dict, cap: int) -> Deferred:
+        """Append ``message`` to its room's history, dropping the oldest beyond ``cap``.
+
+        Fails with NoSuchRoom when ``message["RoomUuid"]`` does not exist.
+        """
+
+    def edit_message(room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
+        """Replace the text of a message written by ``author``; the old text is appended to
+        ``Activity.items`` as ``{"markdown": old, "updated": updated}``. Fires the new message;
+        fails with NoSuchMessage or NotAuthor (and changes nothing)."""
+
+    def delete_message(room_uuid: str, message_uuid: str, author: str) -> Deferred:
+        """Delete a message written by ``author``; fires the deleted message; fails with
+        NoSuchMessage or NotAuthor (and changes nothing)."""
+
+    def page(room_uuid: str, offset: int, limit: int) -> Deferred:
+        """Messages oldest first: walking back from the newest, skip ``offset``, take ``limit``
+        (``limit`` 0: all the rest). An unknown room has no messages."""
