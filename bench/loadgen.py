@@ -410,6 +410,10 @@ class Run:
         cpu2, rss2, _ = self.sample()
         self.results["idle"] = {"rss_kb": rss2, "kb_per_connection": round((rss2 - rss0) / max(1, len(self.clients)), 2)}
 
+    async def hold(self) -> None:
+        """Keep the sockets open, idle, for ``--hold`` seconds (memory inspection from outside)."""
+        await asyncio.sleep(self.args.hold)
+
     # broadcast -----------------------------------------------------------------
 
     async def _broadcast(self, name: str, *, duration: float, rate: float = 0.0, window: int = 8, pad: int = 0,
@@ -668,6 +672,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--selective-duration", type=float, default=3.0)
     p.add_argument("--chat-members", type=int, default=100)
     p.add_argument("--chat-duration", type=float, default=3.0)
+    p.add_argument("--hold", type=float, default=10.0)
     p.add_argument("--out", default="-")
     return p.parse_args(argv)
 

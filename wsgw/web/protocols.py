@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from types import MappingProxyType
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -24,6 +25,15 @@ __all__ = ["GatewayFactory", "GatewayProtocol", "frame_header"]
 
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 
+# What Autobahn keeps on each protocol after the opening handshake but reads only during it (request and
+# response text, parsed headers, handshake-only options): dropped at open, ~3 KB per idle socket (bench/RESULTS.md).
+_HANDSHAKE_ONLY = (
+    "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_params",
+    "http_request_host", "http_request_uri", "http_request_path", "_wskey", "websocket_protocols",
+    "websocket_origin", "websocket_extensions", "flashSocketPolicy", "versions", "allowedOrigins",
+    "allowedOriginsPatterns", "perMessageCompressionAccept", "webStatus", "trustXForwardedFor", "maxConnections",
+)
+
 
 @implementer(IConnection)
 class GatewayProtocol(WebSocketServerProtocol):
@@ -35,6 +45,14 @@ class GatewayProtocol(WebSocketServerProtocol):
     _counted_host: str | None = None
     _flood: TokenBucket | None = None
     _out: Outbound | None = None
+    # class-level stand-ins for the handshake-only attributes dropped at open (see _shed_handshake_state)
+    http_headers: Any = MappingProxyType({})
+    http_request_params: Any = MappingProxyType({})
+    http_request_data = b""
+    http_response_data = http_status_line = http_request_host = http_request_uri = http_request_path = ""
+    websocket_origin: Any = None
+    websocket_protocols: Any = ()
+    websocket_extensions: Any = ()
 
     def onConnect(self, request: ConnectionRequest) -> None:
         factory = self.factory
@@ -52,6 +70,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         factory = self.factory
         if self.transport is not None:  # (protocols driven without a socket in tests have none)
             self._out = Outbound(self.transport, factory.max_queued_bytes, factory.max_queued_frames, self._too_slow)
+            self._shed_handshake_state()
         self._flood = self.factory.policy.flood_bucket(self.factory.clock)
         self._session = self.factory.gateway.open(self, self.factory.endpoint)
 
@@ -101,6 +120,14 @@ class GatewayProtocol(WebSocketServerProtocol):
     def send(self, payload: bytes) -> None:
         if self.state == _OPEN and self._out is not None:
             self._out.write(self.factory.frames.frame(payload))
+
+    def _shed_handshake_state(self) -> None:
+        # Drop what only the handshake reads, then rebuild the instance dict: Python dicts never shrink, and
+        # under 86 keys the table is half the size. Reads of a dropped name find the class default below.
+        attrs = self.__dict__
+        for name in _HANDSHAKE_ONLY:
+            attrs.pop(name, None)
+        self.__dict__ = dict(attrs)
 
     def _too_slow(self) -> None:
         # The outbound queue went past its limit (its frames are already dropped): close with 4008.
