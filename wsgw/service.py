@@ -112,21 +112,18 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         """Start the bus, then listen; a port that cannot be bound raises here, so startup fails."""
         super().startService()
-        for description in self.config.listen:
+        self.ports = self._listen(self.config.listen, self.site, "listening")
+        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish)")
+
+    def _listen(self, descriptions: tuple[str, ...], site: Any, what: str) -> list[IListeningPort]:
+        ports: list[IListeningPort] = []
+        for description in descriptions:
             failures: list[Failure] = []
-            d = serverFromString(self._reactor, description).listen(self.site)
-            d.addCallbacks(self.ports.append, failures.append)
-            if failures:
+            serverFromString(self._reactor, description).listen(site).addCallbacks(ports.append, failures.append)
+            if failures:  # TCP, SSL and UNIX endpoints listen synchronously: a bind error is known here
                 failures[0].raiseException()
-            self._log.info("listening on {address}", address=self.ports[-1].getHost())
-        for description in self.config.admin_listen:
-            failures = []
-            d = serverFromString(self._reactor, description).listen(self.admin_site)
-            d.addCallbacks(self.admin_ports.append, failures.append)
-            if failures:
-                failures[0].raiseException()
-            self._log.info("operator listener (/metrics, /publish) on {address}",
-                           address=self.admin_ports[-1].getHost())
+            self._log.info("{what} on {address}", what=what, address=ports[-1].getHost())
+        return ports
 
     @property
     def redis_links(self) -> list[Any]:
@@ -153,6 +150,9 @@ class GatewayService(MultiService):
                            n=len(self.gateway.sessions), t=self.config.shutdown_timeout)
             for session in list(self.gateway.sessions):
                 session.connection.abort()
+            gone = self.gateway.when_empty()  # aborted connections are reported lost on the next reactor turns
+            gone.addTimeout(1.0, self._reactor)
+            yield gone.addErrback(lambda _: None)
         chat_done = self.chat.stop()  # presence removals of the closed sockets, before the bus stops
         chat_done.addTimeout(self.config.shutdown_timeout, self._reactor)
         try:
