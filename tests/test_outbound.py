@@ -8,12 +8,14 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
 from tests.daemon import new_prefix, start_daemon, token, workspace
 from tests.wsclient import connect
-from wsgw.web.outbound import FrameCache, Outbound, frame_header
+from wsgw.sessions import Session, SessionTable
+from wsgw.web.outbound import FrameCache, Outbound, TurnFlusher, frame_header
 
 HOME = workspace("ws-home", "home", "pydiods1/home")
 
@@ -124,6 +126,72 @@ def test_stop_producing_forgets_the_queue() -> None:
     out.resumeProducing()
     out.write(b"more")
     assert transport.value() == b"" and out.pending == (0, 0)
+
+
+def test_frames_given_in_one_turn_go_out_as_one_write_at_its_end() -> None:
+    """With a TurnFlusher, each socket's frames of one reactor turn are written once, in order, when it ends."""
+    clock = Clock()
+    flusher = TurnFlusher(clock)
+    transports = [StringTransport(), StringTransport()]
+    writes: list[list[bytes]] = [[], []]
+    for t, w in zip(transports, writes, strict=True):
+        t.write = w.append  # type: ignore[method-assign]
+    outs = [Outbound(t, 1000, 10, Recorder(), flusher) for t in transports]
+    for frame in (b"a", b"b", b"c"):
+        for out in outs:
+            out.write(frame)
+    assert writes == [[], []]
+    clock.advance(0)
+    assert writes == [[b"abc"], [b"abc"]]
+    outs[0].write(b"d")
+    clock.advance(0)
+    assert writes[0] == [b"abc", b"d"] and writes[1] == [b"abc"]
+
+
+def test_a_turn_that_ends_while_paused_is_queued_and_counted_frame_by_frame() -> None:
+    """Frames of a turn that ends while the transport is paused wait, count as frames, and go out on resume."""
+    clock = Clock()
+    out, transport, overflow = outbound(max_frames=3)
+    out._flusher = TurnFlusher(clock)
+    out.write(b"x")
+    out.write(b"y")
+    out.pauseProducing()
+    clock.advance(0)
+    assert out.pending == (2, 2) and transport.value() == b""
+    out.resumeProducing()
+    assert transport.value() == b"xy" and overflow.calls == 0
+
+
+def test_flush_before_a_close_includes_the_frames_of_the_current_turn() -> None:
+    """flush (called before every close frame) writes the queue and this turn's frames, in order."""
+    clock = Clock()
+    out, transport, _ = outbound()
+    out._flusher = TurnFlusher(clock)
+    out.pauseProducing()
+    out.write(b"queued ")
+    out.resumeProducing()
+    out.write(b"this turn")
+    out.flush()
+    assert transport.value() == b"queued this turn"
+    clock.advance(0)
+    assert transport.value() == b"queued this turn"
+
+
+def test_login_and_sub_indexes_hold_one_session_or_a_set() -> None:
+    """A login with one session and a login with two both look up right, and removing one leaves the other."""
+    from tests.test_sessions import access  # the table's own test helpers build Access values
+
+    table = SessionTable()
+    a, b = Session(object()), Session(object())  # type: ignore[arg-type]
+    for s in (a, b):
+        table.add(s)
+        table.subscribe(s, access("alice"))
+    assert table.with_login("alice") == {a, b} and table.with_sub("sub-alice") == {a, b}
+    table.remove(a)
+    assert table.with_login("alice") == {b}
+    assert table.admins() | table.with_login("alice") == {b}
+    table.remove(b)
+    assert table.with_login("alice") == frozenset() and table.with_sub("sub-alice") == frozenset()
 
 
 def _event(seq: int, pad: int) -> bytes:

@@ -19,7 +19,7 @@ from wsgw.interfaces import IConnection
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session
 from wsgw.web.inbound import InboundPolicy, PeerCounts
-from wsgw.web.outbound import FrameCache, Outbound, frame_header
+from wsgw.web.outbound import FrameCache, Outbound, TurnFlusher, frame_header
 
 __all__ = ["GatewayFactory", "GatewayProtocol", "frame_header"]
 
@@ -69,7 +69,8 @@ class GatewayProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         factory = self.factory
         if self.transport is not None:  # (protocols driven without a socket in tests have none)
-            self._out = Outbound(self.transport, factory.max_queued_bytes, factory.max_queued_frames, self._too_slow)
+            self._out = Outbound(self.transport, factory.max_queued_bytes, factory.max_queued_frames, self._too_slow,
+                                 factory.flusher)
             self._shed_handshake_state()
         self._flood = self.factory.policy.flood_bucket(self.factory.clock)
         self._session = self.factory.gateway.open(self, self.factory.endpoint)
@@ -121,6 +122,13 @@ class GatewayProtocol(WebSocketServerProtocol):
         if self.state == _OPEN and self._out is not None:
             self._out.write(self.factory.frames.frame(payload))
 
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        # Every close frame (ours, or Autobahn's reply to the client's) goes after the frames given before it.
+        if self._out is not None:
+            self._out.flush()
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+
     def _shed_handshake_state(self) -> None:
         # Drop what only the handshake reads, then rebuild the instance dict: Python dicts never shrink, and
         # under 86 keys the table is half the size. Reads of a dropped name find the class default below.
@@ -141,8 +149,6 @@ class GatewayProtocol(WebSocketServerProtocol):
     def close(self, code: int, reason: str) -> None:
         # sendClose only lets applications use 1000 and 3000-4999; 1003/1009/1013 are ours to send too.
         if self.state == _OPEN:
-            if self._out is not None:
-                self._out.flush()  # frames sent before the close go out before it
             self.factory.gateway.closes[code] += 1
             # failedByMe makes Autobahn drop (not buffer, not deliver) any frame still arriving
             self.failedByMe = True
@@ -160,6 +166,7 @@ class GatewayFactory(WebSocketServerFactory):
                  max_queued_frames: int = 10_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.frames = FrameCache()  # one per endpoint: a fan-out frames each payload once
+        self.flusher = TurnFlusher(clock)  # one write per socket per reactor turn
         self.max_queued_bytes = max_queued_bytes
         self.max_queued_frames = max_queued_frames
         self.gateway = gateway
