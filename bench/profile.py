@@ -1,6 +1,7 @@
-"""Profile one server under the broadcast flood with py-spy (the profiles quoted in bench/RESULTS.md).
+"""Profile one server under the broadcast flood (or the selective load) with py-spy (see bench/RESULTS.md).
 
     python bench/profile.py --server gateway --n 10000 --seconds 6 --out /tmp/gw.txt
+    python bench/profile.py --scenario selective --n 10000 --seconds 6
 
 Starts a private redis-server and the server on 127.0.0.1, connects N clients,
 floods, records the server with ``py-spy record --format raw`` (collapsed
@@ -53,6 +54,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--out", default="-")
     p.add_argument("--reactor", default="")
+    p.add_argument("--scenario", default="flood", choices=["flood", "selective"])
     args = p.parse_args()
     run.raise_nofile()
     pyspy = os.path.join(os.path.dirname(run.PY), "py-spy")
@@ -67,7 +69,8 @@ def main() -> None:
                 loader = subprocess.Popen(
                     [run.PY, os.path.join(run.HERE, "loadgen.py"), "--server", args.server, "--port", str(port),
                      "--server-pid", str(server.pid), "--redis-port", str(redis_port), "--prefix", "prof",
-                     "--n", str(args.n), "--scenarios", "storm,flood", "--duration", str(args.seconds + 4)],
+                     "--n", str(args.n), "--scenarios", f"storm,{args.scenario}", "--duration", str(args.seconds + 4),
+                     "--selective-duration", str(args.seconds + 4)],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=run.raise_nofile)
                 # Wait until the storm is over (the loader says so on stderr), then record the flood.
                 assert loader.stderr is not None

@@ -8,14 +8,13 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
 from tests.daemon import new_prefix, start_daemon, token, workspace
 from tests.wsclient import connect
 from wsgw.sessions import Session, SessionTable
-from wsgw.web.outbound import FrameCache, Outbound, TurnFlusher, frame_header
+from wsgw.web.outbound import FrameCache, Outbound, frame_header
 
 HOME = workspace("ws-home", "home", "pydiods1/home")
 
@@ -128,53 +127,14 @@ def test_stop_producing_forgets_the_queue() -> None:
     assert transport.value() == b"" and out.pending == (0, 0)
 
 
-def test_frames_given_in_one_turn_go_out_as_one_write_at_its_end() -> None:
-    """With a TurnFlusher, each socket's frames of one reactor turn are written once, in order, when it ends."""
-    clock = Clock()
-    flusher = TurnFlusher(clock)
-    transports = [StringTransport(), StringTransport()]
-    writes: list[list[bytes]] = [[], []]
-    for t, w in zip(transports, writes, strict=True):
-        t.write = w.append  # type: ignore[method-assign]
-    outs = [Outbound(t, 1000, 10, Recorder(), flusher) for t in transports]
-    for frame in (b"a", b"b", b"c"):
-        for out in outs:
-            out.write(frame)
-    assert writes == [[], []]
-    clock.advance(0)
-    assert writes == [[b"abc"], [b"abc"]]
-    outs[0].write(b"d")
-    clock.advance(0)
-    assert writes[0] == [b"abc", b"d"] and writes[1] == [b"abc"]
-
-
-def test_a_turn_that_ends_while_paused_is_queued_and_counted_frame_by_frame() -> None:
-    """Frames of a turn that ends while the transport is paused wait, count as frames, and go out on resume."""
-    clock = Clock()
-    out, transport, overflow = outbound(max_frames=3)
-    out._flusher = TurnFlusher(clock)
-    out.write(b"x")
-    out.write(b"y")
-    out.pauseProducing()
-    clock.advance(0)
-    assert out.pending == (2, 2) and transport.value() == b""
-    out.resumeProducing()
-    assert transport.value() == b"xy" and overflow.calls == 0
-
-
-def test_flush_before_a_close_includes_the_frames_of_the_current_turn() -> None:
-    """flush (called before every close frame) writes the queue and this turn's frames, in order."""
-    clock = Clock()
+def test_flush_before_a_close_keeps_the_order_of_the_queue() -> None:
+    """flush (called before every close frame) writes the queued frames in order, then nothing is left."""
     out, transport, _ = outbound()
-    out._flusher = TurnFlusher(clock)
     out.pauseProducing()
-    out.write(b"queued ")
-    out.resumeProducing()
-    out.write(b"this turn")
+    out.write(b"first ")
+    out.write(b"second")
     out.flush()
-    assert transport.value() == b"queued this turn"
-    clock.advance(0)
-    assert transport.value() == b"queued this turn"
+    assert transport.value() == b"first second" and out.pending == (0, 0)
 
 
 def test_login_and_sub_indexes_hold_one_session_or_a_set() -> None:

@@ -18,8 +18,6 @@ channel, which stays registered after the WebSocket upgrade:
 - past the transport's own limit (64 KiB) it pauses this producer: frames
   then wait here, and are handed over as one write when the transport has
   drained and resumes the producer;
-- with a ``TurnFlusher``, the frames a socket is given during one reactor
-  turn are written at the end of that turn as one ``send()``;
 - past ``max_bytes`` or ``max_frames`` waiting here, ``overflow`` is called
   once and the queue dropped (the protocol closes the socket with 4008), so a
   client that does not read costs bounded memory.
@@ -27,7 +25,10 @@ channel, which stays registered after the WebSocket upgrade:
 Writing to the socket directly only happens while the transport holds
 nothing, so frames never overtake bytes Autobahn wrote (handshake answer,
 pings, close frames). (The transport's ``bufferSize`` cannot be lowered to
-pause earlier: Twisted also uses it as the size of each ``recv``.)
+pause earlier: Twisted also uses it as the size of each ``recv``.) Holding
+frames until the end of the reactor turn to join more of them per ``send()``
+was measured and lost at N = 1,000 and 10,000 (bench/RESULTS.md), so a frame
+that can go out goes out at once.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 
@@ -70,34 +71,6 @@ class FrameCache:
         return framed
 
 
-class TurnFlusher:
-    """Sends, at the end of the reactor turn, what each socket was given during it, as one write per socket.
-
-    A burst of events handled in one turn (several bus messages read at once) then costs each recipient
-    one ``send()`` instead of one per frame. Shared by every socket of a daemon; one ``callLater(0)`` per
-    turn that wrote anything.
-    """
-
-    __slots__ = ("_clock", "_dirty", "_call")
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._dirty: list[Outbound] = []
-        self._call: IDelayedCall | None = None
-
-    def add(self, out: Outbound) -> None:
-        self._dirty.append(out)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        """Write out every socket's frames of this turn now."""
-        self._call = None
-        dirty, self._dirty = self._dirty, []
-        for out in dirty:
-            out.end_turn()
-
-
 def _buffered(transport: Any) -> int:
     """Bytes a Twisted ``FileDescriptor`` holds and has not written yet."""
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
@@ -121,22 +94,19 @@ class Outbound:
     """One socket's outbound frames: straight through when idle, bounded and coalesced when not."""
 
     __slots__ = ("_transport", "_sock", "_paused", "_queue", "_queued", "_queued_frames", "_max_bytes",
-                 "_max_frames", "_overflow", "_stopped", "_flusher", "_turn")
+                 "_max_frames", "_overflow", "_stopped")
 
-    def __init__(self, transport: Any, max_bytes: int, max_frames: int, overflow: Callable[[], None],
-                 flusher: TurnFlusher | None = None) -> None:
+    def __init__(self, transport: Any, max_bytes: int, max_frames: int, overflow: Callable[[], None]) -> None:
         self._transport = transport
         self._sock = _direct_socket(transport)
         self._paused = False
-        self._queue: list[bytes] = []  # while paused: chunks (a frame, or a turn's frames joined)
+        self._queue: list[bytes] = []  # frames waiting while paused
         self._queued = 0
         self._queued_frames = 0
         self._max_bytes = max_bytes or (1 << 62)
         self._max_frames = max_frames or (1 << 62)
         self._overflow = overflow
         self._stopped = False
-        self._flusher = flusher
-        self._turn: list[bytes] | None = None  # frames given during this reactor turn (with a flusher)
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()  # twisted.web's channel, left registered after the upgrade
         transport.registerProducer(self, True)
@@ -147,30 +117,13 @@ class Outbound:
         return self._queued_frames, self._queued
 
     def write(self, frame: bytes) -> None:
-        """Send one whole frame (at the end of the turn with a flusher), or queue it while paused."""
+        """Send one whole frame, or queue it while the transport is paused."""
         if self._stopped:
             return
         if self._paused:
             self._enqueue(frame, 1)
-        elif self._flusher is None:
+        else:
             self._send(frame)
-        elif self._turn is None:
-            self._turn = [frame]
-            self._flusher.add(self)
-        else:
-            self._turn.append(frame)
-
-    def end_turn(self) -> None:
-        """Send what this turn gave, as one write (called by the flusher)."""
-        turn = self._turn
-        if turn is None or self._stopped:
-            return
-        self._turn = None
-        data = turn[0] if len(turn) == 1 else b"".join(turn)
-        if self._paused:
-            self._enqueue(data, len(turn))
-        else:
-            self._send(data)
 
     def _enqueue(self, data: bytes, frames: int) -> None:
         self._queue.append(data)
@@ -199,9 +152,6 @@ class Outbound:
     def flush(self) -> None:
         """Hand whatever waits here to the transport now (before a close frame, say)."""
         chunks = self._queue
-        if self._turn:
-            chunks = chunks + self._turn
-        self._turn = None
         self._queue = []
         self._queued = self._queued_frames = 0
         if chunks:
@@ -211,7 +161,6 @@ class Outbound:
         """Forget what waits here and accept nothing more."""
         self._stopped = True
         self._queue = []
-        self._turn = None
         self._queued = self._queued_frames = 0
 
     # -- IPushProducer (called by the transport) ---------------------------

@@ -19,7 +19,7 @@ from wsgw.interfaces import IConnection
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session
 from wsgw.web.inbound import InboundPolicy, PeerCounts
-from wsgw.web.outbound import FrameCache, Outbound, TurnFlusher, frame_header
+from wsgw.web.outbound import FrameCache, Outbound, frame_header
 
 __all__ = ["GatewayFactory", "GatewayProtocol", "frame_header"]
 
@@ -69,8 +69,7 @@ class GatewayProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         factory = self.factory
         if self.transport is not None:  # (protocols driven without a socket in tests have none)
-            self._out = Outbound(self.transport, factory.max_queued_bytes, factory.max_queued_frames, self._too_slow,
-                                 factory.flusher)
+            self._out = Outbound(self.transport, factory.max_queued_bytes, factory.max_queued_frames, self._too_slow)
             self._shed_handshake_state()
         self._flood = self.factory.policy.flood_bucket(self.factory.clock)
         self._session = self.factory.gateway.open(self, self.factory.endpoint)
@@ -166,7 +165,6 @@ class GatewayFactory(WebSocketServerFactory):
                  max_queued_frames: int = 10_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.frames = FrameCache()  # one per endpoint: a fan-out frames each payload once
-        self.flusher = TurnFlusher(clock)  # one write per socket per reactor turn
         self.max_queued_bytes = max_queued_bytes
         self.max_queued_frames = max_queued_frames
         self.gateway = gateway
