@@ -474,6 +474,24 @@ class Run:
         })
         return out
 
+    async def single(self) -> None:
+        """Isolated events (the next one published after the previous reached everyone): time to reach all."""
+        tracker = Tracker()
+        for c in self.clients:
+            c.sink = tracker.sink
+        recipients = len([c for c in self.clients if not c.lost])
+        cpu0, _, _ = self.sample()
+        for _ in range(self.args.single_events):
+            seq = self.next_seq()
+            tracker.expect(seq, recipients)
+            self.redis.publish(self.channel_tree, node_event(seq, "pydiods1/bench"))
+            await tracker.drain(tracker.completed + 1, 10)
+            await asyncio.sleep(0.3)
+        cpu1, _, _ = self.sample()
+        out = tracker.summary()
+        out["server_cpu_s"] = round(cpu1 - cpu0, 3)
+        self.results["single"] = out
+
     async def paced(self) -> None:
         self.results["paced"] = await self._broadcast("paced", duration=self.args.paced_duration,
                                                       rate=self.args.paced_rate)
@@ -485,7 +503,7 @@ class Run:
     async def slow(self) -> None:
         """The flood with padded events, without and then with one client that stops reading."""
         pad = self.args.slow_pad
-        ref = await self._broadcast("slow-ref", duration=self.args.slow_duration, window=self.args.window, pad=pad)
+        ref = await self._broadcast("slow-ref", duration=self.args.duration, window=self.args.window, pad=pad)
         # The slow client: a fresh socket with a tiny receive buffer that never reads.
         slow = await self.open_client(len(self.clients) + 1000000, "/ws",
                                       token("slowpoke", [BROADCAST_WS]) if self.args.server == "gateway" else "-",
@@ -666,13 +684,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=0, help="events in flight in a flood (default: 8,000 / N, >= 2)")
     p.add_argument("--paced-rate", type=float, default=10.0)
     p.add_argument("--paced-duration", type=float, default=3.0)
-    p.add_argument("--slow-duration", type=float, default=4.0)
+    p.add_argument("--slow-duration", type=float, default=4.0, help="the phase with the slow client (the "
+                   "reference phase without it lasts --duration)")
     p.add_argument("--slow-pad", type=int, default=4096)
     p.add_argument("--selective-rate", type=float, default=1000.0)
     p.add_argument("--selective-duration", type=float, default=3.0)
     p.add_argument("--chat-members", type=int, default=100)
     p.add_argument("--chat-duration", type=float, default=3.0)
     p.add_argument("--hold", type=float, default=10.0)
+    p.add_argument("--single-events", type=int, default=5)
     p.add_argument("--out", default="-")
     return p.parse_args(argv)
 

@@ -372,13 +372,19 @@ class NodeHandler:
             self._send(recipients, encode(shaped), optimistic)
 
     def _send(self, recipients: Iterable[Session], frame: bytes, optimistic: bool) -> None:
+        # Session.send_now / send_paced inlined: this loop runs once per recipient of a broadcast.
+        delivered = 0
         for session in recipients:
             try:
-                if optimistic:
-                    session.send_now(frame)
+                pacer = session.pacer
+                if pacer is None:
+                    session.connection.send(frame)
+                elif optimistic:
+                    pacer.bypass(frame)
                 else:
-                    session.send_paced(frame)
+                    pacer.submit(frame)
             except Exception:  # noqa: BLE001 - isolate a broken recipient
                 self._log.failure("node event to session {sid} failed", sid=session.sid)
             else:
-                self.delivered += 1
+                delivered += 1
+        self.delivered += delivered

@@ -118,12 +118,23 @@ class Outbound:
 
     def write(self, frame: bytes) -> None:
         """Send one whole frame, or queue it while the transport is paused."""
-        if self._stopped:
+        if self._paused or self._stopped:
+            if not self._stopped:
+                self._enqueue(frame, 1)
             return
-        if self._paused:
-            self._enqueue(frame, 1)
-        else:
-            self._send(frame)
+        # _send inlined: this runs once per recipient of a broadcast
+        sock = self._sock
+        transport = self._transport
+        if sock is not None and not transport._tempDataLen and not transport.dataBuffer:
+            try:
+                sent = sock.send(frame)
+            except OSError:  # BlockingIOError included; a real error is met again by the transport
+                sent = 0
+            if sent == len(frame):
+                return
+            if sent:
+                frame = frame[sent:]
+        transport.write(frame)
 
     def _enqueue(self, data: bytes, frames: int) -> None:
         self._queue.append(data)
