@@ -503,7 +503,7 @@ class Run:
     async def slow(self) -> None:
         """The flood with padded events, without and then with one client that stops reading."""
         pad = self.args.slow_pad
-        ref = await self._broadcast("slow-ref", duration=self.args.duration, window=self.args.window, pad=pad)
+        ref = await self._broadcast("slow-ref", duration=self.args.slow_duration, window=self.args.window, pad=pad)
         # The slow client: a fresh socket with a tiny receive buffer that never reads.
         slow = await self.open_client(len(self.clients) + 1000000, "/ws",
                                       token("slowpoke", [BROADCAST_WS]) if self.args.server == "gateway" else "-",
@@ -684,8 +684,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=0, help="events in flight in a flood (default: 8,000 / N, >= 2)")
     p.add_argument("--paced-rate", type=float, default=10.0)
     p.add_argument("--paced-duration", type=float, default=3.0)
-    p.add_argument("--slow-duration", type=float, default=4.0, help="the phase with the slow client (the "
-                   "reference phase without it lasts --duration)")
+    p.add_argument("--slow-duration", type=float, default=4.0, help="each of the two phases: without, then "
+                   "with the slow client")
     p.add_argument("--slow-pad", type=int, default=4096)
     p.add_argument("--selective-rate", type=float, default=1000.0)
     p.add_argument("--selective-duration", type=float, default=3.0)
