@@ -359,7 +359,7 @@ def main() -> None:
     args = p.parse_args()
     ns = args.n or ([1000] if args.quick else [1000, 10000])
     out = args.out or os.path.join(HERE, "RESULTS-quick.md" if args.quick else "RESULTS.md")
-    phase = dict(duration=2.0, paced_duration=2.0, slow_duration=4.0, selective_duration=2.0, chat_duration=2.0,
+    phase = dict(duration=2.0, paced_duration=2.0, slow_duration=6.0, selective_duration=2.0, chat_duration=2.0,
                  single_events=3) \
         if args.quick else dict(duration=5.0, paced_duration=3.0, slow_duration=8.0, selective_duration=3.0,
                                 chat_duration=3.0, single_events=5)

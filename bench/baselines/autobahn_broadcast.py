@@ -2,8 +2,9 @@
 
 Every message on the Redis channel goes to every connected client with
 ``sendMessage``; a client's ``subscribe`` frame is answered ``subscribed``
-(no token check); any other client frame is relayed to every client (the
-chat scenario). No rules, no indexes, no queues: what bare Autobahn costs.
+(no token check); a ``JOIN`` frame puts the client in the one chat room, and
+any other client frame is relayed to the room's members (the chat scenario).
+No rules, no indexes, no queues: what bare Autobahn costs.
 
     python bench/baselines/autobahn_broadcast.py --port 8001 --redis-port 6379 --channel C [--channel C2]
 """
@@ -27,12 +28,17 @@ class Broadcast(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.clients.discard(self)
+        self.factory.room.discard(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if payload.startswith(b'{"@type": "subscribe"') or payload.startswith(b'{"@type":"subscribe"'):
+        head = payload[:24].replace(b" ", b"")
+        if head.startswith(b'{"@type":"subscribe"'):
             self.sendMessage(SUBSCRIBED)
+        elif head.startswith(b'{"@type":"JOIN"'):
+            self.factory.room.add(self)
         else:
-            self.factory.broadcast(payload)
+            for member in list(self.factory.room):
+                member.sendMessage(payload)
 
 
 class BroadcastFactory(WebSocketServerFactory):
@@ -41,6 +47,7 @@ class BroadcastFactory(WebSocketServerFactory):
     def __init__(self) -> None:
         super().__init__()
         self.clients: set[Broadcast] = set()
+        self.room: set[Broadcast] = set()
 
     def broadcast(self, payload: bytes) -> None:
         for client in list(self.clients):

@@ -1,6 +1,7 @@
 // Baseline: a minimal Node.js `ws` broadcast server, what many users would pick instead of wsgw.
 // Every message on the Redis channel(s) goes to every connected client; a client's subscribe frame is
-// answered `subscribed` (no token check); any other client frame is relayed to every client (chat).
+// answered `subscribed` (no token check); a JOIN frame puts it in the one chat room, and any other client
+// frame is relayed to the room's members (chat).
 //   node server.js --port 8002 --redis-port 6379 --channel C [--channel C2]
 'use strict';
 const { WebSocketServer } = require('ws');
@@ -20,11 +21,15 @@ const TEXT = { binary: false };
 function broadcast(data) {
   for (const client of wss.clients) client.send(data, TEXT);
 }
+const room = new Set();
 wss.on('connection', (ws) => {
   ws.on('message', (data) => {
-    if (data.subarray(0, 24).toString().replace(/ /g, '').startsWith('{"@type":"subscribe"')) ws.send(SUBSCRIBED, TEXT);
-    else broadcast(data);
+    const head = data.subarray(0, 24).toString().replace(/ /g, '');
+    if (head.startsWith('{"@type":"subscribe"')) ws.send(SUBSCRIBED, TEXT);
+    else if (head.startsWith('{"@type":"JOIN"')) room.add(ws);
+    else for (const member of room) member.send(data, TEXT);
   });
+  ws.on('close', () => room.delete(ws));
   ws.on('error', () => {});
 });
 const sub = new Redis({ host: '127.0.0.1', port: Number(args.redis_port), lazyConnect: false });
