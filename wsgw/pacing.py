@@ -60,31 +60,35 @@ class Pacer:
         self._bucket = TokenBucket(rate, burst, clock) if rate > 0 else None
         self._send = send
         self._clock = clock
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes] | None = None  # made on first use: most sessions never queue (760 B each)
         self._call: IDelayedCall | None = None
         self._limit = limit
         self._overflow = overflow
 
     def submit(self, payload: bytes) -> None:
-        if self._bucket is None or (not self._queue and self._bucket.take()):
+        queue = self._queue
+        if self._bucket is None or (not queue and self._bucket.take()):
             self._send(payload)
             return
-        if len(self._queue) >= self._limit:
+        if queue is None:
+            queue = self._queue = deque()
+        if len(queue) >= self._limit:
             self.stop()
             self._overflow()
             return
-        self._queue.append(payload)
+        queue.append(payload)
         self._schedule()
 
     def bypass(self, payload: bytes) -> None:
         """Send now, ahead of the rate: what is queued goes first (releasing it early), so order is kept."""
-        while self._queue:
-            self._send(self._queue.popleft())
+        queue, self._queue = self._queue, None
+        while queue:
+            self._send(queue.popleft())
         self._send(payload)
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._queue) if self._queue else 0
 
     def _schedule(self) -> None:
         if self._call is None and self._queue and self._bucket is not None:
@@ -93,13 +97,16 @@ class Pacer:
     def _drain(self) -> None:
         self._call = None
         assert self._bucket is not None
-        while self._queue and self._bucket.take():
-            self._send(self._queue.popleft())
+        queue = self._queue
+        while queue and self._bucket.take():
+            self._send(queue.popleft())
+        if not queue:
+            self._queue = None  # back to the idle footprint once the burst is out
         self._schedule()
 
     def stop(self) -> None:
         """Forget what is queued and cancel the pending timer (the socket is gone)."""
-        self._queue.clear()
+        self._queue = None
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
