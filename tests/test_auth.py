@@ -28,6 +28,7 @@ from wsgw.auth import (
     validate_algorithms,
 )
 from wsgw.interfaces import ITokenVerifier
+from wsgw.testing import fired
 
 SECRET = b"0123456789abcdef" * 4 + b"-test-secret"
 NOW = 1_700_000_000.0
@@ -74,20 +75,12 @@ def clock_at(t: float = NOW) -> Clock:
     return c
 
 
-def result(d: Deferred) -> Any:
-    """The synchronous result of a fired Deferred (raises its failure)."""
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 def refused(d: Deferred) -> str:
     """The AuthError message a fired Deferred failed with."""
     with pytest.raises(AuthError) as info:
-        result(d)
+        fired(d)
     return str(info.value)
 
 
@@ -101,7 +94,7 @@ def hs_verifier(clock: Clock | None = None, **kw: Any) -> TokenVerifier:
 
 def test_hs256_valid_token_gives_its_claims() -> None:
     """A valid HS256 token verifies and its claims come back."""
-    c = result(hs_verifier().verify(hs256(claims(profile="admin"))))
+    c = fired(hs_verifier().verify(hs256(claims(profile="admin"))))
     assert c["name"] == "alice" and c["sub"] == "u-1" and c["profile"] == "admin"
 
 
@@ -112,7 +105,7 @@ def test_verifier_provides_the_interface() -> None:
 
 def test_preferred_username_is_the_login_when_name_is_absent() -> None:
     """Without `name`, `preferred_username` is the login and is returned as `name`."""
-    c = result(hs_verifier().verify(hs256(claims(name=None, preferred_username="bob"))))
+    c = fired(hs_verifier().verify(hs256(claims(name=None, preferred_username="bob"))))
     assert c["name"] == "bob"
 
 
@@ -138,7 +131,7 @@ def test_recently_expired_token_is_accepted_within_leeway() -> None:
     token = hs256(claims(exp=int(NOW) - 10))
     clock = clock_at()
     verifier = hs_verifier(clock, leeway=30)
-    assert result(verifier.verify(token))["name"] == "alice"
+    assert fired(verifier.verify(token))["name"] == "alice"
     clock.advance(20)
     assert refused(verifier.verify(token)) == "token expired"
 
@@ -148,7 +141,7 @@ def test_expiry_follows_the_injected_clock() -> None:
     clock = clock_at()
     verifier = hs_verifier(clock, leeway=0)
     token = hs256(claims(exp=int(NOW) + 5))
-    assert result(verifier.verify(token))["exp"] == int(NOW) + 5
+    assert fired(verifier.verify(token))["exp"] == int(NOW) + 5
     clock.advance(5)
     assert refused(verifier.verify(token)) == "token expired"
 
@@ -173,7 +166,7 @@ def test_nbf_in_the_future_is_refused() -> None:
     """A token not valid before a time beyond the leeway is refused; within the leeway it passes."""
     verifier = hs_verifier(leeway=30)
     assert refused(verifier.verify(hs256(claims(nbf=int(NOW) + 60)))) == "token not yet valid"
-    assert result(verifier.verify(hs256(claims(nbf=int(NOW) + 20))))["name"] == "alice"
+    assert fired(verifier.verify(hs256(claims(nbf=int(NOW) + 20))))["name"] == "alice"
 
 
 def test_wrong_issuer_is_refused() -> None:
@@ -181,7 +174,7 @@ def test_wrong_issuer_is_refused() -> None:
     verifier = hs_verifier(issuer="https://good")
     assert refused(verifier.verify(hs256(claims(iss="https://evil")))) == "token issuer is not accepted"
     assert refused(verifier.verify(hs256(claims()))) == "token issuer is not accepted"
-    assert result(verifier.verify(hs256(claims(iss="https://good"))))["iss"] == "https://good"
+    assert fired(verifier.verify(hs256(claims(iss="https://good"))))["iss"] == "https://good"
 
 
 def test_wrong_audience_is_refused() -> None:
@@ -189,13 +182,13 @@ def test_wrong_audience_is_refused() -> None:
     verifier = hs_verifier(audience="cells")
     assert refused(verifier.verify(hs256(claims(aud="other")))) == "token audience is not accepted"
     assert refused(verifier.verify(hs256(claims()))) == "token audience is not accepted"
-    assert result(verifier.verify(hs256(claims(aud="cells"))))["aud"] == "cells"
-    assert result(verifier.verify(hs256(claims(aud=["x", "cells"]))))["name"] == "alice"
+    assert fired(verifier.verify(hs256(claims(aud="cells"))))["aud"] == "cells"
+    assert fired(verifier.verify(hs256(claims(aud=["x", "cells"]))))["name"] == "alice"
 
 
 def test_audience_is_not_checked_when_not_configured() -> None:
     """Without a configured audience, a token carrying one is accepted."""
-    assert result(hs_verifier().verify(hs256(claims(aud="anything"))))["aud"] == "anything"
+    assert fired(hs_verifier().verify(hs256(claims(aud="anything"))))["aud"] == "anything"
 
 
 # --- algorithms
@@ -223,7 +216,7 @@ def test_algorithm_confusion_with_public_key_as_hmac_secret_is_refused() -> None
     assert refused(rs_only.verify(forged)) == "token algorithm HS256 is not allowed"
     mixed = TokenVerifier(clock_at(), algorithms=["RS256", "HS256"], public_key_pem=public, hmac_secret=SECRET)
     assert refused(mixed.verify(forged)) == "invalid token signature"
-    assert result(mixed.verify(jwt.encode(claims(), _rsa_key, algorithm="RS256")))["name"] == "alice"
+    assert fired(mixed.verify(jwt.encode(claims(), _rsa_key, algorithm="RS256")))["name"] == "alice"
 
 
 @pytest.mark.parametrize(
@@ -268,7 +261,7 @@ def test_unknown_algorithm_name_is_not_echoed() -> None:
 def test_pem_public_key_verifies_its_algorithm(alg: str, key: Any) -> None:
     """RS256, PS256, ES256 and EdDSA tokens verify against the matching PEM public key."""
     verifier = TokenVerifier(clock_at(), algorithms=[alg], public_key_pem=pem(key))
-    assert result(verifier.verify(jwt.encode(claims(), key, algorithm=alg)))["name"] == "alice"
+    assert fired(verifier.verify(jwt.encode(claims(), key, algorithm=alg)))["name"] == "alice"
 
 
 def test_token_signed_by_another_private_key_is_refused() -> None:
@@ -375,9 +368,9 @@ def test_jwks_discovery_then_many_verifies_fetch_once() -> None:
     issuer = FakeIssuer(jwk(_rsa_key, "k1"), jwk(_ec_key, "k2"))
     verifier = oidc_verifier(issuer, clock_at())
     for _ in range(20):
-        assert result(verifier.verify(rs256("k1")))["name"] == "alice"
+        assert fired(verifier.verify(rs256("k1")))["name"] == "alice"
     es = jwt.encode(claims(iss=ISSUER), _ec_key, algorithm="ES256", headers={"kid": "k2"})
-    assert result(verifier.verify(es))["name"] == "alice"
+    assert fired(verifier.verify(es))["name"] == "alice"
     assert issuer.calls == [DISCOVERY, JWKS_URI]
 
 
@@ -397,7 +390,7 @@ def test_concurrent_verifies_share_one_fetch() -> None:
     issuer.release()  # discovery answered: the jwks request is now held
     assert issuer.calls == [DISCOVERY, JWKS_URI]
     issuer.release()
-    assert [result(d)["name"] for d in pending] == ["alice"] * 5
+    assert [fired(d)["name"] for d in pending] == ["alice"] * 5
     assert issuer.calls == [DISCOVERY, JWKS_URI]
 
 
@@ -406,10 +399,10 @@ def test_unknown_kid_triggers_a_refetch_of_the_jwks() -> None:
     clock = clock_at()
     issuer = FakeIssuer(jwk(_rsa_key, "k1"))
     verifier = oidc_verifier(issuer, clock)
-    assert result(verifier.verify(rs256("k1")))["name"] == "alice"
+    assert fired(verifier.verify(rs256("k1")))["name"] == "alice"
     clock.advance(60)
     issuer.keys.append(jwk(_rsa_key2, "k2"))
-    assert result(verifier.verify(rs256("k2", key=_rsa_key2)))["name"] == "alice"
+    assert fired(verifier.verify(rs256("k2", key=_rsa_key2)))["name"] == "alice"
     assert issuer.calls == [DISCOVERY, JWKS_URI, JWKS_URI]
 
 
@@ -418,7 +411,7 @@ def test_unknown_kid_refetch_is_rate_limited() -> None:
     clock = clock_at()
     issuer = FakeIssuer(jwk(_rsa_key, "k1"))
     verifier = oidc_verifier(issuer, clock)
-    result(verifier.verify(rs256("k1")))
+    fired(verifier.verify(rs256("k1")))
     clock.advance(60)
     for i in range(50):
         assert refused(verifier.verify(rs256(f"garbage-{i}"))) == "token signed with an unknown key"
@@ -427,7 +420,7 @@ def test_unknown_kid_refetch_is_rate_limited() -> None:
     clock.advance(10)
     refused(verifier.verify(rs256("garbage-again")))
     assert issuer.calls == [DISCOVERY, JWKS_URI, JWKS_URI, JWKS_URI]
-    assert result(verifier.verify(rs256("k1")))["name"] == "alice"
+    assert fired(verifier.verify(rs256("k1")))["name"] == "alice"
 
 
 def test_jwks_fetch_failure_is_an_auth_error_and_retried_later() -> None:
@@ -441,7 +434,7 @@ def test_jwks_fetch_failure_is_an_auth_error_and_retried_later() -> None:
     assert issuer.calls == [DISCOVERY]
     issuer.broken = False
     clock.advance(5)
-    assert result(verifier.verify(rs256("k1")))["name"] == "alice"
+    assert fired(verifier.verify(rs256("k1")))["name"] == "alice"
     assert issuer.calls == [DISCOVERY, DISCOVERY, JWKS_URI]
 
 
@@ -472,10 +465,10 @@ def test_stale_keys_are_refreshed_and_kept_if_refresh_fails() -> None:
     clock = clock_at()
     issuer = FakeIssuer(jwk(_rsa_key, "k1"))
     verifier = oidc_verifier(issuer, clock, jwks_max_age=600)
-    result(verifier.verify(rs256("k1")))
+    fired(verifier.verify(rs256("k1")))
     clock.advance(600)
     issuer.broken = True
-    assert result(verifier.verify(rs256("k1")))["name"] == "alice"
+    assert fired(verifier.verify(rs256("k1")))["name"] == "alice"
     assert issuer.calls == [DISCOVERY, JWKS_URI, JWKS_URI]
 
 
@@ -492,7 +485,7 @@ def test_token_without_kid_uses_the_only_key() -> None:
     issuer = FakeIssuer(jwk(_rsa_key, "k1"))
     verifier = oidc_verifier(issuer, clock_at())
     token = jwt.encode(claims(iss=ISSUER), _rsa_key, algorithm="RS256")
-    assert result(verifier.verify(token))["name"] == "alice"
+    assert fired(verifier.verify(token))["name"] == "alice"
 
 
 # --- integration: the real treq-based getter against a real site

@@ -32,13 +32,12 @@ import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import reactor
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from zope.interface import provider
 
 from tests.daemon import REDIS, SECRET, Daemon, Publisher, channels, new_prefix, start_daemon, token, workspace
 from tests.wsclient import Client, connect
 from wsgw.config import config_from_string
 from wsgw.service import GatewayService
+from wsgw.testing import LoggedFailures
 
 pytestmark = pytest.mark.filterwarnings("ignore:The HMAC key is .* below the minimum recommended length")
 
@@ -131,27 +130,6 @@ async def hostile(extra: str = "", watcher_token: str | None = None,
     finally:
         await pub.close()
         await daemon.stop()
-
-
-class Tracebacks:
-    """Log events carrying a traceback, collected while the context is open."""
-
-    def __init__(self) -> None:
-        self.events: list[LogEvent] = []
-
-        @provider(ILogObserver)
-        def observe(event: LogEvent) -> None:
-            if event.get("log_failure") is not None:
-                self.events.append(event)
-
-        self.observer = observe
-
-    def __enter__(self) -> Tracebacks:
-        globalLogPublisher.addObserver(self.observer)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        globalLogPublisher.removeObserver(self.observer)
 
 
 def receive_calls(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> list[Frame]:
@@ -498,7 +476,7 @@ async def test_bad_bus_events_on_every_topic_are_dropped_and_good_ones_still_arr
         chat.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": room}})
         room_uuid = (await chat.next())["Room"]["Uuid"]
         dispatcher = daemon.service.dispatcher
-        with Tracebacks() as tracebacks:
+        with LoggedFailures() as tracebacks:
             for topic, good in GOOD_EVENTS.items():
                 bad = [*NOT_EVENTS, *(json.dumps(e).encode() for e in WRONG_TYPES[topic] + MISSING_FIELDS[topic]),
                        ENORMOUS]
@@ -529,7 +507,7 @@ async def test_a_crashing_handler_is_counted_and_logged_and_other_topics_go_on(m
             raise ZeroDivisionError("a bug in the tasks rules")
 
         monkeypatch.setattr(tasks, "handle", broken)
-        with Tracebacks() as tracebacks:
+        with LoggedFailures() as tracebacks:
             await pub.publish("tasks", GOOD_EVENTS["tasks"]("t1"))
             await still_served(daemon, pub, calm)  # published after the task event: the crash came first
         assert daemon.service.dispatcher.crashed["tasks"] == 1

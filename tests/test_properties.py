@@ -29,14 +29,13 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from zope.interface import provider
 
 from wsgw.auth import AuthError, TokenVerifier
 from wsgw.config import config_from_string
 from wsgw.gateway import CLOSE_AUTH, CLOSE_BAD_DATA, CLOSE_TOO_BIG
 from wsgw.service import GatewayService
+from wsgw.testing import LoggedFailures
 from wsgw.web.protocols import GatewayFactory, GatewayProtocol
 
 SECRET = "property-secret-of-at-least-32-bytes"
@@ -47,33 +46,10 @@ PROPERTY = settings(max_examples=150, deadline=None, database=None,
 # --------------------------------------------------------------------------- logged failures
 
 
-class LoggedFailures:
-    """Collects every log event that carries a traceback (``log_failure``)."""
-
-    def __init__(self) -> None:
-        self.events: list[LogEvent] = []
-
-        @provider(ILogObserver)
-        def observe(event: LogEvent) -> None:
-            if event.get("log_failure") is not None:
-                self.events.append(event)
-
-        self._observer = observe
-
-    def describe(self) -> str:
-        return "\n".join(
-            f"{e.get('log_format')!r}: {e['log_failure'].getTraceback()}" for e in self.events
-        )
-
-
 @pytest.fixture
 def logged() -> Iterator[LoggedFailures]:
-    failures = LoggedFailures()
-    globalLogPublisher.addObserver(failures._observer)  # noqa: SLF001 - our own observer
-    try:
+    with LoggedFailures() as failures:
         yield failures
-    finally:
-        globalLogPublisher.removeObserver(failures._observer)  # noqa: SLF001
 
 
 # --------------------------------------------------------------------------- tokens

@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 from wsgw.access import Access, AccessError, Root, Workspace
 from wsgw.interfaces import IAccessResolver
 from wsgw.resolvers import ClaimsResolver, HttpResolver
+from wsgw.testing import fired
 
 URL = "http://access.internal/v1/access"
 WORKSPACES = [
@@ -31,19 +32,11 @@ DOC = {"profile": "standard", "roles": ["ROOT_GROUP", "r-team"], "workspaces": W
 CLAIMS = {"name": "alice", "sub": "u-1", "exp": 1_700_003_600}
 
 
-def result(d: Deferred) -> Any:
-    """The synchronous result of a fired Deferred (raises its failure)."""
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 def access_error(d: Deferred) -> str:
     with pytest.raises(AccessError) as info:
-        result(d)
+        fired(d)
     return str(info.value)
 
 
@@ -53,7 +46,7 @@ def access_error(d: Deferred) -> str:
 def test_claims_resolver_builds_access_from_claims() -> None:
     """The claims resolver takes login, sub, exp, profile, roles and workspaces from the claims."""
     claims = {**CLAIMS, "profile": "admin", "roles": "a, b,,c", "workspaces": WORKSPACES}
-    access = result(ClaimsResolver().resolve("tok", claims))
+    access = fired(ClaimsResolver().resolve("tok", claims))
     assert access == Access(
         "alice",
         "u-1",
@@ -67,14 +60,14 @@ def test_claims_resolver_builds_access_from_claims() -> None:
 
 def test_claims_resolver_accepts_roles_as_a_list_and_defaults() -> None:
     """Roles may be a list; a token without profile or workspaces gives a standard user with none."""
-    access = result(ClaimsResolver().resolve("tok", {**CLAIMS, "roles": ["x", "y"]}))
+    access = fired(ClaimsResolver().resolve("tok", {**CLAIMS, "roles": ["x", "y"]}))
     assert access.roles == frozenset({"x", "y"})
     assert access.profile == "standard" and access.workspaces == ()
 
 
 def test_claims_resolver_falls_back_to_preferred_username() -> None:
     """Without a `name` claim the login is `preferred_username`; without `sub` the sub is empty."""
-    access = result(ClaimsResolver().resolve("tok", {"preferred_username": "bob", "exp": 5}))
+    access = fired(ClaimsResolver().resolve("tok", {"preferred_username": "bob", "exp": 5}))
     assert (access.login, access.sub, access.exp) == ("bob", "", 5)
 
 
@@ -128,7 +121,7 @@ def test_http_resolver_builds_access_from_the_backend_document() -> None:
     """The http resolver GETs the URL with the token as bearer and builds the Access from the answer."""
     backend = FakeBackend()
     resolver = make(backend)
-    access = result(resolver.resolve("tok-1", CLAIMS))
+    access = fired(resolver.resolve("tok-1", CLAIMS))
     assert backend.requests == [(URL, {"Authorization": "Bearer tok-1"})]
     assert (access.login, access.sub, access.exp) == ("alice", "u-1", 1_700_003_600)
     assert access.roles == frozenset({"ROOT_GROUP", "r-team"})
@@ -141,14 +134,14 @@ def test_http_resolver_caches_within_ttl_and_refetches_after() -> None:
     clock = Clock()
     backend = FakeBackend()
     resolver = make(backend, clock, cache_ttl=10)
-    first = result(resolver.resolve("tok-1", CLAIMS))
+    first = fired(resolver.resolve("tok-1", CLAIMS))
     clock.advance(9.9)
-    assert result(resolver.resolve("tok-1", CLAIMS)) is first
+    assert fired(resolver.resolve("tok-1", CLAIMS)) is first
     assert len(backend.requests) == 1
     clock.advance(0.1)
-    result(resolver.resolve("tok-1", CLAIMS))
+    fired(resolver.resolve("tok-1", CLAIMS))
     assert len(backend.requests) == 2
-    result(resolver.resolve("tok-2", CLAIMS))
+    fired(resolver.resolve("tok-2", CLAIMS))
     assert len(backend.requests) == 3
 
 
@@ -161,7 +154,7 @@ def test_http_resolver_shares_one_request_per_token() -> None:
     other = resolver.resolve("tok-2", CLAIMS)
     assert len(backend.requests) == 2 and not any(d.called for d in pending)
     backend.held[0].callback((200, json.dumps(DOC).encode()))
-    assert {result(d).login for d in pending} == {"alice"}
+    assert {fired(d).login for d in pending} == {"alice"}
     assert not other.called
 
 
@@ -186,7 +179,7 @@ def test_http_resolver_failure_is_access_error_and_not_cached(
     resolver = make(backend)
     assert access_error(resolver.resolve("tok-1", CLAIMS)) == message
     backend.status, backend.body, backend.error = 200, json.dumps(DOC).encode(), None
-    assert result(resolver.resolve("tok-1", CLAIMS)).login == "alice"
+    assert fired(resolver.resolve("tok-1", CLAIMS)).login == "alice"
     assert len(backend.requests) == 2
 
 
@@ -211,12 +204,12 @@ def test_http_resolver_cache_is_bounded_and_evicts_oldest() -> None:
     backend = FakeBackend()
     resolver = make(backend, clock, max_entries=3)
     for i in range(5):
-        result(resolver.resolve(f"tok-{i}", CLAIMS))
+        fired(resolver.resolve(f"tok-{i}", CLAIMS))
         clock.advance(1)
     assert resolver.cached_entries() == 3
-    result(resolver.resolve("tok-4", CLAIMS))
+    fired(resolver.resolve("tok-4", CLAIMS))
     assert len(backend.requests) == 5
-    result(resolver.resolve("tok-0", CLAIMS))
+    fired(resolver.resolve("tok-0", CLAIMS))
     assert len(backend.requests) == 6
 
 
@@ -225,9 +218,9 @@ def test_http_resolver_drops_expired_entries_when_storing() -> None:
     clock = Clock()
     resolver = make(FakeBackend(), clock, cache_ttl=10)
     for i in range(4):
-        result(resolver.resolve(f"tok-{i}", CLAIMS))
+        fired(resolver.resolve(f"tok-{i}", CLAIMS))
     clock.advance(11)
-    result(resolver.resolve("tok-new", CLAIMS))
+    fired(resolver.resolve("tok-new", CLAIMS))
     assert resolver.cached_entries() == 1
 
 
