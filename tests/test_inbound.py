@@ -87,7 +87,7 @@ async def test_inbound_flood_closes_4029_and_spares_others() -> None:
         error = await flood.next()
         assert error == {"@type": "error", "error": "too many frames: slow down"}
         assert (await flood.wait_closed())[0] == 4029
-        assert daemon.service.gateway.flood_closes == 1
+        assert daemon.service.gateway.closes[4029] == 1
         import json
 
         await daemon.service.bus.publish("tree", json.dumps({"Target": {"Uuid": "n", "Path": "ds/home/f"}}).encode())

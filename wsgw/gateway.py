@@ -68,8 +68,6 @@ class Gateway:
         self.subscribes_refused = 0
         self.refusals: Counter[str] = Counter()  # subscribe refusals by kind (metrics)
         self.closes: Counter[int] = Counter()  # closes the server initiated, by code (counted by the protocol)
-        self.flood_closes = 0
-        self.slow_closes = 0
 
     # -- socket lifecycle -------------------------------------------------
 
@@ -226,6 +224,5 @@ class Gateway:
             session.connection.close(CLOSE_AUTH, "token expired")
 
     def _too_slow(self, session: Session) -> None:
-        self.slow_closes += 1
         self._log.warn("session {sid} reads too slowly: closing it", sid=session.sid)
         session.connection.close(CLOSE_SLOW, "client too slow")

@@ -79,7 +79,6 @@ class GatewayProtocol(WebSocketServerProtocol):
         if session is None or self.state != _OPEN:
             return  # the server is closing this socket: what the client sends now is not acted on
         if self._flood is not None and not self._flood.take():
-            self.factory.gateway.flood_closes += 1
             self._reject(CLOSE_FLOOD, "too many frames: slow down")
             self._session = None  # whatever else it already sent is ignored
             self.factory.gateway.closed(session)
@@ -138,7 +137,6 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def _too_slow(self) -> None:
         # The outbound queue went past its limit (its frames are already dropped): close with 4008.
-        self.factory.gateway.slow_closes += 1
         self._log.warn("{peer} reads too slowly: closing it with 4008", peer=self.peer)
         self.close(CLOSE_SLOW, "client too slow")
 
