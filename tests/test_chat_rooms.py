@@ -877,3 +877,24 @@ def test_frames_queued_behind_a_close_do_nothing() -> None:
     assert frames(alice) == []
     assert chat.store.find_room("NODE", "n1").result is None
     assert chat.room()["Users"] == []
+
+
+def test_long_messages_with_markup_are_sanitized_off_the_reactor() -> None:
+    """A long POST holding markup is sanitized through the offload hook (a worker thread in the daemon);
+    a short one, or one without markup, is sanitized inline."""
+    calls: list[int] = []
+
+    def offload(f: Any, *args: Any) -> Deferred[Any]:
+        calls.append(len(args[0]))
+        return succeed(f(*args))
+
+    chat = Chat(offload=offload)
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    room = chat.room()
+    frames(alice)
+    long_markup = "x" * 1500 + "<img src=x onerror=alert(1)> **bold**"
+    for text in ("short <b>bold</b>", "y" * 3000, long_markup):
+        chat.send(alice, post(room["Uuid"], text))
+    assert calls == [len(long_markup)]
+    assert [m["Message"] for m in chat.messages(room["Uuid"])] == ["short bold", "y" * 3000, "x" * 1500 + " **bold**"]

@@ -337,3 +337,24 @@ async def test_chat_history_cap_comes_from_the_config() -> None:
         assert (await alice.next())["@type"] == "ROOM_UPDATE"  # the second HISTORY starts: nothing else came
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_chat_post_with_markup_is_sanitized_in_a_worker_thread() -> None:
+    """On the real daemon a long POST holding HTML goes through the thread pool and arrives sanitized."""
+    prefix = new_prefix()
+    daemon = await start_daemon(prefix, redis=None)
+    try:
+        alice = await connect(daemon.port, "/chat")
+        await alice.subscribe(token("alice"))
+        alice.send_json({"@type": "JOIN", "Room": {"Type": "GLOBAL", "RoomTypeObject": prefix}})
+        room_uuid = (await alice.next())["Room"]["Uuid"]
+        text = "word " * 300 + "<script>alert(1)</script> `a<b` **done**"
+        alice.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": text}})
+        while True:
+            frame = await alice.next()
+            if "@type" not in frame:
+                break
+        assert frame["Message"] == "word " * 300 + " `a<b` **done**"
+    finally:
+        await daemon.stop()

@@ -15,6 +15,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -61,6 +62,7 @@ class GatewayService(MultiService):
             clock, store, lambda payload: self.bus.publish("chat", payload),
             history_cap=config.history_cap, presence_timeout=config.presence_timeout,
             max_message_chars=config.max_message_chars,
+            offload=lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
         )
         verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,

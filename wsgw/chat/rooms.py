@@ -84,6 +84,9 @@ def _recording_backtick(state: StateInline, silent: bool) -> bool:
     return found
 
 
+_OFFLOAD_CHARS = 1000  # below this, sanitizing costs at most a few ms even for crafted input
+
+
 def _parser(*extensions: str) -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": True}).enable(list(extensions))
     md.inline.ruler.at("backticks", _recording_backtick)
@@ -280,8 +283,11 @@ class ChatService:
         history_cap: int = 1000,
         presence_timeout: float = 20.0,
         max_message_chars: int = 8000,
+        offload: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self._clock = clock
+        # offload(f, *args) runs f off the reactor thread (deferToThreadPool); None: inline (tests, no threads)
+        self._offload = offload
         self._store = store
         self._publish = publish
         self._history_cap = history_cap
@@ -611,6 +617,13 @@ class ChatService:
 
     # POST ------------------------------------------------------------
 
+    async def _sanitize(self, text: str) -> str:
+        """Sanitize on the reactor when it is cheap; a long text with markup can cost a crafted 100+ ms of
+        CommonMark parsing, so it goes to a worker thread (the GIL still lets the reactor serve others)."""
+        if self._offload is None or len(text) < _OFFLOAD_CHARS or ("<" not in text and "&" not in text):
+            return sanitize_markdown(text)
+        return await self._offload(sanitize_markdown, text)  # type: ignore[no-any-return]
+
     async def _post(self, session: Session, state: _Socket, access: Access, frame: dict) -> None:
         message = _message(frame, "POST")
         text = message.get("Message")
@@ -622,7 +635,7 @@ class ChatService:
         if edit_uuid is not None and (not isinstance(edit_uuid, str) or len(edit_uuid) > _MAX_FIELD):
             raise _Refused("POST: Message.Uuid must be a string")
         room_uuid = _joined_room(state, frame, "POST")
-        clean = sanitize_markdown(text)
+        clean = await self._sanitize(text)
         if not clean.strip():
             raise _Refused("POST: empty message")
         now = self._clock.seconds()
