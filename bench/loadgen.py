@@ -269,6 +269,15 @@ class Tracker:
             self.completed += 1
             self.progress.set()
 
+    async def next_progress(self, timeout: float) -> bool:
+        """Wait for the next completed event; False when none completes within ``timeout`` (a stall)."""
+        self.progress.clear()
+        try:
+            await asyncio.wait_for(self.progress.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     async def drain(self, published: int, timeout: float) -> bool:
         deadline = _now() + timeout
         while self.completed < published:
@@ -448,10 +457,7 @@ class Run:
                     tracker.expect(seq, recipients)
                     self.redis.publish(self.channel_tree, node_event(seq, "pydiods1/bench", pad))
                     published += 1
-                tracker.progress.clear()
-                try:
-                    await asyncio.wait_for(tracker.progress.wait(), 10)
-                except asyncio.TimeoutError:
+                if not await tracker.next_progress(10):
                     stalled = True
                     break
                 if _now() >= next_rss:
@@ -639,10 +645,7 @@ class Run:
                     frame = {"@type": "POST", "Message": {"Message": text}}
                 poster.send_text(json.dumps(frame).encode())
                 published += 1
-            tracker.progress.clear()
-            try:
-                await asyncio.wait_for(tracker.progress.wait(), 10)
-            except asyncio.TimeoutError:
+            if not await tracker.next_progress(10):
                 stalled = True
                 break
         complete = await tracker.drain(published, 10)

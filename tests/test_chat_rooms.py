@@ -81,6 +81,17 @@ class Chat:
         if d is not None:
             assert d.called, "the in-memory store answers at once"
 
+    def stall(self, method: str, session: Session, frame: dict) -> Deferred:
+        """Send ``frame`` while the store's ``method`` answers with a Deferred the test fires; return it."""
+        real = getattr(self.store, method)
+        pending: Deferred = Deferred()
+        setattr(self.store, method, lambda *a: pending)
+        try:
+            self.service.handle_frame(session, frame)
+        finally:
+            setattr(self.store, method, real)
+        return pending
+
     def room(self, type: str = "WORKSPACE", obj: str = "ws-1") -> dict:
         found = self.store.find_room(type, obj).result
         assert found is not None
@@ -733,15 +744,11 @@ def test_frames_of_a_socket_run_in_order() -> None:
     """A POST sent right after a JOIN whose store call is still pending runs after the JOIN, and succeeds."""
     chat = Chat()
     alice = chat.connect("alice")
-    create = chat.store.find_or_create_room
-    pending: Deferred = Deferred()
-    chat.store.find_or_create_room = lambda *a: pending  # type: ignore[method-assign]
-    chat.service.handle_frame(alice, join())
-    chat.store.find_or_create_room = create  # type: ignore[method-assign]
+    pending = chat.stall("find_or_create_room", alice, join())
     d = chat.service.handle_frame(alice, {"@type": "POST", "Room": {"Type": "WORKSPACE", "RoomTypeObject": "ws-1"},
                                           "Message": {"Message": "first!"}})
     assert frames(alice) == []
-    pending.callback(create("WORKSPACE", "ws-1", "", START).result)
+    pending.callback(chat.store.find_or_create_room("WORKSPACE", "ws-1", "", START).result)
     assert d is not None and d.called
     assert kinds(frames(alice)) == ["ROOM_UPDATE", "ROOM_UPDATE", "message"]
 
@@ -752,11 +759,7 @@ def test_a_socket_closing_during_a_join_leaves_no_presence() -> None:
     alice, bob = chat.connect("alice"), chat.connect("bob")
     chat.send(bob, join())
     frames(bob)
-    page = chat.store.page
-    pending: Deferred = Deferred()
-    chat.store.page = lambda *a: pending  # type: ignore[method-assign]
-    chat.service.handle_frame(alice, join())
-    chat.store.page = page  # type: ignore[method-assign]
+    pending = chat.stall("page", alice, join())
     chat.close(alice)
     pending.callback([])
     assert chat.room()["Users"] == ["bob"]
@@ -865,14 +868,10 @@ def test_frames_queued_behind_a_close_do_nothing() -> None:
     """Frames still queued when their socket closes are dropped: no room joined, nothing sent."""
     chat = Chat()
     alice = chat.connect("alice")
-    create = chat.store.find_or_create_room
-    pending: Deferred = Deferred()
-    chat.store.find_or_create_room = lambda *a: pending  # type: ignore[method-assign]
-    chat.service.handle_frame(alice, join())
-    chat.store.find_or_create_room = create  # type: ignore[method-assign]
+    pending = chat.stall("find_or_create_room", alice, join())
     queued = chat.service.handle_frame(alice, join("NODE", "n1"))
     chat.close(alice)
-    pending.callback(create("WORKSPACE", "ws-1", "", START).result)
+    pending.callback(chat.store.find_or_create_room("WORKSPACE", "ws-1", "", START).result)
     assert queued is not None and queued.called
     assert frames(alice) == []
     assert chat.store.find_room("NODE", "n1").result is None
