@@ -56,7 +56,7 @@ from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from tests.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port
 from wsgw.config import DEFAULT_TOPICS
 
 reactor: Any = _reactor
@@ -106,12 +106,10 @@ class Probe(Resource):
         calls = reactor.getDelayedCalls()
         out = {
             "bus_connected": bool(s.bus.connected),
-            "sessions": len(gw.sessions),
-            "table": len(gw.table),
-            "subscribed": gw.table.subscribed,
-            "timers": len(gw._timers),
-            "attempts": len(gw._attempt),
-            "chat_sockets": len(s.chat._sockets),
+            "sessions": len(gw.table),
+            "subscribed": sum(1 for session in gw.table if session.access is not None),
+            "timers": sum(1 for session in gw.table if session.timer is not None),
+            "chat_sockets": sum(1 for session in gw.table if session.endpoint is s.chat),
             "chat_room_sockets": sum(len(v) for v in s.chat._room_sockets.values()),
             "node_merges_pending": s.nodes.pending,
             "delayed_calls": len(calls),
@@ -524,7 +522,7 @@ async def cycle(number: int, soak: Soak, events: Events, daemon: Daemon, seconds
     rss = proc_rss_kb(daemon.pid)
     peak_rss = max(peak_rss, rss)
     trimmed = (await daemon.probe(trim=True))["rss_kb_after_trim"]
-    report.say(f"  drained: daemon sessions {state['sessions']}, table {state['table']}, timers {state['timers']}, "
+    report.say(f"  drained: daemon sessions {state['sessions']}, timers {state['timers']}, "
                f"chat sockets {state['chat_sockets']}, delayed calls {state['delayed_calls']} "
                f"(before any client: {baseline['delayed_calls']}), live protocols {state['live_protocols']}, "
                f"live sessions {state['live_sessions']}, Python allocated blocks {state['allocated_blocks']} "
@@ -541,8 +539,7 @@ async def cycle(number: int, soak: Soak, events: Events, daemon: Daemon, seconds
 
 async def _is_empty(daemon: Daemon) -> bool:
     s = await daemon.probe()
-    return (s["sessions"], s["table"], s["timers"], s["attempts"], s["chat_sockets"], s["chat_room_sockets"]) == (
-        0, 0, 0, 0, 0, 0)
+    return (s["sessions"], s["timers"], s["chat_sockets"], s["chat_room_sockets"]) == (0, 0, 0, 0)
 
 
 async def _settled(daemon: Daemon, baseline: dict[str, Any]) -> bool:

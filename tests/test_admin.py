@@ -11,8 +11,8 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 
-from tests.daemon import Daemon, Publisher, new_prefix, start_daemon, token, workspace
-from tests.wsclient import connect
+from tests.support.daemon import Daemon, Publisher, new_prefix, start_daemon, token, workspace
+from tests.support.wsclient import connect
 
 HOME = workspace("w-home", "home", "ds/home")
 ADMIN = "tcp:0:interface=127.0.0.1"
@@ -104,7 +104,7 @@ async def test_metrics_move_with_subscribes_events_deliveries_and_lag() -> None:
 async def test_slow_consumer_and_flood_closes_are_counted() -> None:
     """A reader past its queue limit (4008) and a client sending too fast (4029) show up in wsgw_server_closes."""
     daemon = await start_daemon(new_prefix(), redis=None, admin=ADMIN, overrides={
-        "delivery.pacing_rate": "1", "delivery.pacing_burst": "1", "delivery.max_queued_frames": "2",
+        "delivery.pacing_rate": "1", "delivery.pacing_burst": "1", "delivery.max_paced_frames": "2",
         "websocket.inbound_rate": "1", "websocket.inbound_burst": "3",
     })
     try:
@@ -154,7 +154,7 @@ async def test_chat_metrics_count_requests_rooms_and_deliveries() -> None:
 async def test_redis_outage_shows_in_bus_up_and_reconnects(tmp_path: Any) -> None:
     """While Redis is down wsgw_bus_up is 0 and /publish answers 503; after it returns each connection counts a
     reconnect."""
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     with RedisServer() as redis:
         daemon = await publishing_daemon(tmp_path, redis=redis.endpoint)
@@ -180,7 +180,7 @@ async def test_redis_outage_shows_in_bus_up_and_reconnects(tmp_path: Any) -> Non
             assert value(samples, "wsgw_bus_up") == 1
             assert value(samples, "wsgw_redis_reconnects_total", role="bus subscriber") == 1
             assert value(samples, "wsgw_redis_reconnects_total", role="bus publisher") == 1
-            back = daemon.service._redis_commands.whenConnected()
+            back = daemon.service.redis_commands.whenConnected()
             back.addTimeout(20, reactor)
             await back
             samples = await scrape(daemon)

@@ -16,19 +16,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
-from wsgw.auth import (
-    AuthError,
-    BodyTooLarge,
-    TokenVerifier,
-    TreqGetter,
-    validate_algorithms,
-)
+from wsgw.access import AuthError
+from wsgw.auth.http import BodyTooLarge, TreqGetter
+from wsgw.auth.tokens import TokenVerifier, validate_algorithms
 from wsgw.interfaces import ITokenVerifier
-from wsgw.testing import fired
+
+fired = SynchronousTestCase().successResultOf
+failed = SynchronousTestCase().failureResultOf
 
 SECRET = b"0123456789abcdef" * 4 + b"-test-secret"
 NOW = 1_700_000_000.0
@@ -79,9 +78,7 @@ def clock_at(t: float = NOW) -> Clock:
 
 def refused(d: Deferred) -> str:
     """The AuthError message a fired Deferred failed with."""
-    with pytest.raises(AuthError) as info:
-        fired(d)
-    return str(info.value)
+    return failed(d, AuthError).getErrorMessage()
 
 
 def hs_verifier(clock: Clock | None = None, **kw: Any) -> TokenVerifier:

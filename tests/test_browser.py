@@ -15,8 +15,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.daemon import Publisher, new_prefix, start_daemon, token, workspace
-from tests.wsclient import connect
+from tests.support.daemon import Publisher, new_prefix, start_daemon, token, workspace
+from tests.support.wsclient import connect
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

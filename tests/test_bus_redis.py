@@ -16,9 +16,10 @@ from twisted.logger import capturedLogs
 from txredisapi import ConnectionError, ResponseError
 from zope.interface.verify import verifyObject
 
-from tests.redis_server import RedisServer, free_port
-from wsgw.bus.redis import RedisBus, RedisCommands, _Subscriber
+from tests.support.redis_server import RedisServer, free_port
+from wsgw.bus.redis import RedisBus, _Subscriber
 from wsgw.interfaces import IBus
+from wsgw.redis.connection import RedisCommands
 
 SHARED = "tcp:127.0.0.1:6379"
 TIMEOUT = 10.0

@@ -17,8 +17,8 @@ import pytest_twisted
 import txredisapi
 from twisted.internet.interfaces import ITCPTransport
 
-from tests.daemon import Daemon, Publisher, new_prefix, start_daemon, token, workspace
-from tests.wsclient import Client, connect
+from tests.support.daemon import Daemon, Publisher, new_prefix, start_daemon, token, workspace
+from tests.support.wsclient import Client, connect
 
 STORE_PREFIX = "wsgw:chat:"  # the default [chat] key_prefix, shared on purpose: these tests clean up their rooms
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -34,7 +34,7 @@ async def chat_daemon(prefix: str) -> Daemon:
     daemon = await start_daemon(prefix, overrides={"chat.key_prefix": STORE_PREFIX})
     await daemon.service.bus.whenConnected()
     # start_daemon waits for the bus subscriber only; the chat store has its own command connection
-    commands = daemon.service._redis_commands  # noqa: SLF001 - no public handle on it yet
+    commands = daemon.service.redis_commands
     if commands is not None:
         await commands.whenConnected()
     return daemon

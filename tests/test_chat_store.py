@@ -8,27 +8,27 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-import txredisapi
+from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyObject
 
-from wsgw.chat.store import (
-    IChatStore,
-    MemoryChatStore,
-    NoSuchMessage,
-    NoSuchRoom,
-    NotAuthor,
-    RedisChatStore,
-)
+from wsgw.chat.memory_store import MemoryChatStore
+from wsgw.chat.model import NoSuchMessage, NoSuchRoom, NotAuthor
+from wsgw.chat.redis_store import RedisChatStore
+from wsgw.interfaces import IChatStore
+from wsgw.redis.connection import RedisCommands
 
 NOW = 1718022000.0
 CAP = 1000
 
 
-async def _connect() -> Any:
-    return await txredisapi.Connection(
-        "127.0.0.1", 6379, reconnect=False, connectTimeout=5, replyTimeout=5
-    )
+async def _connect() -> RedisCommands:
+    redis = RedisCommands(reactor, "tcp:127.0.0.1:6379", reply_timeout=5)
+    redis.startService()
+    ready = redis.whenConnected()
+    ready.addTimeout(5, reactor)
+    await ready
+    return redis
 
 
 async def _delete_prefix(redis: Any, prefix: str) -> None:
@@ -54,8 +54,8 @@ async def stores(request: Any) -> AsyncIterator[tuple[Any, Any]]:
         yield RedisChatStore(first, prefix), RedisChatStore(second, prefix)
     finally:
         await _delete_prefix(first, prefix)
-        await first.disconnect()
-        await second.disconnect()
+        await first.stopService()
+        await second.stopService()
 
 
 @pytest.fixture

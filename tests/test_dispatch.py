@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wsgw.dispatch import Dispatcher
-from wsgw.events import MalformedEvent
+from wsgw.frames import MalformedEvent
 
 
 class Recorder:

@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from wsgw.events.batching import Merge, NodeBatcher, merge_events, merge_key
+from wsgw.events.batching import Merge, NodeBatcher, merge_key
+
+
+def merge_events(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge the (mergeable, same-node) ``events`` in order, as a window would."""
+    merge = Merge(events[0])
+    for event in events[1:]:
+        merge.fold(event)
+    return merge.event()
 
 
 def ev(kind: str | None = None, uuid: str = "n1", **target: Any) -> dict[str, Any]:

@@ -8,18 +8,11 @@ from typing import Any
 import pytest
 
 from wsgw.access import Access, Root, Workspace
-from wsgw.events import MalformedEvent
 from wsgw.events import idm as idm_module
 from wsgw.events.idm import IdmHandler
-from wsgw.sessions import Session, SessionTable
-from wsgw.testing import RecordingConnection
-
-
-class IndexOnlyTable(SessionTable):
-    """A SessionTable that fails the test if a handler scans every session."""
-
-    def __iter__(self):  # type: ignore[override]
-        raise AssertionError("handlers must find recipients through the indexes")
+from wsgw.frames import MalformedEvent
+from wsgw.sessions import Session
+from wsgw.testing import IndexOnlyTable, RecordingConnection
 
 
 def workspace(uuid: str) -> Workspace:

@@ -10,15 +10,17 @@ import pytest
 from twisted.internet.task import Clock
 
 from wsgw.access import Access, Root, Workspace
-from wsgw.events import MalformedEvent
 from wsgw.events.nodes import (
     NodeHandler,
+    PreparedEvent,
     clean_meta_store,
-    is_visible,
-    policies_allow_read,
-    shape_for_workspace,
-    validate_event,
+    internal_path,
+    locate,
+    read_policy,
+    subjects_allowed,
+    validate,
 )
+from wsgw.frames import MalformedEvent
 from wsgw.pacing import Pacer
 from wsgw.sessions import Session, SessionTable
 from wsgw.testing import RecordingConnection
@@ -28,6 +30,21 @@ COMMON = Workspace("ws-common", "common-files", (Root("r2", "pydiods1", "k-ds1")
 MULTI = Workspace("ws-multi", "multi", (Root("r3", "pydiods1/projects", "k-proj"),
                                          Root("r4", "pydiods2/archive", "k-arch")))
 OTHER = Workspace("ws-other", "other", (Root("r5", "pydiods9/elsewhere", "k-else"),))
+
+
+def shape_for_workspace(event: dict[str, Any], ws: Workspace) -> dict[str, Any] | None:
+    """The frame a (validated) ``event`` becomes for workspace view ``ws``; None when nothing is visible."""
+    return PreparedEvent(event).shape(ws)
+
+
+def is_visible(path: str, ws: Workspace) -> bool:
+    """Whether a node at ``path`` (leading/trailing ``/`` allowed) is visible in ``ws``."""
+    return locate(internal_path(path), ws) is not None
+
+
+def policies_allow_read(policies_json: str | None, subjects: frozenset[str]) -> bool:
+    """Whether the policies allow ``READ`` to one of ``subjects``."""
+    return subjects_allowed(read_policy(policies_json), subjects)
 
 
 def node(path: str, uuid: str = "n1", **extra: Any) -> dict[str, Any]:
@@ -267,13 +284,13 @@ def test_malformed_events_raise(event: Any) -> None:
 def test_malformed_message_names_the_field() -> None:
     """The error says which node field is wrong."""
     with pytest.raises(MalformedEvent, match="Source.Path"):
-        validate_event({"Source": {"Path": 1}})
+        validate({"Source": {"Path": 1}})
 
 
 def test_validate_returns_the_type() -> None:
     """A well-formed event validates to its type name, CREATE when absent."""
-    assert validate_event({"Target": node("a", Size="1", MTime=2, MetaStore={"k": "v"})}) == "CREATE"
-    assert validate_event({"Type": "DELETE", "Source": node("a"), "Silent": True}) == "DELETE"
+    assert validate({"Target": node("a", Size="1", MTime=2, MetaStore={"k": "v"})}) == "CREATE"
+    assert validate({"Type": "DELETE", "Source": node("a"), "Silent": True}) == "DELETE"
 
 
 # -- the handler: fan-out -----------------------------------------------------------------------

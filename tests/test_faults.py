@@ -11,8 +11,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from tests.daemon import new_prefix, start_daemon, token
-from tests.wsclient import Client, connect
+from tests.support.daemon import new_prefix, start_daemon, token
+from tests.support.wsclient import Client, connect
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -56,7 +56,7 @@ async def test_shutdown_drops_peers_that_ignore_the_close_within_the_timeout() -
     assert await polite.wait_closed() == (1000, "server shutting down")
     mute.lost.addTimeout(1, reactor)
     await mute.lost
-    assert not daemon.service.gateway.sessions
+    assert not daemon.service.gateway.table
 
 
 async def next_matching(client: Client, match: Callable[[Any], bool], limit: int = 10) -> Any:
@@ -71,13 +71,13 @@ async def next_matching(client: Client, match: Callable[[Any], bool], limit: int
 @pytest_twisted.ensureDeferred
 async def test_chat_during_a_redis_outage_gets_an_error_not_a_hang() -> None:
     """With Redis down, a chat POST is answered at once with an error frame; the socket stays usable after Redis returns."""
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
     from tests.test_integration import healthz
 
     with RedisServer() as redis:
         daemon = await start_daemon(new_prefix(), redis=redis.endpoint)
         try:
-            await daemon.service._redis_commands.whenConnected()
+            await daemon.service.redis_commands.whenConnected()
             alice = await connect(daemon.port, "/chat")
             await alice.subscribe(token("alice"))
             room = {"Type": "GLOBAL", "RoomTypeObject": "outage"}
@@ -90,7 +90,7 @@ async def test_chat_during_a_redis_outage_gets_an_error_not_a_hang() -> None:
 
             redis.kill()
             for _ in range(3000):  # each try is an HTTP round trip: wait until the daemon has seen the outage
-                if await healthz(daemon.port) == 503 and not daemon.service._redis_commands.connected:
+                if await healthz(daemon.port) == 503 and not daemon.service.redis_commands.connected:
                     break
             else:
                 raise AssertionError("the daemon never noticed the Redis outage")
@@ -99,7 +99,7 @@ async def test_chat_during_a_redis_outage_gets_an_error_not_a_hang() -> None:
             assert error == {"@type": "error", "error": "POST: the chat store is unavailable, try again later"}
 
             redis.start()  # a fresh, empty Redis (no persistence): the room must be joined again
-            for back in (daemon.service._redis_commands.whenConnected(), daemon.service.bus.whenConnected()):
+            for back in (daemon.service.redis_commands.whenConnected(), daemon.service.bus.whenConnected()):
                 back.addTimeout(20, reactor)
                 await back
             alice.send_json({"@type": "JOIN", "Room": room})
@@ -125,6 +125,6 @@ async def test_a_peer_that_does_not_answer_pings_is_dropped() -> None:
         mute.lost.addTimeout(6, reactor)
         await mute.lost
         assert polite.state == polite.STATE_OPEN
-        assert len(daemon.service.gateway.sessions) == 1
+        assert len(daemon.service.gateway.table) == 1
     finally:
         await daemon.stop()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from tests.daemon import new_prefix, start_daemon, token, workspace
-from tests.wsclient import connect
+from tests.support.daemon import new_prefix, start_daemon, token, workspace
+from tests.support.wsclient import connect
 from wsgw.web.inbound import InboundPolicy, PeerCounts
 
 HOME = workspace("w-home", "home", "ds/home")
@@ -136,7 +136,7 @@ async def test_many_unauthenticated_sockets_are_closed_at_the_auth_timeout() -> 
         await member.subscribe(token("alice", [HOME]))
         for client in idle:
             assert await client.wait_closed() == (4001, "authentication timeout")
-        (left,) = daemon.service.gateway.sessions
+        (left,) = daemon.service.gateway.table
         assert left.access is not None and left.access.login == "alice"
     finally:
         await daemon.stop()

@@ -7,8 +7,8 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
 
-from tests.daemon import Publisher, new_prefix, start_daemon, token, workspace
-from tests.wsclient import connect
+from tests.support.daemon import Publisher, new_prefix, start_daemon, token, workspace
+from tests.support.wsclient import connect
 
 PERSONAL = workspace("ws-alice", "personal-files", "pydiods1/personal/alice")
 COMMON = workspace("ws-common", "common-files", "pydiods1/common")
@@ -240,7 +240,7 @@ async def test_redis_restart_in_the_middle() -> None:
     """Redis dies and comes back: /healthz goes 503 then 200, the bus re-subscribes, later events still arrive."""
     from twisted.internet import reactor
 
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     prefix = new_prefix()
     with RedisServer() as redis:

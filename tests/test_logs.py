@@ -14,9 +14,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger, formatEventAsClassicLogText, globalLogPublisher
 
-from tests.daemon import SECRET, new_prefix, start_daemon, token, workspace
-from tests.test_twistd import free_port, spawn
-from tests.wsclient import TIMEOUT, connect
+from tests.support.daemon import SECRET, new_prefix, start_daemon, token, workspace
+from tests.support.redis_server import free_port
+from tests.support.twistd import spawn
+from tests.support.wsclient import TIMEOUT, connect
 from wsgw.logs import REDACTED, event_as_json, use_json_for_twistd
 
 HOME = workspace("w-home", "home", "ds/home")
@@ -152,7 +153,7 @@ async def test_twistd_json_logs_are_one_object_per_line_without_secrets(tmp_path
 async def test_no_secret_reaches_any_log_observer_in_process(tmp_path: Path) -> None:
     """Every log event of an in-process daemon, rendered as text and as JSON, is free of tokens and secrets,
     including the Redis password when Redis refuses it."""
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     events: list[dict[str, Any]] = []
     observer = captured(events)
@@ -166,7 +167,7 @@ async def test_no_secret_reaches_any_log_observer_in_process(tmp_path: Path) -> 
                 used = await try_every_credential(daemon.port, daemon.admin_port, token("alice", [HOME]))
             finally:
                 await daemon.stop()
-            from wsgw.bus.redis import RedisCommands
+            from wsgw.redis.connection import RedisCommands
 
             refused: Deferred[None] = Deferred()
 

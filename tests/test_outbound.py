@@ -11,9 +11,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
-from tests.daemon import new_prefix, start_daemon, token, workspace
-from tests.wsclient import connect
-from wsgw.sessions import Session, SessionTable
+from tests.support.daemon import new_prefix, start_daemon, token, workspace
+from tests.support.wsclient import connect
 from wsgw.web.outbound import FrameCache, Outbound, frame_header
 
 HOME = workspace("ws-home", "home", "pydiods1/home")
@@ -135,23 +134,6 @@ def test_flush_before_a_close_keeps_the_order_of_the_queue() -> None:
     out.write(b"second")
     out.flush()
     assert transport.value() == b"first second" and out.pending == (0, 0)
-
-
-def test_login_and_sub_indexes_hold_one_session_or_a_set() -> None:
-    """A login with one session and a login with two both look up right, and removing one leaves the other."""
-    from tests.test_sessions import access  # the table's own test helpers build Access values
-
-    table = SessionTable()
-    a, b = Session(object()), Session(object())  # type: ignore[arg-type]
-    for s in (a, b):
-        table.add(s)
-        table.subscribe(s, access("alice"))
-    assert table.with_login("alice") == {a, b} and table.with_sub("sub-alice") == {a, b}
-    table.remove(a)
-    assert table.with_login("alice") == {b}
-    assert table.admins() | table.with_login("alice") == {b}
-    table.remove(b)
-    assert table.with_login("alice") == frozenset() and table.with_sub("sub-alice") == frozenset()
 
 
 def _event(seq: int, pad: int) -> bytes:

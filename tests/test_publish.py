@@ -14,8 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
-from tests.daemon import REDIS, SECRET, channels, new_prefix, start_daemon, token, workspace
-from tests.wsclient import connect
+from tests.support.daemon import REDIS, SECRET, channels, new_prefix, start_daemon, token, workspace
+from tests.support.wsclient import connect
 from wsgw.publish import PublishError, client_endpoint, load_config, main, publish
 
 HOME = workspace("w-home", "home", "ds/home")

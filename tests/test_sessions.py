@@ -58,13 +58,15 @@ def test_views_for_paths_does_not_alias_the_index() -> None:
 
 
 def test_resubscribe_and_remove_leave_no_trace() -> None:
-    """Replacing access moves the session between index entries; removing it empties every index."""
+    """Replacing access moves the session between index entries; unsubscribing and removing it (as its endpoint
+    and the gateway do at close) empties every index."""
     table = SessionTable()
     session = subscribed(table, access("alice", HOME, roles=("r1",), profile="admin"))
     table.subscribe(session, access("alice2", MULTI))
     assert table.with_login("alice") == set() and table.with_role("r1") == set() and table.admins() == set()
     assert table.views_for_paths(["ds/home/alice/f"]) == {}
     assert table.views_for_paths(["ds/a/f"]) == {MULTI: {session}}
+    table.unsubscribe(session)
     table.remove(session)
     assert len(table) == 0
     assert table._by_root == {} and table._by_login == {} and table._by_workspace == {}
@@ -75,8 +77,23 @@ def test_unsubscribed_session_stays_in_the_table() -> None:
     table = SessionTable()
     session = subscribed(table, access("alice", HOME))
     table.unsubscribe(session)
-    assert session in table and table.subscribed == 0
+    assert session in table and session.access is None
     assert table.with_login("alice") == set()
+
+
+def test_login_and_sub_indexes_hold_one_session_or_a_set() -> None:
+    """A login with one session and a login with two both look up right, and removing one leaves the other."""
+    table = SessionTable()
+    a, b = Session(RecordingConnection()), Session(RecordingConnection())
+    for s in (a, b):
+        table.add(s)
+        table.subscribe(s, access("alice"))
+    assert table.with_login("alice") == {a, b} and table.with_sub("sub-alice") == {a, b}
+    table.unsubscribe(a)
+    assert table.with_login("alice") == {b}
+    assert table.admins() | table.with_login("alice") == {b}
+    table.unsubscribe(b)
+    assert table.with_login("alice") == frozenset() and table.with_sub("sub-alice") == frozenset()
 
 
 def test_subjects() -> None:

@@ -37,9 +37,9 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from zope.interface import provider
 
-from tests.daemon import SECRET, Daemon, channels, new_prefix, start_daemon, token, workspace
-from tests.redis_server import REDIS_SERVER, RedisServer, free_port
-from tests.wsclient import TIMEOUT, Client, connect
+from tests.support.daemon import SECRET, Daemon, channels, new_prefix, start_daemon, token, workspace
+from tests.support.redis_server import REDIS_SERVER, RedisServer, free_port
+from tests.support.wsclient import TIMEOUT, Client, connect
 from wsgw.config import config_from_string
 from wsgw.service import GatewayService
 

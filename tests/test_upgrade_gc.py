@@ -7,8 +7,8 @@ import gc
 import pytest_twisted
 from twisted.web.http import HTTPChannel
 
-from tests.daemon import new_prefix, start_daemon, token, workspace
-from tests.wsclient import connect
+from tests.support.daemon import new_prefix, start_daemon, token, workspace
+from tests.support.wsclient import connect
 
 
 def _orphan_channels() -> int:

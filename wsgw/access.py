@@ -1,16 +1,34 @@
-"""A session's access: who the user is and which workspaces (and roots) they can see."""
+"""A session's access (PROTOCOL.md §3): who the user is and which workspaces (and roots) they can see.
+
+Also the two ways a subscribe is refused, as the core sees them: ``AuthError``
+(the token) and ``AccessError`` (the access), whatever adapter raised them.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 
+class AuthError(Exception):
+    """The token was refused; the message is a reason fit for the client and never contains the token."""
+
+
 class AccessError(Exception):
     """The user's access could not be established (bad claims, resolver backend down)."""
+
+
+def login_claim(claims: Mapping[str, Any]) -> str | None:
+    """The login a token names (PROTOCOL.md §2): ``name``, else ``preferred_username``; None when that is
+    not a non-empty string."""
+    login = claims.get("name")
+    if login is None:
+        login = claims.get("preferred_username")
+    return login if isinstance(login, str) and login else None
 
 
 def default_root_key(uuid: str, path: str) -> str:
@@ -56,6 +74,7 @@ class Access:
 
     @property
     def is_admin(self) -> bool:
+        """Whether the profile is ``admin`` (PROTOCOL.md §4.2, §4.3)."""
         return self.profile == "admin"
 
 
@@ -103,13 +122,9 @@ def _parse_root(slug: str, root: object) -> Root:
     return Root(uuid, path, key)
 
 
-def access_from_document(login: str, sub: str, doc: dict, exp: int | None) -> Access:
+def access_from_document(login: str, sub: str, doc: Mapping[str, Any], exp: int | None) -> Access:
     """Build an Access from ``{"profile","roles","workspaces"}`` (claims or the http resolver's answer)."""
     profile = doc.get("profile") or "standard"
     if not isinstance(profile, str):
         raise AccessError("profile must be a string")
     return Access(login, sub, profile, parse_roles(doc.get("roles")), parse_workspaces(doc.get("workspaces")), exp)
-
-
-def all_root_paths(workspaces: Iterable[Workspace]) -> set[str]:
-    return {r.path for ws in workspaces for r in ws.roots}

@@ -1,6 +1,6 @@
 """The daemon's configuration: an INI file plus command-line overrides, validated once and frozen.
 
-Every key is declared once in ``_KEYS`` (section, key, parser, default); an
+Every key is declared once, as a field of ``Config`` (section, key, parser, default); an
 unknown section or key, or a value that does not parse, is refused at startup
 with a message naming the key and the file. Secrets come from files or the
 environment (``WSGW_HMAC_SECRET``, ``WSGW_REDIS_PASSWORD``), never from argv.
@@ -80,100 +80,64 @@ def _bool(text: str) -> bool:
     raise ValueError("must be yes or no")
 
 
-# (section, key) -> (Config attribute, parser, default as written in a file)
-_KEYS: dict[tuple[str, str], tuple[str, Callable[[str], Any], str]] = {
-    ("server", "listen"): ("listen", _lines, "tcp6:5050"),
-    ("server", "redis"): ("redis", _text, ""),
-    ("server", "redis_password_file"): ("redis_password_file", _text, ""),
-    ("server", "redis_db"): ("redis_db", _positive_int, "0"),
-    ("server", "shutdown_timeout"): ("shutdown_timeout", _positive_float, "10"),
-    ("auth", "algorithms"): ("algorithms", _words, "HS256"),
-    ("auth", "hmac_secret_file"): ("hmac_secret_file", _text, ""),
-    ("auth", "public_key_file"): ("public_key_file", _text, ""),
-    ("auth", "oidc_issuer"): ("oidc_issuer", _text, ""),
-    ("auth", "issuer"): ("issuer", _text, ""),
-    ("auth", "audience"): ("audience", _text, ""),
-    ("auth", "leeway"): ("leeway", _positive_float, "30"),
-    ("access", "resolver"): ("resolver", _choice("claims", "http"), "claims"),
-    ("access", "url"): ("access_url", _text, ""),
-    ("access", "cache_ttl"): ("access_cache_ttl", _positive_float, "10"),
-    ("delivery", "batch_window"): ("batch_window", _positive_float, "1.0"),
-    ("delivery", "silent_rate"): ("silent_rate", _positive_float, "20"),
-    ("delivery", "silent_burst"): ("silent_burst", _positive_float, "10"),
-    ("delivery", "pacing_rate"): ("pacing_rate", _positive_float, "30"),
-    ("delivery", "pacing_burst"): ("pacing_burst", _positive_float, "20"),
-    ("delivery", "max_queued_frames"): ("max_queued_frames", _positive_int, "10000"),
-    ("delivery", "max_queued_bytes"): ("max_queued_bytes", _positive_int, "4194304"),
-    ("websocket", "max_frame_ws"): ("max_frame_ws", _size, "2048"),
-    ("websocket", "max_frame_chat"): ("max_frame_chat", _size, "16384"),
-    ("websocket", "ping_interval"): ("ping_interval", _positive_float, "30"),
-    ("websocket", "pong_timeout"): ("pong_timeout", _positive_float, "60"),
-    ("websocket", "auth_timeout"): ("auth_timeout", _positive_float, "30"),
-    ("websocket", "inbound_rate"): ("inbound_rate", _positive_float, "20"),
-    ("websocket", "inbound_burst"): ("inbound_burst", _positive_float, "60"),
-    ("websocket", "max_connections_per_ip"): ("max_connections_per_ip", _positive_int, "0"),
-    ("websocket", "allowed_origins"): ("allowed_origins", _words, ""),
-    ("admin", "listen"): ("admin_listen", _lines, "tcp:5051:interface=127.0.0.1"),
-    ("admin", "publish_token_file"): ("publish_token_file", _text, ""),
-    ("log", "format"): ("log_format", _choice("text", "json"), "text"),
-    ("web", "live_page"): ("live_page", _bool, "no"),
-    ("chat", "history_cap"): ("history_cap", _positive_int, "1000"),
-    ("chat", "presence_timeout"): ("presence_timeout", _positive_float, "20"),
-    ("chat", "max_message_chars"): ("max_message_chars", _positive_int, "8000"),
-    ("chat", "key_prefix"): ("chat_key_prefix", _text, "wsgw:chat:"),
-}
-_KEYS.update({("topics", t): (f"topic_{t}", _text, channel) for t, channel in DEFAULT_TOPICS.items()})
+Parser = Callable[[str], Any]
+
+
+def _key(section: str, key: str, parse: Parser, default: str) -> Any:
+    """The one declaration of a configuration key: its ``[section] key``, parser and default as a file writes it."""
+    return attrs.field(metadata={"ini": (section, key, parse, default)})
 
 
 @attrs.frozen
 class Config:
-    """The validated configuration (see ``etc/wsgw.ini`` for every key, documented)."""
+    """The validated configuration (``etc/wsgw.ini`` documents every key)."""
 
-    listen: tuple[str, ...]
-    redis: str
-    redis_password_file: str
-    redis_db: int
-    shutdown_timeout: float
-    algorithms: tuple[str, ...]
-    hmac_secret_file: str
-    public_key_file: str
-    oidc_issuer: str
-    issuer: str
-    audience: str
-    leeway: float
-    resolver: str
-    access_url: str
-    access_cache_ttl: float
-    batch_window: float
-    silent_rate: float
-    silent_burst: float
-    pacing_rate: float
-    pacing_burst: float
-    max_queued_frames: int
-    max_queued_bytes: int
-    max_frame_ws: int
-    max_frame_chat: int
-    ping_interval: float
-    pong_timeout: float
-    auth_timeout: float
-    inbound_rate: float
-    inbound_burst: float
-    max_connections_per_ip: int
-    allowed_origins: tuple[str, ...]
-    admin_listen: tuple[str, ...]
-    publish_token_file: str
-    log_format: str
-    live_page: bool
-    history_cap: int
-    presence_timeout: float
-    max_message_chars: int
-    chat_key_prefix: str
-    topic_tree: str
-    topic_meta: str
-    topic_tasks: str
-    topic_idm: str
-    topic_activity: str
-    topic_chat: str
+    listen: tuple[str, ...] = _key("server", "listen", _lines, "tcp6:5050")
+    redis: str = _key("server", "redis", _text, "")
+    redis_password_file: str = _key("server", "redis_password_file", _text, "")
+    redis_db: int = _key("server", "redis_db", _positive_int, "0")
+    shutdown_timeout: float = _key("server", "shutdown_timeout", _positive_float, "10")
+    algorithms: tuple[str, ...] = _key("auth", "algorithms", _words, "HS256")
+    hmac_secret_file: str = _key("auth", "hmac_secret_file", _text, "")
+    public_key_file: str = _key("auth", "public_key_file", _text, "")
+    oidc_issuer: str = _key("auth", "oidc_issuer", _text, "")
+    issuer: str = _key("auth", "issuer", _text, "")
+    audience: str = _key("auth", "audience", _text, "")
+    leeway: float = _key("auth", "leeway", _positive_float, "30")
+    resolver: str = _key("access", "resolver", _choice("claims", "http"), "claims")
+    access_url: str = _key("access", "url", _text, "")
+    access_cache_ttl: float = _key("access", "cache_ttl", _positive_float, "10")
+    batch_window: float = _key("delivery", "batch_window", _positive_float, "1.0")
+    silent_rate: float = _key("delivery", "silent_rate", _positive_float, "20")
+    silent_burst: float = _key("delivery", "silent_burst", _positive_float, "10")
+    pacing_rate: float = _key("delivery", "pacing_rate", _positive_float, "30")
+    pacing_burst: float = _key("delivery", "pacing_burst", _positive_float, "20")
+    max_paced_frames: int = _key("delivery", "max_paced_frames", _positive_int, "10000")
+    max_queued_frames: int = _key("delivery", "max_queued_frames", _positive_int, "10000")
+    max_queued_bytes: int = _key("delivery", "max_queued_bytes", _positive_int, "4194304")
+    max_frame_ws: int = _key("websocket", "max_frame_ws", _size, "2048")
+    max_frame_chat: int = _key("websocket", "max_frame_chat", _size, "16384")
+    ping_interval: float = _key("websocket", "ping_interval", _positive_float, "30")
+    pong_timeout: float = _key("websocket", "pong_timeout", _positive_float, "60")
+    auth_timeout: float = _key("websocket", "auth_timeout", _positive_float, "30")
+    inbound_rate: float = _key("websocket", "inbound_rate", _positive_float, "20")
+    inbound_burst: float = _key("websocket", "inbound_burst", _positive_float, "60")
+    max_connections_per_ip: int = _key("websocket", "max_connections_per_ip", _positive_int, "0")
+    allowed_origins: tuple[str, ...] = _key("websocket", "allowed_origins", _words, "")
+    admin_listen: tuple[str, ...] = _key("admin", "listen", _lines, "tcp:5051:interface=127.0.0.1")
+    publish_token_file: str = _key("admin", "publish_token_file", _text, "")
+    log_format: str = _key("log", "format", _choice("text", "json"), "text")
+    live_page: bool = _key("web", "live_page", _bool, "no")
+    history_cap: int = _key("chat", "history_cap", _positive_int, "1000")
+    presence_timeout: float = _key("chat", "presence_timeout", _positive_float, "20")
+    max_message_chars: int = _key("chat", "max_message_chars", _positive_int, "8000")
+    chat_key_prefix: str = _key("chat", "key_prefix", _text, "wsgw:chat:")
+    topic_tree: str = _key("topics", "tree", _text, DEFAULT_TOPICS["tree"])
+    topic_meta: str = _key("topics", "meta", _text, DEFAULT_TOPICS["meta"])
+    topic_tasks: str = _key("topics", "tasks", _text, DEFAULT_TOPICS["tasks"])
+    topic_idm: str = _key("topics", "idm", _text, DEFAULT_TOPICS["idm"])
+    topic_activity: str = _key("topics", "activity", _text, DEFAULT_TOPICS["activity"])
+    topic_chat: str = _key("topics", "chat", _text, DEFAULT_TOPICS["chat"])
     hmac_secret: bytes | None = attrs.field(default=None, repr=False)
     public_key_pem: bytes | None = attrs.field(default=None, repr=False)
     redis_password: str | None = attrs.field(default=None, repr=False)
@@ -184,6 +148,14 @@ class Config:
     def topics(self) -> dict[str, str]:
         """Logical topic -> bus channel."""
         return {t: getattr(self, f"topic_{t}") for t in DEFAULT_TOPICS}
+
+
+# (section, key) -> (Config attribute, parser, default as written in a file), read off the declarations above
+_KEYS: dict[tuple[str, str], tuple[str, Parser, str]] = {
+    (ini[0], ini[1]): (f.name, ini[2], ini[3])
+    for f in attrs.fields(Config)
+    if (ini := f.metadata.get("ini")) is not None
+}
 
 
 def config_from_string(
@@ -253,7 +225,7 @@ def _secret(source: str, key: str, path: str, from_env: str | None) -> bytes | N
 
 
 def _check(config: Config) -> None:
-    from wsgw.auth import validate_algorithms
+    from wsgw.auth.tokens import validate_algorithms
 
     try:
         validate_algorithms(

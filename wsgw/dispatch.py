@@ -1,15 +1,21 @@
-"""Topic -> handler routing for bus messages: decode once, isolate each handler's failures, count."""
+"""Topic -> handler routing for bus messages (PROTOCOL.md §4): decode once, isolate each handler's failures, count."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from wsgw.events import MalformedEvent, TopicHandler
+from wsgw.frames import MalformedEvent
+
+
+class TopicHandler(Protocol):
+    """What the dispatcher calls for each decoded event of a topic; raises MalformedEvent for a bad shape."""
+
+    def handle(self, event: dict[str, Any]) -> None: ...
 
 
 class Dispatcher:
@@ -31,6 +37,7 @@ class Dispatcher:
         self.crashed: Counter[str] = Counter()
 
     def __call__(self, topic: str, payload: bytes) -> None:
+        """One bus message: ``payload`` is the event's JSON text, ``topic`` its logical topic."""
         self.received[topic] += 1
         handler = self._handlers.get(topic)
         if handler is None:

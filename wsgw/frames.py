@@ -1,9 +1,25 @@
-"""Serialization of frames: each distinct frame is encoded once and the bytes are reused."""
+"""The wire vocabulary the core shares (PROTOCOL.md §2, §4, §6).
+
+- ``encode``: a JSON value as the UTF-8 bytes of one text frame, serialized
+  once and reused for every recipient;
+- ``error``: the ``{"@type":"error","error":reason}`` frame;
+- the close codes of §6 (RFC 6455 codes and the 4000-range ones of Cells);
+- ``MalformedEvent`` and ``field``: how a topic's rules refuse a bus event
+  of the wrong shape (the dispatcher logs, counts and drops it).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+CLOSE_NORMAL = 1000
+CLOSE_BAD_DATA = 1003
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013
+CLOSE_AUTH = 4001
+CLOSE_SLOW = 4008
+CLOSE_FLOOD = 4029
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _ascii_encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
@@ -24,3 +40,28 @@ def encode(obj: Any) -> bytes:
 def error(reason: str) -> bytes:
     """The ``{"@type":"error","error":reason}`` frame."""
     return encode({"@type": "error", "error": reason})
+
+
+class MalformedEvent(ValueError):
+    """A bus event that does not have the shape of its topic; the message names the offending field."""
+
+
+def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    """``obj[name]`` checked against ``kind``; ``default`` when absent or null; MalformedEvent otherwise.
+
+    A boolean is not a number here (JSON ``true`` is no ``int``), unless ``kind`` names ``bool``.
+    """
+    value = obj.get(name)
+    if value is None:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise MalformedEvent(f"{name} must be {_describe(kinds)}")
+    return value
+
+
+_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def _describe(kinds: tuple[type, ...]) -> str:
+    return " or ".join(_NAMES.get(k, k.__name__) for k in kinds)

@@ -1,24 +1,63 @@
-"""The seams of the gateway: what the core needs from sockets, the bus, stores and resolvers."""
+"""The seams of the gateway: what the core needs from sockets, endpoints, the bus, stores and resolvers.
+
+Adapters (Autobahn protocols, the Redis bus, pyjwt, the HTTP resolver, the
+Redis chat store) provide these; the core only ever sees these interfaces.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
+if TYPE_CHECKING:
+    from wsgw.access import Access
+    from wsgw.sessions import Session
+
 
 class IConnection(Interface):
-    """One client socket as the core sees it (the Autobahn protocol implements it)."""
+    """One client socket as the core sees it (``wsgw.web.protocols.GatewayProtocol`` implements it)."""
 
     peer = Attribute("A printable description of the remote end, for logs.")
 
     def send(payload: bytes) -> None:
         """Queue one text frame; ``payload`` is UTF-8 encoded JSON, serialized once by the caller."""
 
-    def close(code: int, reason: str) -> None:
-        """Close the socket with a WebSocket close code and reason."""
+    def close(code: int, reason: str) -> bool:
+        """Start the closing handshake with a close code (PROTOCOL.md §6) and a reason of at most 123 bytes.
+
+        Returns whether this call started it (False when the socket was closing or closed already).
+        """
 
     def abort() -> None:
         """Drop the TCP connection at once (a peer that did not finish the close handshake in time)."""
+
+
+class IEndpoint(Interface):
+    """What one WebSocket path (``/ws`` events, ``/chat``) does with its sessions; the gateway talks to it.
+
+    The gateway owns the session's life (open, subscribe and unsubscribe, timers, close) and calls
+    these in that order; the endpoint owns what its sessions receive.
+    """
+
+    name = Attribute("The endpoint's name in logs and metrics labels: 'ws' or 'chat'.")
+
+    def opened(session: Session) -> None:
+        """A socket finished its opening handshake on this endpoint."""
+
+    def subscribe(session: Session, access: Access) -> None:
+        """The session's token was verified and its access resolved: set ``session.access``, replacing any."""
+
+    def unsubscribe(session: Session) -> None:
+        """The client unsubscribed: clear ``session.access``; the socket stays open and receives nothing."""
+
+    def receive(session: Session, frame: dict[str, Any]) -> Deferred[None] | None:
+        """A client frame other than subscribe and unsubscribe; a Deferred when it is handled later."""
+
+    def closed(session: Session) -> None:
+        """The socket is gone: forget everything about the session."""
 
 
 class IBus(Interface):
@@ -26,74 +65,86 @@ class IBus(Interface):
 
     connected = Attribute("True while the bus can deliver and publish.")
     state = Attribute("A short human readable state, for /healthz (e.g. 'connected', 'connecting').")
+    topics = Attribute("Mapping[str, str]: logical topic -> channel (a copy).")
 
-    def listen(callback) -> None:
+    def listen(callback: Callable[[str, bytes], object]) -> None:
         """Deliver every message received on a subscribed topic as ``callback(topic, payload: bytes)``.
 
         ``topic`` is the logical topic name (a key of the configured topic map), not the channel.
         """
 
-    def publish(topic: str, payload: bytes):
-        """Publish ``payload`` on ``topic``; returns a Deferred that fires when it has been handed to the bus."""
+    def publish(topic: str, payload: bytes) -> Deferred[Any]:
+        """Publish ``payload`` on ``topic``; fires once the bus took it (ValueError for an unknown topic)."""
+
+    def whenConnected() -> Deferred[Any]:
+        """Fires once the bus can deliver and publish (now, or after the next (re)connect)."""
+
+    def whenSubscribed() -> Deferred[Any]:
+        """Fires once every topic is subscribed (now, or after the next (re)connect)."""
 
 
 class IAccessResolver(Interface):
-    """Turns verified token claims into the session's Access."""
+    """Turns verified token claims into the session's Access (PROTOCOL.md §3)."""
 
-    def resolve(token: str, claims: dict):
-        """Return a Deferred firing with an ``wsgw.access.Access``, or failing with ``AccessError``."""
+    def resolve(token: str, claims: Mapping[str, Any]) -> Deferred[Access]:
+        """Fires with an ``wsgw.access.Access``, or fails with ``AccessError``."""
 
 
 class ITokenVerifier(Interface):
-    """Verifies a JWT."""
+    """Verifies a JWT (PROTOCOL.md §2)."""
 
-    def verify(token: str):
-        """Return a Deferred firing with the verified claims dict, or failing with ``AuthError``."""
+    def verify(token: str) -> Deferred[dict[str, Any]]:
+        """Fires with the verified claims (``name`` set to the login), or fails with ``AuthError``."""
 
 
 class IChatStore(Interface):
-    """Chat rooms and messages (Redis or in memory). Every method returns a Deferred."""
+    """Chat rooms and messages (PROTOCOL.md §5.1), in Redis or in memory. Every method returns a Deferred.
 
-    def find_room(type: str, type_object: str) -> Deferred:
+    Rooms and messages are the JSON-ready dicts of ``wsgw.chat.model``; times come from the caller's clock.
+    Failures: ``wsgw.chat.model.StoreUnavailable`` when the store cannot be reached (nothing changed),
+    and the ones each method names.
+    """
+
+    def find_room(type: str, type_object: str) -> Deferred[Any]:
         """The room identified by ``(type, type_object)``, or None."""
 
-    def get_room(room_uuid: str) -> Deferred:
+    def get_room(room_uuid: str) -> Deferred[Any]:
         """The room with that Uuid, or None."""
 
-    def find_or_create_room(type: str, type_object: str, label: str, now: float) -> Deferred:
+    def find_or_create_room(type: str, type_object: str, label: str, now: float) -> Deferred[Any]:
         """The room identified by ``(type, type_object)``, created if needed; fires ``(room, created)``.
 
         Two concurrent calls, from any instances, end with one room.
         """
 
-    def touch_user(room_uuid: str, login: str, now: float, stale_before: float) -> Deferred:
+    def touch_user(room_uuid: str, login: str, now: float, stale_before: float) -> Deferred[Any]:
         """Mark ``login`` present (last seen ``now``), prune presences older than ``stale_before``.
 
         Fires ``(room, changed)`` where ``changed`` says ``Users`` changed; ``(None, False)``
         when the room does not exist.
         """
 
-    def remove_user(room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
+    def remove_user(room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred[Any]:
         """Remove ``login`` from ``Users``; with ``idle_since``, only if not seen after it.
 
         Fires ``(room, changed)``; ``(None, False)`` when the room does not exist.
         """
 
-    def post_message(message: dict, cap: int) -> Deferred:
+    def post_message(message: dict[str, Any], cap: int) -> Deferred[None]:
         """Append ``message`` to its room's history, dropping the oldest beyond ``cap``.
 
         Fails with NoSuchRoom when ``message["RoomUuid"]`` does not exist.
         """
 
-    def edit_message(room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
+    def edit_message(room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred[Any]:
         """Replace the text of a message written by ``author``; the old text is appended to
         ``Activity.items`` as ``{"markdown": old, "updated": updated}``. Fires the new message;
         fails with NoSuchMessage or NotAuthor (and changes nothing)."""
 
-    def delete_message(room_uuid: str, message_uuid: str, author: str) -> Deferred:
+    def delete_message(room_uuid: str, message_uuid: str, author: str) -> Deferred[Any]:
         """Delete a message written by ``author``; fires the deleted message; fails with
         NoSuchMessage or NotAuthor (and changes nothing)."""
 
-    def page(room_uuid: str, offset: int, limit: int) -> Deferred:
+    def page(room_uuid: str, offset: int, limit: int) -> Deferred[Any]:
         """Messages oldest first: walking back from the newest, skip ``offset``, take ``limit``
         (``limit`` 0: all the rest). An unknown room has no messages."""

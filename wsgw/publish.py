@@ -77,7 +77,7 @@ async def publish(reactor: Any, config: Config, topic: str, payload: bytes, time
 
 
 async def _publish_redis(reactor: Any, config: Config, topic: str, payload: bytes, timeout: float) -> str:
-    from wsgw.bus.redis import RedisCommands
+    from wsgw.redis.connection import RedisCommands
 
     channel = config.topics[topic]
     redis = RedisCommands(reactor, config.redis, password=config.redis_password, db=config.redis_db,

@@ -19,23 +19,27 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsgw.auth import TokenVerifier
+from wsgw.auth.resolvers import ClaimsResolver, HttpResolver
+from wsgw.auth.tokens import TokenVerifier
 from wsgw.bus.memory import MemoryBus
-from wsgw.bus.redis import RedisBus, RedisCommands
-from wsgw.chat.rooms import ChatService
-from wsgw.chat.store import MemoryChatStore, RedisChatStore
+from wsgw.bus.redis import RedisBus
+from wsgw.chat import model as chat_model
+from wsgw.chat.memory_store import MemoryChatStore
+from wsgw.chat.redis_store import RedisChatStore
+from wsgw.chat.service import ChatService
 from wsgw.config import Config
 from wsgw.dispatch import Dispatcher
-from wsgw.events.activity import ActivityHandler
-from wsgw.events.idm import IdmHandler
-from wsgw.events.nodes import NodeHandler
-from wsgw.events.tasks import TaskHandler
-from wsgw.gateway import CLOSE_NORMAL, Gateway
-from wsgw.resolvers import ClaimsResolver, HttpResolver
-from wsgw.web.admin import Metrics, make_admin_site
+from wsgw.events import activity, idm, nodes, tasks
+from wsgw.events.endpoint import EventsEndpoint
+from wsgw.frames import CLOSE_NORMAL
+from wsgw.gateway import Gateway
+from wsgw.interfaces import IAccessResolver, IChatStore
+from wsgw.internals.twisted import clear_exit_signal
+from wsgw.redis.connection import RedisCommands, RedisLink
 from wsgw.web.inbound import InboundPolicy, PeerCounts
+from wsgw.web.metrics import Metrics, MetricsView
 from wsgw.web.protocols import GatewayFactory
-from wsgw.web.site import make_site
+from wsgw.web.site import make_admin_site, make_site
 
 
 class GatewayService(MultiService):
@@ -48,13 +52,15 @@ class GatewayService(MultiService):
         self.config = config
         self._reactor = reactor
         clock: IReactorTime = reactor
-        self._redis_commands: RedisCommands | None = None
+        self.redis_commands: RedisCommands | None = None
+        self.bus: MemoryBus | RedisBus
+        store: IChatStore
         if config.redis:
-            self.bus: Any = RedisBus(reactor, config.redis, config.topics, password=config.redis_password,
-                                     db=config.redis_db)
-            self._redis_commands = RedisCommands(reactor, config.redis, password=config.redis_password,
-                                                 db=config.redis_db, role="chat store")
-            store: Any = RedisChatStore(self._redis_commands, prefix=config.chat_key_prefix)
+            self.bus = RedisBus(reactor, config.redis, config.topics, password=config.redis_password,
+                                db=config.redis_db)
+            self.redis_commands = RedisCommands(reactor, config.redis, password=config.redis_password,
+                                                db=config.redis_db, role="chat store")
+            store = RedisChatStore(self.redis_commands, prefix=config.chat_key_prefix)
         else:
             self.bus = MemoryBus(config.topics)
             store = MemoryChatStore()
@@ -69,32 +75,37 @@ class GatewayService(MultiService):
             public_key_pem=config.public_key_pem, oidc_issuer=config.oidc_issuer or None,
             audience=config.audience or None, issuer=config.issuer or None, leeway=config.leeway,
         )
+        resolver: IAccessResolver
         if config.resolver == "http":
-            resolver: Any = HttpResolver(clock, config.access_url, cache_ttl=config.access_cache_ttl)
+            resolver = HttpResolver(clock, config.access_url, cache_ttl=config.access_cache_ttl)
         else:
             resolver = ClaimsResolver()
-        self.gateway = Gateway(
-            clock, verifier, resolver, self.chat, auth_timeout=config.auth_timeout, leeway=config.leeway,
-            pacing_rate=config.pacing_rate, pacing_burst=config.pacing_burst,
-            max_queued_frames=config.max_queued_frames,
-        )
+        self.gateway = Gateway(clock, verifier, resolver, auth_timeout=config.auth_timeout, leeway=config.leeway)
         table = self.gateway.table
-        self.nodes = NodeHandler(table, clock, batch_window=config.batch_window, silent_rate=config.silent_rate,
-                                 silent_burst=config.silent_burst)
-        self.handlers: dict[str, Any] = {
-            "tree": self.nodes,
-            "meta": self.nodes,
-            "tasks": TaskHandler(table),
-            "idm": IdmHandler(table),
-            "activity": ActivityHandler(table),
-            "chat": self.chat,
+        self.events = EventsEndpoint(table, clock, self.gateway.too_slow, pacing_rate=config.pacing_rate,
+                                     pacing_burst=config.pacing_burst, max_paced_frames=config.max_paced_frames)
+        self.nodes = nodes.NodeHandler(table, clock, batch_window=config.batch_window,
+                                       silent_rate=config.silent_rate, silent_burst=config.silent_burst)
+        task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table)
+        activity_handler = activity.ActivityHandler(table)
+        self.dispatcher = Dispatcher({
+            "tree": self.nodes, "meta": self.nodes, "tasks": task_handler, "idm": idm_handler,
+            "activity": activity_handler, "chat": self.chat,
+        })
+        validators = {
+            "tree": nodes.validate, "meta": nodes.validate, "tasks": tasks.validate, "idm": idm.validate,
+            "activity": activity.validate, "chat": chat_model.validate,
         }
-        self.dispatcher = Dispatcher(self.handlers)
-        self.metrics = Metrics(self, config.topics)
+        self.metrics = Metrics(MetricsView(
+            gateway=self.gateway, dispatcher=self.dispatcher, nodes=self.nodes, chat=self.chat,
+            deliveries={"nodes": self.nodes, "tasks": task_handler, "idm": idm_handler,
+                        "activity": activity_handler, "chat": self.chat},
+            bus=self.bus, redis_links=self._redis_links,
+        ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)
-        if self._redis_commands is not None:
-            self._redis_commands.setServiceParent(self)
+        if self.redis_commands is not None:
+            self.redis_commands.setServiceParent(self)
         policy = InboundPolicy(config.inbound_rate, config.inbound_burst, config.max_connections_per_ip,
                                config.allowed_origins)
         common: dict[str, Any] = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout,
@@ -102,13 +113,14 @@ class GatewayService(MultiService):
                                       max_queued_bytes=config.max_queued_bytes,
                                       max_queued_frames=config.max_queued_frames)
         self.site = make_site(
-            GatewayFactory(self.gateway, "ws", reactor, max_frame=config.max_frame_ws, **common),
-            GatewayFactory(self.gateway, "chat", reactor, max_frame=config.max_frame_chat, **common),
+            GatewayFactory(self.gateway, self.events, reactor, clock, max_frame=config.max_frame_ws, **common),
+            GatewayFactory(self.gateway, self.chat, reactor, clock, max_frame=config.max_frame_chat, **common),
             self.bus,
             live_page=config.live_page,
         )
         self.ports: list[IListeningPort] = []
-        self.admin_site = make_admin_site(self.metrics, self.bus, config.topics, config.publish_token, clock)
+        published = {topic: check for topic, check in validators.items() if topic in config.topics}
+        self.admin_site = make_admin_site(self.metrics, self.bus, published, config.publish_token)
         self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:
@@ -127,17 +139,16 @@ class GatewayService(MultiService):
             self._log.info("{what} on {address}", what=what, address=ports[-1].getHost())
         return ports
 
-    @property
-    def redis_links(self) -> list[Any]:
+    def _redis_links(self) -> list[RedisLink]:
         """The Redis connections (bus subscriber, bus publisher, chat store commands), for metrics."""
-        links: list[Any] = list(getattr(self.bus, "links", ()))
-        if self._redis_commands is not None:
-            links.append(self._redis_commands)
+        links: list[RedisLink] = list(self.bus.links) if isinstance(self.bus, RedisBus) else []
+        if self.redis_commands is not None:
+            links.append(self.redis_commands)
         return links
 
     @inlineCallbacks
     def stopService(self) -> Generator[Deferred[Any], Any, None]:
-        self._log.info("shutting down: closing {n} sockets", n=len(self.gateway.sessions))
+        self._log.info("shutting down: closing {n} sockets", n=len(self.gateway.table))
         ports, self.ports = self.ports + self.admin_ports, []
         self.admin_ports = []
         yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
@@ -149,9 +160,8 @@ class GatewayService(MultiService):
             yield drained
         except Exception:
             self._log.warn("{n} sockets still open after {t} s: dropping them",
-                           n=len(self.gateway.sessions), t=self.config.shutdown_timeout)
-            for session in list(self.gateway.sessions):
-                session.connection.abort()
+                           n=len(self.gateway.table), t=self.config.shutdown_timeout)
+            self.gateway.abort_all()
             gone = self.gateway.when_empty()  # aborted connections are reported lost on the next reactor turns
             gone.addTimeout(1.0, self._reactor)
             yield gone.addErrback(lambda _: None)
@@ -165,6 +175,5 @@ class GatewayService(MultiService):
         yield super().stopService()
         # twistd re-raises the signal that stopped the reactor (exit status 143 for SIGTERM); a designed
         # shutdown that got this far is a success, so let it exit 0 as operators and systemd expect.
-        if getattr(self._reactor, "_exitSignal", None) is not None:
-            self._reactor._exitSignal = None
+        clear_exit_signal(self._reactor)
         self._log.info("shutdown complete")

@@ -1,31 +1,56 @@
-"""Sessions and the session table: who is connected, and indexes that find the sessions an event concerns."""
+"""Sessions, the session table and the one fan-out loop.
+
+``Session`` is one client socket and what the core holds for it. ``SessionTable``
+is the one registry of the open sessions of every endpoint, and the indexes
+(login, sub, role, workspace, admin, root path) through which the topic handlers
+find the sessions an event concerns, never by scanning. ``fan_out`` hands one
+frame to many sessions, isolating each recipient's failure.
+"""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
 
 from wsgw.access import Access, Workspace
-from wsgw.interfaces import IConnection
+from wsgw.interfaces import IConnection, IEndpoint
 from wsgw.pacing import Pacer
 
+if TYPE_CHECKING:
+    from collections.abc import Set as AbstractSet
+
 _ids = itertools.count(1)
+_log = Logger()
 
 
 class Session:
-    """One client socket and, once subscribed, the user's Access."""
+    """One client socket of an endpoint and, once subscribed, the user's Access.
 
-    __slots__ = ("sid", "endpoint", "connection", "access", "pacer", "token", "__weakref__")
+    ``state`` belongs to the endpoint (the chat keeps its per-socket state there); ``timer``
+    and ``attempt`` to the gateway (auth timeout or expiry, the count of subscribe attempts).
+    """
 
-    def __init__(self, connection: IConnection, endpoint: str = "ws") -> None:
+    __slots__ = ("sid", "endpoint", "connection", "access", "pacer", "token", "state", "timer", "attempt", "open",
+                 "__weakref__")
+
+    def __init__(self, connection: IConnection, endpoint: IEndpoint | None = None) -> None:
         self.sid = next(_ids)
         self.endpoint = endpoint
         self.connection = connection
         self.access: Access | None = None
         self.token: str | None = None
         self.pacer: Pacer | None = None
+        self.state: Any = None
+        self.timer: IDelayedCall | None = None
+        self.attempt = 0
+        self.open = True
 
     def send(self, payload: bytes) -> None:
+        """Send one frame now, past any pacing (replies, control frames)."""
         self.connection.send(payload)
 
     def send_now(self, payload: bytes) -> None:
@@ -44,7 +69,27 @@ class Session:
 
     def __repr__(self) -> str:
         who = self.access.login if self.access else "-"
-        return f"<Session {self.sid} {self.endpoint} {who}>"
+        where = self.endpoint.name if self.endpoint is not None else "-"
+        return f"<Session {self.sid} {where} {who}>"
+
+
+def fan_out(recipients: Iterable[Session], frame: bytes, send: Callable[[Session, bytes], None] = Session.send,
+            what: str = "event") -> int:
+    """Hand the same ``frame`` bytes to each recipient with ``send``; returns how many took it.
+
+    A recipient whose send raises is logged (``what`` names the kind of frame) and skipped: one broken
+    socket never stops the others. Iterates over a snapshot, since a send may close a session and shrink
+    the live index ``recipients`` came from.
+    """
+    sent = 0
+    for session in tuple(recipients):
+        try:
+            send(session, frame)
+        except Exception:  # noqa: BLE001 - isolate a broken recipient
+            _log.failure("{what} to session {sid} failed", what=what, sid=session.sid)
+        else:
+            sent += 1
+    return sent
 
 
 def _ancestors(path: str) -> Iterator[str]:
@@ -56,7 +101,8 @@ def _ancestors(path: str) -> Iterator[str]:
 
 
 class SessionTable:
-    """The subscribed sessions of one endpoint, indexed by login, sub, role, workspace and root path.
+    """Every open session (``add``/``remove``), and the subscribed event sessions indexed by login, sub, role,
+    workspace and root path (``subscribe``/``unsubscribe``).
 
     The login and sub indexes are nearly always one session per key: such a key maps to the session itself
     (a set only from the second one on), which saves two 216-byte sets per idle session.
@@ -81,11 +127,8 @@ class SessionTable:
     def __contains__(self, session: object) -> bool:
         return session in self._all
 
-    @property
-    def subscribed(self) -> int:
-        return sum(1 for s in self._all if s.access is not None)
-
     def add(self, session: Session) -> None:
+        """Register an open session (of any endpoint)."""
         self._all.add(session)
 
     def subscribe(self, session: Session, access: Access) -> None:
@@ -119,27 +162,32 @@ class SessionTable:
             for root in ws.roots:
                 views = self._by_root.get(root.path)
                 if views is not None:
-                    _unindex(views, ws, session)  # type: ignore[arg-type]
+                    _unindex(views, ws, session)
                     if not views:
                         del self._by_root[root.path]
 
     def remove(self, session: Session) -> None:
-        self.unsubscribe(session)
+        """Forget a closed session (its endpoint has unsubscribed it)."""
         self._all.discard(session)
 
-    def with_login(self, login: str) -> frozenset[Session] | set[Session]:
+    def with_login(self, login: str) -> AbstractSet[Session]:
+        """The subscribed sessions of ``login`` (a live index: copy it before sending)."""
         return _lookup_one(self._by_login, login)
 
-    def with_sub(self, sub: str) -> frozenset[Session] | set[Session]:
+    def with_sub(self, sub: str) -> AbstractSet[Session]:
+        """The subscribed sessions whose user id is ``sub``."""
         return _lookup_one(self._by_sub, sub)
 
-    def with_role(self, role: str) -> frozenset[Session] | set[Session]:
+    def with_role(self, role: str) -> AbstractSet[Session]:
+        """The subscribed sessions having role ``role``."""
         return self._by_role.get(role, _EMPTY)
 
-    def with_workspace(self, uuid: str) -> frozenset[Session] | set[Session]:
+    def with_workspace(self, uuid: str) -> AbstractSet[Session]:
+        """The subscribed sessions having workspace ``uuid``."""
         return self._by_workspace.get(uuid, _EMPTY)
 
-    def admins(self) -> set[Session]:
+    def admins(self) -> AbstractSet[Session]:
+        """The subscribed sessions of ``admin`` profile."""
         return self._admins
 
     def views_for_paths(self, paths: Iterable[str]) -> dict[Workspace, set[Session]]:
@@ -161,14 +209,14 @@ class SessionTable:
         return found
 
 
-_EMPTY: frozenset = frozenset()
+_EMPTY: frozenset[Session] = frozenset()
 
 
-def _index(index: dict, key: object, session: Session) -> None:
+def _index(index: dict[Any, set[Session]], key: object, session: Session) -> None:
     index.setdefault(key, set()).add(session)
 
 
-def _index_one(index: dict, key: object, session: Session) -> None:
+def _index_one(index: dict[str, Session | set[Session]], key: str, session: Session) -> None:
     held = index.get(key)
     if held is None:
         index[key] = session
@@ -179,7 +227,7 @@ def _index_one(index: dict, key: object, session: Session) -> None:
         held.add(session)
 
 
-def _unindex_one(index: dict, key: object, session: Session) -> None:
+def _unindex_one(index: dict[str, Session | set[Session]], key: str, session: Session) -> None:
     held = index.get(key)
     if held is session:
         del index[key]
@@ -189,16 +237,16 @@ def _unindex_one(index: dict, key: object, session: Session) -> None:
             index[key] = next(iter(held))
 
 
-def _lookup_one(index: dict, key: object) -> frozenset[Session] | set[Session]:
+def _lookup_one(index: dict[str, Session | set[Session]], key: str) -> AbstractSet[Session]:
     held = index.get(key)
     if held is None:
         return _EMPTY
     if isinstance(held, Session):
         return frozenset((held,))
-    return held  # type: ignore[no-any-return]
+    return held
 
 
-def _unindex(index: dict, key: object, session: Session) -> None:
+def _unindex(index: dict[Any, set[Session]], key: object, session: Session) -> None:
     sessions = index.get(key)
     if sessions is not None:
         sessions.discard(session)

@@ -1,107 +1,47 @@
-"""Redis on txredisapi: ``RedisCommands`` (one command connection) and ``RedisBus`` (pub/sub IBus).
+"""``RedisBus``: the event bus (``IBus``) on Redis pub/sub, for production and for several gateway instances.
 
-Each connection is kept up by a ``twisted.application.internet.ClientService``
-on an endpoint string (``tcp:host:port``, ``tls:host:port``, ``unix:path``),
-reconnecting with a capped backoff, and redoes its whole setup (AUTH, SELECT,
-SUBSCRIBE) after every (re)connect. A connection counts as up only once that
-setup has succeeded; commands issued while it is not up fail at once with
-``txredisapi.ConnectionError``, and commands in flight when it drops fail with
-it too, so nothing waits forever.
+A subscriber connection SUBSCRIBEs to every configured channel after each
+(re)connect and PINGs to notice a dead peer; a publisher connection PUBLISHes
+(and serves other commands, see ``RedisBus.commands``). Both are
+``wsgw.redis.connection.RedisLink``s.
 
-Replies: bulk strings come back as ``bytes`` (never decoded, never turned into
-numbers), integer replies as ``int``, status replies as ``str`` ("OK"),
-arrays as lists of those; Redis errors fail the Deferred with
-``txredisapi.ResponseError``.
-
-txredisapi 1.6.0 quirks worked around here (checked on Python 3.11, Twisted 26):
-
-- With its defaults (``charset="utf-8"``, ``convertNumbers=True``) a payload
-  ``b"123"`` arrives as ``int`` 123, a UTF-8 one as ``str`` and anything else
-  as ``bytes``; we build the protocol with ``charset=None, convertNumbers=False``.
-- It imports the global reactor and uses its ``callLater`` for reply timeouts
-  and to resume parsing after each bulk string; every protocol here gets the
-  injected reactor's ``callLater`` instead.
-- Its own AUTH/SELECT (password/dbid protocol arguments) calls
-  ``RedisFactory`` methods (``stopTrying``, ``connectionError``) that a
-  ClientService factory has not; we never pass them and send AUTH/SELECT
-  ourselves.
-- ``SubscriberProtocol`` hands the 2nd..Nth SUBSCRIBE acknowledgement to
-  whichever command waits next (e.g. a PING); our subscriber protocol counts
-  the acknowledgements, and never converts a message payload.
-- ``RedisProtocol`` silently becomes ``HiredisProtocol`` when hiredis is
-  installed; we always use the pure-Python ``BaseRedisProtocol``.
-
-And one Twisted quirk: a connection that ClientService's ``prepareConnection``
-rejects stays open, and closing it logs a critical ``NoTransition``. So the
-setup runs from ``connectionMade``; a connection whose setup fails (wrong
-password, ...) is closed while ClientService counts it connected, and the
-backoff still grows because the retry policy is given the larger of
-ClientService's attempt count and the count of consecutive rejections.
+txredisapi's ``SubscriberProtocol`` hands the 2nd..Nth SUBSCRIBE
+acknowledgement to whichever command waits next (e.g. a PING); the subscriber
+connection here counts the acknowledgements, and never converts a message
+payload.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import protocol
 from twisted.internet.base import DelayedCall
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    ensureDeferred,
-    fail,
-    succeed,
-)
-from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txredisapi import BaseRedisProtocol, ConnectionError, ResponseError  # type: ignore[import-untyped]
 from zope.interface import implementer
 
 from wsgw.bus import check_publish, check_topics, deliver
 from wsgw.interfaces import IBus
+from wsgw.redis.connection import (
+    DEFAULT_REPLY_TIMEOUT,
+    RedisCommands,
+    RedisConnection,
+    RedisLink,
+    RetryPolicy,
+)
 
-__all__ = ["ConnectionError", "RedisBus", "RedisCommands", "ResponseError", "default_retry_policy"]
-
-RetryPolicy = Callable[[int], float]
 Listener = Callable[[str, bytes], Any]
 
-DEFAULT_REPLY_TIMEOUT = 10.0
 DEFAULT_PING_INTERVAL = 30.0
 
 
-def default_retry_policy() -> RetryPolicy:
-    """Exponential backoff from 0.5 s, capped at 5 s (plus up to 1 s of jitter)."""
-    return backoffPolicy(initialDelay=0.5, maxDelay=5.0)
-
-
-class _Connection(BaseRedisProtocol):
-    """A txredisapi protocol that returns bytes, times on the injected reactor and reports to its link."""
-
-    def __init__(self, link: _Link, reply_timeout: float | None) -> None:
-        super().__init__(charset=None, replyTimeout=reply_timeout, convertNumbers=False)
-        self.callLater = link.reactor.callLater
-        self._link = link
-        self.drop_reason: str | None = None  # why we dropped it ourselves, when we did
-
-    def connectionMade(self) -> None:
-        super().connectionMade()  # without password/dbid this only marks the protocol usable
-        self._link._connection_made(self)
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        super().connectionLost(reason)
-        self._link._connection_lost(self, reason)
-
-
-class _SubscriberConnection(_Connection):
+class _SubscriberConnection(RedisConnection):
     """A connection in subscribed mode: messages go to ``on_message(channel, payload)``, other replies to waiters."""
 
-    def __init__(self, link: _Link, reply_timeout: float | None, on_message: Callable[[bytes, bytes], None]) -> None:
+    def __init__(self, link: RedisLink, reply_timeout: float | None, on_message: Callable[[bytes, bytes], None]) -> None:
         super().__init__(link, reply_timeout)
         self._on_message = on_message
         self._acks_pending = 0
@@ -127,231 +67,7 @@ class _SubscriberConnection(_Connection):
         super().replyReceived(reply)
 
 
-class _Factory(protocol.Factory):
-    noisy = False
-
-    def __init__(self, link: _Link) -> None:
-        self._link = link
-
-    def buildProtocol(self, addr: Any) -> _Connection:
-        conn = self._link._build()
-        conn.factory = self
-        return conn
-
-
-@implementer(IStreamClientEndpoint)
-class _NotingEndpoint:
-    """An endpoint that tells its link why a connection attempt failed (ClientService only logs it)."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, link: _Link) -> None:
-        self._endpoint = endpoint
-        self._link = link
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
-        return self._endpoint.connect(factory).addErrback(self._link._connect_failed)
-
-
-class _Link(service.Service):
-    """One Redis connection kept up by a ClientService, usable only once its setup (AUTH, SELECT, ...) succeeded."""
-
-    _log = Logger()
-
-    def __init__(
-        self,
-        reactor: Any,
-        endpoint: str,
-        password: str | None,
-        db: int,
-        retry_policy: RetryPolicy | None,
-        reply_timeout: float | None,
-        role: str,
-    ) -> None:
-        self.reactor = reactor
-        self._endpoint = endpoint
-        self._password = password
-        self._db = db
-        self._role = role
-        self._reply_timeout = reply_timeout
-        self._policy = retry_policy if retry_policy is not None else default_retry_policy()
-        self._rejections = 0
-        self._ready: _Connection | None = None
-        self.reconnects = 0  # successful setups after the first one (metrics)
-        self._was_up = False
-        self._waiters: list[Deferred[Any]] = []
-        self._problem: str | None = None
-        self._client = ClientService(
-            _NotingEndpoint(clientFromString(reactor, endpoint), self),
-            _Factory(self),
-            retryPolicy=self._retry_delay,
-            clock=reactor,
-        )
-
-    @property
-    def connected(self) -> bool:
-        """True once connected and set up, until the connection drops."""
-        return self._ready is not None
-
-    @property
-    def role(self) -> str:
-        """What this connection is for ("bus subscriber", "bus publisher", "chat store", ...), for logs and metrics."""
-        return self._role
-
-    @property
-    def problem(self) -> str | None:
-        """Why the last setup or connection failed, until the next successful setup."""
-        return self._problem
-
-    def whenConnected(self) -> Deferred[Any]:
-        """Fires with this object now if connected, else at the next successful setup (CancelledError on stop)."""
-        if self._ready is not None:
-            return succeed(self)
-        waiter: Deferred[Any] = Deferred(lambda d: self._waiters.remove(d))
-        self._waiters.append(waiter)
-        return waiter
-
-    def startService(self) -> None:
-        super().startService()
-        self._client.startService()
-
-    def stopService(self) -> Deferred[None]:
-        if not self.running:
-            # ClientService refuses a second stop made from callbacks of the first one
-            return succeed(None)
-        super().stopService()
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(CancelledError(f"Redis {self._role} stopped"))
-        return self._client.stopService()
-
-    def _retry_delay(self, attempt: int) -> float:
-        # a rejected connection had connected, so ClientService restarts its count at 1: keep ours
-        return self._policy(max(attempt, self._rejections))
-
-    def _build(self) -> _Connection:
-        return _Connection(self, self._reply_timeout)
-
-    def _setup(self, conn: _Connection) -> Deferred[Any]:
-        return ensureDeferred(self._auth_and_select(conn))
-
-    async def _auth_and_select(self, conn: _Connection) -> None:
-        if self._password is not None:
-            await conn.execute_command("AUTH", self._password)
-        if self._db:
-            await conn.execute_command("SELECT", self._db)
-
-    def _connect_failed(self, failure: Failure) -> Failure:
-        self._problem = failure.getErrorMessage()
-        return failure
-
-    def _connection_made(self, conn: _Connection) -> None:
-        setup = self._setup(conn)
-        setup.addCallbacks(lambda _: self._set_up(conn), lambda f: self._setup_failed(conn, f))
-        setup.addErrback(lambda f: self._log.failure("Redis {role} setup bookkeeping failed", f, role=self._role))
-
-    def _set_up(self, conn: _Connection) -> None:
-        if not conn.connected or not self.running:
-            return
-        self._rejections = 0
-        self._problem = None
-        self._ready = conn
-        if self._was_up:
-            self.reconnects += 1
-        self._was_up = True
-        self._log.info("Redis {role} connected to {endpoint}", role=self._role, endpoint=self._endpoint)
-        self._became_ready(conn)
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(self)
-
-    def _became_ready(self, conn: _Connection) -> None:
-        """Hook for subclasses, called once a connection is set up."""
-
-    def _setup_failed(self, conn: _Connection, failure: Failure) -> None:
-        self._problem = failure.getErrorMessage()
-        if not conn.connected:
-            return  # lost during setup: _connection_lost logs it, ClientService reconnects
-        self._rejections += 1
-        self._log.error(
-            "Redis {role} at {endpoint}: connection setup failed, retrying: {error}",
-            role=self._role,
-            endpoint=self._endpoint,
-            error=self._problem,
-        )
-        conn.transport.abortConnection()
-
-    def _connection_lost(self, conn: _Connection, reason: Failure) -> None:
-        if self._ready is not conn:
-            return
-        self._ready = None
-        self._problem = conn.drop_reason or reason.getErrorMessage()
-        if self.running:
-            self._log.warn(
-                "Redis {role} lost its connection to {endpoint} ({reason}); reconnecting",
-                role=self._role,
-                endpoint=self._endpoint,
-                reason=self._problem,
-            )
-
-    def _state(self) -> str:
-        if not self.running:
-            return "stopped"
-        if self._ready is not None:
-            return "connected"
-        return "connecting" if self._problem is None else f"connecting ({self._problem})"
-
-
-class RedisCommands(_Link):
-    """One Redis command connection (a twisted Service): ``execute_command`` while ``connected``, failing fast otherwise.
-
-    ``retry_policy(attempt) -> seconds`` paces reconnection (default: ``default_retry_policy()``);
-    ``reply_timeout`` (seconds, None for none) fails a command and drops the connection when Redis does not answer.
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        endpoint: str,
-        password: str | None = None,
-        db: int = 0,
-        *,
-        retry_policy: RetryPolicy | None = None,
-        reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
-        role: str = "commands",
-    ) -> None:
-        super().__init__(reactor, endpoint, password, db, retry_policy, reply_timeout, role)
-        self._script_shas: dict[str, str] = {}
-
-    @property
-    def state(self) -> str:
-        """'connected', 'connecting' (with the last problem in parentheses) or 'stopped'."""
-        return self._state()
-
-    def execute_command(self, *args: Any) -> Deferred[Any]:
-        """Send one command (``"SET", key, value``); fails at once with ConnectionError while not connected."""
-        conn = self._ready
-        if conn is None:
-            return fail(ConnectionError(f"Redis {self._role} at {self._endpoint} is not connected"))
-        try:
-            return conn.execute_command(*args)
-        except Exception:  # noqa: BLE001 - e.g. an argument that cannot be encoded: fail the Deferred
-            return fail()
-
-    def run_script(self, source: str, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Deferred[Any]:
-        """Run a Lua script by EVALSHA, falling back to EVAL (which caches it in Redis) on NOSCRIPT."""
-        sha = self._script_shas.get(source)
-        if sha is None:
-            sha = self._script_shas[source] = hashlib.sha1(source.encode()).hexdigest()
-
-        def load_and_run(failure: Failure) -> Any:
-            failure.trap(ResponseError)
-            if not str(failure.value).startswith("NOSCRIPT"):
-                return failure
-            return self.execute_command("EVAL", source, len(keys), *keys, *args)
-
-        return self.execute_command("EVALSHA", sha, len(keys), *keys, *args).addErrback(load_and_run)
-
-
-class _Subscriber(_Link):
+class _Subscriber(RedisLink):
     """The subscriber connection: SUBSCRIBEs to every channel after each connect and PINGs to detect a dead peer."""
 
     def __init__(
@@ -372,23 +88,23 @@ class _Subscriber(_Link):
         self._ping_interval = ping_interval
         self._ping_call: DelayedCall | None = None
 
-    def _build(self) -> _Connection:
+    def _build(self) -> RedisConnection:
         return _SubscriberConnection(self, self._reply_timeout, self._on_message)
 
-    def _setup(self, conn: _Connection) -> Deferred[Any]:
+    def _setup(self, conn: RedisConnection) -> Deferred[Any]:
         assert isinstance(conn, _SubscriberConnection)
         setup = super()._setup(conn)
         setup.addCallback(lambda _: conn.subscribe(self._channels))
         return setup
 
-    def _became_ready(self, conn: _Connection) -> None:
+    def _became_ready(self, conn: RedisConnection) -> None:
         self._schedule_ping(conn)
 
-    def _schedule_ping(self, conn: _Connection) -> None:
+    def _schedule_ping(self, conn: RedisConnection) -> None:
         if self._ping_interval and self._ready is conn:
             self._ping_call = self.reactor.callLater(self._ping_interval, self._ping, conn)
 
-    def _ping(self, conn: _Connection) -> None:
+    def _ping(self, conn: RedisConnection) -> None:
         self._ping_call = None
         if self._ready is not conn:
             return
@@ -396,10 +112,10 @@ class _Subscriber(_Link):
         ping = conn.execute_command("PING")
         ping.addCallbacks(lambda _: self._schedule_ping(conn), lambda f: self._ping_failed(conn, f))
 
-    def _ping_failed(self, conn: _Connection, failure: Failure) -> None:
+    def _ping_failed(self, conn: RedisConnection, failure: Failure) -> None:
         conn.drop_reason = f"no answer to PING: {failure.getErrorMessage()}"
 
-    def _connection_lost(self, conn: _Connection, reason: Failure) -> None:
+    def _connection_lost(self, conn: RedisConnection, reason: Failure) -> None:
         if self._ready is conn and self._ping_call is not None and self._ping_call.active():
             self._ping_call.cancel()
             self._ping_call = None
@@ -456,7 +172,7 @@ class RedisBus(service.MultiService):
         return self._subscriber.connected and self._publisher.connected
 
     @property
-    def links(self) -> tuple[_Link, _Link]:
+    def links(self) -> tuple[RedisLink, RedisLink]:
         """The subscriber and publisher connections (for metrics: ``role``, ``connected``, ``reconnects``)."""
         return (self._subscriber, self._publisher)
 

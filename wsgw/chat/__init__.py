@@ -1,6 +1,7 @@
-"""Chat on /chat (PROTOCOL.md §5): the rules and presence (``rooms``) over a store (``store``)."""
+"""Chat on ``/chat`` (PROTOCOL.md §5).
 
-from wsgw.chat.rooms import ChatService, sanitize_markdown
-from wsgw.chat.store import IChatStore, MemoryChatStore, RedisChatStore
-
-__all__ = ["ChatService", "IChatStore", "MemoryChatStore", "RedisChatStore", "sanitize_markdown"]
+``service`` is the endpoint and its rules, ``requests`` reads client frames,
+``presence`` keeps who is in a room, ``sanitize`` removes HTML from messages,
+``model`` holds the data and the bus events; the stores: ``memory_store``
+(embedded) and ``redis_store`` (shared, the one adapter here).
+"""

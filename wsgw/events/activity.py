@@ -14,42 +14,55 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsgw.events import MalformedEvent, deliver, field
-from wsgw.frames import encode
-from wsgw.sessions import SessionTable
+from wsgw.frames import MalformedEvent, encode, field
+from wsgw.sessions import SessionTable, fan_out
 
 _NAMED_OBJECTS = ("object", "origin", "target")
 
 
-class ActivityHandler:
-    """Handler of the activity topic."""
+def validate(event: object) -> tuple[str, dict[str, Any]] | None:
+    """Check a ``PostActivityEvent``'s shape; None when it is not for a user inbox (skipped), else the login to
+    notify (empty when there is none: no owner, or the owner is the actor) and ``Activity`` with its names
+    reduced to basenames (a copy; the event is untouched).
 
+    Raises MalformedEvent naming the offending field.
+    """
+    if not isinstance(event, dict):
+        raise MalformedEvent("an activity event must be an object")
+    box = field(event, "BoxName", str, "")
+    owner_type = field(event, "OwnerType", (str, int), "NODE")
+    if box != "inbox" and owner_type not in ("USER", 1):
+        return None
+    owner: str = field(event, "OwnerId", str, "")
+    activity = field(event, "Activity", dict)
+    if activity is None:
+        raise MalformedEvent("an activity event needs Activity")
+    actor_id = field(field(activity, "actor", dict, {}), "id", str, "")
+    shaped = _with_basenames(activity)
+    return ("" if owner == actor_id else owner), shaped
+
+
+class ActivityHandler:
+    """Handler of the activity topic; counts ``delivered`` frames and ``skipped`` events (not for a user inbox)."""
 
     def __init__(self, table: SessionTable) -> None:
         self._table = table
         self.delivered = 0
-        self.skipped = 0  # events that are not for a user inbox
+        self.skipped = 0
 
     def handle(self, event: dict[str, Any]) -> None:
         """Send a user-inbox activity to its owner's sessions, names reduced to basenames."""
-        if not isinstance(event, dict):
-            raise MalformedEvent("an activity event must be an object")
-        box = field(event, "BoxName", str, "")
-        owner_type = field(event, "OwnerType", (str, int), "NODE")
-        if box != "inbox" and owner_type not in ("USER", 1):
+        parsed = validate(event)
+        if parsed is None:
             self.skipped += 1
             return
-        owner = field(event, "OwnerId", str, "")
-        activity = field(event, "Activity", dict)
-        if activity is None:
-            raise MalformedEvent("an activity event needs Activity")
-        actor_id = field(field(activity, "actor", dict, {}), "id", str, "")
-        shaped = _with_basenames(activity)
-        if not owner or owner == actor_id:
+        owner, shaped = parsed
+        if not owner:
             return
         recipients = self._table.with_login(owner)
         if recipients:
-            self.delivered += deliver(recipients, encode({**event, "Activity": shaped, "@type": "activity"}), "activity")
+            frame = encode({**event, "Activity": shaped, "@type": "activity"})
+            self.delivered += fan_out(recipients, frame, what="activity event")
 
 
 def _with_basenames(activity: dict[str, Any]) -> dict[str, Any]:

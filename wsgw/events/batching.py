@@ -135,14 +135,6 @@ class Merge:
         return merged
 
 
-def merge_events(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge the (mergeable, same-node) ``events`` in order, as a window would."""
-    merge = Merge(events[0])
-    for event in events[1:]:
-        merge.fold(event)
-    return merge.event()
-
-
 class NodeBatcher:
     """Idle windows per node uuid on ``clock``; a flushed merge goes to ``deliver(event)``."""
 

@@ -7,22 +7,49 @@ workspace), all found through the SessionTable indexes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from wsgw.events import MalformedEvent, deliver, field
-from wsgw.frames import encode
-from wsgw.sessions import Session, SessionTable
+from wsgw.frames import MalformedEvent, encode, field
+from wsgw.sessions import Session, SessionTable, fan_out
 
 # ACLs on these actions change parameters and actions, not what a role can see: they fall through.
 _FALL_THROUGH_ACTIONS = ("parameter:", "action:")
 _NOBODY: frozenset[Session] = frozenset()
 
 
-class IdmHandler:
-    """Handler of the IDM topic."""
+def validate(event: object) -> tuple[str, str]:
+    """Check an ``idm.ChangeEvent``'s shape; return the index and key of the first rule that applies:
+    ``("role", RoleID or Role.Uuid)``, ``("login", User.Login)``, ``("sub", User.Uuid)``,
+    ``("workspace", Workspace.UUID)``, or ``("", "")`` for nobody (an empty key also names nobody).
 
+    Raises MalformedEvent naming the offending field.
+    """
+    if not isinstance(event, dict):
+        raise MalformedEvent("an IDM event must be an object")
+    acl = field(event, "Acl", dict)
+    role = field(event, "Role", dict)
+    user = field(event, "User", dict)
+    workspace = field(event, "Workspace", dict)
+    if acl is not None:
+        role_id = field(acl, "RoleID", str, "")
+        name = field(field(acl, "Action", dict, {}), "Name", str, "")
+        if role_id and not name.startswith(_FALL_THROUGH_ACTIONS):
+            return "role", role_id
+    if role is not None:
+        return "role", field(role, "Uuid", str, "")
+    if user is not None:
+        login = field(user, "Login", str, "")
+        if login:
+            return "login", login
+        return "sub", field(user, "Uuid", str, "")
+    if workspace is not None:
+        return "workspace", field(workspace, "UUID", str, "")
+    return "", ""
+
+
+class IdmHandler:
+    """Handler of the IDM topic; ``delivered`` counts the frames handed to sessions."""
 
     def __init__(self, table: SessionTable) -> None:
         self._table = table
@@ -30,37 +57,19 @@ class IdmHandler:
 
     def handle(self, event: dict[str, Any]) -> None:
         """Send ``event`` (as ``"@type":"idm"``) to the sessions the first applicable rule names."""
-        if not isinstance(event, dict):
-            raise MalformedEvent("an IDM event must be an object")
-        recipients = self._recipients(event)
+        recipients = self._recipients(*validate(event))
         if recipients:
-            self.delivered += deliver(recipients, encode({**event, "@type": "idm"}), "IDM")
+            self.delivered += fan_out(recipients, encode({**event, "@type": "idm"}), what="IDM event")
 
-    def _recipients(self, event: dict[str, Any]) -> Iterable[Session]:
+    def _recipients(self, index: str, key: str) -> AbstractSet[Session]:
         table = self._table
-        acl = field(event, "Acl", dict)
-        role = field(event, "Role", dict)
-        user = field(event, "User", dict)
-        workspace = field(event, "Workspace", dict)
-        if acl is not None:
-            role_id = field(acl, "RoleID", str, "")
-            action = field(acl, "Action", dict, {})
-            name = field(action, "Name", str, "")
-            if role_id and not name.startswith(_FALL_THROUGH_ACTIONS):
-                return table.with_role(role_id)
-        if role is not None:
-            return _indexed(table.with_role, field(role, "Uuid", str, ""))
-        if user is not None:
-            login = field(user, "Login", str, "")
-            if login:
-                # A set union: an admin who is also the user gets one copy.
-                return table.admins() | table.with_login(login)
-            return _indexed(table.with_sub, field(user, "Uuid", str, ""))
-        if workspace is not None:
-            return _indexed(table.with_workspace, field(workspace, "UUID", str, ""))
-        return _NOBODY
-
-
-def _indexed(lookup: Callable[[str], AbstractSet[Session]], key: str) -> Iterable[Session]:
-    """``lookup(key)``, or nobody for an empty key (the rule applies and names no one)."""
-    return lookup(key) if key else _NOBODY
+        if not key:
+            return _NOBODY
+        if index == "role":
+            return table.with_role(key)
+        if index == "login":
+            # A set union: an admin who is also the user gets one copy.
+            return table.admins() | table.with_login(key)
+        if index == "sub":
+            return table.with_sub(key)
+        return table.with_workspace(key)

@@ -1,12 +1,12 @@
 """Node events of the tree and meta topics (PROTOCOL.md §4.1): validation, visibility, shaping, fan-out.
 
-``NodeHandler.handle`` validates a ``NodeChangeEvent`` once, drops ``READ``,
+``NodeHandler.handle`` validates a ``NodeChangeEvent`` once (``validate``), drops ``READ``,
 merges bursts per node (``wsgw.events.batching``), spends the global budget of
 ``Silent`` events, then finds the workspace views that may see the event
 through ``SessionTable.views_for_paths`` and shapes and encodes one frame per
 view, handed as the same bytes to every session holding that view.
 
-Shaping for one workspace view (``shape_for_workspace``):
+Shaping for one workspace view (``PreparedEvent.shape``):
 - a node is visible when its basename does not start with ``.`` and its path
   equals or is below one of the workspace's roots;
 - a visible node's ``Path`` becomes ``<slug>/<rel>`` (one root) or
@@ -32,14 +32,12 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from wsgw.access import Root, Workspace
-from wsgw.events import MalformedEvent, field
 from wsgw.events.batching import NodeBatcher, event_type, merge_key
-from wsgw.frames import encode
+from wsgw.frames import MalformedEvent, encode, field
 from wsgw.pacing import TokenBucket
-from wsgw.sessions import Session, SessionTable
+from wsgw.sessions import Session, SessionTable, fan_out
 
 EVENT_TYPES = frozenset(
     {"CREATE", "READ", "UPDATE_PATH", "UPDATE_CONTENT", "UPDATE_META", "UPDATE_USER_META", "DELETE"}
@@ -53,8 +51,8 @@ WORKSPACE_META_KEY = "EventWorkspaceId"
 # -- validation ---------------------------------------------------------------------------------
 
 
-def validate_event(event: object) -> str:
-    """Check the shape of a ``NodeChangeEvent``; return its type name (``CREATE`` when absent).
+def validate(event: object) -> str:
+    """Check the shape of a ``NodeChangeEvent`` (PROTOCOL.md §4.1); return its type name (``CREATE`` when absent).
 
     Raises MalformedEvent naming the first offending field.
     """
@@ -120,11 +118,6 @@ def locate(path: str, ws: Workspace) -> tuple[Root, str] | None:
         if found is None or len(rp) > len(found[0].path):
             found = (root, rel)
     return found
-
-
-def is_visible(path: str, ws: Workspace) -> bool:
-    """Whether a node at ``path`` (leading/trailing ``/`` allowed) is visible in ``ws``."""
-    return locate(internal_path(path), ws) is not None
 
 
 def workspace_path(ws: Workspace, root: Root, rel: str) -> str:
@@ -195,11 +188,6 @@ def subjects_allowed(policy: tuple[frozenset[str], frozenset[str]], subjects: Co
     """Deny wins over allow, deny by default."""
     allow, deny = policy
     return deny.isdisjoint(subjects) and not allow.isdisjoint(subjects)
-
-
-def policies_allow_read(policies_json: str | None, subjects: Collection[str]) -> bool:
-    """Whether the policies allow ``READ`` to one of ``subjects`` (deny wins, deny by default)."""
-    return subjects_allowed(read_policy(policies_json), subjects)
 
 
 # -- shaping ------------------------------------------------------------------------------------
@@ -273,11 +261,6 @@ class PreparedEvent:
         return frame
 
 
-def shape_for_workspace(event: dict[str, Any], ws: Workspace) -> dict[str, Any] | None:
-    """The frame a (validated) ``event`` becomes for workspace view ``ws``; None when nothing is visible."""
-    return PreparedEvent(event).shape(ws)
-
-
 # -- the handler --------------------------------------------------------------------------------
 
 
@@ -289,8 +272,6 @@ class NodeHandler:
     Counters: ``delivered`` (frames handed to sessions), ``merged`` (events
     folded into a pending merge), ``silent_dropped``.
     """
-
-    _log = Logger()
 
     def __init__(
         self,
@@ -317,7 +298,7 @@ class NodeHandler:
 
     def handle(self, event: dict[str, Any]) -> None:
         """Validate ``event``, then merge it, or deliver it (after any pending merge of its nodes)."""
-        kind = validate_event(event)
+        kind = validate(event)
         if kind == "READ":
             return
         batcher = self._batcher
@@ -355,11 +336,11 @@ class NodeHandler:
             policy = read_policy((source.get("MetaStore") or {}).get(POLICIES_META_KEY))
             if not policy[0]:
                 return  # nobody is allowed
-        optimistic = bool(event.get("Optimistic"))
+        send = Session.send_now if event.get("Optimistic") else Session.send_paced
         for ws, sessions in views.items():
             recipients: Iterable[Session]
             if policy is None:
-                recipients = tuple(sessions)  # a snapshot: a send may close a session
+                recipients = sessions
             else:
                 recipients = [
                     s for s in sessions if s.access is not None and subjects_allowed(policy, s.access.subjects)
@@ -369,22 +350,4 @@ class NodeHandler:
             shaped = prepared.shape(ws)
             if shaped is None:
                 continue
-            self._send(recipients, encode(shaped), optimistic)
-
-    def _send(self, recipients: Iterable[Session], frame: bytes, optimistic: bool) -> None:
-        # Session.send_now / send_paced inlined: this loop runs once per recipient of a broadcast.
-        delivered = 0
-        for session in recipients:
-            try:
-                pacer = session.pacer
-                if pacer is None:
-                    session.connection.send(frame)
-                elif optimistic:
-                    pacer.bypass(frame)
-                else:
-                    pacer.submit(frame)
-            except Exception:  # noqa: BLE001 - isolate a broken recipient
-                self._log.failure("node event to session {sid} failed", sid=session.sid)
-            else:
-                delivered += 1
-        self.delivered += delivered
+            self.delivered += fan_out(recipients, encode(shaped), send, "node event")

@@ -9,16 +9,29 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from wsgw.events import MalformedEvent, deliver, field
-from wsgw.frames import encode
-from wsgw.sessions import Session, SessionTable
+from wsgw.frames import MalformedEvent, encode, field
+from wsgw.sessions import Session, SessionTable, fan_out
 
 SYSTEM_USER = "pydio.system.user"
 
 
-class TaskHandler:
-    """Handler of the tasks topic."""
+def validate(event: object) -> str:
+    """Check a ``TaskChangeEvent``'s shape; return ``TaskUpdated.TriggerOwner`` (empty when absent).
 
+    Raises MalformedEvent naming the offending field.
+    """
+    if not isinstance(event, dict):
+        raise MalformedEvent("a task event must be an object")
+    task = field(event, "TaskUpdated", dict)
+    if task is None:
+        raise MalformedEvent("a task event needs TaskUpdated")
+    field(event, "Job", dict)
+    owner: str = field(task, "TriggerOwner", str, "")
+    return owner
+
+
+class TaskHandler:
+    """Handler of the tasks topic; ``delivered`` counts the frames handed to sessions."""
 
     def __init__(self, table: SessionTable) -> None:
         self._table = table
@@ -26,13 +39,7 @@ class TaskHandler:
 
     def handle(self, event: dict[str, Any]) -> None:
         """Send ``event`` to the task owner's sessions (and to admins for system tasks)."""
-        if not isinstance(event, dict):
-            raise MalformedEvent("a task event must be an object")
-        task = field(event, "TaskUpdated", dict)
-        if task is None:
-            raise MalformedEvent("a task event needs TaskUpdated")
-        field(event, "Job", dict)
-        owner = field(task, "TriggerOwner", str, "")
+        owner = validate(event)
         if not owner:
             return
         recipients: AbstractSet[Session] = self._table.with_login(owner)
@@ -40,4 +47,4 @@ class TaskHandler:
             # A set union: an admin who is also the owner gets one copy.
             recipients = self._table.admins() | recipients
         if recipients:
-            self.delivered += deliver(recipients, encode(event), "task")
+            self.delivered += fan_out(recipients, encode(event), what="task event")

@@ -33,14 +33,14 @@ that can go out goes out at once.
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
+
+from wsgw.internals.twisted import direct_socket, send_direct
 
 
 def frame_header(length: int) -> bytes:
@@ -71,24 +71,6 @@ class FrameCache:
         return framed
 
 
-def _buffered(transport: Any) -> int:
-    """Bytes a Twisted ``FileDescriptor`` holds and has not written yet."""
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-
-
-def _direct_socket(transport: Any) -> socket.socket | None:
-    """The transport's socket when frames may be sent on it directly (plain TCP), else None (TLS, tests)."""
-    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
-        sock = getattr(transport, "socket", None)
-        try:
-            _buffered(transport)
-        except (AttributeError, TypeError):
-            return None  # not the FileDescriptor this module knows: go through transport.write
-        if isinstance(sock, socket.socket):
-            return sock
-    return None
-
-
 @implementer(IPushProducer)
 class Outbound:
     """One socket's outbound frames: straight through when idle, bounded and coalesced when not."""
@@ -98,7 +80,7 @@ class Outbound:
 
     def __init__(self, transport: Any, max_bytes: int, max_frames: int, overflow: Callable[[], None]) -> None:
         self._transport = transport
-        self._sock = _direct_socket(transport)
+        self._sock = direct_socket(transport)
         self._paused = False
         self._queue: list[bytes] = []  # frames waiting while paused
         self._queued = 0
@@ -117,24 +99,19 @@ class Outbound:
         return self._queued_frames, self._queued
 
     def write(self, frame: bytes) -> None:
-        """Send one whole frame, or queue it while the transport is paused."""
+        """Send one whole frame (or several joined), or queue it while the transport is paused."""
         if self._paused or self._stopped:
             if not self._stopped:
                 self._enqueue(frame, 1)
             return
-        # _send inlined: this runs once per recipient of a broadcast
         sock = self._sock
-        transport = self._transport
-        if sock is not None and not transport._tempDataLen and not transport.dataBuffer:
-            try:
-                sent = sock.send(frame)
-            except OSError:  # BlockingIOError included; a real error is met again by the transport
-                sent = 0
+        if sock is not None:
+            sent = send_direct(self._transport, sock, frame)
             if sent == len(frame):
                 return
             if sent:
                 frame = frame[sent:]
-        transport.write(frame)
+        self._transport.write(frame)
 
     def _enqueue(self, data: bytes, frames: int) -> None:
         self._queue.append(data)
@@ -143,22 +120,6 @@ class Outbound:
         if self._queued > self._max_bytes or self._queued_frames > self._max_frames:
             self.discard()
             self._overflow()
-
-    def _send(self, data: bytes) -> None:
-        sock = self._sock
-        transport = self._transport
-        if sock is not None and not transport._tempDataLen and not transport.dataBuffer:
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0  # the transport meets the same error on its next write and closes properly
-            if sent == len(data):
-                return
-            if sent:
-                data = data[sent:]
-        transport.write(data)
 
     def flush(self) -> None:
         """Hand whatever waits here to the transport now (before a close frame, say)."""
@@ -186,7 +147,7 @@ class Outbound:
             data = b"".join(queue) if len(queue) > 1 else queue[0]
             self._queue = []
             self._queued = self._queued_frames = 0
-            self._send(data)
+            self.write(data)
 
     def stopProducing(self) -> None:
         self.discard()

@@ -1,4 +1,10 @@
-"""One twisted.web Site serving /ws, /ws/event, /chat, /ws/chat, /healthz, and the live page at / when it is on."""
+"""The two twisted.web Sites and their one router.
+
+The public Site serves ``/ws``, ``/ws/event``, ``/chat``, ``/ws/chat``,
+``/healthz``, and the live page at ``/`` when it is on (PROTOCOL.md §1). The
+operator Site (``[admin] listen``, loopback by default, never the public port)
+serves ``/metrics``, ``POST /publish/<topic>`` and ``/healthz``.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,45 @@ import base64
 import hashlib
 import importlib.resources
 import re
+from collections.abc import Mapping
 
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from wsgw.interfaces import IBus
+from wsgw.internals.twisted import release_taken_over_request
+from wsgw.web.metrics import Metrics, MetricsPage
+from wsgw.web.protocols import GatewayFactory
+from wsgw.web.publish import CappedRequest, PublishPage, Validator
+
+
+class Router(Resource):
+    """Routes on the whole path (trailing ``/`` ignored), so ``/ws`` (a leaf) and ``/ws/chat`` can both exist;
+    ``prefixes`` route every path under them (``/publish/`` + topic). Anything else is 404."""
+
+    def __init__(self, routes: Mapping[bytes, IResource], prefixes: Mapping[bytes, IResource] | None = None) -> None:
+        super().__init__()
+        self._routes = dict(routes)
+        self._prefixes = dict(prefixes or {})
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        full = request.path.rstrip(b"/") or b"/"
+        found = self._routes.get(full)
+        if found is not None:
+            return found
+        for prefix, resource in self._prefixes.items():
+            if full.startswith(prefix):
+                return resource
+        return notFound()
+
+    def render(self, request: Request) -> bytes:
+        return notFound().render(request)  # type: ignore[no-any-return]
 
 
 class Health(Resource):
-    """200 ``ok`` when the bus is connected, 503 with the bus state otherwise."""
+    """``/healthz``: 200 ``ok`` when the bus is connected, 503 with the bus state otherwise."""
 
     isLeaf = True
 
@@ -34,21 +67,6 @@ class Health(Resource):
         return f"bus {self._bus.state}\n".encode()
 
     render_HEAD = render_GET
-
-
-class _Root(Resource):
-    """Routes on the whole path, so /ws (a leaf) and /ws/chat can both exist."""
-
-    def __init__(self, routes: dict[bytes, IResource]) -> None:
-        super().__init__()
-        self._routes = routes
-
-    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
-        full = request.path.rstrip(b"/") or b"/"
-        return self._routes.get(full) or notFound()
-
-    def render(self, request: Request) -> bytes:
-        return notFound().render(request)
 
 
 class LivePage(Resource):
@@ -79,23 +97,26 @@ class _Upgrade(WebSocketResource):
     """Autobahn's upgrade resource, minus the garbage cycle it leaves per connection.
 
     The takeover leaves the HTTP channel and its request pointing at each other
-    (``channel.requests`` / ``request.channel``) and never finishes the request:
-    26 objects per socket that only a full garbage collection frees, which at
-    10,000 sockets made the connection storm's full collections bigger and more
-    frequent. Dropping the channel's list after the takeover lets reference
-    counting free both.
+    and never finishes the request: 26 objects per socket that only a full
+    garbage collection frees, which at 10,000 sockets made the connection
+    storm's full collections bigger and more frequent (bench/RESULTS.md).
     """
 
     def render(self, request: Request) -> bytes | int:
         result: bytes | int = super().render(request)
-        channel = request.channel
-        if channel is not None and channel.transport is None:  # taken over (not the 426 page)
-            channel.requests = []
+        release_taken_over_request(request)
         return result
 
 
-def make_site(ws_factory: WebSocketServerFactory, chat_factory: WebSocketServerFactory, bus: IBus,
-              live_page: bool = False) -> Site:
+def _site(root: Resource, **kwargs: object) -> Site:
+    site = Site(root, **kwargs)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, bus: IBus, live_page: bool = False) -> Site:
+    """The public Site."""
     events = _Upgrade(ws_factory)
     chat = _Upgrade(chat_factory)
     routes: dict[bytes, IResource] = {
@@ -107,7 +128,12 @@ def make_site(ws_factory: WebSocketServerFactory, chat_factory: WebSocketServerF
     }
     if live_page:
         routes[b"/"] = routes[b"/index.html"] = LivePage()
-    site = Site(_Root(routes))
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
+    return _site(Router(routes))
+
+
+def make_admin_site(metrics: Metrics, bus: IBus, validators: Mapping[str, Validator],
+                    publish_token: bytes | None) -> Site:
+    """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check."""
+    publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
+    routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(bus)}
+    return _site(Router(routes, {b"/publish/": publish}), requestFactory=CappedRequest)

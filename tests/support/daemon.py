@@ -76,7 +76,7 @@ async def start_daemon(prefix: str, redis: str | None = REDIS, extra: str = "",
     service.startService()
     if redis:  # every Redis connection (bus subscriber and publisher, chat store) is up
         await service.bus.whenConnected()
-        await service._redis_commands.whenConnected()
+        await service.redis_commands.whenConnected()
     return Daemon(service)
 
 

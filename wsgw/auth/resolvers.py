@@ -21,8 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsgw.access import Access, AccessError, access_from_document
-from wsgw.auth import HttpGet, TreqGetter, short_reason
+from wsgw.access import Access, AccessError, access_from_document, login_claim
+from wsgw.auth.http import HttpGet, TreqGetter, short_reason
 from wsgw.interfaces import IAccessResolver
 
 _log = Logger()
@@ -30,10 +30,8 @@ _log = Logger()
 
 def identity_from_claims(claims: Mapping[str, Any]) -> tuple[str, str, int | None]:
     """``(login, sub, exp)`` of verified claims; AccessError when the login is missing."""
-    login = claims.get("name")
+    login = login_claim(claims)
     if login is None:
-        login = claims.get("preferred_username")
-    if not isinstance(login, str) or not login:
         raise AccessError("token has no login (name)")
     sub = claims.get("sub", "")
     if not isinstance(sub, str):
@@ -48,7 +46,7 @@ def identity_from_claims(claims: Mapping[str, Any]) -> tuple[str, str, int | Non
 class ClaimsResolver:
     """The default resolver: everything comes from the (already verified) token claims."""
 
-    def resolve(self, token: str, claims: dict) -> Deferred[Access]:
+    def resolve(self, token: str, claims: Mapping[str, Any]) -> Deferred[Access]:
         try:
             login, sub, exp = identity_from_claims(claims)
             return succeed(access_from_document(login, sub, claims, exp))
@@ -79,7 +77,7 @@ class HttpResolver:
         self._cache: OrderedDict[bytes, tuple[float, Access]] = OrderedDict()
         self._inflight: dict[bytes, list[Deferred[Access]]] = {}
 
-    def resolve(self, token: str, claims: dict) -> Deferred[Access]:
+    def resolve(self, token: str, claims: Mapping[str, Any]) -> Deferred[Access]:
         try:
             login, sub, exp = identity_from_claims(claims)
         except AccessError as e:
@@ -151,7 +149,3 @@ class HttpResolver:
         while len(cache) >= self._max_entries:
             cache.popitem(last=False)
         cache[key] = (now + self._ttl, access)
-
-    def cached_entries(self) -> int:
-        """How many answers are cached (for tests and metrics)."""
-        return len(self._cache)

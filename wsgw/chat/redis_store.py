@@ -1,188 +1,28 @@
-"""Chat storage: rooms, the (Type, RoomTypeObject) index, presence and capped message histories.
+"""The shared chat store: ``IChatStore`` on Redis, for every gateway instance sharing users.
 
-``wsgw.interfaces.IChatStore`` is the contract;
-``MemoryChatStore`` is the embedded store of one process, ``RedisChatStore`` the
-shared one, where every change that two gateway instances could race on is one
-Lua script (find-or-create, presence, posting with the cap, edit, delete).
-
-Values are plain JSON-ready dicts in the wire shapes of PROTOCOL.md §5.1:
-a room is ``{"Uuid","Type","RoomTypeObject","RoomLabel","Users","LastUpdated"}``
-(``Users`` sorted), a message ``{"Uuid","RoomUuid","Message","Author","Timestamp",
-"Activity"?}``. Callers get copies; times always come from the caller's clock.
-
-Presence is stored per room as ``login -> last seen`` (caller's clock seconds):
-``touch_user`` refreshes it, ``remove_user`` removes it unless another instance
-refreshed it after ``idle_since``, and ``touch_user`` also prunes entries older
-than ``stale_before`` (logins left behind by an instance that died).
+Every change that two instances could race on is one Lua script run by EVALSHA
+(find-or-create, presence, posting with the cap, edit, delete), so it is atomic
+across instances; page reads are scripts too. Presence is stored per room as
+``login -> last seen`` (the caller's clock seconds): ``touch_user`` refreshes it
+and prunes entries older than ``stale_before`` (logins left behind by an
+instance that died), ``remove_user`` removes one unless another instance
+refreshed it after ``idle_since``. A connection failure is ``StoreUnavailable``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import uuid as uuidlib
 from typing import Any
 
-import txredisapi
-from twisted.internet.defer import Deferred, succeed
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from zope.interface import implementer
 
-from wsgw.bus.redis import RedisCommands
+from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, StoreUnavailable, index_key, stamp
 from wsgw.interfaces import IChatStore
-
-Room = dict[str, Any]
-Message = dict[str, Any]
-
-
-class ChatStoreError(Exception):
-    """A store operation that cannot be done as asked."""
-
-
-class StoreUnavailable(ChatStoreError):
-    """The store cannot be reached right now (Redis down or not answering); nothing was changed by this call."""
-
-
-class NoSuchRoom(ChatStoreError):
-    """The room does not exist."""
-
-
-class NoSuchMessage(ChatStoreError):
-    """The message does not exist in that room."""
-
-
-class NotAuthor(ChatStoreError):
-    """The message exists but was written by someone else."""
-
-
-def index_key(type: str, type_object: str) -> str:
-    """The index field of a room; ``Type`` is an enum name and never contains ``:``."""
-    return type + ":" + type_object
-
-
-def _stamp(now: float) -> str:
-    """Unix seconds as the protobuf-JSON int64 string."""
-    return str(int(now))
-
-
-# --------------------------------------------------------------------------- memory
-
-
-@implementer(IChatStore)
-class MemoryChatStore:
-    """The embedded store: plain dicts in this process; every call completes synchronously."""
-
-    def __init__(self) -> None:
-        self._index: dict[str, str] = {}
-        self._rooms: dict[str, Room] = {}  # without Users
-        self._users: dict[str, dict[str, float]] = {}
-        self._messages: dict[str, list[Message]] = {}
-
-    def _room(self, room_uuid: str) -> Room:
-        room = dict(self._rooms[room_uuid])
-        room["Users"] = sorted(self._users[room_uuid])
-        return room
-
-    def find_room(self, type: str, type_object: str) -> Deferred:
-        room_uuid = self._index.get(index_key(type, type_object))
-        return succeed(None if room_uuid is None else self._room(room_uuid))
-
-    def get_room(self, room_uuid: str) -> Deferred:
-        return succeed(self._room(room_uuid) if room_uuid in self._rooms else None)
-
-    def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred:
-        key = index_key(type, type_object)
-        created = key not in self._index
-        if created:
-            room_uuid = str(uuidlib.uuid4())
-            self._index[key] = room_uuid
-            self._rooms[room_uuid] = {
-                "Uuid": room_uuid, "Type": type, "RoomTypeObject": type_object,
-                "RoomLabel": label, "LastUpdated": _stamp(now),
-            }
-            self._users[room_uuid] = {}
-            self._messages[room_uuid] = []
-        return succeed((self._room(self._index[key]), created))
-
-    def touch_user(self, room_uuid: str, login: str, now: float, stale_before: float) -> Deferred:
-        if room_uuid not in self._rooms:
-            return succeed((None, False))
-        users = self._users[room_uuid]
-        changed = login not in users
-        users[login] = now
-        for other in [u for u, seen in users.items() if seen < stale_before]:
-            del users[other]
-            changed = True
-        if changed:
-            self._rooms[room_uuid]["LastUpdated"] = _stamp(now)
-        return succeed((self._room(room_uuid), changed))
-
-    def remove_user(self, room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
-        if room_uuid not in self._rooms:
-            return succeed((None, False))
-        users = self._users[room_uuid]
-        seen = users.get(login)
-        changed = seen is not None and (idle_since is None or seen <= idle_since)
-        if changed:
-            del users[login]
-            self._rooms[room_uuid]["LastUpdated"] = _stamp(now)
-        return succeed((self._room(room_uuid), changed))
-
-    def post_message(self, message: Message, cap: int) -> Deferred:
-        history = self._messages.get(message["RoomUuid"])
-        if history is None:
-            return _failed(NoSuchRoom(message["RoomUuid"]))
-        history.append(copy.deepcopy(message))
-        if len(history) > cap:
-            del history[: len(history) - cap]
-        return succeed(None)
-
-    def _find(self, room_uuid: str, message_uuid: str, author: str) -> tuple[list[Message], int]:
-        history = self._messages.get(room_uuid, [])
-        for i, message in enumerate(history):
-            if message["Uuid"] == message_uuid:
-                if message.get("Author") != author:
-                    raise NotAuthor(message_uuid)
-                return history, i
-        raise NoSuchMessage(message_uuid)
-
-    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
-        try:
-            history, i = self._find(room_uuid, message_uuid, author)
-        except ChatStoreError as e:
-            return _failed(e)
-        message = history[i]
-        activity = message.get("Activity")
-        if not isinstance(activity, dict):
-            activity = message["Activity"] = {}
-        items = activity.get("items")
-        if not isinstance(items, list):
-            items = activity["items"] = []
-        items.append({"markdown": message.get("Message", ""), "updated": updated})
-        message["Message"] = text
-        return succeed(copy.deepcopy(message))
-
-    def delete_message(self, room_uuid: str, message_uuid: str, author: str) -> Deferred:
-        try:
-            history, i = self._find(room_uuid, message_uuid, author)
-        except ChatStoreError as e:
-            return _failed(e)
-        return succeed(history.pop(i))
-
-    def page(self, room_uuid: str, offset: int, limit: int) -> Deferred:
-        history = self._messages.get(room_uuid, [])
-        end = max(len(history) - offset, 0)
-        start = max(end - limit, 0) if limit > 0 else 0
-        return succeed(copy.deepcopy(history[start:end]))
-
-
-def _failed(error: Exception) -> Deferred:
-    d: Deferred = Deferred()
-    d.errback(error)
-    return d
-
-
-# --------------------------------------------------------------------------- redis
+from wsgw.redis.connection import RedisCommands
 
 # Every script returns one JSON document (txredisapi would otherwise turn
 # number-looking strings such as a login "007" into ints). Keys, under the
@@ -357,21 +197,17 @@ def _room_from(doc: dict[str, Any]) -> Room:
 
 @implementer(IChatStore)
 class RedisChatStore:
-    """The shared store on Redis. ``redis`` is anything with ``execute_command(*args) -> Deferred``
-    (a txredisapi connection). Use one connection (not a pool) so that one instance's commands
-    are applied in the order it issued them."""
+    """The shared store on Redis, on one connection (not a pool) so that one instance's commands are
+    applied in the order it issued them; every key starts with ``prefix``."""
 
-    def __init__(self, redis: Any, prefix: str = "wsgw:chat:") -> None:
+    def __init__(self, redis: RedisCommands, prefix: str = "wsgw:chat:") -> None:
         self._redis = redis
         self._prefix = prefix
 
     async def _eval(self, script: str, *args: object) -> Any:
         argv = [self._prefix, *[str(a) for a in args]]
         try:
-            if isinstance(self._redis, RedisCommands):  # EVALSHA: the script body is sent once per connection
-                reply = await self._redis.run_script(script, (), argv)
-            else:
-                reply = await self._redis.execute_command("EVAL", script, 0, *argv)
+            reply = await self._redis.run_script(script, (), argv)  # EVALSHA: the body is sent once per connection
         except (txredisapi.ConnectionError, ConnectionLost, ConnectionDone) as e:
             raise StoreUnavailable(str(e) or type(e).__name__) from None
         reply = _text(reply)
@@ -395,7 +231,7 @@ class RedisChatStore:
     def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred:
         async def run() -> tuple[Room, bool]:
             doc = await self._eval(
-                _FIND_OR_CREATE, index_key(type, type_object), uuidlib.uuid4(), type, type_object, label, _stamp(now)
+                _FIND_OR_CREATE, index_key(type, type_object), uuidlib.uuid4(), type, type_object, label, stamp(now)
             )
             return _room_from(doc), bool(doc["changed"])
         return self._run(run())
@@ -409,11 +245,11 @@ class RedisChatStore:
         return self._run(run())
 
     def touch_user(self, room_uuid: str, login: str, now: float, stale_before: float) -> Deferred:
-        return self._changed_room(_TOUCH, room_uuid, login, repr(float(now)), repr(float(stale_before)), _stamp(now))
+        return self._changed_room(_TOUCH, room_uuid, login, repr(float(now)), repr(float(stale_before)), stamp(now))
 
     def remove_user(self, room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
         since = "" if idle_since is None else repr(float(idle_since))
-        return self._changed_room(_REMOVE, room_uuid, login, since, _stamp(now))
+        return self._changed_room(_REMOVE, room_uuid, login, since, stamp(now))
 
     def post_message(self, message: Message, cap: int) -> Deferred:
         async def run() -> None:
@@ -449,9 +285,3 @@ def _fix_activity(message: Message) -> Message:
     if isinstance(activity, dict) and activity.get("items") == {}:
         activity["items"] = []
     return message
-
-
-__all__: list[str] = [
-    "ChatStoreError", "IChatStore", "MemoryChatStore", "Message", "NoSuchMessage", "NoSuchRoom",
-    "NotAuthor", "RedisChatStore", "Room", "index_key",
-]

@@ -1,0 +1,50 @@
+"""The real daemon as operators run it: ``twistd --nodaemon wsgw ...`` as a child process, its log watched."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+
+from tests.support.daemon import SECRET
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+class Twistd(ProcessProtocol):
+    """Collects the daemon's log; ``logged(text)`` fires when it appears, ``ended`` with (exit code, signal)."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self._waiting: list[tuple[bytes, Deferred[None]]] = []
+        self.ended: Deferred[tuple[int | None, int | None]] = Deferred()
+
+    def logged(self, text: bytes, timeout: float = 30) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append((text, d))
+        d.addTimeout(timeout, reactor)
+        self.childDataReceived(0, b"")
+        return d
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data
+        for text, d in list(self._waiting):
+            if text in self.output:
+                self._waiting.remove((text, d))
+                d.callback(None)
+
+    def processEnded(self, reason) -> None:  # type: ignore[no-untyped-def]
+        for _, d in self._waiting:
+            d.errback(RuntimeError("twistd exited:\n" + self.output.decode(errors="replace")))
+        self._waiting.clear()
+        self.ended.callback((reason.value.exitCode, reason.value.signal))
+
+
+def spawn(args: list[str], env_extra: dict[str, str] | None = None) -> tuple[Twistd, object]:
+    proto = Twistd()
+    env = {**os.environ, "WSGW_HMAC_SECRET": SECRET, **(env_extra or {})}
+    transport = reactor.spawnProcess(proto, TWISTD, [TWISTD, "--nodaemon", "--pidfile=", "wsgw", *args], env=env)
+    return proto, transport

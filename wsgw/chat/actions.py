@@ -1,0 +1,255 @@
+"""The five client requests of ``/chat`` (PROTOCOL.md §5.2): JOIN (and its PING), LEAVE, HISTORY, POST
+(new and edit) and DELETE_MSG.
+
+Each runs with the frame's socket state and the access it started with. A
+re-subscribe is not one of a socket's frames, so a request that waited on the
+store re-checks the socket's current access (and login) before it attaches a
+room or sends a room's messages. Every stored change is published on the bus;
+the room's sockets get it from there (``ChatService.handle``). A request that
+cannot be done raises ``Refused``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wsgw.access import Access
+from wsgw.chat import requests
+from wsgw.chat.membership import ChatSocket, Membership
+from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, room_update
+from wsgw.chat.requests import Frame, Refused
+from wsgw.chat.sanitize import sanitize_markdown, worth_offloading
+from wsgw.frames import encode
+from wsgw.interfaces import IChatStore
+from wsgw.sessions import Session
+
+JOIN_PAGE = 40  # messages sent on JOIN, as the seed document says
+
+Action = Callable[[Session, ChatSocket, Access, Frame], Awaitable[None]]
+
+
+def _rfc3339(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(int(seconds), tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Actions:
+    """The request handlers, by ``@type`` in ``by_type``; ``publish(payload)`` puts a chat event on the bus,
+    ``offload(f, *args)`` runs ``f`` off the reactor thread (None: inline)."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        store: IChatStore,
+        membership: Membership,
+        publish: Callable[[bytes], Deferred[Any]],
+        *,
+        history_cap: int,
+        max_message_chars: int,
+        offload: Callable[..., Deferred[Any]] | None,
+    ) -> None:
+        self._clock = clock
+        self._store = store
+        self._membership = membership
+        self._publish = publish
+        self._history_cap = history_cap
+        self._max_chars = max_message_chars
+        self._offload = offload
+        self.by_type: dict[str, Action] = {
+            "JOIN": self.join, "LEAVE": self.leave, "POST": self.post, "HISTORY": self.history,
+            "DELETE_MSG": self.delete,
+        }
+
+    # JOIN ------------------------------------------------------------
+
+    async def join(self, session: Session, state: ChatSocket, access: Access, frame: Frame) -> None:
+        type, type_object, label = requests.room_spec(frame, "JOIN")
+        message = frame.get("Message")
+        ping = isinstance(message, dict) and message.get("Message") == "PING"
+        if not requests.may_join(access, type, type_object):
+            joined = requests.joined_uuid(state.rooms, type, type_object)
+            if joined is not None:
+                await self._membership.detach(session, state, joined)
+            raise Refused(f"JOIN: not allowed to join this {type} room")
+        now = self._clock.seconds()
+        joined = requests.joined_uuid(state.rooms, type, type_object)
+        if ping and joined is not None:  # the usual heartbeat: refresh presence only
+            touched, changed = await self._membership.presence.touch(joined, access.login, now)
+            if not session.open:
+                return
+            try:
+                self._recheck(session, state, access, "JOIN", type, type_object)
+            except Refused:
+                if joined in state.rooms:
+                    await self._membership.detach(session, state, joined)
+                raise
+            if joined not in state.rooms:  # left meanwhile by an access that no longer allowed it
+                raise Refused("JOIN: the room was left while refreshing it")
+            if touched is not None and changed:
+                await self._publish_event({"Room": touched}, "JOIN")
+            return
+        if ping:
+            found = await self._store.find_room(type, type_object)
+            if found is None:
+                raise Refused("JOIN: PING for a room that does not exist")
+            room: Room = found
+        else:
+            room, _ = await self._store.find_or_create_room(type, type_object, label, now)
+        if not session.open:
+            return
+        self._recheck(session, state, access, "JOIN", type, type_object)
+        room_uuid = room["Uuid"]
+        self._membership.attach(session, state, room_uuid, type, type_object)
+        try:
+            touched, changed = await self._membership.presence.touch(room_uuid, access.login, now)
+            if touched is None:
+                raise Refused("JOIN: the room was deleted")
+            history: list[Message] = [] if ping else await self._store.page(room_uuid, 0, JOIN_PAGE + 1)
+            if not session.open:
+                return
+            self._recheck(session, state, access, "JOIN", type, type_object)
+            if room_uuid not in state.rooms:  # left meanwhile by an access that no longer allowed it
+                raise Refused("JOIN: the room was left while joining it")
+        except BaseException:
+            if session.open and room_uuid in state.rooms:
+                await self._membership.detach(session, state, room_uuid)
+            raise
+        frames = [room_update(touched)]
+        if len(history) > JOIN_PAGE:
+            history = history[1:]
+            frames += [encode(m) for m in history]
+            frames.append(requests.may_have_more(room_uuid, history, JOIN_PAGE, JOIN_PAGE))
+        else:
+            frames += [encode(m) for m in history]
+        self._membership.release(session, state, room_uuid, frames)
+        if not ping or changed:
+            await self._publish_event({"Room": touched}, "JOIN")
+
+    def _recheck(self, session: Session, state: ChatSocket, access: Access, action: str, type: str,
+                 type_object: str, verb: str = "join") -> None:
+        """After an await: go on only if the socket is still subscribed as the login the frame started
+        with and its current access (a re-subscribe may have replaced it meanwhile) allows the room."""
+        current = session.access
+        if current is None:
+            raise Refused(f"{action}: not subscribed")
+        if current.login != access.login or state.login != access.login:
+            raise Refused(f"{action}: the socket re-subscribed as another user meanwhile")
+        if not requests.may_join(current, type, type_object):
+            raise Refused(f"{action}: not allowed to {verb} this {type} room")
+
+    # LEAVE -----------------------------------------------------------
+
+    async def leave(self, session: Session, state: ChatSocket, access: Access, frame: Frame) -> None:
+        await self._membership.detach(session, state, requests.joined_room(state.rooms, frame, "LEAVE"))
+
+    # HISTORY ---------------------------------------------------------
+
+    async def history(self, session: Session, state: ChatSocket, access: Access, frame: Frame) -> None:
+        offset, limit = requests.paging(frame)
+        room = await self._find_room(frame, "HISTORY")
+        if room is None:
+            raise Refused("HISTORY: no such room")
+        self._recheck(session, state, access, "HISTORY", room["Type"], room["RoomTypeObject"], "read")
+        room_uuid = room["Uuid"]
+        joined = room_uuid in state.rooms
+        if joined:
+            self._membership.hold(state, room_uuid)
+        try:
+            page = await self._store.page(room_uuid, offset, limit)
+            if not session.open:
+                return
+            self._recheck(session, state, access, "HISTORY", room["Type"], room["RoomTypeObject"], "read")
+        except BaseException:
+            self._membership.drop_held(state, room_uuid)
+            raise
+        frames = [room_update(room)] + [encode(m) for m in page]
+        if limit > 0 and len(page) == limit:
+            frames.append(requests.may_have_more(room_uuid, page, offset + limit, limit))
+        if joined and room_uuid in state.rooms:
+            self._membership.release(session, state, room_uuid, frames)
+        else:
+            for payload in frames:
+                session.send(payload)
+
+    async def _find_room(self, frame: Frame, action: str) -> Room | None:
+        room_uuid = requests.room_uuid_of(frame, action)
+        if room_uuid is not None:
+            found: Room | None = await self._store.get_room(room_uuid)
+        else:
+            type, type_object, _ = requests.room_spec(frame, action)
+            found = await self._store.find_room(type, type_object)
+        return found
+
+    # POST ------------------------------------------------------------
+
+    async def _sanitize(self, text: str) -> str:
+        """Sanitize on the reactor when it is cheap; a long text with markup can cost a crafted 100+ ms of
+        CommonMark parsing, so it goes to a worker thread (the GIL still lets the reactor serve others)."""
+        if self._offload is None or not worth_offloading(text):
+            return sanitize_markdown(text)
+        clean: str = await self._offload(sanitize_markdown, text)
+        return clean
+
+    async def post(self, session: Session, state: ChatSocket, access: Access, frame: Frame) -> None:
+        message = requests.message_of(frame, "POST")
+        text = message.get("Message")
+        if not isinstance(text, str):
+            raise Refused("POST: Message.Message must be a string")
+        if len(text) > self._max_chars:
+            raise Refused(f"POST: message too long ({len(text)} characters, at most {self._max_chars})")
+        edit_uuid = message.get("Uuid")
+        if edit_uuid is not None and (not isinstance(edit_uuid, str) or len(edit_uuid) > requests.MAX_FIELD):
+            raise Refused("POST: Message.Uuid must be a string")
+        room_uuid = requests.joined_room(state.rooms, frame, "POST")
+        clean = await self._sanitize(text)
+        if not clean.strip():
+            raise Refused("POST: empty message")
+        now = self._clock.seconds()
+        if edit_uuid:
+            try:
+                stored = await self._store.edit_message(room_uuid, edit_uuid, access.login, clean, _rfc3339(now))
+            except NoSuchMessage:
+                raise Refused("POST: no such message in this room to edit") from None
+            except NotAuthor:
+                raise Refused("POST: cannot edit a message written by someone else") from None
+        else:
+            stored = {
+                "Uuid": str(uuidlib.uuid4()), "RoomUuid": room_uuid, "Message": clean,
+                "Author": access.login, "Timestamp": str(int(now)),
+            }
+            try:
+                await self._store.post_message(stored, self._history_cap)
+            except NoSuchRoom:
+                raise Refused("POST: the room was deleted") from None
+        await self._publish_event({"Message": stored}, "POST")
+
+    # DELETE_MSG ------------------------------------------------------
+
+    async def delete(self, session: Session, state: ChatSocket, access: Access, frame: Frame) -> None:
+        message = requests.message_of(frame, "DELETE_MSG")
+        message_uuid = message.get("Uuid")
+        if not isinstance(message_uuid, str) or not message_uuid:
+            raise Refused("DELETE_MSG: missing Message.Uuid")
+        room_uuid = requests.joined_room(state.rooms, frame, "DELETE_MSG")
+        try:
+            deleted = await self._store.delete_message(room_uuid, message_uuid, access.login)
+        except NoSuchMessage:
+            raise Refused("DELETE_MSG: no such message in this room") from None
+        except NotAuthor:
+            raise Refused("DELETE_MSG: cannot delete a message written by someone else") from None
+        await self._publish_event({"Message": deleted, "Details": "DELETE"}, "DELETE_MSG")
+
+    async def _publish_event(self, event: dict[str, Any], action: str) -> None:
+        try:
+            await self._publish(encode(event))
+        except Exception:  # noqa: BLE001 - the change is stored; tell the socket the bus failed
+            self._log.failure("chat {action}: publishing failed", action=action)
+            raise Refused(f"{action}: saved, but the bus is unavailable: others will see it later") from None

@@ -1,0 +1,100 @@
+"""Which sockets of this instance are in which room (PROTOCOL.md §5.2, §5.3), and the room broadcasts.
+
+A socket attaches a room on JOIN (or a PING that re-attaches it) and detaches it
+on LEAVE, on losing the access, or when it closes; the login's presence follows
+(``wsgw.chat.presence``). While a socket loads a room's messages (JOIN, HISTORY),
+broadcasts for that room are held for it and released after them, so a socket
+always gets ``ROOM_UPDATE`` before any message of the room and loses none.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.defer import DeferredLock
+from twisted.logger import Logger
+
+from wsgw.chat.presence import Presence
+from wsgw.sessions import Session, fan_out
+
+_MAX_HELD = 1000  # broadcasts held for one socket while it loads a room's messages
+
+
+@attrs.define(eq=False)
+class ChatSocket:
+    """What this instance knows of one /chat socket (its ``Session.state``)."""
+
+    lock: DeferredLock = attrs.field(factory=DeferredLock)  # its frames run one after the other
+    login: str | None = None
+    rooms: dict[str, tuple[str, str]] = attrs.field(factory=dict)  # joined room uuid -> (Type, RoomTypeObject)
+    held: dict[str, list[bytes]] = attrs.field(factory=dict)  # room uuid -> broadcasts held while loading
+
+
+class Membership:
+    """The rooms of this instance's sockets, and the presence of their logins (through ``presence``)."""
+
+    _log = Logger()
+
+    def __init__(self, presence: Presence) -> None:
+        self.presence = presence
+        self._room_sockets: dict[str, set[Session]] = {}
+
+    @property
+    def rooms_active(self) -> int:
+        """Rooms that have at least one socket of this instance attached."""
+        return len(self._room_sockets)
+
+    def attach(self, session: Session, state: ChatSocket, room_uuid: str, type: str, type_object: str) -> None:
+        """Attach the room to the socket, holding the room's broadcasts for it until ``release``."""
+        state.held[room_uuid] = []
+        if room_uuid in state.rooms:
+            return
+        state.rooms[room_uuid] = (type, type_object)
+        self._room_sockets.setdefault(room_uuid, set()).add(session)
+        assert state.login is not None
+        self.presence.attach(room_uuid, state.login, session)
+
+    def hold(self, state: ChatSocket, room_uuid: str) -> None:
+        """Hold the room's broadcasts for a socket that has it attached until ``release`` (or ``drop_held``)."""
+        state.held[room_uuid] = []
+
+    def drop_held(self, state: ChatSocket, room_uuid: str) -> None:
+        """Stop holding (the load failed); what was held is dropped, the socket goes on from here."""
+        state.held.pop(room_uuid, None)
+
+    def release(self, session: Session, state: ChatSocket, room_uuid: str, first: list[bytes]) -> None:
+        """Send ``first`` (the room's update and messages), then what was held meanwhile."""
+        held = state.held.pop(room_uuid, [])
+        for payload in first + held:
+            session.send(payload)
+
+    async def detach(self, session: Session, state: ChatSocket, room_uuid: str) -> None:
+        """Detach the room from the socket; the login's last socket here takes its presence along."""
+        state.rooms.pop(room_uuid, None)
+        state.held.pop(room_uuid, None)
+        sockets = self._room_sockets.get(room_uuid)
+        if sockets is not None:
+            sockets.discard(session)
+            if not sockets:
+                del self._room_sockets[room_uuid]
+        if state.login is not None:
+            await self.presence.detach(room_uuid, state.login, session)
+
+    def broadcast(self, room_uuid: str, payload: bytes) -> int:
+        """Send ``payload`` to the subscribed sockets here that have the room attached (held for those loading
+        it); returns how many got it now."""
+        sessions = self._room_sockets.get(room_uuid)
+        if not sessions:
+            return 0
+        now: list[Session] = []
+        for session in sessions:
+            state = session.state
+            if not isinstance(state, ChatSocket) or session.access is None:
+                continue
+            held = state.held.get(room_uuid)
+            if held is None:
+                now.append(session)
+            elif len(held) < _MAX_HELD:
+                held.append(payload)
+            else:
+                self._log.warn("chat: dropped a broadcast held for {session}", session=session)
+        return fan_out(now, payload, what="chat event")

@@ -1,0 +1,124 @@
+"""The embedded chat store (``IChatStore`` in one process's memory), used when no Redis is configured.
+
+Every call completes synchronously. Presence is kept per room as ``login -> last
+seen`` (the caller's clock seconds), as ``wsgw.chat.redis_store`` keeps it.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid as uuidlib
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from wsgw.chat.model import ChatStoreError, Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, index_key, stamp
+from wsgw.interfaces import IChatStore
+
+
+@implementer(IChatStore)
+class MemoryChatStore:
+    """The embedded store: plain dicts in this process; every call completes synchronously."""
+
+    def __init__(self) -> None:
+        self._index: dict[str, str] = {}
+        self._rooms: dict[str, Room] = {}  # without Users
+        self._users: dict[str, dict[str, float]] = {}
+        self._messages: dict[str, list[Message]] = {}
+
+    def _room(self, room_uuid: str) -> Room:
+        room = dict(self._rooms[room_uuid])
+        room["Users"] = sorted(self._users[room_uuid])
+        return room
+
+    def find_room(self, type: str, type_object: str) -> Deferred:
+        room_uuid = self._index.get(index_key(type, type_object))
+        return succeed(None if room_uuid is None else self._room(room_uuid))
+
+    def get_room(self, room_uuid: str) -> Deferred:
+        return succeed(self._room(room_uuid) if room_uuid in self._rooms else None)
+
+    def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred:
+        key = index_key(type, type_object)
+        created = key not in self._index
+        if created:
+            room_uuid = str(uuidlib.uuid4())
+            self._index[key] = room_uuid
+            self._rooms[room_uuid] = {
+                "Uuid": room_uuid, "Type": type, "RoomTypeObject": type_object,
+                "RoomLabel": label, "LastUpdated": stamp(now),
+            }
+            self._users[room_uuid] = {}
+            self._messages[room_uuid] = []
+        return succeed((self._room(self._index[key]), created))
+
+    def touch_user(self, room_uuid: str, login: str, now: float, stale_before: float) -> Deferred:
+        if room_uuid not in self._rooms:
+            return succeed((None, False))
+        users = self._users[room_uuid]
+        changed = login not in users
+        users[login] = now
+        for other in [u for u, seen in users.items() if seen < stale_before]:
+            del users[other]
+            changed = True
+        if changed:
+            self._rooms[room_uuid]["LastUpdated"] = stamp(now)
+        return succeed((self._room(room_uuid), changed))
+
+    def remove_user(self, room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
+        if room_uuid not in self._rooms:
+            return succeed((None, False))
+        users = self._users[room_uuid]
+        seen = users.get(login)
+        changed = seen is not None and (idle_since is None or seen <= idle_since)
+        if changed:
+            del users[login]
+            self._rooms[room_uuid]["LastUpdated"] = stamp(now)
+        return succeed((self._room(room_uuid), changed))
+
+    def post_message(self, message: Message, cap: int) -> Deferred:
+        history = self._messages.get(message["RoomUuid"])
+        if history is None:
+            return fail(NoSuchRoom(message["RoomUuid"]))
+        history.append(copy.deepcopy(message))
+        if len(history) > cap:
+            del history[: len(history) - cap]
+        return succeed(None)
+
+    def _find(self, room_uuid: str, message_uuid: str, author: str) -> tuple[list[Message], int]:
+        history = self._messages.get(room_uuid, [])
+        for i, message in enumerate(history):
+            if message["Uuid"] == message_uuid:
+                if message.get("Author") != author:
+                    raise NotAuthor(message_uuid)
+                return history, i
+        raise NoSuchMessage(message_uuid)
+
+    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
+        try:
+            history, i = self._find(room_uuid, message_uuid, author)
+        except ChatStoreError as e:
+            return fail(e)
+        message = history[i]
+        activity = message.get("Activity")
+        if not isinstance(activity, dict):
+            activity = message["Activity"] = {}
+        items = activity.get("items")
+        if not isinstance(items, list):
+            items = activity["items"] = []
+        items.append({"markdown": message.get("Message", ""), "updated": updated})
+        message["Message"] = text
+        return succeed(copy.deepcopy(message))
+
+    def delete_message(self, room_uuid: str, message_uuid: str, author: str) -> Deferred:
+        try:
+            history, i = self._find(room_uuid, message_uuid, author)
+        except ChatStoreError as e:
+            return fail(e)
+        return succeed(history.pop(i))
+
+    def page(self, room_uuid: str, offset: int, limit: int) -> Deferred:
+        history = self._messages.get(room_uuid, [])
+        end = max(len(history) - offset, 0)
+        start = max(end - limit, 0) if limit > 0 else 0
+        return succeed(copy.deepcopy(history[start:end]))

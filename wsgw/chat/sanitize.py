@@ -1,0 +1,176 @@
+"""Sanitizing chat messages (PROTOCOL.md §5.2): remove HTML, keep Markdown, on markdown-it-py and nh3.
+
+``sanitize_markdown`` is the rule; ``worth_offloading`` tells when a text may cost
+enough CommonMark parsing (a crafted one: 100+ ms) to be sanitized off the reactor.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import nh3
+from markdown_it import MarkdownIt
+from markdown_it.rules_inline import StateInline, backtick
+from markdown_it.token import Token
+
+OFFLOAD_CHARS = 1000  # below this, sanitizing costs at most a few ms even for crafted input
+
+
+def worth_offloading(text: str) -> bool:
+    """Whether sanitizing ``text`` may take long: it is long and holds markup (``<`` or ``&``)."""
+    return len(text) >= OFFLOAD_CHARS and ("<" in text or "&" in text)
+
+
+_NEWLINES = re.compile(r"\r\n?")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones reach a str (JSON "\\ud800"); UTF-8 cannot hold them
+_TICK = re.compile("`")
+_PASSES = 3  # clean-and-reparse rounds before falling back to escaping every "<" (cost: 2 parses each)
+
+
+def _recording_backtick(state: StateInline, silent: bool) -> bool:
+    """markdown-it's code span rule, noting on each code_inline token where in the inline source it was."""
+    start, count = state.pos, len(state.tokens)
+    found = backtick(state, silent)
+    if found and not silent and len(state.tokens) > count and state.tokens[-1].type == "code_inline":
+        state.tokens[-1].meta["span"] = (start, state.pos)
+    return found
+
+
+def _parser(*extensions: str) -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": True}).enable(list(extensions))
+    md.inline.ruler.at("backticks", _recording_backtick)
+    return md
+
+
+# The parsers that decide what is code and what is raw HTML: CommonMark, and CommonMark with GFM
+# tables, which most chat clients render and which split a row into cells before finding code
+# spans. Text is kept verbatim only where both see code, and must hold no raw HTML for either.
+_PARSERS = (_parser(), _parser("table"))
+
+
+class _Unmapped(Exception):
+    """A code span could not be located in the source (never seen; handled by cleaning everything)."""
+
+
+def _clean_prose(text: str) -> str:
+    """Strip every HTML tag and comment with nh3, then unescape what nh3 escaped, so Markdown
+    (``> quote``, ``a < b``, ``&``) reads as typed. Repeat until stable, so text that only
+    unescapes into a tag (``&lt;script&gt;``) is cleaned too; if it does not settle, keep
+    nh3's escaped (inert) output."""
+    for _ in range(4):
+        cleaned = html.unescape(nh3.clean(text, tags=set()))
+        if cleaned == text:
+            return text
+        text = cleaned
+    return nh3.clean(text, tags=set())
+
+
+def _code_ranges(text: str, tokens: list[Token]) -> list[tuple[int, int]]:
+    """The sorted ``[start, end)`` ranges of ``text`` that the parse ``tokens`` reads as code: the lines
+    of fenced and indented code blocks (with their container markers), and inline code spans.
+
+    markdown-it gives blocks their lines but inline tokens no columns: a span's offsets are in its
+    inline content, which is its source lines minus container markers, indentation, heading markers,
+    cell pipes and surrounding whitespace, none of which holds a backtick. So, going through the
+    inline tokens of the same lines (the cells of a table row) in order, the n-th backtick of their
+    contents is the n-th backtick of those lines, and a span (backtick to backtick) maps back exactly."""
+    starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def offset(line: int) -> int:
+        return starts[line] if line < len(starts) else len(text)
+
+    ranges: list[tuple[int, int]] = []
+    rows: dict[tuple[int, int], list[Token]] = {}
+    for token in tokens:
+        if token.type in ("fence", "code_block") and token.map is not None:
+            ranges.append((offset(token.map[0]), offset(token.map[1])))
+        elif token.type == "inline" and any(child.type == "code_inline" for child in token.children or ()):
+            if token.map is None:
+                raise _Unmapped
+            rows.setdefault((token.map[0], token.map[1]), []).append(token)
+    for (first, last), inlines in rows.items():
+        source = [m.start() for m in _TICK.finditer(text, offset(first), offset(last))]
+        at = 0
+        for token in inlines:
+            index: dict[int, int] = {}
+            for m in _TICK.finditer(token.content):
+                index[m.start()] = at
+                at += 1
+            for child in token.children or ():
+                if child.type != "code_inline":
+                    continue
+                span = child.meta.get("span")
+                if span is None or at > len(source):
+                    raise _Unmapped
+                ranges.append((source[index[span[0]]], source[index[span[1] - 1]] + 1))
+        if at > len(source) or (len(inlines) == 1 and at != len(source)):
+            raise _Unmapped
+    return sorted(ranges)
+
+
+def _intersection(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts common to two sorted lists of disjoint ranges."""
+    out: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if start < end:
+            out.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _has_html(tokens: list[Token]) -> bool:
+    """Whether markdown-it would pass raw HTML through when rendering these tokens."""
+    return any(
+        token.type in ("html_block", "html_inline") or (token.children is not None and _has_html(token.children))
+        for token in tokens
+    )
+
+
+def _clean_outside(text: str, ranges: list[tuple[int, int]]) -> str:
+    """``text`` with everything outside ``ranges`` (sorted, disjoint) cleaned as prose."""
+    out: list[str] = []
+    at = 0
+    for start, end in ranges:
+        out.append(_clean_prose(text[at:start]))
+        out.append(text[start:end])
+        at = end
+    out.append(_clean_prose(text[at:]))
+    return "".join(out)
+
+
+def sanitize_markdown(text: str) -> str:
+    """Remove HTML from a chat message and keep its Markdown intact.
+
+    A CommonMark parser (markdown-it-py; with and without GFM tables) decides
+    what is code: code spans, fenced and indented code blocks are kept verbatim,
+    since Markdown shows them as literal text (so ``if a<b:`` in code is not
+    eaten as a tag). Everything else goes through nh3 (no tag allowed) and is
+    unescaped back to Markdown source. Cleaning can change how the rest parses,
+    so the result is parsed again until it is stable and holds no raw HTML;
+    text that does not get there in a few rounds has every ``<`` escaped, which
+    no Markdown reads as HTML. Line endings become ``\\n``, NUL goes, and a lone
+    surrogate (which nh3 and UTF-8 cannot take) becomes U+FFFD.
+    """
+    text = _SURROGATE.sub("\ufffd", _NEWLINES.sub("\n", text.replace("\x00", "")))
+    if "<" not in text and "&" not in text:
+        return text  # no tag, nothing that unescapes into one: nh3 would change nothing
+    for _ in range(_PASSES):
+        # without a '|' there is no table: the GFM parse would be the CommonMark one
+        parses = [md.parse(text) for md in (_PARSERS if "|" in text else _PARSERS[:1])]
+        try:
+            common = _code_ranges(text, parses[0])
+            for tokens in parses[1:]:
+                common = _intersection(common, _code_ranges(text, tokens))
+        except _Unmapped:
+            common = []  # clean everything: code may lose a tag, nothing unsafe stays
+        cleaned = _clean_outside(text, common)
+        if cleaned == text and not any(_has_html(tokens) for tokens in parses):
+            return text
+        text = cleaned
+    return text.replace("<", "&lt;")

@@ -1,0 +1,95 @@
+"""What wsgw relies on inside Autobahn, beyond its public API (pinned by tests/test_internals.py).
+
+``ServerProtocol`` and ``ServerFactory`` are Autobahn's Twisted server classes
+with the few private hooks wsgw needs, exposed under names of its own:
+
+- ``_max_message_size_exceeded(msg_size, max_msg_size, reason)``, Autobahn's
+  hook for an inbound message over ``maxMessagePayloadSize``: becomes
+  ``message_too_big(limit)``, so the client is told why before 1009;
+- ``sendCloseFrame``, through which every close frame goes (ours and Autobahn's
+  replies): ``before_close_frame()`` runs first, so frames given before a close
+  go out before it;
+- ``failedByMe``: set when the server starts a close, Autobahn then drops (does
+  not buffer, does not deliver) every frame still arriving;
+- the handshake-only attributes (``HANDSHAKE_ONLY``), read only during the
+  opening handshake, are dropped at open and the instance dict rebuilt
+  (bench/RESULTS.md: ~3 KB per idle socket); class-level stand-ins answer the
+  rare read of one afterwards;
+- ``factory._batched_timer``: Autobahn's handshake, ping and close timers run on
+  txaio's global loop; ``ServerFactory`` gives them a txaio ``_BatchedTimer``
+  (Autobahn's own kind, bucket and chunk) on the injected clock.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.interfaces import IReactorTime
+from txaio._common import _BatchedTimer
+
+HANDSHAKE_ONLY = (
+    "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_params",
+    "http_request_host", "http_request_uri", "http_request_path", "_wskey", "websocket_protocols",
+    "websocket_origin", "websocket_extensions", "flashSocketPolicy", "versions", "allowedOrigins",
+    "allowedOriginsPatterns", "perMessageCompressionAccept", "webStatus", "trustXForwardedFor", "maxConnections",
+)
+_BATCH_MILLISECONDS = 200.0  # Autobahn's own bucket and chunk for its batched timers
+_BATCH_CHUNK = 1000
+
+
+class ServerProtocol(WebSocketServerProtocol):
+    """Autobahn's Twisted server protocol with wsgw's hooks (see the module docstring)."""
+
+    # class-level stand-ins for the handshake-only attributes dropped at open
+    http_headers: Any = MappingProxyType({})
+    http_request_params: Any = MappingProxyType({})
+    http_request_data = b""
+    http_response_data = http_status_line = http_request_host = http_request_uri = http_request_path = ""
+    websocket_origin: Any = None
+    websocket_protocols: Any = ()
+    websocket_extensions: Any = ()
+
+    def message_too_big(self, limit: int) -> None:
+        """An inbound message went over ``limit`` bytes; the default fails the connection with 1009."""
+        WebSocketServerProtocol._max_message_size_exceeded(self, limit + 1, limit, "message too big")
+
+    def before_close_frame(self) -> None:
+        """Called before every close frame this socket sends."""
+
+    def start_close(self, code: int, reason: str) -> bool:
+        """Send a close frame with any code (``sendClose`` allows only 1000 and 3000-4999) and drop the frames
+        still arriving; returns False when the socket is not open."""
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return False
+        self.failedByMe = True
+        self.sendCloseFrame(code, reason.encode("utf-8")[:123])
+        return True
+
+    def shed_handshake_state(self) -> None:
+        """Drop what only the handshake reads, then rebuild the instance dict: Python dicts never shrink, and
+        under 86 keys the table is half the size."""
+        attrs = self.__dict__
+        for name in HANDSHAKE_ONLY:
+            attrs.pop(name, None)
+        self.__dict__ = dict(attrs)
+
+    # -- Autobahn's private hooks ------------------------------------------
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
+        self.message_too_big(max_msg_size)
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        self.before_close_frame()
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+
+
+class ServerFactory(WebSocketServerFactory):
+    """Autobahn's Twisted server factory on ``reactor``, its timers on ``clock`` (the same object in production)."""
+
+    def __init__(self, reactor: Any, clock: IReactorTime, **kwargs: Any) -> None:
+        super().__init__(reactor=reactor, **kwargs)
+        self._batched_timer = _BatchedTimer(_BATCH_MILLISECONDS, _BATCH_CHUNK, seconds_provider=clock.seconds,
+                                            delayed_call_creator=clock.callLater)

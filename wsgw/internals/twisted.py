@@ -1,0 +1,63 @@
+"""What wsgw relies on inside Twisted, beyond its public API (pinned by tests/test_internals.py).
+
+- ``twisted.internet.abstract.FileDescriptor`` keeps unwritten bytes in
+  ``dataBuffer`` (from ``offset``) and ``_tempDataLen`` bytes in ``_tempData``;
+  ``tcp.Connection`` holds its ``socket`` and says ``TLS`` when TLS is on.
+  The outbound path sends on the socket directly while the transport holds
+  nothing (bench/RESULTS.md: no epoll round trip per frame).
+- ``twisted.web.http.HTTPChannel.requests``: the requests of a channel; after
+  Autobahn's takeover the channel and its request point at each other, a
+  cycle only a full garbage collection frees.
+- ``reactor._exitSignal``: the signal that stopped the reactor, which twistd
+  re-raises at exit (status 143 for SIGTERM) even after a designed shutdown.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+
+
+def buffered(transport: Any) -> int:
+    """Bytes a Twisted ``FileDescriptor`` holds and has not written yet."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[no-any-return]
+
+
+def direct_socket(transport: Any) -> socket.socket | None:
+    """The transport's socket when frames may be sent on it directly (plain TCP), else None (TLS, tests)."""
+    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
+        sock = getattr(transport, "socket", None)
+        try:
+            buffered(transport)
+        except (AttributeError, TypeError):
+            return None  # not the FileDescriptor this module knows: go through transport.write
+        if isinstance(sock, socket.socket):
+            return sock
+    return None
+
+
+def send_direct(transport: Any, sock: socket.socket, data: bytes) -> int:
+    """Send ``data`` on ``sock`` (from ``direct_socket(transport)``) if the transport holds nothing, so bytes
+    never overtake what it buffered; returns how many the kernel took (0 when none, or when it must wait)."""
+    if transport._tempDataLen or transport.dataBuffer:
+        return 0
+    try:
+        return sock.send(data)
+    except OSError:  # BlockingIOError included; a real error is met again by the transport, which closes properly
+        return 0
+
+
+def release_taken_over_request(request: Any) -> None:
+    """After a WebSocket takeover of ``request``'s channel, let reference counting free the channel and its
+    request (not the 426 page, which still uses the channel)."""
+    channel = request.channel
+    if channel is not None and channel.transport is None:
+        channel.requests = []
+
+
+def clear_exit_signal(reactor: Any) -> None:
+    """Forget the signal that stopped ``reactor``, so twistd exits 0 after a designed shutdown."""
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None

@@ -1,0 +1,1 @@
+"""Redis on txredisapi: one connection per ``RedisLink``, kept up and set up again after every reconnect."""

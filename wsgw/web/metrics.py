@@ -1,0 +1,215 @@
+"""``/metrics`` on the operator listener: Prometheus exposition through prometheus-client.
+
+Metrics cost nothing on the per-event path: ``GatewayCollector`` reads the
+counters the core already keeps, through a ``MetricsView``, when Prometheus
+scrapes. The one thing measured per bus event is the delivery lag histogram,
+observed once per event (not per recipient) by ``TimedListener`` around the
+dispatcher: from the bus handing the event over to the handler having written
+it to every recipient socket. Node events held by the merge window or by
+per-session pacing leave later than that.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from wsgw.interfaces import IBus
+
+if TYPE_CHECKING:
+    from wsgw.chat.service import ChatService
+    from wsgw.dispatch import Dispatcher
+    from wsgw.events.nodes import NodeHandler
+    from wsgw.gateway import Gateway
+
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Delivering(Protocol):
+    """A topic handler, for its count of frames handed to sockets."""
+
+    @property
+    def delivered(self) -> int: ...
+
+
+class LinkState(Protocol):
+    """One Redis connection, for its state."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def reconnects(self) -> int: ...
+
+
+@attrs.frozen
+class MetricsView:
+    """What /metrics reads of one gateway, at scrape time: ``deliveries`` maps the ``kind`` label to the
+    handler counting it; ``redis_links`` gives the Redis connections (none on the embedded bus)."""
+
+    gateway: Gateway
+    dispatcher: Dispatcher
+    nodes: NodeHandler
+    chat: ChatService
+    deliveries: Mapping[str, Delivering]
+    bus: IBus
+    redis_links: Callable[[], Sequence[LinkState]]
+
+
+class GatewayCollector(Collector):
+    """Reads the gateway's own counters at scrape time (names and labels follow Prometheus conventions)."""
+
+    def __init__(self, view: MetricsView, publish_requests: Counter[int]) -> None:
+        self._view = view
+        self._publish_requests = publish_requests
+
+    def collect(self) -> Iterator[Metric]:
+        p = self._view
+        gateway = p.gateway
+        open_: Counter[str] = Counter()
+        subscribed: Counter[str] = Counter()
+        queued = 0
+        for session in list(gateway.table):
+            name = session.endpoint.name if session.endpoint is not None else "-"
+            open_[name] += 1
+            if session.access is not None:
+                subscribed[name] += 1
+            if session.pacer is not None:
+                queued += session.pacer.pending
+        yield _gauge("wsgw_connections", "Open WebSocket connections.", "endpoint", open_, ("ws", "chat"))
+        yield _gauge("wsgw_connections_subscribed", "Connections holding a verified token.", "endpoint", subscribed,
+                     ("ws", "chat"))
+        yield _gauge("wsgw_outbound_frames_queued", "Node event frames waiting in per-session pacing queues.",
+                     None, queued)
+        yield _counter("wsgw_subscribes_accepted", "Subscribes accepted (first ones and refreshes).", None,
+                       gateway.subscribes_accepted)
+        yield _counter("wsgw_subscribes_refused", "Subscribes refused, by reason.", "reason", gateway.refusals,
+                       ("missing_token", "invalid_token", "access_denied", "access_unavailable", "internal_error"))
+        yield _counter("wsgw_server_closes", "Sockets the server closed, by close code (4008 too slow, 4029 "
+                       "flooding, 4001 token, 1000 shutdown, ...).", "code", {str(k): v for k, v in
+                                                                             gateway.closes.items()},
+                       ("4008", "4029"))
+        dispatcher = p.dispatcher
+        topics = tuple(p.bus.topics)
+        yield _counter("wsgw_bus_events_received", "Events received from the bus, by topic.", "topic",
+                       dispatcher.received, topics)
+        yield _counter("wsgw_bus_events_malformed", "Bus events dropped as malformed, by topic.", "topic",
+                       dispatcher.malformed, topics)
+        yield _counter("wsgw_bus_events_failed", "Bus events whose handler failed (a bug; logged with its "
+                       "traceback), by topic.", "topic", dispatcher.crashed, topics)
+        delivered = {kind: handler.delivered for kind, handler in p.deliveries.items()}
+        yield _counter("wsgw_deliveries", "Frames handed to sockets, by kind of event.", "kind", delivered)
+        nodes = p.nodes
+        yield _counter("wsgw_node_events_merged", "Node events coalesced into a pending merge.", None, nodes.merged)
+        yield _counter("wsgw_node_events_silent_dropped", "Silent node events dropped past the silent budget.", None,
+                       nodes.silent_dropped)
+        yield _gauge("wsgw_node_merges_pending", "Nodes whose merge window is open.", None, nodes.pending)
+        chat = p.chat
+        yield _gauge("wsgw_chat_rooms_active", "Chat rooms with a socket of this instance attached.", None,
+                     chat.rooms_active)
+        yield _counter("wsgw_chat_frames", "Chat requests handled, by action.", "action", chat.handled,
+                       ("JOIN", "LEAVE", "POST", "HISTORY", "DELETE_MSG"))
+        yield _counter("wsgw_chat_frames_refused", "Chat requests answered with an error frame.", None, chat.refused)
+        yield _counter("wsgw_publish_requests", "POST /publish requests on the operator listener, by HTTP status.",
+                       "status", {str(k): v for k, v in self._publish_requests.items()})
+        bus = p.bus
+        yield _gauge("wsgw_bus_up", "1 while the bus can deliver and publish.", None, 1 if bus.connected else 0)
+        links = list(p.redis_links())
+        if links:
+            yield _gauge("wsgw_redis_connected", "1 while the Redis connection is up, by role.", "role",
+                         {link.role: 1 if link.connected else 0 for link in links})
+            yield _counter("wsgw_redis_reconnects", "Redis connections re-established after a loss, by role.", "role",
+                           {link.role: link.reconnects for link in links})
+
+
+def _family(kind: type, name: str, doc: str, label: str | None, values: Any, always: Iterable[str] = ()) -> Metric:
+    if label is None:
+        return kind(name, doc, value=values)  # type: ignore[no-any-return]
+    family = kind(name, doc, labels=[label])
+    merged = {key: 0 for key in always}
+    merged.update(values)
+    for key, value in sorted(merged.items()):
+        family.add_metric([str(key)], value)
+    return family  # type: ignore[no-any-return]
+
+
+def _gauge(name: str, doc: str, label: str | None, values: Any, always: Iterable[str] = ()) -> Metric:
+    return _family(GaugeMetricFamily, name, doc, label, values, always)
+
+
+def _counter(name: str, doc: str, label: str | None, values: Any, always: Iterable[str] = ()) -> Metric:
+    return _family(CounterMetricFamily, name, doc, label, values, always)
+
+
+class Metrics:
+    """One registry per gateway: the collector, process metrics, and the delivery lag histogram."""
+
+    def __init__(self, view: MetricsView, topics: Iterable[str]) -> None:
+        self.publish_requests: Counter[int] = Counter()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(GatewayCollector(view, self.publish_requests))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.lag = Histogram(
+            "wsgw_delivery_lag_seconds",
+            "From a bus event's receipt to its last socket write (merged and paced node events leave later), "
+            "by topic.",
+            ["topic"], registry=self.registry, buckets=LAG_BUCKETS,
+        )
+        self._lag_children = {topic: self.lag.labels(topic=topic) for topic in topics}
+
+    def timed(self, listener: Callable[[str, bytes], Any], clock: IReactorTime) -> TimedListener:
+        """``listener`` with its time per bus event observed in the lag histogram."""
+        return TimedListener(listener, clock, self._lag_children)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class TimedListener:
+    """A bus listener that observes, once per event, how long the wrapped listener took."""
+
+    def __init__(self, listener: Callable[[str, bytes], Any], clock: IReactorTime, children: Mapping[str, Any]) -> None:
+        self._listener = listener
+        self._clock = clock
+        self._children = children
+
+    def __call__(self, topic: str, payload: bytes) -> Any:
+        start = self._clock.seconds()
+        try:
+            return self._listener(topic, payload)
+        finally:
+            child = self._children.get(topic)
+            if child is not None:
+                child.observe(self._clock.seconds() - start)
+
+
+class MetricsPage(Resource):
+    """``GET /metrics`` in the Prometheus text format (OpenMetrics when the scraper asks for it)."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader(b"accept")
+        body, content_type = self._metrics.render(accept.decode("latin-1") if accept else None)
+        request.setHeader(b"content-type", content_type.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return body
