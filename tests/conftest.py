@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+import pytest_twisted
 from hypothesis import HealthCheck, settings
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import FilteringLogObserver, LogEvent, PredicateResult, globalLogPublisher
 
+from tests.support.daemon import Daemon, StartGateway, new_prefix, start_daemon
 from wsgw.sessions import SessionTable
 from wsgw.testing import IndexOnlyTable
 
@@ -42,3 +45,20 @@ def tracebacks() -> Iterator[EventLoggingObserver]:
 def table() -> SessionTable:
     """An empty session table that fails the test if anything scans it instead of using its indexes."""
     return IndexOnlyTable()
+
+
+@pytest_twisted.async_yield_fixture
+async def gateway() -> AsyncIterator[StartGateway]:
+    """Starts real gateway daemons on loopback: ``await gateway(**options)`` takes the options of
+    ``tests.support.daemon.start_daemon`` (``prefix=daemon.prefix`` makes a second instance of the same
+    deployment); each daemon is stopped, and its publisher closed, when the test ends, whatever happened."""
+    started: list[Daemon] = []
+
+    async def start(prefix: str | None = None, **options: Any) -> Daemon:
+        daemon = await start_daemon(prefix or new_prefix(), **options)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in reversed(started):
+        await daemon.stop()

@@ -7,7 +7,7 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
 
-from tests.support.daemon import Publisher, new_prefix, start_daemon, token, workspace
+from tests.support.daemon import Publisher, StartGateway, new_prefix, start_daemon, token, workspace
 from tests.support.wsclient import connect
 
 PERSONAL = workspace("ws-alice", "personal-files", "pydiods1/personal/alice")
@@ -21,113 +21,83 @@ def node(path: str, uuid: str = "n1", **extra: object) -> dict[str, object]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_node_event_reaches_the_right_users_only() -> None:
+async def test_node_event_reaches_the_right_users_only(gateway: StartGateway) -> None:
     """A CREATE in alice's workspace reaches alice rewritten to her slug; bob, without it, gets nothing."""
-    prefix = new_prefix()
-    daemon = await start_daemon(prefix)
-    pub = Publisher(prefix)
-    try:
-        alice = await connect(daemon.port, "/ws")
-        bob = await connect(daemon.port, "/ws/event")
-        assert (await alice.subscribe(token("alice", [PERSONAL, COMMON])))["@type"] == "subscribed"
-        assert (await bob.subscribe(token("bob", [COMMON])))["user"] == "bob"
+    daemon = await gateway()
+    alice = await connect(daemon.port, "/ws")
+    bob = await connect(daemon.port, "/ws/event")
+    assert (await alice.subscribe(token("alice", [PERSONAL, COMMON])))["@type"] == "subscribed"
+    assert (await bob.subscribe(token("bob", [COMMON])))["user"] == "bob"
 
-        await pub.publish("tree", {"Type": "CREATE", "Target": node("pydiods1/personal/alice/a.txt")})
-        await pub.publish("tree", {"Type": "UPDATE_CONTENT", "Target": node("pydiods1/common/c.txt", "n2")})
+    await daemon.publish("tree", {"Type": "CREATE", "Target": node("pydiods1/personal/alice/a.txt")})
+    await daemon.publish("tree", {"Type": "UPDATE_CONTENT", "Target": node("pydiods1/common/c.txt", "n2")})
 
-        first = await alice.next()
-        assert "Type" not in first  # CREATE is the zero value
-        assert first["Target"]["Path"] == "personal-files/a.txt"
-        assert first["Target"]["MetaStore"]["EventWorkspaceId"] == '"ws-alice"'
-        assert (await alice.next())["Target"]["Path"] == "common-files/c.txt"
-        # bob's first frame is the common event: the personal one never reached him
-        bob_first = await bob.next()
-        assert bob_first["Type"] == "UPDATE_CONTENT" and bob_first["Target"]["Path"] == "common-files/c.txt"
-    finally:
-        await pub.close()
-        await daemon.stop()
+    first = await alice.next()
+    assert "Type" not in first  # CREATE is the zero value
+    assert first["Target"]["Path"] == "personal-files/a.txt"
+    assert first["Target"]["MetaStore"]["EventWorkspaceId"] == '"ws-alice"'
+    assert (await alice.next())["Target"]["Path"] == "common-files/c.txt"
+    # bob's first frame is the common event: the personal one never reached him
+    bob_first = await bob.next()
+    assert bob_first["Type"] == "UPDATE_CONTENT" and bob_first["Target"]["Path"] == "common-files/c.txt"
 
 
 @pytest_twisted.ensureDeferred
-async def test_two_workspaces_seeing_one_node_give_two_copies() -> None:
+async def test_two_workspaces_seeing_one_node_give_two_copies(gateway: StartGateway) -> None:
     """A node visible through two of a user's workspaces arrives twice, once per workspace view."""
-    prefix = new_prefix()
-    daemon = await start_daemon(prefix)
-    pub = Publisher(prefix)
-    try:
-        carol = await connect(daemon.port)
-        await carol.subscribe(token("carol", [COMMON, PROJECTS]))
-        await pub.publish("tree", {"Target": node("pydiods1/common/projects/plan.md")})
-        got = {(await carol.next())["Target"]["Path"], (await carol.next())["Target"]["Path"]}
-        assert got == {"common-files/projects/plan.md", "projects/plan.md"}
-    finally:
-        await pub.close()
-        await daemon.stop()
+    daemon = await gateway()
+    carol = await connect(daemon.port)
+    await carol.subscribe(token("carol", [COMMON, PROJECTS]))
+    await daemon.publish("tree", {"Target": node("pydiods1/common/projects/plan.md")})
+    got = {(await carol.next())["Target"]["Path"], (await carol.next())["Target"]["Path"]}
+    assert got == {"common-files/projects/plan.md", "projects/plan.md"}
 
 
 @pytest_twisted.ensureDeferred
-async def test_move_out_of_a_workspace_becomes_delete() -> None:
+async def test_move_out_of_a_workspace_becomes_delete(gateway: StartGateway) -> None:
     """UPDATE_PATH from inside a workspace to outside it reaches its members as a DELETE of the old path."""
-    prefix = new_prefix()
-    daemon = await start_daemon(prefix)
-    pub = Publisher(prefix)
-    try:
-        bob = await connect(daemon.port)
-        await bob.subscribe(token("bob", [COMMON]))
-        await pub.publish("tree", {
-            "Type": "UPDATE_PATH",
-            "Source": node("pydiods1/common/x.txt"),
-            "Target": node("pydiods1/personal/alice/x.txt"),
-        })
-        frame = await bob.next()
-        assert frame["Type"] == "DELETE"
-        assert frame["Source"]["Path"] == "common-files/x.txt"
-        assert "Target" not in frame
-    finally:
-        await pub.close()
-        await daemon.stop()
+    daemon = await gateway()
+    bob = await connect(daemon.port)
+    await bob.subscribe(token("bob", [COMMON]))
+    await daemon.publish("tree", {
+        "Type": "UPDATE_PATH",
+        "Source": node("pydiods1/common/x.txt"),
+        "Target": node("pydiods1/personal/alice/x.txt"),
+    })
+    frame = await bob.next()
+    assert frame["Type"] == "DELETE"
+    assert frame["Source"]["Path"] == "common-files/x.txt"
+    assert "Target" not in frame
 
 
 @pytest_twisted.ensureDeferred
-async def test_task_idm_and_activity_events_are_routed() -> None:
+async def test_task_idm_and_activity_events_are_routed(gateway: StartGateway) -> None:
     """Task, IDM and activity events go to the users their rules name."""
-    prefix = new_prefix()
-    daemon = await start_daemon(prefix)
-    pub = Publisher(prefix)
-    try:
-        alice = await connect(daemon.port)
-        await alice.subscribe(token("alice", [PERSONAL], roles="r-team"))
-        await pub.publish("tasks", {"TaskUpdated": {"ID": "t1", "TriggerOwner": "alice", "Status": "Running"}})
-        assert (await alice.next())["TaskUpdated"]["ID"] == "t1"
-        await pub.publish("idm", {"Role": {"Uuid": "r-team"}})
-        assert (await alice.next())["@type"] == "idm"
-        await pub.publish("activity", {"OwnerType": "USER", "OwnerId": "alice", "BoxName": "inbox",
-                                       "Activity": {"actor": {"id": "bob"}, "object": {"name": "/a/b/c.txt"}}})
-        frame = await alice.next()
-        assert frame["@type"] == "activity" and frame["Activity"]["object"]["name"] == "c.txt"
-    finally:
-        await pub.close()
-        await daemon.stop()
+    daemon = await gateway()
+    alice = await connect(daemon.port)
+    await alice.subscribe(token("alice", [PERSONAL], roles="r-team"))
+    await daemon.publish("tasks", {"TaskUpdated": {"ID": "t1", "TriggerOwner": "alice", "Status": "Running"}})
+    assert (await alice.next())["TaskUpdated"]["ID"] == "t1"
+    await daemon.publish("idm", {"Role": {"Uuid": "r-team"}})
+    assert (await alice.next())["@type"] == "idm"
+    await daemon.publish("activity", {"OwnerType": "USER", "OwnerId": "alice", "BoxName": "inbox",
+                                   "Activity": {"actor": {"id": "bob"}, "object": {"name": "/a/b/c.txt"}}})
+    frame = await alice.next()
+    assert frame["@type"] == "activity" and frame["Activity"]["object"]["name"] == "c.txt"
 
 
 @pytest_twisted.ensureDeferred
-async def test_malformed_bus_event_disturbs_nothing() -> None:
+async def test_malformed_bus_event_disturbs_nothing(gateway: StartGateway) -> None:
     """A malformed event is dropped and counted; the next good event is delivered."""
-    prefix = new_prefix()
-    daemon = await start_daemon(prefix)
-    pub = Publisher(prefix)
-    try:
-        alice = await connect(daemon.port)
-        await alice.subscribe(token("alice", [PERSONAL]))
-        await pub.publish("tree", b"{not json")
-        await pub.publish("tree", [1, 2])
-        await pub.publish("tree", {"Target": {"Path": 42}})
-        await pub.publish("tree", {"Target": node("pydiods1/personal/alice/ok.txt")})
-        assert (await alice.next())["Target"]["Path"] == "personal-files/ok.txt"
-        assert daemon.service.dispatcher.malformed["tree"] == 3
-    finally:
-        await pub.close()
-        await daemon.stop()
+    daemon = await gateway()
+    alice = await connect(daemon.port)
+    await alice.subscribe(token("alice", [PERSONAL]))
+    await daemon.publish("tree", b"{not json")
+    await daemon.publish("tree", [1, 2])
+    await daemon.publish("tree", {"Target": {"Path": 42}})
+    await daemon.publish("tree", {"Target": node("pydiods1/personal/alice/ok.txt")})
+    assert (await alice.next())["Target"]["Path"] == "personal-files/ok.txt"
+    assert daemon.service.dispatcher.malformed["tree"] == 3
 
 
 @pytest_twisted.ensureDeferred

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
@@ -38,10 +39,19 @@ def new_prefix() -> str:
 
 
 class Daemon:
-    """One gateway instance listening on an ephemeral loopback port."""
+    """One gateway instance listening on an ephemeral loopback port, its channels and chat keys under ``prefix``."""
 
-    def __init__(self, service: GatewayService) -> None:
+    def __init__(self, service: GatewayService, prefix: str) -> None:
         self.service = service
+        self.prefix = prefix
+        self._publisher: Publisher | None = None
+
+    async def publish(self, topic: str, event: Any) -> int:
+        """Publish on Redis as an internal service would (``event``: a JSON value, or its bytes/str); returns
+        the number of subscribers that got it."""
+        if self._publisher is None:
+            self._publisher = Publisher(self.prefix)
+        return await self._publisher.publish(topic, event)
 
     @property
     def port(self) -> int:
@@ -52,6 +62,10 @@ class Daemon:
         return self.service.admin_ports[0].getHost().port
 
     async def stop(self) -> None:
+        """Stop the daemon (as SIGTERM would) and close its publisher."""
+        if self._publisher is not None:
+            await self._publisher.close()
+            self._publisher = None
         if self.service.running:
             await self.service.stopService()
 
@@ -77,7 +91,7 @@ async def start_daemon(prefix: str, redis: str | None = REDIS, extra: str = "",
     if redis:  # every Redis connection (bus subscriber and publisher, chat store) is up
         await service.bus.whenConnected()
         await service.redis_commands.whenConnected()
-    return Daemon(service)
+    return Daemon(service, prefix)
 
 
 class Publisher:
@@ -98,3 +112,7 @@ class Publisher:
         if self._conn is not None:
             await self._conn.disconnect()
             self._conn = None
+
+
+StartGateway = Callable[..., Awaitable[Daemon]]
+"""The ``gateway`` fixture (tests/conftest.py): ``await gateway(prefix=None, **start_daemon_options)``."""
