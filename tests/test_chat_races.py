@@ -36,10 +36,10 @@ def test_join_refused_when_the_access_loses_the_room_while_the_store_answers(slo
     received = frames(mallory)
     assert kinds(received) == ["error"], received
     assert "JOIN" in received[0]["error"] and "not allowed" in received[0]["error"]
-    assert chat.service.rooms_of(mallory) == frozenset()
+    assert chat.rooms_of(mallory) == frozenset()
     chat.send(bob, join())
     chat.settle()
-    room_uuid = next(iter(chat.service.rooms_of(bob)))
+    room_uuid = next(iter(chat.rooms_of(bob)))
     chat.send(bob, post(room_uuid, "the secret plan"))
     chat.settle()
     assert frames(mallory) == []
@@ -57,7 +57,7 @@ def test_join_refused_when_the_socket_unsubscribes_while_the_store_answers(slow:
     chat.settle()
     assert done.called
     assert _errors(alice) == ["JOIN: not subscribed"]
-    assert chat.service.rooms_of(alice) == frozenset()
+    assert chat.rooms_of(alice) == frozenset()
     assert chat.room()["Users"] == []
 
 
@@ -72,7 +72,7 @@ def test_join_refused_when_the_login_changes_while_the_store_answers(slow: str) 
     assert done.called
     errors = _errors(tab)
     assert len(errors) == 1 and errors[0].startswith("JOIN:"), errors
-    assert chat.service.rooms_of(tab) == frozenset()
+    assert chat.rooms_of(tab) == frozenset()
     assert chat.room()["Users"] == []
 
 
@@ -85,7 +85,7 @@ def test_join_goes_on_when_a_resubscribe_keeps_the_room() -> None:
     chat.settle()
     assert done.called
     assert set(kinds(frames(alice))) == {"ROOM_UPDATE"}  # its own, then the JOIN's broadcast
-    assert len(chat.service.rooms_of(alice)) == 1
+    assert len(chat.rooms_of(alice)) == 1
     assert chat.room()["Users"] == ["alice"]
 
 
@@ -101,7 +101,7 @@ def test_ping_refused_when_the_access_loses_the_room_while_the_store_answers() -
     chat.settle()
     assert done.called
     assert [e for e in _errors(alice) if "not allowed" in e], "the PING is refused"
-    assert chat.service.rooms_of(alice) == frozenset()
+    assert chat.rooms_of(alice) == frozenset()
     assert chat.room()["Users"] == []
 
 
@@ -111,7 +111,7 @@ def test_history_refused_when_the_access_loses_the_room_while_the_store_answers(
     chat = ChatHarness()
     alice = chat.connect("alice")
     chat.send(alice, join())
-    chat.send(alice, post(next(iter(chat.service.rooms_of(alice))), "secret"))
+    chat.send(alice, post(next(iter(chat.rooms_of(alice))), "secret"))
     chat.resubscribe(alice, _access("alice", ()))
     frames(alice)
     chat.resubscribe(alice, _access("alice"))  # the workspace is back: the HISTORY may start
@@ -132,7 +132,7 @@ def test_history_of_a_joined_room_refused_when_revoked_while_loading() -> None:
     alice, bob = chat.connect("alice"), chat.connect("bob")
     chat.send(alice, join())
     chat.send(bob, join())
-    room_uuid = next(iter(chat.service.rooms_of(alice)))
+    room_uuid = next(iter(chat.rooms_of(alice)))
     frames(alice)
     chat.store.slow.add("page")
     done = chat.send(alice, history())

@@ -122,7 +122,7 @@ def test_absent_type_is_the_global_room() -> None:
     chat.send(bob, {"@type": "JOIN", "Room": {"Type": "GLOBAL"}})
     room = chat.room("GLOBAL", "")
     assert room["Users"] == ["alice", "bob"]
-    assert chat.service.rooms_of(alice) == chat.service.rooms_of(bob) == {room["Uuid"]}
+    assert chat.rooms_of(alice) == chat.rooms_of(bob) == {room["Uuid"]}
 
 
 def test_post_may_name_the_room_by_type_and_object() -> None:
@@ -297,7 +297,7 @@ def test_losing_access_leaves_the_room() -> None:
     chat.send(bob, join())
     frames(alice), frames(bob)
     chat.resubscribe(alice, Access("alice", "sub-alice", "standard", frozenset(), ()))
-    assert chat.service.rooms_of(alice) == frozenset()
+    assert chat.rooms_of(alice) == frozenset()
     assert frames(bob) == [{"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["bob"])}]
     chat.send(bob, post(chat.room()["Uuid"], "secret"))
     assert frames(alice) == []
@@ -311,7 +311,7 @@ def test_a_new_login_on_the_socket_drops_the_old_logins_rooms() -> None:
     alice.access = Access("bob", "sub-bob", "standard", frozenset(), (WS,))
     chat.send(alice, join("USER", "bob"))
     assert chat.room()["Users"] == []
-    assert chat.service.rooms_of(alice) == {chat.room("USER", "bob")["Uuid"]}
+    assert chat.rooms_of(alice) == {chat.room("USER", "bob")["Uuid"]}
 
 
 # --------------------------------------------------------------------------- errors
@@ -348,11 +348,11 @@ def test_malformed_or_refused_frames_get_an_error_and_change_nothing(frame: dict
     chat.send(alice, join())
     room = chat.room()
     seed(chat, room["Uuid"], 1)
-    before = (chat.room(), chat.messages(room["Uuid"]), chat.service.rooms_of(alice), len(chat.bus.events))
+    before = (chat.room(), chat.messages(room["Uuid"]), chat.rooms_of(alice), len(chat.bus.events))
     frames(alice)
     chat.send(alice, frame)
     assert_error(alice, *words)
-    assert (chat.room(), chat.messages(room["Uuid"]), chat.service.rooms_of(alice), len(chat.bus.events)) == before
+    assert (chat.room(), chat.messages(room["Uuid"]), chat.rooms_of(alice), len(chat.bus.events)) == before
 
 
 def test_frames_before_subscribe_are_refused() -> None:
@@ -419,7 +419,7 @@ def test_a_store_failure_answers_an_error_and_keeps_the_socket() -> None:
     chat.store.find_or_create_room = lambda *a: fail(RuntimeError("redis down"))  # type: ignore[method-assign]
     chat.send(alice, join())
     assert_error(alice, "JOIN", "internal error")
-    assert chat.service.rooms_of(alice) == frozenset()
+    assert chat.rooms_of(alice) == frozenset()
 
 
 def test_a_publish_failure_is_reported_to_the_poster() -> None:
@@ -625,7 +625,7 @@ def test_a_socket_closing_during_a_join_leaves_no_presence() -> None:
     pending.callback([])
     assert chat.room()["Users"] == ["bob"]
     assert frames(alice) == []
-    assert chat.service.rooms_of(alice) == frozenset()
+    assert chat.rooms_of(alice) == frozenset()
 
 
 # --------------------------------------------------------------------------- several instances

@@ -147,9 +147,9 @@ class Gateway:
         def failed(failure: Failure) -> None:
             if not session.open or session.attempt != attempt:
                 return
-            if failure.check(AuthError):
+            if isinstance(failure.value, AuthError):
                 self._refuse(session, f"subscribe: {failure.value}", CLOSE_AUTH, "invalid_token")
-            elif failure.check(AccessError):
+            elif isinstance(failure.value, AccessError):
                 reason = str(failure.value)
                 if "unavailable" in reason:
                     self._refuse(session, f"subscribe: {reason}", CLOSE_TRY_AGAIN, "access_unavailable")

@@ -16,15 +16,18 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from wsgw.access import Access, Root, Workspace
+from wsgw.chat.membership import ChatSocket
 from wsgw.chat.memory_store import MemoryChatStore
 from wsgw.chat.model import Message, Room
 from wsgw.chat.service import ChatService
 from wsgw.interfaces import IChatStore, IConnection
 from wsgw.sessions import Session, SessionTable
 
+_trial = SynchronousTestCase()  # for its successResultOf
 START = 1718022000.0  # the harness clock's start (unix seconds)
 WS = Workspace("ws-1", "common", (Root("r1", "pydiods1/common", "common"),))  # the harness users' workspace
 
@@ -196,6 +199,11 @@ class ChatHarness:
             setattr(self.store, method, real)
         return pending
 
+    def rooms_of(self, session: Session) -> frozenset[str]:
+        """The room uuids the socket has joined."""
+        state = session.state
+        return frozenset(state.rooms) if isinstance(state, ChatSocket) else frozenset()
+
     def settle(self) -> None:
         """Release the slow store until nothing waits any more."""
         for _ in range(20):
@@ -205,20 +213,14 @@ class ChatHarness:
 
     def room(self, type: str = "WORKSPACE", obj: str = "ws-1") -> Room:
         """The stored room ``(type, obj)``, which must exist."""
-        found: Room | None = _result(MemoryChatStore.find_room(self.store, type, obj))
+        found: Room | None = _trial.successResultOf(MemoryChatStore.find_room(self.store, type, obj))
         assert found is not None
         return found
 
     def messages(self, room_uuid: str) -> list[Message]:
         """The room's stored history, oldest first."""
-        history: list[Message] = _result(MemoryChatStore.page(self.store, room_uuid, 0, 0))
+        history: list[Message] = _trial.successResultOf(MemoryChatStore.page(self.store, room_uuid, 0, 0))
         return history
-
-
-def _result(d: Deferred[Any]) -> Any:
-    out: list[Any] = []
-    d.addCallback(out.append)
-    return out[0]
 
 
 def frames(session: Session) -> list[Any]:

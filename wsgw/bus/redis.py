@@ -1,8 +1,7 @@
 """``RedisBus``: the event bus (``IBus``) on Redis pub/sub, for production and for several gateway instances.
 
 A subscriber connection SUBSCRIBEs to every configured channel after each
-(re)connect and PINGs to notice a dead peer; a publisher connection PUBLISHes
-(and serves other commands, see ``RedisBus.commands``). Both are
+(re)connect and PINGs to notice a dead peer; a publisher connection PUBLISHes. Both are
 ``wsgw.redis.connection.RedisLink``s.
 
 txredisapi's ``SubscriberProtocol`` hands the 2nd..Nth SUBSCRIBE
@@ -175,12 +174,6 @@ class RedisBus(service.MultiService):
     def links(self) -> tuple[RedisLink, RedisLink]:
         """The subscriber and publisher connections (for metrics: ``role``, ``connected``, ``reconnects``)."""
         return (self._subscriber, self._publisher)
-
-    @property
-    def commands(self) -> RedisCommands:
-        """The publisher connection, usable for other commands (e.g. the chat store, whose writes then reach
-        Redis before the PUBLISH that announces them)."""
-        return self._publisher
 
     @property
     def state(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import uuid as uuidlib
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -31,14 +32,14 @@ class MemoryChatStore:
         room["Users"] = sorted(self._users[room_uuid])
         return room
 
-    def find_room(self, type: str, type_object: str) -> Deferred:
+    def find_room(self, type: str, type_object: str) -> Deferred[Any]:
         room_uuid = self._index.get(index_key(type, type_object))
         return succeed(None if room_uuid is None else self._room(room_uuid))
 
-    def get_room(self, room_uuid: str) -> Deferred:
+    def get_room(self, room_uuid: str) -> Deferred[Any]:
         return succeed(self._room(room_uuid) if room_uuid in self._rooms else None)
 
-    def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred:
+    def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred[Any]:
         key = index_key(type, type_object)
         created = key not in self._index
         if created:
@@ -52,7 +53,7 @@ class MemoryChatStore:
             self._messages[room_uuid] = []
         return succeed((self._room(self._index[key]), created))
 
-    def touch_user(self, room_uuid: str, login: str, now: float, stale_before: float) -> Deferred:
+    def touch_user(self, room_uuid: str, login: str, now: float, stale_before: float) -> Deferred[Any]:
         if room_uuid not in self._rooms:
             return succeed((None, False))
         users = self._users[room_uuid]
@@ -65,7 +66,7 @@ class MemoryChatStore:
             self._rooms[room_uuid]["LastUpdated"] = stamp(now)
         return succeed((self._room(room_uuid), changed))
 
-    def remove_user(self, room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
+    def remove_user(self, room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred[Any]:
         if room_uuid not in self._rooms:
             return succeed((None, False))
         users = self._users[room_uuid]
@@ -76,7 +77,7 @@ class MemoryChatStore:
             self._rooms[room_uuid]["LastUpdated"] = stamp(now)
         return succeed((self._room(room_uuid), changed))
 
-    def post_message(self, message: Message, cap: int) -> Deferred:
+    def post_message(self, message: Message, cap: int) -> Deferred[Any]:
         history = self._messages.get(message["RoomUuid"])
         if history is None:
             return fail(NoSuchRoom(message["RoomUuid"]))
@@ -94,7 +95,7 @@ class MemoryChatStore:
                 return history, i
         raise NoSuchMessage(message_uuid)
 
-    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
+    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred[Any]:
         try:
             history, i = self._find(room_uuid, message_uuid, author)
         except ChatStoreError as e:
@@ -110,14 +111,14 @@ class MemoryChatStore:
         message["Message"] = text
         return succeed(copy.deepcopy(message))
 
-    def delete_message(self, room_uuid: str, message_uuid: str, author: str) -> Deferred:
+    def delete_message(self, room_uuid: str, message_uuid: str, author: str) -> Deferred[Any]:
         try:
             history, i = self._find(room_uuid, message_uuid, author)
         except ChatStoreError as e:
             return fail(e)
         return succeed(history.pop(i))
 
-    def page(self, room_uuid: str, offset: int, limit: int) -> Deferred:
+    def page(self, room_uuid: str, offset: int, limit: int) -> Deferred[Any]:
         history = self._messages.get(room_uuid, [])
         end = max(len(history) - offset, 0)
         start = max(end - limit, 0) if limit > 0 else 0

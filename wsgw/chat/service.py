@@ -116,11 +116,6 @@ class ChatService:
 
     # ----------------------------------------------------------------- state
 
-    def rooms_of(self, session: Session) -> frozenset[str]:
-        """The room uuids the socket has joined."""
-        state = session.state
-        return frozenset(state.rooms) if isinstance(state, ChatSocket) else frozenset()
-
     @property
     def rooms_active(self) -> int:
         """Rooms that have at least one socket of this instance attached."""

@@ -43,19 +43,17 @@ def validate(event: object) -> tuple[str, dict[str, Any]] | None:
 
 
 class ActivityHandler:
-    """Handler of the activity topic; counts ``delivered`` frames and ``skipped`` events (not for a user inbox)."""
+    """Handler of the activity topic; ``delivered`` counts the frames handed to sessions."""
 
     def __init__(self, table: SessionTable) -> None:
         self._table = table
         self.delivered = 0
-        self.skipped = 0
 
     def handle(self, event: dict[str, Any]) -> None:
         """Send a user-inbox activity to its owner's sessions, names reduced to basenames."""
         parsed = validate(event)
         if parsed is None:
-            self.skipped += 1
-            return
+            return  # not for a user inbox
         owner, shaped = parsed
         if not owner:
             return

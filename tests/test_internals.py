@@ -1,0 +1,252 @@
+"""What wsgw relies on inside Twisted and Autobahn (``wsgw/internals/``), pinned on real sockets on loopback.
+
+An upgrade of either library that changes one of these fails here, by name, instead of quietly making the
+outbound path slower, a limit inert or a shutdown exit non-zero.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+from typing import Any
+
+import autobahn.websocket.protocol
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.application import app
+from twisted.internet import reactor, tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.http import HTTPChannel
+
+from tests.support.wsclient import TIMEOUT, connect
+from wsgw.internals.autobahn import HANDSHAKE_ONLY, ServerFactory, ServerProtocol
+from wsgw.internals.twisted import buffered, clear_exit_signal, direct_socket, release_taken_over_request, send_direct
+
+# --------------------------------------------------------------------------- Twisted
+
+
+class _Keep(Protocol):
+    """A protocol that hands itself over once connected and collects what it receives."""
+
+    def __init__(self, made: Deferred[Any]) -> None:
+        self.made = made
+        self.received = b""
+        self.got: Deferred[None] | None = None
+        self.wanted = 0
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.got is not None and len(self.received) >= self.wanted:
+            got, self.got = self.got, None
+            got.callback(None)
+
+    def wait_for(self, size: int) -> Deferred[None]:
+        self.wanted = size
+        self.got = Deferred()
+        if len(self.received) >= size:
+            self.dataReceived(b"")
+        return self.got.addTimeout(TIMEOUT, reactor)
+
+
+async def _tcp_pair() -> tuple[_Keep, _Keep, Any]:
+    """A server protocol and a client protocol connected on 127.0.0.1; the listening port."""
+    server_side: Deferred[Any] = Deferred()
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: _Keep(server_side)), interface="127.0.0.1")
+    client_side: Deferred[Any] = Deferred()
+    reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: _Keep(client_side)))
+    return await server_side.addTimeout(TIMEOUT, reactor), await client_side.addTimeout(TIMEOUT, reactor), port
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tcp_transport_holds_its_unwritten_bytes_where_buffered_reads_them() -> None:
+    """FileDescriptor keeps what ``write`` was given until the reactor flushes it (dataBuffer, offset,
+    _tempDataLen): ``buffered`` counts it, then 0; ``direct_socket`` finds the plain TCP socket."""
+    server, client, port = await _tcp_pair()
+    try:
+        transport = server.transport
+        assert isinstance(transport, tcp.Connection)
+        assert isinstance(direct_socket(transport), socket.socket) and direct_socket(transport) is transport.socket
+        assert buffered(transport) == 0
+        transport.write(b"x" * 100)
+        assert buffered(transport) == 100  # held until the reactor's next write turn
+        await client.wait_for(100)
+        assert buffered(transport) == 0
+    finally:
+        server.transport.loseConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_direct_never_overtakes_what_the_transport_holds() -> None:
+    """While the transport holds bytes ``send_direct`` sends nothing (0), so the peer reads them in order;
+    once it is idle the socket takes the data at once."""
+    server, client, port = await _tcp_pair()
+    try:
+        transport = server.transport
+        sock = direct_socket(transport)
+        assert sock is not None
+        transport.write(b"first-")
+        assert send_direct(transport, sock, b"second-") == 0
+        transport.write(b"second-")
+        await client.wait_for(len(b"first-second-"))
+        assert send_direct(transport, sock, b"third") == len(b"third")
+        await client.wait_for(len(b"first-second-third"))
+        assert client.received == b"first-second-third"
+    finally:
+        server.transport.loseConnection()
+        await port.stopListening()
+
+
+def test_transports_that_are_not_plain_tcp_get_no_direct_socket() -> None:
+    """A transport that is not Twisted's TCP connection (TLS wraps it, tests fake it) goes through write()."""
+    assert direct_socket(StringTransport()) is None
+
+
+def test_an_http_channel_keeps_its_requests_in_a_list() -> None:
+    """``HTTPChannel.requests`` is the list the upgrade empties to break the channel/request cycle."""
+    channel = HTTPChannel()
+    assert channel.requests == []
+
+    class Request:
+        pass
+
+    request = Request()
+    request.channel = channel  # type: ignore[attr-defined]
+    channel.transport = None  # type: ignore[assignment]  # taken over: the WebSocket protocol owns the socket
+    channel.requests = [request]
+    release_taken_over_request(request)
+    assert channel.requests == []
+
+
+def test_twistd_reads_the_exit_signal_from_the_reactor() -> None:
+    """twistd re-raises ``reactor._exitSignal`` at exit; ``clear_exit_signal`` empties it (a designed
+    shutdown exits 0: tests/test_twistd.py checks it end to end)."""
+    assert "reactor._exitSignal" in inspect.getsource(app.ApplicationRunner)
+    assert reactor._exitSignal is None  # type: ignore[attr-defined]
+
+    class Stopped:
+        _exitSignal = 15
+
+    stopped = Stopped()
+    clear_exit_signal(stopped)
+    assert stopped._exitSignal is None
+
+
+# --------------------------------------------------------------------------- Autobahn
+
+
+class _Probe(ServerProtocol):
+    """Records what the fenced hooks see."""
+
+    def onOpen(self) -> None:
+        self.factory.seen["dict"] = set(self.__dict__)
+        self.shed_handshake_state()
+        self.factory.seen["opened"].callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.seen["messages"].append(payload)
+
+    def message_too_big(self, limit: int) -> None:
+        self.factory.seen["too_big"] = limit
+        self.start_close(1009, "too big")
+
+    def before_close_frame(self) -> None:
+        self.factory.seen["before_close"] += 1
+
+
+def _listen(clock: Any = reactor, **options: Any) -> tuple[Any, ServerFactory]:
+    factory = ServerFactory(reactor, clock)
+    factory.protocol = _Probe  # type: ignore[assignment]
+    factory.setProtocolOptions(**options)
+    factory.seen = {"messages": [], "before_close": 0, "opened": Deferred()}  # type: ignore[attr-defined]
+    return reactor.listenTCP(0, factory, interface="127.0.0.1"), factory
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_handshake_only_attributes_exist_until_shed() -> None:
+    """Every name in HANDSHAKE_ONLY is on a protocol after its opening handshake (a rename would make shedding
+    silently keep it); after shedding, the class-level stand-ins answer the ones read later."""
+    port, factory = _listen()
+    try:
+        client = await connect(port.getHost().port)
+        server = await factory.seen["opened"].addTimeout(TIMEOUT, reactor)  # type: ignore[attr-defined]
+        missing = set(HANDSHAKE_ONLY) - factory.seen["dict"]  # type: ignore[attr-defined]
+        assert not missing, f"Autobahn no longer sets {missing}"
+        assert not set(HANDSHAKE_ONLY) & set(server.__dict__)
+        assert dict(server.http_headers) == {} and server.websocket_origin is None
+        client.send_json({"still": "working"})
+        client.sendClose(1000)
+        await client.wait_closed()
+        assert factory.seen["messages"] == [b'{"still": "working"}']  # type: ignore[attr-defined]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_message_reaches_message_too_big_with_the_limit() -> None:
+    """Autobahn calls ``_max_message_size_exceeded`` for a message over maxMessagePayloadSize: the fence hands
+    the limit to ``message_too_big``, and the message is never delivered."""
+    port, factory = _listen(maxMessagePayloadSize=64, maxFramePayloadSize=64)
+    try:
+        client = await connect(port.getHost().port)
+        client.sendMessage(b"x" * 100)
+        assert (await client.wait_closed())[0] == 1009
+        assert factory.seen["too_big"] == 64  # type: ignore[attr-defined]
+        assert factory.seen["messages"] == []  # type: ignore[attr-defined]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_start_close_arriving_frames_are_dropped_and_the_close_frame_goes_through_the_hook() -> None:
+    """``start_close`` sends any close code (1003 included), runs ``before_close_frame`` first, and sets
+    failedByMe so that what the client still sends is not delivered; a second call does nothing."""
+    port, factory = _listen()
+    try:
+        client = await connect(port.getHost().port)
+        server = await factory.seen["opened"].addTimeout(TIMEOUT, reactor)  # type: ignore[attr-defined]
+        assert server.start_close(1003, "bad data") is True
+        assert server.start_close(1003, "again") is False
+        client.send_json({"late": True})
+        assert await client.wait_closed() == (1003, "bad data")
+        assert factory.seen["messages"] == []  # type: ignore[attr-defined]
+        assert factory.seen["before_close"] == 1  # type: ignore[attr-defined]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_autobahns_timers_run_on_the_factorys_clock() -> None:
+    """The protocol's handshake, ping and close timers go through ``factory._batched_timer``; ServerFactory's
+    runs on the clock it is given, so a test clock drives Autobahn's auto-ping."""
+    clock = Clock()
+    port, factory = _listen(clock, autoPingInterval=30, autoPingTimeout=60)
+    try:
+        client = await connect(port.getHost().port)
+        await factory.seen["opened"].addTimeout(TIMEOUT, reactor)  # type: ignore[attr-defined]
+        assert clock.getDelayedCalls(), "the ping timer is not on the injected clock"
+        pinged: Deferred[None] = Deferred()
+        client.onPing = lambda payload: pinged.called or pinged.callback(None)  # type: ignore[method-assign]
+        clock.advance(30.3)  # the 30 s ping, in its 0.2 s bucket
+        await pinged.addTimeout(TIMEOUT, reactor)
+        client.sendClose(1000)
+        await client.wait_closed()
+    finally:
+        await port.stopListening()
+
+
+def test_the_fenced_hooks_still_exist_in_autobahn() -> None:
+    """The private names the fence overrides or sets are still Autobahn's, with the signatures it calls."""
+    assert list(inspect.signature(WebSocketServerProtocol._max_message_size_exceeded).parameters) == [
+        "self", "msg_size", "max_msg_size", "reason"]
+    assert list(inspect.signature(WebSocketServerProtocol.sendCloseFrame).parameters) == [
+        "self", "code", "reasonUtf8", "isReply"]
+    source = inspect.getsource(autobahn.websocket.protocol)
+    assert "if not self.failedByMe" in source
+    assert "self.factory._batched_timer.call_later(" in source
