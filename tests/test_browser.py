@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.support.daemon import Publisher, new_prefix, start_daemon, token, workspace
+from tests.support.daemon import StartGateway, token, workspace
 from tests.support.wsclient import connect
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -78,13 +78,11 @@ def click(driver: Any, element_id: str) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_live_page_subscribes_receives_an_event_and_chats(tmp_path: Path) -> None:
+async def test_live_page_subscribes_receives_an_event_and_chats(tmp_path: Path, gateway: StartGateway) -> None:
     """In Chromium the live page subscribes with a token, shows an event published on Redis, joins a room and
     posts a message a second (Autobahn) client receives, and shows that client's answer."""
     _need_browser()
-    prefix = new_prefix()
-    daemon = await start_daemon(prefix, overrides={"web.live_page": "yes"})
-    pub = Publisher(prefix)
+    daemon = await gateway(overrides={"web.live_page": "yes"})
     driver = None
     try:
         driver = await deferToThread(start_browser, tmp_path / "profile")
@@ -94,7 +92,7 @@ async def test_live_page_subscribes_receives_an_event_and_chats(tmp_path: Path) 
         await deferToThread(wait_text, driver, "status-chat", "subscribed as alice")
         assert "token=" not in driver.current_url  # the page drops the token from the address bar
 
-        await pub.publish("tree", {"Target": {"Uuid": "n1", "Path": "ds/home/report.pdf", "Type": "LEAF"}})
+        await daemon.publish("tree", {"Target": {"Uuid": "n1", "Path": "ds/home/report.pdf", "Type": "LEAF"}})
         await deferToThread(wait_text, driver, "events", "home/report.pdf")
 
         bob = await connect(daemon.port, "/chat")
@@ -118,28 +116,22 @@ async def test_live_page_subscribes_receives_an_event_and_chats(tmp_path: Path) 
     finally:
         if driver is not None:
             await deferToThread(driver.quit)
-        await pub.close()
-        await daemon.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_live_page_is_off_by_default_and_locked_down_when_on() -> None:
+async def test_live_page_is_off_by_default_and_locked_down_when_on(gateway: StartGateway) -> None:
     """Without live_page / is a 404; with it the page comes with a CSP that allows only its own inline script."""
     import treq
 
-    off = await start_daemon(new_prefix(), redis=None)
-    on = await start_daemon(new_prefix(), redis=None, overrides={"web.live_page": "yes"})
-    try:
-        response = await treq.get(f"http://127.0.0.1:{off.port}/", timeout=5)
-        assert response.code == 404
-        await response.content()
-        response = await treq.get(f"http://127.0.0.1:{on.port}/", timeout=5)
-        assert response.code == 200
-        body = await response.text()
-        assert "<title>wsgw live</title>" in body
-        csp = response.headers.getRawHeaders("content-security-policy")[0]
-        assert "script-src 'sha256-" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
-        assert response.headers.getRawHeaders("x-content-type-options") == ["nosniff"]
-    finally:
-        await off.stop()
-        await on.stop()
+    off = await gateway(redis=None)
+    on = await gateway(redis=None, overrides={"web.live_page": "yes"})
+    response = await treq.get(f"http://127.0.0.1:{off.port}/", timeout=5)
+    assert response.code == 404
+    await response.content()
+    response = await treq.get(f"http://127.0.0.1:{on.port}/", timeout=5)
+    assert response.code == 200
+    body = await response.text()
+    assert "<title>wsgw live</title>" in body
+    csp = response.headers.getRawHeaders("content-security-policy")[0]
+    assert "script-src 'sha256-" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+    assert response.headers.getRawHeaders("x-content-type-options") == ["nosniff"]

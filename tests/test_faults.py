@@ -1,18 +1,27 @@
-"""Faults: shutdown with peers that do not cooperate, chat during a Redis outage."""
+"""Faults: shutdown (clean, and with peers that do not cooperate), Redis dying and coming back, chat during a Redis
+outage, peers that stop answering pings."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from tests.support.daemon import new_prefix, start_daemon, token
+from tests.support.daemon import Publisher, StartGateway, healthz, token, workspace
+from tests.support.redis_server import RedisServer
 from tests.support.wsclient import Client, connect
+
+PERSONAL = workspace("ws-alice", "personal-files", "pydiods1/personal/alice")
+
+
+def node(path: str) -> dict[str, object]:
+    return {"Uuid": "n1", "Path": path, "Type": "LEAF"}
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -42,9 +51,9 @@ class Mute(Protocol):
 
 
 @pytest_twisted.ensureDeferred
-async def test_shutdown_drops_peers_that_ignore_the_close_within_the_timeout() -> None:
+async def test_shutdown_drops_peers_that_ignore_the_close_within_the_timeout(gateway: StartGateway) -> None:
     """A peer that never completes the close handshake is dropped at shutdown_timeout; cooperating peers get 1000."""
-    daemon = await start_daemon(new_prefix(), redis=None, overrides={"server.shutdown_timeout": "0.5"})
+    daemon = await gateway(redis=None, overrides={"server.shutdown_timeout": "0.5"})
     mute = Mute()
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port), mute)
     await mute.upgraded
@@ -69,62 +78,97 @@ async def next_matching(client: Client, match: Callable[[Any], bool], limit: int
 
 
 @pytest_twisted.ensureDeferred
-async def test_chat_during_a_redis_outage_gets_an_error_not_a_hang() -> None:
+async def test_chat_during_a_redis_outage_gets_an_error_not_a_hang(gateway: StartGateway) -> None:
     """With Redis down, a chat POST is answered at once with an error frame; the socket stays usable after Redis returns."""
     from tests.support.redis_server import RedisServer
-    from tests.test_integration import healthz
 
     with RedisServer() as redis:
-        daemon = await start_daemon(new_prefix(), redis=redis.endpoint)
-        try:
-            await daemon.service.redis_commands.whenConnected()
-            alice = await connect(daemon.port, "/chat")
-            await alice.subscribe(token("alice"))
-            room = {"Type": "GLOBAL", "RoomTypeObject": "outage"}
-            alice.send_json({"@type": "JOIN", "Room": room})
-            update = await alice.next()
-            assert update["@type"] == "ROOM_UPDATE"
-            room_uuid = update["Room"]["Uuid"]
-            # the JOIN is complete once its ROOM_UPDATE came back through the bus too
-            await next_matching(alice, lambda f: f.get("@type") == "ROOM_UPDATE")
+        daemon = await gateway(redis=redis.endpoint)
+        await daemon.service.redis_commands.whenConnected()
+        alice = await connect(daemon.port, "/chat")
+        await alice.subscribe(token("alice"))
+        room = {"Type": "GLOBAL", "RoomTypeObject": "outage"}
+        alice.send_json({"@type": "JOIN", "Room": room})
+        update = await alice.next()
+        assert update["@type"] == "ROOM_UPDATE"
+        room_uuid = update["Room"]["Uuid"]
+        # the JOIN is complete once its ROOM_UPDATE came back through the bus too
+        await next_matching(alice, lambda f: f.get("@type") == "ROOM_UPDATE")
 
-            redis.kill()
-            for _ in range(3000):  # each try is an HTTP round trip: wait until the daemon has seen the outage
-                if await healthz(daemon.port) == 503 and not daemon.service.redis_commands.connected:
-                    break
-            else:
-                raise AssertionError("the daemon never noticed the Redis outage")
-            alice.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": "lost?"}})
-            error = await next_matching(alice, lambda f: f.get("@type") == "error")
-            assert error == {"@type": "error", "error": "POST: the chat store is unavailable, try again later"}
+        redis.kill()
+        for _ in range(3000):  # each try is an HTTP round trip: wait until the daemon has seen the outage
+            if await healthz(daemon.port) == 503 and not daemon.service.redis_commands.connected:
+                break
+        else:
+            raise AssertionError("the daemon never noticed the Redis outage")
+        alice.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": "lost?"}})
+        error = await next_matching(alice, lambda f: f.get("@type") == "error")
+        assert error == {"@type": "error", "error": "POST: the chat store is unavailable, try again later"}
 
-            redis.start()  # a fresh, empty Redis (no persistence): the room must be joined again
-            for back in (daemon.service.redis_commands.whenConnected(), daemon.service.bus.whenConnected()):
-                back.addTimeout(20, reactor)
-                await back
-            alice.send_json({"@type": "JOIN", "Room": room})
-            update = await next_matching(alice, lambda f: f.get("@type") == "ROOM_UPDATE")
-            alice.send_json({"@type": "POST", "Message": {"RoomUuid": update["Room"]["Uuid"], "Message": "back"}})
-            posted = await next_matching(alice, lambda f: f.get("Message") == "back")
-            assert posted["Author"] == "alice"
-        finally:
-            await daemon.stop()
+        redis.start()  # a fresh, empty Redis (no persistence): the room must be joined again
+        for back in (daemon.service.redis_commands.whenConnected(), daemon.service.bus.whenConnected()):
+            back.addTimeout(20, reactor)
+            await back
+        alice.send_json({"@type": "JOIN", "Room": room})
+        update = await next_matching(alice, lambda f: f.get("@type") == "ROOM_UPDATE")
+        alice.send_json({"@type": "POST", "Message": {"RoomUuid": update["Room"]["Uuid"], "Message": "back"}})
+        posted = await next_matching(alice, lambda f: f.get("Message") == "back")
+        assert posted["Author"] == "alice"
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_peer_that_does_not_answer_pings_is_dropped() -> None:
+async def test_a_peer_that_does_not_answer_pings_is_dropped(gateway: StartGateway) -> None:
     """The server pings every ping_interval and drops a peer that has not answered within pong_timeout."""
     # generous enough that the polite client (same process, same reactor) always answers in time
     overrides = {"websocket.ping_interval": "0.5", "websocket.pong_timeout": "1.5", "websocket.auth_timeout": "0"}
-    daemon = await start_daemon(new_prefix(), redis=None, overrides=overrides)
-    try:
-        mute = Mute()
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port), mute)
-        await mute.upgraded
-        polite = await connect(daemon.port)  # Autobahn's client answers pings itself
-        mute.lost.addTimeout(6, reactor)
-        await mute.lost
-        assert polite.state == polite.STATE_OPEN
-        assert len(daemon.service.gateway.table) == 1
-    finally:
-        await daemon.stop()
+    daemon = await gateway(redis=None, overrides=overrides)
+    mute = Mute()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port), mute)
+    await mute.upgraded
+    polite = await connect(daemon.port)  # Autobahn's client answers pings itself
+    mute.lost.addTimeout(6, reactor)
+    await mute.lost
+    assert polite.state == polite.STATE_OPEN
+    assert len(daemon.service.gateway.table) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_closes_sockets_with_1000(gateway: StartGateway) -> None:
+    """Stopping the service closes every socket with 1000 'server shutting down'."""
+    daemon = await gateway(redis=None)
+    client = await connect(daemon.port)
+    await client.subscribe(token("alice", [PERSONAL]))
+    await daemon.stop()
+    assert await client.wait_closed() == (1000, "server shutting down")
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_in_the_middle(gateway: StartGateway) -> None:
+    """Redis dies and comes back: /healthz goes 503 then 200, the bus re-subscribes, later events still arrive."""
+    with RedisServer() as redis:
+        daemon = await gateway(redis=redis.endpoint)
+        pub = Publisher(daemon.prefix, port=redis.port)  # the private server's port: daemon.publish uses 6379
+        try:
+            alice = await connect(daemon.port)
+            await alice.subscribe(token("alice", [PERSONAL]))
+            await pub.publish("tree", {"Target": node("pydiods1/personal/alice/before.txt")})
+            assert (await alice.next())["Target"]["Path"] == "personal-files/before.txt"
+            await pub.close()
+
+            redis.kill()
+            for _ in range(500):  # each try is a full HTTP round trip; the bus notices the drop within a few
+                if await healthz(daemon.port) == 503:
+                    break
+            else:
+                pytest.fail("/healthz never reported the Redis outage")
+            assert not daemon.service.bus.connected
+
+            redis.start()
+            back = daemon.service.bus.whenConnected()
+            back.addTimeout(20, reactor)
+            await back
+            assert await healthz(daemon.port) == 200
+            await pub.publish("tree", {"Target": node("pydiods1/personal/alice/after.txt")})
+            assert (await alice.next())["Target"]["Path"] == "personal-files/after.txt"
+        finally:
+            await pub.close()

@@ -22,7 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import reactor
 from twisted.internet.testing import EventLoggingObserver
 
-from tests.support.daemon import REDIS, SECRET, Daemon, Publisher, channels, new_prefix, start_daemon, token, workspace
+from tests.support.daemon import REDIS, SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
 from tests.support.wsclient import Client, connect
 from wsgw.config import config_from_string
 from wsgw.events.tasks import TaskHandler
@@ -88,7 +88,7 @@ async def start_rs256_daemon(prefix: str, public_key_file: Path) -> Daemon:
     service = GatewayService(config, reactor)
     service.startService()
     await service.bus.whenConnected()
-    return Daemon(service)
+    return Daemon(service, prefix)
 
 
 async def watcher(daemon: Daemon, jwt_: str | None = None) -> Client:
@@ -98,10 +98,10 @@ async def watcher(daemon: Daemon, jwt_: str | None = None) -> Client:
     return client
 
 
-async def still_served(daemon: Daemon, pub: Publisher, client: Client) -> None:
+async def still_served(daemon: Daemon, client: Client) -> None:
     """A node event published now reaches ``client`` (whatever happened before on the daemon)."""
     name = f"{uuid.uuid4().hex[:8]}.txt"
-    await pub.publish("tree", {"Target": {"Uuid": name, "Path": f"ds/home/{name}"}})
+    await daemon.publish("tree", {"Target": {"Uuid": name, "Path": f"ds/home/{name}"}})
     for _ in range(20):  # events published earlier in the test may come first
         if (await client.next()).get("Target", {}).get("Path") == f"home/{name}":
             return
@@ -117,20 +117,25 @@ async def answer_and_close(client: Client) -> tuple[list[Frame], tuple[int | Non
     return frames, closed
 
 
-@asynccontextmanager
-async def hostile(extra: str = "", watcher_token: str | None = None,
-                  **kwargs: Any) -> AsyncIterator[tuple[Daemon, Publisher, Client]]:
-    """A daemon on the real Redis, a publisher, and a watcher; afterwards the watcher must still be served."""
-    prefix = new_prefix()
-    daemon = await start_daemon(prefix, extra=extra, **kwargs)
-    pub = Publisher(prefix)
-    try:
+Hostile = Callable[..., AbstractAsyncContextManager[tuple[Daemon, Client]]]
+"""The ``hostile`` fixture: ``async with hostile(extra="", watcher_token=None, **start_daemon_options) as
+(daemon, watcher)``."""
+
+
+@pytest.fixture
+def hostile(gateway: StartGateway) -> Hostile:
+    """A daemon on the real Redis (started and stopped by the ``gateway`` fixture) and a watcher; at the end of
+    the ``async with`` block the watcher must still be served."""
+
+    @asynccontextmanager
+    async def attack(extra: str = "", watcher_token: str | None = None,
+                     **kwargs: Any) -> AsyncIterator[tuple[Daemon, Client]]:
+        daemon = await gateway(extra=extra, **kwargs)
         calm = await watcher(daemon, watcher_token)
-        yield daemon, pub, calm
-        await still_served(daemon, pub, calm)
-    finally:
-        await pub.close()
-        await daemon.stop()
+        yield daemon, calm
+        await still_served(daemon, calm)
+
+    return attack
 
 
 def receive_calls(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> list[Frame]:
@@ -186,11 +191,11 @@ BAD_TOKENS: dict[str, tuple[Callable[[], Any], str]] = {
 @pytest.mark.parametrize("path", ["/ws", "/chat"])
 @pytest.mark.parametrize("case", sorted(BAD_TOKENS))
 @pytest_twisted.ensureDeferred
-async def test_a_bad_token_gets_an_error_frame_and_4001(case: str, path: str) -> None:
+async def test_a_bad_token_gets_an_error_frame_and_4001(case: str, path: str, hostile: Hostile) -> None:
     """Each kind of bad token is answered with an error frame naming the reason, then close 4001; the watcher on
     the same daemon still gets its events."""
     make, reason = BAD_TOKENS[case]
-    async with hostile() as (daemon, _, _):
+    async with hostile() as (daemon, _):
         client = await connect(daemon.port, path)
         client.send_json({"@type": "subscribe", "jwt": make()})
         frames, closed = await answer_and_close(client)
@@ -206,11 +211,12 @@ async def test_a_bad_token_gets_an_error_frame_and_4001(case: str, path: str) ->
     ("no audience", claims(iss=ISSUER), "subscribe: token audience is not accepted"),
 ])
 @pytest_twisted.ensureDeferred
-async def test_wrong_issuer_or_audience_is_refused(case: str, body: dict[str, Any], reason: str) -> None:
+async def test_wrong_issuer_or_audience_is_refused(case: str, body: dict[str, Any], reason: str,
+                                                   hostile: Hostile) -> None:
     """With an issuer and an audience configured, a token naming another (or none) is refused with 4001, while
     the watcher, whose token names both (the audience among others), is accepted and served."""
     right = jwt.encode(claims("watcher", iss=ISSUER, aud=["x", "wsgw"]), SECRET, algorithm="HS256")
-    async with hostile(f"[auth]\nissuer = {ISSUER}\naudience = wsgw\n", right) as (daemon, _, _):
+    async with hostile(f"[auth]\nissuer = {ISSUER}\naudience = wsgw\n", right) as (daemon, _):
         client = await connect(daemon.port)
         client.send_json({"@type": "subscribe", "jwt": jwt.encode(body, SECRET, algorithm="HS256")})
         assert await answer_and_close(client) == ([{"@type": "error", "error": reason}], (4001, reason))
@@ -222,9 +228,7 @@ async def test_algorithm_confusion_on_an_rs256_daemon(tmp_path: Path) -> None:
     (HS256 is not allowed), while a real RS256 token is accepted and served."""
     key_file = tmp_path / "public.pem"
     key_file.write_bytes(PUBLIC_PEM)
-    prefix = new_prefix()
-    daemon = await start_rs256_daemon(prefix, key_file)
-    pub = Publisher(prefix)
+    daemon = await start_rs256_daemon(new_prefix(), key_file)
     try:
         good = await connect(daemon.port)
         assert (await good.subscribe(jwt.encode(claims("alice"), PRIVATE_PEM, algorithm="RS256")))["user"] == "alice"
@@ -233,19 +237,18 @@ async def test_algorithm_confusion_on_an_rs256_daemon(tmp_path: Path) -> None:
             client.send_json({"@type": "subscribe", "jwt": hs256_by_hand(claims(), secret)})
             reason = "subscribe: token algorithm HS256 is not allowed"
             assert await answer_and_close(client) == ([{"@type": "error", "error": reason}], (4001, reason))
-        await still_served(daemon, pub, good)
+        await still_served(daemon, good)
     finally:
-        await pub.close()
         await daemon.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_algorithm_confusion_on_a_daemon_with_both_families(tmp_path: Path) -> None:
+async def test_algorithm_confusion_on_a_daemon_with_both_families(tmp_path: Path, hostile: Hostile) -> None:
     """With HS256 and RS256 both configured, an HS256 token signed with the public key is checked against the
     HMAC secret only, so its signature is refused; RS256 and HS256 tokens made right are both accepted."""
     key_file = tmp_path / "public.pem"
     key_file.write_bytes(PUBLIC_PEM)
-    async with hostile(f"[auth]\nalgorithms = HS256 RS256\npublic_key_file = {key_file}\n") as (daemon, _, _):
+    async with hostile(f"[auth]\nalgorithms = HS256 RS256\npublic_key_file = {key_file}\n") as (daemon, _):
         for secret in (PUBLIC_PEM, PUBLIC_PEM.strip()):
             client = await connect(daemon.port)
             client.send_json({"@type": "subscribe", "jwt": hs256_by_hand(claims(), secret)})
@@ -257,10 +260,10 @@ async def test_algorithm_confusion_on_a_daemon_with_both_families(tmp_path: Path
 
 @pytest.mark.parametrize("path, limit", [("/ws", 2048), ("/chat", 16384)])
 @pytest_twisted.ensureDeferred
-async def test_a_one_megabyte_token_is_refused_by_the_frame_limit(path: str, limit: int) -> None:
+async def test_a_one_megabyte_token_is_refused_by_the_frame_limit(path: str, limit: int, hostile: Hostile) -> None:
     """A subscribe carrying a 1 MB token is over both endpoints' frame limits: error frame and 1009 before any
     verification (the right answer: the frame is refused for its size, the token is never looked at)."""
-    async with hostile() as (daemon, _, _):
+    async with hostile() as (daemon, _):
         client = await connect(daemon.port, path)
         client.send_json({"@type": "subscribe", "jwt": "A" * 1_000_000})
         reason = f"frame too big: the limit is {limit} bytes"
@@ -269,9 +272,9 @@ async def test_a_one_megabyte_token_is_refused_by_the_frame_limit(path: str, lim
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_token_over_the_verifier_limit_within_the_chat_frame_limit_is_refused_4001() -> None:
+async def test_a_token_over_the_verifier_limit_within_the_chat_frame_limit_is_refused_4001(hostile: Hostile) -> None:
     """On /chat (16 KiB frames) a 12 KiB token fits the frame but not the verifier's 8 KiB token limit: 4001."""
-    async with hostile() as (daemon, _, _):
+    async with hostile() as (daemon, _):
         client = await connect(daemon.port, "/chat")
         client.send_json({"@type": "subscribe", "jwt": "A" * 12_000})
         reason = "subscribe: token too large (limit 8192 bytes)"
@@ -279,9 +282,9 @@ async def test_a_token_over_the_verifier_limit_within_the_chat_frame_limit_is_re
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_signed_token_with_an_absurd_expiry_is_refused_4001() -> None:
+async def test_a_signed_token_with_an_absurd_expiry_is_refused_4001(hostile: Hostile) -> None:
     """A correctly signed token whose exp is an integer past float range is refused with an error frame and 4001."""
-    async with hostile() as (daemon, _, _):
+    async with hostile() as (daemon, _):
         client = await connect(daemon.port)
         client.send_json({"@type": "subscribe", "jwt": jwt.encode(claims(exp=10**400), SECRET, algorithm="HS256")})
         frames, closed = await answer_and_close(client)
@@ -324,11 +327,11 @@ BAD_FRAMES: dict[str, tuple[str, bytes, bool, int, str | None]] = {
 
 @pytest.mark.parametrize("case", sorted(BAD_FRAMES))
 @pytest_twisted.ensureDeferred
-async def test_a_bad_frame_gets_a_clear_close(case: str) -> None:
+async def test_a_bad_frame_gets_a_clear_close(case: str, hostile: Hostile) -> None:
     """Each bad frame is answered with an error frame (when the server can still write one) and the documented
     close code; it never reaches the gateway core, except a well-formed subscribe carrying a non-string token."""
     path, payload, binary, code, error = BAD_FRAMES[case]
-    async with hostile() as (daemon, _, _):
+    async with hostile() as (daemon, _):
         client = await connect(daemon.port, path)
         client.sendMessage(payload, isBinary=binary)
         frames, (closed_code, _) = await answer_and_close(client)
@@ -340,11 +343,11 @@ async def test_a_bad_frame_gets_a_clear_close(case: str) -> None:
 @pytest.mark.parametrize("path, limit", [("/ws", 2048), ("/chat", 16384)])
 @pytest_twisted.ensureDeferred
 async def test_fragments_adding_up_past_the_limit_are_refused_and_never_handled(
-    path: str, limit: int, monkeypatch: pytest.MonkeyPatch
+    path: str, limit: int, monkeypatch: pytest.MonkeyPatch, hostile: Hostile
 ) -> None:
     """A valid subscribe sent in fragments each under the limit but adding up past it gets error + 1009, and
     the assembled message never reaches the gateway (nothing is buffered and handled after the close)."""
-    async with hostile() as (daemon, _, _):
+    async with hostile() as (daemon, _):
         calls = receive_calls(daemon, monkeypatch)
         client = await connect(daemon.port, path)
         frame = {"@type": "subscribe", "jwt": token("alice", [HOME]), "pad": " " * (limit * 20)}
@@ -356,9 +359,9 @@ async def test_fragments_adding_up_past_the_limit_are_refused_and_never_handled(
 
 
 @pytest_twisted.ensureDeferred
-async def test_fragments_within_the_limit_are_assembled_and_handled() -> None:
+async def test_fragments_within_the_limit_are_assembled_and_handled(hostile: Hostile) -> None:
     """The control for the test above: a subscribe in small fragments adding up under the limit is accepted."""
-    async with hostile() as (daemon, _, _):
+    async with hostile() as (daemon, _):
         client = await connect(daemon.port)
         client.sendMessage(json.dumps({"@type": "subscribe", "jwt": token("alice", [HOME])}).encode(),
                            fragmentSize=16)
@@ -366,23 +369,23 @@ async def test_fragments_within_the_limit_are_assembled_and_handled() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_and_mistyped_frames_on_ws_are_ignored_and_the_socket_serves_on() -> None:
+async def test_unknown_and_mistyped_frames_on_ws_are_ignored_and_the_socket_serves_on(hostile: Hostile) -> None:
     """On /ws an unknown @type, a @type of the wrong type and a frame without @type are ignored, as in Cells: the
     socket stays open, can still subscribe and receives events."""
-    async with hostile() as (daemon, pub, _):
+    async with hostile() as (daemon, _):
         client = await connect(daemon.port)
         for frame in ({"@type": "FOO"}, {"@type": ["subscribe"]}, {"@type": {"a": 1}}, {"@type": None},
                       {"@type": 10**300}, {"jwt": token("x")}, {}, {"@type": "JOIN", "Room": {}}):
             client.send_json(frame)
         assert (await client.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
-        await still_served(daemon, pub, client)
+        await still_served(daemon, client)
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_and_mistyped_chat_frames_get_error_frames_and_the_socket_stays() -> None:
+async def test_unknown_and_mistyped_chat_frames_get_error_frames_and_the_socket_stays(hostile: Hostile) -> None:
     """On /chat, unknown or mistyped frames (and huge, negative or fractional paging numbers) are each answered
     with an error frame naming the problem (or an empty page), and the socket stays open and usable."""
-    async with hostile() as (daemon, _, _):
+    async with hostile() as (daemon, _):
         chat = await connect(daemon.port, "/chat")
         chat.send_json({"@type": "JOIN", "Room": {"Type": "GLOBAL"}})
         assert (await chat.next())["error"] == "JOIN: not subscribed, send subscribe with a token first"
@@ -421,10 +424,10 @@ async def test_unknown_and_mistyped_chat_frames_get_error_frames_and_the_socket_
 
 
 @pytest_twisted.ensureDeferred
-async def test_lone_surrogate_escapes_in_frames_get_a_clear_answer() -> None:
+async def test_lone_surrogate_escapes_in_frames_get_a_clear_answer(hostile: Hostile) -> None:
     """A lone-surrogate escape (valid JSON, passes UTF-8 validation) as a chat @type or room is answered with a
     valid JSON error frame, and the socket stays open."""
-    async with hostile() as (daemon, _, _):
+    async with hostile() as (daemon, _):
         chat = await connect(daemon.port, "/chat")
         chat.sendMessage(b'{"@type":"\\ud800"}')
         assert (await chat.next())["error"] == "\ud800: not subscribed, send subscribe with a token first"
@@ -468,11 +471,11 @@ ENORMOUS = b'{"pad":"' + b"x" * (5 * 1024 * 1024) + b'"}'
 
 @pytest_twisted.ensureDeferred
 async def test_bad_bus_events_on_every_topic_are_dropped_and_good_ones_still_arrive(
-    tracebacks: EventLoggingObserver,
+    tracebacks: EventLoggingObserver, hostile: Hostile,
 ) -> None:
     """On every topic: non-JSON, non-objects, wrong types, missing fields and a 5 MB payload are dropped (counted
     as malformed, none as a handler crash), and a good event published right after reaches its recipient."""
-    async with hostile() as (daemon, pub, calm):
+    async with hostile() as (daemon, calm):
         chat = await connect(daemon.port, "/chat")
         await chat.subscribe(token("watcher", [HOME]))
         room = f"hostile-{uuid.uuid4().hex[:8]}"
@@ -483,10 +486,10 @@ async def test_bad_bus_events_on_every_topic_are_dropped_and_good_ones_still_arr
             bad = [*NOT_EVENTS, *(json.dumps(e).encode() for e in WRONG_TYPES[topic] + MISSING_FIELDS[topic]),
                    ENORMOUS]
             for payload in bad:
-                await pub.publish(topic, payload)
+                await daemon.publish(topic, payload)
             tag = uuid.uuid4().hex
             event = json.dumps(good(tag)).replace("@ROOM@", room_uuid)
-            await pub.publish(topic, event)
+            await daemon.publish(topic, event)
             if topic == "chat":
                 while (frame := await chat.next()).get("@type") == "ROOM_UPDATE":
                     pass
@@ -500,21 +503,21 @@ async def test_bad_bus_events_on_every_topic_are_dropped_and_good_ones_still_arr
 
 @pytest_twisted.ensureDeferred
 async def test_a_crashing_handler_is_counted_and_logged_and_other_topics_go_on(
-    monkeypatch: pytest.MonkeyPatch, tracebacks: EventLoggingObserver,
+    monkeypatch: pytest.MonkeyPatch, tracebacks: EventLoggingObserver, hostile: Hostile,
 ) -> None:
     """A topic handler that raises (a bug, forced here) is counted in dispatcher.crashed and logged with its
     traceback; other topics still deliver, and the topic itself delivers again once the bug is gone."""
-    async with hostile() as (daemon, pub, calm):
+    async with hostile() as (daemon, calm):
         def broken(self: TaskHandler, event: Frame) -> None:
             raise ZeroDivisionError("a bug in the tasks rules")
 
         monkeypatch.setattr(TaskHandler, "handle", broken)
-        await pub.publish("tasks", GOOD_EVENTS["tasks"]("t1"))
-        await still_served(daemon, pub, calm)  # published after the task event: the crash came first
+        await daemon.publish("tasks", GOOD_EVENTS["tasks"]("t1"))
+        await still_served(daemon, calm)  # published after the task event: the crash came first
         assert daemon.service.dispatcher.crashed["tasks"] == 1
         assert [e["log_failure"].type for e in tracebacks] == [ZeroDivisionError]
         monkeypatch.undo()
-        await pub.publish("tasks", GOOD_EVENTS["tasks"]("t2"))
+        await daemon.publish("tasks", GOOD_EVENTS["tasks"]("t2"))
         assert (await calm.next())["TaskUpdated"]["ID"] == "t2"
 
 
@@ -527,9 +530,9 @@ def expiring_token(login: str, exp: int) -> str:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_token_expiring_while_connected_closes_4001() -> None:
+async def test_a_token_expiring_while_connected_closes_4001(hostile: Hostile) -> None:
     """With leeway 0, sockets on /ws and /chat whose token reaches exp are closed with 4001 'token expired'."""
-    async with hostile("[auth]\nleeway = 0\n") as (daemon, _, _):
+    async with hostile("[auth]\nleeway = 0\n") as (daemon, _):
         exp = int(time.time()) + 2
         clients = [await connect(daemon.port, path) for path in ("/ws", "/chat")]
         for client in clients:
@@ -540,10 +543,10 @@ async def test_a_token_expiring_while_connected_closes_4001() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_fresher_token_before_exp_keeps_the_socket() -> None:
+async def test_a_fresher_token_before_exp_keeps_the_socket(hostile: Hostile) -> None:
     """Sockets (/ws and /chat) that re-subscribe with a fresher token before exp stay open past the first exp
     (when control sockets holding the same first token are closed 4001) and are still served."""
-    async with hostile("[auth]\nleeway = 0\n") as (daemon, pub, _):
+    async with hostile("[auth]\nleeway = 0\n") as (daemon, _):
         exp = int(time.time()) + 2
         refreshed = {path: await connect(daemon.port, path) for path in ("/ws", "/chat")}
         controls = [await connect(daemon.port, path) for path in ("/ws", "/chat")]
@@ -553,7 +556,7 @@ async def test_a_fresher_token_before_exp_keeps_the_socket() -> None:
             assert (await client.subscribe(expiring_token("alice", exp + 3600)))["exp"] == exp + 3600
         for client in controls:
             assert await client.wait_closed(timeout=5) == (4001, "token expired")
-        await still_served(daemon, pub, refreshed["/ws"])
+        await still_served(daemon, refreshed["/ws"])
         refreshed["/chat"].send_json({"@type": "FOO"})
         assert (await refreshed["/chat"].next())["error"] == "unknown @type 'FOO'"
         assert not any(client.closed.called for client in refreshed.values())

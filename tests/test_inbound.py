@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from tests.support.daemon import new_prefix, start_daemon, token, workspace
+from tests.support.daemon import StartGateway, token, workspace
 from tests.support.wsclient import connect
 from wsgw.web.inbound import InboundPolicy, PeerCounts
 
@@ -39,104 +39,86 @@ def test_peer_counts() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_origin_allow_list_on_the_wire() -> None:
+async def test_origin_allow_list_on_the_wire(gateway: StartGateway) -> None:
     """A browser from an origin not on the list is refused at the handshake; listed origins and non-browsers get in."""
     extra = "[websocket]\nallowed_origins = https://cells.example.org\n"
-    daemon = await start_daemon(new_prefix(), redis=None, extra=extra)
-    try:
-        with pytest.raises(ConnectionError):
-            await connect(daemon.port, origin="https://evil.example.com")
-        good = await connect(daemon.port, origin="https://cells.example.org")
-        assert (await good.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
-        plain = await connect(daemon.port, "/chat")
-        assert (await plain.subscribe(token("bob")))["@type"] == "subscribed"
-        factory = daemon.service.site.resource._routes[b"/ws"]._factory
-        assert factory.refused["origin"] == 1
-    finally:
-        await daemon.stop()
+    daemon = await gateway(redis=None, extra=extra)
+    with pytest.raises(ConnectionError):
+        await connect(daemon.port, origin="https://evil.example.com")
+    good = await connect(daemon.port, origin="https://cells.example.org")
+    assert (await good.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
+    plain = await connect(daemon.port, "/chat")
+    assert (await plain.subscribe(token("bob")))["@type"] == "subscribed"
+    factory = daemon.service.site.resource._routes[b"/ws"]._factory
+    assert factory.refused["origin"] == 1
 
 
 @pytest_twisted.ensureDeferred
-async def test_per_ip_cap_across_both_endpoints() -> None:
+async def test_per_ip_cap_across_both_endpoints(gateway: StartGateway) -> None:
     """With a cap of 2 per address, a third socket (on either endpoint) is refused until one closes."""
-    daemon = await start_daemon(new_prefix(), redis=None, extra="[websocket]\nmax_connections_per_ip = 2\n")
-    try:
-        first = await connect(daemon.port, "/ws")
-        await connect(daemon.port, "/chat")
-        with pytest.raises(ConnectionError):
-            await connect(daemon.port, "/ws")
-        first.sendClose(1000)
-        await first.wait_closed()
-        again = await connect(daemon.port, "/ws")
-        assert (await again.subscribe(token("alice")))["@type"] == "subscribed"
-    finally:
-        await daemon.stop()
+    daemon = await gateway(redis=None, extra="[websocket]\nmax_connections_per_ip = 2\n")
+    first = await connect(daemon.port, "/ws")
+    await connect(daemon.port, "/chat")
+    with pytest.raises(ConnectionError):
+        await connect(daemon.port, "/ws")
+    first.sendClose(1000)
+    await first.wait_closed()
+    again = await connect(daemon.port, "/ws")
+    assert (await again.subscribe(token("alice")))["@type"] == "subscribed"
 
 
 @pytest_twisted.ensureDeferred
-async def test_inbound_flood_closes_4029_and_spares_others() -> None:
+async def test_inbound_flood_closes_4029_and_spares_others(gateway: StartGateway) -> None:
     """A client sending faster than the inbound limit gets an error and close 4029; another client still gets events."""
     extra = "[websocket]\ninbound_rate = 5\ninbound_burst = 5\n"
-    daemon = await start_daemon(new_prefix(), redis=None, extra=extra)
-    try:
-        calm = await connect(daemon.port)
-        await calm.subscribe(token("alice", [HOME]))
-        flood = await connect(daemon.port)
-        for _ in range(50):
-            flood.send_json({"@type": "ping"})
-        error = await flood.next()
-        assert error == {"@type": "error", "error": "too many frames: slow down"}
-        assert (await flood.wait_closed())[0] == 4029
-        assert daemon.service.gateway.closes[4029] == 1
-        import json
+    daemon = await gateway(redis=None, extra=extra)
+    calm = await connect(daemon.port)
+    await calm.subscribe(token("alice", [HOME]))
+    flood = await connect(daemon.port)
+    for _ in range(50):
+        flood.send_json({"@type": "ping"})
+    error = await flood.next()
+    assert error == {"@type": "error", "error": "too many frames: slow down"}
+    assert (await flood.wait_closed())[0] == 4029
+    assert daemon.service.gateway.closes[4029] == 1
+    import json
 
-        await daemon.service.bus.publish("tree", json.dumps({"Target": {"Uuid": "n", "Path": "ds/home/f"}}).encode())
-        assert (await calm.next())["Target"]["Path"] == "home/f"
-    finally:
-        await daemon.stop()
+    await daemon.service.bus.publish("tree", json.dumps({"Target": {"Uuid": "n", "Path": "ds/home/f"}}).encode())
+    assert (await calm.next())["Target"]["Path"] == "home/f"
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_oversized_frame_is_refused_not_processed() -> None:
+async def test_an_oversized_frame_is_refused_not_processed(gateway: StartGateway) -> None:
     """A valid subscribe over the /ws size limit gets error + 1009 and is never acted on."""
-    daemon = await start_daemon(new_prefix(), redis=None)
-    try:
-        client = await connect(daemon.port)
-        padded = token("alice", [HOME])  # a valid token ...
-        client.send_json({"@type": "subscribe", "jwt": padded, "pad": "x" * 3000})  # ... in a 3 KB frame
-        assert (await client.next())["@type"] == "error"
-        assert (await client.wait_closed())[0] == 1009
-        assert daemon.service.gateway.subscribes_accepted == 0
-    finally:
-        await daemon.stop()
+    daemon = await gateway(redis=None)
+    client = await connect(daemon.port)
+    padded = token("alice", [HOME])  # a valid token ...
+    client.send_json({"@type": "subscribe", "jwt": padded, "pad": "x" * 3000})  # ... in a 3 KB frame
+    assert (await client.next())["@type"] == "error"
+    assert (await client.wait_closed())[0] == 1009
+    assert daemon.service.gateway.subscribes_accepted == 0
 
 
 @pytest_twisted.ensureDeferred
-async def test_frames_after_a_refusal_are_ignored() -> None:
+async def test_frames_after_a_refusal_are_ignored(gateway: StartGateway) -> None:
     """After a refused subscribe the socket is closing: a valid subscribe sent right behind it is not accepted."""
-    daemon = await start_daemon(new_prefix(), redis=None)
-    try:
-        client = await connect(daemon.port)
-        client.send_json({"@type": "subscribe", "jwt": "garbage"})
-        client.send_json({"@type": "subscribe", "jwt": token("alice", [HOME])})
-        assert (await client.next())["@type"] == "error"
-        assert (await client.wait_closed())[0] == 4001
-        assert daemon.service.gateway.subscribes_accepted == 0
-    finally:
-        await daemon.stop()
+    daemon = await gateway(redis=None)
+    client = await connect(daemon.port)
+    client.send_json({"@type": "subscribe", "jwt": "garbage"})
+    client.send_json({"@type": "subscribe", "jwt": token("alice", [HOME])})
+    assert (await client.next())["@type"] == "error"
+    assert (await client.wait_closed())[0] == 4001
+    assert daemon.service.gateway.subscribes_accepted == 0
 
 
 @pytest_twisted.ensureDeferred
-async def test_many_unauthenticated_sockets_are_closed_at_the_auth_timeout() -> None:
+async def test_many_unauthenticated_sockets_are_closed_at_the_auth_timeout(gateway: StartGateway) -> None:
     """Sockets that never subscribe are all closed with 4001 at the auth timeout; a subscribed one stays."""
-    daemon = await start_daemon(new_prefix(), redis=None, overrides={"websocket.auth_timeout": "0.5"})
-    try:
-        idle = [await connect(daemon.port, "/ws" if i % 2 else "/chat") for i in range(40)]
-        member = await connect(daemon.port)
-        await member.subscribe(token("alice", [HOME]))
-        for client in idle:
-            assert await client.wait_closed() == (4001, "authentication timeout")
-        (left,) = daemon.service.gateway.table
-        assert left.access is not None and left.access.login == "alice"
-    finally:
-        await daemon.stop()
+    daemon = await gateway(redis=None, overrides={"websocket.auth_timeout": "0.5"})
+    idle = [await connect(daemon.port, "/ws" if i % 2 else "/chat") for i in range(40)]
+    member = await connect(daemon.port)
+    await member.subscribe(token("alice", [HOME]))
+    for client in idle:
+        assert await client.wait_closed() == (4001, "authentication timeout")
+    (left,) = daemon.service.gateway.table
+    assert left.access is not None and left.access.login == "alice"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
 
-from tests.support.daemon import Publisher, StartGateway, new_prefix, start_daemon, token, workspace
+from tests.support.daemon import StartGateway, token, workspace
 from tests.support.wsclient import connect
 
 PERSONAL = workspace("ws-alice", "personal-files", "pydiods1/personal/alice")
@@ -101,230 +100,102 @@ async def test_malformed_bus_event_disturbs_nothing(gateway: StartGateway) -> No
 
 
 @pytest_twisted.ensureDeferred
-async def test_two_instances_on_one_redis_deliver_to_their_own_sessions() -> None:
+async def test_two_instances_on_one_redis_deliver_to_their_own_sessions(gateway: StartGateway) -> None:
     """Two daemons on one Redis each deliver a published event to their own sockets, once."""
-    prefix = new_prefix()
-    one = await start_daemon(prefix)
-    two = await start_daemon(prefix)
-    pub = Publisher(prefix)
-    try:
-        a = await connect(one.port)
-        b = await connect(two.port)
-        await a.subscribe(token("alice", [COMMON]))
-        await b.subscribe(token("bob", [COMMON]))
-        await pub.publish("tree", {"Target": node("pydiods1/common/one.txt")})
-        await pub.publish("tree", {"Target": node("pydiods1/common/two.txt", "n2")})
-        for client in (a, b):
-            assert (await client.next())["Target"]["Path"] == "common-files/one.txt"
-            assert (await client.next())["Target"]["Path"] == "common-files/two.txt"  # no duplicate between
-    finally:
-        await pub.close()
-        await one.stop()
-        await two.stop()
+    one = await gateway()
+    two = await gateway(prefix=one.prefix)
+    a = await connect(one.port)
+    b = await connect(two.port)
+    await a.subscribe(token("alice", [COMMON]))
+    await b.subscribe(token("bob", [COMMON]))
+    await one.publish("tree", {"Target": node("pydiods1/common/one.txt")})
+    await one.publish("tree", {"Target": node("pydiods1/common/two.txt", "n2")})
+    for client in (a, b):
+        assert (await client.next())["Target"]["Path"] == "common-files/one.txt"
+        assert (await client.next())["Target"]["Path"] == "common-files/two.txt"  # no duplicate between
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_frames_get_error_and_close_codes() -> None:
+async def test_bad_frames_get_error_and_close_codes(gateway: StartGateway) -> None:
     """Non-JSON and non-object frames close 1003, binary frames 1003, oversized frames 1009, each after an error frame."""
-    daemon = await start_daemon(new_prefix(), redis=None)
-    try:
-        cases = [
-            (b"not json", False, 1003),
-            (b"[1,2]", False, 1003),
-            (b"{}", True, 1003),
-            (b'{"@type":"subscribe","jwt":"' + b"x" * 3000 + b'"}', False, 1009),
-        ]
-        for payload, binary, code in cases:
-            client = await connect(daemon.port)
-            client.sendMessage(payload, isBinary=binary)
-            error = await client.next()
-            assert error["@type"] == "error"
-            assert (await client.wait_closed())[0] == code
-    finally:
-        await daemon.stop()
+    daemon = await gateway(redis=None)
+    cases = [
+        (b"not json", False, 1003),
+        (b"[1,2]", False, 1003),
+        (b"{}", True, 1003),
+        (b'{"@type":"subscribe","jwt":"' + b"x" * 3000 + b'"}', False, 1009),
+    ]
+    for payload, binary, code in cases:
+        client = await connect(daemon.port)
+        client.sendMessage(payload, isBinary=binary)
+        error = await client.next()
+        assert error["@type"] == "error"
+        assert (await client.wait_closed())[0] == code
 
 
 @pytest_twisted.ensureDeferred
-async def test_invalid_token_closes_4001() -> None:
+async def test_invalid_token_closes_4001(gateway: StartGateway) -> None:
     """A token signed with another secret gets an error frame and close 4001."""
     import jwt
 
-    daemon = await start_daemon(new_prefix(), redis=None)
-    try:
-        client = await connect(daemon.port)
-        answer = await client.subscribe(jwt.encode({"name": "eve", "exp": 2**31}, "other", algorithm="HS256"))
-        assert answer["@type"] == "error"
-        assert (await client.wait_closed())[0] == 4001
-    finally:
-        await daemon.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_healthz_reports_the_bus() -> None:
-    """/healthz answers 200 ok on a connected bus."""
-    daemon = await start_daemon(new_prefix())
-    try:
-        response = await treq.get(f"http://127.0.0.1:{daemon.port}/healthz")
-        assert response.code == 200
-        assert (await response.text()).strip() == "ok"
-        missing = await treq.get(f"http://127.0.0.1:{daemon.port}/nope")
-        assert missing.code == 404
-        await missing.content()
-    finally:
-        await daemon.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_shutdown_closes_sockets_with_1000() -> None:
-    """Stopping the service closes every socket with 1000 'server shutting down'."""
-    daemon = await start_daemon(new_prefix(), redis=None)
+    daemon = await gateway(redis=None)
     client = await connect(daemon.port)
-    await client.subscribe(token("alice", [PERSONAL]))
-    await daemon.stop()
-    assert await client.wait_closed() == (1000, "server shutting down")
+    answer = await client.subscribe(jwt.encode({"name": "eve", "exp": 2**31}, "other", algorithm="HS256"))
+    assert answer["@type"] == "error"
+    assert (await client.wait_closed())[0] == 4001
 
 
 @pytest_twisted.ensureDeferred
-async def test_embedded_bus_delivers_published_events() -> None:
+async def test_healthz_reports_the_bus(gateway: StartGateway) -> None:
+    """/healthz answers 200 ok on a connected bus."""
+    daemon = await gateway()
+    response = await treq.get(f"http://127.0.0.1:{daemon.port}/healthz")
+    assert response.code == 200
+    assert (await response.text()).strip() == "ok"
+    missing = await treq.get(f"http://127.0.0.1:{daemon.port}/nope")
+    assert missing.code == 404
+    await missing.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_bus_delivers_published_events(gateway: StartGateway) -> None:
     """With no Redis configured, events published on the embedded bus reach sockets."""
-    daemon = await start_daemon(new_prefix(), redis=None)
-    try:
-        alice = await connect(daemon.port)
-        await alice.subscribe(token("alice", [PERSONAL]))
-        import json
+    daemon = await gateway(redis=None)
+    alice = await connect(daemon.port)
+    await alice.subscribe(token("alice", [PERSONAL]))
+    import json
 
-        await daemon.service.bus.publish("tree", json.dumps({"Target": node("pydiods1/personal/alice/e.txt")}).encode())
-        assert (await alice.next())["Target"]["Path"] == "personal-files/e.txt"
-    finally:
-        await daemon.stop()
-
-
-async def healthz(port: int) -> int:
-    response = await treq.get(f"http://127.0.0.1:{port}/healthz")
-    await response.content()
-    return response.code
+    await daemon.service.bus.publish("tree", json.dumps({"Target": node("pydiods1/personal/alice/e.txt")}).encode())
+    assert (await alice.next())["Target"]["Path"] == "personal-files/e.txt"
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_restart_in_the_middle() -> None:
-    """Redis dies and comes back: /healthz goes 503 then 200, the bus re-subscribes, later events still arrive."""
-    from twisted.internet import reactor
-
-    from tests.support.redis_server import RedisServer
-
-    prefix = new_prefix()
-    with RedisServer() as redis:
-        daemon = await start_daemon(prefix, redis=redis.endpoint)
-        pub = Publisher(prefix, port=redis.port)
-        try:
-            alice = await connect(daemon.port)
-            await alice.subscribe(token("alice", [PERSONAL]))
-            await pub.publish("tree", {"Target": node("pydiods1/personal/alice/before.txt")})
-            assert (await alice.next())["Target"]["Path"] == "personal-files/before.txt"
-            await pub.close()
-
-            redis.kill()
-            for _ in range(500):  # each try is a full HTTP round trip; the bus notices the drop within a few
-                if await healthz(daemon.port) == 503:
-                    break
-            else:
-                pytest.fail("/healthz never reported the Redis outage")
-            assert not daemon.service.bus.connected
-
-            redis.start()
-            back = daemon.service.bus.whenConnected()
-            back.addTimeout(20, reactor)
-            await back
-            assert await healthz(daemon.port) == 200
-            await pub.publish("tree", {"Target": node("pydiods1/personal/alice/after.txt")})
-            assert (await alice.next())["Target"]["Path"] == "personal-files/after.txt"
-        finally:
-            await pub.close()
-            await daemon.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_default_tcp6_listener_is_dual_stack() -> None:
+async def test_the_default_tcp6_listener_is_dual_stack(gateway: StartGateway) -> None:
     """A tcp6 listener on [::] (the default kind) accepts IPv4 clients as well as IPv6 ones."""
-    daemon = await start_daemon(new_prefix(), redis=None, overrides={"server.listen": r"tcp6:0:interface=\:\:"})
-    try:
-        from twisted.internet import reactor
-        from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
-        from twisted.internet.protocol import Protocol
+    daemon = await gateway(redis=None, overrides={"server.listen": r"tcp6:0:interface=\:\:"})
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Protocol
 
-        class Get(Protocol):
-            def __init__(self) -> None:
-                self.answer = b""
-                self.done: Deferred[bytes] = Deferred()
+    class Get(Protocol):
+        def __init__(self) -> None:
+            self.answer = b""
+            self.done: Deferred[bytes] = Deferred()
 
-            def connectionMade(self) -> None:
-                self.transport.write(b"GET /healthz HTTP/1.0\r\n\r\n")  # type: ignore[union-attr]
+        def connectionMade(self) -> None:
+            self.transport.write(b"GET /healthz HTTP/1.0\r\n\r\n")  # type: ignore[union-attr]
 
-            def dataReceived(self, data: bytes) -> None:
-                self.answer += data
+        def dataReceived(self, data: bytes) -> None:
+            self.answer += data
 
-            def connectionLost(self, reason: object = None) -> None:
-                self.done.callback(self.answer)
+        def connectionLost(self, reason: object = None) -> None:
+            self.done.callback(self.answer)
 
-        v6 = Get()
-        await connectProtocol(TCP6ClientEndpoint(reactor, "::1", daemon.port), v6)
-        assert (await v6.done).startswith(b"HTTP/1.0 200")
-        v4 = await treq.get(f"http://127.0.0.1:{daemon.port}/healthz")
-        assert v4.code == 200
-        await v4.content()
-        client = await connect(daemon.port, "/ws", host="127.0.0.1")
-        assert (await client.subscribe(token("alice")))["@type"] == "subscribed"
-    finally:
-        await daemon.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_chat_history_cap_comes_from_the_config() -> None:
-    """[chat] history_cap bounds the stored history of a room: only the newest messages are kept."""
-    prefix = new_prefix()
-    daemon = await start_daemon(prefix, overrides={"chat.history_cap": "3"})
-    try:
-        alice = await connect(daemon.port, "/chat")
-        await alice.subscribe(token("alice"))
-        room = {"Type": "GLOBAL", "RoomTypeObject": prefix}
-        alice.send_json({"@type": "JOIN", "Room": room})
-        room_uuid = (await alice.next())["Room"]["Uuid"]
-        for i in range(5):
-            alice.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": f"m{i}"}})
-        seen: list[str] = []
-        while seen[-1:] != ["m4"]:  # each post is broadcast back (ROOM_UPDATEs from the join may come between)
-            frame = await alice.next()
-            if "Message" in frame and "@type" not in frame:
-                seen.append(frame["Message"])
-        alice.send_json({"@type": "HISTORY", "Room": room, "Message": {"Message": ""}})
-        history: list[str] = []
-        while len(history) < 3:
-            frame = await alice.next()
-            if "Message" in frame and "@type" not in frame:
-                history.append(frame["Message"])
-        assert history == ["m2", "m3", "m4"]
-        alice.send_json({"@type": "HISTORY", "Room": room, "Message": {"Message": ""}})
-        assert (await alice.next())["@type"] == "ROOM_UPDATE"  # the second HISTORY starts: nothing else came
-    finally:
-        await daemon.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_long_chat_post_with_markup_is_sanitized_in_a_worker_thread() -> None:
-    """On the real daemon a long POST holding HTML goes through the thread pool and arrives sanitized."""
-    prefix = new_prefix()
-    daemon = await start_daemon(prefix, redis=None)
-    try:
-        alice = await connect(daemon.port, "/chat")
-        await alice.subscribe(token("alice"))
-        alice.send_json({"@type": "JOIN", "Room": {"Type": "GLOBAL", "RoomTypeObject": prefix}})
-        room_uuid = (await alice.next())["Room"]["Uuid"]
-        text = "word " * 300 + "<script>alert(1)</script> `a<b` **done**"
-        alice.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": text}})
-        while True:
-            frame = await alice.next()
-            if "@type" not in frame:
-                break
-        assert frame["Message"] == "word " * 300 + " `a<b` **done**"
-    finally:
-        await daemon.stop()
+    v6 = Get()
+    await connectProtocol(TCP6ClientEndpoint(reactor, "::1", daemon.port), v6)
+    assert (await v6.done).startswith(b"HTTP/1.0 200")
+    v4 = await treq.get(f"http://127.0.0.1:{daemon.port}/healthz")
+    assert v4.code == 200
+    await v4.content()
+    client = await connect(daemon.port, "/ws", host="127.0.0.1")
+    assert (await client.subscribe(token("alice")))["@type"] == "subscribed"

@@ -66,3 +66,13 @@ def test_no_module_over_about_400_lines_unless_it_owns_one_thing() -> None:
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert set(long) <= set(ONE_THING_LONGER), long
+
+
+def test_no_test_module_imports_another() -> None:
+    """Test modules share code through conftest.py fixtures, tests/support and wsgw.testing, never each other."""
+    offenders = [
+        path.name for path in (ROOT / "tests").glob("test_*.py")
+        if re.search(r"^\s*(from tests\.test_|import tests\.test_|from tests import test_)", path.read_text(),
+                     re.MULTILINE)
+    ]
+    assert offenders == []

@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger, formatEventAsClassicLogText, globalLogPublisher
 
-from tests.support.daemon import SECRET, new_prefix, start_daemon, token, workspace
+from tests.support.daemon import SECRET, StartGateway, token, workspace
 from tests.support.redis_server import free_port
 from tests.support.twistd import spawn
 from tests.support.wsclient import TIMEOUT, connect
@@ -150,7 +150,7 @@ async def test_twistd_json_logs_are_one_object_per_line_without_secrets(tmp_path
 
 
 @pytest_twisted.ensureDeferred
-async def test_no_secret_reaches_any_log_observer_in_process(tmp_path: Path) -> None:
+async def test_no_secret_reaches_any_log_observer_in_process(tmp_path: Path, gateway: StartGateway) -> None:
     """Every log event of an in-process daemon, rendered as text and as JSON, is free of tokens and secrets,
     including the Redis password when Redis refuses it."""
     from tests.support.redis_server import RedisServer
@@ -161,12 +161,10 @@ async def test_no_secret_reaches_any_log_observer_in_process(tmp_path: Path) -> 
     try:
         with RedisServer(password="the-real-redis-password-123") as redis:
             (tmp_path / "publish.token").write_text(PUBLISH_TOKEN)
-            daemon = await start_daemon(new_prefix(), redis=None, admin="tcp:0:interface=127.0.0.1",
-                                        overrides={"admin.publish_token_file": str(tmp_path / "publish.token")})
-            try:
-                used = await try_every_credential(daemon.port, daemon.admin_port, token("alice", [HOME]))
-            finally:
-                await daemon.stop()
+            daemon = await gateway(redis=None, admin="tcp:0:interface=127.0.0.1",
+                                   overrides={"admin.publish_token_file": str(tmp_path / "publish.token")})
+            used = await try_every_credential(daemon.port, daemon.admin_port, token("alice", [HOME]))
+            await daemon.stop()  # while observed: what the shutdown logs is checked too
             from wsgw.redis.connection import RedisCommands
 
             refused: Deferred[None] = Deferred()

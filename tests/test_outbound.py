@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
-from tests.support.daemon import new_prefix, start_daemon, token, workspace
+from tests.support.daemon import StartGateway, token, workspace
 from tests.support.wsclient import connect
 from wsgw.web.outbound import FrameCache, Outbound, frame_header
 
@@ -66,7 +66,7 @@ def test_frames_go_straight_through_while_not_paused() -> None:
     out.write(b"one")
     out.write(b"two")
     assert transport.value() == b"onetwo"
-    assert out.pending == (0, 0)
+    assert (out._queued_frames, out._queued) == (0, 0)
 
 
 def test_frames_that_pile_up_while_paused_go_out_as_one_write_on_resume() -> None:
@@ -77,10 +77,10 @@ def test_frames_that_pile_up_while_paused_go_out_as_one_write_on_resume() -> Non
     out.pauseProducing()
     for frame in (b"a", b"bb", b"ccc"):
         out.write(frame)
-    assert writes == [] and out.pending == (3, 6)
+    assert writes == [] and (out._queued_frames, out._queued) == (3, 6)
     out.resumeProducing()
     assert writes == [b"abbccc"]
-    assert out.pending == (0, 0)
+    assert (out._queued_frames, out._queued) == (0, 0)
 
 
 def test_past_the_frame_limit_the_queue_is_dropped_and_overflow_called_once() -> None:
@@ -89,7 +89,7 @@ def test_past_the_frame_limit_the_queue_is_dropped_and_overflow_called_once() ->
     out.pauseProducing()
     for _ in range(4):
         out.write(b"x")
-    assert overflow.calls == 1 and out.pending == (0, 0)
+    assert overflow.calls == 1 and (out._queued_frames, out._queued) == (0, 0)
     out.write(b"y")
     out.resumeProducing()
     assert overflow.calls == 1 and transport.value() == b""
@@ -103,7 +103,7 @@ def test_past_the_byte_limit_the_queue_is_dropped_and_overflow_called() -> None:
     out.write(b"12345")
     assert overflow.calls == 0
     out.write(b"1")
-    assert overflow.calls == 1 and out.pending == (0, 0)
+    assert overflow.calls == 1 and (out._queued_frames, out._queued) == (0, 0)
 
 
 def test_flush_hands_the_queue_to_the_transport_before_a_close() -> None:
@@ -112,7 +112,7 @@ def test_flush_hands_the_queue_to_the_transport_before_a_close() -> None:
     out.pauseProducing()
     out.write(b"last words")
     out.flush()
-    assert transport.value() == b"last words" and out.pending == (0, 0)
+    assert transport.value() == b"last words" and (out._queued_frames, out._queued) == (0, 0)
 
 
 def test_stop_producing_forgets_the_queue() -> None:
@@ -123,7 +123,7 @@ def test_stop_producing_forgets_the_queue() -> None:
     out.stopProducing()
     out.resumeProducing()
     out.write(b"more")
-    assert transport.value() == b"" and out.pending == (0, 0)
+    assert transport.value() == b"" and (out._queued_frames, out._queued) == (0, 0)
 
 
 def test_flush_before_a_close_keeps_the_order_of_the_queue() -> None:
@@ -133,7 +133,7 @@ def test_flush_before_a_close_keeps_the_order_of_the_queue() -> None:
     out.write(b"first ")
     out.write(b"second")
     out.flush()
-    assert transport.value() == b"first second" and out.pending == (0, 0)
+    assert transport.value() == b"first second" and (out._queued_frames, out._queued) == (0, 0)
 
 
 def _event(seq: int, pad: int) -> bytes:
@@ -148,36 +148,33 @@ def _seq(frame: dict[str, Any]) -> int:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_client_that_stops_reading_is_closed_4008_while_the_others_get_everything_in_order() -> None:
+async def test_a_client_that_stops_reading_is_closed_4008_while_the_others_get_everything_in_order(
+        gateway: StartGateway) -> None:
     """A socket that stops reading during a flood gets an in-order prefix of the frames and then close 4008,
     the daemon keeps at most the configured queue for it, and a reading socket receives every frame in order."""
-    daemon = await start_daemon(new_prefix(), redis=None, overrides={
+    daemon = await gateway(redis=None, overrides={
         "delivery.pacing_rate": "0", "delivery.max_queued_bytes": "65536", "delivery.max_queued_frames": "100",
     })
-    gateway = daemon.service.gateway
-    try:
-        reader = await connect(daemon.port)
-        slow = await connect(daemon.port)
-        for client, login in ((reader, "alice"), (slow, "bob")):
-            assert (await client.subscribe(token(login, [HOME])))["@type"] == "subscribed"
-        slow.transport.pauseProducing()  # stops reading its socket: the kernel buffers fill, then the daemon's
-        published = 0
-        for _ in range(400):  # bounded: at most 400 slices of 10 events of ~16 KB (64 MB)
-            for _ in range(10):
-                daemon.service.bus.publish("tree", _event(published, 16_000))
-                published += 1
-            await task.deferLater(reactor, 0.001, lambda: None)
-            if gateway.closes[4008]:
-                break
-        assert gateway.closes[4008] == 1
-        got = [_seq(await reader.next()) for _ in range(published)]
-        assert got == list(range(published))
-        slow.transport.resumeProducing()
-        code, reason = await slow.wait_closed(timeout=10)
-        assert code == 4008 and reason == "client too slow"
-        received = []
-        while slow.frames.pending:
-            received.append(_seq(await slow.next()))
-        assert received == list(range(len(received))) and 0 < len(received) < published
-    finally:
-        await daemon.stop()
+    reader = await connect(daemon.port)
+    slow = await connect(daemon.port)
+    for client, login in ((reader, "alice"), (slow, "bob")):
+        assert (await client.subscribe(token(login, [HOME])))["@type"] == "subscribed"
+    slow.transport.pauseProducing()  # stops reading its socket: the kernel buffers fill, then the daemon's
+    published = 0
+    for _ in range(400):  # bounded: at most 400 slices of 10 events of ~16 KB (64 MB)
+        for _ in range(10):
+            daemon.service.bus.publish("tree", _event(published, 16_000))
+            published += 1
+        await task.deferLater(reactor, 0.001, lambda: None)
+        if daemon.service.gateway.closes[4008]:
+            break
+    assert daemon.service.gateway.closes[4008] == 1
+    got = [_seq(await reader.next()) for _ in range(published)]
+    assert got == list(range(published))
+    slow.transport.resumeProducing()
+    code, reason = await slow.wait_closed(timeout=10)
+    assert code == 4008 and reason == "client too slow"
+    received = []
+    while slow.frames.pending:
+        received.append(_seq(await slow.next()))
+    assert received == list(range(len(received))) and 0 < len(received) < published

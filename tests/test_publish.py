@@ -14,7 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
-from tests.support.daemon import REDIS, SECRET, channels, new_prefix, start_daemon, token, workspace
+from tests.support.daemon import REDIS, SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
 from tests.support.wsclient import connect
 from wsgw.publish import PublishError, client_endpoint, load_config, main, publish
 
@@ -32,63 +32,55 @@ def ini(tmp_path: Path, prefix: str, server: str = "", admin: str = "") -> str:
     return str(path)
 
 
-async def admin_daemon(tmp_path: Path, prefix: str) -> tuple[Any, str]:
+async def admin_daemon(gateway: StartGateway, tmp_path: Path) -> tuple[Daemon, str]:
     """An embedded-bus daemon with an operator listener and a publish token; returns it and a config for it."""
     secret = tmp_path / "publish.token"
     secret.write_text("publish-token-0123456789\n")
-    daemon = await start_daemon(prefix, redis=None, admin="tcp:0:interface=127.0.0.1",
-                                overrides={"admin.publish_token_file": str(secret)})
-    config = ini(tmp_path, prefix, admin=f"listen = tcp:{daemon.admin_port}:interface=127.0.0.1\n"
-                                         f"publish_token_file = {secret}")
+    daemon = await gateway(redis=None, admin="tcp:0:interface=127.0.0.1",
+                           overrides={"admin.publish_token_file": str(secret)})
+    config = ini(tmp_path, daemon.prefix, admin=f"listen = tcp:{daemon.admin_port}:interface=127.0.0.1\n"
+                                                f"publish_token_file = {secret}")
     return daemon, config
 
 
 @pytest_twisted.ensureDeferred
-async def test_publish_through_redis_reaches_a_subscriber(tmp_path: Path) -> None:
+async def test_publish_through_redis_reaches_a_subscriber(tmp_path: Path, gateway: StartGateway) -> None:
     """With a Redis in the config the event is PUBLISHed on the topic's channel and a subscribed client gets it."""
-    prefix = new_prefix()
-    daemon = await start_daemon(prefix)
-    try:
-        alice = await connect(daemon.port)
-        await alice.subscribe(token("alice", [HOME]))
-        config = load_config(ini(tmp_path, prefix, server=f"redis = {REDIS}"))
-        report = await publish(reactor, config, "tree", json.dumps(EVENT).encode())
-        assert f"on {prefix}.topic.pydio.tree.nodes.changes (1 subscribed gateways)" in report
-        assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
-    finally:
-        await daemon.stop()
+    daemon = await gateway()
+    prefix = daemon.prefix
+    alice = await connect(daemon.port)
+    await alice.subscribe(token("alice", [HOME]))
+    config = load_config(ini(tmp_path, prefix, server=f"redis = {REDIS}"))
+    report = await publish(reactor, config, "tree", json.dumps(EVENT).encode())
+    assert f"on {prefix}.topic.pydio.tree.nodes.changes (1 subscribed gateways)" in report
+    assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
 
 
 @pytest_twisted.ensureDeferred
-async def test_publish_without_redis_goes_through_the_operator_listener(tmp_path: Path) -> None:
+async def test_publish_without_redis_goes_through_the_operator_listener(tmp_path: Path,
+                                                                        gateway: StartGateway) -> None:
     """On the embedded bus the event goes through POST /publish with the token file's token."""
-    daemon, config_path = await admin_daemon(tmp_path, new_prefix())
-    try:
-        alice = await connect(daemon.port)
-        await alice.subscribe(token("alice", [HOME]))
-        report = await publish(reactor, load_config(config_path), "tree", json.dumps(EVENT).encode())
-        assert report.startswith(f"published {len(json.dumps(EVENT))} bytes on topic tree through tcp:")
-        assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
-    finally:
-        await daemon.stop()
+    daemon, config_path = await admin_daemon(gateway, tmp_path)
+    alice = await connect(daemon.port)
+    await alice.subscribe(token("alice", [HOME]))
+    report = await publish(reactor, load_config(config_path), "tree", json.dumps(EVENT).encode())
+    assert report.startswith(f"published {len(json.dumps(EVENT))} bytes on topic tree through tcp:")
+    assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
 
 
 @pytest_twisted.ensureDeferred
-async def test_publish_reports_the_gateway_refusal(tmp_path: Path) -> None:
+async def test_publish_reports_the_gateway_refusal(tmp_path: Path, gateway: StartGateway) -> None:
     """A wrong token or an event the topic refuses comes back as a PublishError with the gateway's reason."""
-    daemon, config_path = await admin_daemon(tmp_path, new_prefix())
-    try:
-        config = load_config(config_path)
-        with pytest.raises(PublishError, match="answered 400: not a tree event"):
-            await publish(reactor, config, "tree", b'{"Type":"NOPE","Target":{"Uuid":"x"}}')
-        wrong = tmp_path / "wrong.token"
-        wrong.write_text("not-the-token")
-        text = Path(config_path).read_text().replace(str(tmp_path / "publish.token"), str(wrong))
-        Path(config_path).write_text(text)
-        with pytest.raises(PublishError, match="answered 401"):
-            await publish(reactor, load_config(config_path), "tree", json.dumps(EVENT).encode())
-    finally:
-        await daemon.stop()
+    _, config_path = await admin_daemon(gateway, tmp_path)
+    config = load_config(config_path)
+    with pytest.raises(PublishError, match="answered 400: not a tree event"):
+        await publish(reactor, config, "tree", b'{"Type":"NOPE","Target":{"Uuid":"x"}}')
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("not-the-token")
+    text = Path(config_path).read_text().replace(str(tmp_path / "publish.token"), str(wrong))
+    Path(config_path).write_text(text)
+    with pytest.raises(PublishError, match="answered 401"):
+        await publish(reactor, load_config(config_path), "tree", json.dumps(EVENT).encode())
 
 
 class Process(ProcessProtocol):
@@ -110,22 +102,19 @@ class Process(ProcessProtocol):
 
 
 @pytest_twisted.ensureDeferred
-async def test_console_script_publishes_from_stdin(tmp_path: Path) -> None:
+async def test_console_script_publishes_from_stdin(tmp_path: Path, gateway: StartGateway) -> None:
     """``wsgw-publish --config x.ini tree -`` reads the event from standard input, publishes it and exits 0."""
-    daemon, config_path = await admin_daemon(tmp_path, new_prefix())
-    try:
-        alice = await connect(daemon.port)
-        await alice.subscribe(token("alice", [HOME]))
-        proc = Process(json.dumps(EVENT).encode())
-        reactor.spawnProcess(proc, PUBLISH, [PUBLISH, "--config", config_path, "tree", "-"],
-                             env={**os.environ, "WSGW_HMAC_SECRET": SECRET})
-        proc.ended.addTimeout(30, reactor)
-        assert await proc.ended == 0, proc.out
-        assert f"published {len(json.dumps(EVENT))} bytes on topic tree".encode() in proc.out
-        assert b"publish-token" not in proc.out
-        assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
-    finally:
-        await daemon.stop()
+    daemon, config_path = await admin_daemon(gateway, tmp_path)
+    alice = await connect(daemon.port)
+    await alice.subscribe(token("alice", [HOME]))
+    proc = Process(json.dumps(EVENT).encode())
+    reactor.spawnProcess(proc, PUBLISH, [PUBLISH, "--config", config_path, "tree", "-"],
+                         env={**os.environ, "WSGW_HMAC_SECRET": SECRET})
+    proc.ended.addTimeout(30, reactor)
+    assert await proc.ended == 0, proc.out
+    assert f"published {len(json.dumps(EVENT))} bytes on topic tree".encode() in proc.out
+    assert b"publish-token" not in proc.out
+    assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
 
 
 def test_bad_input_is_refused_before_anything_is_sent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

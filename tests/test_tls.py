@@ -37,7 +37,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from zope.interface import provider
 
-from tests.support.daemon import SECRET, Daemon, channels, new_prefix, start_daemon, token, workspace
+from tests.support.daemon import SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
 from tests.support.redis_server import REDIS_SERVER, RedisServer, free_port
 from tests.support.wsclient import TIMEOUT, Client, connect
 from wsgw.config import config_from_string
@@ -227,41 +227,35 @@ def redis_with_password() -> Iterator[RedisServer]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_tls_listener_serves_a_verified_wss_client(pki: Pki) -> None:
+async def test_tls_listener_serves_a_verified_wss_client(pki: Pki, gateway: StartGateway) -> None:
     """With listen = ssl:0:privateKey=...:certKey=..., a wss client that verifies the certificate (CA trusted,
     name 127.0.0.1 checked) subscribes on /ws and /chat and receives a published event."""
-    prefix = new_prefix()
     listen = f"ssl:0:privateKey={pki.key}:certKey={pki.cert}:interface=127.0.0.1"
-    daemon = await start_daemon(prefix, redis=None, overrides={"server.listen": listen})
-    try:
-        client = await connect_tls(daemon.port, pki.trust_dir)
-        assert (await client.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
-        chat = await connect_tls(daemon.port, pki.trust_dir, "/chat", host="localhost")
-        assert (await chat.subscribe(token("bob")))["user"] == "bob"
-        event = {"Target": {"Uuid": "n1", "Path": "ds/home/secret.pdf"}}
-        await daemon.service.bus.publish("tree", json.dumps(event).encode())
-        assert (await client.next())["Target"]["Path"] == "home/secret.pdf"
-        assert client.transport.getHost().port != 0  # type: ignore[union-attr]
-    finally:
-        await daemon.stop()
+    daemon = await gateway(redis=None, overrides={"server.listen": listen})
+    client = await connect_tls(daemon.port, pki.trust_dir)
+    assert (await client.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
+    chat = await connect_tls(daemon.port, pki.trust_dir, "/chat", host="localhost")
+    assert (await chat.subscribe(token("bob")))["user"] == "bob"
+    event = {"Target": {"Uuid": "n1", "Path": "ds/home/secret.pdf"}}
+    await daemon.service.bus.publish("tree", json.dumps(event).encode())
+    assert (await client.next())["Target"]["Path"] == "home/secret.pdf"
+    assert client.transport.getHost().port != 0  # type: ignore[union-attr]
 
 
 @pytest_twisted.ensureDeferred
-async def test_tls_listener_is_refused_by_a_client_that_does_not_trust_its_ca(pki: Pki, tmp_path: Path) -> None:
+async def test_tls_listener_is_refused_by_a_client_that_does_not_trust_its_ca(pki: Pki, tmp_path: Path,
+                                                                              gateway: StartGateway) -> None:
     """A client trusting another CA fails the TLS handshake (no WebSocket opens), and a plain ws:// client on the
     TLS port gets nothing; a trusting client still connects afterwards."""
     other = make_pki(tmp_path / "other", "someone else")
     listen = f"ssl:0:privateKey={pki.key}:certKey={pki.cert}:interface=127.0.0.1"
-    daemon = await start_daemon(new_prefix(), redis=None, overrides={"server.listen": listen})
-    try:
-        with pytest.raises(ConnectionError, match="certificate verify failed"):
-            await connect_tls(daemon.port, other.trust_dir)
-        with pytest.raises(ConnectionError, match="closed before open"):
-            await connect(daemon.port)
-        good = await connect_tls(daemon.port, pki.trust_dir)
-        assert (await good.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
-    finally:
-        await daemon.stop()
+    daemon = await gateway(redis=None, overrides={"server.listen": listen})
+    with pytest.raises(ConnectionError, match="certificate verify failed"):
+        await connect_tls(daemon.port, other.trust_dir)
+    with pytest.raises(ConnectionError, match="closed before open"):
+        await connect(daemon.port)
+    good = await connect_tls(daemon.port, pki.trust_dir)
+    assert (await good.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
 
 
 # --------------------------------------------------------------------------- Redis with a password
@@ -269,16 +263,14 @@ async def test_tls_listener_is_refused_by_a_client_that_does_not_trust_its_ca(pk
 
 @pytest_twisted.ensureDeferred
 async def test_redis_with_a_password_delivers_events_and_serves_chat(redis_with_password: RedisServer,
-                                                                      tmp_path: Path) -> None:
+                                                                      tmp_path: Path, gateway: StartGateway) -> None:
     """With redis_password_file, the bus and the chat store authenticate to a password-protected Redis: an event
     published by another (authenticated) client arrives, a chat JOIN is stored; the password is never logged."""
     server = redis_with_password
     assert server.password is not None
-    prefix = new_prefix()
     secret_file = password_file(tmp_path, server.password)
     with LogLines() as logs:
-        daemon = await start_daemon(prefix, redis=server.endpoint,
-                                    overrides={"server.redis_password_file": str(secret_file)})
+        daemon = await gateway(redis=server.endpoint, overrides={"server.redis_password_file": str(secret_file)})
         publisher: Any = None
         try:
             client = await connect(daemon.port)
@@ -286,7 +278,7 @@ async def test_redis_with_a_password_delivers_events_and_serves_chat(redis_with_
             publisher = await txredisapi.Connection("127.0.0.1", server.port, password=server.password,
                                                     reconnect=False)
             event = {"Target": {"Uuid": "n1", "Path": "ds/home/a.txt"}}
-            assert await publisher.publish(channels(prefix)["tree"], json.dumps(event)) == 1
+            assert await publisher.publish(channels(daemon.prefix)["tree"], json.dumps(event)) == 1
             assert (await client.next())["Target"]["Path"] == "home/a.txt"
             chat = await connect(daemon.port, "/chat")
             await chat.subscribe(token("alice", [HOME]))
@@ -295,7 +287,7 @@ async def test_redis_with_a_password_delivers_events_and_serves_chat(redis_with_
         finally:
             if publisher is not None:
                 await publisher.disconnect()
-            await daemon.stop()
+        await daemon.stop()  # inside LogLines: what the shutdown logs is checked for the password too
     assert not [line for line in logs.lines if server.password in line]
 
 
@@ -316,7 +308,7 @@ async def test_a_wrong_redis_password_leaves_healthz_503_and_the_daemon_up(redis
         service = GatewayService(config, reactor)
         failed = logs.when("connection setup failed")
         service.startService()
-        daemon = Daemon(service)
+        daemon = Daemon(service, prefix)
         try:
             await failed
             again = logs.when("connection setup failed")  # it retries: a second refusal comes later
@@ -338,32 +330,29 @@ async def test_a_wrong_redis_password_leaves_healthz_503_and_the_daemon_up(redis
 
 
 @pytest_twisted.ensureDeferred
-async def test_redis_over_tls_with_a_password_delivers_events(pki: Pki, tmp_path: Path) -> None:
+async def test_redis_over_tls_with_a_password_delivers_events(pki: Pki, tmp_path: Path,
+                                                               gateway: StartGateway) -> None:
     """redis = tls:127.0.0.1:<port>:trustRoots=<dir>:certificate=...:privateKey=... (plus a password) against a
     TLS-only redis-server that requires client certificates: the daemon connects, an event published with
     redis-cli --tls arrives, and a chat JOIN is stored over TLS."""
     password = "tls-pass-" + uuid.uuid4().hex
     with TlsRedisServer(pki, password) as server:
-        prefix = new_prefix()
         endpoint = (f"tls:127.0.0.1:{server.port}:trustRoots={pki.trust_dir}:certificate={pki.client_cert}"
                     f":privateKey={pki.client_key}:timeout=5")
-        daemon = await start_daemon(prefix, redis=endpoint,
-                                    overrides={"server.redis_password_file": str(password_file(tmp_path, password))})
-        try:
-            client = await connect(daemon.port)
-            assert (await client.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
-            event = json.dumps({"Target": {"Uuid": "n1", "Path": "ds/home/over-tls.txt"}})
-            receivers = await redis_cli("--tls", "--cacert", str(pki.ca), "--cert", str(pki.client_cert),
-                                        "--key", str(pki.client_key), "-h", "127.0.0.1", "-p", str(server.port),
-                                        "--no-auth-warning", "-a", password, "PUBLISH", channels(prefix)["tree"],
-                                        event)
-            assert receivers == "1"
-            assert (await client.next())["Target"]["Path"] == "home/over-tls.txt"
-            chat = await connect(daemon.port, "/chat")
-            await chat.subscribe(token("alice", [HOME]))
-            chat.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": "n1"}})
-            assert (await chat.next())["@type"] == "ROOM_UPDATE"
-            health = await treq.get(f"http://127.0.0.1:{daemon.port}/healthz")
-            assert health.code == 200
-        finally:
-            await daemon.stop()
+        daemon = await gateway(redis=endpoint,
+                               overrides={"server.redis_password_file": str(password_file(tmp_path, password))})
+        client = await connect(daemon.port)
+        assert (await client.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
+        event = json.dumps({"Target": {"Uuid": "n1", "Path": "ds/home/over-tls.txt"}})
+        receivers = await redis_cli("--tls", "--cacert", str(pki.ca), "--cert", str(pki.client_cert),
+                                    "--key", str(pki.client_key), "-h", "127.0.0.1", "-p", str(server.port),
+                                    "--no-auth-warning", "-a", password, "PUBLISH", channels(daemon.prefix)["tree"],
+                                    event)
+        assert receivers == "1"
+        assert (await client.next())["Target"]["Path"] == "home/over-tls.txt"
+        chat = await connect(daemon.port, "/chat")
+        await chat.subscribe(token("alice", [HOME]))
+        chat.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": "n1"}})
+        assert (await chat.next())["@type"] == "ROOM_UPDATE"
+        health = await treq.get(f"http://127.0.0.1:{daemon.port}/healthz")
+        assert health.code == 200

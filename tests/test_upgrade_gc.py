@@ -7,7 +7,7 @@ import gc
 import pytest_twisted
 from twisted.web.http import HTTPChannel
 
-from tests.support.daemon import new_prefix, start_daemon, token, workspace
+from tests.support.daemon import StartGateway, token, workspace
 from tests.support.wsclient import connect
 
 
@@ -17,9 +17,9 @@ def _orphan_channels() -> int:
 
 
 @pytest_twisted.ensureDeferred
-async def test_upgraded_connections_leave_no_channel_for_the_cycle_collector() -> None:
+async def test_upgraded_connections_leave_no_channel_for_the_cycle_collector(gateway: StartGateway) -> None:
     """With the cycle collector off, three upgraded and subscribed sockets leave no taken-over HTTP channel alive."""
-    daemon = await start_daemon(new_prefix())
+    daemon = await gateway()
     clients = []
     gc.collect()
     before = _orphan_channels()
@@ -35,4 +35,3 @@ async def test_upgraded_connections_leave_no_channel_for_the_cycle_collector() -
         for client in clients:
             client.sendClose()
             await client.wait_closed()
-        await daemon.stop()

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
+import treq
 import txredisapi
 from twisted.internet import reactor
 
@@ -32,6 +33,13 @@ def workspace(uuid_: str, slug: str, *paths: str) -> dict[str, Any]:
 
 def channels(prefix: str) -> dict[str, str]:
     return {topic: f"{prefix}.{channel}" for topic, channel in DEFAULT_TOPICS.items()}
+
+
+async def healthz(port: int) -> int:
+    """The status of ``GET /healthz`` on the daemon's public port (127.0.0.1)."""
+    response = await treq.get(f"http://127.0.0.1:{port}/healthz")
+    await response.content()
+    return response.code  # type: ignore[no-any-return]
 
 
 def new_prefix() -> str:

@@ -93,11 +93,6 @@ class Outbound:
             transport.unregisterProducer()  # twisted.web's channel, left registered after the upgrade
         transport.registerProducer(self, True)
 
-    @property
-    def pending(self) -> tuple[int, int]:
-        """Frames and bytes waiting here (not counting what the transport and the kernel hold)."""
-        return self._queued_frames, self._queued
-
     def write(self, frame: bytes) -> None:
         """Send one whole frame (or several joined), or queue it while the transport is paused."""
         if self._paused or self._stopped:
