@@ -13,7 +13,7 @@ from wsgw.access import Access, AccessError, AuthError, Workspace
 from wsgw.events.endpoint import EventsEndpoint
 from wsgw.gateway import Gateway
 from wsgw.interfaces import IEndpoint
-from wsgw.sessions import Session
+from wsgw.sessions import Session, fan_out
 from wsgw.testing import RecordingConnection
 
 WS = Workspace("ws-1", "common", ())
@@ -274,7 +274,7 @@ def test_pacing_delays_node_frames_beyond_the_rate() -> None:
     conn = RecordingConnection()
     session = gw.open(conn, world.ws)
     for i in range(5):
-        session.send_paced(b'{"n":%d}' % i)
+        fan_out([session], b'{"n":%d}' % i, paced=True)
     assert [f["n"] for f in conn.frames] == [0, 1]
     clock.advance(0.1)
     assert [f["n"] for f in conn.frames] == [0, 1, 2]
@@ -288,7 +288,7 @@ def test_pacing_queue_overflow_closes_4008() -> None:
     conn = RecordingConnection()
     session = gw.open(conn, world.ws)
     for _ in range(5):
-        session.send_paced(b"{}")
+        fan_out([session], b"{}", paced=True)
     assert conn.closed is not None and conn.closed[0] == 4008
 
 
@@ -297,9 +297,9 @@ def test_optimistic_frames_keep_order_behind_paced_ones() -> None:
     gw, clock, _, world = make(pacing_rate=10, pacing_burst=1)
     conn = RecordingConnection()
     session = gw.open(conn, world.ws)
-    session.send_paced(b'{"n":0}')
-    session.send_paced(b'{"n":1}')
-    session.send_now(b'{"n":2}')
+    fan_out([session], b'{"n":0}', paced=True)
+    fan_out([session], b'{"n":1}', paced=True)
+    fan_out([session], b'{"n":2}', paced=True, optimistic=True)
     assert [f["n"] for f in conn.frames] == [0, 1, 2]
     clock.advance(10)
     assert [f["n"] for f in conn.frames] == [0, 1, 2]

@@ -10,7 +10,7 @@ frame to many sessions, isolating each recipient's failure.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -53,38 +53,33 @@ class Session:
         """Send one frame now, past any pacing (replies, control frames)."""
         self.connection.send(payload)
 
-    def send_now(self, payload: bytes) -> None:
-        """Send a node event past the pacer (Optimistic), after whatever it still holds, so order is kept."""
-        if self.pacer is None:
-            self.connection.send(payload)
-        else:
-            self.pacer.bypass(payload)
-
-    def send_paced(self, payload: bytes) -> None:
-        """Send a node event through the session's pacer (straight out when it has none)."""
-        if self.pacer is None:
-            self.connection.send(payload)
-        else:
-            self.pacer.submit(payload)
-
     def __repr__(self) -> str:
         who = self.access.login if self.access else "-"
         where = self.endpoint.name if self.endpoint is not None else "-"
         return f"<Session {self.sid} {where} {who}>"
 
 
-def fan_out(recipients: Iterable[Session], frame: bytes, send: Callable[[Session, bytes], None] = Session.send,
+def fan_out(recipients: Iterable[Session], frame: bytes, *, paced: bool = False, optimistic: bool = False,
             what: str = "event") -> int:
-    """Hand the same ``frame`` bytes to each recipient with ``send``; returns how many took it.
+    """Hand the same ``frame`` bytes to each recipient; returns how many took it.
 
+    ``paced`` frames (node events, PROTOCOL.md §4.1) go through each session's pacer, ``optimistic`` ones
+    past it but after what it still holds; others (replies, tasks, IDM, activity, chat) straight out.
     A recipient whose send raises is logged (``what`` names the kind of frame) and skipped: one broken
     socket never stops the others. Iterates over a snapshot, since a send may close a session and shrink
-    the live index ``recipients`` came from.
+    the live index ``recipients`` came from. (The pacer choice is made here, not through a per-session
+    callable: this loop runs once per delivery of every broadcast.)
     """
     sent = 0
     for session in tuple(recipients):
         try:
-            send(session, frame)
+            pacer = session.pacer
+            if pacer is None or not paced:
+                session.connection.send(frame)
+            elif optimistic:
+                pacer.bypass(frame)
+            else:
+                pacer.submit(frame)
         except Exception:  # noqa: BLE001 - isolate a broken recipient
             _log.failure("{what} to session {sid} failed", what=what, sid=session.sid)
         else:

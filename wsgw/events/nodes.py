@@ -336,7 +336,7 @@ class NodeHandler:
             policy = read_policy((source.get("MetaStore") or {}).get(POLICIES_META_KEY))
             if not policy[0]:
                 return  # nobody is allowed
-        send = Session.send_now if event.get("Optimistic") else Session.send_paced
+        optimistic = bool(event.get("Optimistic"))
         for ws, sessions in views.items():
             recipients: Iterable[Session]
             if policy is None:
@@ -350,4 +350,5 @@ class NodeHandler:
             shaped = prepared.shape(ws)
             if shaped is None:
                 continue
-            self.delivered += fan_out(recipients, encode(shaped), send, "node event")
+            self.delivered += fan_out(recipients, encode(shaped), paced=True, optimistic=optimistic,
+                                      what="node event")
