@@ -110,7 +110,7 @@ class Probe(Resource):
             "subscribed": sum(1 for session in gw.table if session.access is not None),
             "timers": sum(1 for session in gw.table if session.timer is not None),
             "chat_sockets": sum(1 for session in gw.table if session.endpoint is s.chat),
-            "chat_room_sockets": sum(len(v) for v in s.chat._room_sockets.values()),
+            "chat_room_sockets": sum(len(v) for v in s.chat._membership._room_sockets.values()),
             "node_merges_pending": s.nodes.pending,
             "delayed_calls": len(calls),
             "delayed_by_func": dict(Counter(getattr(c.func, "__qualname__", repr(c.func)) for c in calls)),

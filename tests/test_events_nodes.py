@@ -563,18 +563,17 @@ def test_silent_merges_spend_the_budget_once() -> None:
     assert len(conn.sent) == 1 and world.handler.silent_dropped == 1 and world.handler.merged == 4
 
 
-def test_shared_silent_bucket_between_handlers() -> None:
-    """Two handlers (tree and meta topics) given one silent bucket share one budget."""
-    from wsgw.pacing import TokenBucket
+def test_the_tree_and_meta_topics_share_one_silent_budget() -> None:
+    """The daemon hands both node topics to one handler, so Silent events of either spend one global budget."""
+    from wsgw.config import config_from_string
+    from wsgw.service import GatewayService
 
-    clock = Clock()
-    table = SessionTable()
-    bucket = TokenBucket(1.0, 1.0, clock)
-    tree = NodeHandler(table, clock, batch_window=0, silent_bucket=bucket)
-    meta = NodeHandler(table, clock, batch_window=0, silent_bucket=bucket)
-    tree.handle({"Type": "DELETE", "Source": node("pydiods1/a"), "Silent": True})
-    meta.handle({"Type": "DELETE", "Source": node("pydiods1/b"), "Silent": True})
-    assert (tree.silent_dropped, meta.silent_dropped) == (0, 1)
+    config = config_from_string("[delivery]\nbatch_window = 0\nsilent_rate = 1\nsilent_burst = 1\n",
+                                environ={"WSGW_HMAC_SECRET": "x" * 32})
+    service = GatewayService(config, Clock())
+    for topic, path in (("tree", "pydiods1/a"), ("meta", "pydiods1/b")):
+        service.dispatcher(topic, json.dumps({"Type": "DELETE", "Source": node(path), "Silent": True}).encode())
+    assert service.nodes.silent_dropped == 1
 
 
 def test_optimistic_delete_never_overtakes_a_paced_merged_create() -> None:

@@ -77,7 +77,7 @@ def test_unsubscribed_session_stays_in_the_table() -> None:
     table = SessionTable()
     session = subscribed(table, access("alice", HOME))
     table.unsubscribe(session)
-    assert session in table and session.access is None
+    assert list(table) == [session] and session.access is None
     assert table.with_login("alice") == set()
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -27,6 +28,16 @@ from wsgw.sessions import Session, SessionTable
 
 SUBSCRIBE = ("subscribe", "register")
 UNSUBSCRIBE = ("unsubscribe", "unregister")
+
+
+@attrs.frozen
+class Census:
+    """The open sessions right now: ``open`` and ``subscribed`` by endpoint name, ``paced_frames`` node frames
+    their pacers hold back."""
+
+    open: Counter[str]
+    subscribed: Counter[str]
+    paced_frames: int
 
 
 class Gateway:
@@ -43,7 +54,6 @@ class Gateway:
         clock: IReactorTime,
         verifier: ITokenVerifier,
         resolver: IAccessResolver,
-        table: SessionTable | None = None,
         *,
         auth_timeout: float = 30.0,
         leeway: float = 30.0,
@@ -53,7 +63,7 @@ class Gateway:
         self._resolver = resolver
         self._auth_timeout = auth_timeout
         self._leeway = leeway
-        self.table = table if table is not None else SessionTable()
+        self.table = SessionTable()
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
         self.refusals: Counter[str] = Counter()
@@ -84,6 +94,20 @@ class Gateway:
             for d in waiters:
                 d.callback(None)
 
+    def census(self) -> Census:
+        """Count the open sessions (a scan: for /metrics at scrape time, never per event)."""
+        open_: Counter[str] = Counter()
+        subscribed: Counter[str] = Counter()
+        paced = 0
+        for session in self.table:
+            name = session.endpoint.name if session.endpoint is not None else "-"
+            open_[name] += 1
+            if session.access is not None:
+                subscribed[name] += 1
+            if session.pacer is not None:
+                paced += session.pacer.pending
+        return Census(open_, subscribed, paced)
+
     def when_empty(self) -> Deferred[None]:
         """Fires when no socket is left open."""
         if not self.table:
@@ -104,7 +128,8 @@ class Gateway:
 
     def too_slow(self, session: Session) -> None:
         """The one answer to a reader that stopped reading, whichever of its queues overflowed: 4008."""
-        self._log.warn("session {sid} reads too slowly: closing it with 4008", sid=session.sid)
+        self._log.warn("session {sid} ({peer}) reads too slowly: closing it with 4008", sid=session.sid,
+                       peer=session.connection.peer)
         self.close(session, CLOSE_SLOW, "client too slow")
 
     def close_all(self, code: int, reason: str) -> None:
@@ -142,7 +167,7 @@ class Gateway:
 
         def resolved(access: Access) -> None:
             if session.open and session.attempt == attempt:  # not closed, nor overtaken by a later subscribe
-                self._accept(session, access, token)
+                self._accept(session, access)
 
         def failed(failure: Failure) -> None:
             if not session.open or session.attempt != attempt:
@@ -164,10 +189,9 @@ class Gateway:
         d.addCallbacks(resolved, failed)
         return d
 
-    def _accept(self, session: Session, access: Access, token: str) -> None:
+    def _accept(self, session: Session, access: Access) -> None:
         assert session.endpoint is not None
         session.endpoint.subscribe(session, access)
-        session.token = token
         self.subscribes_accepted += 1
         self._cancel_timer(session)
         if access.exp is not None:
@@ -187,7 +211,6 @@ class Gateway:
         self._cancel_timer(session)
         assert session.endpoint is not None
         session.endpoint.unsubscribe(session)
-        session.token = None
 
     # -- timers -----------------------------------------------------------
 

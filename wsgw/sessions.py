@@ -34,15 +34,13 @@ class Session:
     and ``attempt`` to the gateway (auth timeout or expiry, the count of subscribe attempts).
     """
 
-    __slots__ = ("sid", "endpoint", "connection", "access", "pacer", "token", "state", "timer", "attempt", "open",
-                 "__weakref__")
+    __slots__ = ("sid", "endpoint", "connection", "access", "pacer", "state", "timer", "attempt", "open", "__weakref__")
 
     def __init__(self, connection: IConnection, endpoint: IEndpoint | None = None) -> None:
         self.sid = next(_ids)
         self.endpoint = endpoint
         self.connection = connection
         self.access: Access | None = None
-        self.token: str | None = None
         self.pacer: Pacer | None = None
         self.state: Any = None
         self.timer: IDelayedCall | None = None
@@ -118,9 +116,6 @@ class SessionTable:
 
     def __iter__(self) -> Iterator[Session]:
         return iter(self._all)
-
-    def __contains__(self, session: object) -> bool:
-        return session in self._all
 
     def add(self, session: Session) -> None:
         """Register an open session (of any endpoint)."""

@@ -268,7 +268,7 @@ class NodeHandler:
     """Handler of the tree and meta topics (one instance may serve both; sharing it is best).
 
     ``batch_window`` 0 disables merging; ``silent_rate`` 0 disables the silent
-    budget. ``silent_bucket`` lets several handlers share one budget.
+    budget (one handler serves both node topics, so the budget is global).
     Counters: ``delivered`` (frames handed to sessions), ``merged`` (events
     folded into a pending merge), ``silent_dropped``.
     """
@@ -280,12 +280,9 @@ class NodeHandler:
         batch_window: float = 1.0,
         silent_rate: float = 20.0,
         silent_burst: float = 10.0,
-        silent_bucket: TokenBucket | None = None,
     ) -> None:
         self._table = table
-        if silent_bucket is None and silent_rate > 0:
-            silent_bucket = TokenBucket(silent_rate, silent_burst, clock)
-        self._silent = silent_bucket
+        self._silent = TokenBucket(silent_rate, silent_burst, clock) if silent_rate > 0 else None
         self._batcher = NodeBatcher(clock, batch_window, self._deliver) if batch_window > 0 else None
         self.delivered = 0
         self.merged = 0

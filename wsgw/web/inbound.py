@@ -51,6 +51,3 @@ class PeerCounts:
             self._counts[host] = count
         else:
             self._counts.pop(host, None)
-
-    def __getitem__(self, host: str) -> int:
-        return self._counts.get(host, 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import attrs
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
@@ -24,15 +24,48 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from wsgw.gateway import Census
 from wsgw.interfaces import IBus
 
-if TYPE_CHECKING:
-    from wsgw.chat.service import ChatService
-    from wsgw.dispatch import Dispatcher
-    from wsgw.events.nodes import NodeHandler
-    from wsgw.gateway import Gateway
-
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class GatewayCounts(Protocol):
+    """The gateway's counters (``wsgw.gateway.Gateway``)."""
+
+    subscribes_accepted: int
+    refusals: Counter[str]
+    closes: Counter[int]
+
+    def census(self) -> Census: ...
+
+
+class DispatchCounts(Protocol):
+    """Bus events by topic (``wsgw.dispatch.Dispatcher``)."""
+
+    received: Counter[str]
+    malformed: Counter[str]
+    crashed: Counter[str]
+
+
+class NodeCounts(Protocol):
+    """The node rules' counters (``wsgw.events.nodes.NodeHandler``)."""
+
+    merged: int
+    silent_dropped: int
+
+    @property
+    def pending(self) -> int: ...
+
+
+class ChatCounts(Protocol):
+    """The chat's counters (``wsgw.chat.service.ChatService``)."""
+
+    handled: Counter[str]
+    refused: int
+
+    @property
+    def rooms_active(self) -> int: ...
 
 
 class Delivering(Protocol):
@@ -60,10 +93,10 @@ class MetricsView:
     """What /metrics reads of one gateway, at scrape time: ``deliveries`` maps the ``kind`` label to the
     handler counting it; ``redis_links`` gives the Redis connections (none on the embedded bus)."""
 
-    gateway: Gateway
-    dispatcher: Dispatcher
-    nodes: NodeHandler
-    chat: ChatService
+    gateway: GatewayCounts
+    dispatcher: DispatchCounts
+    nodes: NodeCounts
+    chat: ChatCounts
     deliveries: Mapping[str, Delivering]
     bus: IBus
     redis_links: Callable[[], Sequence[LinkState]]
@@ -79,21 +112,12 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         p = self._view
         gateway = p.gateway
-        open_: Counter[str] = Counter()
-        subscribed: Counter[str] = Counter()
-        queued = 0
-        for session in list(gateway.table):
-            name = session.endpoint.name if session.endpoint is not None else "-"
-            open_[name] += 1
-            if session.access is not None:
-                subscribed[name] += 1
-            if session.pacer is not None:
-                queued += session.pacer.pending
-        yield _gauge("wsgw_connections", "Open WebSocket connections.", "endpoint", open_, ("ws", "chat"))
-        yield _gauge("wsgw_connections_subscribed", "Connections holding a verified token.", "endpoint", subscribed,
-                     ("ws", "chat"))
+        census = gateway.census()
+        yield _gauge("wsgw_connections", "Open WebSocket connections.", "endpoint", census.open, ("ws", "chat"))
+        yield _gauge("wsgw_connections_subscribed", "Connections holding a verified token.", "endpoint",
+                     census.subscribed, ("ws", "chat"))
         yield _gauge("wsgw_outbound_frames_queued", "Node event frames waiting in per-session pacing queues.",
-                     None, queued)
+                     None, census.paced_frames)
         yield _counter("wsgw_subscribes_accepted", "Subscribes accepted (first ones and refreshes).", None,
                        gateway.subscribes_accepted)
         yield _counter("wsgw_subscribes_refused", "Subscribes refused, by reason.", "reason", gateway.refusals,

@@ -10,7 +10,6 @@ are framed once per payload and go out through ``Outbound``.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -45,11 +44,9 @@ class GatewayProtocol(ServerProtocol):
         factory = self.factory
         policy = factory.policy
         if not policy.origin_allowed(request.headers.get("origin")):
-            factory.refused["origin"] += 1
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         host = self.transport.getPeer().host  # type: ignore[union-attr]
         if not factory.peers.acquire(host, policy.per_ip):
-            factory.refused["per_ip"] += 1
             raise ConnectionDeny(429, "too many connections from this address")
         self._counted_host = host
 
@@ -142,7 +139,6 @@ class GatewayFactory(ServerFactory):
         self.clock = clock
         self.policy = policy or InboundPolicy()
         self.peers = peers or PeerCounts()
-        self.refused: Counter[str] = Counter()
         self.setProtocolOptions(
             maxFramePayloadSize=max_frame,
             maxMessagePayloadSize=max_frame,
