@@ -641,8 +641,8 @@ async def main() -> int:
         report.say(f"| Python allocated blocks: before any client / after each drain | {baseline['allocated_blocks']} / "
                    + " / ".join(str(r["state"]["allocated_blocks"]) for r in results) + " |")
         report.say(f"| daemon CPU | {cpu:.1f} s over {wall:.0f} s |")
-        report.say(f"| after drain: sessions, table, timers, live protocols | {final['sessions']}, {final['table']}, "
-                   f"{final['timers']}, {final['live_protocols']} |")
+        report.say(f"| after drain: sessions, timers, chat sockets, live protocols | {final['sessions']}, "
+                   f"{final['timers']}, {final['chat_sockets']}, {final['live_protocols']} |")
         report.say(f"| delayed calls: before / after | {baseline['delayed_calls']} / {final['delayed_calls']} |")
         ok = all(passed for passed, _ in report.checks)
         report.say(f"\nsoak {'PASSED' if ok else 'FAILED'} ({sum(p for p, _ in report.checks)}/{len(report.checks)} "
