@@ -79,8 +79,8 @@ def click(driver: Any, element_id: str) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_live_page_subscribes_receives_an_event_and_chats(tmp_path: Path, gateway: StartGateway) -> None:
-    """In Chromium the live page subscribes with a token, shows an event published on Redis, joins a room and
-    posts a message a second (Autobahn) client receives, and shows that client's answer."""
+    """In Chromium the live page subscribes with a token, shows an event published on Redis, joins a room and shows
+    its history, posts a message a second (Autobahn) client receives, and shows that client's answer."""
     _need_browser()
     daemon = await gateway(overrides={"web.live_page": "yes"})
     driver = None
@@ -98,9 +98,13 @@ async def test_live_page_subscribes_receives_an_event_and_chats(tmp_path: Path, 
         bob = await connect(daemon.port, "/chat")
         await bob.subscribe(token("bob", [HOME]))
         bob.send_json({"@type": "JOIN", "Room": {"Type": "GLOBAL", "RoomTypeObject": "lobby"}})
-        assert (await bob.next())["@type"] == "ROOM_UPDATE"
+        lobby = (await bob.next())["Room"]
+        bob.send_json({"@type": "POST", "Message": {"RoomUuid": lobby["Uuid"], "Message": "said before alice came"}})
+        while (await bob.next()).get("Message") != "said before alice came":
+            pass
         await deferToThread(click, driver, "join")
         await deferToThread(wait_text, driver, "room-status", "alice")
+        await deferToThread(wait_text, driver, "messages", "said before alice came")  # the page asks HISTORY
 
         await deferToThread(type_and_send, driver, "hello from chromium")
         while (frame := await bob.next()).get("Message") != "hello from chromium":

@@ -127,7 +127,8 @@ async def indexed_uuid(daemon: Daemon, type_: str, obj: str) -> str | None:
 
 @pytest_twisted.ensureDeferred
 async def test_full_conversation(gateway: StartGateway) -> None:
-    """Two users join, get ROOM_UPDATE then history, post, edit, delete, page the history and leave."""
+    """Two users join (ROOM_UPDATE only), ask the history as the stock chat panel does, post, edit, delete,
+    page the history and leave."""
     obj = new_prefix()
     room_spec = spec(obj, RoomLabel="Lobby")
     daemon = await gateway()
@@ -147,10 +148,13 @@ async def test_full_conversation(gateway: StartGateway) -> None:
         assert m["Uuid"] and m["RoomUuid"] == room_uuid and m["Timestamp"].isdigit()
     assert len({m1["Uuid"], m2["Uuid"], m3["Uuid"]}) == 3
 
-    # bob joins: ROOM_UPDATE listing both, then the history oldest first, then no MAY_HAVE_MORE
+    # bob joins: ROOM_UPDATE listing both, and no message (PROTOCOL.md §5.2); his HISTORY (the chat panel's
+    # first page) gets ROOM_UPDATE, then the history oldest first, then no MAY_HAVE_MORE (the page is not full)
     await joined(bob, room_spec, ["alice", "bob"])
+    assert is_update(await bob.next())  # the JOIN's broadcast
+    history(bob, room_spec, 0, 40)
+    assert is_update(await bob.next())
     assert [await bob.next() for _ in range(3)] == [m1, m2, m3]
-    assert is_update(await bob.next())  # the JOIN's broadcast: no MAY_HAVE_MORE before it
     await expect(alice, update_with(["alice", "bob"], room_uuid), "alice sees bob arrive")
 
     # edit: the text changes, the timestamp stays, the old text goes to Activity.items
@@ -275,7 +279,8 @@ async def test_a_ping_from_a_new_socket_reattaches_the_room(gateway: StartGatewa
 
 @pytest_twisted.ensureDeferred
 async def test_history_survives_a_restart(gateway: StartGateway) -> None:
-    """After the daemon stops and a new one starts on the same Redis, a JOIN gets the same room and its history."""
+    """After the daemon stops and a new one starts on the same Redis, a JOIN gets the same room and HISTORY its
+    messages."""
     obj = new_prefix()
     first = await gateway()
     alice = await chat_client(first, "alice")
@@ -288,11 +293,13 @@ async def test_history_survives_a_restart(gateway: StartGateway) -> None:
     bob = await chat_client(second, "bob")
     room = await joined(bob, spec(obj), ["bob"])  # alice's presence went with her socket
     assert room["Uuid"] == room_uuid
+    assert is_update(await bob.next())  # the JOIN's broadcast
     # the newest page of 40, oldest first, then MAY_HAVE_MORE
+    history(bob, spec(obj), 0, 40)
+    assert is_update(await bob.next())
     assert [await bob.next() for _ in range(40)] == sent[1:]
     assert await bob.next() == {"@type": "MAY_HAVE_MORE", "RoomUuid": room_uuid,
                                 "Timestamp": int(sent[1]["Timestamp"]), "Offset": 40, "Limit": 40}
-    assert is_update(await bob.next())  # the JOIN's broadcast
     history(bob, spec(obj), 40, 40)
     assert is_update(await bob.next())
     assert await bob.next() == sent[0]
@@ -359,7 +366,8 @@ async def test_refused_frames_get_an_error_and_keep_the_socket(gateway: StartGat
     # JOIN refusals, each followed by a successful JOIN
     await refused(bob, {"@type": "JOIN", "Room": spec(ws_uuid, "WORKSPACE")}, "JOIN", "WORKSPACE")
     await joined(bob, spec(obj), [alice_login, "bob"])
-    assert await bob.next() == original  # the history on join
+    history(bob, spec(obj), 0, 40)
+    assert await expect(bob, message_with(RoomUuid=room_uuid), "the room's history") == original
     await refused(guest, {"@type": "JOIN", "Room": spec(obj)}, "JOIN", "GLOBAL")
     await joined(guest, spec(guest_login, "USER"), [guest_login])
 

@@ -27,7 +27,7 @@ def _errors(session: Session) -> list[str]:
 def test_join_refused_when_the_access_loses_the_room_while_the_store_answers(slow: str) -> None:
     """A JOIN waiting on the store when a re-subscribe removes the workspace attaches nothing, is answered
     with an error, and the socket hears no message of that room afterwards."""
-    chat = ChatHarness(slow=(slow,))
+    chat = ChatHarness(slow=(slow,), history_on_join=True)  # every store call of a JOIN, the page too
     mallory, bob = chat.connect("mallory"), chat.connect("bob")
     done = chat.send(mallory, join())
     chat.resubscribe(mallory, _access("mallory", ()))
@@ -50,7 +50,7 @@ def test_join_refused_when_the_access_loses_the_room_while_the_store_answers(slo
 def test_join_refused_when_the_socket_unsubscribes_while_the_store_answers(slow: str) -> None:
     """A JOIN waiting on the store when the socket unsubscribes ends with a 'not subscribed' error,
     no attached room, no stored presence, and no internal error."""
-    chat = ChatHarness(slow=(slow,))
+    chat = ChatHarness(slow=(slow,), history_on_join=True)  # every store call of a JOIN, the page too
     alice = chat.connect("alice")
     done = chat.send(alice, join())
     chat.resubscribe(alice, None)
@@ -64,7 +64,7 @@ def test_join_refused_when_the_socket_unsubscribes_while_the_store_answers(slow:
 @pytest.mark.parametrize("slow", ["find_or_create_room", "touch_user", "page"])
 def test_join_refused_when_the_login_changes_while_the_store_answers(slow: str) -> None:
     """A JOIN sent as alice that completes after the socket re-subscribed as bob attaches nothing for either."""
-    chat = ChatHarness(slow=(slow,))
+    chat = ChatHarness(slow=(slow,), history_on_join=True)  # every store call of a JOIN, the page too
     tab = chat.connect("alice")
     done = chat.send(tab, join())
     chat.resubscribe(tab, _access("bob"))

@@ -140,9 +140,26 @@ def test_post_may_name_the_room_by_type_and_object() -> None:
 # --------------------------------------------------------------------------- history
 
 
-def test_join_sends_the_newest_page_then_may_have_more() -> None:
-    """JOIN sends ROOM_UPDATE, the newest 40 messages oldest first, then MAY_HAVE_MORE when there are more."""
+def test_join_answers_room_update_only() -> None:
+    """JOIN is answered with ROOM_UPDATE and no message (the stock unread badges count every message frame as
+    new): a WORKSPACE room holding 3 messages sends a joiner nothing but ROOM_UPDATE until it asks HISTORY."""
     chat = ChatHarness()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    room = chat.room()
+    stored = seed(chat, room["Uuid"], 3)
+    chat.send(bob, join())
+    assert kinds(frames(bob)) == ["ROOM_UPDATE", "ROOM_UPDATE"]  # direct, then the JOIN's broadcast
+    chat.send(bob, ping())
+    assert kinds(frames(bob)) == []
+    chat.send(bob, history())
+    assert frames(bob)[1:] == stored
+
+
+def test_join_sends_the_newest_page_then_may_have_more() -> None:
+    """With history_on_join, JOIN sends ROOM_UPDATE, the newest 40 messages oldest first, then MAY_HAVE_MORE
+    when there are more (the seed document's wording)."""
+    chat = ChatHarness(history_on_join=True)
     alice, bob = chat.connect("alice"), chat.connect("bob")
     chat.send(alice, join())
     room = chat.room()
@@ -158,8 +175,8 @@ def test_join_sends_the_newest_page_then_may_have_more() -> None:
 
 @pytest.mark.parametrize("count", [0, 40])
 def test_join_without_more_history_sends_no_may_have_more(count: int) -> None:
-    """An empty room or exactly 40 messages: ROOM_UPDATE and the messages, no MAY_HAVE_MORE."""
-    chat = ChatHarness()
+    """With history_on_join, an empty room or exactly 40 messages: ROOM_UPDATE and the messages, no MAY_HAVE_MORE."""
+    chat = ChatHarness(history_on_join=True)
     alice, bob = chat.connect("alice"), chat.connect("bob")
     chat.send(alice, join())
     stored = seed(chat, chat.room()["Uuid"], count)
@@ -542,9 +559,26 @@ def test_stop_cancels_presence_timers() -> None:
 # --------------------------------------------------------------------------- ordering
 
 
-def test_broadcasts_during_a_join_wait_for_its_history() -> None:
-    """While a JOIN loads history, room broadcasts are held: the joiner gets ROOM_UPDATE, history, then them."""
+def test_broadcasts_during_a_join_wait_for_its_room_update() -> None:
+    """While a JOIN waits on the store, room broadcasts are held: the joiner gets ROOM_UPDATE, then them."""
     chat = ChatHarness()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    room = chat.room()
+    frames(alice)
+    pending = chat.stall("touch_user", bob, join())
+    chat.send(alice, post(room["Uuid"], "during the join"))
+    assert frames(bob) == []
+    pending.callback((dict(room, Users=["alice", "bob"]), True))
+    got = frames(bob)
+    assert kinds(got) == ["ROOM_UPDATE", "message", "ROOM_UPDATE"]
+    assert got[1]["Message"] == "during the join"
+
+
+def test_broadcasts_during_a_join_wait_for_its_history() -> None:
+    """With history_on_join, while a JOIN loads history, room broadcasts are held: the joiner gets ROOM_UPDATE,
+    history, then them."""
+    chat = ChatHarness(history_on_join=True)
     alice, bob = chat.connect("alice"), chat.connect("bob")
     chat.send(alice, join())
     room = chat.room()
@@ -616,7 +650,7 @@ def test_frames_of_a_socket_run_in_order() -> None:
 
 def test_a_socket_closing_during_a_join_leaves_no_presence() -> None:
     """A socket that closes while its JOIN is in flight ends with no presence and no frames."""
-    chat = ChatHarness()
+    chat = ChatHarness(history_on_join=True)  # the JOIN's last store call, held here, is the history page
     alice, bob = chat.connect("alice"), chat.connect("bob")
     chat.send(bob, join())
     frames(bob)

@@ -129,6 +129,7 @@ class Config:
     log_format: str = _key("log", "format", _choice("text", "json"), "text")
     live_page: bool = _key("web", "live_page", _bool, "no")
     history_cap: int = _key("chat", "history_cap", _positive_int, "1000")
+    history_on_join: bool = _key("chat", "history_on_join", _bool, "no")
     presence_timeout: float = _key("chat", "presence_timeout", _positive_float, "20")
     max_message_chars: int = _key("chat", "max_message_chars", _positive_int, "8000")
     chat_key_prefix: str = _key("chat", "key_prefix", _text, "wsgw:chat:")

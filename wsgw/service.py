@@ -66,7 +66,8 @@ class GatewayService(MultiService):
             store = MemoryChatStore()
         self.chat = ChatService(
             clock, store, lambda payload: self.bus.publish("chat", payload),
-            history_cap=config.history_cap, presence_timeout=config.presence_timeout,
+            history_cap=config.history_cap, history_on_join=config.history_on_join,
+            presence_timeout=config.presence_timeout,
             max_message_chars=config.max_message_chars,
             offload=lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
         )

@@ -7,6 +7,12 @@ store re-checks the socket's current access (and login) before it attaches a
 room or sends a room's messages. Every stored change is published on the bus;
 the room's sockets get it from there (``ChatService.handle``). A request that
 cannot be done raises ``Refused``.
+
+JOIN answers ``ROOM_UPDATE`` only, as the current Cells server does: the stock
+frontend's unread badges JOIN every cell's room and count every message frame
+they get as new, and its chat panels ask HISTORY themselves.
+``history_on_join`` sends the newest page after it instead, as the seed
+document words it, for clients that expect that.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from wsgw.frames import encode
 from wsgw.interfaces import IChatStore
 from wsgw.sessions import Session
 
-JOIN_PAGE = 40  # messages sent on JOIN, as the seed document says
+JOIN_PAGE = 40  # messages sent on JOIN with history_on_join, as the seed document says
 
 Action = Callable[[Session, ChatSocket, Access, Frame], Awaitable[None]]
 
@@ -53,6 +59,7 @@ class Actions:
         publish: Callable[[bytes], Deferred[Any]],
         *,
         history_cap: int,
+        history_on_join: bool,
         max_message_chars: int,
         offload: Callable[..., Deferred[Any]] | None,
     ) -> None:
@@ -61,6 +68,7 @@ class Actions:
         self._membership = membership
         self._publish = publish
         self._history_cap = history_cap
+        self._history_on_join = history_on_join
         self._max_chars = max_message_chars
         self._offload = offload
         self.by_type: dict[str, Action] = {
@@ -112,7 +120,9 @@ class Actions:
             touched, changed = await self._membership.presence.touch(room_uuid, access.login, now)
             if touched is None:
                 raise Refused("JOIN: the room was deleted")
-            history: list[Message] = [] if ping else await self._store.page(room_uuid, 0, JOIN_PAGE + 1)
+            history: list[Message] = []
+            if self._history_on_join and not ping:
+                history = await self._store.page(room_uuid, 0, JOIN_PAGE + 1)
             if not session.open:
                 return
             self._recheck(session, state, access, "JOIN", type, type_object)

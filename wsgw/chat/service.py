@@ -66,6 +66,7 @@ class ChatService:
         publish: Callable[[bytes], Deferred[Any]],
         *,
         history_cap: int = 1000,
+        history_on_join: bool = False,
         presence_timeout: float = 20.0,
         max_message_chars: int = 8000,
         offload: Callable[..., Deferred[Any]] | None = None,
@@ -74,7 +75,8 @@ class ChatService:
         self._presence = Presence(clock, store, presence_timeout, self._announce, self._track)
         self._membership = Membership(self._presence)
         self._actions = Actions(clock, store, self._membership, publish, history_cap=history_cap,
-                                max_message_chars=max_message_chars, offload=offload)
+                                history_on_join=history_on_join, max_message_chars=max_message_chars,
+                                offload=offload)
         self._pending: set[Deferred[Any]] = set()  # background store work and frames in flight, for stop()
         self._idle: list[Deferred[None]] = []  # stop() waiters: fired when _pending empties
         self.handled: Counter[str] = Counter()
