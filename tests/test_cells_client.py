@@ -123,3 +123,59 @@ async def test_history_on_join_keeps_the_seed_documents_answer(gateway: StartGat
     bob.send_json(join("WORKSPACE", "ws-team"))
     assert (await bob.next())["@type"] == "ROOM_UPDATE"
     assert (await bob.next())["Message"] == "kept"
+
+
+async def cells_events(port: int, login: str, profile: str = "standard") -> Client:
+    """``PydioWebSocket``'s event socket: ``/ws/event``, subscribe with the token."""
+    client = await connect(port, "/ws/event")
+    client.send_json({"@type": "subscribe", "jwt": token(login, [TEAM], profile=profile)})
+    assert (await client.next())["@type"] == "subscribed"
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_update_user_meta_with_cells_own_policy_encoding_reaches_the_user(gateway: StartGateway) -> None:
+    """The UPDATE_USER_META a Cells service publishes, its pydio:meta-policies written by Go's encoding/json
+    (Action and Effect numbers), reaches the user the policy allows, in names and without Source; another
+    member of the workspace gets nothing (the next event shows it was not held back)."""
+    daemon = await gateway()
+    alice, bob = await cells_events(daemon.port, "alice"), await cells_events(daemon.port, "bob")
+    policies = '[{"Resource":"n1","Action":2,"Subject":"user:alice","Effect":1}]'
+    await daemon.publish("meta", {
+        "Type": 6,
+        "Target": {"Uuid": "n1", "Path": "pydiods1/team/plan.md", "Type": 1, "MetaStore": {"bookmark": "true"}},
+        "Source": {"Uuid": "n1", "Path": "pydiods1/team/plan.md", "MetaStore": {"pydio:meta-policies": policies}},
+    })
+    await daemon.publish("tree", {"Type": 5, "Source": {"Uuid": "n2", "Path": "pydiods1/team/old.txt"}})
+    first = await alice.next()
+    assert first["Type"] == "UPDATE_USER_META" and "Source" not in first
+    assert first["Target"]["Type"] == "LEAF" and first["Target"]["MetaStore"]["bookmark"] == "true"
+    assert (await alice.next())["Type"] == "DELETE"
+    assert (await bob.next()) == {"Type": "DELETE", "Source": {"Uuid": "n2", "Path": "team-files/old.txt",
+                                                               "MetaStore": {"EventWorkspaceId": '"ws-team"'}}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_admin_hears_other_users_user_events_with_ctx_username(gateway: StartGateway) -> None:
+    """An admin session (the Settings users list) gets every User IDM event, a Type number as its name, and
+    Attributes (ctx_username: who made the change) as published; the user named gets it too."""
+    daemon = await gateway()
+    root = await cells_events(daemon.port, "root", profile="admin")
+    carol = await cells_events(daemon.port, "carol")
+    event = {"Type": 2, "User": {"Uuid": "u-carol", "Login": "carol", "GroupPath": "/", "Attributes":
+                                 {"displayName": "Carol"}}, "Attributes": {"ctx_username": "root"}}
+    await daemon.publish("idm", event)
+    expected = {**event, "Type": "UPDATE", "@type": "idm"}
+    assert await root.next() == expected
+    assert await carol.next() == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_task_status_number_reaches_the_owner_as_its_name(gateway: StartGateway) -> None:
+    """A TaskChangeEvent whose Status a Go service wrote as a jobs.TaskStatus number reaches the trigger owner
+    with the name the frontend's jobs store compares ("Running")."""
+    daemon = await gateway()
+    alice = await cells_events(daemon.port, "alice")
+    await daemon.publish("tasks", {"TaskUpdated": {"ID": "t1", "JobID": "j1", "Status": 2, "TriggerOwner": "alice",
+                                                   "Progress": 0.5}, "Job": {"ID": "j1", "Label": "Compress"}})
+    assert (await alice.next())["TaskUpdated"]["Status"] == "Running"

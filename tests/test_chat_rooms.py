@@ -372,6 +372,32 @@ def test_malformed_or_refused_frames_get_an_error_and_change_nothing(frame: dict
     assert (chat.room(), chat.messages(room["Uuid"]), chat.rooms_of(alice), len(chat.bus.events)) == before
 
 
+def test_a_room_type_number_names_the_same_room() -> None:
+    """Room.Type as a chat.RoomType number (Go's encoding/json) joins the room its name does, and ROOM_UPDATE
+    names it (the frontend keys rooms by the name); ANY (4) and unknown numbers name no room."""
+    chat = ChatHarness()
+    alice = chat.connect("alice")
+    chat.send(alice, join(1, "ws-1"))  # WORKSPACE
+    assert frames(alice)[0]["Room"]["Type"] == "WORKSPACE" and chat.room("WORKSPACE", "ws-1")
+    for bad in (4, 9, True):
+        chat.send(alice, join(bad, "x"))  # type: ignore[arg-type]
+        assert_error(alice, "JOIN", "unknown Room.Type")
+
+
+def test_a_room_event_with_a_type_number_is_broadcast_with_its_name() -> None:
+    """A {"Room"} chat event whose Type a Go service wrote as a number reaches the room's sockets as ROOM_UPDATE
+    with the name; an unknown number is malformed."""
+    chat = ChatHarness()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    room = chat.room()
+    frames(alice)
+    chat.service.handle({"Room": {**room, "Type": 1}})
+    assert frames(alice) == [{"@type": "ROOM_UPDATE", "Room": room}]
+    with pytest.raises(MalformedEvent, match="Room.Type"):
+        chat.service.handle({"Room": {**room, "Type": 7}})
+
+
 def test_frames_before_subscribe_are_refused() -> None:
     """A chat frame on a socket without access is answered 'not subscribed' and does nothing."""
     chat = ChatHarness()

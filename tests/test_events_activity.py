@@ -216,3 +216,22 @@ def test_malformed_activity_events_raise(table: SessionTable, event: Any, reason
     with pytest.raises(MalformedEvent, match=reason):
         handler.handle(event)
     assert alice.sent == [] and handler.delivered == 0
+
+
+@pytest.mark.parametrize("owner_type, box, sent", [(1, "outbox", "USER"), ("USER", "outbox", "USER"),
+                                                   (0, "inbox", "NODE")])
+def test_an_owner_type_number_is_read_and_sent_as_its_name(table: SessionTable, owner_type: Any, box: str,
+                                                            sent: str) -> None:
+    """OwnerType as Go's encoding/json writes it (an activity.OwnerType number) decides like its name, and the
+    client gets the name."""
+    alice = subscribe(table, "alice")
+    ActivityHandler(table).handle(activity_event(OwnerType=owner_type, BoxName=box))
+    [frame] = alice.frames
+    assert frame["OwnerType"] == sent
+
+
+@pytest.mark.parametrize("owner_type", ["GROUP", "user", 2, True])
+def test_an_unknown_owner_type_is_malformed(table: SessionTable, owner_type: Any) -> None:
+    """An OwnerType that is neither an activity.OwnerType name nor one of its numbers is refused, naming it."""
+    with pytest.raises(MalformedEvent, match="OwnerType"):
+        ActivityHandler(table).handle(activity_event(OwnerType=owner_type))

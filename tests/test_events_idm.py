@@ -83,6 +83,16 @@ def test_frame_is_the_event_with_idm_type(users: Users) -> None:
     assert "@type" not in event
 
 
+@pytest.mark.parametrize("kind, sent", [(2, "UPDATE"), (3, "DELETE"), (0, "CREATE"), ("DELETE", "DELETE")])
+def test_a_type_number_reaches_the_client_as_its_name(users: Users, kind: Any, sent: str) -> None:
+    """The event Type as Go's encoding/json writes it (an idm.ChangeEventType number) reaches the client as
+    its name, which the admin users list switches on ('DELETE', 'UPDATE'); the input is untouched."""
+    event = {"Type": kind, "Acl": acl("role-b")}
+    IdmHandler(users.table).handle(event)
+    assert users.conns["bob"].frames == [{"Type": sent, "Acl": acl("role-b"), "@type": "idm"}]
+    assert event["Type"] == kind
+
+
 def test_acl_without_action_counts_as_an_ordinary_acl(users: Users) -> None:
     """An ACL with a RoleID and no Action goes to that role (an absent name starts with neither prefix)."""
     IdmHandler(users.table).handle({"Acl": acl("role-b", action=None)})
@@ -274,6 +284,9 @@ def test_no_encoding_when_nobody_receives(users: Users, monkeypatch: pytest.Monk
         ({"Workspace": 5}, "Workspace"),
         ({"Workspace": {"UUID": 5}}, "UUID"),
         ({"Acl": acl("role-a"), "Workspace": "ws-a"}, "Workspace"),
+        ({"Type": "EXPLODE", "User": {"Login": "alice"}}, "Type"),
+        ({"Type": 6, "User": {"Login": "alice"}}, "Type"),
+        ({"Type": False, "User": {"Login": "alice"}}, "Type"),
         ("idm", "object"),
     ],
 )

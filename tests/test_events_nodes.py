@@ -249,6 +249,35 @@ def test_policy_default_deny() -> None:
     assert not policies_allow_read(None, subjects)
 
 
+def test_cells_own_policy_encoding_is_read() -> None:
+    """``pydio:meta-policies`` as Cells writes it with Go's encoding/json (service.ResourcePolicyAction and
+    ResourcePolicy.PolicyEffect as numbers, zero values left out): READ is 2, allow is 1, an absent Effect is
+    deny (and wins), an absent Action is ANY and grants no READ; a bool is no number."""
+    cells = '[{"Resource":"n1","Action":2,"Subject":"user:alice","Effect":1}]'
+    assert policies_allow_read(cells, {"user:alice", "*"})
+    assert not policies_allow_read(cells, {"user:bob", "*"})
+    both = '[{"Action":2,"Subject":"*","Effect":1},{"Action":2,"Subject":"user:bob"}]'  # bob: READ deny
+    assert policies_allow_read(both, {"user:alice", "*"}) and not policies_allow_read(both, {"user:bob", "*"})
+    assert not policies_allow_read('[{"Subject":"user:alice","Effect":1}]', {"user:alice"})  # ANY allow
+    assert not policies_allow_read('[{"Action":3,"Subject":"user:alice","Effect":1}]', {"user:alice"})  # WRITE
+    assert not policies_allow_read('[{"Action":2,"Subject":"user:alice","Effect":true}]', {"user:alice"})
+    assert not policies_allow_read('[{"Action":2,"Subject":"user:alice","Effect":7}]', {"user:alice"})
+    assert policies_allow_read('[{"Action":"read","Subject":"user:alice","Effect":"Allow"}]', {"user:alice"})
+
+
+def test_an_update_user_meta_with_cells_numbers_reaches_the_allowed_user_only() -> None:
+    """The UPDATE_USER_META Cells publishes (numbers in the policies, the event Type as a number too) reaches
+    the user its policy allows, in names, without Source; the others get nothing."""
+    world = World(batch_window=0)
+    alice, bob = world.session(access("alice", COMMON)), world.session(access("bob", COMMON))
+    pol = '[{"Resource":"n1","Action":2,"Subject":"user:alice","Effect":1}]'
+    world.handler.handle({"Type": 6, "Target": node("pydiods1/x.txt", Type=1, MetaStore={"bookmark": "true"}),
+                          "Source": node("pydiods1/x.txt", MetaStore={"pydio:meta-policies": pol})})
+    [frame] = alice.frames
+    assert frame["Type"] == "UPDATE_USER_META" and frame["Target"]["Type"] == "LEAF" and "Source" not in frame
+    assert bob.sent == []
+
+
 # -- validation ---------------------------------------------------------------------------------
 
 
@@ -256,7 +285,10 @@ def test_policy_default_deny() -> None:
     [],
     "CREATE",
     {"Type": "EXPLODE", "Target": node("a")},
-    {"Type": 3, "Target": node("a")},
+    {"Type": 9, "Target": node("a")},
+    {"Type": True, "Target": node("a")},
+    {"Type": "delete", "Source": node("a")},
+    {"Target": node("a", Type=3)},
     {"Target": "a/b"},
     {"Source": ["a"]},
     {"Target": {"Uuid": "n", "Path": 7}},
@@ -287,10 +319,15 @@ def test_malformed_message_names_the_field() -> None:
         validate({"Source": {"Path": 1}})
 
 
-def test_validate_returns_the_type() -> None:
-    """A well-formed event validates to its type name, CREATE when absent."""
-    assert validate({"Target": node("a", Size="1", MTime=2, MetaStore={"k": "v"})}) == "CREATE"
-    assert validate({"Type": "DELETE", "Source": node("a"), "Silent": True}) == "DELETE"
+def test_validate_returns_the_event_with_its_enums_as_names() -> None:
+    """A well-formed event validates to itself when its enums are names (protojson); the numbers Go's
+    encoding/json writes (tree.NodeChangeEvent.EventType, tree.NodeType) come back as names, in a copy."""
+    named = {"Target": node("a", Size="1", MTime=2, MetaStore={"k": "v"})}
+    assert validate(named) is named
+    numbered = {"Type": 5, "Source": node("a", Type=2), "Silent": True}
+    assert validate(numbered) == {"Type": "DELETE", "Source": node("a", Type="COLLECTION"), "Silent": True}
+    assert numbered["Type"] == 5 and numbered["Source"]["Type"] == 2  # the bus event itself is untouched
+    assert validate({"Type": 0, "Target": node("a", Type=0)}) == {"Type": "CREATE", "Target": node("a", Type="UNKNOWN")}
 
 
 # -- the handler: fan-out -----------------------------------------------------------------------

@@ -171,3 +171,24 @@ def test_malformed_task_events_raise(table: SessionTable, event: Any, reason: st
     with pytest.raises(MalformedEvent, match=reason):
         handler.handle(event)
     assert alice.sent == [] and handler.delivered == 0
+
+
+@pytest.mark.parametrize("status, sent", [("Running", "Running"), (2, "Running"), (0, "Unknown"), (8, "Queued")])
+def test_a_status_number_reaches_the_client_as_its_name(table: SessionTable, status: Any, sent: str) -> None:
+    """TaskUpdated.Status as Go's encoding/json writes it (a jobs.TaskStatus number) reaches the client as the
+    name protojson would have written, the rest of the event unchanged; a name passes as it is."""
+    _, alice = subscribe(table, "alice")
+    event = task_event(Status=status)
+    TaskHandler(table).handle(event)
+    [frame] = alice.frames
+    assert frame["TaskUpdated"] == {**event["TaskUpdated"], "Status": sent}
+    assert frame["Job"] == event["Job"] and event["TaskUpdated"]["Status"] == status  # the input is untouched
+
+
+@pytest.mark.parametrize("status", ["Flying", "running", 9, -1, True, 2.0])
+def test_an_unknown_status_is_malformed(table: SessionTable, status: Any) -> None:
+    """A Status that is neither a jobs.TaskStatus name nor one of its numbers is refused, naming the field."""
+    _, alice = subscribe(table, "alice")
+    with pytest.raises(MalformedEvent, match="TaskUpdated.Status"):
+        TaskHandler(table).handle(task_event(Status=status))
+    assert alice.sent == []

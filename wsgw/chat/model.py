@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wsgw.cells import ROOM_TYPE
 from wsgw.frames import MalformedEvent, encode, field
 
 Room = dict[str, Any]
@@ -54,7 +55,8 @@ def room_update(room: Room) -> bytes:
 
 def validate(event: object) -> tuple[str, bytes]:
     """Check a chat event's shape (§5.4); return its room's uuid and the frame the room's sockets get:
-    the message, ``DELETE_MSG`` for ``"Details":"DELETE"``, or ``ROOM_UPDATE`` for a ``Room``.
+    the message, ``DELETE_MSG`` for ``"Details":"DELETE"``, or ``ROOM_UPDATE`` for a ``Room`` (its ``Type``
+    a chat.RoomType name, also when a Go service wrote the number: the frontend keys rooms by the name).
 
     Raises MalformedEvent naming the offending field.
     """
@@ -74,4 +76,9 @@ def validate(event: object) -> tuple[str, bytes]:
     room_uuid = field(room, "Uuid", str)
     if not room_uuid:
         raise MalformedEvent("Room.Uuid must be a non-empty string")
+    kind = room.get("Type")
+    if kind is not None:
+        named = ROOM_TYPE.name(kind, "Room.Type")
+        if named is not kind:
+            room = {**room, "Type": named}
     return room_uuid, room_update(room)

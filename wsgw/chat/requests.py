@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from wsgw.access import Access
+from wsgw.cells import ROOM_TYPE
 from wsgw.chat.model import ROOM_TYPES, Message
-from wsgw.frames import encode
+from wsgw.frames import MalformedEvent, encode
 
 MAX_FIELD = 512  # characters of a room type object, label, or uuid
 
@@ -41,7 +42,8 @@ def may_join(access: Access, type: str, type_object: str) -> bool:
 
 
 def room_spec(frame: Frame, action: str) -> tuple[str, str, str]:
-    """``(Type, RoomTypeObject, RoomLabel)`` of the frame's Room; Type absent means GLOBAL."""
+    """``(Type, RoomTypeObject, RoomLabel)`` of the frame's Room; Type absent means GLOBAL, and may be a
+    chat.RoomType name or number (``wsgw.cells``), but not ANY, which names no room."""
     room = frame.get("Room")
     if room is None:
         raise Refused(f"{action}: missing Room")
@@ -50,8 +52,12 @@ def room_spec(frame: Frame, action: str) -> tuple[str, str, str]:
     type = room.get("Type")
     if type is None or type == "":
         type = "GLOBAL"
-    if not isinstance(type, str) or type not in ROOM_TYPES:
-        raise Refused(f"{action}: unknown Room.Type {show(type)}")
+    try:
+        type = ROOM_TYPE.name(type, "Room.Type")
+    except MalformedEvent:
+        type = None
+    if type not in ROOM_TYPES:
+        raise Refused(f"{action}: unknown Room.Type {show(room.get('Type'))}")
     type_object = room.get("RoomTypeObject")
     type_object = "" if type_object is None else type_object
     label = room.get("RoomLabel")

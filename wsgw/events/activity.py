@@ -2,18 +2,20 @@
 
 Only user inboxes are handled: an event is skipped when its ``BoxName`` is not
 ``inbox`` and its ``OwnerType`` is not ``USER`` (both must hold to skip, as in
-Cells). ``OwnerType`` is the proto enum ``{NODE=0, USER=1}``: absent means
-``NODE`` (the zero value is omitted in JSON), and the number 1 is accepted as
-``USER`` since protobuf JSON parsers accept enum numbers. The names of
-``Activity.object``, ``origin`` and ``target`` are reduced to basenames, the
-event is sent with ``"@type":"activity"`` to the sessions of ``OwnerId``,
-unless the owner is the actor (nobody is notified of their own action).
+Cells). ``OwnerType`` is activity.OwnerType ``{NODE=0, USER=1}``, a name or a
+number (``wsgw.cells``): absent means ``NODE`` (the zero value is omitted in
+JSON); anything else is malformed. The names of ``Activity.object``,
+``origin`` and ``target`` are reduced to basenames, and the event is sent with
+``"@type":"activity"`` (and ``OwnerType`` as a name) to the sessions of
+``OwnerId``, unless the owner is the actor (nobody is notified of their own
+action).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from wsgw.cells import OWNER_TYPE
 from wsgw.frames import MalformedEvent, encode, field
 from wsgw.sessions import SessionTable, fan_out
 
@@ -22,23 +24,25 @@ _NAMED_OBJECTS = ("object", "origin", "target")
 
 def validate(event: object) -> tuple[str, dict[str, Any]] | None:
     """Check a ``PostActivityEvent``'s shape; None when it is not for a user inbox (skipped), else the login to
-    notify (empty when there is none: no owner, or the owner is the actor) and ``Activity`` with its names
-    reduced to basenames (a copy; the event is untouched).
+    notify (empty when there is none: no owner, or the owner is the actor) and the event as it is sent: its
+    ``Activity`` names reduced to basenames and ``OwnerType`` a name (a copy; the event is untouched).
 
     Raises MalformedEvent naming the offending field.
     """
     if not isinstance(event, dict):
         raise MalformedEvent("an activity event must be an object")
     box = field(event, "BoxName", str, "")
-    owner_type = field(event, "OwnerType", (str, int), "NODE")
-    if box != "inbox" and owner_type not in ("USER", 1):
+    owner_type = OWNER_TYPE.name(0 if event.get("OwnerType") is None else event["OwnerType"], "OwnerType")
+    if box != "inbox" and owner_type != "USER":
         return None
     owner: str = field(event, "OwnerId", str, "")
     activity = field(event, "Activity", dict)
     if activity is None:
         raise MalformedEvent("an activity event needs Activity")
     actor_id = field(field(activity, "actor", dict, {}), "id", str, "")
-    shaped = _with_basenames(activity)
+    shaped = {**event, "Activity": _with_basenames(activity)}
+    if "OwnerType" in event:
+        shaped["OwnerType"] = owner_type
     return ("" if owner == actor_id else owner), shaped
 
 
@@ -59,7 +63,7 @@ class ActivityHandler:
             return
         recipients = self._table.with_login(owner)
         if recipients:
-            frame = encode({**event, "Activity": shaped, "@type": "activity"})
+            frame = encode({**shaped, "@type": "activity"})
             self.delivered += fan_out(recipients, frame, what="activity event")
 
 

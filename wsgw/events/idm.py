@@ -1,8 +1,9 @@
 """IDM events (PROTOCOL.md §4.3): tell users their roles, ACLs or workspaces changed.
 
-The event is sent with ``"@type":"idm"`` added; the first rule that applies
-picks the recipients (an ACL on a role, a role, a user by login or by id, a
-workspace), all found through the SessionTable indexes.
+The event is sent with ``"@type":"idm"`` added (and its ``Type`` as a name,
+``wsgw.cells``); the first rule that applies picks the recipients (an ACL on a
+role, a role, a user by login or by id, a workspace), all found through the
+SessionTable indexes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+from wsgw.cells import IDM_CHANGE_TYPE
 from wsgw.frames import MalformedEvent, encode, field
 from wsgw.sessions import Session, SessionTable, fan_out
 
@@ -18,15 +20,27 @@ _FALL_THROUGH_ACTIONS = ("parameter:", "action:")
 _NOBODY: frozenset[Session] = frozenset()
 
 
-def validate(event: object) -> tuple[str, str]:
-    """Check an ``idm.ChangeEvent``'s shape; return the index and key of the first rule that applies:
-    ``("role", RoleID or Role.Uuid)``, ``("login", User.Login)``, ``("sub", User.Uuid)``,
-    ``("workspace", Workspace.UUID)``, or ``("", "")`` for nobody (an empty key also names nobody).
+def validate(event: object) -> dict[str, Any]:
+    """Check an ``idm.ChangeEvent``'s shape; return it with ``Type`` as an idm.ChangeEventType name (a number,
+    as Go's encoding/json writes it, is read as well; the same dict when it held a name).
 
     Raises MalformedEvent naming the offending field.
     """
     if not isinstance(event, dict):
         raise MalformedEvent("an IDM event must be an object")
+    rule(event)
+    kind = event.get("Type")
+    if kind is None:
+        return event
+    named = IDM_CHANGE_TYPE.name(kind, "Type")
+    return event if named is kind else {**event, "Type": named}
+
+
+def rule(event: dict[str, Any]) -> tuple[str, str]:
+    """The index and key of the first rule that applies: ``("role", RoleID or Role.Uuid)``,
+    ``("login", User.Login)``, ``("sub", User.Uuid)``, ``("workspace", Workspace.UUID)``, or ``("", "")``
+    for nobody (an empty key also names nobody). Raises MalformedEvent for a field it reads of a wrong type.
+    """
     acl = field(event, "Acl", dict)
     role = field(event, "Role", dict)
     user = field(event, "User", dict)
@@ -57,7 +71,8 @@ class IdmHandler:
 
     def handle(self, event: dict[str, Any]) -> None:
         """Send ``event`` (as ``"@type":"idm"``) to the sessions the first applicable rule names."""
-        recipients = self._recipients(*validate(event))
+        event = validate(event)
+        recipients = self._recipients(*rule(event))
         if recipients:
             self.delivered += fan_out(recipients, encode({**event, "@type": "idm"}), what="IDM event")
 

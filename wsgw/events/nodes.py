@@ -34,15 +34,12 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from wsgw.access import Root, Workspace
+from wsgw.cells import EVENT_TYPE, NODE_TYPE, POLICY_ACTION, POLICY_EFFECT
 from wsgw.events.batching import NodeBatcher, event_type, merge_key
 from wsgw.frames import MalformedEvent, encode, field
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session, SessionTable, fan_out
 
-EVENT_TYPES = frozenset(
-    {"CREATE", "READ", "UPDATE_PATH", "UPDATE_CONTENT", "UPDATE_META", "UPDATE_USER_META", "DELETE"}
-)
-NODE_TYPES = frozenset({"UNKNOWN", "LEAF", "COLLECTION"})
 RESERVED_META_PREFIX = "pydio:"
 POLICIES_META_KEY = "pydio:meta-policies"
 WORKSPACE_META_KEY = "EventWorkspaceId"
@@ -51,26 +48,37 @@ WORKSPACE_META_KEY = "EventWorkspaceId"
 # -- validation ---------------------------------------------------------------------------------
 
 
-def validate(event: object) -> str:
-    """Check the shape of a ``NodeChangeEvent`` (PROTOCOL.md §4.1); return its type name (``CREATE`` when absent).
+def validate(event: object) -> dict[str, Any]:
+    """Check the shape of a ``NodeChangeEvent`` (PROTOCOL.md §4.1); return it with its enums as names.
 
-    Raises MalformedEvent naming the first offending field.
+    ``Type`` and the nodes' ``Type`` may be names (protojson) or numbers (Go's encoding/json), as
+    ``wsgw.cells`` says; the event returned holds names (``Type`` absent stays absent: CREATE), and is the
+    same dict when it held names already. Raises MalformedEvent naming the first offending field.
     """
     if not isinstance(event, dict):
         raise MalformedEvent("a node event must be an object")
-    kind: str = field(event, "Type", str, "CREATE")
-    if kind not in EVENT_TYPES:
-        raise MalformedEvent(f"Type {kind[:40]!r} is not a node event type")
+    kind = event.get("Type")
+    if kind is not None:
+        kind = EVENT_TYPE.name(kind, "Type")
     field(event, "Silent", bool)
     field(event, "Optimistic", bool)
     target = _validate_node(event, "Target")
     source = _validate_node(event, "Source")
     if target is None and source is None:
         raise MalformedEvent("a node event needs a Target or a Source")
-    return kind
+    if kind is event.get("Type") and target is event.get("Target") and source is event.get("Source"):
+        return event
+    named = dict(event)
+    if kind is not None:
+        named["Type"] = kind
+    for name, node in (("Target", target), ("Source", source)):
+        if node is not None:
+            named[name] = node
+    return named
 
 
 def _validate_node(event: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The node, checked; a copy with ``Type`` as a name when it was a number."""
     node: dict[str, Any] | None = field(event, name, dict)
     if node is None:
         return None
@@ -78,9 +86,11 @@ def _validate_node(event: dict[str, Any], name: str) -> dict[str, Any] | None:
         field(node, "Uuid", str)
         field(node, "Path", str)
         field(node, "Etag", str)
-        node_type = field(node, "Type", str)
-        if node_type is not None and node_type not in NODE_TYPES:
-            raise MalformedEvent(f"Type {node_type[:40]!r} is not a node type")
+        node_type = node.get("Type")
+        if node_type is not None:
+            named = NODE_TYPE.name(node_type, "Type")
+            if named is not node_type:
+                node = {**node, "Type": named}
         for number in ("Size", "MTime", "Mode"):
             field(node, number, (str, int))
         meta = field(node, "MetaStore", dict)
@@ -159,7 +169,12 @@ def clean_meta_store(meta: dict[str, str] | None) -> dict[str, str]:
 def read_policy(policies_json: str | None) -> tuple[frozenset[str], frozenset[str]]:
     """The subjects allowed and denied ``READ`` by a ``pydio:meta-policies`` value.
 
-    Anything that is not a JSON list of policy objects allows nobody.
+    Cells writes the value with Go's encoding/json (``idm/meta/grpc/handler.go``, ``UpdateUserMeta``):
+    ``Action`` and ``Effect`` are numbers and their zero values are left out, so an absent ``Action`` is
+    ``ANY`` (which grants no READ: Cells' ``MatchPolicies`` compares action names) and an absent ``Effect``
+    is ``deny``; names (``"READ"``, ``"allow"``, any case) are read too (``wsgw.cells``). An entry whose
+    subject, action or effect is anything else grants nothing; a value that is not a JSON list of
+    policy objects allows nobody.
     """
     allow: set[str] = set()
     deny: set[str] = set()
@@ -169,18 +184,13 @@ def read_policy(policies_json: str | None) -> tuple[frozenset[str], frozenset[st
         policies = None
     if isinstance(policies, list):
         for policy in policies:
-            if not isinstance(policy, dict):
+            if not isinstance(policy, dict) or not isinstance(policy.get("Subject"), str):
                 continue
-            subject, action, effect = policy.get("Subject"), policy.get("Action"), policy.get("Effect")
-            if not isinstance(subject, str) or not isinstance(action, str) or not isinstance(effect, str):
+            action = POLICY_ACTION.lookup(policy.get("Action", 0))
+            effect = POLICY_EFFECT.lookup(policy.get("Effect", 0))
+            if action != "READ" or effect is None:
                 continue
-            if action.upper() != "READ":
-                continue
-            effect = effect.lower()
-            if effect == "allow":
-                allow.add(subject)
-            elif effect == "deny":
-                deny.add(subject)
+            (allow if effect == "allow" else deny).add(policy["Subject"])
     return frozenset(allow), frozenset(deny)
 
 
@@ -295,7 +305,8 @@ class NodeHandler:
 
     def handle(self, event: dict[str, Any]) -> None:
         """Validate ``event``, then merge it, or deliver it (after any pending merge of its nodes)."""
-        kind = validate(event)
+        event = validate(event)
+        kind = event_type(event)
         if kind == "READ":
             return
         batcher = self._batcher
