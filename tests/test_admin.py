@@ -8,33 +8,14 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 
-from tests.support.daemon import Daemon, StartGateway, token, workspace
+from tests.support.daemon import Daemon, StartGateway, scrape, token, value, workspace
 from tests.support.wsclient import connect
 
 HOME = workspace("w-home", "home", "ds/home")
 ADMIN = "tcp:0:interface=127.0.0.1"
 PUBLISH_TOKEN = "publish-token-of-the-tests-0123456789"
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-async def scrape(daemon: Daemon) -> Samples:
-    """Every sample of /metrics as ``{(name, sorted labels): value}``."""
-    response = await treq.get(f"http://127.0.0.1:{daemon.admin_port}/metrics", timeout=5)
-    assert response.code == 200
-    assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain")
-    text = (await response.content()).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def post(daemon: Daemon, path: str, body: bytes, auth: str | None = PUBLISH_TOKEN) -> tuple[int, Any]:

@@ -22,7 +22,7 @@ from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
 from wsgw.access import AuthError
-from wsgw.auth.http import BodyTooLarge, TreqGetter
+from wsgw.auth.http import BodyTooLarge, TreqClient
 from wsgw.auth.tokens import TokenVerifier, validate_algorithms
 from wsgw.interfaces import ITokenVerifier
 
@@ -523,7 +523,7 @@ def test_default_getter_discovers_and_fetches_jwks_over_http() -> Any:
                            headers={"kid": "k1"})
         verified = yield verifier.verify(token).addTimeout(10, reactor)
         assert verified["name"] == "alice"
-        capped = TreqGetter(reactor, max_bytes=100)
+        capped = TreqClient(reactor, max_bytes=100)
         with pytest.raises(BodyTooLarge):
             yield capped(f"{issuer}/jwks").addTimeout(10, reactor)
         yield capped.close()

@@ -107,6 +107,9 @@ class Config:
     resolver: str = _key("access", "resolver", _choice("claims", "http"), "claims")
     access_url: str = _key("access", "url", _text, "")
     access_cache_ttl: float = _key("access", "cache_ttl", _positive_float, "10")
+    node_meta_url: str = _key("access", "node_meta_url", _text, "")
+    node_meta_token_file: str = _key("access", "node_meta_token_file", _text, "")
+    node_meta_timeout: float = _key("access", "node_meta_timeout", _positive_float, "0.5")
     batch_window: float = _key("delivery", "batch_window", _positive_float, "1.0")
     silent_rate: float = _key("delivery", "silent_rate", _positive_float, "20")
     silent_burst: float = _key("delivery", "silent_burst", _positive_float, "10")
@@ -143,6 +146,7 @@ class Config:
     public_key_pem: bytes | None = attrs.field(default=None, repr=False)
     redis_password: str | None = attrs.field(default=None, repr=False)
     publish_token: bytes | None = attrs.field(default=None, repr=False)
+    node_meta_token: bytes | None = attrs.field(default=None, repr=False)
     source: str = "<defaults>"
 
     @property
@@ -194,6 +198,7 @@ def config_from_string(
     password = _secret(source, "redis_password_file", values["redis_password_file"], env.get("WSGW_REDIS_PASSWORD"))
     values["redis_password"] = password.decode("utf-8") if password else None
     values["publish_token"] = _secret(source, "publish_token_file", values["publish_token_file"], None)
+    values["node_meta_token"] = _secret(source, "node_meta_token_file", values["node_meta_token_file"], None)
     config = Config(**values, source=source)
     _check(config)
     return config

@@ -6,7 +6,7 @@ Redis chat store) provide these; the core only ever sees these interfaces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -88,6 +88,16 @@ class IAccessResolver(Interface):
 
     def resolve(token: str, claims: Mapping[str, Any]) -> Deferred[Access]:
         """Fires with an ``wsgw.access.Access``, or fails with ``AccessError``."""
+
+
+class INodeMetaSource(Interface):
+    """Per-user metadata of a node (PROTOCOL.md §4.1, per-user Target): what Cells re-reads in each user's
+    context, e.g. a bookmark or user meta, which the tree service's events never carry."""
+
+    def lookup(node: Mapping[str, str], logins: Sequence[str]) -> Deferred[dict[str, dict[str, str]]]:
+        """``node`` is ``{"Uuid","Path"}`` (the internal path); fires with, per login, MetaStore entries (values
+        JSON-encoded strings) to merge into that login's copy of the node (a login left out: none); fails
+        when the source cannot answer. Cancelling it abandons the request."""
 
 
 class ITokenVerifier(Interface):

@@ -19,6 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsgw.auth.nodemeta import HttpNodeMeta
 from wsgw.auth.resolvers import ClaimsResolver, HttpResolver
 from wsgw.auth.tokens import TokenVerifier
 from wsgw.bus.memory import MemoryBus
@@ -85,8 +86,10 @@ class GatewayService(MultiService):
         table = self.gateway.table
         self.events = EventsEndpoint(table, clock, self.gateway.too_slow, pacing_rate=config.pacing_rate,
                                      pacing_burst=config.pacing_burst, max_paced_frames=config.max_paced_frames)
+        user_meta = HttpNodeMeta(clock, config.node_meta_url, config.node_meta_token) if config.node_meta_url else None
         self.nodes = nodes.NodeHandler(table, clock, batch_window=config.batch_window,
-                                       silent_rate=config.silent_rate, silent_burst=config.silent_burst)
+                                       silent_rate=config.silent_rate, silent_burst=config.silent_burst,
+                                       user_meta=user_meta, user_meta_timeout=config.node_meta_timeout)
         task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table)
         activity_handler = activity.ActivityHandler(table)
         self.dispatcher = Dispatcher({

@@ -11,6 +11,7 @@ from typing import Any
 import jwt
 import treq
 import txredisapi
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 
 from wsgw.config import DEFAULT_TOPICS, config_from_string
@@ -40,6 +41,27 @@ async def healthz(port: int) -> int:
     response = await treq.get(f"http://127.0.0.1:{port}/healthz")
     await response.content()
     return response.code  # type: ignore[no-any-return]
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(daemon: Daemon) -> Samples:
+    """Every sample of the daemon's /metrics (its operator listener) as ``{(name, sorted labels): value}``."""
+    response = await treq.get(f"http://127.0.0.1:{daemon.admin_port}/metrics", timeout=5)
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain")
+    text = (await response.content()).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample of ``scrape``'s answer (0 when absent)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def new_prefix() -> str:

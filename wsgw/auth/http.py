@@ -1,6 +1,7 @@
-"""The non-blocking HTTP GET the auth adapters use (the OIDC key set, the http access resolver), on treq.
+"""The non-blocking HTTP client the auth adapters use (the OIDC key set, the http access resolver, the node
+metadata backend), on treq.
 
-``TreqGetter`` is ``(url, headers) -> Deferred((status, body))`` with an overall
+``TreqClient`` GETs ``(url, headers) -> Deferred((status, body))`` (and POSTs) with an overall
 timeout and a body size cap; ``short_reason`` describes a failed fetch without
 ever quoting a token.
 """
@@ -23,7 +24,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 HttpGet = Callable[[str, Mapping[str, str]], Deferred[tuple[int, bytes]]]
-"""The getter the http resolver takes (and TreqGetter is): ``(url, headers) -> Deferred((status, body))``."""
+"""The getter the http resolver takes (and TreqClient is): ``(url, headers) -> Deferred((status, body))``."""
 
 
 def short_reason(failure: Failure) -> str:
@@ -95,8 +96,9 @@ class _CappedBody(Protocol):
             self.done.errback(reason)
 
 
-class TreqGetter:
-    """A non-blocking HTTP GET with an overall timeout and a body size cap: ``(url, headers) -> (status, body)``.
+class TreqClient:
+    """Non-blocking HTTP requests with an overall timeout and a body size cap, answering ``(status, body)``:
+    ``client(url, headers)`` GETs (the ``HttpGet`` shape), ``client.post(url, body, headers)`` POSTs.
 
     No cookies are kept (the access backend must not see one user's cookies on another's request) and
     redirects are not followed unless asked. ``reactor`` must provide IReactorTime and IReactorTCP (the
@@ -121,10 +123,21 @@ class TreqGetter:
         self._client = HTTPClient(agent, cookiejar=cast(Any, no_cookies))
 
     def __call__(self, url: str, headers: Mapping[str, str] | None = None) -> Deferred[tuple[int, bytes]]:
+        """GET ``url``."""
+        return self._request("GET", url, headers, None)
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Deferred[tuple[int, bytes]]:
+        """POST ``body`` to ``url``."""
+        return self._request("POST", url, headers, body)
+
+    def _request(self, method: str, url: str, headers: Mapping[str, str] | None,
+                 body: bytes | None) -> Deferred[tuple[int, bytes]]:
         request_headers: dict[bytes | str, bytes | str] = {k: v for k, v in (headers or {}).items()}
-        d: Deferred[Any] = self._client.get(
+        d: Deferred[Any] = self._client.request(
+            method,
             url,
             headers=request_headers,
+            data=body,
             allow_redirects=self._follow_redirects,
             unbuffered=True,
             reactor=cast(Any, self._reactor),

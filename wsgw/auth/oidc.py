@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsgw.access import AuthError
-from wsgw.auth.http import TreqGetter, bytes_getter, short_reason
+from wsgw.auth.http import TreqClient, bytes_getter, short_reason
 
 _log = Logger()
 _KTY_FOR_FAMILY = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
@@ -123,7 +123,7 @@ class JwksKeys:
 
     def _get_json(self, url: str) -> Deferred[Any]:
         if self._http_get is None:
-            getter = TreqGetter(self._clock, timeout=self._fetch_timeout, follow_redirects=True)
+            getter = TreqClient(self._clock, timeout=self._fetch_timeout, follow_redirects=True)
             self._http_get = bytes_getter(getter)
         d = maybeDeferred(self._http_get, url)
         d.addTimeout(self._fetch_timeout, self._clock)

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsgw.access import Access, AccessError, access_from_document, login_claim
-from wsgw.auth.http import HttpGet, TreqGetter, short_reason
+from wsgw.auth.http import HttpGet, TreqClient, short_reason
 from wsgw.interfaces import IAccessResolver
 
 _log = Logger()
@@ -102,7 +102,7 @@ class HttpResolver:
 
     def _get(self, url: str, headers: Mapping[str, str]) -> Deferred[tuple[int, bytes]]:
         if self._http_get is None:
-            self._http_get = TreqGetter(self._clock, timeout=self._timeout, max_bytes=4 << 20)
+            self._http_get = TreqClient(self._clock, timeout=self._timeout, max_bytes=4 << 20)
         return self._http_get(url, headers)
 
     def _parse(self, status_body: tuple[int, bytes], login: str, sub: str, exp: int | None) -> Access:

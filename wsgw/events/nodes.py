@@ -28,7 +28,8 @@ Incoming event dicts are never modified: shaping builds new node dicts.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -36,7 +37,9 @@ from twisted.internet.interfaces import IReactorTime
 from wsgw.access import Root, Workspace
 from wsgw.cells import EVENT_TYPE, NODE_TYPE, POLICY_ACTION, POLICY_EFFECT
 from wsgw.events.batching import NodeBatcher, event_type, merge_key
+from wsgw.events.usermeta import UserMeta
 from wsgw.frames import MalformedEvent, encode, field
+from wsgw.interfaces import INodeMetaSource
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session, SessionTable, fan_out
 
@@ -274,13 +277,27 @@ class PreparedEvent:
 # -- the handler --------------------------------------------------------------------------------
 
 
+Groups = list[tuple[Workspace, Collection[Session]]]  # each workspace view seeing the event, with its recipients
+
+
+def with_entries(frame: dict[str, Any], entries: dict[str, str]) -> dict[str, Any]:
+    """``frame`` with a user's own MetaStore ``entries`` merged into its Target (cleaned as every MetaStore is;
+    ``EventWorkspaceId`` stays the view's)."""
+    target = frame["Target"]
+    meta = {**target["MetaStore"], **clean_meta_store(entries)}
+    meta[WORKSPACE_META_KEY] = target["MetaStore"][WORKSPACE_META_KEY]
+    return {**frame, "Target": {**target, "MetaStore": meta}}
+
+
 class NodeHandler:
     """Handler of the tree and meta topics (one instance may serve both; sharing it is best).
 
     ``batch_window`` 0 disables merging; ``silent_rate`` 0 disables the silent
-    budget (one handler serves both node topics, so the budget is global).
+    budget (one handler serves both node topics, so the budget is global);
+    ``user_meta`` (a node-metadata backend) adds each recipient's own metadata to
+    the Target, waiting at most ``user_meta_timeout`` seconds (``wsgw.events.usermeta``).
     Counters: ``delivered`` (frames handed to sessions), ``merged`` (events
-    folded into a pending merge), ``silent_dropped``.
+    folded into a pending merge), ``silent_dropped``, ``user_meta_lookups`` (by outcome).
     """
 
     def __init__(
@@ -290,10 +307,15 @@ class NodeHandler:
         batch_window: float = 1.0,
         silent_rate: float = 20.0,
         silent_burst: float = 10.0,
+        user_meta: INodeMetaSource | None = None,
+        user_meta_timeout: float = 0.5,
     ) -> None:
         self._table = table
         self._silent = TokenBucket(silent_rate, silent_burst, clock) if silent_rate > 0 else None
         self._batcher = NodeBatcher(clock, batch_window, self._deliver) if batch_window > 0 else None
+        self._user_meta = None
+        if user_meta is not None:
+            self._user_meta = UserMeta(user_meta, clock, user_meta_timeout, self._logins, self._send)
         self.delivered = 0
         self.merged = 0
         self.silent_dropped = 0
@@ -302,6 +324,11 @@ class NodeHandler:
     def pending(self) -> int:
         """Nodes whose merge window is open."""
         return len(self._batcher) if self._batcher is not None else 0
+
+    @property
+    def user_meta_lookups(self) -> Counter[str]:
+        """Node-metadata lookups by outcome (``ok``, ``timeout``, ``failed``); none without a backend."""
+        return self._user_meta.outcomes if self._user_meta is not None else Counter()
 
     def handle(self, event: dict[str, Any]) -> None:
         """Validate ``event``, then merge it, or deliver it (after any pending merge of its nodes)."""
@@ -333,30 +360,59 @@ class NodeHandler:
         if event.get("Silent") and self._silent is not None and not self._silent.take():
             self.silent_dropped += 1  # counted, not logged: this is the flood path
             return
+        if self._user_meta is None:
+            self._send(event, None)
+        else:
+            self._user_meta.deliver(event)
+
+    def _groups(self, event: dict[str, Any]) -> tuple[PreparedEvent, Groups]:
+        """The event prepared, and the sessions that get it now, by workspace view."""
         prepared = PreparedEvent(event)
         paths = prepared.paths()
         views = self._table.views_for_paths(paths) if paths else None
         if not views:
-            return
-        policy = None
-        if prepared.kind == "UPDATE_USER_META":
-            source = event.get("Source") or {}
-            policy = read_policy((source.get("MetaStore") or {}).get(POLICIES_META_KEY))
-            if not policy[0]:
-                return  # nobody is allowed
-        optimistic = bool(event.get("Optimistic"))
+            return prepared, []
+        if prepared.kind != "UPDATE_USER_META":
+            return prepared, list(views.items())
+        source = event.get("Source") or {}
+        policy = read_policy((source.get("MetaStore") or {}).get(POLICIES_META_KEY))
+        if not policy[0]:
+            return prepared, []  # nobody is allowed
+        groups: Groups = []
         for ws, sessions in views.items():
-            recipients: Iterable[Session]
-            if policy is None:
-                recipients = sessions
-            else:
-                recipients = [
-                    s for s in sessions if s.access is not None and subjects_allowed(policy, s.access.subjects)
-                ]
-            if not recipients:
-                continue
+            allowed = [s for s in sessions if s.access is not None and subjects_allowed(policy, s.access.subjects)]
+            if allowed:
+                groups.append((ws, allowed))
+        return prepared, groups
+
+    def _logins(self, event: dict[str, Any]) -> list[str]:
+        return [s.access.login for _, sessions in self._groups(event)[1] for s in sessions if s.access is not None]
+
+    def _send(self, event: dict[str, Any], entries: dict[str, dict[str, str]] | None) -> None:
+        prepared, groups = self._groups(event)
+        optimistic = bool(event.get("Optimistic"))
+        for ws, recipients in groups:
             shaped = prepared.shape(ws)
             if shaped is None:
                 continue
-            self.delivered += fan_out(recipients, encode(shaped), paced=True, optimistic=optimistic,
-                                      what="node event")
+            if entries and "Target" in shaped:
+                recipients = self._send_own_entries(shaped, recipients, entries, optimistic)
+            if recipients:
+                self.delivered += fan_out(recipients, encode(shaped), paced=True, optimistic=optimistic,
+                                          what="node event")
+
+    def _send_own_entries(self, shaped: dict[str, Any], recipients: Collection[Session],
+                          entries: dict[str, dict[str, str]], optimistic: bool) -> list[Session]:
+        """Send their own copy to the recipients whose login has entries; return the others."""
+        plain: list[Session] = []
+        by_login: dict[str, list[Session]] = {}
+        for session in recipients:
+            login = session.access.login if session.access is not None else ""
+            if entries.get(login):
+                by_login.setdefault(login, []).append(session)
+            else:
+                plain.append(session)
+        for login, sessions in by_login.items():
+            frame = encode(with_entries(shaped, entries[login]))
+            self.delivered += fan_out(sessions, frame, paced=True, optimistic=optimistic, what="node event")
+        return plain

@@ -57,6 +57,9 @@ class NodeCounts(Protocol):
     @property
     def pending(self) -> int: ...
 
+    @property
+    def user_meta_lookups(self) -> Counter[str]: ...
+
 
 class ChatCounts(Protocol):
     """The chat's counters (``wsgw.chat.service.ChatService``)."""
@@ -141,6 +144,9 @@ class GatewayCollector(Collector):
         yield _counter("wsgw_node_events_silent_dropped", "Silent node events dropped past the silent budget.", None,
                        nodes.silent_dropped)
         yield _gauge("wsgw_node_merges_pending", "Nodes whose merge window is open.", None, nodes.pending)
+        yield _counter("wsgw_node_meta_lookups", "Lookups of the node-metadata backend ([access] node_meta_url), by "
+                       "outcome (timeout and failed: the event went out as published).", "outcome",
+                       nodes.user_meta_lookups, ("ok", "timeout", "failed"))
         chat = p.chat
         yield _gauge("wsgw_chat_rooms_active", "Chat rooms with a socket of this instance attached.", None,
                      chat.rooms_active)
