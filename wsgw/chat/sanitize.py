@@ -11,7 +11,7 @@ import re
 
 import nh3
 from markdown_it import MarkdownIt
-from markdown_it.rules_inline import StateInline, backtick
+from markdown_it.rules_inline import StateInline, autolink, backtick
 from markdown_it.token import Token
 
 OFFLOAD_CHARS = 1000  # below this, sanitizing costs at most a few ms even for crafted input
@@ -24,7 +24,7 @@ def worth_offloading(text: str) -> bool:
 
 _NEWLINES = re.compile(r"\r\n?")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones reach a str (JSON "\\ud800"); UTF-8 cannot hold them
-_TICK = re.compile("`")
+_MARKS = {"`": re.compile("`"), "<": re.compile("<")}  # the first character of a code span, of an autolink
 _PASSES = 3  # clean-and-reparse rounds before falling back to escaping every "<" (cost: 2 parses each)
 
 
@@ -37,20 +37,35 @@ def _recording_backtick(state: StateInline, silent: bool) -> bool:
     return found
 
 
+def _recording_autolink(state: StateInline, silent: bool) -> bool:
+    """markdown-it's autolink rule (``<https://…>``, ``<user@host>``), noting on the link_open token where in
+    the inline source the autolink was."""
+    start, count = state.pos, len(state.tokens)
+    found = autolink(state, silent)
+    if found and not silent:  # (pushing the link may first push the pending text before it)
+        for token in state.tokens[count:]:
+            if token.type == "link_open" and token.markup == "autolink":
+                token.meta["span"] = (start, state.pos)
+    return found
+
+
 def _parser(*extensions: str) -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": True}).enable(list(extensions))
     md.inline.ruler.at("backticks", _recording_backtick)
+    md.inline.ruler.at("autolink", _recording_autolink)
     return md
 
 
-# The parsers that decide what is code and what is raw HTML: CommonMark, and CommonMark with GFM
-# tables, which most chat clients render and which split a row into cells before finding code
-# spans. Text is kept verbatim only where both see code, and must hold no raw HTML for either.
+# The parsers that decide what is code or an autolink, and what is raw HTML: CommonMark, and CommonMark
+# with GFM tables, which most chat clients render and which split a row into cells before finding code
+# spans. Text is kept verbatim only where both see code or an autolink, and must hold no raw HTML for
+# either. (An autolink renders as a link whose address markdown-it validated: no raw HTML.)
 _PARSERS = (_parser(), _parser("table"))
 
 
 class _Unmapped(Exception):
-    """A code span could not be located in the source (never seen; handled by cleaning everything)."""
+    """A code span or an autolink could not be located in the source (never seen; handled by cleaning
+    everything)."""
 
 
 def _clean_prose(text: str) -> str:
@@ -66,15 +81,24 @@ def _clean_prose(text: str) -> str:
     return nh3.clean(text, tags=set())
 
 
+def _verbatim(child: Token, mark: str) -> bool:
+    """Whether ``child`` is what ``mark`` starts: a code span for a backtick, an autolink for ``<``."""
+    if mark == "`":
+        return child.type == "code_inline"
+    return child.type == "link_open" and child.markup == "autolink"
+
+
 def _code_ranges(text: str, tokens: list[Token]) -> list[tuple[int, int]]:
-    """The sorted ``[start, end)`` ranges of ``text`` that the parse ``tokens`` reads as code: the lines
-    of fenced and indented code blocks (with their container markers), and inline code spans.
+    """The sorted ``[start, end)`` ranges of ``text`` that the parse ``tokens`` reads as code or as an
+    autolink: the lines of fenced and indented code blocks (with their container markers), inline code
+    spans and autolinks.
 
     markdown-it gives blocks their lines but inline tokens no columns: a span's offsets are in its
     inline content, which is its source lines minus container markers, indentation, heading markers,
-    cell pipes and surrounding whitespace, none of which holds a backtick. So, going through the
-    inline tokens of the same lines (the cells of a table row) in order, the n-th backtick of their
-    contents is the n-th backtick of those lines, and a span (backtick to backtick) maps back exactly."""
+    cell pipes and surrounding whitespace, none of which holds a backtick or a ``<``. So, going through
+    the inline tokens of the same lines (the cells of a table row) in order, the n-th backtick (``<``)
+    of their contents is the n-th one of those lines, and a span that starts on it maps back exactly
+    (an autolink holds no whitespace, so it stands in its source as in its content)."""
     starts = [0] + [m.end() for m in re.finditer("\n", text)]
 
     def offset(line: int) -> int:
@@ -85,27 +109,36 @@ def _code_ranges(text: str, tokens: list[Token]) -> list[tuple[int, int]]:
     for token in tokens:
         if token.type in ("fence", "code_block") and token.map is not None:
             ranges.append((offset(token.map[0]), offset(token.map[1])))
-        elif token.type == "inline" and any(child.type == "code_inline" for child in token.children or ()):
+        elif token.type == "inline":
             if token.map is None:
-                raise _Unmapped
-            rows.setdefault((token.map[0], token.map[1]), []).append(token)
-    for (first, last), inlines in rows.items():
-        source = [m.start() for m in _TICK.finditer(text, offset(first), offset(last))]
-        at = 0
-        for token in inlines:
-            index: dict[int, int] = {}
-            for m in _TICK.finditer(token.content):
-                index[m.start()] = at
-                at += 1
-            for child in token.children or ():
-                if child.type != "code_inline":
-                    continue
-                span = child.meta.get("span")
-                if span is None or at > len(source):
+                if any(_verbatim(c, "`") or _verbatim(c, "<") for c in token.children or ()):
                     raise _Unmapped
-                ranges.append((source[index[span[0]]], source[index[span[1] - 1]] + 1))
-        if at > len(source) or (len(inlines) == 1 and at != len(source)):
-            raise _Unmapped
+                continue
+            rows.setdefault((token.map[0], token.map[1]), []).append(token)  # every cell of a row counts marks
+    for (first, last), inlines in rows.items():
+        if not any(_verbatim(c, "`") or _verbatim(c, "<") for t in inlines for c in t.children or ()):
+            continue
+        for mark, pattern in _MARKS.items():
+            source = [m.start() for m in pattern.finditer(text, offset(first), offset(last))]
+            at = 0
+            for token in inlines:
+                index: dict[int, int] = {}
+                for m in pattern.finditer(token.content):
+                    index[m.start()] = at
+                    at += 1
+                for child in token.children or ():
+                    if not _verbatim(child, mark):
+                        continue
+                    span = child.meta.get("span")
+                    if span is None or at > len(source) or span[0] not in index:
+                        raise _Unmapped
+                    begin = source[index[span[0]]]
+                    if mark == "`":
+                        ranges.append((begin, source[index[span[1] - 1]] + 1))
+                    else:
+                        ranges.append((begin, begin + span[1] - span[0]))
+            if at > len(source) or (len(inlines) == 1 and at != len(source)):
+                raise _Unmapped
     return sorted(ranges)
 
 
