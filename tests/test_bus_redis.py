@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
@@ -17,6 +17,7 @@ from txredisapi import ConnectionError, ResponseError
 from zope.interface.verify import verifyObject
 
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_until
 from wsgw.bus.redis import RedisBus, _Subscriber
 from wsgw.interfaces import IBus
 from wsgw.redis.connection import RedisCommands
@@ -48,19 +49,6 @@ class Inbox:
 
     def wait_for(self, count: int) -> Deferred[None]:
         return wait_until(lambda: len(self.messages) >= count, f"{count} messages")
-
-
-async def _wait_until(predicate: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await task.deferLater(reactor, 0.01, lambda: None)
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> Deferred[None]:
-    """Poll ``predicate`` on the reactor until it holds; fail after ``timeout`` seconds."""
-    return Deferred.fromCoroutine(_wait_until(predicate, what, timeout))
 
 
 def bounded(d: Deferred[Any]) -> Deferred[Any]:

@@ -235,3 +235,20 @@ def test_an_unknown_owner_type_is_malformed(table: SessionTable, owner_type: Any
     """An OwnerType that is neither an activity.OwnerType name nor one of its numbers is refused, naming it."""
     with pytest.raises(MalformedEvent, match="OwnerType"):
         ActivityHandler(table).handle(activity_event(OwnerType=owner_type))
+
+
+def test_object_type_numbers_reach_the_client_as_names(table: SessionTable) -> None:
+    """The activity's type and its actor's, object's, origin's and target's, as activity.ObjectType numbers (Go's
+    encoding/json), reach the client as names; an unknown one is malformed."""
+    alice = subscribe(table, "alice")
+    event = activity_event()
+    activity = event["Activity"]
+    numbered = {**event, "Activity": {**activity, "type": 45, "actor": {**activity["actor"], "type": 5},
+                                      "object": {**activity["object"], "type": 9}}}
+    ActivityHandler(table).handle(numbered)
+    [frame] = alice.frames
+    shaped = frame["Activity"]
+    assert (shaped["type"], shaped["actor"]["type"], shaped["object"]["type"]) == ("Update", "Person", "Document")
+    assert shaped["object"]["name"] == "report.pdf" and numbered["Activity"]["type"] == 45
+    with pytest.raises(MalformedEvent, match="Activity.object.type"):
+        ActivityHandler(table).handle({**event, "Activity": {**activity, "object": {"type": 99, "name": "x"}}})

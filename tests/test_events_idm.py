@@ -83,10 +83,12 @@ def test_frame_is_the_event_with_idm_type(users: Users) -> None:
     assert "@type" not in event
 
 
-@pytest.mark.parametrize("kind, sent", [(2, "UPDATE"), (3, "DELETE"), (0, "CREATE"), ("DELETE", "DELETE")])
+@pytest.mark.parametrize("kind, sent", [(2, "UPDATE"), (3, "DELETE"), (0, "CREATE"), ("DELETE", "DELETE"),
+                                        ("BIND", "BIND")])
 def test_a_type_number_reaches_the_client_as_its_name(users: Users, kind: Any, sent: str) -> None:
     """The event Type as Go's encoding/json writes it (an idm.ChangeEventType number) reaches the client as
-    its name, which the admin users list switches on ('DELETE', 'UPDATE'); the input is untouched."""
+    its name, which the admin users list switches on ('DELETE', 'UPDATE'); a name passes as written, BIND
+    (what older Cells called 4) included; the input is untouched."""
     event = {"Type": kind, "Acl": acl("role-b")}
     IdmHandler(users.table).handle(event)
     assert users.conns["bob"].frames == [{"Type": sent, "Acl": acl("role-b"), "@type": "idm"}]

@@ -10,16 +10,8 @@ import pytest
 from twisted.internet.task import Clock
 
 from wsgw.access import Access, Root, Workspace
-from wsgw.events.nodes import (
-    NodeHandler,
-    PreparedEvent,
-    clean_meta_store,
-    internal_path,
-    locate,
-    read_policy,
-    subjects_allowed,
-    validate,
-)
+from wsgw.events.metastore import clean_meta_store, read_policy, subjects_allowed
+from wsgw.events.nodes import NodeHandler, PreparedEvent, internal_path, locate, validate
 from wsgw.frames import MalformedEvent
 from wsgw.pacing import Pacer
 from wsgw.sessions import Session, SessionTable

@@ -175,8 +175,9 @@ def test_malformed_task_events_raise(table: SessionTable, event: Any, reason: st
 
 @pytest.mark.parametrize("status, sent", [("Running", "Running"), (2, "Running"), (0, "Unknown"), (8, "Queued")])
 def test_a_status_number_reaches_the_client_as_its_name(table: SessionTable, status: Any, sent: str) -> None:
-    """TaskUpdated.Status as Go's encoding/json writes it (a jobs.TaskStatus number) reaches the client as the
-    name protojson would have written, the rest of the event unchanged; a name passes as it is."""
+    """TaskUpdated.Status as Go's encoding/json writes it (a jobs.TaskStatus number) reaches the client as its
+    name (protojson would leave the zero value out: the frontend reads an explicit "Unknown" the same way), the
+    rest of the event unchanged; a name passes as it is."""
     _, alice = subscribe(table, "alice")
     event = task_event(Status=status)
     TaskHandler(table).handle(event)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
@@ -188,3 +188,101 @@ def test_without_a_backend_nothing_waits() -> None:
     handler.handle(rename())
     assert [f["Type"] for f in alice.frames] == ["UPDATE_PATH"] and world.backend.requests == []
     assert handler.user_meta_lookups == {}
+
+
+def test_each_event_waits_at_most_the_bound_past_its_own_arrival() -> None:
+    """Ten renames of one node arrive together while the backend hangs: every lookup starts on arrival, so all
+    ten go out, in order, when the 0.3 s bound passes, not one bound after the other."""
+    world = World()
+    alice = world.user("alice")
+    for n in range(10):
+        world.handler.handle(rename(to=f"pydiods1/team/v{n}.txt"))
+    assert len(world.backend.requests) == 10 and world.handler.user_meta_waiting == 10
+    world.clock.advance(0.31)
+    assert [f["Target"]["Path"] for f in alice.frames] == [f"team/v{n}.txt" for n in range(10)]
+    assert world.handler.user_meta_waiting == 0 and world.handler.user_meta_lookups == {"timeout": 10}
+
+
+def test_an_answered_event_waits_for_its_nodes_earlier_one_only() -> None:
+    """The second rename's answer comes first: it waits for the first (order per node), which then goes out
+    at its own bound; a third node's event is not held at all."""
+    world = World()
+    alice = world.user("alice")
+    world.handler.handle(rename(to="pydiods1/team/one.txt"))
+    world.clock.advance(0.1)
+    world.handler.handle(rename(to="pydiods1/team/two.txt"))
+    world.backend.pending.pop(1).callback({"alice": {"bookmark": "true"}})
+    assert alice.sent == []
+    world.clock.advance(0.21)  # the first one's bound
+    frames = alice.frames
+    assert [f["Target"]["Path"] for f in frames] == ["team/one.txt", "team/two.txt"]
+    assert "bookmark" not in frames[0]["Target"]["MetaStore"] and frames[1]["Target"]["MetaStore"]["bookmark"]
+
+
+def test_lookups_in_flight_are_bounded_and_a_failing_backend_is_left_alone_a_while() -> None:
+    """Past 64 lookups at once an event goes out as published (busy); after 5 failures in a row, lookups stop
+    for 5 s (suspended), then resume."""
+    world = World()
+    alice = world.user("alice")
+    for n in range(70):
+        world.handler.handle(rename(uuid=f"n{n}"))
+    assert len(world.backend.requests) == 64 and world.handler.user_meta_lookups["busy"] == 6
+    assert len(alice.frames) == 6  # the busy ones, of other nodes, did not wait
+    world.clock.advance(0.31)  # 64 timeouts: 5 in a row suspend the backend
+    world.handler.handle(rename(uuid="later"))
+    assert world.handler.user_meta_lookups["suspended"] == 1 and len(world.backend.requests) == 64
+    world.clock.advance(5)
+    world.handler.handle(rename(uuid="after"))
+    assert len(world.backend.requests) == 65
+
+
+def test_a_backend_that_answers_at_once_or_raises_holds_nothing() -> None:
+    """A source whose lookup answers synchronously (3,000 events of one node: no recursion) or raises inside
+    the call: every event goes out, in order, and nothing stays held."""
+
+    @implementer(INodeMetaSource)
+    class Instant:
+        def __init__(self, error: Exception | None = None) -> None:
+            self.error = error
+
+        def lookup(self, node: Any, logins: Any) -> Any:
+            if self.error is not None:
+                raise self.error
+            return succeed({"alice": {"bookmark": "true"}})
+
+    raising = Instant(UnicodeEncodeError("utf-8", "", 0, 1, "x"))
+    for source, outcomes in ((Instant(), {"ok": 3000}), (raising, {"failed": 5, "suspended": 2995})):
+        world = World(source)
+        alice = world.user("alice")
+        for n in range(3000):
+            world.handler.handle(rename(to=f"pydiods1/team/{n}.txt"))
+        assert len(alice.frames) == 3000 and alice.frames[-1]["Target"]["Path"] == "team/2999.txt"
+        assert world.handler.user_meta_waiting == 0 and world.handler.user_meta_lookups == outcomes
+
+
+def test_flush_fires_once_no_event_waits() -> None:
+    """NodeHandler.flush (shutdown) fires once the events waiting for the backend are out (within the bound)."""
+    world = World()
+    alice = world.user("alice")
+    world.handler.handle(rename())
+    flushed = world.handler.flush()
+    assert not flushed.called
+    world.clock.advance(0.31)
+    assert flushed.called and [f["Type"] for f in alice.frames] == ["UPDATE_PATH"]
+
+
+def test_with_the_merge_window_a_merged_update_is_looked_up_and_a_delete_keeps_its_place() -> None:
+    """With the merge window on, UPDATE_CONTENT+UPDATE_META of one node merge, are looked up once the window
+    passes, and a DELETE of that node flushes the merge first and goes out after it."""
+    world = World()
+    handler = NodeHandler(world.table, world.clock, batch_window=1.0, silent_rate=0, user_meta=world.backend,
+                          user_meta_timeout=0.3)
+    alice = world.user("alice")
+    handler.handle({"Type": "UPDATE_CONTENT", "Target": node("pydiods1/team/a.txt")})
+    handler.handle({"Type": "UPDATE_META", "Target": node("pydiods1/team/a.txt", tags='"x"')})
+    handler.handle({"Type": "DELETE", "Target": node("pydiods1/team/a.txt"), "Source": node("pydiods1/team/a.txt")})
+    assert [r[0]["Uuid"] for r in world.backend.requests] == ["n1", "n1"]  # the merge, then the DELETE
+    world.backend.answer({"alice": {"bookmark": "true"}})
+    world.backend.answer({})
+    assert [f.get("Type") for f in alice.frames] == ["UPDATE_CONTENT", "DELETE"]
+    assert alice.frames[0]["Target"]["MetaStore"]["bookmark"] == "true"

@@ -14,6 +14,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tests.support.daemon import Daemon, StartGateway, scrape, token, value, workspace
 from tests.support.redis_server import free_port
+from tests.support.waiting import wait_until
 from tests.support.wsclient import Client, connect
 
 TEAM = workspace("ws-team", "team-files", "pydiods1/team")
@@ -127,3 +128,41 @@ async def test_a_backend_that_is_down_costs_nothing_but_its_count(gateway: Start
     samples = await scrape(daemon)
     assert value(samples, "wsgw_node_meta_lookups_total", outcome="failed") == 1, {k: v for k, v in samples.items() if "node_meta" in k[0]}
     assert value(samples, "wsgw_node_meta_lookups_total", outcome="ok") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_sends_the_events_still_waiting_for_the_backend(gateway: StartGateway, tmp_path: Path) -> None:
+    """SIGTERM while a rename waits for a slow backend: the rename goes out (as published, at its bound) before
+    the 1000 close, not lost."""
+    backend = ReferenceBackend({"alice": {"bookmark": "true"}}, delay=5.0)
+    url, port = serve(backend)
+    try:
+        daemon = await started(gateway, tmp_path, url)
+        alice = await member(daemon, "alice")
+        await daemon.publish("tree", RENAME)
+        await wait_until(lambda: bool(backend.requests), "the daemon asking the backend")
+        await daemon.stop()
+        assert (await alice.next())["Type"] == "UPDATE_PATH"
+        assert await alice.wait_closed() == (1000, "server shutting down")
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_path_holding_a_lone_surrogate_is_asked_about_escaped(gateway: StartGateway, tmp_path: Path) -> None:
+    """A Target path with a lone surrogate (valid JSON on the bus, impossible in UTF-8) is sent to the backend
+    escaped; the user's metadata comes back as for any node, and the node's next event follows it."""
+    backend = ReferenceBackend({"alice": {"bookmark": "true"}})
+    url, port = serve(backend)
+    try:
+        daemon = await started(gateway, tmp_path, url)
+        alice = await member(daemon, "alice")
+        odd = json.dumps({**RENAME, "Target": {**RENAME["Target"], "Path": "pydiods1/team/\ud800.md"}})
+        await daemon.publish("tree", odd)
+        await daemon.publish("tree", {"Type": "UPDATE_META", "Target": RENAME["Target"]})
+        first = await alice.next()
+        assert first["Target"]["Path"] == "team-files/\ud800.md" and first["Target"]["MetaStore"]["bookmark"]
+        assert (await alice.next())["Type"] == "UPDATE_META"
+        assert backend.requests[0][0]["Node"]["Path"] == "pydiods1/team/\ud800.md"
+    finally:
+        await port.stopListening()

@@ -23,15 +23,17 @@ from wsgw.frames import MalformedEvent
 
 @attrs.frozen
 class ProtoEnum:
-    """One enum: ``names`` maps each number to its name; ``source`` is the proto file it is read from."""
+    """One enum: ``names`` maps each number to its name; ``source`` is the proto file it is read from;
+    ``older`` are names older versions of the proto gave (accepted as written)."""
 
     proto: str
     names: Mapping[int, str]
     source: str
+    older: frozenset[str] = frozenset()
     _by_name: frozenset[str] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", frozenset(self.names.values()))
+        object.__setattr__(self, "_by_name", frozenset(self.names.values()) | self.older)
 
     @property
     def zero(self) -> str:
@@ -76,10 +78,24 @@ TASK_STATUS = ProtoEnum("jobs.TaskStatus", {
 
 IDM_CHANGE_TYPE = ProtoEnum("idm.ChangeEventType", {
     0: "CREATE", 1: "READ", 2: "UPDATE", 3: "DELETE", 4: "LOGIN", 5: "LOGOUT",
-}, "common/proto/idm/cells-idm.proto @ 65fcd37ca6c407e9b85d472d7b9b1e1c0fcdd7e9")
+}, "common/proto/idm/cells-idm.proto @ 65fcd37ca6c407e9b85d472d7b9b1e1c0fcdd7e9",
+    older=frozenset({"BIND"}))  # 4 in common/proto/idm/idm.proto @ 00a15b3072513b1789da9358800dfa08736a3924
 
-OWNER_TYPE = ProtoEnum("activity.OwnerType", {0: "NODE", 1: "USER"},
-                       "common/proto/activity/cells-activitystream.proto @ 1b4f74d4da6f4ed6075c3f41b65462fece699309")
+_ACTIVITY = "common/proto/activity/cells-activitystream.proto @ 1b4f74d4da6f4ed6075c3f41b65462fece699309"
+
+OWNER_TYPE = ProtoEnum("activity.OwnerType", {0: "NODE", 1: "USER"}, _ACTIVITY)
+
+OBJECT_TYPE = ProtoEnum("activity.ObjectType", {
+    0: "BaseObject", 1: "Activity", 2: "Application", 3: "Group", 4: "Organization", 5: "Person", 6: "Service",
+    7: "Article", 8: "Audio", 9: "Document", 10: "Event", 11: "Image", 12: "Note", 13: "Page", 14: "Place",
+    15: "Profile", 16: "Relationship", 17: "Tombstone", 18: "Video", 19: "Accept", 20: "Add", 21: "Announce",
+    22: "Arrive", 23: "Block", 24: "Create", 25: "Delete", 26: "Dislike", 27: "Flag", 28: "Follow",
+    29: "Ignore", 30: "Invite", 31: "Join", 32: "Leave", 33: "Like", 34: "Listen", 35: "Move", 36: "Offer",
+    37: "Question", 38: "Reject", 39: "Read", 40: "Remove", 41: "TentativeReject", 42: "TentativeAccept",
+    43: "Travel", 44: "Undo", 45: "Update", 46: "View", 47: "Link", 48: "Mention", 49: "Collection",
+    50: "OrderedCollection", 51: "CollectionPage", 52: "OrderedCollectionPage", 53: "Workspace", 54: "Digest",
+    55: "Folder", 56: "Cell", 57: "Share", 58: "UpdateComment", 59: "UpdateMeta",
+}, _ACTIVITY)
 
 ROOM_TYPE = ProtoEnum("chat.RoomType", {0: "GLOBAL", 1: "WORKSPACE", 2: "USER", 3: "NODE", 4: "ANY"},
                       "common/proto/chat/cells-chat.proto @ 22e3083e7790e779c390a1b1ec2c67a0a48f9744")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -71,6 +72,17 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _http_url(text: str) -> str:
+    """An absolute http(s) URL, or empty."""
+    url = text.strip()
+    if not url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() or ord(c) < 32 for c in url):
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return url
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "yes", "true", "on"):
@@ -105,9 +117,9 @@ class Config:
     audience: str = _key("auth", "audience", _text, "")
     leeway: float = _key("auth", "leeway", _positive_float, "30")
     resolver: str = _key("access", "resolver", _choice("claims", "http"), "claims")
-    access_url: str = _key("access", "url", _text, "")
+    access_url: str = _key("access", "url", _http_url, "")
     access_cache_ttl: float = _key("access", "cache_ttl", _positive_float, "10")
-    node_meta_url: str = _key("access", "node_meta_url", _text, "")
+    node_meta_url: str = _key("access", "node_meta_url", _http_url, "")
     node_meta_token_file: str = _key("access", "node_meta_token_file", _text, "")
     node_meta_timeout: float = _key("access", "node_meta_timeout", _positive_float, "0.5")
     batch_window: float = _key("delivery", "batch_window", _positive_float, "1.0")
@@ -244,6 +256,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"{config.source}: [auth] {e}") from None
     if config.resolver == "http" and not config.access_url:
         raise ConfigError(f"{config.source}: [access] resolver = http needs url")
+    if config.node_meta_url and config.node_meta_timeout <= 0:
+        raise ConfigError(f"{config.source}: [access] node_meta_timeout must be more than 0 with node_meta_url")
     if not config.listen:
         raise ConfigError(f"{config.source}: [server] listen: at least one endpoint is needed")
     channels = list(config.topics.values())

@@ -156,7 +156,9 @@ class GatewayService(MultiService):
         ports, self.ports = self.ports + self.admin_ports, []
         self.admin_ports = []
         yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
-        self.nodes.flush()
+        flushed = self.nodes.flush()  # pending merges, and the events waiting for the node-metadata backend
+        flushed.addTimeout(self.config.node_meta_timeout + 1.0, self._reactor)
+        yield flushed.addErrback(lambda _: self._log.warn("node events still waiting for their metadata: dropped"))
         self.gateway.close_all(CLOSE_NORMAL, "server shutting down")
         drained = self.gateway.when_empty()
         drained.addTimeout(self.config.shutdown_timeout, self._reactor)

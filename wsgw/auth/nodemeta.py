@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from wsgw.auth.http import TreqClient
+from wsgw.frames import encode
 from wsgw.interfaces import INodeMetaSource
 
 
@@ -48,7 +49,7 @@ class HttpNodeMeta:
         self._client = client if client is not None else TreqClient(clock, max_bytes=max_bytes)
 
     def lookup(self, node: Mapping[str, str], logins: Sequence[str]) -> Deferred[dict[str, dict[str, str]]]:
-        body = json.dumps({"Node": dict(node), "Logins": list(logins)}, ensure_ascii=False).encode("utf-8")
+        body = encode({"Node": dict(node), "Logins": list(logins)})  # a lone surrogate goes escaped
         d: Deferred[Any] = self._client.post(self._url, body, self._headers)
         return d.addCallback(_entries)
 

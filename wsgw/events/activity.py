@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsgw.cells import OWNER_TYPE
+from wsgw.cells import OBJECT_TYPE, OWNER_TYPE
 from wsgw.frames import MalformedEvent, encode, field
 from wsgw.sessions import SessionTable, fan_out
 
 _NAMED_OBJECTS = ("object", "origin", "target")
+_TYPED_OBJECTS = ("actor", "object", "origin", "target")
 
 
 def validate(event: object) -> tuple[str, dict[str, Any]] | None:
@@ -68,19 +69,31 @@ class ActivityHandler:
 
 
 def _with_basenames(activity: dict[str, Any]) -> dict[str, Any]:
-    """``activity`` with object/origin/target names reduced to basenames (copies; input untouched)."""
-    shaped = activity
-    for key in _NAMED_OBJECTS:
+    """``activity`` with object/origin/target names reduced to basenames, and the ``type`` of it and of its
+    actor, object, origin and target as activity.ObjectType names (copies; input untouched)."""
+    shaped = _named_type(activity, "Activity.type")
+    for key in _TYPED_OBJECTS:
         obj = field(activity, key, dict)
         if obj is None:
             continue
-        name = field(obj, "name", str)
-        if name is None:
-            continue
-        if shaped is activity:
-            shaped = dict(activity)
-        shaped[key] = {**obj, "name": basename(name)}
+        named = _named_type(obj, f"Activity.{key}.type")
+        name = field(obj, "name", str) if key in _NAMED_OBJECTS else None
+        if name is not None:
+            named = {**named, "name": basename(name)}
+        if named is not obj:
+            if shaped is activity:
+                shaped = dict(activity)
+            shaped[key] = named
     return shaped
+
+
+def _named_type(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    """``obj`` with its ``type`` as an activity.ObjectType name (itself when it is one, or absent)."""
+    kind = obj.get("type")
+    if kind is None:
+        return obj
+    named = OBJECT_TYPE.name(kind, where)
+    return obj if named is kind else {**obj, "type": named}
 
 
 def basename(path: str) -> str:

@@ -32,21 +32,24 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from wsgw.access import Root, Workspace
-from wsgw.cells import EVENT_TYPE, NODE_TYPE, POLICY_ACTION, POLICY_EFFECT
+from wsgw.cells import EVENT_TYPE, NODE_TYPE
 from wsgw.events.batching import NodeBatcher, event_type, merge_key
+from wsgw.events.metastore import (
+    POLICIES_META_KEY,
+    WORKSPACE_META_KEY,
+    clean_meta_store,
+    read_policy,
+    subjects_allowed,
+)
 from wsgw.events.usermeta import UserMeta
 from wsgw.frames import MalformedEvent, encode, field
 from wsgw.interfaces import INodeMetaSource
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session, SessionTable, fan_out
-
-RESERVED_META_PREFIX = "pydio:"
-POLICIES_META_KEY = "pydio:meta-policies"
-WORKSPACE_META_KEY = "EventWorkspaceId"
-
 
 # -- validation ---------------------------------------------------------------------------------
 
@@ -137,70 +140,6 @@ def workspace_path(ws: Workspace, root: Root, rel: str) -> str:
     """``<slug>/<rel>`` (one root) or ``<slug>/<root key>/<rel>``; a root itself drops ``/<rel>``."""
     base = ws.slug if len(ws.roots) == 1 else ws.slug + "/" + root.key
     return base + "/" + rel if rel else base
-
-
-# -- MetaStore ----------------------------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(name)  # NaN / Infinity: Python accepts them, JSON.parse does not
-
-
-def is_json(value: str) -> bool:
-    """Whether ``value`` is a JSON text the browser's ``JSON.parse`` accepts."""
-    try:
-        json.loads(value, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        return False
-    return True
-
-
-def clean_meta_store(meta: dict[str, str] | None) -> dict[str, str]:
-    """A new MetaStore without ``pydio:`` keys, every value valid JSON (others re-encoded as strings)."""
-    if not meta:
-        return {}
-    return {
-        k: v if is_json(v) else json.dumps(v, ensure_ascii=False)
-        for k, v in meta.items()
-        if not k.startswith(RESERVED_META_PREFIX)
-    }
-
-
-# -- user-meta policies -------------------------------------------------------------------------
-
-
-def read_policy(policies_json: str | None) -> tuple[frozenset[str], frozenset[str]]:
-    """The subjects allowed and denied ``READ`` by a ``pydio:meta-policies`` value.
-
-    Cells writes the value with Go's encoding/json (``idm/meta/grpc/handler.go``, ``UpdateUserMeta``):
-    ``Action`` and ``Effect`` are numbers and their zero values are left out, so an absent ``Action`` is
-    ``ANY`` (which grants no READ: Cells' ``MatchPolicies`` compares action names) and an absent ``Effect``
-    is ``deny``; names (``"READ"``, ``"allow"``, any case) are read too (``wsgw.cells``). An entry whose
-    subject, action or effect is anything else grants nothing; a value that is not a JSON list of
-    policy objects allows nobody.
-    """
-    allow: set[str] = set()
-    deny: set[str] = set()
-    try:
-        policies = json.loads(policies_json) if policies_json else None
-    except (ValueError, RecursionError):
-        policies = None
-    if isinstance(policies, list):
-        for policy in policies:
-            if not isinstance(policy, dict) or not isinstance(policy.get("Subject"), str):
-                continue
-            action = POLICY_ACTION.lookup(policy.get("Action", 0))
-            effect = POLICY_EFFECT.lookup(policy.get("Effect", 0))
-            if action != "READ" or effect is None:
-                continue
-            (allow if effect == "allow" else deny).add(policy["Subject"])
-    return frozenset(allow), frozenset(deny)
-
-
-def subjects_allowed(policy: tuple[frozenset[str], frozenset[str]], subjects: Collection[str]) -> bool:
-    """Deny wins over allow, deny by default."""
-    allow, deny = policy
-    return deny.isdisjoint(subjects) and not allow.isdisjoint(subjects)
 
 
 # -- shaping ------------------------------------------------------------------------------------
@@ -327,8 +266,13 @@ class NodeHandler:
 
     @property
     def user_meta_lookups(self) -> Counter[str]:
-        """Node-metadata lookups by outcome (``ok``, ``timeout``, ``failed``); none without a backend."""
+        """Node-metadata lookups by outcome (``wsgw.events.usermeta.OUTCOMES``); none without a backend."""
         return self._user_meta.outcomes if self._user_meta is not None else Counter()
+
+    @property
+    def user_meta_waiting(self) -> int:
+        """Node events held for the node-metadata backend (or behind their node's earlier ones)."""
+        return self._user_meta.waiting if self._user_meta is not None else 0
 
     def handle(self, event: dict[str, Any]) -> None:
         """Validate ``event``, then merge it, or deliver it (after any pending merge of its nodes)."""
@@ -351,10 +295,12 @@ class NodeHandler:
                     batcher.flush_node(uuid)
         self._deliver(event)
 
-    def flush(self) -> None:
-        """Deliver every pending merge now (shutdown)."""
+    def flush(self) -> Deferred[None]:
+        """Deliver every pending merge now (shutdown); fires once no event waits for the node-metadata backend
+        either (within its timeout)."""
         if self._batcher is not None:
             self._batcher.flush()
+        return self._user_meta.idle() if self._user_meta is not None else succeed(None)
 
     def _deliver(self, event: dict[str, Any]) -> None:
         if event.get("Silent") and self._silent is not None and not self._silent.take():

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from wsgw.events.usermeta import OUTCOMES
 from wsgw.gateway import Census
 from wsgw.interfaces import IBus
 
@@ -59,6 +60,9 @@ class NodeCounts(Protocol):
 
     @property
     def user_meta_lookups(self) -> Counter[str]: ...
+
+    @property
+    def user_meta_waiting(self) -> int: ...
 
 
 class ChatCounts(Protocol):
@@ -144,9 +148,12 @@ class GatewayCollector(Collector):
         yield _counter("wsgw_node_events_silent_dropped", "Silent node events dropped past the silent budget.", None,
                        nodes.silent_dropped)
         yield _gauge("wsgw_node_merges_pending", "Nodes whose merge window is open.", None, nodes.pending)
-        yield _counter("wsgw_node_meta_lookups", "Lookups of the node-metadata backend ([access] node_meta_url), by "
-                       "outcome (timeout and failed: the event went out as published).", "outcome",
-                       nodes.user_meta_lookups, ("ok", "timeout", "failed"))
+        yield _counter("wsgw_node_meta_lookups", "Node events looked up in the node-metadata backend ([access] "
+                       "node_meta_url), by outcome (all but ok: the event went out as published; busy: too many "
+                       "lookups at once; suspended: after 5 failures in a row, for 5 s).", "outcome",
+                       nodes.user_meta_lookups, OUTCOMES)
+        yield _gauge("wsgw_node_meta_events_waiting", "Node events waiting for their node-metadata lookup, or behind "
+                     "their node's earlier ones.", None, nodes.user_meta_waiting)
         chat = p.chat
         yield _gauge("wsgw_chat_rooms_active", "Chat rooms with a socket of this instance attached.", None,
                      chat.rooms_active)
@@ -195,8 +202,8 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         self.lag = Histogram(
             "wsgw_delivery_lag_seconds",
-            "From a bus event's receipt to its last socket write (merged and paced node events leave later), "
-            "by topic.",
+            "From a bus event's receipt to its last socket write (merged, paced, and node events waiting for their "
+            "metadata leave later), by topic.",
             ["topic"], registry=self.registry, buckets=LAG_BUCKETS,
         )
         self._lag_children = {topic: self.lag.labels(topic=topic) for topic in topics}
