@@ -128,7 +128,7 @@ async def test_a_peer_that_does_not_answer_pings_is_dropped(gateway: StartGatewa
     polite = await connect(daemon.port)  # Autobahn's client answers pings itself
     mute.lost.addTimeout(6, reactor)
     await mute.lost
-    assert polite.state == polite.STATE_OPEN
+    assert polite.state == polite.STATE_OPEN, polite.closed.result if polite.closed.called else None
     assert len(daemon.service.gateway.table) == 1
 
 

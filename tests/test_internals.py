@@ -241,6 +241,28 @@ async def test_autobahns_timers_run_on_the_factorys_clock() -> None:
         await port.stopListening()
 
 
+def test_the_factorys_timer_never_fires_early_even_under_a_second() -> None:
+    """txaio truncates ``now + delay`` to the second, so a 0.5 s delay fired at once (a 0.5 s ping interval
+    pinged thousands of times a second); ServerFactory's timer fires in the first 0.2 s bucket after it."""
+    clock = Clock()
+    clock.advance(100.3)
+    timer = ServerFactory(reactor, clock)._batched_timer
+    fired: list[str] = []
+    timer.call_later(0.5, fired.append, "half")
+    timer.call_later(0.45, fired.append, "same bucket")  # both in the bucket of 100.8
+    cancelled = timer.call_later(0.5, fired.append, "cancelled")
+    cancelled.cancel()
+    clock.advance(0.49)
+    assert fired == []
+    clock.advance(0.02)
+    assert fired == ["half", "same bucket"]
+    timer.call_later(30, fired.append, "ping")
+    clock.advance(29.9)
+    assert fired == ["half", "same bucket"]
+    clock.advance(0.3)
+    assert fired[-1] == "ping"
+
+
 def test_the_fenced_hooks_still_exist_in_autobahn() -> None:
     """The private names the fence overrides or sets are still Autobahn's, with the signatures it calls."""
     assert list(inspect.signature(WebSocketServerProtocol._max_message_size_exceeded).parameters) == [
@@ -250,3 +272,10 @@ def test_the_fenced_hooks_still_exist_in_autobahn() -> None:
     source = inspect.getsource(autobahn.websocket.protocol)
     assert "if not self.failedByMe" in source
     assert "self.factory._batched_timer.call_later(" in source
+    import txaio._common as txaio_common  # the batched timer's internals that ServerFactory's timer uses
+
+    assert list(inspect.signature(txaio_common._BatchedCall).parameters) == ["timer", "index", "the_call"]
+    timer_source = inspect.getsource(txaio_common._BatchedTimer)
+    for name in ("self._buckets[real_time]", "def _notify_bucket(self, real_time)", "self._get_seconds",
+                 "self._create_delayed_call", "self._bucket_milliseconds", "def _remove_call(self, real_time, call)"):
+        assert name in timer_source, name

@@ -17,17 +17,21 @@ with the few private hooks wsgw needs, exposed under names of its own:
   rare read of one afterwards;
 - ``factory._batched_timer``: Autobahn's handshake, ping and close timers run on
   txaio's global loop; ``ServerFactory`` gives them a txaio ``_BatchedTimer``
-  (Autobahn's own kind, bucket and chunk) on the injected clock.
+  (Autobahn's own kind, bucket and chunk) on the injected clock, whose
+  ``call_later`` rounds up to the bucket instead of truncating to the second
+  (txaio computes ``int(now + delay) * 1000``: a delay under a second fires at
+  once, so a 0.5 s ping interval pinged thousands of times a second).
 """
 
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.interfaces import IReactorTime
-from txaio._common import _BatchedTimer
+from txaio import _common as txaio_common
 
 HANDSHAKE_ONLY = (
     "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_params",
@@ -84,6 +88,22 @@ class ServerProtocol(WebSocketServerProtocol):
                        isReply: bool = False) -> None:
         self.before_close_frame()
         super().sendCloseFrame(code, reasonUtf8, isReply)
+
+
+class _BatchedTimer(txaio_common._BatchedTimer):
+    """txaio's batched timer, each call in the first bucket at or after ``now + delay`` (never early)."""
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> Any:
+        now = self._get_seconds()
+        bucket = self._bucket_milliseconds
+        real_time = int(math.ceil((now + delay) * 1000.0 / bucket) * bucket)
+        call = txaio_common._BatchedCall(self, real_time, lambda: func(*args, **kwargs))
+        if real_time in self._buckets:
+            self._buckets[real_time][1].append(call)
+        else:
+            delayed = self._create_delayed_call(max(0.0, real_time / 1000.0 - now), self._notify_bucket, real_time)
+            self._buckets[real_time] = (delayed, [call])
+        return call
 
 
 class ServerFactory(WebSocketServerFactory):
