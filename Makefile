@@ -51,7 +51,7 @@ test: install install-browser
 	$(VENV)/bin/pytest -q -p no:randomly
 
 # The core: never imports an adapter library (tests/test_layout.py reads this list), type-checked strictly.
-CORE := wsgw/access.py wsgw/cells.py wsgw/frames.py wsgw/pacing.py wsgw/sessions.py wsgw/gateway.py wsgw/dispatch.py \
+CORE := wsgw/access.py wsgw/cells.py wsgw/flow.py wsgw/frames.py wsgw/pacing.py wsgw/sessions.py wsgw/gateway.py wsgw/dispatch.py \
 	wsgw/interfaces.py wsgw/events wsgw/chat/__init__.py wsgw/chat/service.py wsgw/chat/actions.py \
 	wsgw/chat/membership.py wsgw/chat/presence.py wsgw/chat/requests.py wsgw/chat/sanitize.py \
 	wsgw/chat/model.py wsgw/chat/memory_store.py

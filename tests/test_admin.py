@@ -77,15 +77,18 @@ async def test_metrics_move_with_subscribes_events_deliveries_and_lag(gateway: S
 
 @pytest_twisted.ensureDeferred
 async def test_slow_consumer_and_flood_closes_are_counted(gateway: StartGateway) -> None:
-    """A reader past its queue limit (4008) and a client sending too fast (4029) show up in wsgw_server_closes."""
+    """A reader that stopped reading past its queue limit (4008) and a client sending too fast (4029) show up
+    in wsgw_server_closes."""
     daemon = await gateway(redis=None, admin=ADMIN, overrides={
-        "delivery.pacing_rate": "1", "delivery.pacing_burst": "1", "delivery.max_paced_frames": "2",
-        "websocket.inbound_rate": "1", "websocket.inbound_burst": "3",
+        "delivery.max_queued_bytes": "65536", "websocket.inbound_rate": "1", "websocket.inbound_burst": "3",
     })
     slow = await connect(daemon.port)
     await slow.subscribe(token("slow", [HOME]))
-    for i in range(6):
-        daemon.service.bus.publish("tree", json.dumps({"Target": {"Uuid": f"n{i}", "Path": "ds/home/x"}}).encode())
+    slow.transport.pauseProducing()  # stops reading
+    pad = "x" * 16_000
+    await daemon.flood(lambda i: json.dumps({"Target": {"Uuid": f"n{i}", "Path": "ds/home/x", "MetaStore": {
+        "pad": json.dumps(pad)}}}).encode(), lambda: daemon.service.gateway.closes[4008] > 0)
+    slow.transport.resumeProducing()
     assert (await slow.wait_closed())[0] == 4008
     flooder = await connect(daemon.port)
     for _ in range(10):

@@ -87,3 +87,17 @@ def test_sample_config_is_valid() -> None:
     text = (pathlib.Path(__file__).parent.parent / "etc" / "wsgw.ini").read_text()
     config = config_from_string(text, "etc/wsgw.ini", environ=SECRET)
     assert config.listen
+
+
+def test_retired_delivery_keys_are_accepted_with_a_notice() -> None:
+    """A config written for an older version (max_queued_frames, max_paced_frames) still starts; the daemon
+    logs that the keys are no longer read. An unknown key is still refused."""
+    config = config_from_string("[delivery]\nmax_queued_frames = 100\nmax_paced_frames = 5\n", "old.ini",
+                                environ=SECRET)
+    assert config.notices == (
+        "old.ini: [delivery] max_queued_frames is no longer used: max_queued_bytes bounds everything queued for a socket",
+        "old.ini: [delivery] max_paced_frames is no longer used: max_queued_bytes bounds everything queued for a socket",
+    )
+    assert config_from_string("", environ=SECRET).notices == ()
+    with pytest.raises(ConfigError, match="unknown key"):
+        config_from_string("[delivery]\nmax_queued_frame = 100\n", environ=SECRET)

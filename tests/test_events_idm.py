@@ -249,7 +249,7 @@ def test_a_failing_recipient_does_not_stop_the_others(users: Users) -> None:
     """When one session's send raises, the other holders of the role still receive the event."""
 
     class BrokenConnection(RecordingConnection):
-        def send(self, payload: bytes) -> None:
+        def write(self, payload: bytes) -> None:
             raise RuntimeError("socket gone")
 
     broken = Session(BrokenConnection())

@@ -13,7 +13,7 @@ from wsgw.access import Access, Root, Workspace
 from wsgw.events.metastore import clean_meta_store, read_policy, subjects_allowed
 from wsgw.events.nodes import NodeHandler, PreparedEvent, internal_path, locate, validate
 from wsgw.frames import MalformedEvent
-from wsgw.pacing import Pacer
+from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session, SessionTable
 from wsgw.testing import RecordingConnection
 
@@ -416,7 +416,7 @@ def test_a_failing_session_does_not_stop_the_others() -> None:
     world = World(batch_window=0)
 
     class Broken(RecordingConnection):
-        def send(self, payload: bytes) -> None:
+        def write(self, payload: bytes) -> None:
             raise RuntimeError("socket gone")
 
     session = Session(Broken())
@@ -477,7 +477,7 @@ def test_non_optimistic_events_are_paced_and_optimistic_ones_bypass() -> None:
     world = World(batch_window=0)
     conn = world.session(access("alice", COMMON))
     session = next(iter(world.table))
-    session.pacer = Pacer(1.0, 1.0, world.clock, conn.send, lambda: None)
+    session.flow.pace(TokenBucket(1.0, 1.0, world.clock), world.clock, 60.0)
     for i in range(3):
         world.handler.handle({"Type": "DELETE", "Source": node(f"pydiods1/p{i}", uuid=f"p{i}")})
     assert len(conn.sent) == 1
@@ -610,7 +610,7 @@ def test_optimistic_delete_never_overtakes_a_paced_merged_create() -> None:
     world = World(batch_window=1.0)
     conn = world.session(access("alice", COMMON))
     session = next(iter(world.table))
-    session.pacer = Pacer(1.0, 1.0, world.clock, conn.send, lambda: None)
+    session.flow.pace(TokenBucket(1.0, 1.0, world.clock), world.clock, 60.0)
     world.handler.handle({"Type": "DELETE", "Source": node("pydiods1/other", uuid="z")})  # uses the one token
     world.handler.handle({"Type": "CREATE", "Target": node("pydiods1/x.txt", uuid="x")})
     world.handler.handle({"Type": "DELETE", "Source": node("pydiods1/x.txt", uuid="x"), "Optimistic": True})

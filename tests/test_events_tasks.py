@@ -18,7 +18,7 @@ from wsgw.testing import RecordingConnection
 class BrokenConnection(RecordingConnection):
     """A connection whose send fails."""
 
-    def send(self, payload: bytes) -> None:
+    def write(self, payload: bytes) -> None:
         raise RuntimeError("socket gone")
 
 
@@ -134,8 +134,8 @@ def test_a_session_leaving_during_the_fan_out_does_not_break_it(table: SessionTa
     """A session removed from the table while the event is being sent does not stop the fan-out."""
 
     class LeavingConnection(RecordingConnection):
-        def send(self, payload: bytes) -> None:
-            super().send(payload)
+        def write(self, payload: bytes) -> None:
+            super().write(payload)
             table.unsubscribe(session)
 
     conns = [subscribe(table, "alice")[1] for _ in range(3)]

@@ -11,12 +11,14 @@ from zope.interface import implementer
 
 from wsgw.access import Access, AccessError, AuthError, Workspace
 from wsgw.events.endpoint import EventsEndpoint
+from wsgw.events.nodes import InView
 from wsgw.gateway import Gateway
 from wsgw.interfaces import IEndpoint
-from wsgw.sessions import Session, fan_out
+from wsgw.sessions import ForLogin, Session, fan_out
 from wsgw.testing import RecordingConnection
 
 WS = Workspace("ws-1", "common", ())
+WS2 = Workspace("ws-2", "other", ())
 
 
 class FakeVerifier:
@@ -36,10 +38,16 @@ class FakeVerifier:
 
 
 class FakeResolver:
+    """Every user has ``grants[login]``, by default WS only."""
+
+    def __init__(self) -> None:
+        self.grants: dict[str, tuple[Workspace, ...]] = {}
+
     def resolve(self, token: str, claims: dict[str, Any]) -> Deferred[Access]:
         if claims["name"] == "down":
             return fail(AccessError("access backend unavailable: connection refused"))
-        return succeed(Access(claims["name"], claims["sub"], "standard", frozenset(), (WS,), claims["exp"]))
+        workspaces = self.grants.get(claims["name"], (WS,))
+        return succeed(Access(claims["name"], claims["sub"], "standard", frozenset(), workspaces, claims["exp"]))
 
 
 @implementer(IEndpoint)
@@ -72,13 +80,14 @@ class RecordingEndpoint:
 class World:
     """A gateway on a clock with the /ws endpoint (``ws``) and a recording /chat stand-in (``chat``)."""
 
-    def __init__(self, *, pacing_rate: float = 0.0, pacing_burst: float = 20.0, max_paced_frames: int = 10_000,
+    def __init__(self, *, pacing_rate: float = 0.0, pacing_burst: float = 20.0, pacing_max_delay: float = 2.0,
                  **gateway: Any) -> None:
         self.clock = Clock()
         self.verifier = FakeVerifier()
-        self.gateway = Gateway(self.clock, self.verifier, FakeResolver(), **gateway)
-        self.ws = EventsEndpoint(self.gateway.table, self.clock, self.gateway.too_slow, pacing_rate=pacing_rate,
-                                 pacing_burst=pacing_burst, max_paced_frames=max_paced_frames)
+        self.resolver = FakeResolver()
+        self.gateway = Gateway(self.clock, self.verifier, self.resolver, **gateway)
+        self.ws = EventsEndpoint(self.gateway.table, self.clock, pacing_rate=pacing_rate, pacing_burst=pacing_burst,
+                                 pacing_max_delay=pacing_max_delay)
         self.chat = RecordingEndpoint()
 
 
@@ -274,7 +283,7 @@ def test_pacing_delays_node_frames_beyond_the_rate() -> None:
     conn = RecordingConnection()
     session = gw.open(conn, world.ws)
     for i in range(5):
-        fan_out([session], b'{"n":%d}' % i, paced=True)
+        fan_out([session], b'{"n":%d}' % i, None, paced=True)
     assert [f["n"] for f in conn.frames] == [0, 1]
     clock.advance(0.1)
     assert [f["n"] for f in conn.frames] == [0, 1, 2]
@@ -282,14 +291,32 @@ def test_pacing_delays_node_frames_beyond_the_rate() -> None:
     assert [f["n"] for f in conn.frames] == [0, 1, 2, 3, 4]
 
 
-def test_pacing_queue_overflow_closes_4008() -> None:
-    """A session whose paced queue passes the limit is closed with 4008 instead of growing memory."""
-    gw, clock, _, world = make(pacing_rate=1, pacing_burst=1, max_paced_frames=3)
+def test_a_reader_that_stopped_reading_is_closed_4008_past_max_queued_bytes() -> None:
+    """Paced and blocked frames count against one byte bound: a connection that stays paused past it is
+    closed 4008 and what waited is dropped (PROTOCOL.md §4.1)."""
+    gw, clock, _, world = make(pacing_rate=1, pacing_burst=1, max_queued_bytes=1000)
     conn = RecordingConnection()
     session = gw.open(conn, world.ws)
+    session.flow.pause()  # the kernel's and Twisted's buffers are full
     for _ in range(5):
-        fan_out([session], b"{}", paced=True)
-    assert conn.closed is not None and conn.closed[0] == 4008
+        fan_out([session], b"x" * 100, None, paced=True)
+        fan_out([session], b"y" * 100, None)
+    assert conn.closed == (4008, "client too slow") and gw.closes == {4008: 1}
+    assert session.flow.waiting == (0, 0)
+
+
+def test_a_prompt_reader_gets_a_burst_past_max_queued_bytes_whole_and_stays_open() -> None:
+    """Pacing never turns a burst into loss: past the bound, a connection that is not paused gets every held
+    frame at once, in order (PROTOCOL.md §4.1)."""
+    gw, clock, _, world = make(pacing_rate=1, pacing_burst=1, max_queued_bytes=10_000)
+    conn = RecordingConnection()
+    session = gw.open(conn, world.ws)
+    burst = [b'{"n":%d}' % i for i in range(2000)]
+    for frame in burst:
+        fan_out([session], frame, None, paced=True)
+    assert conn.closed is None
+    clock.advance(2)
+    assert conn.sent == burst
 
 
 def test_optimistic_frames_keep_order_behind_paced_ones() -> None:
@@ -297,9 +324,9 @@ def test_optimistic_frames_keep_order_behind_paced_ones() -> None:
     gw, clock, _, world = make(pacing_rate=10, pacing_burst=1)
     conn = RecordingConnection()
     session = gw.open(conn, world.ws)
-    fan_out([session], b'{"n":0}', paced=True)
-    fan_out([session], b'{"n":1}', paced=True)
-    fan_out([session], b'{"n":2}', paced=True, optimistic=True)
+    fan_out([session], b'{"n":0}', None, paced=True)
+    fan_out([session], b'{"n":1}', None, paced=True)
+    fan_out([session], b'{"n":2}', None, paced=True, optimistic=True)
     assert [f["n"] for f in conn.frames] == [0, 1, 2]
     clock.advance(10)
     assert [f["n"] for f in conn.frames] == [0, 1, 2]
@@ -314,3 +341,66 @@ def test_server_closes_are_counted_once_per_socket_by_code() -> None:
     clock.advance(31)  # the auth timeout closes both: only the second is counted (the first is closing already)
     assert gw.closes == {4008: 1, 4001: 1}
     assert second.connection.closed == (4001, "authentication timeout")  # type: ignore[attr-defined]
+
+
+# -- an access change applies to what waits (PROTOCOL.md §3.1, §4.1) --------------------------------
+
+
+def subscribed_with_backlog(**kwargs: Any) -> tuple[Gateway, Clock, World, RecordingConnection, Session]:
+    """alice subscribed with WS and WS2; one node frame of each sent, four of each held by pacing; the
+    connection then paused, with a task frame of hers and an error reply blocked behind them."""
+    gw, clock, _, world = make(pacing_rate=1, pacing_burst=2, **kwargs)
+    world.resolver.grants["alice"] = (WS, WS2)
+    conn = RecordingConnection()
+    session = gw.open(conn, world.ws)
+    gw.receive(session, {"@type": "subscribe", "jwt": "alice@100000"})
+    for i in range(5):
+        fan_out([session], b'{"ws":1,"n":%d}' % i, InView(WS), paced=True)
+        fan_out([session], b'{"ws":2,"n":%d}' % i, InView(WS2), paced=True)
+    session.flow.pause()
+    fan_out([session], b'{"task":1}', ForLogin("alice"))
+    session.send(b'{"@type":"error","error":"a reply"}')
+    conn.clear()
+    return gw, clock, world, conn, session
+
+
+def test_after_unsubscribe_nothing_that_waited_arrives_but_replies() -> None:
+    """§4.1: 200 DELETEs, 20 sent and 180 paced, then unsubscribe: none of the 180 may arrive."""
+    gw, clock, world, conn, session = subscribed_with_backlog()
+    gw.receive(session, {"@type": "unsubscribe"})
+    session.flow.resume()
+    clock.advance(60)
+    assert conn.frames == [{"@type": "error", "error": "a reply"}]
+    assert gw.withdrawn == 9
+
+
+def test_a_resubscribe_that_lost_a_workspace_drops_its_waiting_frames_and_keeps_the_rest() -> None:
+    gw, clock, world, conn, session = subscribed_with_backlog()
+    world.resolver.grants["alice"] = (WS2,)
+    gw.receive(session, {"@type": "subscribe", "jwt": "alice@100000"})
+    session.flow.resume()
+    clock.advance(60)
+    frames = conn.frames
+    assert frames[0] == {"task": 1} and frames[1]["@type"] == "error" and frames[2]["@type"] == "subscribed"
+    assert frames[3:] == [{"ws": 2, "n": n} for n in range(1, 5)]
+    assert gw.withdrawn == 4
+
+
+def test_a_resubscribe_as_another_user_drops_everything_that_waited_for_the_first() -> None:
+    gw, clock, world, conn, session = subscribed_with_backlog()
+    world.resolver.grants["bob"] = (WS, WS2)  # the same workspaces: still not bob's frames
+    gw.receive(session, {"@type": "subscribe", "jwt": "bob@100000"})
+    session.flow.resume()
+    clock.advance(60)
+    assert [f.get("@type") for f in conn.frames] == ["error", "subscribed"]
+    assert gw.withdrawn == 9
+
+
+def test_shutdown_sends_what_pacing_holds_before_the_close() -> None:
+    gw, clock, _, world = make(pacing_rate=1, pacing_burst=1)
+    conn = RecordingConnection()
+    session = gw.open(conn, world.ws)
+    for i in range(5):
+        fan_out([session], b'{"n":%d}' % i, None, paced=True)
+    gw.close_all(1000, "server shutting down")
+    assert [f["n"] for f in conn.frames] == [0, 1, 2, 3, 4] and conn.closed == (1000, "server shutting down")

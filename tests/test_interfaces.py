@@ -30,7 +30,7 @@ def test_gateway_protocol_is_a_connection() -> None:
 def test_both_endpoints_are_endpoints() -> None:
     """/ws (EventsEndpoint) and /chat (ChatService) are what the gateway talks to, through IEndpoint."""
     clock = Clock()
-    assert verifyObject(IEndpoint, EventsEndpoint(SessionTable(), clock, lambda session: None))
+    assert verifyObject(IEndpoint, EventsEndpoint(SessionTable(), clock))
     assert verifyObject(IEndpoint, ChatService(clock, MemoryChatStore(), lambda payload: None))  # type: ignore[arg-type,return-value]
 
 

@@ -93,7 +93,7 @@ class ProbeProtocol(GatewayProtocol):
         self.sent: list[bytes] = []
         self.closed_with: tuple[int, str] | None = None
 
-    def send(self, payload: bytes) -> None:
+    def write(self, payload: bytes) -> None:
         assert isinstance(payload, bytes)
         if self.state == self.STATE_OPEN:
             self.sent.append(payload)

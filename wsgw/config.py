@@ -127,8 +127,7 @@ class Config:
     silent_burst: float = _key("delivery", "silent_burst", _positive_float, "10")
     pacing_rate: float = _key("delivery", "pacing_rate", _positive_float, "30")
     pacing_burst: float = _key("delivery", "pacing_burst", _positive_float, "20")
-    max_paced_frames: int = _key("delivery", "max_paced_frames", _positive_int, "10000")
-    max_queued_frames: int = _key("delivery", "max_queued_frames", _positive_int, "10000")
+    pacing_max_delay: float = _key("delivery", "pacing_max_delay", _positive_float, "2")
     max_queued_bytes: int = _key("delivery", "max_queued_bytes", _positive_int, "4194304")
     max_frame_ws: int = _key("websocket", "max_frame_ws", _size, "2048")
     max_frame_chat: int = _key("websocket", "max_frame_chat", _size, "16384")
@@ -160,6 +159,7 @@ class Config:
     publish_token: bytes | None = attrs.field(default=None, repr=False)
     node_meta_token: bytes | None = attrs.field(default=None, repr=False)
     source: str = "<defaults>"
+    notices: tuple[str, ...] = ()  # what the daemon logs at start about this configuration (retired keys)
 
     @property
     def topics(self) -> dict[str, str]:
@@ -172,6 +172,13 @@ _KEYS: dict[tuple[str, str], tuple[str, Parser, str]] = {
     (ini[0], ini[1]): (f.name, ini[2], ini[3])
     for f in attrs.fields(Config)
     if (ini := f.metadata.get("ini")) is not None
+}
+
+
+# Keys that are no longer read: accepted (a config written for an older version still starts), and logged.
+_RETIRED = {
+    ("delivery", "max_queued_frames"): "max_queued_bytes bounds everything queued for a socket",
+    ("delivery", "max_paced_frames"): "max_queued_bytes bounds everything queued for a socket",
 }
 
 
@@ -188,8 +195,12 @@ def config_from_string(
     except configparser.Error as e:
         raise ConfigError(f"{source}: {e}") from None
     raw = {key: default for key, (_, _, default) in _KEYS.items()}
+    notices: list[str] = []
     for section in parser.sections():
         for key, value in parser.items(section):
+            if (section, key) in _RETIRED:
+                notices.append(f"{source}: [{section}] {key} is no longer used: {_RETIRED[(section, key)]}")
+                continue
             if (section, key) not in _KEYS:
                 known = sorted(k for s, k in _KEYS if s == section)
                 hint = f" (known in [{section}]: {', '.join(known)})" if known else " (unknown section)"
@@ -211,7 +222,7 @@ def config_from_string(
     values["redis_password"] = password.decode("utf-8") if password else None
     values["publish_token"] = _secret(source, "publish_token_file", values["publish_token_file"], None)
     values["node_meta_token"] = _secret(source, "node_meta_token_file", values["node_meta_token_file"], None)
-    config = Config(**values, source=source)
+    config = Config(**values, source=source, notices=tuple(notices))
     _check(config)
     return config
 

@@ -1,15 +1,17 @@
 """The gateway core: the life of every session, whatever its endpoint (PROTOCOL.md §2, §6).
 
 Protocols hand it sockets and decoded client frames; it never sees Autobahn.
-It owns: opening and closing sessions (registered in the ``SessionTable``),
-subscribe / unsubscribe (verify the token, resolve the access, hand it to the
-session's endpoint), the auth timeout and token expiry timers, and every
-close the server initiates, counted by code. What a session receives is its
-endpoint's business (``wsgw.interfaces.IEndpoint``).
+It owns: opening and closing sessions (registered in the ``SessionTable``, each
+with its outbound ``wsgw.flow.Flow``), subscribe / unsubscribe (verify the token,
+resolve the access, hand it to the session's endpoint, then drop the frames
+still waiting that the new access would not produce), the auth timeout and
+token expiry timers, and every close the server initiates, counted by code.
+What a session receives is its endpoint's business (``wsgw.interfaces.IEndpoint``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +24,7 @@ from twisted.python.failure import Failure
 
 from wsgw import frames
 from wsgw.access import Access, AccessError, AuthError
+from wsgw.flow import Flow
 from wsgw.frames import CLOSE_AUTH, CLOSE_SLOW, CLOSE_TRY_AGAIN
 from wsgw.interfaces import IAccessResolver, IConnection, IEndpoint, ITokenVerifier
 from wsgw.sessions import Session, SessionTable
@@ -32,19 +35,21 @@ UNSUBSCRIBE = ("unsubscribe", "unregister")
 
 @attrs.frozen
 class Census:
-    """The open sessions right now: ``open`` and ``subscribed`` by endpoint name, ``paced_frames`` node frames
-    their pacers hold back."""
+    """The open sessions right now: ``open`` and ``subscribed`` by endpoint name; ``waiting_frames`` and
+    ``waiting_bytes``, what their flows hold (paced, or blocked by a client that reads slowly)."""
 
     open: Counter[str]
     subscribed: Counter[str]
-    paced_frames: int
+    waiting_frames: int
+    waiting_bytes: int
 
 
 class Gateway:
     """Sessions of every endpoint, their subscription state and their timers.
 
-    Counters (read by /metrics): ``subscribes_accepted``, ``refusals`` (subscribe refusals by
-    kind), ``closes`` (closes the server initiated, by close code).
+    ``max_queued_bytes`` bounds what each session's flow holds (PROTOCOL.md §4.1). Counters (read by
+    /metrics): ``subscribes_accepted``, ``refusals`` (subscribe refusals by kind), ``closes`` (closes the
+    server initiated, by close code), ``withdrawn`` (waiting frames dropped by an access change).
     """
 
     _log = Logger()
@@ -57,23 +62,27 @@ class Gateway:
         *,
         auth_timeout: float = 30.0,
         leeway: float = 30.0,
+        max_queued_bytes: int = 4 << 20,
     ) -> None:
         self._clock = clock
         self._verifier = verifier
         self._resolver = resolver
         self._auth_timeout = auth_timeout
         self._leeway = leeway
+        self._max_queued_bytes = max_queued_bytes
         self.table = SessionTable()
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
         self.refusals: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
+        self.withdrawn = 0
 
     # -- socket lifecycle -------------------------------------------------
 
     def open(self, connection: IConnection, endpoint: IEndpoint) -> Session:
         """A socket finished its opening handshake on ``endpoint``."""
-        session = Session(connection, endpoint)
+        session = Session(connection, endpoint, Flow(connection.write, max_bytes=self._max_queued_bytes))
+        session.flow.overflow = functools.partial(self.too_slow, session)
         self.table.add(session)
         endpoint.opened(session)
         if self._auth_timeout > 0:
@@ -85,6 +94,7 @@ class Gateway:
         if not session.open:
             return
         session.open = False
+        session.flow.stop()
         self._cancel_timer(session)
         self.table.remove(session)
         assert session.endpoint is not None
@@ -98,15 +108,16 @@ class Gateway:
         """Count the open sessions (a scan: for /metrics at scrape time, never per event)."""
         open_: Counter[str] = Counter()
         subscribed: Counter[str] = Counter()
-        paced = 0
+        frames = size = 0
         for session in self.table:
             name = session.endpoint.name if session.endpoint is not None else "-"
             open_[name] += 1
             if session.access is not None:
                 subscribed[name] += 1
-            if session.pacer is not None:
-                paced += session.pacer.pending
-        return Census(open_, subscribed, paced)
+            waiting = session.flow.waiting
+            frames += waiting[0]
+            size += waiting[1]
+        return Census(open_, subscribed, frames, size)
 
     def when_empty(self) -> Deferred[None]:
         """Fires when no socket is left open."""
@@ -133,8 +144,9 @@ class Gateway:
         self.close(session, CLOSE_SLOW, "client too slow")
 
     def close_all(self, code: int, reason: str) -> None:
-        """Close every open socket (shutdown)."""
+        """Close every open socket (shutdown), after the frames its pacing still holds."""
         for session in list(self.table):
+            session.flow.release()
             self.close(session, code, reason)
 
     def abort_all(self) -> None:
@@ -191,7 +203,9 @@ class Gateway:
 
     def _accept(self, session: Session, access: Access) -> None:
         assert session.endpoint is not None
+        before = session.access
         session.endpoint.subscribe(session, access)
+        self._refilter(session, before)
         self.subscribes_accepted += 1
         self._cancel_timer(session)
         if access.exp is not None:
@@ -210,7 +224,18 @@ class Gateway:
         session.attempt += 1  # a subscribe in flight no longer counts
         self._cancel_timer(session)
         assert session.endpoint is not None
+        before = session.access
         session.endpoint.unsubscribe(session)
+        self._refilter(session, before)
+
+    def _refilter(self, session: Session, before: Access | None) -> None:
+        """The session's access changed from ``before``: drop the frames waiting in its flow that the new
+        access would not produce (PROTOCOL.md §3.1, §4.1); a new login, or none, keeps only replies."""
+        now = session.access
+        if now is None or before is None or now.login != before.login:
+            self.withdrawn += session.flow.refilter(lambda scope: False)
+        else:
+            self.withdrawn += session.flow.refilter(lambda scope: scope.admits(session))
 
     # -- timers -----------------------------------------------------------
 

@@ -22,8 +22,13 @@ class IConnection(Interface):
 
     peer = Attribute("A printable description of the remote end, for logs.")
 
-    def send(payload: bytes) -> None:
-        """Queue one text frame; ``payload`` is UTF-8 encoded JSON, serialized once by the caller."""
+    def write(payload: bytes) -> None:
+        """Write one text frame now; ``payload`` is UTF-8 encoded JSON, serialized once by the caller.
+
+        Only the session's ``wsgw.flow.Flow`` calls it, and only while the connection is not paused: the
+        connection calls ``flow.pause()`` when its buffers are full (possibly during this call) and
+        ``flow.resume()`` when they drained. After the close frame it writes nothing.
+        """
 
     def close(code: int, reason: str) -> bool:
         """Start the closing handshake with a close code (PROTOCOL.md §6) and a reason of at most 123 bytes.

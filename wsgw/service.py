@@ -82,10 +82,11 @@ class GatewayService(MultiService):
             resolver = HttpResolver(clock, config.access_url, cache_ttl=config.access_cache_ttl)
         else:
             resolver = ClaimsResolver()
-        self.gateway = Gateway(clock, verifier, resolver, auth_timeout=config.auth_timeout, leeway=config.leeway)
+        self.gateway = Gateway(clock, verifier, resolver, auth_timeout=config.auth_timeout, leeway=config.leeway,
+                               max_queued_bytes=config.max_queued_bytes)
         table = self.gateway.table
-        self.events = EventsEndpoint(table, clock, self.gateway.too_slow, pacing_rate=config.pacing_rate,
-                                     pacing_burst=config.pacing_burst, max_paced_frames=config.max_paced_frames)
+        self.events = EventsEndpoint(table, clock, pacing_rate=config.pacing_rate, pacing_burst=config.pacing_burst,
+                                     pacing_max_delay=config.pacing_max_delay)
         user_meta = HttpNodeMeta(clock, config.node_meta_url, config.node_meta_token) if config.node_meta_url else None
         self.nodes = nodes.NodeHandler(table, clock, batch_window=config.batch_window,
                                        silent_rate=config.silent_rate, silent_burst=config.silent_burst,
@@ -113,9 +114,7 @@ class GatewayService(MultiService):
         policy = InboundPolicy(config.inbound_rate, config.inbound_burst, config.max_connections_per_ip,
                                config.allowed_origins)
         common: dict[str, Any] = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout,
-                                      policy=policy, peers=PeerCounts(),
-                                      max_queued_bytes=config.max_queued_bytes,
-                                      max_queued_frames=config.max_queued_frames)
+                                      policy=policy, peers=PeerCounts())
         self.site = make_site(
             GatewayFactory(self.gateway, self.events, reactor, clock, max_frame=config.max_frame_ws, **common),
             GatewayFactory(self.gateway, self.chat, reactor, clock, max_frame=config.max_frame_chat, **common),
@@ -130,6 +129,8 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         """Start the bus, then listen; a port that cannot be bound raises here, so startup fails."""
         super().startService()
+        for notice in self.config.notices:
+            self._log.warn("{notice}", notice=notice)
         self.ports = self._listen(self.config.listen, self.site, "listening")
         self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish)")
 

@@ -1,10 +1,15 @@
-"""Sessions, the session table and the one fan-out loop.
+"""Sessions, the session table, the one fan-out loop and the scopes frames are produced for.
 
-``Session`` is one client socket and what the core holds for it. ``SessionTable``
+``Session`` is one client socket and what the core holds for it (its frames wait in
+its ``wsgw.flow.Flow``). ``SessionTable``
 is the one registry of the open sessions of every endpoint, and the indexes
 (login, sub, role, workspace, admin, root path) through which the topic handlers
 find the sessions an event concerns, never by scanning. ``fan_out`` hands one
-frame to many sessions, isolating each recipient's failure.
+frame to many sessions, isolating each recipient's failure. A frame's scope
+(``ForLogin``, ``ForRole``, ``ForSub``, ``ForWorkspace``, and the node and chat
+scopes of their modules) says what access produced it, so that an access change
+drops the frames still waiting that the new access would not produce (PROTOCOL.md
+§3.1, §4.1).
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from wsgw.access import Access, Workspace
+from wsgw.flow import Flow, Scope
 from wsgw.interfaces import IConnection, IEndpoint
-from wsgw.pacing import Pacer
 
 if TYPE_CHECKING:
     from collections.abc import Set as AbstractSet
@@ -30,26 +36,27 @@ _log = Logger()
 class Session:
     """One client socket of an endpoint and, once subscribed, the user's Access.
 
-    ``state`` belongs to the endpoint (the chat keeps its per-socket state there); ``timer``
-    and ``attempt`` to the gateway (auth timeout or expiry, the count of subscribe attempts).
+    ``flow`` holds its frames not yet written (made by the gateway; None for a session that was never
+    opened by one); ``state`` belongs to the endpoint (the chat keeps its per-socket state there);
+    ``timer`` and ``attempt`` to the gateway (auth timeout or expiry, the count of subscribe attempts).
     """
 
-    __slots__ = ("sid", "endpoint", "connection", "access", "pacer", "state", "timer", "attempt", "open", "__weakref__")
+    __slots__ = ("sid", "endpoint", "connection", "access", "flow", "state", "timer", "attempt", "open", "__weakref__")
 
-    def __init__(self, connection: IConnection, endpoint: IEndpoint | None = None) -> None:
+    def __init__(self, connection: IConnection, endpoint: IEndpoint | None = None, flow: Flow | None = None) -> None:
         self.sid = next(_ids)
         self.endpoint = endpoint
         self.connection = connection
         self.access: Access | None = None
-        self.pacer: Pacer | None = None
+        self.flow = flow if flow is not None else Flow(connection.write)
         self.state: Any = None
         self.timer: IDelayedCall | None = None
         self.attempt = 0
         self.open = True
 
-    def send(self, payload: bytes) -> None:
-        """Send one frame now, past any pacing (replies, control frames)."""
-        self.connection.send(payload)
+    def send(self, payload: bytes, scope: Scope | None = None) -> None:
+        """Send one frame, not paced (a reply, a chat frame); ``scope``: what access produced it (None: a reply)."""
+        self.flow.send(payload, scope)
 
     def __repr__(self) -> str:
         who = self.access.login if self.access else "-"
@@ -57,32 +64,73 @@ class Session:
         return f"<Session {self.sid} {where} {who}>"
 
 
-def fan_out(recipients: Iterable[Session], frame: bytes, *, paced: bool = False, optimistic: bool = False,
-            what: str = "event") -> int:
-    """Hand the same ``frame`` bytes to each recipient; returns how many took it.
+def fan_out(recipients: Iterable[Session], frame: bytes, scope: Scope | None, *, paced: bool = False,
+            optimistic: bool = False, what: str = "event") -> int:
+    """Hand the same ``frame`` bytes, produced for ``scope``, to each recipient's flow; returns how many took it.
 
-    ``paced`` frames (node events, PROTOCOL.md §4.1) go through each session's pacer, ``optimistic`` ones
-    past it but after what it still holds; others (replies, tasks, IDM, activity, chat) straight out.
-    A recipient whose send raises is logged (``what`` names the kind of frame) and skipped: one broken
-    socket never stops the others. Iterates over a snapshot, since a send may close a session and shrink
-    the live index ``recipients`` came from. (The pacer choice is made here, not through a per-session
-    callable: this loop runs once per delivery of every broadcast.)
+    ``paced`` frames (node events, PROTOCOL.md §4.1) are paced, ``optimistic`` ones go past the pacing but
+    after what it holds; others (tasks, IDM, activity, chat) are not paced. A recipient whose send raises
+    is logged (``what`` names the kind of frame) and skipped: one broken socket never stops the others.
+    Iterates over a snapshot, since a send may close a session and shrink the live index ``recipients``
+    came from. (The choice is made once here, not per recipient: this loop runs once per delivery.)
     """
     sent = 0
     for session in tuple(recipients):
         try:
-            pacer = session.pacer
-            if pacer is None or not paced:
-                session.connection.send(frame)
+            if not paced:
+                session.flow.send(frame, scope)
             elif optimistic:
-                pacer.bypass(frame)
+                session.flow.optimistic(frame, scope)
             else:
-                pacer.submit(frame)
+                session.flow.paced(frame, scope)
         except Exception:  # noqa: BLE001 - isolate a broken recipient
             _log.failure("{what} to session {sid} failed", what=what, sid=session.sid)
         else:
             sent += 1
     return sent
+
+
+@attrs.frozen
+class ForLogin:
+    """Frames for a login's sessions (tasks, activity, IDM rule 3), and for admins too when ``admins``."""
+
+    login: str
+    admins: bool = False
+
+    def admits(self, session: Session) -> bool:
+        access = session.access
+        return access is not None and (access.login == self.login or (self.admins and access.is_admin))
+
+
+@attrs.frozen
+class ForRole:
+    """Frames for the sessions having a role (IDM rules 1 and 2)."""
+
+    role: str
+
+    def admits(self, session: Session) -> bool:
+        return session.access is not None and self.role in session.access.roles
+
+
+@attrs.frozen
+class ForSub:
+    """Frames for the sessions of a user id (IDM rule 4)."""
+
+    sub: str
+
+    def admits(self, session: Session) -> bool:
+        return session.access is not None and session.access.sub == self.sub
+
+
+@attrs.frozen
+class ForWorkspace:
+    """Frames for the sessions having a workspace (IDM rule 5)."""
+
+    uuid: str
+
+    def admits(self, session: Session) -> bool:
+        access = session.access
+        return access is not None and any(ws.uuid == self.uuid for ws in access.workspaces)
 
 
 def _ancestors(path: str) -> Iterator[str]:

@@ -42,7 +42,7 @@ class RecordingConnection:
         self.closed: tuple[int, str] | None = None
         self.aborted = False
 
-    def send(self, payload: bytes) -> None:
+    def write(self, payload: bytes) -> None:
         assert isinstance(payload, bytes)
         self.sent.append(payload)
 

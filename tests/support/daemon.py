@@ -12,7 +12,8 @@ import jwt
 import treq
 import txredisapi
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
+from twisted.internet import reactor, task
+from twisted.internet.defer import gatherResults
 
 from wsgw.config import DEFAULT_TOPICS, config_from_string
 from wsgw.service import GatewayService
@@ -79,9 +80,28 @@ class Daemon:
     async def publish(self, topic: str, event: Any) -> int:
         """Publish on Redis as an internal service would (``event``: a JSON value, or its bytes/str); returns
         the number of subscribers that got it."""
+        return await self.publisher.publish(topic, event)
+
+    @property
+    def publisher(self) -> Publisher:
+        """The daemon's publisher on Redis (made on first use, closed by ``stop``)."""
         if self._publisher is None:
             self._publisher = Publisher(self.prefix)
-        return await self._publisher.publish(topic, event)
+        return self._publisher
+
+    async def flood(self, events: Callable[[int], bytes], until: Callable[[], bool], *, topic: str = "tree",
+                    slices: int = 400, per_slice: int = 10) -> int:
+        """Publish ``events(0)``, ``events(1)``... on the embedded bus, ``per_slice`` per reactor turn, until
+        ``until()`` holds (at most ``slices`` slices); returns how many were published."""
+        published = 0
+        for _ in range(slices):
+            for _ in range(per_slice):
+                self.service.bus.publish(topic, events(published))
+                published += 1
+            await task.deferLater(reactor, 0.001, lambda: None)
+            if until():
+                break
+        return published
 
     @property
     def port(self) -> int:
@@ -137,6 +157,14 @@ class Publisher:
             self._conn = await txredisapi.Connection("127.0.0.1", self._port, reconnect=False)
         payload = event if isinstance(event, (bytes, str)) else json.dumps(event)
         return await self._conn.publish(self._channels[topic], payload)
+
+    async def publish_many(self, topic: str, events: list[Any]) -> None:
+        """Publish every event at once: the commands are pipelined, their answers awaited together."""
+        if self._conn is None:
+            self._conn = await txredisapi.Connection("127.0.0.1", self._port, reconnect=False)
+        channel = self._channels[topic]
+        sent = [self._conn.publish(channel, e if isinstance(e, (bytes, str)) else json.dumps(e)) for e in events]
+        await gatherResults(sent)
 
     async def close(self) -> None:
         if self._conn is not None:

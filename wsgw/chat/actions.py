@@ -186,8 +186,9 @@ class Actions:
         if joined and room_uuid in state.rooms:
             self._membership.release(session, state, room_uuid, frames)
         else:
+            scope = requests.ForRoom(room["Type"], room["RoomTypeObject"])
             for payload in frames:
-                session.send(payload)
+                session.send(payload, scope)
 
     async def _find_room(self, frame: Frame, action: str) -> Room | None:
         room_uuid = requests.room_uuid_of(frame, action)

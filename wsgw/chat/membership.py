@@ -14,6 +14,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from wsgw.chat.presence import Presence
+from wsgw.chat.requests import ForRoom
 from wsgw.sessions import Session, fan_out
 
 _MAX_HELD = 1000  # broadcasts held for one socket while it loads a room's messages
@@ -37,6 +38,7 @@ class Membership:
     def __init__(self, presence: Presence) -> None:
         self.presence = presence
         self._room_sockets: dict[str, set[Session]] = {}
+        self._scopes: dict[str, ForRoom] = {}  # what each room's broadcasts are produced for
 
     @property
     def rooms_active(self) -> int:
@@ -50,6 +52,7 @@ class Membership:
             return
         state.rooms[room_uuid] = (type, type_object)
         self._room_sockets.setdefault(room_uuid, set()).add(session)
+        self._scopes[room_uuid] = ForRoom(type, type_object)
         assert state.login is not None
         self.presence.attach(room_uuid, state.login, session)
 
@@ -64,8 +67,9 @@ class Membership:
     def release(self, session: Session, state: ChatSocket, room_uuid: str, first: list[bytes]) -> None:
         """Send ``first`` (the room's update and messages), then what was held meanwhile."""
         held = state.held.pop(room_uuid, [])
+        scope = self._scopes[room_uuid]
         for payload in first + held:
-            session.send(payload)
+            session.send(payload, scope)
 
     async def detach(self, session: Session, state: ChatSocket, room_uuid: str) -> None:
         """Detach the room from the socket; the login's last socket here takes its presence along."""
@@ -76,6 +80,7 @@ class Membership:
             sockets.discard(session)
             if not sockets:
                 del self._room_sockets[room_uuid]
+                del self._scopes[room_uuid]
         if state.login is not None:
             await self.presence.detach(room_uuid, state.login, session)
 
@@ -97,4 +102,4 @@ class Membership:
                 held.append(payload)
             else:
                 self._log.warn("chat: dropped a broadcast held for {session}", session=session)
-        return fan_out(now, payload, what="chat event")
+        return fan_out(now, payload, self._scopes[room_uuid], what="chat event")

@@ -10,6 +10,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
+
 from wsgw.access import Access
 from wsgw.cells import ROOM_TYPE
 from wsgw.chat.model import ROOM_TYPES, Message
@@ -19,6 +21,17 @@ MAX_FIELD = 512  # characters of a room type object, label, or uuid
 
 Frame = dict[str, Any]
 JoinedRooms = Mapping[str, tuple[str, str]]  # joined room uuid -> (Type, RoomTypeObject)
+
+
+@attrs.frozen
+class ForRoom:
+    """What a chat frame of a room was produced for (``wsgw.flow.Scope``): the sessions that may join it."""
+
+    type: str
+    type_object: str
+
+    def admits(self, session: Any) -> bool:
+        return session.access is not None and may_join(session.access, self.type, self.type_object)
 
 
 class Refused(Exception):

@@ -17,7 +17,7 @@ from typing import Any
 
 from wsgw.cells import OBJECT_TYPE, OWNER_TYPE
 from wsgw.frames import MalformedEvent, encode, field
-from wsgw.sessions import SessionTable, fan_out
+from wsgw.sessions import ForLogin, SessionTable, fan_out
 
 _NAMED_OBJECTS = ("object", "origin", "target")
 _TYPED_OBJECTS = ("actor", "object", "origin", "target")
@@ -65,7 +65,7 @@ class ActivityHandler:
         recipients = self._table.with_login(owner)
         if recipients:
             frame = encode({**shaped, "@type": "activity"})
-            self.delivered += fan_out(recipients, frame, what="activity event")
+            self.delivered += fan_out(recipients, frame, ForLogin(owner), what="activity event")
 
 
 def _with_basenames(activity: dict[str, Any]) -> dict[str, Any]:

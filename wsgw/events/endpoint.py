@@ -1,14 +1,13 @@
 """The ``/ws`` endpoint (PROTOCOL.md §2, §4): subscribed sessions are indexed for the topic handlers.
 
-Each session gets a pacer for node events (§4.1 per-session pacing) when
-pacing is on; a pacer whose backlog passes ``max_paced_frames`` reports the
-session too slow. Client frames other than subscribe and unsubscribe are
-ignored, as in Cells.
+Each session's flow paces its node events (§4.1 per-session pacing) when
+pacing is on: a token bucket of ``pacing_rate`` frames per second and
+``pacing_burst``, a held frame waiting at most ``pacing_max_delay`` seconds.
+Client frames other than subscribe and unsubscribe are ignored, as in Cells.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -17,7 +16,7 @@ from zope.interface import implementer
 
 from wsgw.access import Access
 from wsgw.interfaces import IEndpoint
-from wsgw.pacing import Pacer
+from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session, SessionTable
 
 
@@ -31,23 +30,20 @@ class EventsEndpoint:
         self,
         table: SessionTable,
         clock: IReactorTime,
-        too_slow: Callable[[Session], None],
         *,
         pacing_rate: float = 30.0,
         pacing_burst: float = 20.0,
-        max_paced_frames: int = 10_000,
+        pacing_max_delay: float = 2.0,
     ) -> None:
         self._table = table
         self._clock = clock
-        self._too_slow = too_slow
         self._rate = pacing_rate
         self._burst = pacing_burst
-        self._limit = max_paced_frames
+        self._max_delay = pacing_max_delay
 
     def opened(self, session: Session) -> None:
         if self._rate > 0:
-            session.pacer = Pacer(self._rate, self._burst, self._clock, session.connection.send,
-                                  lambda: self._too_slow(session), self._limit)
+            session.flow.pace(TokenBucket(self._rate, self._burst, self._clock), self._clock, self._max_delay)
 
     def subscribe(self, session: Session, access: Access) -> None:
         self._table.subscribe(session, access)
@@ -59,6 +55,4 @@ class EventsEndpoint:
         return None  # anything else on /ws is ignored, as in Cells
 
     def closed(self, session: Session) -> None:
-        if session.pacer is not None:
-            session.pacer.stop()
         self._table.unsubscribe(session)

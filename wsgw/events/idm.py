@@ -8,16 +8,25 @@ SessionTable indexes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import Any
 
 from wsgw.cells import IDM_CHANGE_TYPE
+from wsgw.flow import Scope
 from wsgw.frames import MalformedEvent, encode, field
-from wsgw.sessions import Session, SessionTable, fan_out
+from wsgw.sessions import ForLogin, ForRole, ForSub, ForWorkspace, Session, SessionTable, fan_out
 
 # ACLs on these actions change parameters and actions, not what a role can see: they fall through.
 _FALL_THROUGH_ACTIONS = ("parameter:", "action:")
 _NOBODY: frozenset[Session] = frozenset()
+# What each rule's frame was produced for (``wsgw.flow``: an access change drops what no longer applies).
+_SCOPES: dict[str, Callable[[str], Scope]] = {
+    "role": ForRole,
+    "login": lambda login: ForLogin(login, admins=True),
+    "sub": ForSub,
+    "workspace": ForWorkspace,
+}
 
 
 def validate(event: object) -> dict[str, Any]:
@@ -72,9 +81,11 @@ class IdmHandler:
     def handle(self, event: dict[str, Any]) -> None:
         """Send ``event`` (as ``"@type":"idm"``) to the sessions the first applicable rule names."""
         event = validate(event)
-        recipients = self._recipients(*rule(event))
+        index, key = rule(event)
+        recipients = self._recipients(index, key)
         if recipients:
-            self.delivered += fan_out(recipients, encode({**event, "@type": "idm"}), what="IDM event")
+            frame = encode({**event, "@type": "idm"})
+            self.delivered += fan_out(recipients, frame, _SCOPES[index](key), what="IDM event")
 
     def _recipients(self, index: str, key: str) -> AbstractSet[Session]:
         table = self._table

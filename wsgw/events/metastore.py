@@ -42,7 +42,10 @@ def clean_meta_store(meta: dict[str, str] | None) -> dict[str, str]:
     }
 
 
-def read_policy(policies_json: str | None) -> tuple[frozenset[str], frozenset[str]]:
+Policy = tuple[frozenset[str], frozenset[str]]  # the subjects allowed and denied READ
+
+
+def read_policy(policies_json: str | None) -> Policy:
     """The subjects allowed and denied ``READ`` by a ``pydio:meta-policies`` value.
 
     Cells writes the value with Go's encoding/json (``idm/meta/grpc/handler.go``, ``UpdateUserMeta``):
@@ -70,7 +73,7 @@ def read_policy(policies_json: str | None) -> tuple[frozenset[str], frozenset[st
     return frozenset(allow), frozenset(deny)
 
 
-def subjects_allowed(policy: tuple[frozenset[str], frozenset[str]], subjects: Collection[str]) -> bool:
+def subjects_allowed(policy: Policy, subjects: Collection[str]) -> bool:
     """Deny wins over allow, deny by default."""
     allow, deny = policy
     return deny.isdisjoint(subjects) and not allow.isdisjoint(subjects)

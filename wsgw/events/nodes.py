@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
@@ -41,6 +42,7 @@ from wsgw.events.batching import NodeBatcher, event_type, merge_key
 from wsgw.events.metastore import (
     POLICIES_META_KEY,
     WORKSPACE_META_KEY,
+    Policy,
     clean_meta_store,
     read_policy,
     subjects_allowed,
@@ -171,6 +173,20 @@ class PreparedNode:
         meta[WORKSPACE_META_KEY] = ws_meta_value
         out["MetaStore"] = meta
         return out
+
+
+@attrs.frozen
+class InView:
+    """What a node frame was produced for (``wsgw.flow.Scope``): a workspace view and, for UPDATE_USER_META,
+    the READ policy its recipients had to pass (PROTOCOL.md §4.1)."""
+
+    ws: Workspace
+    policy: Policy | None = None
+
+    def admits(self, session: Session) -> bool:
+        access = session.access
+        return (access is not None and self.ws in access.workspaces
+                and (self.policy is None or subjects_allowed(self.policy, access.subjects)))
 
 
 class PreparedEvent:
@@ -311,43 +327,45 @@ class NodeHandler:
         else:
             self._user_meta.deliver(event)
 
-    def _groups(self, event: dict[str, Any]) -> tuple[PreparedEvent, Groups]:
-        """The event prepared, and the sessions that get it now, by workspace view."""
+    def _groups(self, event: dict[str, Any]) -> tuple[PreparedEvent, Groups, Policy | None]:
+        """The event prepared, the sessions that get it now by workspace view, and the READ policy that
+        chose them (UPDATE_USER_META only)."""
         prepared = PreparedEvent(event)
         paths = prepared.paths()
         views = self._table.views_for_paths(paths) if paths else None
         if not views:
-            return prepared, []
+            return prepared, [], None
         if prepared.kind != "UPDATE_USER_META":
-            return prepared, list(views.items())
+            return prepared, list(views.items()), None
         source = event.get("Source") or {}
         policy = read_policy((source.get("MetaStore") or {}).get(POLICIES_META_KEY))
         if not policy[0]:
-            return prepared, []  # nobody is allowed
+            return prepared, [], policy  # nobody is allowed
         groups: Groups = []
         for ws, sessions in views.items():
             allowed = [s for s in sessions if s.access is not None and subjects_allowed(policy, s.access.subjects)]
             if allowed:
                 groups.append((ws, allowed))
-        return prepared, groups
+        return prepared, groups, policy
 
     def _logins(self, event: dict[str, Any]) -> list[str]:
         return [s.access.login for _, sessions in self._groups(event)[1] for s in sessions if s.access is not None]
 
     def _send(self, event: dict[str, Any], entries: dict[str, dict[str, str]] | None) -> None:
-        prepared, groups = self._groups(event)
+        prepared, groups, policy = self._groups(event)
         optimistic = bool(event.get("Optimistic"))
         for ws, recipients in groups:
             shaped = prepared.shape(ws)
             if shaped is None:
                 continue
+            scope = InView(ws, policy)
             if entries and "Target" in shaped:
-                recipients = self._send_own_entries(shaped, recipients, entries, optimistic)
+                recipients = self._send_own_entries(shaped, scope, recipients, entries, optimistic)
             if recipients:
-                self.delivered += fan_out(recipients, encode(shaped), paced=True, optimistic=optimistic,
+                self.delivered += fan_out(recipients, encode(shaped), scope, paced=True, optimistic=optimistic,
                                           what="node event")
 
-    def _send_own_entries(self, shaped: dict[str, Any], recipients: Collection[Session],
+    def _send_own_entries(self, shaped: dict[str, Any], scope: InView, recipients: Collection[Session],
                           entries: dict[str, dict[str, str]], optimistic: bool) -> list[Session]:
         """Send their own copy to the recipients whose login has entries; return the others."""
         plain: list[Session] = []
@@ -360,5 +378,5 @@ class NodeHandler:
                 plain.append(session)
         for login, sessions in by_login.items():
             frame = encode(with_entries(shaped, entries[login]))
-            self.delivered += fan_out(sessions, frame, paced=True, optimistic=optimistic, what="node event")
+            self.delivered += fan_out(sessions, frame, scope, paced=True, optimistic=optimistic, what="node event")
         return plain

@@ -12,7 +12,7 @@ from typing import Any
 
 from wsgw.cells import TASK_STATUS
 from wsgw.frames import MalformedEvent, encode, field
-from wsgw.sessions import Session, SessionTable, fan_out
+from wsgw.sessions import ForLogin, Session, SessionTable, fan_out
 
 SYSTEM_USER = "pydio.system.user"
 
@@ -55,4 +55,5 @@ class TaskHandler:
             # A set union: an admin who is also the owner gets one copy.
             recipients = self._table.admins() | recipients
         if recipients:
-            self.delivered += fan_out(recipients, encode(event), what="task event")
+            scope = ForLogin(owner, admins=owner == SYSTEM_USER)
+            self.delivered += fan_out(recipients, encode(event), scope, what="task event")

@@ -37,6 +37,7 @@ class GatewayCounts(Protocol):
     subscribes_accepted: int
     refusals: Counter[str]
     closes: Counter[int]
+    withdrawn: int
 
     def census(self) -> Census: ...
 
@@ -123,8 +124,12 @@ class GatewayCollector(Collector):
         yield _gauge("wsgw_connections", "Open WebSocket connections.", "endpoint", census.open, ("ws", "chat"))
         yield _gauge("wsgw_connections_subscribed", "Connections holding a verified token.", "endpoint",
                      census.subscribed, ("ws", "chat"))
-        yield _gauge("wsgw_outbound_frames_queued", "Node event frames waiting in per-session pacing queues.",
-                     None, census.paced_frames)
+        yield _gauge("wsgw_outbound_frames_queued", "Frames waiting in per-socket flows (paced, or blocked by a "
+                     "client reading slowly).", None, census.waiting_frames)
+        yield _gauge("wsgw_outbound_queued_bytes", "Bytes waiting in per-socket flows, as counted against "
+                     "[delivery] max_queued_bytes.", None, census.waiting_bytes)
+        yield _counter("wsgw_outbound_frames_withdrawn", "Waiting frames dropped by an access change (unsubscribe, "
+                       "re-subscribe) because the new access would not produce them.", None, gateway.withdrawn)
         yield _counter("wsgw_subscribes_accepted", "Subscribes accepted (first ones and refreshes).", None,
                        gateway.subscribes_accepted)
         yield _counter("wsgw_subscribes_refused", "Subscribes refused, by reason.", "reason", gateway.refusals,

@@ -4,23 +4,20 @@
 object to every recipient, so the header is built and joined to it once per
 distinct payload, not once per socket.
 
-``Outbound`` owns what one socket has not sent yet. It registers on the
-transport as a streaming (push) producer, replacing twisted.web's HTTP
-channel, which stays registered after the WebSocket upgrade:
+``Outbound`` writes one socket's frames. It registers on the transport as a
+streaming (push) producer, replacing twisted.web's HTTP channel, which stays
+registered after the WebSocket upgrade:
 
-- nothing pending anywhere: a frame goes straight to the socket with one
-  ``send()`` (on a plain TCP transport; through ``transport.write``
-  otherwise), so the common case costs no reactor round trip, no epoll
-  registration and no Twisted buffer;
+- nothing pending: a frame goes straight to the socket with one ``send()``
+  (on a plain TCP transport; through ``transport.write`` otherwise), so the
+  common case costs no reactor round trip, no epoll registration and no
+  Twisted buffer;
 - what the kernel does not take, and every frame while the transport still
   holds bytes, goes to the transport, which joins what piled up into one
   write when the socket is writable again;
-- past the transport's own limit (64 KiB) it pauses this producer: frames
-  then wait here, and are handed over as one write when the transport has
-  drained and resumes the producer;
-- past ``max_bytes`` or ``max_frames`` waiting here, ``overflow`` is called
-  once and the queue dropped (the protocol closes the socket with 4008), so a
-  client that does not read costs bounded memory.
+- past the transport's own limit (64 KiB) the transport pauses this
+  producer, which pauses the session's ``Flow``: frames then wait there,
+  bounded and accounted (``wsgw.flow``), and pongs here (at most one).
 
 Writing to the socket directly only happens while the transport holds
 nothing, so frames never overtake bytes Autobahn wrote (handshake answer,
@@ -40,6 +37,7 @@ from typing import Any
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from wsgw.flow import Flow
 from wsgw.internals.twisted import direct_socket, send_direct
 
 
@@ -73,32 +71,26 @@ class FrameCache:
 
 @implementer(IPushProducer)
 class Outbound:
-    """One socket's outbound frames: straight through when idle, bounded and coalesced when not."""
+    """One socket's writes, and its flow control handed to the session's ``wsgw.flow.Flow``.
 
-    __slots__ = ("_transport", "_sock", "_paused", "_queue", "_queued", "_queued_frames", "_max_bytes",
-                 "_max_frames", "_overflow", "_stopped")
+    ``send_pong(payload)`` is the protocol's own pong; ``flow`` is set once the session exists.
+    """
 
-    def __init__(self, transport: Any, max_bytes: int, max_frames: int, overflow: Callable[[], None]) -> None:
+    __slots__ = ("_transport", "_sock", "_send_pong", "_pong", "flow", "paused")
+
+    def __init__(self, transport: Any, send_pong: Callable[[bytes], None]) -> None:
         self._transport = transport
         self._sock = direct_socket(transport)
-        self._paused = False
-        self._queue: list[bytes] = []  # frames waiting while paused
-        self._queued = 0
-        self._queued_frames = 0
-        self._max_bytes = max_bytes or (1 << 62)
-        self._max_frames = max_frames or (1 << 62)
-        self._overflow = overflow
-        self._stopped = False
+        self._send_pong = send_pong
+        self._pong: bytes | None = None
+        self.flow: Flow | None = None
+        self.paused = False
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()  # twisted.web's channel, left registered after the upgrade
         transport.registerProducer(self, True)
 
     def write(self, frame: bytes) -> None:
-        """Send one whole frame (or several joined), or queue it while the transport is paused."""
-        if self._paused or self._stopped:
-            if not self._stopped:
-                self._enqueue(frame, 1)
-            return
+        """Send one whole frame: to the socket if the transport holds nothing, else to the transport."""
         sock = self._sock
         if sock is not None:
             sent = send_direct(self._transport, sock, frame)
@@ -108,41 +100,30 @@ class Outbound:
                 frame = frame[sent:]
         self._transport.write(frame)
 
-    def _enqueue(self, data: bytes, frames: int) -> None:
-        self._queue.append(data)
-        self._queued += len(data)
-        self._queued_frames += frames
-        if self._queued > self._max_bytes or self._queued_frames > self._max_frames:
-            self.discard()
-            self._overflow()
-
-    def flush(self) -> None:
-        """Hand whatever waits here to the transport now (before a close frame, say)."""
-        chunks = self._queue
-        self._queue = []
-        self._queued = self._queued_frames = 0
-        if chunks:
-            self._transport.write(b"".join(chunks))
-
-    def discard(self) -> None:
-        """Forget what waits here and accept nothing more."""
-        self._stopped = True
-        self._queue = []
-        self._queued = self._queued_frames = 0
+    def pong(self, payload: bytes) -> None:
+        """Answer a ping; while paused only the latest ping is answered, on resume (RFC 6455 §5.5.3), so a
+        peer that pings and never reads makes the server hold one pong, not one per ping."""
+        if self.paused:
+            self._pong = payload
+        else:
+            self._send_pong(payload)
 
     # -- IPushProducer (called by the transport) ---------------------------
 
     def pauseProducing(self) -> None:
-        self._paused = True
+        self.paused = True
+        if self.flow is not None:
+            self.flow.pause()
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        queue = self._queue
-        if queue and not self._stopped:
-            data = b"".join(queue) if len(queue) > 1 else queue[0]
-            self._queue = []
-            self._queued = self._queued_frames = 0
-            self.write(data)
+        self.paused = False
+        pong, self._pong = self._pong, None
+        if pong is not None:
+            self._send_pong(pong)
+        if self.flow is not None and not self.paused:
+            self.flow.resume()
 
     def stopProducing(self) -> None:
-        self.discard()
+        self._pong = None
+        if self.flow is not None:
+            self.flow.stop()

@@ -4,7 +4,10 @@ A factory serves one endpoint (``wsgw.interfaces.IEndpoint``); every socket's
 session, subscribe, timers and closes are the gateway's. Inbound, before the
 core: the Origin allow-list and the per-address cap at the handshake, the flood
 limit, text JSON objects only (1003), the size limit (1009). Outbound: frames
-are framed once per payload and go out through ``Outbound``.
+are framed once per payload and go out through ``Outbound``, in the order and
+within the bounds of the session's ``wsgw.flow.Flow``. Ping and pong frames
+count toward the flood limit like any frame, and a peer that pings without
+reading makes the server hold one pong, not one per ping (RFC 6455 §5.5.3).
 """
 
 from __future__ import annotations
@@ -53,21 +56,42 @@ class GatewayProtocol(ServerProtocol):
     def onOpen(self) -> None:
         factory = self.factory
         if self.transport is not None:  # (protocols driven without a socket in tests have none)
-            self._out = Outbound(self.transport, factory.max_queued_bytes, factory.max_queued_frames, self._too_slow)
+            self._out = Outbound(self.transport, self.sendPong)
             self.shed_handshake_state()
         self._flood = factory.policy.flood_bucket(factory.clock)
         self._session = factory.gateway.open(self, factory.endpoint)
+        if self._out is not None:
+            self._out.flow = self._session.flow
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    def _admit(self) -> Session | None:
+        """The session, if the frame just received may be acted on: not while the server is closing the
+        socket, and not past the flood limit (then the socket is closed 4029)."""
         session = self._session
         if session is None or self.state != _OPEN:
-            return  # the server is closing this socket: what the client sends now is not acted on
-        gateway = self.factory.gateway
+            return None  # the server is closing this socket: what the client sends now is not acted on
         if self._flood is not None and not self._flood.take():
+            gateway = self.factory.gateway
             gateway.reject(session, CLOSE_FLOOD, "too many frames: slow down")
             self._session = None  # whatever else it already sent is ignored
             gateway.closed(session)
+            return None
+        return session
+
+    def onPing(self, payload: bytes) -> None:
+        if self._admit() is not None:
+            if self._out is not None:
+                self._out.pong(payload)
+            else:
+                self.sendPong(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self._admit()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self._admit()
+        if session is None:
             return
+        gateway = self.factory.gateway
         if isBinary:
             gateway.reject(session, CLOSE_BAD_DATA, "binary frames are not accepted: send JSON text frames")
             return
@@ -92,8 +116,8 @@ class GatewayProtocol(ServerProtocol):
 
     def before_close_frame(self) -> None:
         # Every close frame (ours, or Autobahn's reply to the client's) goes after the frames given before it.
-        if self._out is not None:
-            self._out.flush()
+        if self._session is not None:
+            self._session.flow.flush()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._counted_host is not None:
@@ -103,14 +127,9 @@ class GatewayProtocol(ServerProtocol):
             self.factory.gateway.closed(self._session)
             self._session = None
 
-    def _too_slow(self) -> None:
-        # The outbound queue went past its limit (its frames are already dropped).
-        if self._session is not None:
-            self.factory.gateway.too_slow(self._session)
-
     # -- IConnection ------------------------------------------------------
 
-    def send(self, payload: bytes) -> None:
+    def write(self, payload: bytes) -> None:
         if self.state == _OPEN and self._out is not None:
             self._out.write(self.factory.frames.frame(payload))
 
@@ -128,12 +147,9 @@ class GatewayFactory(ServerFactory):
 
     def __init__(self, gateway: Gateway, endpoint: IEndpoint, reactor: Any, clock: IReactorTime, *, max_frame: int,
                  ping_interval: float, pong_timeout: float, policy: InboundPolicy | None = None,
-                 peers: PeerCounts | None = None, max_queued_bytes: int = 4 << 20,
-                 max_queued_frames: int = 10_000, **kwargs: Any) -> None:
+                 peers: PeerCounts | None = None, **kwargs: Any) -> None:
         super().__init__(reactor, clock, **kwargs)
         self.frames = FrameCache()  # one per endpoint: a fan-out frames each payload once
-        self.max_queued_bytes = max_queued_bytes
-        self.max_queued_frames = max_queued_frames
         self.gateway = gateway
         self.endpoint = endpoint
         self.clock = clock
