@@ -8,6 +8,9 @@ import json
 from typing import Any
 
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tests.support.daemon import Daemon, StartGateway, token, workspace
 from tests.support.waiting import wait_until
@@ -146,3 +149,40 @@ async def test_a_peer_that_pings_and_never_reads_makes_the_daemon_hold_one_pong(
     assert buffered(server.transport) <= 64 * 1024 + 200  # type: ignore[attr-defined]
     assert server._out.paused and server._out._pong == b"%0125d" % 99_999  # type: ignore[attr-defined]
     peer.transport.resumeProducing()
+
+
+class SlowAccessBackend(Resource):
+    """An access backend (``[access] resolver = http``) answering alice's access after 100 ms."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> int:
+        answer = json.dumps({"profile": "standard", "workspaces": [ALICE]}).encode()
+        call = reactor.callLater(0.1, lambda: (request.write(answer), request.finish()))
+        request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
+        return NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_frames_sent_right_after_subscribe_wait_for_it(gateway: StartGateway) -> None:
+    """§2: the Cells chat client sends JOIN without waiting for "subscribed": with a backend answering in
+    100 ms, subscribe, JOIN and HISTORY back to back enter the room, and a later PING finds it."""
+    port = reactor.listenTCP(0, Site(SlowAccessBackend()), interface="127.0.0.1")
+    try:
+        daemon = await gateway(redis=None, overrides={
+            "access.resolver": "http", "access.url": f"http://127.0.0.1:{port.getHost().port}/access"})
+        chat = await connect(daemon.port, "/chat")
+        room = {"Type": "WORKSPACE", "RoomTypeObject": "ws-alice"}
+        chat.send_json({"@type": "subscribe", "jwt": token("alice", [])})
+        chat.send_json({"@type": "JOIN", "Room": room})
+        chat.send_json({"@type": "HISTORY", "Room": room, "Message": {"Message": '{"Offset":0,"Limit":40}'}})
+        first = await chat.next()
+        assert first["@type"] == "subscribed", first
+        joined = await chat.next()
+        assert joined["@type"] == "ROOM_UPDATE" and joined["Room"]["Users"] == ["alice"]
+        assert (await chat.next()) == joined  # HISTORY of an empty room: its ROOM_UPDATE only
+        chat.send_json({"@type": "JOIN", "Room": room, "Message": {"Message": "PING"}})
+        chat.send_json({"@type": "HISTORY", "Room": room, "Message": {"Message": '{"Offset":0,"Limit":40}'}})
+        assert (await chat.next())["@type"] == "ROOM_UPDATE"  # no "room does not exist" before it
+    finally:
+        await port.stopListening()

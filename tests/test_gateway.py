@@ -215,8 +215,8 @@ def test_fresher_token_keeps_the_socket() -> None:
     assert conn.closed == (4001, "token expired")
 
 
-def test_slow_subscribe_overtaken_by_a_later_one_is_ignored() -> None:
-    """When a later subscribe completes first, the earlier one's late answer does not replace it."""
+def test_a_later_subscribe_waits_for_the_one_in_flight_and_wins() -> None:
+    """Frames are handled in order: a second subscribe waits for the first, then replaces its access."""
     gw, _, verifier, world = make()
     session = gw.open(RecordingConnection(), world.ws)
     gw.receive(session, {"@type": "subscribe", "jwt": "later"})
@@ -404,3 +404,67 @@ def test_shutdown_sends_what_pacing_holds_before_the_close() -> None:
         fan_out([session], b'{"n":%d}' % i, None, paced=True)
     gw.close_all(1000, "server shutting down")
     assert [f["n"] for f in conn.frames] == [0, 1, 2, 3, 4] and conn.closed == (1000, "server shutting down")
+
+
+# -- a socket's frames are handled in order (PROTOCOL.md §2) --------------------------------------------------
+
+
+def test_frames_sent_during_a_subscribe_in_flight_wait_for_it_in_order() -> None:
+    """The Cells chat client sends JOIN without waiting for "subscribed": the JOIN is handled after it."""
+    gw, _, verifier, world = make()
+    conn = RecordingConnection()
+    session = gw.open(conn, world.chat)
+    gw.receive(session, {"@type": "subscribe", "jwt": "later"})
+    gw.receive(session, {"@type": "JOIN", "n": 1})
+    gw.receive(session, {"@type": "HISTORY", "n": 2})
+    assert world.chat.calls == [("opened", session)]
+    verifier.pending["later"].callback({"name": "alice", "sub": "a", "exp": 1000})
+    assert world.chat.calls[1:] == [("subscribe", "alice"), ("frame", {"@type": "JOIN", "n": 1}),
+                                    ("frame", {"@type": "HISTORY", "n": 2})]
+    assert conn.frames[0]["@type"] == "subscribed"
+
+
+def test_frames_after_a_second_subscribe_in_flight_wait_for_it_too() -> None:
+    gw, _, verifier, world = make()
+    session = gw.open(RecordingConnection(), world.chat)
+    gw.receive(session, {"@type": "subscribe", "jwt": "later1"})
+    gw.receive(session, {"@type": "JOIN", "n": 1})
+    gw.receive(session, {"@type": "subscribe", "jwt": "later2"})
+    gw.receive(session, {"@type": "JOIN", "n": 2})
+    verifier.pending["later1"].callback({"name": "alice", "sub": "a", "exp": 1000})
+    assert world.chat.calls[1:] == [("subscribe", "alice"), ("frame", {"@type": "JOIN", "n": 1})]
+    verifier.pending["later2"].callback({"name": "bob", "sub": "b", "exp": 1000})
+    assert world.chat.calls[3:] == [("subscribe", "bob"), ("frame", {"@type": "JOIN", "n": 2})]
+
+
+def test_an_unsubscribe_sent_during_a_subscribe_in_flight_applies_after_it() -> None:
+    gw, _, verifier, world = make()
+    session = gw.open(RecordingConnection(), world.ws)
+    gw.receive(session, {"@type": "subscribe", "jwt": "later"})
+    gw.receive(session, {"@type": "unsubscribe"})
+    verifier.pending["later"].callback({"name": "alice", "sub": "a", "exp": 1000})
+    assert session.access is None and gw.table.with_login("alice") == set()
+
+
+def test_frames_waiting_for_a_refused_subscribe_are_dropped_with_the_socket() -> None:
+    gw, _, verifier, world = make()
+    conn = RecordingConnection()
+    session = gw.open(conn, world.chat)
+    gw.receive(session, {"@type": "subscribe", "jwt": "later"})
+    gw.receive(session, {"@type": "JOIN"})
+    verifier.pending["later"].errback(AuthError("token expired"))
+    assert conn.closed == (4001, "subscribe: token expired")
+    assert world.chat.calls == [("opened", session)]
+
+
+def test_waiting_frames_are_bounded_past_it_the_socket_is_closed_4029() -> None:
+    gw, _, verifier, world = make(max_waiting_frames=3)
+    conn = RecordingConnection()
+    session = gw.open(conn, world.chat)
+    gw.receive(session, {"@type": "subscribe", "jwt": "later"})
+    for n in range(4):
+        gw.receive(session, {"@type": "JOIN", "n": n})
+    assert conn.closed == (4029, "too many frames while subscribing (at most 3)")
+    assert gw.refusals == {"too_many_waiting": 1}
+    verifier.pending["later"].callback({"name": "alice", "sub": "a", "exp": 1000})
+    assert [c for c in world.chat.calls if c[0] == "frame"] == []

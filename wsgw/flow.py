@@ -174,6 +174,11 @@ class Flow:
         self._cancel()
 
     @property
+    def stopped(self) -> bool:
+        """Whether ``stop`` was called (the socket is closing or gone): nothing more is written."""
+        return self._stopped
+
+    @property
     def waiting(self) -> tuple[int, int]:
         """``(frames, bytes)`` waiting here (bytes as counted against ``max_bytes``)."""
         frames = (len(self._held) if self._held else 0) + (len(self._blocked) if self._blocked else 0)

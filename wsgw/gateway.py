@@ -4,7 +4,8 @@ Protocols hand it sockets and decoded client frames; it never sees Autobahn.
 It owns: opening and closing sessions (registered in the ``SessionTable``, each
 with its outbound ``wsgw.flow.Flow``), subscribe / unsubscribe (verify the token,
 resolve the access, hand it to the session's endpoint, then drop the frames
-still waiting that the new access would not produce), the auth timeout and
+still waiting that the new access would not produce; the frames a client sends
+meanwhile wait for it, in order), the auth timeout and
 token expiry timers, and every close the server initiates, counted by code.
 What a session receives is its endpoint's business (``wsgw.interfaces.IEndpoint``).
 """
@@ -12,7 +13,7 @@ What a session receives is its endpoint's business (``wsgw.interfaces.IEndpoint`
 from __future__ import annotations
 
 import functools
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from twisted.python.failure import Failure
 from wsgw import frames
 from wsgw.access import Access, AccessError, AuthError
 from wsgw.flow import Flow
-from wsgw.frames import CLOSE_AUTH, CLOSE_SLOW, CLOSE_TRY_AGAIN
+from wsgw.frames import CLOSE_AUTH, CLOSE_FLOOD, CLOSE_SLOW, CLOSE_TRY_AGAIN
 from wsgw.interfaces import IAccessResolver, IConnection, IEndpoint, ITokenVerifier
 from wsgw.sessions import Session, SessionTable
 
@@ -63,6 +64,7 @@ class Gateway:
         auth_timeout: float = 30.0,
         leeway: float = 30.0,
         max_queued_bytes: int = 4 << 20,
+        max_waiting_frames: int = 64,
     ) -> None:
         self._clock = clock
         self._verifier = verifier
@@ -70,6 +72,7 @@ class Gateway:
         self._auth_timeout = auth_timeout
         self._leeway = leeway
         self._max_queued_bytes = max_queued_bytes
+        self._max_waiting = max_waiting_frames
         self.table = SessionTable()
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
@@ -95,6 +98,7 @@ class Gateway:
             return
         session.open = False
         session.flow.stop()
+        session.waiting = None
         self._cancel_timer(session)
         self.table.remove(session)
         assert session.endpoint is not None
@@ -128,9 +132,12 @@ class Gateway:
         return d
 
     def close(self, session: Session, code: int, reason: str) -> None:
-        """Close the session's socket with ``code`` (PROTOCOL.md §6), counted once per socket."""
+        """Close the session's socket with ``code`` (PROTOCOL.md §6), counted once per socket; after the close
+        frame nothing more is sent, and no frame of the client's is handled."""
         if session.connection.close(code, reason[:120]):
             self.closes[code] += 1
+        session.flow.stop()
+        session.waiting = None
 
     def reject(self, session: Session, code: int, reason: str) -> None:
         """Tell the client why in an error frame, then close with ``code``."""
@@ -157,15 +164,44 @@ class Gateway:
     # -- client frames ----------------------------------------------------
 
     def receive(self, session: Session, frame: dict[str, Any]) -> Deferred[None] | None:
-        """One decoded client frame (a JSON object)."""
+        """One decoded client frame (a JSON object). A socket's frames are handled in the order sent: while a
+        subscribe is in flight (token check, access lookup) the frames after it wait, at most
+        ``max_waiting_frames`` of them (one more: close 4029), and are handled once it is done (PROTOCOL.md §2)."""
+        waiting = session.waiting
+        if waiting is None:
+            return self._handle(session, frame)
+        if len(waiting) >= self._max_waiting:
+            self._refuse(session, f"too many frames while subscribing (at most {self._max_waiting})", CLOSE_FLOOD,
+                         "too_many_waiting")
+            return None
+        waiting.append(frame)
+        return None
+
+    def _handle(self, session: Session, frame: dict[str, Any]) -> Deferred[None] | None:
         kind = frame.get("@type")
         if kind in SUBSCRIBE:
-            return self._subscribe(session, frame.get("jwt"))
+            d = self._subscribe(session, frame.get("jwt"))
+            if d is not None:
+                session.waiting = deque()  # until the subscribe is done (at once, when nothing had to wait)
+                d.addBoth(self._subscribed, session)
+            return d
         if kind in UNSUBSCRIBE:
             self._unsubscribe(session)
             return None
         assert session.endpoint is not None
         return session.endpoint.receive(session, frame)
+
+    def _subscribed(self, result: object, session: Session) -> object:
+        """A subscribe in flight is done: handle the frames that waited for it, in order, until one of them is a
+        subscribe in flight again (a closed socket's frames are dropped)."""
+        waiting, session.waiting = session.waiting, None
+        while waiting and not session.flow.stopped and session.waiting is None:
+            d = self._handle(session, waiting.popleft())
+            if d is not None:
+                d.addErrback(lambda f: self._log.failure("handling a frame of session {sid}", f, sid=session.sid))
+        if waiting and session.waiting is not None:
+            session.waiting.extendleft(reversed(waiting))
+        return result
 
     def _subscribe(self, session: Session, token: object) -> Deferred[None] | None:
         if not isinstance(token, str) or not token:

@@ -15,6 +15,7 @@ drops the frames still waiting that the new access would not produce (PROTOCOL.m
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +39,12 @@ class Session:
 
     ``flow`` holds its frames not yet written (made by the gateway; None for a session that was never
     opened by one); ``state`` belongs to the endpoint (the chat keeps its per-socket state there);
-    ``timer`` and ``attempt`` to the gateway (auth timeout or expiry, the count of subscribe attempts).
+    ``timer``, ``attempt`` and ``waiting`` to the gateway (auth timeout or expiry, the count of subscribe
+    attempts, the client frames waiting for a subscribe in flight).
     """
 
-    __slots__ = ("sid", "endpoint", "connection", "access", "flow", "state", "timer", "attempt", "open", "__weakref__")
+    __slots__ = ("sid", "endpoint", "connection", "access", "flow", "state", "timer", "attempt", "waiting", "open",
+                 "__weakref__")
 
     def __init__(self, connection: IConnection, endpoint: IEndpoint | None = None, flow: Flow | None = None) -> None:
         self.sid = next(_ids)
@@ -52,6 +55,7 @@ class Session:
         self.state: Any = None
         self.timer: IDelayedCall | None = None
         self.attempt = 0
+        self.waiting: deque[dict[str, Any]] | None = None
         self.open = True
 
     def send(self, payload: bytes, scope: Scope | None = None) -> None:
