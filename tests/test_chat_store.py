@@ -118,7 +118,7 @@ async def test_missing_rooms_are_none(store: Any) -> None:
     """Unknown room uuids and keys read as None, and presence calls on them change nothing."""
     assert await store.get_room("nope") is None
     assert await store.find_room("USER", "nobody") is None
-    assert await store.touch_user("nope", "alice", NOW, NOW - 40) == (None, False)
+    assert await store.touch_user("nope", "alice", NOW, NOW + 20) == (None, False)
     assert await store.remove_user("nope", "alice", NOW) == (None, False)
     assert await store.page("nope", 0, 0) == []
     assert await store.find_room("USER", "nobody") is None
@@ -140,11 +140,11 @@ async def test_concurrent_find_or_create_from_two_connections_makes_one_room(sto
 async def test_touch_and_remove_users(store: Any) -> None:
     """touch_user adds a login once (sorted Users, LastUpdated moves); remove_user takes it out once."""
     room = await _room(store)
-    touched, changed = await store.touch_user(room["Uuid"], "carol", NOW + 1, NOW - 40)
+    touched, changed = await store.touch_user(room["Uuid"], "carol", NOW + 1, NOW + 20)
     assert changed and touched["Users"] == ["carol"] and touched["LastUpdated"] == "1718022001"
-    touched, changed = await store.touch_user(room["Uuid"], "alice", NOW + 2, NOW - 40)
+    touched, changed = await store.touch_user(room["Uuid"], "alice", NOW + 2, NOW + 20)
     assert changed and touched["Users"] == ["alice", "carol"]
-    touched, changed = await store.touch_user(room["Uuid"], "alice", NOW + 3, NOW - 40)
+    touched, changed = await store.touch_user(room["Uuid"], "alice", NOW + 3, NOW + 20)
     assert not changed and touched["Users"] == ["alice", "carol"] and touched["LastUpdated"] == "1718022002"
     removed, changed = await store.remove_user(room["Uuid"], "carol", NOW + 4)
     assert changed and removed["Users"] == ["alice"] and removed["LastUpdated"] == "1718022004"
@@ -157,7 +157,7 @@ async def test_touch_and_remove_users(store: Any) -> None:
 async def test_conditional_remove_keeps_a_fresher_presence(store: Any) -> None:
     """remove_user with idle_since keeps a login seen after it (refreshed by another instance)."""
     room = await _room(store)
-    await store.touch_user(room["Uuid"], "alice", NOW + 10.5, NOW - 40)
+    await store.touch_user(room["Uuid"], "alice", NOW + 10.5, NOW + 30.5)
     kept, changed = await store.remove_user(room["Uuid"], "alice", NOW + 20, idle_since=NOW + 10)
     assert not changed and kept["Users"] == ["alice"]
     gone, changed = await store.remove_user(room["Uuid"], "alice", NOW + 20, idle_since=NOW + 10.5)
@@ -165,13 +165,116 @@ async def test_conditional_remove_keeps_a_fresher_presence(store: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_touch_prunes_stale_presences(store: Any) -> None:
-    """A touch drops logins last seen before stale_before (left behind by a dead instance)."""
+async def test_expiry_removes_the_presences_past_their_deadline(store: Any) -> None:
+    """expire_users removes the presences whose deadline is due, whatever room they are in, and fires each
+    changed room once (LastUpdated moved); presences still in time stay."""
+    a, b = await _room(store, "WORKSPACE", "a"), await _room(store, "NODE", "b")
+    await store.touch_user(a["Uuid"], "carol", NOW, NOW + 20)
+    await store.touch_user(a["Uuid"], "dave", NOW, NOW + 20)
+    await store.touch_user(a["Uuid"], "alice", NOW + 5, NOW + 25)
+    await store.touch_user(b["Uuid"], "bob", NOW, NOW + 20)
+    assert await store.expire_users(NOW + 19.9, 100) == ([], 0)
+    rooms, count = await store.expire_users(NOW + 20, 100)
+    assert count == 3
+    assert sorted((r["Uuid"], tuple(r["Users"]), r["LastUpdated"]) for r in rooms) == sorted([
+        (a["Uuid"], ("alice",), "1718022020"), (b["Uuid"], (), "1718022020")])
+    assert await store.expire_users(NOW + 20, 100) == ([], 0)
+    rooms, count = await store.expire_users(NOW + 60, 100)
+    assert count == 1 and [r["Users"] for r in rooms] == [[]]
+    assert (await store.get_room(a["Uuid"]))["Users"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deadline_and_a_last_seen_never_move_back(store: Any) -> None:
+    """A later touch moves the deadline on; a touch arriving late from another instance (older ``now``,
+    earlier ``until``) moves neither the deadline nor the last seen back."""
     room = await _room(store)
-    await store.touch_user(room["Uuid"], "ghost", NOW, NOW - 40)
-    await store.touch_user(room["Uuid"], "alice", NOW + 30, NOW - 10)
-    touched, changed = await store.touch_user(room["Uuid"], "alice", NOW + 50, NOW + 10)
-    assert changed and touched["Users"] == ["alice"]
+    await store.touch_user(room["Uuid"], "alice", NOW, NOW + 20)
+    await store.touch_user(room["Uuid"], "alice", NOW + 20, NOW + 40)
+    await store.touch_user(room["Uuid"], "alice", NOW + 5, NOW + 25)  # late
+    assert await store.expire_users(NOW + 39, 100) == ([], 0)
+    kept, changed = await store.remove_user(room["Uuid"], "alice", NOW + 39, idle_since=NOW + 5)
+    assert not changed and kept["Users"] == ["alice"]
+    rooms, count = await store.expire_users(NOW + 40, 100)
+    assert count == 1 and rooms[0]["Users"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removed_presence_is_not_due_any_more(store: Any) -> None:
+    """remove_user takes the presence's deadline along: the sweep finds nothing of it afterwards, and a new
+    touch starts a new deadline."""
+    room = await _room(store)
+    await store.touch_user(room["Uuid"], "alice", NOW, NOW + 20)
+    await store.remove_user(room["Uuid"], "alice", NOW + 1)
+    assert await store.expire_users(NOW + 100, 100) == ([], 0)
+    await store.touch_user(room["Uuid"], "alice", NOW + 2, NOW + 22)
+    await store.remove_user(room["Uuid"], "alice", NOW + 3)
+    await store.touch_user(room["Uuid"], "alice", NOW + 4, NOW + 22)  # the same deadline as the removed one
+    rooms, count = await store.expire_users(NOW + 30, 100)
+    assert count == 1 and rooms[0]["Users"] == []
+    assert await store.expire_users(NOW + 30, 100) == ([], 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiry_takes_at_most_limit_presences_earliest_first(store: Any) -> None:
+    """One expire_users call removes at most ``limit`` presences, the earliest deadlines first; the count
+    says when more may be due."""
+    room = await _room(store)
+    for n in range(5):
+        await store.touch_user(room["Uuid"], f"user{n}", NOW, NOW + 25 - n)
+    rooms, count = await store.expire_users(NOW + 30, 2)
+    assert count == 2 and rooms[0]["Users"] == ["user0", "user1", "user2"]
+    rooms, count = await store.expire_users(NOW + 30, 2)
+    assert count == 2 and rooms[0]["Users"] == ["user0"]
+    rooms, count = await store.expire_users(NOW + 30, 2)
+    assert count == 1 and rooms[0]["Users"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiry_of_odd_logins(store: Any) -> None:
+    """Logins holding the separator of the presence index (``/``), spaces or digits only expire as themselves."""
+    room = await _room(store)
+    for login in ("a/b", "/", "x y", "007"):
+        await store.touch_user(room["Uuid"], login, NOW, NOW + 20)
+    await store.touch_user(room["Uuid"], "a", NOW, NOW + 30)
+    rooms, count = await store.expire_users(NOW + 20, 100)
+    assert count == 4 and rooms[0]["Users"] == ["a"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_sweeps_from_two_connections_remove_each_presence_once(stores: tuple[Any, Any]) -> None:
+    """Instances sweeping at once (two connections) remove each due presence once between them."""
+    a, b = stores
+    rooms = [await _room(a, "NODE", f"n{i}") for i in range(4)]
+    for i in range(40):
+        await a.touch_user(rooms[i % 4]["Uuid"], f"user{i}", NOW, NOW + 20 + i / 100)
+    results = await gatherResults([(a if i % 2 else b).expire_users(NOW + 21, 7) for i in range(8)])
+    assert sum(count for _, count in results) == 40
+    for room in rooms:
+        assert (await a.get_room(room["Uuid"]))["Users"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_presence_index_holds_only_live_presences(store: Any) -> None:
+    """The deadline index stays as large as the presences themselves: refreshing one presence a thousand
+    times adds nothing to it, and expired and removed presences leave it."""
+    room = await _room(store)
+    for n in range(1000):
+        await store.touch_user(room["Uuid"], "alice", NOW + n, NOW + n + 20)
+    await store.touch_user(room["Uuid"], "bob", NOW, NOW + 20)
+    assert await _index_size(store) <= 2
+    await store.remove_user(room["Uuid"], "bob", NOW + 1)
+    await store.expire_users(NOW + 2000, 100)
+    assert await _index_size(store) == 0
+
+
+async def _index_size(store: Any) -> int:
+    """Entries of the store's presence-deadline index (white box: the heap of the memory store may also hold
+    up to 64 plus twice as many stale entries, then it is rebuilt)."""
+    if isinstance(store, MemoryChatStore):
+        assert len(store._deadlines) <= 2 * len(store._until) + 65
+        return len(store._until)
+    return int(await store._redis.execute_command("ZCARD", store._prefix + "presence"))
 
 
 @pytest_twisted.ensureDeferred
@@ -261,7 +364,7 @@ async def test_number_like_strings_stay_strings(store: Any) -> None:
     """Logins, type objects and texts that look like numbers come back as the same strings."""
     room = await _room(store, "USER", "007")
     assert room["RoomTypeObject"] == "007"
-    touched, _ = await store.touch_user(room["Uuid"], "0042", NOW, NOW - 40)
+    touched, _ = await store.touch_user(room["Uuid"], "0042", NOW, NOW + 20)
     assert touched["Users"] == ["0042"]
     message = {"Uuid": "1", "RoomUuid": room["Uuid"], "Message": "1.50", "Author": "0042", "Timestamp": "1"}
     await store.post_message(message, CAP)

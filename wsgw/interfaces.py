@@ -132,8 +132,9 @@ class IChatStore(Interface):
         Two concurrent calls, from any instances, end with one room.
         """
 
-    def touch_user(room_uuid: str, login: str, now: float, stale_before: float) -> Deferred[Any]:
-        """Mark ``login`` present (last seen ``now``), prune presences older than ``stale_before``.
+    def touch_user(room_uuid: str, login: str, now: float, until: float) -> Deferred[Any]:
+        """Mark ``login`` present (last seen ``now``) until ``until`` at least (its presence deadline);
+        neither ever moves back when calls from several instances arrive out of order.
 
         Fires ``(room, changed)`` where ``changed`` says ``Users`` changed; ``(None, False)``
         when the room does not exist.
@@ -143,6 +144,16 @@ class IChatStore(Interface):
         """Remove ``login`` from ``Users``; with ``idle_since``, only if not seen after it.
 
         Fires ``(room, changed)``; ``(None, False)`` when the room does not exist.
+        """
+
+    def expire_users(now: float, limit: int) -> Deferred[Any]:
+        """Remove the presences whose deadline (``touch_user``'s ``until``) is ``now`` or earlier: at most
+        ``limit`` of them, earliest deadline first, whichever instance set them (PROTOCOL.md §5.2: the
+        presence a dead instance left behind ends here). Each presence is removed by one call only, also
+        when several instances sweep at once.
+
+        Fires ``(rooms, count)``: the rooms whose ``Users`` changed, each once and as stored after the
+        call, and how many presences were due (``count == limit``: more may be due).
         """
 
     def post_message(message: dict[str, Any], cap: int) -> Deferred[None]:

@@ -1,12 +1,15 @@
 """The embedded chat store (``IChatStore`` in one process's memory), used when no Redis is configured.
 
 Every call completes synchronously. Presence is kept per room as ``login -> last
-seen`` (the caller's clock seconds), as ``wsgw.chat.redis_store`` keeps it.
+seen`` (the caller's clock seconds), with each presence's deadline in a heap, as
+``wsgw.chat.redis_store`` keeps them in a sorted set.
 """
 
 from __future__ import annotations
 
 import copy
+import heapq
+import math
 import uuid as uuidlib
 from typing import Any
 
@@ -26,6 +29,10 @@ class MemoryChatStore:
         self._rooms: dict[str, Room] = {}  # without Users
         self._users: dict[str, dict[str, float]] = {}
         self._messages: dict[str, list[Message]] = {}
+        self._until: dict[tuple[str, str], float] = {}  # (room uuid, login) -> presence deadline
+        # the deadlines, earliest first; an entry whose deadline moved or went is stale and skipped when
+        # popped; rebuilt from _until when the stale ones outnumber the live ones, so it stays O(presences)
+        self._deadlines: list[tuple[float, str, str]] = []
 
     def _room(self, room_uuid: str) -> Room:
         room = dict(self._rooms[room_uuid])
@@ -53,15 +60,19 @@ class MemoryChatStore:
             self._messages[room_uuid] = []
         return succeed((self._room(self._index[key]), created))
 
-    def touch_user(self, room_uuid: str, login: str, now: float, stale_before: float) -> Deferred[Any]:
+    def touch_user(self, room_uuid: str, login: str, now: float, until: float) -> Deferred[Any]:
         if room_uuid not in self._rooms:
             return succeed((None, False))
         users = self._users[room_uuid]
         changed = login not in users
-        users[login] = now
-        for other in [u for u, seen in users.items() if seen < stale_before]:
-            del users[other]
-            changed = True
+        users[login] = max(now, users.get(login, now))
+        key = (room_uuid, login)
+        if until > self._until.get(key, -math.inf):
+            self._until[key] = until
+            heapq.heappush(self._deadlines, (until, room_uuid, login))
+            if len(self._deadlines) > 2 * len(self._until) + 64:
+                self._deadlines = [(due, room, user) for (room, user), due in self._until.items()]
+                heapq.heapify(self._deadlines)
         if changed:
             self._rooms[room_uuid]["LastUpdated"] = stamp(now)
         return succeed((self._room(room_uuid), changed))
@@ -74,8 +85,24 @@ class MemoryChatStore:
         changed = seen is not None and (idle_since is None or seen <= idle_since)
         if changed:
             del users[login]
+            self._until.pop((room_uuid, login), None)
             self._rooms[room_uuid]["LastUpdated"] = stamp(now)
         return succeed((self._room(room_uuid), changed))
+
+    def expire_users(self, now: float, limit: int) -> Deferred[Any]:
+        changed: dict[str, None] = {}  # room uuids in the order their Users changed
+        count = 0
+        while self._deadlines and self._deadlines[0][0] <= now and count < limit:
+            due, room_uuid, login = heapq.heappop(self._deadlines)
+            if self._until.get((room_uuid, login)) != due:
+                continue  # stale: refreshed or removed since
+            del self._until[(room_uuid, login)]
+            count += 1
+            users = self._users.get(room_uuid)
+            if users is not None and users.pop(login, None) is not None:
+                self._rooms[room_uuid]["LastUpdated"] = stamp(now)
+                changed[room_uuid] = None
+        return succeed(([self._room(u) for u in changed if u in self._rooms], count))
 
     def post_message(self, message: Message, cap: int) -> Deferred[Any]:
         history = self._messages.get(message["RoomUuid"])

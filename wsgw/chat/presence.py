@@ -71,7 +71,7 @@ class Presence:
                 member.timer.reset(self._timeout)
             else:
                 member.timer = self._clock.callLater(self._timeout, self._expire, room_uuid, login)
-        return self._store.touch_user(room_uuid, login, now, now - 2 * self._timeout)
+        return self._store.touch_user(room_uuid, login, now, now + self._timeout)
 
     async def detach(self, room_uuid: str, login: str, session: Session) -> None:
         """A socket of ``login`` here detached the room; the login's last one takes its presence along."""

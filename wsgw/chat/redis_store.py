@@ -3,10 +3,12 @@
 Every change that two instances could race on is one Lua script run by EVALSHA
 (find-or-create, presence, posting with the cap, edit, delete), so it is atomic
 across instances; page reads are scripts too. Presence is stored per room as
-``login -> last seen`` (the caller's clock seconds): ``touch_user`` refreshes it
-and prunes entries older than ``stale_before`` (logins left behind by an
-instance that died), ``remove_user`` removes one unless another instance
-refreshed it after ``idle_since``. A connection failure is ``StoreUnavailable``.
+``login -> last seen`` (the caller's clock seconds), and every presence's
+deadline in one sorted set: ``touch_user`` refreshes both, ``remove_user``
+removes one unless another instance refreshed it after ``idle_since``, and
+``expire_users`` (every instance's sweep) removes the first ones past their
+deadline with an index range, so the presence of an instance that died ends
+without scanning any room. A connection failure is ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from wsgw.redis.connection import RedisCommands
 # Every script returns one JSON document (txredisapi would otherwise turn
 # number-looking strings such as a login "007" into ints). Keys, under the
 # prefix p: p.."index" (hash "<Type>:<obj>" -> uuid), p.."room:"..u (hash of the
-# room fields), p.."users:"..u (hash login -> last seen), p.."order:"..u (list
-# of message uuids, oldest first), p.."msgs:"..u (hash uuid -> message JSON).
+# room fields), p.."users:"..u (hash login -> last seen), p.."presence" (sorted set
+# u.."/"..login scored by its deadline: a room uuid never holds "/", a login may),
+# p.."order:"..u (list of message uuids, oldest first), p.."msgs:"..u (hash uuid ->
+# message JSON).
 # Keys are derived inside the scripts: fine on one Redis, not on Redis Cluster.
 
 _LUA_ROOM = """
@@ -71,20 +75,17 @@ doc.changed = created
 return cjson.encode(doc)
 """
 
-# ARGV: prefix, room uuid, login, now, stale before, LastUpdated
+# ARGV: prefix, room uuid, login, now, until, LastUpdated
 _TOUCH = _LUA_ROOM + """
-local p, u = ARGV[1], ARGV[2]
+local p, u, login = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', p..'room:'..u) == 0 then return false end
-local uk = p..'users:'..u
-local changed = redis.call('HSET', uk, ARGV[3], ARGV[4])
-local all = redis.call('HGETALL', uk)
-local stale = tonumber(ARGV[5])
-for i = 1, #all, 2 do
-  if tonumber(all[i+1]) < stale then
-    redis.call('HDEL', uk, all[i])
-    changed = 1
-  end
-end
+local uk, member = p..'users:'..u, u..'/'..login
+local seen = redis.call('HGET', uk, login)
+local changed = 0
+if not seen then changed = 1 end
+if not seen or tonumber(seen) < tonumber(ARGV[4]) then redis.call('HSET', uk, login, ARGV[4]) end
+local due = redis.call('ZSCORE', p..'presence', member)
+if not due or tonumber(due) < tonumber(ARGV[5]) then redis.call('ZADD', p..'presence', ARGV[5], member) end
 if changed == 1 then redis.call('HSET', p..'room:'..u, 'LastUpdated', ARGV[6]) end
 local doc = room_doc(p, u)
 doc.changed = changed
@@ -100,12 +101,38 @@ local seen = redis.call('HGET', uk, ARGV[3])
 local changed = 0
 if seen and (ARGV[4] == '' or tonumber(seen) <= tonumber(ARGV[4])) then
   redis.call('HDEL', uk, ARGV[3])
+  redis.call('ZREM', p..'presence', u..'/'..ARGV[3])
   redis.call('HSET', p..'room:'..u, 'LastUpdated', ARGV[5])
   changed = 1
 end
 local doc = room_doc(p, u)
 doc.changed = changed
 return cjson.encode(doc)
+"""
+
+# ARGV: prefix, now, limit, LastUpdated
+_EXPIRE = _LUA_ROOM + """
+local p = ARGV[1]
+local zk = p..'presence'
+local due = redis.call('ZRANGEBYSCORE', zk, '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local seen, rooms = {}, {}
+for _, member in ipairs(due) do
+  redis.call('ZREM', zk, member)
+  local cut = string.find(member, '/', 1, true)
+  local u = string.sub(member, 1, cut - 1)
+  if redis.call('HDEL', p..'users:'..u, string.sub(member, cut + 1)) == 1 and not seen[u] then
+    seen[u] = true
+    rooms[#rooms + 1] = u
+  end
+end
+local docs = {}
+for _, u in ipairs(rooms) do
+  if redis.call('EXISTS', p..'room:'..u) == 1 then
+    redis.call('HSET', p..'room:'..u, 'LastUpdated', ARGV[4])
+    docs[#docs + 1] = room_doc(p, u)
+  end
+end
+return cjson.encode({rooms = docs, due = #due})
 """
 
 # ARGV: prefix, room uuid, message uuid, message JSON, cap
@@ -244,12 +271,19 @@ class RedisChatStore:
             return _room_from(doc), bool(doc["changed"])
         return self._run(run())
 
-    def touch_user(self, room_uuid: str, login: str, now: float, stale_before: float) -> Deferred:
-        return self._changed_room(_TOUCH, room_uuid, login, repr(float(now)), repr(float(stale_before)), stamp(now))
+    def touch_user(self, room_uuid: str, login: str, now: float, until: float) -> Deferred:
+        return self._changed_room(_TOUCH, room_uuid, login, repr(float(now)), repr(float(until)), stamp(now))
 
     def remove_user(self, room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
         since = "" if idle_since is None else repr(float(idle_since))
         return self._changed_room(_REMOVE, room_uuid, login, since, stamp(now))
+
+    def expire_users(self, now: float, limit: int) -> Deferred:
+        async def run() -> tuple[list[Room], int]:
+            doc = await self._eval(_EXPIRE, repr(float(now)), limit, stamp(now))
+            rooms = doc["rooms"]  # cjson encodes {} for an empty table
+            return [_room_from(d) for d in rooms] if isinstance(rooms, list) else [], int(doc["due"])
+        return self._run(run())
 
     def post_message(self, message: Message, cap: int) -> Deferred:
         async def run() -> None:
