@@ -172,8 +172,9 @@ def test_stop_waits_for_an_expiry_in_flight() -> None:
     store, service = chat.store, chat.service
     alice = chat.connect("alice")
     chat.send(alice, join())
-    store.slow.add("remove_user")
+    store.slow.add("expire_users")
     chat.clock.advance(20)
+    assert store.pending
     stopped = service.stop()
     assert not stopped.called
     store.release()

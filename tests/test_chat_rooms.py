@@ -8,6 +8,7 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
 from wsgw.access import Access
+from wsgw.chat.model import StoreUnavailable
 from wsgw.frames import MalformedEvent
 from wsgw.sessions import Session
 from wsgw.testing import (
@@ -545,7 +546,6 @@ def test_presence_ends_when_the_logins_last_socket_closes() -> None:
     assert frames(bob) == [{"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["bob"])}]
     chat.close(bob)
     assert chat.room()["Users"] == []
-    assert chat.clock.getDelayedCalls() == []
 
 
 def test_leave_keeps_presence_while_another_socket_of_the_login_stays() -> None:
@@ -574,12 +574,100 @@ def test_closing_after_expiry_changes_nothing() -> None:
 
 
 def test_stop_cancels_presence_timers() -> None:
-    """stop() leaves no pending presence timer on the clock."""
+    """stop() stops the presence sweep: nothing is left on the clock."""
     chat = ChatHarness()
     chat.send(chat.connect("alice"), join())
     assert chat.clock.getDelayedCalls()
     chat.service.stop()
     assert chat.clock.getDelayedCalls() == []
+
+
+def test_idle_sockets_cost_no_timer() -> None:
+    """Presence costs no timer per login or socket: with 60 sockets in 6 rooms the sweep is the one call
+    on the clock."""
+    chat = ChatHarness()
+    for n in range(60):
+        chat.send(chat.connect(f"user{n}"), join("NODE", f"node-{n % 6}"))
+    assert len(chat.clock.getDelayedCalls()) == 1
+
+
+def test_presence_of_a_dead_instance_ends_on_the_others() -> None:
+    """Issue 11 §6: the instance holding alice's only socket dies without closing it; with nobody touching the
+    room afterwards, the other instance's sweep takes her out of Users at her deadline (20 s after her last
+    JOIN, within one sweep) and bob gets the ROOM_UPDATE, once."""
+    chat = ChatHarness(instances=2)
+    alice, bob = chat.connect("alice"), chat.connect("bob", instance=1)
+    chat.send(alice, join())
+    chat.clock.advance(10)
+    chat.send(bob, join())
+    chat.kill(0)
+    frames(bob)
+    chat.clock.advance(9.5)
+    assert chat.room()["Users"] == ["alice", "bob"] and frames(bob) == []
+    chat.clock.advance(1)
+    assert chat.room()["Users"] == ["bob"]
+    assert frames(bob) == [{"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["bob"])}]
+    assert chat.services[1].presences_expired == 1
+
+
+def test_a_restarted_instance_ends_the_presence_of_its_previous_life() -> None:
+    """The only instance dies and another starts on the same store, knowing nothing of alice: its sweep ends
+    her presence at her deadline, and bob, who joined the new instance meanwhile, gets the ROOM_UPDATE."""
+    chat = ChatHarness()
+    chat.send(chat.connect("alice"), join())
+    chat.clock.advance(5)
+    chat.kill(0)
+    chat.restart(0)
+    bob = chat.connect("bob")
+    chat.send(bob, join())
+    assert chat.room()["Users"] == ["alice", "bob"]
+    frames(bob)
+    chat.clock.advance(15)
+    assert chat.room()["Users"] == ["bob"]
+    assert frames(bob) == [{"@type": "ROOM_UPDATE", "Room": dict(chat.room(), Users=["bob"])}]
+
+
+def test_a_sweep_removes_a_bounded_number_of_presences() -> None:
+    """When many presences are due at once (a large instance died), one sweep removes at most 1000 of them,
+    in store calls of 100, and the next sweep goes on with the rest; each changed room is announced."""
+    chat = ChatHarness()
+    for r in range(3):
+        seed = chat.connect("seed")
+        chat.send(seed, join("NODE", f"n{r}"))
+        chat.close(seed)
+    uuids = [chat.room("NODE", f"n{r}")["Uuid"] for r in range(3)]
+    for n in range(1500):
+        chat.store.touch_user(uuids[n % 3], f"user{n}", START, START + 20)
+    calls = []
+    expire = chat.store.expire_users
+    chat.store.expire_users = lambda now, limit: (calls.append(limit), expire(now, limit))[1]  # type: ignore
+    events = len(chat.bus.events)
+    chat.clock.advance(20)
+    assert calls == [100] * 10 and chat.service.presences_expired == 1000
+    announced = chat.bus.events[events:]
+    assert 10 <= len(announced) <= 30  # each changed room, once per store call
+    stored = {room["Uuid"]: room["Users"] for room in (chat.room("NODE", f"n{r}") for r in range(3))}
+    latest = {e["Room"]["Uuid"]: e["Room"]["Users"] for e in announced}  # each room's latest announcement
+    assert latest == {u: stored[u] for u in latest}
+    chat.clock.advance(1)
+    assert calls == [100] * 16 and chat.service.presences_expired == 1500  # the 16th found none left
+    assert all(chat.room("NODE", f"n{r}")["Users"] == [] for r in range(3))
+    assert {e["Room"]["Uuid"]: e["Room"]["Users"] for e in chat.bus.events[events:]} == {u: [] for u in uuids}
+
+
+def test_the_sweep_goes_on_after_the_store_fails() -> None:
+    """A sweep that finds the store unavailable changes nothing and the next sweeps retry until it answers."""
+    chat = ChatHarness()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.send(bob, join())
+    expire = chat.store.expire_users
+    chat.store.expire_users = lambda now, limit: fail(StoreUnavailable("redis is down"))  # type: ignore
+    chat.clock.advance(25)
+    assert chat.room()["Users"] == ["alice", "bob"]
+    chat.store.expire_users = expire  # type: ignore
+    chat.clock.advance(1)
+    assert chat.room()["Users"] == []
 
 
 # --------------------------------------------------------------------------- ordering

@@ -1,6 +1,7 @@
 """GatewayService: wires the configured parts together, starts them in order and shuts them down by design.
 
-Start: bus, then listeners (a port that cannot be bound aborts startup).
+Start: bus, the chat's presence sweep, then listeners (a port that cannot be
+bound aborts startup).
 Stop (SIGTERM under systemd): stop accepting, flush pending node merges,
 close every socket with 1000 ``server shutting down``, wait for them (bounded
 by ``shutdown_timeout``), then stop the bus.
@@ -128,10 +129,12 @@ class GatewayService(MultiService):
         self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:
-        """Start the bus, then listen; a port that cannot be bound raises here, so startup fails."""
+        """Start the bus and the chat's presence sweep, then listen; a port that cannot be bound raises here,
+        so startup fails."""
         super().startService()
         for notice in self.config.notices:
             self._log.warn("{notice}", notice=notice)
+        self.chat.start()
         self.ports = self._listen(self.config.listen, self.site, "listening")
         self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish)")
 

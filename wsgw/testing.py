@@ -152,6 +152,8 @@ class ChatHarness:
         self.bus = LoopBus()
         self.services = [ChatService(self.clock, self.store, self.bus.publish, **options) for _ in range(instances)]
         self.bus.services.extend(self.services)
+        for service in self.services:
+            service.start()
 
     @property
     def service(self) -> ChatService:
@@ -198,6 +200,21 @@ class ChatHarness:
         finally:
             setattr(self.store, method, real)
         return pending
+
+    def kill(self, instance: int) -> None:
+        """The instance dies at once (SIGKILL): its sockets are never closed, its presence sweep stops,
+        it hears the bus no more; what it stored stays in the store."""
+        service = self.services[instance]
+        service.stop()
+        self.bus.services.remove(service)
+
+    def restart(self, instance: int, **options: Any) -> ChatService:
+        """A new instance in the place of a killed one, on the same store and bus, knowing nothing of its
+        previous life; started, like a restarted daemon."""
+        service = self.services[instance] = ChatService(self.clock, self.store, self.bus.publish, **options)
+        self.bus.services.append(service)
+        service.start()
+        return service
 
     def rooms_of(self, session: Session) -> frozenset[str]:
         """The room uuids the socket has joined."""

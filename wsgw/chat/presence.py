@@ -1,11 +1,26 @@
-"""Chat presence (PROTOCOL.md §5.2): which logins are in a room's ``Users``, as this instance keeps it.
+"""Chat presence (PROTOCOL.md §5.2): which logins are in a room's ``Users``, over the store every instance shares.
 
-A login is in a room's stored ``Users`` while one of its sockets here has the
-room joined and JOINed or PINGed it within ``timeout``. Each instance expires
-the logins of its own sockets, conditionally (``remove_user`` with
-``idle_since``), so a fresher refresh from another instance wins; and the
-login's last socket here leaving the room removes it at once. A removal that
-changed ``Users`` is announced with ``announce`` (a ``ROOM_UPDATE`` on the bus).
+A login is in a room's stored ``Users`` until ``timeout`` after the last JOIN or
+PING of one of its sockets, on any instance: each one stores the presence with
+that deadline (``touch_user``), and a later one, from any instance, moves it on.
+Every instance sweeps the store every ``sweep_interval`` (``expire_users``) and
+removes the presences past their deadline, whichever instance stored them: so
+the presence an instance leaves behind when it dies (SIGKILL, a lost machine)
+or restarts ends within ``timeout`` plus one sweep, with nobody touching the
+room. No instance needs an identity: a presence belongs to no instance, and only
+a live instance with a live socket can move its deadline on.
+
+The login's last socket here leaving the room (LEAVE, a lost access, a close)
+removes it at once, unless another instance refreshed it since this one last
+did (``remove_user`` with ``idle_since``). A removal that changed ``Users`` is
+announced with ``announce`` (a ``ROOM_UPDATE`` on the bus), by the instance that
+made it only.
+
+Costs: an idle socket costs a set entry here and nothing on the reactor (no
+timer per login); a sweep is one store call, an index range read of the due
+presences (O(log n) for n presences when none is due), and at most
+``SWEEP_BATCHES`` calls of ``SWEEP_BATCH`` presences each when many are due at
+once; N instances make N such calls per ``sweep_interval`` in all.
 """
 
 from __future__ import annotations
@@ -14,31 +29,43 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from wsgw.chat.model import Room
+from wsgw.chat.model import Room, StoreUnavailable
 from wsgw.interfaces import IChatStore
 from wsgw.sessions import Session
 
 Changed = tuple[Room | None, bool]  # what the store's presence calls fire: (the room, whether Users changed)
 
+SWEEP_INTERVAL = 1.0  # seconds between sweeps, at most (a quarter of the timeout when that is shorter)
+SWEEP_BATCH = 100  # presences one store call removes, at most
+SWEEP_BATCHES = 10  # store calls one sweep makes, at most, while they come back full
+
+
+def sweep_interval(timeout: float) -> float:
+    """The sweep period for a presence ``timeout`` (seconds): ``SWEEP_INTERVAL``, or a quarter of the timeout
+    when that is shorter, but never under 50 ms."""
+    return max(min(SWEEP_INTERVAL, timeout / 4), 0.05)
+
 
 @attrs.define(eq=False)
 class _Member:
-    """A login in a room, as seen from this instance: its sockets here and its expiry timer."""
+    """A login in a room, as seen from this instance: its sockets here and when one of them last refreshed it."""
 
     sockets: set[Session] = attrs.field(factory=set)
-    last_touch: float | None = None
-    timer: IDelayedCall | None = None
+    last_touch: float | None = None  # None: not stored by this instance yet
 
 
 class Presence:
-    """The presence of this instance's logins in rooms, over the store shared by every instance.
+    """The presence of this instance's logins in rooms, over the store shared by every instance, and the sweep
+    that ends the presences past their deadline (``start``/``stop``).
 
     ``announce(result)`` publishes the room when a removal changed its Users (it never fails);
     ``track(d)`` keeps background work until it fires, so that a shutdown can wait for it.
+    ``expired`` counts the presences this instance's sweeps removed.
     """
 
     _log = Logger()
@@ -57,20 +84,30 @@ class Presence:
         self._announce = announce
         self._track = track
         self._members: dict[tuple[str, str], _Member] = {}
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = clock
+        self._failing = False
+        self.expired = 0
+
+    def start(self) -> None:
+        """Start sweeping, every ``sweep_interval(timeout)`` seconds from now."""
+        if not self._sweeper.running:
+            self._sweeper.start(sweep_interval(self._timeout), now=False)
+
+    def stop(self) -> None:
+        """Stop sweeping (shutdown: the sockets' closing removes their logins; a sweep in flight goes on)."""
+        if self._sweeper.running:
+            self._sweeper.stop()
 
     def attach(self, room_uuid: str, login: str, session: Session) -> None:
         """A socket of ``login`` here attached the room."""
         self._members.setdefault((room_uuid, login), _Member()).sockets.add(session)
 
     def touch(self, room_uuid: str, login: str, now: float) -> Deferred[Changed]:
-        """A JOIN or PING: restart the login's expiry timer here and refresh it in the store."""
+        """A JOIN or PING: store the login present until ``now + timeout``."""
         member = self._members.get((room_uuid, login))
         if member is not None:
             member.last_touch = now
-            if member.timer is not None and member.timer.active():
-                member.timer.reset(self._timeout)
-            else:
-                member.timer = self._clock.callLater(self._timeout, self._expire, room_uuid, login)
         return self._store.touch_user(room_uuid, login, now, now + self._timeout)
 
     async def detach(self, room_uuid: str, login: str, session: Session) -> None:
@@ -83,27 +120,36 @@ class Presence:
         if member.sockets:
             return
         del self._members[key]
-        if member.timer is None:
-            return  # already expired: nothing of ours left in the store
-        if member.timer.active():
-            member.timer.cancel()
+        if member.last_touch is None:
+            return  # never stored from here
         removed = await self._store.remove_user(room_uuid, login, self._clock.seconds(), member.last_touch)
         await self._announce(removed)
 
-    def stop(self) -> None:
-        """Cancel every expiry timer (shutdown: the sockets' closing removes their logins)."""
-        for member in self._members.values():
-            if member.timer is not None and member.timer.active():
-                member.timer.cancel()
-            member.timer = None
-
-    def _expire(self, room_uuid: str, login: str) -> None:
-        member = self._members.get((room_uuid, login))
-        if member is None:
-            return
-        since, member.last_touch, member.timer = member.last_touch, None, None
-        self._log.debug("presence of {login} in {room} expired", login=login, room=room_uuid)
-        d = self._store.remove_user(room_uuid, login, self._clock.seconds(), since)
-        d.addCallback(self._announce)
-        d.addErrback(lambda f: self._log.failure("chat: expiring presence failed", f))
+    def _sweep(self) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self._expire())
         self._track(d)
+        return d
+
+    async def _expire(self) -> None:
+        """Remove the presences past their deadline (any instance's) and announce the rooms that changed.
+        Never fails (the LoopingCall would stop): a store failure is logged once per outage."""
+        try:
+            for _ in range(SWEEP_BATCHES):
+                rooms, due = await self._store.expire_users(self._clock.seconds(), SWEEP_BATCH)
+                self.expired += due
+                if rooms:
+                    self._log.debug("presence expired in {n} rooms", n=len(rooms))
+                    await DeferredList([self._announce((room, True)) for room in rooms])
+                if due < SWEEP_BATCH:
+                    break
+        except StoreUnavailable as e:
+            if not self._failing:
+                self._log.warn("chat: presence sweep failed, retrying every sweep: {reason}", reason=str(e))
+            self._failing = True
+            return
+        except Exception:  # noqa: BLE001 - the sweep must go on
+            self._log.failure("chat: presence sweep failed")
+            return
+        if self._failing:
+            self._failing = False
+            self._log.info("chat: presence sweep works again")

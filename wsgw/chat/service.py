@@ -123,9 +123,19 @@ class ChatService:
         """Rooms that have at least one socket of this instance attached."""
         return self._membership.rooms_active
 
+    def start(self) -> None:
+        """Start the presence sweep (``wsgw.chat.presence``): from now on this instance also ends the
+        presences other instances, dead or restarted ones included, left past their deadline."""
+        self._presence.start()
+
+    @property
+    def presences_expired(self) -> int:
+        """Presences this instance's sweeps removed (any instance's), since it started."""
+        return self._presence.expired
+
     def stop(self) -> Deferred[None]:
-        """At shutdown, after the sockets were closed: cancel the presence timers. The Deferred fires
-        when the presence removals (leaves of the closed sockets, expiries) and frames still in flight
+        """At shutdown, after the sockets were closed: stop the presence sweep. The Deferred fires
+        when the presence removals (leaves of the closed sockets, a sweep) and frames still in flight
         are stored and published; it never fails. The caller bounds the wait (``addTimeout``):
         cancelling it only stops waiting, the work goes on."""
         self._presence.stop()

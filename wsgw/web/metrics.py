@@ -75,6 +75,9 @@ class ChatCounts(Protocol):
     @property
     def rooms_active(self) -> int: ...
 
+    @property
+    def presences_expired(self) -> int: ...
+
 
 class Delivering(Protocol):
     """A topic handler, for its count of frames handed to sockets."""
@@ -166,6 +169,9 @@ class GatewayCollector(Collector):
         yield _counter("wsgw_chat_frames", "Chat requests handled, by action.", "action", chat.handled,
                        ("JOIN", "LEAVE", "POST", "HISTORY", "DELETE_MSG"))
         yield _counter("wsgw_chat_frames_refused", "Chat requests answered with an error frame.", None, chat.refused)
+        yield _counter("wsgw_chat_presences_expired", "Chat presences past their deadline (no JOIN or PING for "
+                       "presence_timeout) that this instance's sweep removed, whichever instance stored them.", None,
+                       chat.presences_expired)
         yield _counter("wsgw_publish_requests", "POST /publish requests on the operator listener, by HTTP status.",
                        "status", {str(k): v for k, v in self._publish_requests.items()})
         bus = p.bus
