@@ -8,19 +8,27 @@ Each test's daemons keep their chat store under their own key prefix (``<prefix>
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
 import pytest_twisted
 import txredisapi
+from twisted.internet import reactor
 from twisted.internet.interfaces import ITCPTransport
 
-from tests.support.daemon import Daemon, StartGateway, new_prefix, token, workspace
-from tests.support.wsclient import Client, connect
+from tests.support.daemon import Daemon, StartGateway, new_prefix, scrape, token, value, workspace
+from tests.support.redis_server import free_port
+from tests.support.twistd import Twistd, spawn_instance
+from tests.support.waiting import eventually
+from tests.support.wsclient import TIMEOUT, Client, connect
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+PRESENCE_TIMEOUT = 3.0  # [chat] presence_timeout of the instances the presence tests kill
+REAP_BOUND = 2.5  # the "few seconds" after it: one sweep period (at most 1 s), Redis, the bus, with margin
 
 Frame = dict[str, Any]
 
@@ -28,7 +36,7 @@ Frame = dict[str, Any]
 # --------------------------------------------------------------------------- helpers
 
 
-async def chat_client(daemon: Daemon, login: str, path: str = "/chat", **claims: Any) -> Client:
+async def chat_client(daemon: Daemon | Instance, login: str, path: str = "/chat", **claims: Any) -> Client:
     """A subscribed chat socket for ``login``."""
     client = await connect(daemon.port, path)
     workspaces = claims.pop("workspaces", None)
@@ -78,11 +86,11 @@ def is_error(frame: Frame) -> bool:
 
 
 async def expect(client: Client, wanted: Callable[[Frame], bool], what: str,
-                 skip: Callable[[Frame], bool] = is_update, limit: int = 100) -> Frame:
+                 skip: Callable[[Frame], bool] = is_update, limit: int = 100, timeout: float = TIMEOUT) -> Frame:
     """The next frame ``wanted`` accepts, passing over frames ``skip`` accepts (room updates by
-    default); any other frame fails the test, and each wait is bounded by the client's timeout."""
+    default); any other frame fails the test, and each wait is bounded by ``timeout`` seconds."""
     for _ in range(limit):
-        frame: Frame = await client.next()
+        frame: Frame = await client.next(timeout)
         if wanted(frame):
             return frame
         if not skip(frame):
@@ -438,6 +446,126 @@ async def test_presence_ends_when_the_instance_of_the_logins_socket_shuts_down(g
     await one.stop()
     assert await alice.wait_closed() == (1000, "server shutting down")
     await expect(bob, update_with(["bob"], room_uuid), "alice's presence going with her instance")
+
+
+class Instance:
+    """A gateway instance under twistd (a real process, so that it can be killed), on the deployment ``prefix``
+    with ``presence_timeout = PRESENCE_TIMEOUT``; ``start`` again after ``kill`` restarts it as it was."""
+
+    def __init__(self, directory: str, prefix: str) -> None:
+        self._directory = directory
+        self.prefix = prefix
+        self.port = free_port()
+        self._process: tuple[Twistd, Any] | None = None
+
+    async def start(self) -> None:
+        proto, transport = spawn_instance(self._directory, self.prefix, self.port,
+                                          f"presence_timeout = {PRESENCE_TIMEOUT}")
+        self._process = proto, transport
+        for line in (b"listening on", b"Redis chat store connected", b"Redis bus subscriber connected"):
+            await proto.logged(line)
+
+    async def kill(self) -> float:
+        """SIGKILL: no clean shutdown, no socket closed by the server. Returns when it died (reactor seconds)."""
+        assert self._process is not None
+        proto, transport = self._process
+        os.kill(transport.pid, signal.SIGKILL)
+        proto.ended.addTimeout(TIMEOUT, reactor)
+        assert await proto.ended == (None, signal.SIGKILL)
+        return reactor.seconds()
+
+    def stop(self) -> None:
+        """Kill it if it still runs (the test's end)."""
+        if self._process is not None and not self._process[0].ended.called:
+            os.kill(self._process[1].pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def instances(tmp_path: Any) -> Iterator[Callable[[str], Instance]]:
+    """``instances(prefix)``: a twistd instance of the deployment (not started); killed at the test's end."""
+    made: list[Instance] = []
+
+    def make(prefix: str) -> Instance:
+        made.append(Instance(str(tmp_path), prefix))
+        return made[-1]
+
+    yield make
+    for instance in made:
+        instance.stop()
+
+
+async def stored_users(prefix: str, room_uuid: str) -> list[str]:
+    """The logins in the room's stored ``Users``, read straight from Redis (no gateway touches the room)."""
+    conn = await txredisapi.Connection("127.0.0.1", 6379, reconnect=False)
+    try:
+        return sorted(await conn.hkeys(f"{prefix}:chat:users:{room_uuid}"))
+    finally:
+        await conn.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_presence_of_a_killed_instance_ends_on_the_others(instances: Any, gateway: StartGateway) -> None:
+    """Issue 11 §6: the instance holding alice's only socket is killed (SIGKILL); with nobody touching the
+    room afterwards, bob on another instance gets a ROOM_UPDATE without her within presence_timeout plus
+    REAP_BOUND, and the stored Users lose her too."""
+    obj = new_prefix()
+    # bob's instance keeps presence for a minute, so that nothing but alice's expiry can change the room
+    other = await gateway(overrides={"chat.presence_timeout": "60"}, admin="tcp:0:interface=127.0.0.1")
+    doomed = instances(other.prefix)
+    await doomed.start()
+    alice = await chat_client(doomed, "alice")
+    bob = await chat_client(other, "bob")
+    room_uuid = (await joined(alice, spec(obj), ["alice"]))["Uuid"]
+    await joined(bob, spec(obj), ["alice", "bob"])
+    killed = await doomed.kill()
+    gone = await expect(bob, lambda f: is_update(f) and "alice" not in f["Room"]["Users"], "alice's presence going",
+                        timeout=PRESENCE_TIMEOUT + REAP_BOUND)
+    assert gone["Room"]["Users"] == ["bob"]
+    assert reactor.seconds() - killed <= PRESENCE_TIMEOUT + REAP_BOUND
+    assert await stored_users(other.prefix, room_uuid) == ["bob"]
+    assert value(await scrape(other), "wsgw_chat_presences_expired_total") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_presence_of_a_killed_instance_ends_in_a_room_nobody_else_is_in(
+        instances: Any, gateway: StartGateway) -> None:
+    """Alice was alone in the room when her instance was killed and nobody joins it afterwards: the other
+    instance still takes her out of the stored Users within presence_timeout plus REAP_BOUND."""
+    obj = new_prefix()
+    other = await gateway()
+    doomed = instances(other.prefix)
+    await doomed.start()
+    alice = await chat_client(doomed, "alice")
+    room_uuid = (await joined(alice, spec(obj), ["alice"]))["Uuid"]
+    await doomed.kill()
+    assert await stored_users(other.prefix, room_uuid) == ["alice"]
+
+    async def empty() -> bool:
+        return await stored_users(other.prefix, room_uuid) == []
+
+    await eventually(empty, "alice leaving the stored Users", PRESENCE_TIMEOUT + REAP_BOUND)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_restarted_after_a_kill_keeps_no_ghost(instances: Any) -> None:
+    """The only instance of a deployment is killed and restarted on the same port and config: the presence its
+    previous life left in the store ends within presence_timeout plus REAP_BOUND of the kill, and a JOIN
+    afterwards lists only the joiner."""
+    obj = new_prefix()
+    instance = instances(new_prefix())
+    await instance.start()
+    alice = await chat_client(instance, "alice")
+    room_uuid = (await joined(alice, spec(obj), ["alice"]))["Uuid"]
+    await instance.kill()
+    assert await stored_users(instance.prefix, room_uuid) == ["alice"]
+    await instance.start()
+
+    async def empty() -> bool:
+        return await stored_users(instance.prefix, room_uuid) == []
+
+    await eventually(empty, "the ghost of alice leaving the stored Users", PRESENCE_TIMEOUT + REAP_BOUND)
+    bob = await chat_client(instance, "bob")
+    assert (await joined(bob, spec(obj), ["bob"]))["Uuid"] == room_uuid
 
 
 # --------------------------------------------------------------------------- 7. events of other services

@@ -9,7 +9,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
-from tests.support.daemon import SECRET
+from tests.support.daemon import REDIS, SECRET, channels
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -48,3 +48,15 @@ def spawn(args: list[str], env_extra: dict[str, str] | None = None) -> tuple[Twi
     env = {**os.environ, "WSGW_HMAC_SECRET": SECRET, **(env_extra or {})}
     transport = reactor.spawnProcess(proto, TWISTD, [TWISTD, "--nodaemon", "--pidfile=", "wsgw", *args], env=env)
     return proto, transport
+
+
+def spawn_instance(directory: str, prefix: str, port: int, chat: str = "") -> tuple[Twistd, object]:
+    """twistd running one gateway instance of the deployment ``prefix`` (its channels and chat keys, as
+    ``tests.support.daemon.start_daemon`` names them) on the real Redis, listening on 127.0.0.1:``port``;
+    ``chat`` is extra ``[chat]`` INI lines. The config is written to ``directory``/wsgw-<port>.ini."""
+    topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
+    path = os.path.join(directory, f"wsgw-{port}.ini")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"[server]\nredis = {REDIS}\n[topics]\n{topics}\n[delivery]\nbatch_window = 0\n[admin]\nlisten =\n"
+                f"[chat]\nkey_prefix = {prefix}:chat:\n{chat}\n")
+    return spawn(["--config", path, "--listen", f"tcp:{port}:interface=127.0.0.1"])
