@@ -96,7 +96,10 @@ class Flow:
         """A paced frame (a node event): out now if the bucket has a token and nothing is held, else held."""
         bucket = self._bucket
         if bucket is None or (self._held is None and bucket.take()):
-            self.send(payload, scope)
+            if self._direct:  # (send() inlined: this runs once per delivery of every node event)
+                self._write(payload)
+            elif not self._stopped:
+                self._block(payload, scope)
             return
         if self._stopped:
             return
