@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
-from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -210,8 +210,7 @@ class Metrics:
         self.publish_requests: Counter[int] = Counter()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(view, self.publish_requests))
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        ProcessCollector(registry=self.registry)  # (not PlatformCollector: no answer names a software version)
         self.lag = Histogram(
             "wsgw_delivery_lag_seconds",
             "From a bus event's receipt to its last socket write (merged, paced, and node events waiting for their "

@@ -148,7 +148,7 @@ class GatewayFactory(ServerFactory):
     def __init__(self, gateway: Gateway, endpoint: IEndpoint, reactor: Any, clock: IReactorTime, *, max_frame: int,
                  ping_interval: float, pong_timeout: float, policy: InboundPolicy | None = None,
                  peers: PeerCounts | None = None, **kwargs: Any) -> None:
-        super().__init__(reactor, clock, **kwargs)
+        super().__init__(reactor, clock, server=None, **kwargs)  # no Server header naming Autobahn's version
         self.frames = FrameCache()  # one per endpoint: a fan-out frames each payload once
         self.gateway = gateway
         self.endpoint = endpoint
@@ -163,4 +163,6 @@ class GatewayFactory(ServerFactory):
             failByDrop=False,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
+            versions=[13],  # RFC 6455 only (not draft 8); wsgw.web.site answers 426 before Autobahn sees it
+            webStatus=False,  # a request without an upgrade gets 426, never Autobahn's version page
         )

@@ -14,7 +14,6 @@ import hmac
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
-from io import BytesIO
 from typing import Any
 
 from twisted.logger import Logger
@@ -24,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from wsgw.frames import MalformedEvent, encode
 from wsgw.interfaces import IBus
+from wsgw.web.listener import BoundedRequest
 
 MAX_PUBLISH_BYTES = 1 << 20  # the dispatcher's limit for one bus event
 
@@ -125,26 +125,8 @@ class PublishPage(Resource):
         return encode(answer) + b"\n"
 
 
-class CappedRequest(Request):
+class CappedRequest(BoundedRequest):
     """A request whose body is kept only up to ``MAX_PUBLISH_BYTES``; past that it is discarded as it arrives and
     ``too_large`` is set, so an oversized upload costs no memory."""
 
-    too_large = False
-
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > MAX_PUBLISH_BYTES:
-            self.too_large = True
-            self.content = BytesIO()  # type: ignore[assignment]
-        else:
-            super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.too_large:
-            return
-        assert self.content is not None
-        if self.content.tell() + len(data) > MAX_PUBLISH_BYTES:
-            self.too_large = True
-            self.content.seek(0)
-            self.content.truncate()
-            return
-        self.content.write(data)
+    max_body = MAX_PUBLISH_BYTES

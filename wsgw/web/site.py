@@ -15,12 +15,13 @@ import re
 from collections.abc import Mapping
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web.pages import notFound
+from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from wsgw.interfaces import IBus
 from wsgw.internals.twisted import release_taken_over_request
+from wsgw.web.listener import BoundedRequest
 from wsgw.web.metrics import Metrics, MetricsPage
 from wsgw.web.protocols import GatewayFactory
 from wsgw.web.publish import CappedRequest, PublishPage, Validator
@@ -28,14 +29,19 @@ from wsgw.web.publish import CappedRequest, PublishPage, Validator
 
 class Router(Resource):
     """Routes on the whole path (trailing ``/`` ignored), so ``/ws`` (a leaf) and ``/ws/chat`` can both exist;
-    ``prefixes`` route every path under them (``/publish/`` + topic). Anything else is 404."""
+    ``prefixes`` route every path under them (``/publish/`` + topic). Anything else is 404; without ``bodies``,
+    a request with a body (its ``BoundedRequest.too_large``) is 413."""
 
-    def __init__(self, routes: Mapping[bytes, IResource], prefixes: Mapping[bytes, IResource] | None = None) -> None:
+    def __init__(self, routes: Mapping[bytes, IResource], prefixes: Mapping[bytes, IResource] | None = None,
+                 *, bodies: bool = True) -> None:
         super().__init__()
         self._routes = dict(routes)
         self._prefixes = dict(prefixes or {})
+        self._bodies = bodies
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        if not self._bodies and getattr(request, "too_large", False):
+            return errorPage(413, "Payload Too Large", "Requests here have no body.")
         full = request.path.rstrip(b"/") or b"/"
         found = self._routes.get(full)
         if found is not None:
@@ -94,7 +100,13 @@ class LivePage(Resource):
 
 
 class _Upgrade(WebSocketResource):
-    """Autobahn's upgrade resource, minus the garbage cycle it leaves per connection.
+    """Autobahn's upgrade resource, after the checks of RFC 6455 §4.1/§4.2 Autobahn does not make, minus the
+    garbage cycle it leaves per connection.
+
+    Refused before Autobahn sees them: an upgrade over HTTP/1.0 (400; Autobahn's resource would
+    rewrite the request line as HTTP/1.1), a request without ``Upgrade: websocket`` (426 with
+    ``Upgrade: websocket``, instead of Autobahn's version page), a ``Sec-WebSocket-Version`` other than 13
+    (426 with ``Sec-WebSocket-Version: 13``, RFC 6455 §4.2.2).
 
     The takeover leaves the HTTP channel and its request pointing at each other
     and never finishes the request: 26 objects per socket that only a full
@@ -103,13 +115,38 @@ class _Upgrade(WebSocketResource):
     """
 
     def render(self, request: Request) -> bytes | int:
+        refusal = _refusal(request)
+        if refusal is not None:
+            return refusal
         result: bytes | int = super().render(request)
         release_taken_over_request(request)
         return result
 
 
-def _site(root: Resource, **kwargs: object) -> Site:
-    site = Site(root, **kwargs)
+def _refusal(request: Request) -> bytes | None:
+    """The plain-text answer refusing an upgrade request Autobahn would take, or None to hand it over."""
+    if request.clientproto != b"HTTP/1.1":
+        return _plain(request, 400, b"a WebSocket upgrade needs HTTP/1.1 (RFC 6455 section 4.1)")
+    upgrade = request.getHeader(b"upgrade") or b""
+    if b"websocket" not in (token.strip().lower() for token in upgrade.split(b",")):
+        request.setHeader(b"upgrade", b"websocket")
+        return _plain(request, 426, b"this is a WebSocket endpoint: send a WebSocket upgrade (RFC 6455)")
+    versions = request.requestHeaders.getRawHeaders(b"sec-websocket-version")
+    if versions is not None and len(versions) == 1 and versions[0].strip() != b"13":
+        request.setHeader(b"sec-websocket-version", b"13")
+        return _plain(request, 426, b"WebSocket version 13 only (RFC 6455 section 4.2.2)")
+    return None
+
+
+def _plain(request: Request, code: int, text: bytes) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return text + b"\n"
+
+
+def _site(root: Resource, request_factory: type[BoundedRequest]) -> Site:
+    site = Site(root, requestFactory=request_factory)
     site.displayTracebacks = False
     site.noisy = False
     return site
@@ -128,7 +165,7 @@ def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, bus: IBu
     }
     if live_page:
         routes[b"/"] = routes[b"/index.html"] = LivePage()
-    return _site(Router(routes))
+    return _site(Router(routes, bodies=False), BoundedRequest)
 
 
 def make_admin_site(metrics: Metrics, bus: IBus, validators: Mapping[str, Validator],
@@ -136,4 +173,4 @@ def make_admin_site(metrics: Metrics, bus: IBus, validators: Mapping[str, Valida
     """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check."""
     publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
     routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(bus)}
-    return _site(Router(routes, {b"/publish/": publish}), requestFactory=CappedRequest)
+    return _site(Router(routes, {b"/publish/": publish}), CappedRequest)
