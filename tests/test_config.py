@@ -18,6 +18,7 @@ def test_defaults_follow_the_spec() -> None:
     assert (config.ping_interval, config.pong_timeout, config.auth_timeout) == (30, 60, 30)
     assert (config.batch_window, config.silent_rate, config.silent_burst) == (1.0, 20, 10)
     assert (config.pacing_rate, config.pacing_burst) == (30, 20)
+    assert (config.max_connections, config.handshake_timeout, config.admin_max_connections) == (0, 10, 64)  # 0: auto
     assert config.topics == DEFAULT_TOPICS
     assert config.hmac_secret == b"s3cret"
 
@@ -39,6 +40,8 @@ def test_file_values_and_overrides() -> None:
         ("[delivery]\nbatch_window = soon\n", "[delivery] batch_window = 'soon'"),
         ("[delivery]\npacing_rate = -1\n", "must not be negative"),
         ("[websocket]\nmax_frame_ws = 10\n", "at least 64 bytes"),
+        ("[server]\nmax_connections = 0\n", "must be auto or at least 1"),
+        ("[server]\nmax_connections = many\n", "[server] max_connections = 'many'"),
         ("[access]\nresolver = ldap\n", "must be one of claims, http"),
         ("[access]\nresolver = http\n", "resolver = http needs url"),
         ("[topics]\ntree = same\nmeta = same\n", "must be distinct"),
@@ -87,6 +90,7 @@ def test_sample_config_is_valid() -> None:
     text = (pathlib.Path(__file__).parent.parent / "etc" / "wsgw.ini").read_text()
     config = config_from_string(text, "etc/wsgw.ini", environ=SECRET)
     assert config.listen
+    assert config == config_from_string("", "etc/wsgw.ini", environ=SECRET)  # it shows every default
 
 
 def test_retired_delivery_keys_are_accepted_with_a_notice() -> None:

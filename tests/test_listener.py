@@ -8,12 +8,15 @@ import platform
 import autobahn
 import pytest
 import pytest_twisted
-import twisted
+from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
 
-from tests.support.daemon import StartGateway, token
-from tests.support.rawtcp import UPGRADE, exchange, head, raw_connect
+import twisted
+from tests.support.daemon import StartGateway, healthz, scrape, token, value
+from tests.support.rawtcp import UPGRADE, Raw, exchange, head, raw_connect
 from tests.support.waiting import wait_until
 from tests.support.wsclient import connect
+from wsgw.web.listener import RESERVED_DESCRIPTORS, public_cap
 
 ADMIN = "tcp:0:interface=127.0.0.1"
 VERSIONS = (twisted.__version__.encode(), autobahn.__version__.encode(), platform.python_version().encode(),
@@ -104,3 +107,149 @@ async def test_a_valid_upgrade_still_opens_and_serves(gateway: StartGateway) -> 
     daemon = await gateway(redis=None)
     client = await connect(daemon.port, "/chat")
     assert (await client.subscribe(token("alice")))["@type"] == "subscribed"
+
+
+# --------------------------------------------------------------------------- every socket counted from accept
+
+
+async def trickle(raw: Raw, chunks: list[bytes], every: float = 0.25) -> None:
+    """Send one of ``chunks`` every ``every`` seconds while the server keeps the socket open."""
+    for chunk in chunks:
+        if not raw.open:
+            return
+        raw.send(chunk)
+        await task.deferLater(reactor, every, lambda: None)
+
+
+HEADER_LINES = [b"X-Trickle-%d: %s\r\n" % (n, b"y" * 20) for n in range(24)]
+TRICKLES = {
+    "upgrade, a header line at a time": [b"GET /ws HTTP/1.1\r\n", *HEADER_LINES],
+    "healthz, a header line at a time": [b"GET /healthz HTTP/1.1\r\n", *HEADER_LINES],
+    "a request line, a byte at a time": [bytes([b]) for b in b"GET /healthz HTTP/1.1\r\nHost: x"],
+    "nothing at all": [],
+}
+
+
+@pytest.mark.parametrize("kind", TRICKLES)
+@pytest_twisted.ensureDeferred
+async def test_a_trickled_request_is_cut_at_the_deadline_from_accept(gateway: StartGateway, kind: str) -> None:
+    """A request whose headers never end (an upgrade or a plain GET, one header line or one byte every 0.25 s
+    for 6 s), or a socket that sends nothing, gets 408 and is closed handshake_timeout (1 s) after accept:
+    trickled bytes do not extend it."""
+    daemon = await gateway(redis=None, admin=ADMIN, overrides={"server.handshake_timeout": "1"})
+    started = reactor.seconds()
+    raw = await raw_connect(daemon.port)
+    trickling = Deferred.fromCoroutine(trickle(raw, TRICKLES[kind]))
+    answer = await raw.wait_lost(4)
+    await trickling
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert raw.lost_at is not None and 0.9 <= raw.lost_at - started <= 2.0  # 1 s, +1 s of slack for the reactor
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_connections_refused_total", listener="public", limit="handshake_timeout") == 1
+    assert value(samples, "wsgw_listener_sockets", listener="public") == 0
+    assert not daemon.service.gateway.table
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_persistent_connection_is_closed_quietly_after_its_answer(gateway: StartGateway) -> None:
+    """A keep-alive connection gets its answer, then handshake_timeout to send the next request; idle past it,
+    it is closed without a 408 and without counting as refused."""
+    daemon = await gateway(redis=None, admin=ADMIN, overrides={"server.handshake_timeout": "1"})
+    raw = await raw_connect(daemon.port)
+    raw.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wait_until(lambda: raw.received.endswith(b"ok\n"), "the first answer")
+    await task.deferLater(reactor, 0.6, lambda: None)
+    raw.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # within the deadline of the first answer's end
+    await wait_until(lambda: raw.received.count(b"ok\n") == 2, "the second answer")
+    answer = await raw.wait_lost(3)
+    assert answer.count(b"HTTP/1.1 200") == 2 and b"408" not in answer
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_connections_refused_total", listener="public", limit="handshake_timeout") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_half_open_handshakes_count_toward_the_per_address_cap(gateway: StartGateway) -> None:
+    """With max_connections_per_ip = 3, three sockets that started an upgrade and never finished it hold the
+    address's three places: a fourth socket gets 429 and is closed, a real client is refused too; once one
+    half-open socket goes, the real client gets in."""
+    daemon = await gateway(redis=None, admin=ADMIN, extra="[websocket]\nmax_connections_per_ip = 3\n",
+                           overrides={"server.handshake_timeout": "30"})
+    half = [await raw_connect(daemon.port) for _ in range(3)]
+    for raw in half:
+        raw.send(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+    guard = daemon.service.public_guard
+    await wait_until(lambda: guard.open == 3, "the three half-open sockets to be accepted")
+    refused = await exchange(daemon.port, b"")
+    assert refused.startswith(b"HTTP/1.1 429") and b"too many connections from this address" in refused
+    with pytest.raises(ConnectionError):
+        await connect(daemon.port)
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_connections_refused_total", listener="public", limit="per_ip") == 2
+    assert value(samples, "wsgw_listener_sockets", listener="public") == 3
+    half[0].close()
+    await wait_until(lambda: guard.open == 2, "the closed socket to be released")
+    client = await connect(daemon.port)
+    assert (await client.subscribe(token("alice")))["@type"] == "subscribed"
+    assert guard.open == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_public_cap_holds_and_the_operator_listener_still_answers(gateway: StartGateway) -> None:
+    """With [server] max_connections = 10, ten idle sockets fill the public listener: more sockets (and a
+    /healthz) are closed at once, unanswered; /metrics on the operator listener answers and says so; when the
+    sockets go, the public listener answers again."""
+    daemon = await gateway(redis=None, admin=ADMIN, overrides={"server.max_connections": "10",
+                                                               "server.handshake_timeout": "30"})
+    idle = [await raw_connect(daemon.port) for _ in range(10)]
+    guard = daemon.service.public_guard
+    await wait_until(lambda: guard.open == 10, "the ten sockets to be accepted")
+    for _ in range(5):
+        assert await exchange(daemon.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") == b""
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_listener_sockets", listener="public") == 10
+    assert value(samples, "wsgw_listener_sockets_max", listener="public") == 10
+    assert value(samples, "wsgw_connections_refused_total", listener="public", limit="total") == 5
+    for raw in idle:
+        raw.close()
+    await wait_until(lambda: guard.open == 0, "the idle sockets to be released")
+    assert await healthz(daemon.port) == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_operator_listener_has_its_own_cap_and_deadline(gateway: StartGateway) -> None:
+    """[admin] max_connections = 3: three idle sockets fill it, a fourth is closed unanswered; at the deadline
+    they get 408 and /metrics answers again, counting both."""
+    daemon = await gateway(redis=None, admin=ADMIN, overrides={"admin.max_connections": "3",
+                                                               "server.handshake_timeout": "1"})
+    idle = [await raw_connect(daemon.admin_port) for _ in range(3)]
+    guard = daemon.service.admin_guard
+    await wait_until(lambda: guard.open == 3, "the three sockets to be accepted")
+    assert await exchange(daemon.admin_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+    for raw in idle:
+        assert (await raw.wait_lost(3)).startswith(b"HTTP/1.1 408")
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_connections_refused_total", listener="operator", limit="total") == 1
+    assert value(samples, "wsgw_connections_refused_total", listener="operator", limit="handshake_timeout") == 3
+    assert value(samples, "wsgw_listener_sockets_max", listener="operator") == 3
+
+
+@pytest.mark.parametrize("body", [b"Content-Length: 5\r\n\r\nhello",
+                                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"])
+@pytest_twisted.ensureDeferred
+async def test_a_request_body_on_the_public_listener_is_refused_413(gateway: StartGateway, body: bytes) -> None:
+    """Nothing on the public listener takes a body: one is discarded as it arrives and answered 413."""
+    daemon = await gateway(redis=None)
+    answer = await exchange(daemon.port, b"POST /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + body)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+
+
+def test_the_public_cap_leaves_room_for_the_operator_listener_and_the_rest() -> None:
+    """auto = the open-files limit minus the operator listener's cap and RESERVED_DESCRIPTORS; a configured cap
+    above that is lowered to it, one below it is kept."""
+    assert public_cap(0, 64, 20000)[0] == 20000 - 64 - RESERVED_DESCRIPTORS
+    assert public_cap(0, 0, 20000)[0] == 20000 - 64 - RESERVED_DESCRIPTORS  # an uncapped operator listener: 64
+    assert public_cap(50000, 64, 20000)[0] == 20000 - 64 - RESERVED_DESCRIPTORS
+    assert "lowered" in public_cap(50000, 64, 20000)[1]
+    assert public_cap(100, 64, 20000) == (100, "[server] max_connections")
+    assert public_cap(0, 64, 100)[0] == 1
+    assert public_cap(0, 64, -1)[0] == (1 << 20) - 64 - RESERVED_DESCRIPTORS  # RLIM_INFINITY

@@ -33,12 +33,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from zope.interface import provider
 
 from tests.support.daemon import SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
+from tests.support.rawtcp import raw_connect
 from tests.support.redis_server import REDIS_SERVER, RedisServer, free_port
+from tests.support.waiting import wait_until
 from tests.support.wsclient import TIMEOUT, Client, connect
 from wsgw.config import config_from_string
 from wsgw.service import GatewayService
@@ -256,6 +259,29 @@ async def test_tls_listener_is_refused_by_a_client_that_does_not_trust_its_ca(pk
         await connect(daemon.port)
     good = await connect_tls(daemon.port, pki.trust_dir)
     assert (await good.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_listener_holds_its_cap_and_deadline(pki: Pki, gateway: StartGateway,
+                                                         tracebacks: EventLoggingObserver) -> None:
+    """Behind TLS (which wraps what the Site builds and cannot take a refusal by None): with max_connections = 2,
+    two silent sockets fill the listener, a third is closed at once; at handshake_timeout (1 s) the silent ones
+    are closed although their TLS handshake never began; then a wss client gets in. Nothing logs a traceback."""
+    listen = f"ssl:0:privateKey={pki.key}:certKey={pki.cert}:interface=127.0.0.1"
+    daemon = await gateway(redis=None, overrides={"server.listen": listen, "server.max_connections": "2",
+                                                  "server.handshake_timeout": "1"})
+    silent = [await raw_connect(daemon.port) for _ in range(2)]
+    guard = daemon.service.public_guard
+    await wait_until(lambda: guard.open == 2, "the two silent sockets to be accepted")
+    third = await raw_connect(daemon.port)
+    assert await third.wait_lost(2) == b""
+    assert guard.refused["total"] == 1
+    for raw in silent:
+        await raw.wait_lost(4)
+    assert guard.refused["handshake_timeout"] == 2 and guard.open == 0
+    client = await connect_tls(daemon.port, pki.trust_dir)
+    assert (await client.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
+    assert not tracebacks
 
 
 # --------------------------------------------------------------------------- Redis with a password

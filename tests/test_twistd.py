@@ -7,12 +7,16 @@ import signal
 import socket
 
 import pytest_twisted
+import treq
 from twisted.internet import reactor
 
-from tests.support.daemon import Publisher, channels, new_prefix, token, workspace
+from tests.support.daemon import Publisher, channels, new_prefix, scrape, token, value, workspace
+from tests.support.rawtcp import Raw, raw_connect
 from tests.support.redis_server import free_port
 from tests.support.twistd import spawn
+from tests.support.waiting import wait_until
 from tests.support.wsclient import TIMEOUT, connect
+from wsgw.web.listener import RESERVED_DESCRIPTORS
 
 
 @pytest_twisted.ensureDeferred
@@ -69,3 +73,44 @@ async def test_twistd_refuses_an_unknown_config_key(tmp_path) -> None:
     code, _ = await proto.ended
     assert code not in (0, None)
     assert b"bad.ini: unknown key [server] listne" in proto.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_at_its_open_files_limit_keeps_the_operator_listener_answering(tmp_path) -> None:
+    """With an open-files limit of 400 and max_connections = auto, the public listener takes at most
+    400 - 64 - RESERVED_DESCRIPTORS sockets: 450 peers connecting and holding their sockets never exhaust the
+    process's descriptors, /metrics and /healthz on the operator listener answer, and the public listener
+    serves again once they leave."""
+    port, admin = free_port(), free_port()
+    config = tmp_path / "wsgw.ini"
+    config.write_text(f"[server]\nhandshake_timeout = 60\n[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\n")
+    proto, transport = spawn(["--config", str(config), "--embedded", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                             open_files=400)
+    cap = 400 - 64 - RESERVED_DESCRIPTORS
+    peers: list[Raw] = []
+    try:
+        await proto.logged(b"operator listener")
+        assert f"at most {cap} open sockets (auto".encode() in proto.output
+        for _ in range(450):
+            peers.append(await raw_connect(port))
+        await wait_until(lambda: sum(p.open for p in peers) == cap, f"{cap} peers to stay connected", timeout=15)
+        samples = await scrape(admin)
+        assert value(samples, "wsgw_listener_sockets", listener="public") == cap
+        assert value(samples, "wsgw_connections_refused_total", listener="public", limit="total") == 450 - cap
+        assert 0 < value(samples, "process_open_fds") < 400 - 64
+        assert (await treq.get(f"http://127.0.0.1:{admin}/healthz", timeout=5)).code == 200
+        for peer in peers:
+            peer.close()
+        await wait_until(lambda: not any(p.open for p in peers), "the peers to leave")
+        response = await treq.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert response.code == 200
+        await response.content()
+        transport.signalProcess("TERM")  # type: ignore[attr-defined]
+        proto.ended.addTimeout(TIMEOUT * 3, reactor)
+        assert await proto.ended == (0, None)
+    finally:
+        for peer in peers:
+            peer.close()
+        if not proto.ended.called:
+            os.kill(transport.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+

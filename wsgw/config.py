@@ -44,6 +44,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count_or_auto(text: str) -> int:
+    """A count of at least 1, or ``auto`` (0)."""
+    if text.strip().lower() == "auto":
+        return 0
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be auto or at least 1")
+    return value
+
+
 def _size(text: str) -> int:
     value = int(text)
     if value < 64:
@@ -109,6 +119,8 @@ class Config:
     redis_password_file: str = _key("server", "redis_password_file", _text, "")
     redis_db: int = _key("server", "redis_db", _positive_int, "0")
     shutdown_timeout: float = _key("server", "shutdown_timeout", _positive_float, "10")
+    max_connections: int = _key("server", "max_connections", _count_or_auto, "auto")
+    handshake_timeout: float = _key("server", "handshake_timeout", _positive_float, "10")
     algorithms: tuple[str, ...] = _key("auth", "algorithms", _words, "HS256")
     hmac_secret_file: str = _key("auth", "hmac_secret_file", _text, "")
     public_key_file: str = _key("auth", "public_key_file", _text, "")
@@ -140,6 +152,7 @@ class Config:
     allowed_origins: tuple[str, ...] = _key("websocket", "allowed_origins", _words, "")
     admin_listen: tuple[str, ...] = _key("admin", "listen", _lines, "tcp:5051:interface=127.0.0.1")
     publish_token_file: str = _key("admin", "publish_token_file", _text, "")
+    admin_max_connections: int = _key("admin", "max_connections", _positive_int, "64")
     log_format: str = _key("log", "format", _choice("text", "json"), "text")
     live_page: bool = _key("web", "live_page", _bool, "no")
     history_cap: int = _key("chat", "history_cap", _positive_int, "1000")

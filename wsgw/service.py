@@ -9,12 +9,13 @@ by ``shutdown_timeout``), then stop the bus.
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Generator
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -38,7 +39,8 @@ from wsgw.gateway import Gateway
 from wsgw.interfaces import IAccessResolver, IChatStore
 from wsgw.internals.twisted import clear_exit_signal
 from wsgw.redis.connection import RedisCommands, RedisLink
-from wsgw.web.inbound import InboundPolicy, PeerCounts
+from wsgw.web.inbound import InboundPolicy
+from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
 from wsgw.web.metrics import Metrics, MetricsView
 from wsgw.web.protocols import GatewayFactory
 from wsgw.web.site import make_admin_site, make_site
@@ -103,29 +105,36 @@ class GatewayService(MultiService):
             "tree": nodes.validate, "meta": nodes.validate, "tasks": tasks.validate, "idm": idm.validate,
             "activity": activity.validate, "chat": chat_model.validate,
         }
+        cap, self._cap_reason = public_cap(config.max_connections, config.admin_max_connections,
+                                           resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        self.public_guard = ListenerGuard(clock, "public", max_sockets=cap, per_ip=config.max_connections_per_ip,
+                                          deadline=config.handshake_timeout)
+        self.admin_guard = ListenerGuard(clock, "operator", max_sockets=config.admin_max_connections,
+                                         deadline=config.handshake_timeout)
         self.metrics = Metrics(MetricsView(
             gateway=self.gateway, dispatcher=self.dispatcher, nodes=self.nodes, chat=self.chat,
             deliveries={"nodes": self.nodes, "tasks": task_handler, "idm": idm_handler,
                         "activity": activity_handler, "chat": self.chat},
-            bus=self.bus, redis_links=self._redis_links,
+            bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)
         if self.redis_commands is not None:
             self.redis_commands.setServiceParent(self)
-        policy = InboundPolicy(config.inbound_rate, config.inbound_burst, config.max_connections_per_ip,
-                               config.allowed_origins)
+        policy = InboundPolicy(config.inbound_rate, config.inbound_burst, config.allowed_origins)
         common: dict[str, Any] = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout,
-                                      policy=policy, peers=PeerCounts())
+                                      policy=policy, guard=self.public_guard,
+                                      handshake_timeout=config.handshake_timeout)
         self.site = make_site(
             GatewayFactory(self.gateway, self.events, reactor, clock, max_frame=config.max_frame_ws, **common),
             GatewayFactory(self.gateway, self.chat, reactor, clock, max_frame=config.max_frame_chat, **common),
             self.bus,
+            self.public_guard,
             live_page=config.live_page,
         )
         self.ports: list[IListeningPort] = []
         published = {topic: check for topic, check in validators.items() if topic in config.topics}
-        self.admin_site = make_admin_site(self.metrics, self.bus, published, config.publish_token)
+        self.admin_site = make_admin_site(self.metrics, self.bus, published, config.publish_token, self.admin_guard)
         self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:
@@ -136,13 +145,20 @@ class GatewayService(MultiService):
             self._log.warn("{notice}", notice=notice)
         self.chat.start()
         self.ports = self._listen(self.config.listen, self.site, "listening")
+        lowered = 0 < self.public_guard.max_sockets < self.config.max_connections
+        (self._log.warn if lowered else self._log.info)(
+            "public listener: at most {cap} open sockets ({why}), {per_ip} per address; {timeout} s to send a "
+            "request or complete a WebSocket handshake", cap=self.public_guard.max_sockets, why=self._cap_reason,
+            per_ip=self.public_guard.per_ip or "no cap", timeout=self.public_guard.deadline)
         self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish)")
 
-    def _listen(self, descriptions: tuple[str, ...], site: Any, what: str) -> list[IListeningPort]:
+    def _listen(self, descriptions: tuple[str, ...], site: GuardedSite, what: str) -> list[IListeningPort]:
         ports: list[IListeningPort] = []
         for description in descriptions:
             failures: list[Failure] = []
-            serverFromString(self._reactor, description).listen(site).addCallbacks(ports.append, failures.append)
+            endpoint = serverFromString(self._reactor, description)
+            factory = site.behind_tls() if isinstance(endpoint, SSL4ServerEndpoint) else site
+            endpoint.listen(factory).addCallbacks(ports.append, failures.append)
             if failures:  # TCP, SSL and UNIX endpoints listen synchronously: a bind error is known here
                 failures[0].raiseException()
             self._log.info("{what} on {address}", what=what, address=ports[-1].getHost())

@@ -47,9 +47,11 @@ async def healthz(port: int) -> int:
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-async def scrape(daemon: Daemon) -> Samples:
-    """Every sample of the daemon's /metrics (its operator listener) as ``{(name, sorted labels): value}``."""
-    response = await treq.get(f"http://127.0.0.1:{daemon.admin_port}/metrics", timeout=5)
+async def scrape(daemon: Daemon | int) -> Samples:
+    """Every sample of the daemon's /metrics (its operator listener, or that port) as
+    ``{(name, sorted labels): value}``."""
+    port = daemon if isinstance(daemon, int) else daemon.admin_port
+    response = await treq.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain")
     text = (await response.content()).decode()

@@ -43,10 +43,18 @@ class Twistd(ProcessProtocol):
         self.ended.callback((reason.value.exitCode, reason.value.signal))
 
 
-def spawn(args: list[str], env_extra: dict[str, str] | None = None) -> tuple[Twistd, object]:
+PRLIMIT = "/usr/bin/prlimit"
+
+
+def spawn(args: list[str], env_extra: dict[str, str] | None = None,
+          open_files: int | None = None) -> tuple[Twistd, object]:
+    """Start ``twistd --nodaemon wsgw *args``; ``open_files`` sets its RLIMIT_NOFILE (through prlimit)."""
     proto = Twistd()
     env = {**os.environ, "WSGW_HMAC_SECRET": SECRET, **(env_extra or {})}
-    transport = reactor.spawnProcess(proto, TWISTD, [TWISTD, "--nodaemon", "--pidfile=", "wsgw", *args], env=env)
+    argv = [TWISTD, "--nodaemon", "--pidfile=", "wsgw", *args]
+    if open_files is not None:
+        argv = [PRLIMIT, f"--nofile={open_files}:{open_files}", *argv]
+    transport = reactor.spawnProcess(proto, argv[0], argv, env=env)
     return proto, transport
 
 

@@ -1,4 +1,5 @@
-"""Inbound defences applied before a frame reaches the core: Origin allow-list, per-IP cap, flood limit."""
+"""Inbound defences applied before a frame reaches the core: Origin allow-list, flood limit; and the per-address
+counts of ``wsgw.web.listener``."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ from wsgw.pacing import TokenBucket
 
 @attrs.frozen
 class InboundPolicy:
-    """What a client may do: ``rate``/``burst`` frames per second (0 = no limit), sockets per IP (0 = no cap),
-    and the allowed ``Origin`` values (empty = any; entries may use ``*`` wildcards, e.g. ``https://*.example.org``)."""
+    """What a client may do: ``rate``/``burst`` frames per second (0 = no limit), and the allowed ``Origin``
+    values (empty = any; entries may use ``*`` wildcards, e.g. ``https://*.example.org``)."""
 
     rate: float = 0.0
     burst: float = 0.0
-    per_ip: int = 0
     origins: tuple[str, ...] = ()
 
     def origin_allowed(self, origin: str | None) -> bool:
@@ -32,7 +32,7 @@ class InboundPolicy:
 
 
 class PeerCounts:
-    """Open sockets per client address, shared by both endpoints so the cap holds across them."""
+    """Open sockets per client address (a listener's, so the cap holds across its endpoints)."""
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}

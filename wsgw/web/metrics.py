@@ -27,6 +27,7 @@ from twisted.web.server import Request
 from wsgw.events.usermeta import OUTCOMES
 from wsgw.gateway import Census
 from wsgw.interfaces import IBus
+from wsgw.web.listener import LIMITS
 
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -99,10 +100,20 @@ class LinkState(Protocol):
     def reconnects(self) -> int: ...
 
 
+class ListenerCounts(Protocol):
+    """One listener's sockets (``wsgw.web.listener.ListenerGuard``)."""
+
+    name: str
+    open: int
+    max_sockets: int
+    refused: Counter[str]
+
+
 @attrs.frozen
 class MetricsView:
     """What /metrics reads of one gateway, at scrape time: ``deliveries`` maps the ``kind`` label to the
-    handler counting it; ``redis_links`` gives the Redis connections (none on the embedded bus)."""
+    handler counting it; ``redis_links`` gives the Redis connections (none on the embedded bus); ``listeners``
+    the public and operator listeners."""
 
     gateway: GatewayCounts
     dispatcher: DispatchCounts
@@ -111,6 +122,7 @@ class MetricsView:
     deliveries: Mapping[str, Delivering]
     bus: IBus
     redis_links: Callable[[], Sequence[LinkState]]
+    listeners: Sequence[ListenerCounts] = ()
 
 
 class GatewayCollector(Collector):
@@ -172,6 +184,7 @@ class GatewayCollector(Collector):
         yield _counter("wsgw_chat_presences_expired", "Chat presences past their deadline (no JOIN or PING for "
                        "presence_timeout) that this instance's sweep removed, whichever instance stored them.", None,
                        chat.presences_expired)
+        yield from _listener_metrics(p.listeners)
         yield _counter("wsgw_publish_requests", "POST /publish requests on the operator listener, by HTTP status.",
                        "status", {str(k): v for k, v in self._publish_requests.items()})
         bus = p.bus
@@ -182,6 +195,25 @@ class GatewayCollector(Collector):
                          {link.role: 1 if link.connected else 0 for link in links})
             yield _counter("wsgw_redis_reconnects", "Redis connections re-established after a loss, by role.", "role",
                            {link.role: link.reconnects for link in links})
+
+
+def _listener_metrics(listeners: Sequence[ListenerCounts]) -> Iterator[Metric]:
+    if not listeners:
+        return
+    yield _gauge("wsgw_listener_sockets", "Open sockets of a listener, in every state (HTTP request, WebSocket "
+                 "handshake, open WebSocket, closing).", "listener", {g.name: g.open for g in listeners})
+    yield _gauge("wsgw_listener_sockets_max", "A listener's cap on open sockets ([server] max_connections, [admin] "
+                 "max_connections; 0 = none).", "listener", {g.name: g.max_sockets for g in listeners})
+    refused = CounterMetricFamily("wsgw_connections_refused", "Sockets refused or dropped by a limit, by listener "
+                                  "and limit: total (at the listener's cap: closed unanswered), per_ip (429), "
+                                  "handshake_timeout (no whole request or handshake within [server] "
+                                  "handshake_timeout: 408), origin (403).", labels=["listener", "limit"])
+    for guard in listeners:
+        counts = {limit: 0 for limit in LIMITS}
+        counts.update(guard.refused)
+        for limit, count in sorted(counts.items()):
+            refused.add_metric([guard.name, limit], count)
+    yield refused
 
 
 def _family(kind: type, name: str, doc: str, label: str | None, values: Any, always: Iterable[str] = ()) -> Metric:

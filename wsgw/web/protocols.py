@@ -2,12 +2,14 @@
 
 A factory serves one endpoint (``wsgw.interfaces.IEndpoint``); every socket's
 session, subscribe, timers and closes are the gateway's. Inbound, before the
-core: the Origin allow-list and the per-address cap at the handshake, the flood
-limit, text JSON objects only (1003), the size limit (1009). Outbound: frames
-are framed once per payload and go out through ``Outbound``, in the order and
-within the bounds of the session's ``wsgw.flow.Flow``. Ping and pong frames
-count toward the flood limit like any frame, and a peer that pings without
-reading makes the server hold one pong, not one per ping (RFC 6455 §5.5.3).
+core: the Origin allow-list at the handshake (the listener's caps and handshake
+deadline are ``wsgw.web.listener``'s, from accept: a protocol takes over its
+socket's ``Ticket``), the flood limit, text JSON objects only (1003), the size
+limit (1009). Outbound: frames are framed once per payload and go out through
+``Outbound``, in the order and within the bounds of the session's
+``wsgw.flow.Flow``. Ping and pong frames count toward the flood limit like any
+frame, and a peer that pings without reading makes the server hold one pong,
+not one per ping (RFC 6455 §5.5.3).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsgw.frames import CLOSE_BAD_DATA, CLOSE_FLOOD, CLOSE_TOO_BIG
@@ -26,7 +30,8 @@ from wsgw.interfaces import IConnection, IEndpoint
 from wsgw.internals.autobahn import ServerFactory, ServerProtocol
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session
-from wsgw.web.inbound import InboundPolicy, PeerCounts
+from wsgw.web.inbound import InboundPolicy
+from wsgw.web.listener import ListenerGuard, Ticket
 from wsgw.web.outbound import FrameCache, Outbound
 
 _OPEN = ServerProtocol.STATE_OPEN
@@ -39,19 +44,25 @@ class GatewayProtocol(ServerProtocol):
     _log = Logger()
     factory: GatewayFactory
     _session: Session | None = None
-    _counted_host: str | None = None
+    _ticket: Ticket | None = None
     _flood: TokenBucket | None = None
     _out: Outbound | None = None
 
+    def connectionMade(self) -> None:
+        guard = self.factory.guard
+        if guard is not None:  # the socket's ticket, from accept; released when the socket closes
+            self._ticket = guard.ticket_of(self.transport)
+            if self._ticket is not None:
+                self._ticket.claim()
+        super().connectionMade()
+
     def onConnect(self, request: ConnectionRequest) -> None:
-        factory = self.factory
-        policy = factory.policy
-        if not policy.origin_allowed(request.headers.get("origin")):
+        if not self.factory.policy.origin_allowed(request.headers.get("origin")):
+            if self.factory.guard is not None:
+                self.factory.guard.refused["origin"] += 1
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        host = self.transport.getPeer().host  # type: ignore[union-attr]
-        if not factory.peers.acquire(host, policy.per_ip):
-            raise ConnectionDeny(429, "too many connections from this address")
-        self._counted_host = host
+        if self._ticket is not None:
+            self._ticket.opened()
 
     def onOpen(self) -> None:
         factory = self.factory
@@ -119,10 +130,13 @@ class GatewayProtocol(ServerProtocol):
         if self._session is not None:
             self._session.flow.flush()
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        if self._ticket is not None:
+            self._ticket.release()
+            self._ticket = None
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self._counted_host is not None:
-            self.factory.peers.release(self._counted_host)
-            self._counted_host = None
         if self._session is not None:
             self.factory.gateway.closed(self._session)
             self._session = None
@@ -147,21 +161,21 @@ class GatewayFactory(ServerFactory):
 
     def __init__(self, gateway: Gateway, endpoint: IEndpoint, reactor: Any, clock: IReactorTime, *, max_frame: int,
                  ping_interval: float, pong_timeout: float, policy: InboundPolicy | None = None,
-                 peers: PeerCounts | None = None, **kwargs: Any) -> None:
+                 guard: ListenerGuard | None = None, handshake_timeout: float = 10.0, **kwargs: Any) -> None:
         super().__init__(reactor, clock, server=None, **kwargs)  # no Server header naming Autobahn's version
         self.frames = FrameCache()  # one per endpoint: a fan-out frames each payload once
         self.gateway = gateway
         self.endpoint = endpoint
         self.clock = clock
         self.policy = policy or InboundPolicy()
-        self.peers = peers or PeerCounts()
+        self.guard = guard  # the public listener's, shared by both endpoints
         self.setProtocolOptions(
             maxFramePayloadSize=max_frame,
             maxMessagePayloadSize=max_frame,
             autoPingInterval=ping_interval,
             autoPingTimeout=pong_timeout,
             failByDrop=False,
-            openHandshakeTimeout=10,
+            openHandshakeTimeout=handshake_timeout,
             closeHandshakeTimeout=5,
             versions=[13],  # RFC 6455 only (not draft 8); wsgw.web.site answers 426 before Autobahn sees it
             webStatus=False,  # a request without an upgrade gets 426, never Autobahn's version page

@@ -3,7 +3,9 @@
 The public Site serves ``/ws``, ``/ws/event``, ``/chat``, ``/ws/chat``,
 ``/healthz``, and the live page at ``/`` when it is on (PROTOCOL.md §1). The
 operator Site (``[admin] listen``, loopback by default, never the public port)
-serves ``/metrics``, ``POST /publish/<topic>`` and ``/healthz``.
+serves ``/metrics``, ``POST /publish/<topic>`` and ``/healthz``. Both are
+``wsgw.web.listener.GuardedSite``s: each socket is counted and bounded from
+accept to close by its listener's ``ListenerGuard``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from collections.abc import Mapping
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
 from wsgw.interfaces import IBus
 from wsgw.internals.twisted import release_taken_over_request
-from wsgw.web.listener import BoundedRequest
+from wsgw.web.listener import BoundedRequest, GuardedSite, ListenerGuard
 from wsgw.web.metrics import Metrics, MetricsPage
 from wsgw.web.protocols import GatewayFactory
 from wsgw.web.publish import CappedRequest, PublishPage, Validator
@@ -145,15 +147,9 @@ def _plain(request: Request, code: int, text: bytes) -> bytes:
     return text + b"\n"
 
 
-def _site(root: Resource, request_factory: type[BoundedRequest]) -> Site:
-    site = Site(root, requestFactory=request_factory)
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
-
-
-def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, bus: IBus, live_page: bool = False) -> Site:
-    """The public Site."""
+def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, bus: IBus, guard: ListenerGuard,
+              live_page: bool = False) -> GuardedSite:
+    """The public Site, its sockets admitted and followed by ``guard`` (shared with the two factories)."""
     events = _Upgrade(ws_factory)
     chat = _Upgrade(chat_factory)
     routes: dict[bytes, IResource] = {
@@ -165,12 +161,12 @@ def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, bus: IBu
     }
     if live_page:
         routes[b"/"] = routes[b"/index.html"] = LivePage()
-    return _site(Router(routes, bodies=False), BoundedRequest)
+    return GuardedSite(Router(routes, bodies=False), guard, BoundedRequest)
 
 
 def make_admin_site(metrics: Metrics, bus: IBus, validators: Mapping[str, Validator],
-                    publish_token: bytes | None) -> Site:
+                    publish_token: bytes | None, guard: ListenerGuard) -> GuardedSite:
     """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check."""
     publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
     routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(bus)}
-    return _site(Router(routes, {b"/publish/": publish}), CappedRequest)
+    return GuardedSite(Router(routes, {b"/publish/": publish}), guard, CappedRequest)
