@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+import treq
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from tests.support.daemon import Publisher, StartGateway, healthz, token, workspace
+from tests.support.daemon import Publisher, StartGateway, healthz, scrape, token, value, workspace
+from tests.support.rawtcp import UPGRADE
 from tests.support.redis_server import RedisServer
 from tests.support.wsclient import Client, connect
 
@@ -22,11 +24,6 @@ PERSONAL = workspace("ws-alice", "personal-files", "pydiods1/personal/alice")
 
 def node(path: str) -> dict[str, object]:
     return {"Uuid": "n1", "Path": path, "Type": "LEAF"}
-
-HANDSHAKE = (
-    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
 
 
 class Mute(Protocol):
@@ -38,7 +35,7 @@ class Mute(Protocol):
         self._buffer = b""
 
     def connectionMade(self) -> None:
-        self.transport.write(HANDSHAKE)  # type: ignore[union-attr]
+        self.transport.write(UPGRADE)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
@@ -172,3 +169,47 @@ async def test_redis_restart_in_the_middle(gateway: StartGateway) -> None:
             assert (await alice.next())["Target"]["Path"] == "personal-files/after.txt"
         finally:
             await pub.close()
+
+
+async def health(port: int) -> tuple[int, bytes]:
+    """The status and body of ``GET /healthz``."""
+    response = await treq.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    return response.code, await response.content()
+
+
+async def until_health(port: int, code: int, within: float) -> tuple[float, bytes]:
+    """Poll /healthz every 0.1 s until it answers ``code``; how long it took and its body (bounded)."""
+    start = reactor.seconds()
+    while True:
+        status, body = await health(port)
+        if status == code:
+            return reactor.seconds() - start, body
+        if reactor.seconds() - start > within:
+            raise AssertionError(f"/healthz still {status} {body!r} after {within} s")
+        await task.deferLater(reactor, 0.1, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_reports_a_frozen_redis_within_seconds_and_recovers(gateway: StartGateway) -> None:
+    """Redis frozen (SIGSTOP) with every connection up: /healthz (both listeners) answers 503 naming the
+    stalled connection within 4 s (before: 200 for up to 40 s, until the bus PING every 30 s timed out after
+    10 s), /metrics says which one; when Redis resumes (SIGCONT), 200 again within a few seconds."""
+    with RedisServer() as redis:
+        daemon = await gateway(redis=redis.endpoint, admin="tcp:0:interface=127.0.0.1")
+        assert (await health(daemon.port))[0] == 200
+        redis.freeze()
+        try:
+            took, body = await until_health(daemon.port, 503, within=8)
+            assert took < 4.0, took
+            assert b"stalled: no answer to PING for" in body, body
+            assert (await health(daemon.admin_port))[0] == 503
+            samples = await scrape(daemon)
+            assert sum(value(samples, "wsgw_redis_stalled", role=role)
+                       for role in ("bus subscriber", "bus publisher", "chat store")) >= 1
+        finally:
+            redis.thaw()
+        took, body = await until_health(daemon.port, 200, within=15)
+        assert body == b"ok\n"
+        samples = await scrape(daemon)
+        assert all(value(samples, "wsgw_redis_stalled", role=role) == 0
+                   for role in ("bus subscriber", "bus publisher", "chat store"))

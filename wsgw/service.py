@@ -128,13 +128,14 @@ class GatewayService(MultiService):
         self.site = make_site(
             GatewayFactory(self.gateway, self.events, reactor, clock, max_frame=config.max_frame_ws, **common),
             GatewayFactory(self.gateway, self.chat, reactor, clock, max_frame=config.max_frame_chat, **common),
-            self.bus,
+            self.problem,
             self.public_guard,
             live_page=config.live_page,
         )
         self.ports: list[IListeningPort] = []
         published = {topic: check for topic, check in validators.items() if topic in config.topics}
-        self.admin_site = make_admin_site(self.metrics, self.bus, published, config.publish_token, self.admin_guard)
+        self.admin_site = make_admin_site(self.metrics, self.bus, self.problem, published, config.publish_token,
+                                          self.admin_guard)
         self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:
@@ -163,6 +164,17 @@ class GatewayService(MultiService):
                 failures[0].raiseException()
             self._log.info("{what} on {address}", what=what, address=ports[-1].getHost())
         return ports
+
+    def problem(self) -> str | None:
+        """Why the daemon cannot serve now, for /healthz: the bus down, or a Redis connection not set up or not
+        answering its PINGs (``RedisLink.trouble``); None when it can."""
+        if not self.bus.connected:
+            return f"bus {self.bus.state}"
+        for link in self._redis_links():
+            trouble = link.trouble
+            if trouble is not None:
+                return f"Redis {link.role} {trouble}"
+        return None
 
     def _redis_links(self) -> list[RedisLink]:
         """The Redis connections (bus subscriber, bus publisher, chat store commands), for metrics."""

@@ -1,8 +1,8 @@
 """``RedisBus``: the event bus (``IBus``) on Redis pub/sub, for production and for several gateway instances.
 
 A subscriber connection SUBSCRIBEs to every configured channel after each
-(re)connect and PINGs to notice a dead peer; a publisher connection PUBLISHes. Both are
-``wsgw.redis.connection.RedisLink``s.
+(re)connect; a publisher connection PUBLISHes. Both are
+``wsgw.redis.connection.RedisLink``s, which PING to notice a stalled or dead Redis.
 
 txredisapi's ``SubscriberProtocol`` hands the 2nd..Nth SUBSCRIBE
 acknowledgement to whichever command waits next (e.g. a PING); the subscriber
@@ -16,15 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsgw.bus import check_publish, check_topics, deliver
 from wsgw.interfaces import IBus
 from wsgw.redis.connection import (
+    DEFAULT_PING_INTERVAL,
     DEFAULT_REPLY_TIMEOUT,
     RedisCommands,
     RedisConnection,
@@ -33,8 +32,6 @@ from wsgw.redis.connection import (
 )
 
 Listener = Callable[[str, bytes], Any]
-
-DEFAULT_PING_INTERVAL = 30.0
 
 
 class _SubscriberConnection(RedisConnection):
@@ -67,7 +64,7 @@ class _SubscriberConnection(RedisConnection):
 
 
 class _Subscriber(RedisLink):
-    """The subscriber connection: SUBSCRIBEs to every channel after each connect and PINGs to detect a dead peer."""
+    """The subscriber connection: SUBSCRIBEs to every channel after each connect."""
 
     def __init__(
         self,
@@ -81,11 +78,10 @@ class _Subscriber(RedisLink):
         ping_interval: float | None,
     ) -> None:
         # pub/sub ignores the database number, so no SELECT
-        super().__init__(reactor, endpoint, password, 0, retry_policy, reply_timeout, "bus subscriber")
+        super().__init__(reactor, endpoint, password, 0, retry_policy, reply_timeout, "bus subscriber",
+                         ping_interval=ping_interval)
         self._channels = list(channels)
         self._on_message = on_message
-        self._ping_interval = ping_interval
-        self._ping_call: DelayedCall | None = None
 
     def _build(self) -> RedisConnection:
         return _SubscriberConnection(self, self._reply_timeout, self._on_message)
@@ -96,30 +92,6 @@ class _Subscriber(RedisLink):
         setup.addCallback(lambda _: conn.subscribe(self._channels))
         return setup
 
-    def _became_ready(self, conn: RedisConnection) -> None:
-        self._schedule_ping(conn)
-
-    def _schedule_ping(self, conn: RedisConnection) -> None:
-        if self._ping_interval and self._ready is conn:
-            self._ping_call = self.reactor.callLater(self._ping_interval, self._ping, conn)
-
-    def _ping(self, conn: RedisConnection) -> None:
-        self._ping_call = None
-        if self._ready is not conn:
-            return
-        # a missing answer trips the reply timeout, which drops the connection; ClientService reconnects
-        ping = conn.execute_command("PING")
-        ping.addCallbacks(lambda _: self._schedule_ping(conn), lambda f: self._ping_failed(conn, f))
-
-    def _ping_failed(self, conn: RedisConnection, failure: Failure) -> None:
-        conn.drop_reason = f"no answer to PING: {failure.getErrorMessage()}"
-
-    def _connection_lost(self, conn: RedisConnection, reason: Failure) -> None:
-        if self._ready is conn and self._ping_call is not None and self._ping_call.active():
-            self._ping_call.cancel()
-            self._ping_call = None
-        super()._connection_lost(conn, reason)
-
 
 @implementer(IBus)
 class RedisBus(service.MultiService):
@@ -127,8 +99,8 @@ class RedisBus(service.MultiService):
 
     ``topics`` maps logical topic -> Redis channel. Listeners get ``(topic, payload: bytes)`` in the order Redis
     delivers; a listener's exception is logged and never reaches the connection or the other listeners.
-    ``ping_interval`` (seconds, None to disable) PINGs the subscriber so that a silently dead peer is noticed
-    within ``ping_interval + reply_timeout``.
+    ``ping_interval`` (seconds, None to disable) PINGs both connections: a stalled Redis is reported in ``state``
+    within ``ping_interval`` + 2 s, a silently dead peer dropped within ``ping_interval + reply_timeout``.
     """
 
     _log = Logger()
@@ -151,7 +123,7 @@ class RedisBus(service.MultiService):
         self._listeners: list[Listener] = []
         self._publisher = RedisCommands(
             reactor, endpoint, password, db, retry_policy=retry_policy, reply_timeout=reply_timeout,
-            role="bus publisher",
+            role="bus publisher", ping_interval=ping_interval,
         )
         self._subscriber = _Subscriber(
             reactor, endpoint, password, list(self._topics.values()), self._message,
@@ -177,12 +149,14 @@ class RedisBus(service.MultiService):
 
     @property
     def state(self) -> str:
-        """'connected', 'connecting', 'subscriber down', 'publisher down' or 'stopped', with the last problem."""
+        """'connected', 'stalled' (connected, but Redis has not answered a PING for seconds), 'connecting',
+        'subscriber down', 'publisher down' or 'stopped', with the last problem."""
         if not self.running:
             return "stopped"
         sub, pub = self._subscriber.connected, self._publisher.connected
         if sub and pub:
-            return "connected"
+            stalled = [f"{link.role}: {link.stalled}" for link in self.links if link.stalled]
+            return f"stalled ({', '.join(stalled)})" if stalled else "connected"
         state = "connecting" if not sub and not pub else "subscriber down" if not sub else "publisher down"
         problem = self._subscriber.problem or self._publisher.problem
         return state if problem is None else f"{state} ({problem})"

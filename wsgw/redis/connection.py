@@ -8,6 +8,13 @@ connection counts as up only once that setup has succeeded; commands issued
 while it is not up fail at once with ``txredisapi.ConnectionError``, and
 commands in flight when it drops fail with it too, so nothing waits forever.
 
+Every connection PINGs Redis every ``ping_interval`` seconds once set up.
+A PING unanswered for ``stall_timeout`` seconds marks the connection
+``stalled`` (Redis frozen, swapping, or blocked by a long command: /healthz
+answers 503 within seconds) until the answer comes; unanswered for
+``reply_timeout`` seconds, it drops the connection, which is then re-made.
+A short stall costs no reconnection, so no pub/sub message is lost to it.
+
 Replies: bulk strings come back as ``bytes`` (never decoded, never turned into
 numbers), integer replies as ``int``, status replies as ``str`` ("OK"),
 arrays as lists of those; Redis errors fail the Deferred with
@@ -45,6 +52,7 @@ from typing import Any
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import protocol
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
@@ -58,6 +66,8 @@ __all__ = ["ConnectionError", "RedisCommands", "RedisConnection", "RedisLink", "
 RetryPolicy = Callable[[int], float]
 
 DEFAULT_REPLY_TIMEOUT = 10.0
+DEFAULT_PING_INTERVAL = 1.0
+DEFAULT_STALL_TIMEOUT = 2.0
 
 
 def default_retry_policy() -> RetryPolicy:
@@ -121,6 +131,9 @@ class RedisLink(service.Service):
         retry_policy: RetryPolicy | None,
         reply_timeout: float | None,
         role: str,
+        *,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ) -> None:
         self.reactor = reactor
         self._endpoint = endpoint
@@ -135,6 +148,11 @@ class RedisLink(service.Service):
         self._was_up = False
         self._waiters: list[Deferred[Any]] = []
         self._problem: str | None = None
+        self._ping_interval = ping_interval
+        self._stall_timeout = stall_timeout
+        self._ping_call: DelayedCall | None = None
+        self._stall_call: DelayedCall | None = None
+        self._stalled_since: float | None = None
         self._client = ClientService(
             _NotingEndpoint(clientFromString(reactor, endpoint), self),
             _Factory(self),
@@ -157,6 +175,22 @@ class RedisLink(service.Service):
         """Why the last setup or connection failed, until the next successful setup."""
         return self._problem
 
+    @property
+    def stalled(self) -> str | None:
+        """While set up but a PING has gone unanswered for ``stall_timeout`` seconds: how long
+        ('no answer to PING for 2.3 s'); else None."""
+        if self._stalled_since is None:
+            return None
+        return f"no answer to PING for {self.reactor.seconds() - self._stalled_since:.1f} s"
+
+    @property
+    def trouble(self) -> str | None:
+        """Why this connection cannot serve now ('connecting (...)', 'stopped', 'stalled: ...'); None when it can."""
+        if self._ready is None:
+            return self._state()
+        stalled = self.stalled
+        return None if stalled is None else f"stalled: {stalled}"
+
     def whenConnected(self) -> Deferred[Any]:
         """Fires with this object now if connected, else at the next successful setup (CancelledError on stop)."""
         if self._ready is not None:
@@ -174,6 +208,7 @@ class RedisLink(service.Service):
             # ClientService refuses a second stop made from callbacks of the first one
             return succeed(None)
         super().stopService()
+        self._stop_pinging()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.errback(CancelledError(f"Redis {self._role} stopped"))
@@ -214,13 +249,55 @@ class RedisLink(service.Service):
             self.reconnects += 1
         self._was_up = True
         self._log.info("Redis {role} connected to {endpoint}", role=self._role, endpoint=self._endpoint)
-        self._became_ready(conn)
+        self._schedule_ping(conn)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(self)
 
-    def _became_ready(self, conn: RedisConnection) -> None:
-        """Hook for subclasses, called once a connection is set up."""
+    def _schedule_ping(self, conn: RedisConnection) -> None:
+        if self._ping_interval and self._ready is conn:
+            self._ping_call = self.reactor.callLater(self._ping_interval, self._ping, conn)
+
+    def _ping(self, conn: RedisConnection) -> None:
+        self._ping_call = None
+        if self._ready is not conn:
+            return
+        if self._stall_timeout:
+            self._stall_call = self.reactor.callLater(self._stall_timeout, self._stall, conn, self.reactor.seconds())
+        # a missing answer trips the reply timeout, which drops the connection; ClientService reconnects
+        conn.execute_command("PING").addCallbacks(lambda _: self._answered(conn), lambda f: self._ping_failed(conn, f))
+
+    def _answered(self, conn: RedisConnection) -> None:
+        if self._ready is not conn:
+            return
+        if self._stall_call is not None and self._stall_call.active():
+            self._stall_call.cancel()
+        self._stall_call = None
+        if self._stalled_since is not None:
+            self._log.info("Redis {role} answers again after {seconds:.1f} s", role=self._role,
+                           seconds=self.reactor.seconds() - self._stalled_since)
+            self._stalled_since = None
+        self._schedule_ping(conn)
+
+    def _ping_failed(self, conn: RedisConnection, failure: Failure) -> None:
+        if failure.check(ResponseError):  # an answer all the same (e.g. LOADING): Redis is there
+            self._answered(conn)
+        else:
+            conn.drop_reason = f"no answer to PING: {failure.getErrorMessage()}"
+
+    def _stall(self, conn: RedisConnection, since: float) -> None:
+        self._stall_call = None
+        if self._ready is conn:
+            self._stalled_since = since
+            self._log.warn("Redis {role} at {endpoint} has not answered a PING for {seconds} s", role=self._role,
+                           endpoint=self._endpoint, seconds=self._stall_timeout)
+
+    def _stop_pinging(self) -> None:
+        for call in (self._ping_call, self._stall_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._ping_call = self._stall_call = None
+        self._stalled_since = None
 
     def _setup_failed(self, conn: RedisConnection, failure: Failure) -> None:
         self._problem = failure.getErrorMessage()
@@ -239,6 +316,7 @@ class RedisLink(service.Service):
         if self._ready is not conn:
             return
         self._ready = None
+        self._stop_pinging()
         self._problem = conn.drop_reason or reason.getErrorMessage()
         if self.running:
             self._log.warn(
@@ -260,7 +338,8 @@ class RedisCommands(RedisLink):
     """One Redis command connection (a twisted Service): ``execute_command`` while ``connected``, failing fast otherwise.
 
     ``retry_policy(attempt) -> seconds`` paces reconnection (default: ``default_retry_policy()``);
-    ``reply_timeout`` (seconds, None for none) fails a command and drops the connection when Redis does not answer.
+    ``reply_timeout`` (seconds, None for none) fails a command and drops the connection when Redis does not answer;
+    ``ping_interval`` (seconds, None for none) and ``stall_timeout`` as in the module docstring.
     """
 
     def __init__(
@@ -273,8 +352,11 @@ class RedisCommands(RedisLink):
         retry_policy: RetryPolicy | None = None,
         reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
         role: str = "commands",
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ) -> None:
-        super().__init__(reactor, endpoint, password, db, retry_policy, reply_timeout, role)
+        super().__init__(reactor, endpoint, password, db, retry_policy, reply_timeout, role,
+                         ping_interval=ping_interval, stall_timeout=stall_timeout)
         self._script_shas: dict[str, str] = {}
 
     @property

@@ -99,6 +99,9 @@ class LinkState(Protocol):
     @property
     def reconnects(self) -> int: ...
 
+    @property
+    def stalled(self) -> str | None: ...
+
 
 class ListenerCounts(Protocol):
     """One listener's sockets (``wsgw.web.listener.ListenerGuard``)."""
@@ -193,6 +196,9 @@ class GatewayCollector(Collector):
         if links:
             yield _gauge("wsgw_redis_connected", "1 while the Redis connection is up, by role.", "role",
                          {link.role: 1 if link.connected else 0 for link in links})
+            yield _gauge("wsgw_redis_stalled", "1 while a Redis connection is up but has not answered a PING for "
+                         "2 s (Redis frozen or blocked; /healthz answers 503), by role.", "role",
+                         {link.role: 1 if link.stalled else 0 for link in links})
             yield _counter("wsgw_redis_reconnects", "Redis connections re-established after a loss, by role.", "role",
                            {link.role: link.reconnects for link in links})
 

@@ -14,7 +14,7 @@ import base64
 import hashlib
 import importlib.resources
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.pages import errorPage, notFound
@@ -58,21 +58,22 @@ class Router(Resource):
 
 
 class Health(Resource):
-    """``/healthz``: 200 ``ok`` when the bus is connected, 503 with the bus state otherwise."""
+    """``/healthz``: 200 ``ok`` while ``problem()`` is None, else 503 with the problem (PROTOCOL.md §1)."""
 
     isLeaf = True
 
-    def __init__(self, bus: IBus) -> None:
+    def __init__(self, problem: Callable[[], str | None]) -> None:
         super().__init__()
-        self._bus = bus
+        self._problem = problem
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        if self._bus.connected:
+        problem = self._problem()
+        if problem is None:
             return b"ok\n"
         request.setResponseCode(503)
-        return f"bus {self._bus.state}\n".encode()
+        return f"{problem}\n".encode()
 
     render_HEAD = render_GET
 
@@ -147,9 +148,10 @@ def _plain(request: Request, code: int, text: bytes) -> bytes:
     return text + b"\n"
 
 
-def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, bus: IBus, guard: ListenerGuard,
-              live_page: bool = False) -> GuardedSite:
-    """The public Site, its sockets admitted and followed by ``guard`` (shared with the two factories)."""
+def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, problem: Callable[[], str | None],
+              guard: ListenerGuard, live_page: bool = False) -> GuardedSite:
+    """The public Site, its sockets admitted and followed by ``guard`` (shared with the two factories);
+    ``problem`` answers /healthz."""
     events = _Upgrade(ws_factory)
     chat = _Upgrade(chat_factory)
     routes: dict[bytes, IResource] = {
@@ -157,16 +159,17 @@ def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, bus: IBu
         b"/ws/event": events,
         b"/chat": chat,
         b"/ws/chat": chat,
-        b"/healthz": Health(bus),
+        b"/healthz": Health(problem),
     }
     if live_page:
         routes[b"/"] = routes[b"/index.html"] = LivePage()
     return GuardedSite(Router(routes, bodies=False), guard, BoundedRequest)
 
 
-def make_admin_site(metrics: Metrics, bus: IBus, validators: Mapping[str, Validator],
-                    publish_token: bytes | None, guard: ListenerGuard) -> GuardedSite:
+def make_admin_site(metrics: Metrics, bus: IBus, problem: Callable[[], str | None],
+                    validators: Mapping[str, Validator], publish_token: bytes | None,
+                    guard: ListenerGuard) -> GuardedSite:
     """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check."""
     publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
-    routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(bus)}
+    routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(problem)}
     return GuardedSite(Router(routes, {b"/publish/": publish}), guard, CappedRequest)
