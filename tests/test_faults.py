@@ -161,9 +161,9 @@ async def test_redis_restart_in_the_middle(gateway: StartGateway) -> None:
             assert not daemon.service.bus.connected
 
             redis.start()
-            back = daemon.service.bus.whenConnected()
-            back.addTimeout(20, reactor)
-            await back
+            for back in (daemon.service.bus.whenConnected(), daemon.service.redis_commands.whenConnected()):
+                back.addTimeout(20, reactor)
+                await back  # /healthz needs the chat store's connection too
             assert await healthz(daemon.port) == 200
             await pub.publish("tree", {"Target": node("pydiods1/personal/alice/after.txt")})
             assert (await alice.next())["Target"]["Path"] == "personal-files/after.txt"

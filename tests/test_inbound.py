@@ -40,11 +40,13 @@ def test_peer_counts() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_origin_allow_list_on_the_wire(gateway: StartGateway) -> None:
-    """A browser from an origin not on the list is refused at the handshake; listed origins and non-browsers get in."""
+    """A browser from an origin not on the list is refused at the handshake (counted); listed origins and
+    non-browsers get in."""
     extra = "[websocket]\nallowed_origins = https://cells.example.org\n"
     daemon = await gateway(redis=None, extra=extra)
     with pytest.raises(ConnectionError):
         await connect(daemon.port, origin="https://evil.example.com")
+    assert daemon.service.public_guard.refused["origin"] == 1  # wsgw_connections_refused_total{limit="origin"}
     good = await connect(daemon.port, origin="https://cells.example.org")
     assert (await good.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
     plain = await connect(daemon.port, "/chat")
