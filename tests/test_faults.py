@@ -200,7 +200,7 @@ async def test_healthz_reports_a_frozen_redis_within_seconds_and_recovers(gatewa
         redis.freeze()
         try:
             took, body = await until_health(daemon.port, 503, within=8)
-            assert took < 4.0, took
+            assert took < 5.0, took  # PING every 1 s, stalled after 2 s; the rest is slack for a busy machine
             assert b"stalled: no answer to PING for" in body, body
             assert (await health(daemon.admin_port))[0] == 503
             samples = await scrape(daemon)
