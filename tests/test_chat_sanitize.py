@@ -15,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from wsgw.chat.sanitize import sanitize_markdown
+from wsgw.chat.sanitize import MAX_MARKUP, sanitize_markdown
 
 # --------------------------------------------------------------------------- rendered HTML audit
 
@@ -234,3 +234,19 @@ def test_sanitized_prose_never_contains_a_tag() -> None:
     for text in ["&amp;lt;img src=x onerror=alert(1)&amp;gt;", "&#60;script&#62;x", "<<script>script>alert(1)"]:
         cleaned = sanitize_markdown(text)
         assert "<script" not in cleaned and "<img" not in cleaned, cleaned
+
+
+@pytest.mark.parametrize("text", [
+    "<a>|" + "[" * 7986,
+    "[" * 7986 + "<a>",
+    "<[" * 3990,
+    "![" * 3990 + "<x>",
+    "[a](" * 1990 + "<x>",
+])
+def test_text_too_costly_to_parse_is_escaped_not_parsed(text: str) -> None:
+    """Runs of markup markdown-it-py parses in superlinear time (1.1 s for the first one) are not parsed: past
+    MAX_MARKUP markup characters every '<' is escaped, so no HTML renders and nothing else changes."""
+    assert len(re.findall(r"[\[<!|*_`]", text)) > MAX_MARKUP
+    cleaned = sanitize_markdown(text)
+    assert cleaned == text.replace("<", "&lt;")
+    assert _foreign_html(cleaned) == []

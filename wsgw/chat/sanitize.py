@@ -1,7 +1,13 @@
 """Sanitizing chat messages (PROTOCOL.md §5.2): remove HTML, keep Markdown, on markdown-it-py and nh3.
 
 ``sanitize_markdown`` is the rule; ``worth_offloading`` tells when a text may cost
-enough CommonMark parsing (a crafted one: 100+ ms) to be sanitized off the reactor.
+enough CommonMark parsing to be sanitized off the reactor.
+
+Parsing CommonMark with markdown-it-py is superlinear in some constructs (runs
+of ``[``, ``<`` and ``![``: 1.1 s for ``"<a>|" + "[" * 7986``), so a text with
+more than ``MAX_MARKUP`` of the characters that drive it is not parsed: every
+``<`` is escaped instead, which no Markdown reads as HTML (bench/RESULTS.md has
+the measured worst cases under the cap).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from markdown_it.rules_inline import StateInline, autolink, backtick
 from markdown_it.token import Token
 
 OFFLOAD_CHARS = 1000  # below this, sanitizing costs at most a few ms even for crafted input
+MAX_MARKUP = 200  # of "[<!|*_`" in one text: past it the text is escaped, not parsed (worst case under it: ~15 ms)
+_MARKUP = re.compile(r"[\[<!|*_`]")
 
 
 def worth_offloading(text: str) -> bool:
@@ -186,13 +194,16 @@ def sanitize_markdown(text: str) -> str:
     eaten as a tag). Everything else goes through nh3 (no tag allowed) and is
     unescaped back to Markdown source. Cleaning can change how the rest parses,
     so the result is parsed again until it is stable and holds no raw HTML;
-    text that does not get there in a few rounds has every ``<`` escaped, which
-    no Markdown reads as HTML. Line endings become ``\\n``, NUL goes, and a lone
+    text that does not get there in a few rounds, or holds more than
+    ``MAX_MARKUP`` markup characters, has every ``<`` escaped, which no Markdown
+    reads as HTML. Line endings become ``\\n``, NUL goes, and a lone
     surrogate (which nh3 and UTF-8 cannot take) becomes U+FFFD.
     """
     text = _SURROGATE.sub("\ufffd", _NEWLINES.sub("\n", text.replace("\x00", "")))
     if "<" not in text and "&" not in text:
         return text  # no tag, nothing that unescapes into one: nh3 would change nothing
+    if len(_MARKUP.findall(text)) > MAX_MARKUP:
+        return text.replace("<", "&lt;")  # too costly to parse (see the module docstring)
     for _ in range(_PASSES):
         # without a '|' there is no table: the GFM parse would be the CommonMark one
         parses = [md.parse(text) for md in (_PARSERS if "|" in text else _PARSERS[:1])]
