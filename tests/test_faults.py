@@ -3,6 +3,7 @@ outage, peers that stop answering pings."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,8 +16,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
 from tests.support.daemon import Publisher, StartGateway, healthz, scrape, token, value, workspace
-from tests.support.rawtcp import UPGRADE
+from tests.support.rawtcp import UPGRADE, client_frame, raw_connect
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 from tests.support.wsclient import Client, connect
 
 PERSONAL = workspace("ws-alice", "personal-files", "pydiods1/personal/alice")
@@ -213,3 +215,43 @@ async def test_healthz_reports_a_frozen_redis_within_seconds_and_recovers(gatewa
         samples = await scrape(daemon)
         assert all(value(samples, "wsgw_redis_stalled", role=role) == 0
                    for role in ("bus subscriber", "bus publisher", "chat store"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_sends_frames_but_never_reads_is_dropped_by_the_ping_timeout(gateway: StartGateway) -> None:
+    """Only a pong proves the client reads: frames from a peer that stopped reading do not keep it alive."""
+    daemon = await gateway(redis=None, overrides={"websocket.ping_interval": "0.5", "websocket.pong_timeout": "1"})
+    peer = await connect(daemon.port)
+    peer.transport.pauseProducing()  # never reads the server's pings again
+    chatter = task.LoopingCall(peer.send_json, {"@type": "noise"})  # ignored on /ws, well inside the rate
+    chatter.start(0.2)
+    try:
+        await wait_until(lambda: len(daemon.service.gateway.table) == 0, "the ping timeout", timeout=5)
+    finally:
+        chatter.stop()
+        peer.transport.resumeProducing()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_closes_and_never_reads_is_dropped_after_the_close_timeout(gateway: StartGateway) -> None:
+    """After answering a peer's close frame the server waits for its buffers to drain at most the close
+    handshake timeout (5 s), then drops the socket, and the session with it (a peer that sends a close frame
+    and then neither reads nor closes held its socket, buffers and session for as long as it liked)."""
+    daemon = await gateway(redis=None, overrides={"delivery.pacing_rate": "0"})
+    peer = await raw_connect(daemon.port)
+    peer.send(UPGRADE)
+    await wait_until(lambda: b"\r\n\r\n" in peer.received, "the upgrade")
+    peer.send(client_frame(0x1, json.dumps({"@type": "subscribe", "jwt": token("alice", [PERSONAL])}).encode()))
+    await wait_until(lambda: daemon.service.gateway.subscribes_accepted == 1, "the subscribe")
+    peer.transport.pauseProducing()  # type: ignore[union-attr]
+    (session,) = daemon.service.gateway.table
+    pad = json.dumps("x" * 16_000)
+    await daemon.flood(lambda i: json.dumps({"Target": dict(node("pydiods1/personal/alice/f"), MetaStore={"p": pad})}
+                                            ).encode(), lambda: session.connection._out.paused)  # type: ignore
+    peer.send(client_frame(0x8, (1000).to_bytes(2, "big")))
+    closed_at = reactor.seconds()
+    try:
+        await wait_until(lambda: len(daemon.service.gateway.table) == 0, "the close timeout", timeout=8)
+        assert reactor.seconds() - closed_at >= 4.5  # the timeout, not something else, ended it
+    finally:
+        peer.close()

@@ -269,8 +269,10 @@ def test_the_fenced_hooks_still_exist_in_autobahn() -> None:
         "self", "msg_size", "max_msg_size", "reason"]
     assert list(inspect.signature(WebSocketServerProtocol.sendCloseFrame).parameters) == [
         "self", "code", "reasonUtf8", "isReply"]
+    assert list(inspect.signature(WebSocketServerProtocol.dropConnection).parameters) == ["self", "abort"]
     source = inspect.getsource(autobahn.websocket.protocol)
     assert "if not self.failedByMe" in source
+    assert "self.dropConnection(abort=False)" in source  # the reply to a peer's close: waits for the flush
     assert "self.factory._batched_timer.call_later(" in source
     import txaio._common as txaio_common  # the batched timer's internals that ServerFactory's timer uses
 

@@ -77,3 +77,16 @@ def head(answer: bytes) -> tuple[bytes, dict[bytes, bytes]]:
         name, _, value = line.partition(b":")
         headers[name.strip().lower()] = value.strip()
     return top[0], headers
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One final client frame (RFC 6455 §5.2: masked; the all-zero key leaves the payload as it is), e.g.
+    ``client_frame(0x1, text)`` or ``client_frame(0x8, (1000).to_bytes(2, "big"))`` for a close."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 65536:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
+    return header + b"\0\0\0\0" + payload

@@ -11,6 +11,10 @@ with the few private hooks wsgw needs, exposed under names of its own:
   go out before it;
 - ``failedByMe``: set when the server starts a close, Autobahn then drops (does
   not buffer, does not deliver) every frame still arriving;
+- ``dropConnection(abort=False)``, which Autobahn calls after replying to a
+  peer's close frame: it waits for the transport to flush, forever if the peer
+  does not read; ``ServerProtocol`` aborts such a connection ``closeHandshakeTimeout``
+  seconds later (the socket, its buffers and its session are then released);
 - the handshake-only attributes (``HANDSHAKE_ONLY``), read only during the
   opening handshake, are dropped at open and the instance dict rebuilt
   (bench/RESULTS.md: ~3 KB per idle socket); class-level stand-ins answer the
@@ -55,6 +59,8 @@ class ServerProtocol(WebSocketServerProtocol):
     websocket_protocols: Any = ()
     websocket_extensions: Any = ()
 
+    _linger: Any = None  # the abort scheduled by a graceful drop
+
     def message_too_big(self, limit: int) -> None:
         """An inbound message went over ``limit`` bytes; the default fails the connection with 1009."""
         WebSocketServerProtocol._max_message_size_exceeded(self, limit + 1, limit, "message too big")
@@ -80,6 +86,23 @@ class ServerProtocol(WebSocketServerProtocol):
         self.__dict__ = dict(attrs)
 
     # -- Autobahn's private hooks ------------------------------------------
+
+    def dropConnection(self, abort: bool = False) -> None:
+        super().dropConnection(abort)
+        if not abort and self._linger is None and self.transport is not None:
+            timeout: float = self.closeHandshakeTimeout  # type: ignore[attr-defined]  # (set by the factory's options)
+            self._linger = self.factory._batched_timer.call_later(timeout, self._abort_lingering)
+
+    def _abort_lingering(self) -> None:
+        self._linger = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]  # (ITCPTransport's)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        linger, self._linger = self._linger, None
+        if linger is not None:
+            linger.cancel()
+        super().connectionLost(reason)
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         self.message_too_big(max_msg_size)

@@ -76,7 +76,8 @@ class GatewayProtocol(ServerProtocol):
 
     def _admit(self) -> Session | None:
         """The session, if the frame just received may be acted on: not while the server is closing the
-        socket, and not past the flood limit (then the socket is closed 4029)."""
+        socket, and not past the flood limit (then the socket is closed 4029 and dropped once the close frame is
+        written, without waiting for the peer's answer: what the peer sends next is not read)."""
         session = self._session
         if session is None or self.state != _OPEN:
             return None  # the server is closing this socket: what the client sends now is not acted on
@@ -85,6 +86,8 @@ class GatewayProtocol(ServerProtocol):
             gateway.reject(session, CLOSE_FLOOD, "too many frames: slow down")
             self._session = None  # whatever else it already sent is ignored
             gateway.closed(session)
+            if self.transport is not None:
+                self.dropConnection(abort=False)
             return None
         return session
 
@@ -126,11 +129,13 @@ class GatewayProtocol(ServerProtocol):
             self.factory.gateway.reject(session, CLOSE_TOO_BIG, f"frame too big: the limit is {limit} bytes")
 
     def before_close_frame(self) -> None:
-        # Every close frame (ours, or Autobahn's reply to the client's) goes after the frames given before it.
+        # Every close frame (ours, or Autobahn's reply to the client's) goes after the frames given before it,
+        # and nothing goes after it.
         if self._session is not None:
             self._session.flow.flush()
+            self._session.flow.stop()
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # type: ignore[override]
         super().connectionLost(reason)
         if self._ticket is not None:
             self._ticket.release()
@@ -177,6 +182,7 @@ class GatewayFactory(ServerFactory):
             failByDrop=False,
             openHandshakeTimeout=handshake_timeout,
             closeHandshakeTimeout=5,
+            autoPingRestartOnAnyTraffic=False,  # only a pong proves the client reads (a frame from it does not)
             versions=[13],  # RFC 6455 only (not draft 8); wsgw.web.site answers 426 before Autobahn sees it
             webStatus=False,  # a request without an upgrade gets 426, never Autobahn's version page
         )
