@@ -464,7 +464,19 @@ def test_waiting_frames_are_bounded_past_it_the_socket_is_closed_4029() -> None:
     gw.receive(session, {"@type": "subscribe", "jwt": "later"})
     for n in range(4):
         gw.receive(session, {"@type": "JOIN", "n": n})
-    assert conn.closed == (4029, "too many frames while subscribing (at most 3)")
+    assert conn.closed == (4029, "too many frames while subscribing (at most 3, 65536 bytes)")
     assert gw.refusals == {"too_many_waiting": 1}
     verifier.pending["later"].callback({"name": "alice", "sub": "a", "exp": 1000})
     assert [c for c in world.chat.calls if c[0] == "frame"] == []
+
+
+def test_waiting_frames_are_bounded_in_bytes_too() -> None:
+    gw, _, verifier, world = make(max_waiting_bytes=1000)
+    conn = RecordingConnection()
+    session = gw.open(conn, world.chat)
+    gw.receive(session, {"@type": "subscribe", "jwt": "later"}, 50)
+    gw.receive(session, {"@type": "JOIN", "n": 0}, 600)
+    gw.receive(session, {"@type": "JOIN", "n": 1}, 400)
+    assert conn.closed is None
+    gw.receive(session, {"@type": "JOIN", "n": 2}, 1)
+    assert conn.closed == (4029, "too many frames while subscribing (at most 64, 1000 bytes)")

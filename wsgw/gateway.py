@@ -65,6 +65,7 @@ class Gateway:
         leeway: float = 30.0,
         max_queued_bytes: int = 4 << 20,
         max_waiting_frames: int = 64,
+        max_waiting_bytes: int = 64 * 1024,
     ) -> None:
         self._clock = clock
         self._verifier = verifier
@@ -73,6 +74,7 @@ class Gateway:
         self._leeway = leeway
         self._max_queued_bytes = max_queued_bytes
         self._max_waiting = max_waiting_frames
+        self._max_waiting_bytes = max_waiting_bytes
         self.table = SessionTable()
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
@@ -163,18 +165,19 @@ class Gateway:
 
     # -- client frames ----------------------------------------------------
 
-    def receive(self, session: Session, frame: dict[str, Any]) -> Deferred[None] | None:
-        """One decoded client frame (a JSON object). A socket's frames are handled in the order sent: while a
-        subscribe is in flight (token check, access lookup) the frames after it wait, at most
-        ``max_waiting_frames`` of them (one more: close 4029), and are handled once it is done (PROTOCOL.md §2)."""
+    def receive(self, session: Session, frame: dict[str, Any], size: int = 0) -> Deferred[None] | None:
+        """One decoded client frame (a JSON object; ``size``: its length on the wire, in bytes). A socket's
+        frames are handled in the order sent: while a subscribe is in flight (token check, access lookup) the
+        frames after it wait, at most ``max_waiting_frames`` of them and ``max_waiting_bytes`` on the wire (past
+        either: error, close 4029), and are handled once it is done (PROTOCOL.md §2)."""
         waiting = session.waiting
         if waiting is None:
             return self._handle(session, frame)
-        if len(waiting) >= self._max_waiting:
-            self._refuse(session, f"too many frames while subscribing (at most {self._max_waiting})", CLOSE_FLOOD,
-                         "too_many_waiting")
+        if len(waiting) >= self._max_waiting or sum(s for _, s in waiting) + size > self._max_waiting_bytes:
+            self._refuse(session, f"too many frames while subscribing (at most {self._max_waiting}, "
+                                  f"{self._max_waiting_bytes} bytes)", CLOSE_FLOOD, "too_many_waiting")
             return None
-        waiting.append(frame)
+        waiting.append((frame, size))
         return None
 
     def _handle(self, session: Session, frame: dict[str, Any]) -> Deferred[None] | None:
@@ -196,7 +199,7 @@ class Gateway:
         subscribe in flight again (a closed socket's frames are dropped)."""
         waiting, session.waiting = session.waiting, None
         while waiting and not session.flow.stopped and session.waiting is None:
-            d = self._handle(session, waiting.popleft())
+            d = self._handle(session, waiting.popleft()[0])
             if d is not None:
                 d.addErrback(lambda f: self._log.failure("handling a frame of session {sid}", f, sid=session.sid))
         if waiting and session.waiting is not None:

@@ -55,7 +55,7 @@ class Session:
         self.state: Any = None
         self.timer: IDelayedCall | None = None
         self.attempt = 0
-        self.waiting: deque[dict[str, Any]] | None = None
+        self.waiting: deque[tuple[dict[str, Any], int]] | None = None  # (frame, size on the wire)
         self.open = True
 
     def send(self, payload: bytes, scope: Scope | None = None) -> None:

@@ -117,7 +117,7 @@ class GatewayProtocol(ServerProtocol):
         if not isinstance(frame, dict):
             gateway.reject(session, CLOSE_BAD_DATA, "the frame is not a JSON object")
             return
-        d = gateway.receive(session, frame)
+        d = gateway.receive(session, frame, len(payload))
         if d is not None:
             d.addErrback(lambda f: self._log.failure("handling a frame of session {sid}", f, sid=session.sid))
 
