@@ -480,3 +480,26 @@ def test_waiting_frames_are_bounded_in_bytes_too() -> None:
     assert conn.closed is None
     gw.receive(session, {"@type": "JOIN", "n": 2}, 1)
     assert conn.closed == (4029, "too many frames while subscribing (at most 64, 1000 bytes)")
+
+
+def test_sockets_per_login_are_counted_across_endpoints_and_follow_every_access_change() -> None:
+    """max_sockets_per_user counts a login's subscribed sockets on both endpoints; a re-subscribe as another
+    login moves the socket's place, an unsubscribe or a close frees it, a refresh takes none."""
+    gw, _, _, world = make(max_sockets_per_user=2)
+    conns = [RecordingConnection() for _ in range(4)]
+    ws, chat, other, late = (gw.open(c, e) for c, e in zip(conns, (world.ws, world.chat, world.ws, world.chat)))
+    gw.receive(ws, {"@type": "subscribe", "jwt": "alice"})
+    gw.receive(chat, {"@type": "subscribe", "jwt": "alice"})
+    gw.receive(ws, {"@type": "subscribe", "jwt": "alice"})  # a refresh at the cap
+    gw.receive(other, {"@type": "subscribe", "jwt": "bob"})
+    assert conns[0].closed is None and conns[1].closed is None and conns[2].closed is None
+    gw.receive(other, {"@type": "subscribe", "jwt": "alice"})  # bob's socket becomes alice's third: refused
+    assert conns[2].closed == (4029, "subscribe: too many sockets for this user (at most 2)")
+    gw.closed(other)
+    gw.receive(ws, {"@type": "subscribe", "jwt": "bob"})  # alice's /ws socket becomes bob's
+    gw.receive(late, {"@type": "subscribe", "jwt": "alice"})
+    assert conns[3].closed is None
+    gw.receive(ws, {"@type": "unsubscribe"})
+    gw.closed(chat)
+    assert gw._per_login == {"alice": 1} and set(gw._logins) == {late}
+    assert gw.refusals == {"too_many_sockets": 1}

@@ -149,6 +149,7 @@ class Config:
     inbound_rate: float = _key("websocket", "inbound_rate", _positive_float, "20")
     inbound_burst: float = _key("websocket", "inbound_burst", _positive_float, "60")
     max_connections_per_ip: int = _key("websocket", "max_connections_per_ip", _positive_int, "0")
+    max_connections_per_user: int = _key("websocket", "max_connections_per_user", _positive_int, "64")
     allowed_origins: tuple[str, ...] = _key("websocket", "allowed_origins", _words, "")
     admin_listen: tuple[str, ...] = _key("admin", "listen", _lines, "tcp:5051:interface=127.0.0.1")
     publish_token_file: str = _key("admin", "publish_token_file", _text, "")

@@ -6,7 +6,8 @@ with its outbound ``wsgw.flow.Flow``), subscribe / unsubscribe (verify the token
 resolve the access, hand it to the session's endpoint, then drop the frames
 still waiting that the new access would not produce; the frames a client sends
 meanwhile wait for it, in order), the auth timeout and
-token expiry timers, and every close the server initiates, counted by code.
+token expiry timers, the cap on one login's subscribed sockets, and every close the server initiates,
+counted by code.
 What a session receives is its endpoint's business (``wsgw.interfaces.IEndpoint``).
 """
 
@@ -48,8 +49,9 @@ class Census:
 class Gateway:
     """Sessions of every endpoint, their subscription state and their timers.
 
-    ``max_queued_bytes`` bounds what each session's flow holds (PROTOCOL.md §4.1). Counters (read by
-    /metrics): ``subscribes_accepted``, ``refusals`` (subscribe refusals by kind), ``closes`` (closes the
+    ``max_queued_bytes`` bounds what each session's flow holds (PROTOCOL.md §4.1). ``max_sockets_per_user``
+    (0 = no cap) bounds the subscribed sockets of one login on this instance, both endpoints together: one more
+    subscribe is refused with an error frame and close 4029. Counters (read by /metrics): ``subscribes_accepted``, ``refusals`` (subscribe refusals by kind), ``closes`` (closes the
     server initiated, by close code), ``withdrawn`` (waiting frames dropped by an access change).
     """
 
@@ -66,6 +68,7 @@ class Gateway:
         max_queued_bytes: int = 4 << 20,
         max_waiting_frames: int = 64,
         max_waiting_bytes: int = 64 * 1024,
+        max_sockets_per_user: int = 0,
     ) -> None:
         self._clock = clock
         self._verifier = verifier
@@ -75,6 +78,9 @@ class Gateway:
         self._max_queued_bytes = max_queued_bytes
         self._max_waiting = max_waiting_frames
         self._max_waiting_bytes = max_waiting_bytes
+        self._max_per_user = max_sockets_per_user
+        self._logins: dict[Session, str] = {}  # subscribed session -> its login, counted in _per_login
+        self._per_login: Counter[str] = Counter()
         self.table = SessionTable()
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
@@ -102,6 +108,7 @@ class Gateway:
         session.flow.stop()
         session.waiting = None
         self._cancel_timer(session)
+        self._count_as(session, None)
         self.table.remove(session)
         assert session.endpoint is not None
         session.endpoint.closed(session)
@@ -242,6 +249,13 @@ class Gateway:
 
     def _accept(self, session: Session, access: Access) -> None:
         assert session.endpoint is not None
+        login = access.login
+        if (self._max_per_user and self._logins.get(session) != login
+                and self._per_login[login] >= self._max_per_user):
+            self._refuse(session, f"subscribe: too many sockets for this user (at most {self._max_per_user})",
+                         CLOSE_FLOOD, "too_many_sockets")
+            return
+        self._count_as(session, login)
         before = session.access
         session.endpoint.subscribe(session, access)
         self._refilter(session, before)
@@ -262,10 +276,22 @@ class Gateway:
     def _unsubscribe(self, session: Session) -> None:
         session.attempt += 1  # a subscribe in flight no longer counts
         self._cancel_timer(session)
+        self._count_as(session, None)
         assert session.endpoint is not None
         before = session.access
         session.endpoint.unsubscribe(session)
         self._refilter(session, before)
+
+    def _count_as(self, session: Session, login: str | None) -> None:
+        """Count ``session`` among the subscribed sockets of ``login`` (None: of no login) from now on."""
+        before = self._logins.pop(session, None)
+        if before is not None:
+            self._per_login[before] -= 1
+            if not self._per_login[before]:
+                del self._per_login[before]
+        if login is not None:
+            self._logins[session] = login
+            self._per_login[login] += 1
 
     def _refilter(self, session: Session, before: Access | None) -> None:
         """The session's access changed from ``before``: drop the frames waiting in its flow that the new

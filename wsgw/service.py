@@ -87,7 +87,8 @@ class GatewayService(MultiService):
             resolver = ClaimsResolver()
         self.gateway = Gateway(clock, verifier, resolver, auth_timeout=config.auth_timeout, leeway=config.leeway,
                                max_queued_bytes=config.max_queued_bytes,
-                               max_waiting_frames=max(1, int(config.inbound_burst)))
+                               max_waiting_frames=max(1, int(config.inbound_burst)),
+                               max_sockets_per_user=config.max_connections_per_user)
         table = self.gateway.table
         self.events = EventsEndpoint(table, clock, pacing_rate=config.pacing_rate, pacing_burst=config.pacing_burst,
                                      pacing_max_delay=config.pacing_max_delay)

@@ -152,7 +152,7 @@ class GatewayCollector(Collector):
                        gateway.subscribes_accepted)
         yield _counter("wsgw_subscribes_refused", "Subscribes refused, by reason.", "reason", gateway.refusals,
                        ("missing_token", "invalid_token", "access_denied", "access_unavailable", "internal_error",
-                        "too_many_waiting"))
+                        "too_many_waiting", "too_many_sockets"))
         yield _counter("wsgw_server_closes", "Sockets the server closed, by close code (4008 too slow, 4029 "
                        "flooding, 4001 token, 1000 shutdown, ...).", "code", {str(k): v for k, v in
                                                                              gateway.closes.items()},
