@@ -21,6 +21,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
+from tests.support.daemon import StartGateway
+from tests.support.wsclient import connect
 from wsgw.access import AuthError
 from wsgw.auth.http import BodyTooLarge, TreqClient
 from wsgw.auth.tokens import TokenVerifier, validate_algorithms
@@ -529,3 +531,57 @@ def test_default_getter_discovers_and_fetches_jwks_over_http() -> Any:
         yield capped.close()
     finally:
         yield port.stopListening()
+
+
+class _Counted(_Json):
+    """A JSON document that counts how often it was fetched."""
+
+    def __init__(self, body: Any) -> None:
+        super().__init__(body)
+        self.fetches = 0
+
+    def render_GET(self, request: Any) -> bytes:
+        self.fetches += 1
+        return super().render_GET(request)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_storm_of_unknown_kids_on_the_daemon_costs_one_key_set_fetch(gateway: StartGateway) -> None:
+    """On the real daemon with an OIDC issuer, 40 sockets subscribing at once with tokens of 40 unknown kids, then
+    10 more one after the other, are each refused 4001 "token signed with an unknown key", and the issuer is
+    asked once (one discovery, one key set: the first fetch is shared, and once keys are loaded an unknown kid
+    refetches at most once a minute); a token of a known kid still subscribes, without a fetch."""
+    from twisted.internet import reactor
+
+    root, well_known = Resource(), Resource()
+    root.putChild(b".well-known", well_known)
+    base: list[str] = []
+    discovery = _Counted(lambda: {"jwks_uri": f"{base[0]}/jwks"})
+    keys = _Counted({"keys": [jwk(_rsa_key, "k1")]})
+    well_known.putChild(b"openid-configuration", discovery)
+    root.putChild(b"jwks", keys)
+    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    try:
+        base.append(f"http://127.0.0.1:{port.getHost().port}")
+        daemon = await gateway(redis=None, overrides={"auth.algorithms": "RS256 HS256",
+                                                          "auth.oidc_issuer": base[0]})
+        exp = int(reactor.seconds()) + 600
+        clients = [await connect(daemon.port) for _ in range(40)]
+        for i, client in enumerate(clients):
+            client.send_json({"@type": "subscribe", "jwt": jwt.encode(claims(iss=base[0], exp=exp), _rsa_key2,
+                                                                      algorithm="RS256", headers={"kid": f"k{i + 2}"})})
+        for client in clients:
+            assert (await client.next()) == {"@type": "error", "error": "subscribe: token signed with an unknown key"}
+            assert (await client.wait_closed())[0] == 4001
+        for i in range(10):  # the keys are loaded now: one after the other
+            late = await connect(daemon.port)
+            answer = await late.subscribe(jwt.encode(claims(iss=base[0], exp=exp), _rsa_key2, algorithm="RS256",
+                                                     headers={"kid": f"late{i}"}))
+            assert answer == {"@type": "error", "error": "subscribe: token signed with an unknown key"}
+        good = await connect(daemon.port)
+        answer = await good.subscribe(jwt.encode(claims(iss=base[0], exp=exp), _rsa_key, algorithm="RS256",
+                                                 headers={"kid": "k1"}))
+        assert answer["@type"] == "subscribed"
+        assert (discovery.fetches, keys.fetches) == (1, 1)
+    finally:
+        await port.stopListening()

@@ -44,6 +44,7 @@ def test_file_values_and_overrides() -> None:
         ("[server]\nmax_connections = many\n", "[server] max_connections = 'many'"),
         ("[access]\nresolver = ldap\n", "must be one of claims, http"),
         ("[access]\nresolver = http\n", "resolver = http needs url"),
+        ("[access]\nresolver = http\nurl = http://a/b\ntimeout = 0\n", "[access] timeout must be more than 0"),
         ("[topics]\ntree = same\nmeta = same\n", "must be distinct"),
         ("not an ini", "File contains no section headers"),
     ],

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from wsgw.access import Access, AccessError, AuthError, Workspace
+from wsgw.access import Access, AccessBusy, AccessError, AuthError, Workspace
 from wsgw.events.endpoint import EventsEndpoint
 from wsgw.events.nodes import InView
 from wsgw.gateway import Gateway
@@ -46,6 +46,10 @@ class FakeResolver:
     def resolve(self, token: str, claims: dict[str, Any]) -> Deferred[Access]:
         if claims["name"] == "down":
             return fail(AccessError("access backend unavailable: connection refused"))
+        if claims["name"] == "busy":
+            return fail(AccessBusy("access backend busy, try again later"))
+        if claims["name"] == "refused":
+            return fail(AccessError("access refused by the backend: HTTP 403"))
         workspaces = self.grants.get(claims["name"], (WS,))
         return succeed(Access(claims["name"], claims["sub"], "standard", frozenset(), workspaces, claims["exp"]))
 
@@ -144,6 +148,19 @@ def test_backend_down_closes_with_try_again() -> None:
     gw.receive(gw.open(conn, world.ws), {"@type": "subscribe", "jwt": "down"})
     assert "access backend unavailable" in conn.frames[0]["error"]
     assert conn.closed is not None and conn.closed[0] == 1013
+
+
+def test_backend_busy_closes_with_try_again_and_a_refusal_with_4001() -> None:
+    """A busy access backend (AccessBusy) closes 1013 counted as access_busy; a backend refusal closes 4001
+    counted as access_denied."""
+    gw, _, _, world = make()
+    busy, refused = RecordingConnection(), RecordingConnection()
+    gw.receive(gw.open(busy, world.ws), {"@type": "subscribe", "jwt": "busy"})
+    gw.receive(gw.open(refused, world.chat), {"@type": "subscribe", "jwt": "refused"})
+    assert busy.frames == [{"@type": "error", "error": "subscribe: access backend busy, try again later"}]
+    assert busy.closed is not None and busy.closed[0] == 1013
+    assert refused.closed == (4001, "subscribe: access refused by the backend: HTTP 403")
+    assert gw.refusals == {"access_busy": 1, "access_denied": 1}
 
 
 def test_resubscribe_replaces_access() -> None:
@@ -487,7 +504,8 @@ def test_sockets_per_login_are_counted_across_endpoints_and_follow_every_access_
     login moves the socket's place, an unsubscribe or a close frees it, a refresh takes none."""
     gw, _, _, world = make(max_sockets_per_user=2)
     conns = [RecordingConnection() for _ in range(4)]
-    ws, chat, other, late = (gw.open(c, e) for c, e in zip(conns, (world.ws, world.chat, world.ws, world.chat)))
+    endpoints = (world.ws, world.chat, world.ws, world.chat)
+    ws, chat, other, late = (gw.open(c, e) for c, e in zip(conns, endpoints, strict=True))
     gw.receive(ws, {"@type": "subscribe", "jwt": "alice"})
     gw.receive(chat, {"@type": "subscribe", "jwt": "alice"})
     gw.receive(ws, {"@type": "subscribe", "jwt": "alice"})  # a refresh at the cap

@@ -1,10 +1,12 @@
-"""Tests of the access resolvers: claims to Access, and the cached, shared, failure-safe http resolver."""
+"""Tests of the access resolvers: claims to Access, and the cached, shared, bounded, failure-safe http resolver
+(unit tests, then the real daemon with a real backend)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import pytest_twisted
@@ -13,10 +15,13 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface.verify import verifyObject
 
-from wsgw.access import Access, AccessError, Root, Workspace
+from tests.support.daemon import StartGateway, scrape, token, value
+from tests.support.waiting import wait_until
+from tests.support.wsclient import connect
+from wsgw.access import Access, AccessBusy, AccessError, Root, Workspace
 from wsgw.auth.resolvers import ClaimsResolver, HttpResolver
 from wsgw.interfaces import IAccessResolver
 
@@ -220,7 +225,63 @@ def test_http_resolver_drops_expired_entries_when_storing() -> None:
         fired(resolver.resolve(f"tok-{i}", CLAIMS))
     clock.advance(11)
     fired(resolver.resolve("tok-new", CLAIMS))
-    assert len(resolver._cache) == 1
+    assert len(resolver._answers) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_http_resolver_caches_a_refusal_for_refusal_ttl(status: int) -> None:
+    """A 401, 403 or 404 refuses the token ("access refused by the backend", not "unavailable": close 4001) and
+    is remembered for refusal_ttl: a flood of resolves of that token costs one request per refusal_ttl."""
+    clock = Clock()
+    backend = FakeBackend(status, b"{}")
+    resolver = make(backend, clock, refusal_ttl=5)
+    for _ in range(100):
+        assert access_error(resolver.resolve("tok-1", CLAIMS)) == f"access refused by the backend: HTTP {status}"
+        clock.advance(0.04)
+    assert len(backend.requests) == 1
+    clock.advance(1)
+    backend.status, backend.body = 200, json.dumps(DOC).encode()
+    assert fired(resolver.resolve("tok-1", CLAIMS)).login == "alice"
+    assert len(backend.requests) == 2
+    assert resolver.lookups == {"refused": 1, "cached": 99, "ok": 1}
+
+
+def test_http_resolver_caps_requests_in_flight_and_refuses_past_it_as_busy() -> None:
+    """At most max_requests requests are in flight: one more distinct token fails at once with AccessBusy, and
+    asks nothing; a token already in flight still shares its request; a settled request frees its place."""
+    backend = FakeBackend()
+    backend.hold = True
+    resolver = make(backend, max_requests=2)
+    first, second = resolver.resolve("tok-1", CLAIMS), resolver.resolve("tok-2", CLAIMS)
+    assert resolver.in_flight == 2
+    busy = resolver.resolve("tok-3", CLAIMS)
+    assert failed(busy, AccessBusy).getErrorMessage() == "access backend busy, try again later"
+    shared = resolver.resolve("tok-1", CLAIMS)
+    assert len(backend.requests) == 2
+    backend.held[0].callback((200, json.dumps(DOC).encode()))
+    assert fired(first) == fired(shared) and resolver.in_flight == 1
+    third = resolver.resolve("tok-3", CLAIMS)
+    assert len(backend.requests) == 3 and not third.called and not second.called
+    assert resolver.lookups == {"ok": 1, "busy": 1, "shared": 1}
+
+
+def test_http_resolver_reports_each_request_duration_and_outcome() -> None:
+    """``observe`` gets each request's duration (answered or timed out); ``lookups`` counts its outcome."""
+    clock = Clock()
+    backend = FakeBackend()
+    backend.hold = True
+    resolver = make(backend, clock, timeout=5)
+    durations: list[float] = []
+    resolver.observe = durations.append
+    answered = resolver.resolve("tok-1", CLAIMS)
+    clock.advance(0.25)
+    backend.held[0].callback((200, json.dumps(DOC).encode()))
+    fired(answered)
+    late = resolver.resolve("tok-2", CLAIMS)
+    clock.advance(5)
+    assert access_error(late) == "access backend unavailable: timeout"
+    assert durations == [0.25, 5.0]
+    assert resolver.lookups == {"ok": 1, "timeout": 1} and resolver.in_flight == 0
 
 
 def test_http_resolver_needs_a_login() -> None:
@@ -266,3 +327,110 @@ def test_default_getter_reads_the_access_document_over_http() -> Any:
         yield port.stopListening()
     with pytest.raises(AccessError, match="access backend unavailable: connection refused"):
         yield HttpResolver(reactor, url).resolve("good-token", CLAIMS).addTimeout(10, reactor)
+
+
+class AccessBackend(Resource):
+    """An access backend for the daemon: answers DOC, or 403 to the tokens in ``refused``; while ``hold`` is set
+    it answers nothing until ``release()``. ``requests`` counts what it was asked."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = 0
+        self.refused: set[str] = set()
+        self.hold = False
+        self.held: list[Request] = []
+
+    def render_GET(self, request: Request) -> bytes | int:
+        self.requests += 1
+        if self.hold:
+            self.held.append(request)
+            return NOT_DONE_YET
+        return self._answer(request)
+
+    def _answer(self, request: Request) -> bytes:
+        bearer = (request.getHeader(b"authorization") or b"").decode().removeprefix("Bearer ")
+        if bearer in self.refused:
+            request.setResponseCode(403)
+            return b"{}"
+        return json.dumps(DOC).encode()
+
+    def release(self) -> None:
+        held, self.held, self.hold = self.held, [], False
+        for request in held:
+            request.write(self._answer(request))
+            request.finish()
+
+
+@pytest_twisted.async_yield_fixture
+async def backend() -> Any:
+    """A real access backend on loopback: (its resource, its URL)."""
+    from twisted.internet import reactor
+
+    resource = AccessBackend()
+    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    yield resource, f"http://127.0.0.1:{port.getHost().port}/access"
+    resource.release()
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_32_backend_requests_in_flight_a_subscribe_is_refused_1013_busy(
+        gateway: StartGateway, backend: tuple[AccessBackend, str]) -> None:
+    """By default at most 32 requests to the access backend are in flight: while it holds 32 distinct tokens'
+    requests, a 33rd user's subscribe gets "access backend busy, try again later" and 1013 at once, counted in
+    /metrics (refusal reason, lookup outcome, requests in flight); once it answers, the 32 subscribe and the
+    request durations show in the histogram."""
+    resource, url = backend
+    resource.hold = True
+    daemon = await gateway(redis=None, admin="tcp:0:interface=127.0.0.1",
+                           overrides={"access.resolver": "http", "access.url": url})
+    assert daemon.service.config.access_max_requests == 32
+    waiting = [await connect(daemon.port) for _ in range(32)]
+    for i, client in enumerate(waiting):
+        client.send_json({"@type": "subscribe", "jwt": token(f"user{i}")})
+    await wait_until(lambda: resource.requests == 32, "32 requests at the backend")
+    late = await connect(daemon.port, "/chat")
+    assert (await late.subscribe(token("late"))) == {"@type": "error",
+                                                      "error": "subscribe: access backend busy, try again later"}
+    assert (await late.wait_closed())[0] == 1013
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_subscribes_refused_total", reason="access_busy") == 1
+    assert value(samples, "wsgw_access_lookups_total", outcome="busy") == 1
+    assert value(samples, "wsgw_access_requests_in_flight") == 32
+    assert resource.requests == 32
+    resource.release()
+    for i, client in enumerate(waiting):
+        assert (await client.next()) == {"@type": "subscribed", "user": f"user{i}", "exp": ANY}
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_access_requests_in_flight") == 0
+    assert value(samples, "wsgw_access_lookups_total", outcome="ok") == 32
+    assert value(samples, "wsgw_access_request_seconds_count") == 32
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_token_costs_one_backend_request_per_refusal_ttl(
+        gateway: StartGateway, backend: tuple[AccessBackend, str]) -> None:
+    """The backend answers 403 to mallory's token: 20 subscribes with it in a row each get "access refused by the
+    backend: HTTP 403" and 4001, and the backend is asked once (the refusal is cached for refusal_ttl, 5 s by
+    default); another user's token is still asked."""
+    resource, url = backend
+    daemon = await gateway(redis=None, admin="tcp:0:interface=127.0.0.1",
+                           overrides={"access.resolver": "http", "access.url": url})
+    assert daemon.service.config.access_refusal_ttl == 5
+    mallory = token("mallory")
+    resource.refused.add(mallory)
+    for _ in range(20):
+        client = await connect(daemon.port)
+        answer = await client.subscribe(mallory)
+        assert answer == {"@type": "error", "error": "subscribe: access refused by the backend: HTTP 403"}
+        assert (await client.wait_closed())[0] == 4001
+    assert resource.requests == 1
+    alice = await connect(daemon.port)
+    assert (await alice.subscribe(token("alice")))["@type"] == "subscribed"
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_access_lookups_total", outcome="refused") == 1
+    assert value(samples, "wsgw_access_lookups_total", outcome="cached") == 19
+    assert value(samples, "wsgw_subscribes_refused_total", reason="access_denied") == 20
+    assert resource.requests == 2

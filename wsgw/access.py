@@ -22,6 +22,10 @@ class AccessError(Exception):
     """The user's access could not be established (bad claims, resolver backend down)."""
 
 
+class AccessBusy(AccessError):
+    """The access backend already has as many requests in flight as allowed: try again later (close 1013)."""
+
+
 def login_claim(claims: Mapping[str, Any]) -> str | None:
     """The login a token names (PROTOCOL.md §2): ``name``, else ``preferred_username``; None when that is
     not a non-empty string."""

@@ -131,6 +131,9 @@ class Config:
     resolver: str = _key("access", "resolver", _choice("claims", "http"), "claims")
     access_url: str = _key("access", "url", _http_url, "")
     access_cache_ttl: float = _key("access", "cache_ttl", _positive_float, "10")
+    access_refusal_ttl: float = _key("access", "refusal_ttl", _positive_float, "5")
+    access_timeout: float = _key("access", "timeout", _positive_float, "5")
+    access_max_requests: int = _key("access", "max_requests", _positive_int, "32")
     node_meta_url: str = _key("access", "node_meta_url", _http_url, "")
     node_meta_token_file: str = _key("access", "node_meta_token_file", _text, "")
     node_meta_timeout: float = _key("access", "node_meta_timeout", _positive_float, "0.5")
@@ -281,6 +284,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"{config.source}: [auth] {e}") from None
     if config.resolver == "http" and not config.access_url:
         raise ConfigError(f"{config.source}: [access] resolver = http needs url")
+    if config.resolver == "http" and config.access_timeout <= 0:
+        raise ConfigError(f"{config.source}: [access] timeout must be more than 0 with resolver = http")
     if config.node_meta_url and config.node_meta_timeout <= 0:
         raise ConfigError(f"{config.source}: [access] node_meta_timeout must be more than 0 with node_meta_url")
     if not config.listen:

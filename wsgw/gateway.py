@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsgw import frames
-from wsgw.access import Access, AccessError, AuthError
+from wsgw.access import Access, AccessBusy, AccessError, AuthError
 from wsgw.flow import Flow
 from wsgw.frames import CLOSE_AUTH, CLOSE_FLOOD, CLOSE_SLOW, CLOSE_TRY_AGAIN
 from wsgw.interfaces import IAccessResolver, IConnection, IEndpoint, ITokenVerifier
@@ -232,6 +232,8 @@ class Gateway:
                 return
             if isinstance(failure.value, AuthError):
                 self._refuse(session, f"subscribe: {failure.value}", CLOSE_AUTH, "invalid_token")
+            elif isinstance(failure.value, AccessBusy):
+                self._refuse(session, f"subscribe: {failure.value}", CLOSE_TRY_AGAIN, "access_busy")
             elif isinstance(failure.value, AccessError):
                 reason = str(failure.value)
                 if "unavailable" in reason:

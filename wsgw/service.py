@@ -82,7 +82,9 @@ class GatewayService(MultiService):
         )
         resolver: IAccessResolver
         if config.resolver == "http":
-            resolver = HttpResolver(clock, config.access_url, cache_ttl=config.access_cache_ttl)
+            resolver = HttpResolver(clock, config.access_url, cache_ttl=config.access_cache_ttl,
+                                    refusal_ttl=config.access_refusal_ttl, timeout=config.access_timeout,
+                                    max_requests=config.access_max_requests)
         else:
             resolver = ClaimsResolver()
         self.gateway = Gateway(clock, verifier, resolver, auth_timeout=config.auth_timeout, leeway=config.leeway,
@@ -117,6 +119,7 @@ class GatewayService(MultiService):
             deliveries={"nodes": self.nodes, "tasks": task_handler, "idm": idm_handler,
                         "activity": activity_handler, "chat": self.chat},
             bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
+            access=resolver if isinstance(resolver, HttpResolver) else None,
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)

@@ -1,19 +1,17 @@
 """Access resolvers (PROTOCOL.md §3): turn verified claims into the session's Access.
 
 ``ClaimsResolver`` reads ``profile``, ``roles`` and ``workspaces`` from the token itself; ``HttpResolver``
-asks an HTTP backend with the token as bearer, caches the answer per token for a short TTL (bounded,
-oldest evicted first), shares one request between concurrent resolves of a token and never caches a failure.
-Both take the login from ``name`` (else ``preferred_username``), the user id from ``sub`` (empty when absent)
-and the expiry from ``exp``.
+asks an HTTP backend with the token as bearer, within bounds (its docstring). Both take the login from
+``name`` (else ``preferred_username``), the user id from ``sub`` (empty when absent) and the expiry from ``exp``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -21,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsgw.access import Access, AccessError, access_from_document, login_claim
+from wsgw.access import Access, AccessBusy, AccessError, access_from_document, login_claim
 from wsgw.auth.http import HttpGet, TreqClient, short_reason
 from wsgw.interfaces import IAccessResolver
 
@@ -54,9 +52,71 @@ class ClaimsResolver:
             return fail(e)
 
 
+REFUSING = frozenset({401, 403, 404})
+"""Backend statuses that refuse the token (PROTOCOL.md §3.1, "Backend answers"): the user may not connect."""
+
+OUTCOMES = ("ok", "refused", "failed", "timeout", "cached", "shared", "busy")
+"""What ``HttpResolver.lookups`` counts: requests answered 200 with a document, refused (401, 403, 404), failed
+(any other answer, a bad document, no connection), timed out; resolves answered from the cache (an answer or
+a refusal), sharing a request in flight, refused at once for lack of a free request (``busy``)."""
+
+_V = TypeVar("_V")
+
+
+class _Expiring(Generic[_V]):
+    """At most ``max_entries`` values by key, each kept ``ttl`` seconds (one TTL for all, so insertion order is
+    expiry order: the oldest goes first, whether expired or evicted)."""
+
+    def __init__(self, clock: IReactorTime, ttl: float, max_entries: int) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._entries: OrderedDict[bytes, tuple[float, _V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> _V | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if hit[0] > self._clock.seconds():
+            return hit[1]
+        del self._entries[key]
+        return None
+
+    def put(self, key: bytes, value: _V) -> None:
+        if self._ttl <= 0 or self._max_entries <= 0:
+            return
+        now = self._clock.seconds()
+        entries = self._entries
+        entries.pop(key, None)
+        while entries and next(iter(entries.values()))[0] <= now:
+            entries.popitem(last=False)
+        while len(entries) >= self._max_entries:
+            entries.popitem(last=False)
+        entries[key] = (now + self._ttl, value)
+
+    def discard(self, key: bytes) -> None:
+        self._entries.pop(key, None)
+
+
 @implementer(IAccessResolver)
 class HttpResolver:
-    """GETs ``url`` with the token as bearer and reads ``{"profile","roles","workspaces"}``."""
+    """GETs ``url`` with the token as bearer and reads ``{"profile","roles","workspaces"}``, within bounds:
+
+    - one request per token at a time: concurrent resolves of a token share it;
+    - at most ``max_requests`` requests in flight (0 = no cap); past it a resolve fails at once with
+      ``AccessBusy`` (the client is closed 1013, try again);
+    - each request at most ``timeout`` seconds, its answer at most 4 MiB;
+    - an answer is cached per token for ``cache_ttl`` seconds, a refusal (401, 403, 404: ``AccessError``
+      "access refused by the backend", close 4001) for ``refusal_ttl``; each cache holds at most
+      ``max_entries`` tokens (as SHA-256 digests, never the token), the oldest evicted first. Any other
+      failure is not cached.
+
+    ``lookups`` counts resolves by ``OUTCOMES``, ``in_flight`` the requests now; ``observe`` (None: nothing),
+    called with each request's duration in seconds, feeds /metrics.
+    """
 
     def __init__(
         self,
@@ -66,16 +126,25 @@ class HttpResolver:
         http_get: HttpGet | None = None,
         timeout: float = 5.0,
         max_entries: int = 10000,
+        *,
+        refusal_ttl: float = 5.0,
+        max_requests: int = 32,
     ) -> None:
         self._clock = clock
         self._url = url
-        self._ttl = cache_ttl
         self._http_get = http_get
         self._timeout = timeout
-        self._max_entries = max_entries
-        # sha256(token) -> (expires_at, access); insertion order is expiry order (one TTL for all)
-        self._cache: OrderedDict[bytes, tuple[float, Access]] = OrderedDict()
-        self._inflight: dict[bytes, list[Deferred[Access]]] = {}
+        self._max_requests = max_requests
+        self._answers: _Expiring[Access] = _Expiring(clock, cache_ttl, max_entries)
+        self._refusals: _Expiring[str] = _Expiring(clock, refusal_ttl, max_entries)
+        self._inflight: dict[bytes, list[Deferred[Access]]] = {}  # sha256(token) -> its resolves waiting
+        self.lookups: Counter[str] = Counter()
+        self.observe: Callable[[float], object] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests to the backend now."""
+        return len(self._inflight)
 
     def resolve(self, token: str, claims: Mapping[str, Any]) -> Deferred[Access]:
         try:
@@ -83,21 +152,25 @@ class HttpResolver:
         except AccessError as e:
             return fail(e)
         key = hashlib.sha256(token.encode("utf-8")).digest()  # never keep raw tokens in memory
-        hit = self._cache.get(key)
-        if hit is not None:
-            if hit[0] > self._clock.seconds():
-                return succeed(hit[1])
-            del self._cache[key]
+        access = self._answers.get(key)
+        refusal = self._refusals.get(key) if access is None else None
+        if access is not None or refusal is not None:
+            self.lookups["cached"] += 1
+            return succeed(access) if access is not None else fail(AccessError(refusal))
         waiter: Deferred[Access] = Deferred()
         waiters = self._inflight.get(key)
         if waiters is not None:
+            self.lookups["shared"] += 1
             waiters.append(waiter)
             return waiter
+        if self._max_requests and len(self._inflight) >= self._max_requests:
+            self.lookups["busy"] += 1
+            return fail(AccessBusy("access backend busy, try again later"))
         self._inflight[key] = [waiter]
+        started = self._clock.seconds()
         d: Deferred[Any] = maybeDeferred(self._get, self._url, {"Authorization": "Bearer " + token})
         d.addTimeout(self._timeout, self._clock)
-        d.addCallbacks(self._parse, self._unavailable, callbackArgs=(login, sub, exp))
-        d.addBoth(self._settle, key)
+        d.addBoth(self._answered, key, started, (login, sub, exp))
         return waiter
 
     def _get(self, url: str, headers: Mapping[str, str]) -> Deferred[tuple[int, bytes]]:
@@ -105,47 +178,55 @@ class HttpResolver:
             self._http_get = TreqClient(self._clock, timeout=self._timeout, max_bytes=4 << 20)
         return self._http_get(url, headers)
 
-    def _parse(self, status_body: tuple[int, bytes], login: str, sub: str, exp: int | None) -> Access:
-        status, body = status_body
-        if status != 200:
-            raise AccessError(f"access backend unavailable: HTTP {status}")
+    def _answered(self, result: tuple[int, bytes] | Failure, key: bytes, started: float,
+                  identity: tuple[str, str, int | None]) -> None:
+        """A request ended: count it, cache an answer or a refusal, and settle every resolve waiting for it."""
+        if self.observe is not None:
+            self.observe(self._clock.seconds() - started)
         try:
-            doc = json.loads(body)
-        except ValueError:
-            raise AccessError("access backend unavailable: bad JSON") from None
-        if not isinstance(doc, dict):
-            raise AccessError("access backend unavailable: bad JSON (not an object)")
-        try:
-            return access_from_document(login, sub, doc, exp)
-        except AccessError as e:
-            raise AccessError(f"access backend unavailable: bad document ({e})") from None
-
-    def _unavailable(self, failure: Failure) -> None:
-        reason = short_reason(failure)
-        _log.warn("access backend {url} failed: {reason}", url=self._url, reason=reason)
-        raise AccessError(f"access backend unavailable: {reason}")
-
-    def _settle(self, result: Access | Failure, key: bytes) -> None:
+            outcome, answer = self._outcome(result, *identity)
+        except Exception:  # noqa: BLE001 - a bug here must still settle the waiters
+            _log.failure("access resolver error")
+            outcome, answer = "failed", AccessError("access backend unavailable: internal error")
+        self.lookups[outcome] += 1
         waiters = self._inflight.pop(key, [])
-        if isinstance(result, Access):
-            self._store(key, result)
+        if isinstance(answer, Access):
+            self._refusals.discard(key)
+            self._answers.put(key, answer)
             for w in waiters:
-                w.callback(result)
-        else:
-            if not result.check(AccessError):
-                _log.failure("access resolver error", failure=result)
-                result = Failure(AccessError("access backend unavailable: internal error"))
-            for w in waiters:
-                w.errback(result.value)
-
-    def _store(self, key: bytes, access: Access) -> None:
-        if self._ttl <= 0 or self._max_entries <= 0:
+                w.callback(answer)
             return
-        now = self._clock.seconds()
-        cache = self._cache
-        cache.pop(key, None)
-        while cache and next(iter(cache.values()))[0] <= now:
-            cache.popitem(last=False)
-        while len(cache) >= self._max_entries:
-            cache.popitem(last=False)
-        cache[key] = (now + self._ttl, access)
+        if outcome == "refused":
+            self._answers.discard(key)
+            self._refusals.put(key, str(answer))
+        for w in waiters:
+            w.errback(answer)
+
+    def _outcome(self, result: tuple[int, bytes] | Failure, login: str, sub: str,
+                 exp: int | None) -> tuple[str, Access | AccessError]:
+        if isinstance(result, Failure):
+            reason = short_reason(result)
+            _log.warn("access backend {url} failed: {reason}", url=self._url, reason=reason)
+            return ("timeout" if reason == "timeout" else "failed"), AccessError(f"access backend unavailable: {reason}")
+        status, body = result
+        if status in REFUSING:
+            return "refused", AccessError(f"access refused by the backend: HTTP {status}")
+        try:
+            return "ok", _parse(status, body, login, sub, exp)
+        except AccessError as e:
+            return "failed", e
+
+
+def _parse(status: int, body: bytes, login: str, sub: str, exp: int | None) -> Access:
+    if status != 200:
+        raise AccessError(f"access backend unavailable: HTTP {status}")
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise AccessError("access backend unavailable: bad JSON") from None
+    if not isinstance(doc, dict):
+        raise AccessError("access backend unavailable: bad JSON (not an object)")
+    try:
+        return access_from_document(login, sub, doc, exp)
+    except AccessError as e:
+        raise AccessError(f"access backend unavailable: bad document ({e})") from None

@@ -24,12 +24,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from wsgw.auth.resolvers import OUTCOMES as ACCESS_OUTCOMES
 from wsgw.events.usermeta import OUTCOMES
 from wsgw.gateway import Census
 from wsgw.interfaces import IBus
 from wsgw.web.listener import LIMITS
 
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+ACCESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class GatewayCounts(Protocol):
@@ -112,11 +114,21 @@ class ListenerCounts(Protocol):
     refused: Counter[str]
 
 
+class AccessCounts(Protocol):
+    """The http access resolver's requests (``wsgw.auth.resolvers.HttpResolver``)."""
+
+    lookups: Counter[str]
+    observe: Callable[[float], object] | None
+
+    @property
+    def in_flight(self) -> int: ...
+
+
 @attrs.frozen
 class MetricsView:
     """What /metrics reads of one gateway, at scrape time: ``deliveries`` maps the ``kind`` label to the
     handler counting it; ``redis_links`` gives the Redis connections (none on the embedded bus); ``listeners``
-    the public and operator listeners."""
+    the public and operator listeners; ``access`` the http access resolver (None with the claims one)."""
 
     gateway: GatewayCounts
     dispatcher: DispatchCounts
@@ -126,6 +138,7 @@ class MetricsView:
     bus: IBus
     redis_links: Callable[[], Sequence[LinkState]]
     listeners: Sequence[ListenerCounts] = ()
+    access: AccessCounts | None = None
 
 
 class GatewayCollector(Collector):
@@ -151,8 +164,8 @@ class GatewayCollector(Collector):
         yield _counter("wsgw_subscribes_accepted", "Subscribes accepted (first ones and refreshes).", None,
                        gateway.subscribes_accepted)
         yield _counter("wsgw_subscribes_refused", "Subscribes refused, by reason.", "reason", gateway.refusals,
-                       ("missing_token", "invalid_token", "access_denied", "access_unavailable", "internal_error",
-                        "too_many_waiting", "too_many_sockets"))
+                       ("missing_token", "invalid_token", "access_denied", "access_unavailable", "access_busy",
+                        "internal_error", "too_many_waiting", "too_many_sockets"))
         yield _counter("wsgw_server_closes", "Sockets the server closed, by close code (4008 too slow, 4029 "
                        "flooding, 4001 token, 1000 shutdown, ...).", "code", {str(k): v for k, v in
                                                                              gateway.closes.items()},
@@ -188,6 +201,14 @@ class GatewayCollector(Collector):
                        "presence_timeout) that this instance's sweep removed, whichever instance stored them.", None,
                        chat.presences_expired)
         yield from _listener_metrics(p.listeners)
+        if p.access is not None:
+            yield _counter("wsgw_access_lookups", "Access resolves of the http resolver, by outcome: backend requests "
+                           "answered ok, refused (401/403/404, then cached for [access] refusal_ttl), failed, "
+                           "timeout; resolves answered from the cache, sharing a request in flight, or refused busy "
+                           "(at [access] max_requests in flight: closed 1013).", "outcome", p.access.lookups,
+                           ACCESS_OUTCOMES)
+            yield _gauge("wsgw_access_requests_in_flight", "Requests to the access backend now.", None,
+                         p.access.in_flight)
         yield _counter("wsgw_publish_requests", "POST /publish requests on the operator listener, by HTTP status.",
                        "status", {str(k): v for k, v in self._publish_requests.items()})
         bus = p.bus
@@ -256,6 +277,11 @@ class Metrics:
             ["topic"], registry=self.registry, buckets=LAG_BUCKETS,
         )
         self._lag_children = {topic: self.lag.labels(topic=topic) for topic in topics}
+        if view.access is not None:  # each access backend request's duration, observed as it ends
+            view.access.observe = Histogram(
+                "wsgw_access_request_seconds", "Duration of each request to the access backend (answered, refused, "
+                "failed or timed out).", registry=self.registry, buckets=ACCESS_BUCKETS,
+            ).observe
 
     def timed(self, listener: Callable[[str, bytes], Any], clock: IReactorTime) -> TimedListener:
         """``listener`` with its time per bus event observed in the lag histogram."""
