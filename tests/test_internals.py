@@ -22,8 +22,9 @@ from twisted.internet.testing import StringTransport
 from twisted.web.http import HTTPChannel
 
 from tests.support.wsclient import TIMEOUT, connect
-from wsgw.internals.autobahn import HANDSHAKE_ONLY, ServerFactory, ServerProtocol
+from wsgw.internals.autobahn import HANDSHAKE_ONLY, BudgetedLog, ServerFactory, ServerProtocol
 from wsgw.internals.twisted import buffered, clear_exit_signal, direct_socket, release_taken_over_request, send_direct
+from wsgw.logs import LineBudget
 
 # --------------------------------------------------------------------------- Twisted
 
@@ -263,6 +264,25 @@ def test_the_factorys_timer_never_fires_early_even_under_a_second() -> None:
     assert fired[-1] == "ping"
 
 
+def test_with_a_budget_the_sockets_log_info_warn_and_error_within_it_and_debug_as_autobahn() -> None:
+    """A ServerFactory with a log budget gives each protocol a BudgetedLog: Autobahn's info, warn and error lines
+    about the socket count as kind ``websocket``; debug is Autobahn's own bound method, nothing in between."""
+    clock = Clock()
+    budget = LineBudget(clock, per_minute=2)
+    factory = ServerFactory(reactor, clock, log_budget=budget)
+    factory.protocol = ServerProtocol
+    protocol: Any = factory.buildProtocol(None)
+    assert isinstance(protocol.log, BudgetedLog) and protocol.log is factory.buildProtocol(None).log
+    assert protocol.log.debug == WebSocketServerProtocol.log.debug
+    protocol.log.info("an info")
+    protocol.log.warn("a warning")
+    protocol.log.error("an error")
+    assert budget.suppressed == {"websocket": 1}
+    plain: Any = ServerFactory(reactor, clock)
+    plain.protocol = ServerProtocol
+    assert plain.buildProtocol(None).log is WebSocketServerProtocol.log
+
+
 def test_the_fenced_hooks_still_exist_in_autobahn() -> None:
     """The private names the fence overrides or sets are still Autobahn's, with the signatures it calls."""
     assert list(inspect.signature(WebSocketServerProtocol._max_message_size_exceeded).parameters) == [
@@ -274,6 +294,7 @@ def test_the_fenced_hooks_still_exist_in_autobahn() -> None:
     assert "if not self.failedByMe" in source
     assert "self.dropConnection(abort=False)" in source  # the reply to a peer's close: waits for the flush
     assert "self.factory._batched_timer.call_later(" in source
+    assert "self.log.warn(" in source and "self.log.debug(" in source  # what BudgetedLog stands in for
     import txaio._common as txaio_common  # the batched timer's internals that ServerFactory's timer uses
 
     assert list(inspect.signature(txaio_common._BatchedCall).parameters) == ["timer", "index", "the_call"]

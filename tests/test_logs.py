@@ -1,4 +1,5 @@
-"""Logs: one valid JSON object per line under twistd with ``[log] format = json``, and never a token or secret."""
+"""Logs: one valid JSON object per line under twistd with ``[log] format = json``, never a token or secret, and
+no more lines than the budget about what peers do (issue 11 §4)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger, formatEventAsClassicLogText, globalLogPublisher
+from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent, formatEventAsClassicLogText, globalLogPublisher
 
-from tests.support.daemon import SECRET, StartGateway, token, workspace
+from tests.support.daemon import SECRET, StartGateway, healthz, scrape, token, value, workspace
 from tests.support.redis_server import free_port
 from tests.support.twistd import spawn
+from tests.support.waiting import wait_until
 from tests.support.wsclient import TIMEOUT, connect
-from wsgw.logs import REDACTED, event_as_json, use_json_for_twistd
+from wsgw.logs import REDACTED, LineBudget, event_as_json, use_json_for_twistd
 
 HOME = workspace("w-home", "home", "ds/home")
 PUBLISH_TOKEN = "publish-token-that-must-never-be-logged-42"
@@ -188,3 +192,91 @@ async def test_no_secret_reaches_any_log_observer_in_process(tmp_path: Path, gat
     assert "connection setup failed" in text
     assert "subscribed as alice" in text
     assert secrets_in(text, [*used, REDIS_PASSWORD, "the-real-redis-password-123"]) == []
+
+
+# --- the budget of lines peers can cause
+
+
+def test_the_budget_writes_per_minute_lines_of_a_kind_then_counts_and_reports_the_rest() -> None:
+    """Of 25 lines of one kind within a minute, a budget of 10 writes 10 (the 10th with a notice) and counts 15;
+    another kind has its own budget; the first line after the minute comes after "left out 15"; 0 = no limit."""
+    clock = Clock()
+    events: list[dict[str, Any]] = []
+    budget = LineBudget(clock, per_minute=10)
+    budget._log = Logger(namespace="wsgw.logs", observer=captured(events))
+    log = Logger(namespace="wsgw.test", observer=captured(events))
+    for i in range(25):
+        budget.info(log, "refused", "refusal {i}", i=i)
+        clock.advance(1)
+    budget.warn(log, "too_slow", "slow")
+    assert [formatEvent(e) for e in events] == [
+        *(f"refusal {i}" for i in range(9)),
+        "10 log lines of kind refused this minute: the next ones are left out for 51 s (counted in "
+        "wsgw_log_lines_suppressed_total)", "refusal 9", "slow"]
+    assert budget.suppressed == {"refused": 15}
+    del events[:]
+    clock.advance(35)
+    budget.info(log, "refused", "refusal again")
+    assert [formatEvent(e) for e in events] == ["left out 15 log lines of kind refused (over 10 a minute)",
+                                                "refusal again"]
+    unlimited = LineBudget(clock, per_minute=0)
+    assert all(unlimited.admit("http") for _ in range(1000)) and not unlimited.suppressed
+
+
+def texts(events: list[dict[str, Any]]) -> list[str]:
+    return [formatEventAsClassicLogText(e) or "" for e in events]
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_requests_are_not_logged_unless_asked_and_then_within_the_budget(gateway: StartGateway) -> None:
+    """By default no HTTP request is logged, on either listener; with [log] access_log = yes and a budget of 5
+    lines a minute, 20 requests write 5 access lines and 15 are counted as left out."""
+    events: list[dict[str, Any]] = []
+    observer = captured(events)
+    globalLogPublisher.addObserver(observer)
+    try:
+        quiet = await gateway(redis=None, admin="tcp:0:interface=127.0.0.1")
+        assert quiet.service.config.access_log is False
+        for _ in range(20):
+            assert await healthz(quiet.port) == 200
+            assert await healthz(quiet.admin_port) == 200
+        assert [t for t in texts(events) if "GET /healthz" in t] == []
+        sampled = await gateway(redis=None, admin="tcp:0:interface=127.0.0.1",
+                                overrides={"log.access_log": "yes", "log.peer_lines_per_minute": "5"})
+        for _ in range(20):
+            assert await healthz(sampled.port) == 200
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert len([t for t in texts(events) if '"GET /healthz HTTP/1.1" 200' in t]) == 5
+    assert value(await scrape(sampled), "wsgw_log_lines_suppressed_total", kind="http") == 15
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_writes_at_most_60_lines_a_minute_of_refusals_or_websocket_errors(gateway: StartGateway) -> None:
+    """By default at most 60 lines a minute of each kind: 70 refused subscribes log 60 refusals, and 50
+    handshakes refused for their Origin (Autobahn writes 2 lines each) log 60 lines; the rest are counted by
+    kind."""
+    events: list[dict[str, Any]] = []
+    observer = captured(events)
+    globalLogPublisher.addObserver(observer)
+    try:
+        daemon = await gateway(redis=None, admin="tcp:0:interface=127.0.0.1",
+                               overrides={"websocket.allowed_origins": "https://cells.example.org"})
+        assert daemon.service.config.peer_lines_per_minute == 60
+        for _ in range(70):
+            client = await connect(daemon.port)
+            client.send_json({"@type": "subscribe", "jwt": "not-a-token"})
+            await client.wait_closed()
+        for _ in range(50):
+            with pytest.raises(ConnectionError):
+                await connect(daemon.port, origin="https://evil.example.com")
+        await wait_until(lambda: daemon.service.public_guard.open == 0, "the refused sockets closed")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    lines = [t for t in texts(events) if "WebSocketClientProtocol" not in t]  # the test's own client
+    assert len([t for t in lines if "refused: subscribe: malformed token" in t]) == 60
+    assert len([t for t in lines if "origin not allowed" in t]) == 60
+    assert len([t for t in lines if "the next ones are left out" in t]) == 2
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_log_lines_suppressed_total", kind="refused") == 10
+    assert value(samples, "wsgw_log_lines_suppressed_total", kind="websocket") == 40

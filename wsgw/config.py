@@ -158,6 +158,8 @@ class Config:
     publish_token_file: str = _key("admin", "publish_token_file", _text, "")
     admin_max_connections: int = _key("admin", "max_connections", _positive_int, "64")
     log_format: str = _key("log", "format", _choice("text", "json"), "text")
+    access_log: bool = _key("log", "access_log", _bool, "no")
+    peer_lines_per_minute: int = _key("log", "peer_lines_per_minute", _positive_int, "60")
     live_page: bool = _key("web", "live_page", _bool, "no")
     history_cap: int = _key("chat", "history_cap", _positive_int, "1000")
     history_on_join: bool = _key("chat", "history_on_join", _bool, "no")

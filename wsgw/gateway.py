@@ -29,6 +29,7 @@ from wsgw.access import Access, AccessBusy, AccessError, AuthError
 from wsgw.flow import Flow
 from wsgw.frames import CLOSE_AUTH, CLOSE_FLOOD, CLOSE_SLOW, CLOSE_TRY_AGAIN
 from wsgw.interfaces import IAccessResolver, IConnection, IEndpoint, ITokenVerifier
+from wsgw.logs import LineBudget
 from wsgw.sessions import Session, SessionTable
 
 SUBSCRIBE = ("subscribe", "register")
@@ -51,8 +52,10 @@ class Gateway:
 
     ``max_queued_bytes`` bounds what each session's flow holds (PROTOCOL.md §4.1). ``max_sockets_per_user``
     (0 = no cap) bounds the subscribed sockets of one login on this instance, both endpoints together: one more
-    subscribe is refused with an error frame and close 4029. Counters (read by /metrics): ``subscribes_accepted``, ``refusals`` (subscribe refusals by kind), ``closes`` (closes the
-    server initiated, by close code), ``withdrawn`` (waiting frames dropped by an access change).
+    subscribe is refused with an error frame and close 4029. The lines it logs about a socket (subscribed,
+    refused, too slow) are within ``log_budget`` (by default its own, of 60 lines a minute of each kind).
+    Counters (read by /metrics): ``subscribes_accepted``, ``refusals`` (subscribe refusals by kind), ``closes``
+    (closes the server initiated, by close code), ``withdrawn`` (waiting frames dropped by an access change).
     """
 
     _log = Logger()
@@ -69,6 +72,7 @@ class Gateway:
         max_waiting_frames: int = 64,
         max_waiting_bytes: int = 64 * 1024,
         max_sockets_per_user: int = 0,
+        log_budget: LineBudget | None = None,
     ) -> None:
         self._clock = clock
         self._verifier = verifier
@@ -81,6 +85,7 @@ class Gateway:
         self._max_per_user = max_sockets_per_user
         self._logins: dict[Session, str] = {}  # subscribed session -> its login, counted in _per_login
         self._per_login: Counter[str] = Counter()
+        self._budget = log_budget if log_budget is not None else LineBudget(clock)
         self.table = SessionTable()
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
@@ -155,8 +160,8 @@ class Gateway:
 
     def too_slow(self, session: Session) -> None:
         """The one answer to a reader that stopped reading, whichever of its queues overflowed: 4008."""
-        self._log.warn("session {sid} ({peer}) reads too slowly: closing it with 4008", sid=session.sid,
-                       peer=session.connection.peer)
+        self._budget.warn(self._log, "too_slow", "session {sid} ({peer}) reads too slowly: closing it with 4008",
+                          sid=session.sid, peer=session.connection.peer)
         self.close(session, CLOSE_SLOW, "client too slow")
 
     def close_all(self, code: int, reason: str) -> None:
@@ -266,13 +271,13 @@ class Gateway:
         if access.exp is not None:
             delay = max(0.0, access.exp + self._leeway - self._clock.seconds())
             self._set_timer(session, delay, self._expired)
-        self._log.info("session {sid} subscribed as {login} on /{endpoint}", sid=session.sid, login=access.login,
-                       endpoint=session.endpoint.name)
+        self._budget.info(self._log, "subscribed", "session {sid} subscribed as {login} on /{endpoint}",
+                          sid=session.sid, login=access.login, endpoint=session.endpoint.name)
         session.send(frames.encode({"@type": "subscribed", "user": access.login, "exp": access.exp}))
 
     def _refuse(self, session: Session, reason: str, code: int, kind: str) -> None:
         self.refusals[kind] += 1
-        self._log.info("session {sid} refused: {reason}", sid=session.sid, reason=reason)
+        self._budget.info(self._log, "refused", "session {sid} refused: {reason}", sid=session.sid, reason=reason)
         self.reject(session, code, reason)
 
     def _unsubscribe(self, session: Session) -> None:

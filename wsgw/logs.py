@@ -1,4 +1,11 @@
-"""JSON-lines logging (``[log] format = json``): one JSON object per log event, for journald and log shippers.
+"""Logging: JSON lines (``[log] format = json``), and the budget of lines peers can cause.
+
+``LineBudget`` bounds the log lines peers can make the daemon write (issue 11
+§4): the lines about one peer's doings (a subscribe, a refusal, a close, a
+WebSocket error, an HTTP request, a backend failure it triggered) are written
+at most ``per_minute`` a minute for each kind, and the rest are counted.
+
+JSON lines: one JSON object per log event, for journald and log shippers.
 
 Each line holds ``time`` (ISO 8601, UTC), ``level``, ``namespace``,
 ``message`` (the event's text) and the event's named fields (``sid``,
@@ -22,10 +29,12 @@ import datetime
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import MutableMapping
 from typing import IO, Any
 
-from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import FileLogObserver, ILogObserver, LogEvent, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 
@@ -64,7 +73,7 @@ def event_as_json(event: LogEvent) -> str:
             continue
         record[key] = value if isinstance(value, _SCALARS) else _plain(value)
     if isinstance(failure, Failure):
-        record["error"] = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        record["error"] = f"{getattr(failure.type, '__name__', 'Error')}: {failure.getErrorMessage()}"
         record["traceback"] = failure.getTraceback()
     return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
@@ -114,5 +123,62 @@ def twistd_observer() -> ILogObserver:
     if logfile == "-" or (nodaemon and not logfile):
         out = sys.stdout
     else:
-        out = LogFile.fromFullPath(logfile or "twistd.log")
+        out = LogFile.fromFullPath(logfile or "twistd.log")  # type: ignore[no-untyped-call]
     return json_observer(out)
+
+
+KINDS = ("subscribed", "refused", "too_slow", "access_backend", "chat_store", "websocket", "http")
+"""The kinds of lines a ``LineBudget`` counts (the ``kind`` label of ``wsgw_log_lines_suppressed_total``): subscribes
+accepted, subscribes refused, readers closed 4008, access backend failures, chat frames refused while the store
+is unavailable, Autobahn's lines about a socket (a failed handshake, a dropped connection, a protocol error), and
+the HTTP access log."""
+
+
+class LineBudget:
+    """At most ``per_minute`` log lines of each kind a minute (0 = no limit).
+
+    A kind's minute starts with its first line. The line that uses up the minute's budget comes with a notice
+    that further ones are left out; those are counted (``suppressed``, by kind, read by /metrics), and
+    the first line of the kind written after the minute is preceded by how many were left out. Kinds are the
+    few names of ``KINDS``, so what the budget holds is bounded too.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime, per_minute: int = 60) -> None:
+        self._clock = clock
+        self._per_minute = per_minute
+        self._minutes: dict[str, list[float]] = {}  # kind -> [start of its minute, lines written, left out]
+        self.suppressed: Counter[str] = Counter()
+
+    def admit(self, kind: str) -> bool:
+        """Whether one more line of ``kind`` may be written now (if not, it is counted as left out)."""
+        if not self._per_minute:
+            return True
+        now = self._clock.seconds()
+        minute = self._minutes.get(kind)
+        if minute is None or now - minute[0] >= 60:
+            if minute is not None and minute[2]:
+                self._log.warn("left out {count} log lines of kind {kind} (over {limit} a minute)",
+                               count=int(minute[2]), kind=kind, limit=self._per_minute)
+            minute = self._minutes[kind] = [now, 0, 0]
+        if minute[1] < self._per_minute:
+            minute[1] += 1
+            if minute[1] == self._per_minute:
+                self._log.warn("{limit} log lines of kind {kind} this minute: the next ones are left out for "
+                               "{seconds:.0f} s (counted in wsgw_log_lines_suppressed_total)", limit=self._per_minute,
+                               kind=kind, seconds=minute[0] + 60 - now)
+            return True
+        minute[2] += 1
+        self.suppressed[kind] += 1
+        return False
+
+    def info(self, log: Logger, kind: str, text: str, **fields: Any) -> None:
+        """``log.info(text, **fields)`` within the budget of ``kind``."""
+        if self.admit(kind):
+            log.emit(LogLevel.info, text, **fields)
+
+    def warn(self, log: Logger, kind: str, text: str, **fields: Any) -> None:
+        """``log.warn(text, **fields)`` within the budget of ``kind``."""
+        if self.admit(kind):
+            log.emit(LogLevel.warn, text, **fields)

@@ -38,6 +38,7 @@ from wsgw.frames import CLOSE_NORMAL
 from wsgw.gateway import Gateway
 from wsgw.interfaces import IAccessResolver, IChatStore
 from wsgw.internals.twisted import clear_exit_signal
+from wsgw.logs import LineBudget
 from wsgw.redis.connection import RedisCommands, RedisLink
 from wsgw.web.inbound import InboundPolicy
 from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
@@ -56,6 +57,7 @@ class GatewayService(MultiService):
         self.config = config
         self._reactor = reactor
         clock: IReactorTime = reactor
+        self.log_budget = LineBudget(clock, config.peer_lines_per_minute)
         self.redis_commands: RedisCommands | None = None
         self.bus: MemoryBus | RedisBus
         store: IChatStore
@@ -74,6 +76,7 @@ class GatewayService(MultiService):
             presence_timeout=config.presence_timeout,
             max_message_chars=config.max_message_chars,
             offload=lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
+            log_budget=self.log_budget,
         )
         verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,
@@ -84,13 +87,13 @@ class GatewayService(MultiService):
         if config.resolver == "http":
             resolver = HttpResolver(clock, config.access_url, cache_ttl=config.access_cache_ttl,
                                     refusal_ttl=config.access_refusal_ttl, timeout=config.access_timeout,
-                                    max_requests=config.access_max_requests)
+                                    max_requests=config.access_max_requests, log_budget=self.log_budget)
         else:
             resolver = ClaimsResolver()
         self.gateway = Gateway(clock, verifier, resolver, auth_timeout=config.auth_timeout, leeway=config.leeway,
                                max_queued_bytes=config.max_queued_bytes,
                                max_waiting_frames=max(1, int(config.inbound_burst)),
-                               max_sockets_per_user=config.max_connections_per_user)
+                               max_sockets_per_user=config.max_connections_per_user, log_budget=self.log_budget)
         table = self.gateway.table
         self.events = EventsEndpoint(table, clock, pacing_rate=config.pacing_rate, pacing_burst=config.pacing_burst,
                                      pacing_max_delay=config.pacing_max_delay)
@@ -119,7 +122,7 @@ class GatewayService(MultiService):
             deliveries={"nodes": self.nodes, "tasks": task_handler, "idm": idm_handler,
                         "activity": activity_handler, "chat": self.chat},
             bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
-            access=resolver if isinstance(resolver, HttpResolver) else None,
+            access=resolver if isinstance(resolver, HttpResolver) else None, log_budget=self.log_budget,
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)
@@ -128,18 +131,18 @@ class GatewayService(MultiService):
         policy = InboundPolicy(config.inbound_rate, config.inbound_burst, config.allowed_origins)
         common: dict[str, Any] = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout,
                                       policy=policy, guard=self.public_guard,
-                                      handshake_timeout=config.handshake_timeout)
+                                      handshake_timeout=config.handshake_timeout, log_budget=self.log_budget)
         self.site = make_site(
             GatewayFactory(self.gateway, self.events, reactor, clock, max_frame=config.max_frame_ws, **common),
             GatewayFactory(self.gateway, self.chat, reactor, clock, max_frame=config.max_frame_chat, **common),
             self.problem,
             self.public_guard,
-            live_page=config.live_page,
+            live_page=config.live_page, access_log=config.access_log, log_budget=self.log_budget,
         )
         self.ports: list[IListeningPort] = []
         published = {topic: check for topic, check in validators.items() if topic in config.topics}
         self.admin_site = make_admin_site(self.metrics, self.bus, self.problem, published, config.publish_token,
-                                          self.admin_guard)
+                                          self.admin_guard, access_log=config.access_log, log_budget=self.log_budget)
         self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from wsgw.access import Access, AccessBusy, AccessError, access_from_document, login_claim
 from wsgw.auth.http import HttpGet, TreqClient, short_reason
 from wsgw.interfaces import IAccessResolver
+from wsgw.logs import LineBudget
 
 _log = Logger()
 
@@ -115,7 +116,8 @@ class HttpResolver:
       failure is not cached.
 
     ``lookups`` counts resolves by ``OUTCOMES``, ``in_flight`` the requests now; ``observe`` (None: nothing),
-    called with each request's duration in seconds, feeds /metrics.
+    called with each request's duration in seconds, feeds /metrics. A failed request is logged within
+    ``log_budget`` (kind ``access_backend``; by default a budget of its own).
     """
 
     def __init__(
@@ -129,12 +131,14 @@ class HttpResolver:
         *,
         refusal_ttl: float = 5.0,
         max_requests: int = 32,
+        log_budget: LineBudget | None = None,
     ) -> None:
         self._clock = clock
         self._url = url
         self._http_get = http_get
         self._timeout = timeout
         self._max_requests = max_requests
+        self._budget = log_budget if log_budget is not None else LineBudget(clock)
         self._answers: _Expiring[Access] = _Expiring(clock, cache_ttl, max_entries)
         self._refusals: _Expiring[str] = _Expiring(clock, refusal_ttl, max_entries)
         self._inflight: dict[bytes, list[Deferred[Access]]] = {}  # sha256(token) -> its resolves waiting
@@ -206,8 +210,10 @@ class HttpResolver:
                  exp: int | None) -> tuple[str, Access | AccessError]:
         if isinstance(result, Failure):
             reason = short_reason(result)
-            _log.warn("access backend {url} failed: {reason}", url=self._url, reason=reason)
-            return ("timeout" if reason == "timeout" else "failed"), AccessError(f"access backend unavailable: {reason}")
+            self._budget.warn(_log, "access_backend", "access backend {url} failed: {reason}", url=self._url,
+                              reason=reason)
+            unavailable = AccessError(f"access backend unavailable: {reason}")
+            return ("timeout" if reason == "timeout" else "failed"), unavailable
         status, body = result
         if status in REFUSING:
             return "refused", AccessError(f"access refused by the backend: HTTP {status}")

@@ -33,6 +33,7 @@ from wsgw.chat.presence import Changed, Presence
 from wsgw.chat.requests import Frame, Refused
 from wsgw.frames import encode, error
 from wsgw.interfaces import IChatStore, IEndpoint
+from wsgw.logs import LineBudget
 from wsgw.sessions import Session
 
 _MAX_QUEUED = 32  # frames of one socket waiting for the previous ones
@@ -51,7 +52,8 @@ class ChatService:
     """One instance's chat core: the /chat endpoint and the chat topic's handler.
 
     ``publish(payload)`` puts a chat event on the bus; ``offload(f, *args)`` runs ``f`` off the
-    reactor thread (``deferToThreadPool``), None to run it inline. Counters (read by /metrics):
+    reactor thread (``deferToThreadPool``), None to run it inline; ``log_budget`` bounds the lines about frames
+    refused while the store is unavailable (by default a budget of its own). Counters (read by /metrics):
     ``handled`` (client frames done, by action), ``refused`` (answered with an error frame),
     ``delivered`` (bus chat events handed to sockets).
     """
@@ -70,8 +72,10 @@ class ChatService:
         presence_timeout: float = 20.0,
         max_message_chars: int = 8000,
         offload: Callable[..., Deferred[Any]] | None = None,
+        log_budget: LineBudget | None = None,
     ) -> None:
         self._publish = publish
+        self._budget = log_budget if log_budget is not None else LineBudget(clock)
         self._presence = Presence(clock, store, presence_timeout, self._announce, self._track)
         self._membership = Membership(self._presence)
         self._actions = Actions(clock, store, self._membership, publish, history_cap=history_cap,
@@ -197,8 +201,8 @@ class ChatService:
             await handler(session, state, access, frame)
             self.handled[action] += 1
         except StoreUnavailable as e:
-            self._log.warn("chat {action} from {session} refused: store unavailable ({reason})", action=name,
-                           session=session, reason=str(e))
+            self._budget.warn(self._log, "chat_store", "chat {action} from {session} refused: store unavailable "
+                              "({reason})", action=name, session=session, reason=str(e))
             self._reply(session, error(f"{name}: the chat store is unavailable, try again later"))
         except Refused as refused:
             self.refused += 1

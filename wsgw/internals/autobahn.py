@@ -24,7 +24,10 @@ with the few private hooks wsgw needs, exposed under names of its own:
   (Autobahn's own kind, bucket and chunk) on the injected clock, whose
   ``call_later`` rounds up to the bucket instead of truncating to the second
   (txaio computes ``int(now + delay) * 1000``: a delay under a second fires at
-  once, so a 0.5 s ping interval pinged thousands of times a second).
+  once, so a 0.5 s ping interval pinged thousands of times a second);
+- ``log``, each protocol's txaio logger: ``ServerFactory`` gives its sockets a ``BudgetedLog``, so the info,
+  warn and error lines Autobahn writes about one socket (a refused handshake, a dropped connection, a ping
+  timeout, a protocol error, an unsolicited pong) stay within the daemon's ``wsgw.logs.LineBudget``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.interfaces import IReactorTime
 from txaio import _common as txaio_common
+
+from wsgw.logs import LineBudget
 
 HANDSHAKE_ONLY = (
     "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_params",
@@ -129,10 +134,46 @@ class _BatchedTimer(txaio_common._BatchedTimer):
         return call
 
 
-class ServerFactory(WebSocketServerFactory):
-    """Autobahn's Twisted server factory on ``reactor``, its timers on ``clock`` (the same object in production)."""
+class BudgetedLog:
+    """Autobahn's logger for the sockets of one factory: ``debug`` and ``trace`` are Autobahn's own (bound once,
+    nothing added on the frame path); ``info``, ``warn`` and ``error`` lines are written within ``budget``
+    (kind ``websocket``)."""
 
-    def __init__(self, reactor: Any, clock: IReactorTime, **kwargs: Any) -> None:
+    def __init__(self, inner: Any, budget: LineBudget) -> None:
+        self._inner = inner
+        self._budget = budget
+        self.debug = inner.debug
+        self.trace = inner.trace
+
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        if self._budget.admit("websocket"):
+            self._inner.info(*args, **kwargs)
+
+    def warn(self, *args: Any, **kwargs: Any) -> None:
+        if self._budget.admit("websocket"):
+            self._inner.warn(*args, **kwargs)
+
+    def error(self, *args: Any, **kwargs: Any) -> None:
+        if self._budget.admit("websocket"):
+            self._inner.error(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class ServerFactory(WebSocketServerFactory):
+    """Autobahn's Twisted server factory on ``reactor``, its timers on ``clock`` (the same object in production);
+    with a ``log_budget``, its sockets log through a ``BudgetedLog``."""
+
+    def __init__(self, reactor: Any, clock: IReactorTime, log_budget: LineBudget | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(reactor=reactor, **kwargs)
         self._batched_timer = _BatchedTimer(_BATCH_MILLISECONDS, _BATCH_CHUNK, seconds_provider=clock.seconds,
                                             delayed_call_creator=clock.callLater)
+        self._socket_log = None if log_budget is None else BudgetedLog(WebSocketServerProtocol.log, log_budget)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol: Any = super().buildProtocol(addr)
+        if self._socket_log is not None:
+            protocol.log = self._socket_log
+        return protocol

@@ -40,8 +40,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.server import Request, Site
 
+from wsgw.logs import LineBudget
 from wsgw.web.inbound import PeerCounts
 
 LIMITS = ("total", "per_ip", "handshake_timeout", "origin")
@@ -291,13 +293,24 @@ class _Dropped(Protocol):
 
 
 class GuardedSite(Site):
-    """A Site whose sockets ``guard`` admits and follows; requests are ``BoundedRequest``s (``request_factory``)."""
+    """A Site whose sockets ``guard`` admits and follows; requests are ``BoundedRequest``s (``request_factory``).
 
-    def __init__(self, resource: Any, guard: ListenerGuard, request_factory: type[BoundedRequest]) -> None:
+    twisted.web's access log (a line per request) is off unless ``access_log`` is set, and then its lines are
+    within ``log_budget`` (kind ``http``), so a peer cannot make the daemon write a line per request it sends.
+    """
+
+    def __init__(self, resource: Any, guard: ListenerGuard, request_factory: type[BoundedRequest], *,
+                 access_log: bool = False, log_budget: LineBudget | None = None) -> None:
         super().__init__(resource, requestFactory=request_factory)
         self.guard = guard
         self.displayTracebacks = False
         self.noisy = False
+        self._access_log = access_log
+        self._budget = log_budget if log_budget is not None else LineBudget(guard.clock)
+
+    def log(self, request: http.Request) -> None:
+        if self._access_log and self._budget.admit("http"):
+            super().log(request)
 
     def buildProtocol(self, addr: IAddress) -> IProtocol | None:  # type: ignore[override]
         ticket = self.guard.admit(getattr(addr, "host", None))

@@ -28,6 +28,7 @@ from wsgw.auth.resolvers import OUTCOMES as ACCESS_OUTCOMES
 from wsgw.events.usermeta import OUTCOMES
 from wsgw.gateway import Census
 from wsgw.interfaces import IBus
+from wsgw.logs import KINDS
 from wsgw.web.listener import LIMITS
 
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -124,11 +125,18 @@ class AccessCounts(Protocol):
     def in_flight(self) -> int: ...
 
 
+class LogCounts(Protocol):
+    """The log lines left out (``wsgw.logs.LineBudget``)."""
+
+    suppressed: Counter[str]
+
+
 @attrs.frozen
 class MetricsView:
     """What /metrics reads of one gateway, at scrape time: ``deliveries`` maps the ``kind`` label to the
     handler counting it; ``redis_links`` gives the Redis connections (none on the embedded bus); ``listeners``
-    the public and operator listeners; ``access`` the http access resolver (None with the claims one)."""
+    the public and operator listeners; ``access`` the http access resolver (None with the claims one);
+    ``log_budget`` the budget of log lines peers cause."""
 
     gateway: GatewayCounts
     dispatcher: DispatchCounts
@@ -139,6 +147,7 @@ class MetricsView:
     redis_links: Callable[[], Sequence[LinkState]]
     listeners: Sequence[ListenerCounts] = ()
     access: AccessCounts | None = None
+    log_budget: LogCounts | None = None
 
 
 class GatewayCollector(Collector):
@@ -209,6 +218,9 @@ class GatewayCollector(Collector):
                            ACCESS_OUTCOMES)
             yield _gauge("wsgw_access_requests_in_flight", "Requests to the access backend now.", None,
                          p.access.in_flight)
+        if p.log_budget is not None:
+            yield _counter("wsgw_log_lines_suppressed", "Log lines about peers left out past [log] "
+                           "peer_lines_per_minute, by kind.", "kind", p.log_budget.suppressed, KINDS)
         yield _counter("wsgw_publish_requests", "POST /publish requests on the operator listener, by HTTP status.",
                        "status", {str(k): v for k, v in self._publish_requests.items()})
         bus = p.bus

@@ -23,6 +23,7 @@ from twisted.web.server import Request
 
 from wsgw.interfaces import IBus
 from wsgw.internals.twisted import release_taken_over_request
+from wsgw.logs import LineBudget
 from wsgw.web.listener import BoundedRequest, GuardedSite, ListenerGuard
 from wsgw.web.metrics import Metrics, MetricsPage
 from wsgw.web.protocols import GatewayFactory
@@ -149,9 +150,10 @@ def _plain(request: Request, code: int, text: bytes) -> bytes:
 
 
 def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, problem: Callable[[], str | None],
-              guard: ListenerGuard, live_page: bool = False) -> GuardedSite:
+              guard: ListenerGuard, live_page: bool = False, *, access_log: bool = False,
+              log_budget: LineBudget | None = None) -> GuardedSite:
     """The public Site, its sockets admitted and followed by ``guard`` (shared with the two factories);
-    ``problem`` answers /healthz."""
+    ``problem`` answers /healthz; ``access_log`` and ``log_budget`` as ``GuardedSite`` takes them."""
     events = _Upgrade(ws_factory)
     chat = _Upgrade(chat_factory)
     routes: dict[bytes, IResource] = {
@@ -163,13 +165,16 @@ def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, problem:
     }
     if live_page:
         routes[b"/"] = routes[b"/index.html"] = LivePage()
-    return GuardedSite(Router(routes, bodies=False), guard, BoundedRequest)
+    return GuardedSite(Router(routes, bodies=False), guard, BoundedRequest, access_log=access_log,
+                       log_budget=log_budget)
 
 
 def make_admin_site(metrics: Metrics, bus: IBus, problem: Callable[[], str | None],
                     validators: Mapping[str, Validator], publish_token: bytes | None,
-                    guard: ListenerGuard) -> GuardedSite:
+                    guard: ListenerGuard, *, access_log: bool = False,
+                    log_budget: LineBudget | None = None) -> GuardedSite:
     """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check."""
     publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
     routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(problem)}
-    return GuardedSite(Router(routes, {b"/publish/": publish}), guard, CappedRequest)
+    return GuardedSite(Router(routes, {b"/publish/": publish}), guard, CappedRequest, access_log=access_log,
+                       log_budget=log_budget)
