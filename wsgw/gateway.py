@@ -5,10 +5,9 @@ It owns: opening and closing sessions (registered in the ``SessionTable``, each
 with its outbound ``wsgw.flow.Flow``), subscribe / unsubscribe (verify the token,
 resolve the access, hand it to the session's endpoint, then drop the frames
 still waiting that the new access would not produce; the frames a client sends
-meanwhile wait for it, in order), the auth timeout and
-token expiry timers, the cap on one login's subscribed sockets, and every close the server initiates,
-counted by code.
-What a session receives is its endpoint's business (``wsgw.interfaces.IEndpoint``).
+meanwhile wait for it, in order), the auth timeout and token expiry timers, the
+cap on one login's subscribed sockets, and every close the server initiates,
+counted by code. What a session receives is its endpoint's business (``wsgw.interfaces.IEndpoint``).
 """
 
 from __future__ import annotations
@@ -52,7 +51,8 @@ class Gateway:
 
     ``max_queued_bytes`` bounds what each session's flow holds (PROTOCOL.md §4.1). ``max_sockets_per_user``
     (0 = no cap) bounds the subscribed sockets of one login on this instance, both endpoints together: one more
-    subscribe is refused with an error frame and close 4029. The lines it logs about a socket (subscribed,
+    subscribe is refused with an error frame and close 4029. ``max_waiting_frames`` and ``max_waiting_bytes``
+    bound the frames waiting for a subscribe in flight. The lines it logs about a socket (subscribed,
     refused, too slow) are within ``log_budget`` (by default its own, of 60 lines a minute of each kind).
     Counters (read by /metrics): ``subscribes_accepted``, ``refusals`` (subscribe refusals by kind), ``closes``
     (closes the server initiated, by close code), ``withdrawn`` (waiting frames dropped by an access change).
