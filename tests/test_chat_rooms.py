@@ -479,17 +479,47 @@ def test_a_publish_failure_is_reported_to_the_poster() -> None:
     assert [m["Message"] for m in chat.messages(room["Uuid"])] == ["hi"]
 
 
-def test_too_many_frames_in_flight_are_refused() -> None:
-    """Frames queued behind a slow one are bounded: beyond the limit they get an error at once."""
+def test_frames_waiting_behind_a_slow_one_are_bounded_in_number_and_bytes() -> None:
+    """Frames waiting behind a slow one are bounded (by default 60, inbound_burst's default): all of them are
+    served in order; one more is answered with an error naming the bound and the socket is closed 4029. The
+    bytes on the wire of the waiting frames are bounded too; the frame running counts for neither."""
     chat = ChatHarness()
     alice = chat.connect("alice")
+    chat.send(alice, join())
+    room_uuid = chat.room()["Uuid"]
+    frames(alice)
     pending: Deferred = Deferred()
-    chat.store.find_or_create_room = lambda *a: pending  # type: ignore[method-assign]
-    for _ in range(33):
-        chat.services[0].receive(alice, join())
-    assert frames(alice) == []
-    assert chat.services[0].receive(alice, join()) is None
-    assert_error(alice, "JOIN", "too many")
+    real = chat.store.post_message
+    chat.store.post_message = lambda *a: pending  # type: ignore[method-assign]
+    for i in range(61):  # one running, 60 waiting
+        chat.service.receive(alice, post(room_uuid, f"m{i}"), 100)
+    assert frames(alice) == [] and chat.service.queued_frames == 60
+    chat.store.post_message = real  # type: ignore[method-assign]
+    pending.callback(None)  # the first one's store call answers: the 60 others follow, in order
+    assert [f["Message"] for f in frames(alice)] == [f"m{i}" for i in range(61)]
+    assert chat.service.queued_frames == 0 and alice.state.queued_bytes == 0
+    assert alice.connection.closed is None
+
+    chat.store.post_message = lambda *a: pending  # type: ignore[method-assign]
+    pending = Deferred()
+    for i in range(61):
+        chat.service.receive(alice, post(room_uuid, f"n{i}"))
+    assert chat.service.receive(alice, post(room_uuid, "one too many")) is None
+    assert frames(alice) == [{"@type": "error", "error": "POST: too many chat frames waiting for the previous ones "
+                                                         "(at most 60 frames, 983040 bytes): slow down"}]
+    assert alice.connection.closed == (4029, "too many chat frames waiting")
+    assert chat.service.limits_refused == {"queued_frames": 1}
+
+    small = ChatHarness(max_queued_frames=10, max_queued_bytes=1000)
+    bob = small.connect("bob")
+    small.send(bob, join())
+    small.store.post_message = lambda *a: Deferred()  # type: ignore[method-assign]
+    for _ in range(3):  # one running (its size is not counted), two waiting: 800 bytes
+        small.service.receive(bob, post(small.room()["Uuid"], "x"), 400)
+    frames(bob)
+    small.service.receive(bob, post(small.room()["Uuid"], "x"), 201)
+    assert "at most 10 frames, 1000 bytes" in frames(bob)[0]["error"]
+    assert small.service.limits_refused == {"queued_bytes": 1}
 
 
 # --------------------------------------------------------------------------- presence

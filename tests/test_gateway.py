@@ -74,7 +74,7 @@ class RecordingEndpoint:
         session.access = None
         self.calls.append(("unsubscribe", None))
 
-    def receive(self, session: Session, frame: dict[str, Any]) -> None:
+    def receive(self, session: Session, frame: dict[str, Any], size: int = 0) -> None:
         self.calls.append(("frame", frame))
 
     def closed(self, session: Session) -> None:

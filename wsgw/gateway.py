@@ -184,7 +184,7 @@ class Gateway:
         either: error, close 4029), and are handled once it is done (PROTOCOL.md §2)."""
         waiting = session.waiting
         if waiting is None:
-            return self._handle(session, frame)
+            return self._handle(session, frame, size)
         if len(waiting) >= self._max_waiting or sum(s for _, s in waiting) + size > self._max_waiting_bytes:
             self._refuse(session, f"too many frames while subscribing (at most {self._max_waiting}, "
                                   f"{self._max_waiting_bytes} bytes)", CLOSE_FLOOD, "too_many_waiting")
@@ -192,7 +192,7 @@ class Gateway:
         waiting.append((frame, size))
         return None
 
-    def _handle(self, session: Session, frame: dict[str, Any]) -> Deferred[None] | None:
+    def _handle(self, session: Session, frame: dict[str, Any], size: int = 0) -> Deferred[None] | None:
         kind = frame.get("@type")
         if kind in SUBSCRIBE:
             d = self._subscribe(session, frame.get("jwt"))
@@ -204,14 +204,14 @@ class Gateway:
             self._unsubscribe(session)
             return None
         assert session.endpoint is not None
-        return session.endpoint.receive(session, frame)
+        return session.endpoint.receive(session, frame, size)
 
     def _subscribed(self, result: object, session: Session) -> object:
         """A subscribe in flight is done: handle the frames that waited for it, in order, until one of them is a
         subscribe in flight again (a closed socket's frames are dropped)."""
         waiting, session.waiting = session.waiting, None
         while waiting and not session.flow.stopped and session.waiting is None:
-            d = self._handle(session, waiting.popleft()[0])
+            d = self._handle(session, *waiting.popleft())
             if d is not None:
                 d.addErrback(lambda f: self._log.failure("handling a frame of session {sid}", f, sid=session.sid))
         if waiting and session.waiting is not None:

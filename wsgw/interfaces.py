@@ -58,8 +58,9 @@ class IEndpoint(Interface):
     def unsubscribe(session: Session) -> None:
         """The client unsubscribed: clear ``session.access``; the socket stays open and receives nothing."""
 
-    def receive(session: Session, frame: dict[str, Any]) -> Deferred[None] | None:
-        """A client frame other than subscribe and unsubscribe; a Deferred when it is handled later."""
+    def receive(session: Session, frame: dict[str, Any], size: int = 0) -> Deferred[None] | None:
+        """A client frame other than subscribe and unsubscribe (``size``: its length on the wire, in bytes);
+        a Deferred when it is handled later."""
 
     def closed(session: Session) -> None:
         """The socket is gone: forget everything about the session."""

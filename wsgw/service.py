@@ -77,6 +77,9 @@ class GatewayService(MultiService):
             max_message_chars=config.max_message_chars,
             offload=lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
             log_budget=self.log_budget,
+            max_queued_frames=max(1, int(config.inbound_burst)),
+            max_queued_bytes=max(1, int(config.inbound_burst)) * config.max_frame_chat,
+            close=lambda session, code, reason: self.gateway.close(session, code, reason),
         )
         verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,

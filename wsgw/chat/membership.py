@@ -25,6 +25,7 @@ class ChatSocket:
     """What this instance knows of one /chat socket (its ``Session.state``)."""
 
     lock: DeferredLock = attrs.field(factory=DeferredLock)  # its frames run one after the other
+    queued_bytes: int = 0  # the size on the wire of the frames waiting for the lock
     login: str | None = None
     rooms: dict[str, tuple[str, str]] = attrs.field(factory=dict)  # joined room uuid -> (Type, RoomTypeObject)
     held: dict[str, list[bytes]] = attrs.field(factory=dict)  # room uuid -> broadcasts held while loading

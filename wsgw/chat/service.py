@@ -8,7 +8,9 @@ back through ``handle`` on every instance, this one included: that is the only
 way a message reaches the sockets of a room, so a room spans instances.
 
 It owns the order of a socket's frames (one at a time, a POST right after a
-JOIN sees the room joined) and the work still in flight at shutdown;
+JOIN sees the room joined; the frames waiting for the previous ones are bounded
+in number and in bytes on the wire, by default what one burst the inbound
+limit allows, so such a burst is served whole) and the work still in flight at shutdown;
 ``actions`` does each request, ``membership`` knows the rooms of the sockets
 here and ``presence`` the logins in them.
 """
@@ -31,12 +33,19 @@ from wsgw.chat.membership import ChatSocket, Membership
 from wsgw.chat.model import StoreUnavailable, validate
 from wsgw.chat.presence import Changed, Presence
 from wsgw.chat.requests import Frame, Refused
-from wsgw.frames import encode, error
+from wsgw.frames import CLOSE_FLOOD, encode, error
 from wsgw.interfaces import IChatStore, IEndpoint
 from wsgw.logs import LineBudget
 from wsgw.sessions import Session
 
-_MAX_QUEUED = 32  # frames of one socket waiting for the previous ones
+LIMITS = ("queued_frames", "queued_bytes")
+"""The bounds a chat frame can be refused by (the ``limit`` label of ``wsgw_chat_limits_refused_total``)."""
+
+
+def _reject(session: Session, code: int, reason: str) -> None:
+    """Close the socket with ``code`` (without a gateway to count it)."""
+    session.connection.close(code, reason)
+    session.flow.stop()
 
 
 def _state(session: Session) -> ChatSocket:
@@ -53,9 +62,17 @@ class ChatService:
 
     ``publish(payload)`` puts a chat event on the bus; ``offload(f, *args)`` runs ``f`` off the
     reactor thread (``deferToThreadPool``), None to run it inline; ``log_budget`` bounds the lines about frames
-    refused while the store is unavailable (by default a budget of its own). Counters (read by /metrics):
-    ``handled`` (client frames done, by action), ``refused`` (answered with an error frame),
-    ``delivered`` (bus chat events handed to sockets).
+    refused while the store is unavailable (by default a budget of its own).
+
+    A socket's frames run one at a time; at most ``max_queued_frames`` of them, and ``max_queued_bytes`` on the
+    wire, wait for the one running (the service passes ``[websocket] inbound_burst`` frames of up to
+    ``max_frame_chat`` bytes: a burst the inbound limit allows is served whole, PROTOCOL.md §5.2). One more is
+    answered with an error frame naming the bound and the socket is closed 4029 by ``close(session, code,
+    reason)`` (the gateway's ``reject``; by default the connection is closed directly).
+
+    Counters (read by /metrics): ``handled`` (client frames done, by action), ``refused`` (answered with an
+    error frame), ``delivered`` (bus chat events handed to sockets), ``limits_refused`` (frames refused by a
+    bound, by limit: ``queued_frames``, ``queued_bytes``).
     """
 
     name = "chat"
@@ -73,8 +90,14 @@ class ChatService:
         max_message_chars: int = 8000,
         offload: Callable[..., Deferred[Any]] | None = None,
         log_budget: LineBudget | None = None,
+        max_queued_frames: int = 60,
+        max_queued_bytes: int = 60 * 16384,
+        close: Callable[[Session, int, str], None] | None = None,
     ) -> None:
         self._publish = publish
+        self._max_queued = max_queued_frames
+        self._max_queued_bytes = max_queued_bytes
+        self._close = close if close is not None else _reject
         self._budget = log_budget if log_budget is not None else LineBudget(clock)
         self._presence = Presence(clock, store, presence_timeout, self._announce, self._track)
         self._membership = Membership(self._presence)
@@ -86,6 +109,8 @@ class ChatService:
         self.handled: Counter[str] = Counter()
         self.refused = 0
         self.delivered = 0
+        self.limits_refused: Counter[str] = Counter()
+        self.queued_frames = 0  # frames of every socket waiting for their socket's previous ones
 
     # ----------------------------------------------------------------- IEndpoint
 
@@ -100,18 +125,36 @@ class ChatService:
         session.access = None
         self._access_changed(session)
 
-    def receive(self, session: Session, frame: Frame) -> Deferred[None] | None:
-        """Handle one chat frame; frames of a socket run one after the other. The Deferred
-        fires (never fails) when the frame is done."""
+    def receive(self, session: Session, frame: Frame, size: int = 0) -> Deferred[None] | None:
+        """Handle one chat frame (``size``: its length on the wire, in bytes); frames of a socket run one after
+        the other, those waiting bounded as the class says. The Deferred fires (never fails) when the frame is
+        done."""
         if session.access is None:
             session.send(error(f"{frame.get('@type')}: not subscribed, send subscribe with a token first"))
             return None
         state = _state(session)
-        if len(state.lock.waiting) >= _MAX_QUEUED:
-            action = frame.get("@type")
-            session.send(error(f"{action if isinstance(action, str) else 'chat'}: too many requests in flight"))
-            return None
-        return self._track(state.lock.run(lambda: Deferred.fromCoroutine(self._frame(session, state, frame))))
+        waits = state.lock.locked
+        if waits:
+            limit = ("queued_frames" if len(state.lock.waiting) >= self._max_queued else
+                     "queued_bytes" if state.queued_bytes + size > self._max_queued_bytes else None)
+            if limit is not None:
+                self.limits_refused[limit] += 1
+                action = frame.get("@type")
+                session.send(error(f"{action if isinstance(action, str) else 'chat'}: too many chat frames waiting "
+                                   f"for the previous ones (at most {self._max_queued} frames, "
+                                   f"{self._max_queued_bytes} bytes): slow down"))
+                self._close(session, CLOSE_FLOOD, "too many chat frames waiting")
+                return None
+            state.queued_bytes += size
+            self.queued_frames += 1
+
+        def run() -> Deferred[None]:
+            if waits:  # its turn came: it waits no more
+                state.queued_bytes -= size
+                self.queued_frames -= 1
+            return Deferred.fromCoroutine(self._frame(session, state, frame))
+
+        return self._track(state.lock.run(run))
 
     def closed(self, session: Session) -> None:
         """The socket closed: leave its rooms (presence goes when it was the login's last socket)."""

@@ -51,7 +51,7 @@ class EventsEndpoint:
     def unsubscribe(self, session: Session) -> None:
         self._table.unsubscribe(session)
 
-    def receive(self, session: Session, frame: dict[str, Any]) -> Deferred[None] | None:
+    def receive(self, session: Session, frame: dict[str, Any], size: int = 0) -> Deferred[None] | None:
         return None  # anything else on /ws is ignored, as in Cells
 
     def closed(self, session: Session) -> None:

@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from wsgw.auth.resolvers import OUTCOMES as ACCESS_OUTCOMES
+from wsgw.chat.service import LIMITS as CHAT_LIMITS
 from wsgw.events.usermeta import OUTCOMES
 from wsgw.gateway import Census
 from wsgw.interfaces import IBus
@@ -75,6 +76,8 @@ class ChatCounts(Protocol):
 
     handled: Counter[str]
     refused: int
+    limits_refused: Counter[str]
+    queued_frames: int
 
     @property
     def rooms_active(self) -> int: ...
@@ -206,6 +209,12 @@ class GatewayCollector(Collector):
         yield _counter("wsgw_chat_frames", "Chat requests handled, by action.", "action", chat.handled,
                        ("JOIN", "LEAVE", "POST", "HISTORY", "DELETE_MSG"))
         yield _counter("wsgw_chat_frames_refused", "Chat requests answered with an error frame.", None, chat.refused)
+        yield _counter("wsgw_chat_limits_refused", "Chat frames refused by a bound, by limit: queued_frames, "
+                       "queued_bytes (a socket's frames waiting for its previous ones past [websocket] "
+                       "inbound_burst frames, or that many times max_frame_chat bytes: error frame, closed 4029).",
+                       "limit", chat.limits_refused, CHAT_LIMITS)
+        yield _gauge("wsgw_chat_frames_queued", "Chat frames waiting for their socket's previous ones.", None,
+                     chat.queued_frames)
         yield _counter("wsgw_chat_presences_expired", "Chat presences past their deadline (no JOIN or PING for "
                        "presence_timeout) that this instance's sweep removed, whichever instance stored them.", None,
                        chat.presences_expired)

@@ -1,0 +1,113 @@
+"""The chat's bounds (issue 11, sections 3 and 4; PROTOCOL.md §5.2): everything a peer can make the chat hold is
+bounded, an allowed burst is served whole, and each bound answers the peer clearly and is counted in /metrics.
+
+Real gateway daemons on loopback, the real Redis (a private one where it must stall), real WebSocket clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+
+from tests.support.daemon import StartGateway, new_prefix, scrape, token, value
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
+from tests.support.wsclient import Client, connect
+
+Frame = dict[str, Any]
+ADMIN = "tcp:0:interface=127.0.0.1"
+
+
+async def chat_client(port: int, login: str, **claims: Any) -> Client:
+    client = await connect(port, "/chat")
+    answer = await client.subscribe(token(login, **claims))
+    assert answer["@type"] == "subscribed"
+    return client
+
+
+async def join(client: Client, obj: str, type_: str = "GLOBAL", **room: Any) -> Frame:
+    """JOIN the room and return it, from its ROOM_UPDATE (the first frame after the JOIN)."""
+    client.send_json({"@type": "JOIN", "Room": {"Type": type_, "RoomTypeObject": obj, **room}})
+    frame: Frame = await client.next()
+    assert frame.get("@type") == "ROOM_UPDATE", frame
+    return frame["Room"]  # type: ignore[no-any-return]
+
+
+def post(client: Client, room_uuid: str, text: str) -> None:
+    client.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": text}})
+
+
+async def messages(client: Client, count: int) -> list[Frame]:
+    """The next ``count`` chat messages the socket gets (room updates passed over; any other frame fails)."""
+    got: list[Frame] = []
+    while len(got) < count:
+        frame: Frame = await client.next()
+        if frame.get("@type") == "ROOM_UPDATE":
+            continue
+        assert "@type" not in frame, f"expected a chat message, got {frame!r}"
+        got.append(frame)
+    return got
+
+
+# --------------------------------------------------------------------------- the per-socket queue (§3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_posts_inside_the_inbound_burst_is_stored_and_broadcast_whole_in_order(
+        gateway: StartGateway) -> None:
+    """45 POSTs back to back (inbound_burst is 60): every one is stored and broadcast, in order, no error frame
+    (before: 12 'too many requests in flight', and those posts lost)."""
+    daemon = await gateway(admin=ADMIN)
+    alice = await chat_client(daemon.port, "alice")
+    bob = await chat_client(daemon.port, "bob")
+    obj = new_prefix()
+    room_uuid = (await join(alice, obj))["Uuid"]
+    await join(bob, obj)
+    texts = [f"burst {i}" for i in range(45)]
+    for text in texts:  # one reactor turn: the frames leave in one write
+        post(alice, room_uuid, text)
+    assert [m["Message"] for m in await messages(alice, 45)] == texts
+    assert [m["Message"] for m in await messages(bob, 45)] == texts
+    reader = await chat_client(daemon.port, "carol")
+    reader.send_json({"@type": "HISTORY", "Room": {"Type": "GLOBAL", "RoomTypeObject": obj},
+                      "Message": {"Message": '{"Offset":0,"Limit":100}'}})
+    assert (await reader.next())["@type"] == "ROOM_UPDATE"
+    assert [m["Message"] for m in await messages(reader, 45)] == texts
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_chat_frames_total", action="POST") == 45
+    assert value(samples, "wsgw_chat_frames_refused_total") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_past_its_chat_queue_bound_is_told_and_closed_4029(gateway: StartGateway) -> None:
+    """While the store does not answer (a private Redis, frozen), a socket's frames wait for the one in flight;
+    past inbound_burst of them the socket gets an error frame naming the bound, is closed 4029, and /metrics
+    counts it (the frames the limiter allowed but the store could not keep up with)."""
+    with RedisServer() as redis:
+        daemon = await gateway(redis=redis.endpoint, admin=ADMIN,
+                               overrides={"websocket.inbound_burst": "10", "websocket.inbound_rate": "1000"})
+        alice = await chat_client(daemon.port, "alice")
+        room_uuid = (await join(alice, new_prefix()))["Uuid"]
+        chat = daemon.service.chat
+
+        def waiting(count: int) -> Any:
+            return wait_until(lambda: chat.queued_frames >= count or alice.closed.called, "the frames to wait")
+
+        redis.freeze()
+        try:
+            post(alice, room_uuid, "stuck")  # in flight: the store does not answer
+            for batch in (1, 2):  # inside the inbound limit: 6 frames, then 6 more once its bucket refilled
+                for i in range(6):  # 12 in all: 10 wait, the 11th is past the bound
+                    post(alice, room_uuid, f"waiting {batch}.{i}")
+                await waiting(6 * batch)
+            error = await alice.next()
+            assert error == {"@type": "error", "error": "POST: too many chat frames waiting for the previous ones "
+                             "(at most 10 frames, 163840 bytes): slow down"}
+            code, _ = await alice.wait_closed()
+            assert code == 4029
+        finally:
+            redis.thaw()
+        samples = await scrape(daemon)
+        assert value(samples, "wsgw_chat_limits_refused_total", limit="queued_frames") == 1
+        assert value(samples, "wsgw_server_closes_total", code="4029") == 1
