@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest_twisted
 
-from tests.support.daemon import StartGateway, new_prefix, scrape, token, value
+from tests.support.daemon import StartGateway, new_prefix, scrape, token, value, workspace
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 from tests.support.wsclient import Client, connect
@@ -27,11 +27,21 @@ async def chat_client(port: int, login: str, **claims: Any) -> Client:
 
 
 async def join(client: Client, obj: str, type_: str = "GLOBAL", **room: Any) -> Frame:
-    """JOIN the room and return it, from its ROOM_UPDATE (the first frame after the JOIN)."""
+    """JOIN the room and return it, from its ROOM_UPDATE (updates of other rooms still coming are passed over)."""
     client.send_json({"@type": "JOIN", "Room": {"Type": type_, "RoomTypeObject": obj, **room}})
-    frame: Frame = await client.next()
-    assert frame.get("@type") == "ROOM_UPDATE", frame
-    return frame["Room"]  # type: ignore[no-any-return]
+    while True:
+        frame: Frame = await client.next()
+        assert frame.get("@type") == "ROOM_UPDATE", frame
+        if (frame["Room"]["Type"], frame["Room"]["RoomTypeObject"]) == (type_, obj):
+            return frame["Room"]  # type: ignore[no-any-return]
+
+
+async def answer(client: Client) -> Frame:
+    """The next frame that is not a ROOM_UPDATE (those of earlier JOINs may still come)."""
+    while True:
+        frame: Frame = await client.next()
+        if frame.get("@type") != "ROOM_UPDATE":
+            return frame
 
 
 def post(client: Client, room_uuid: str, text: str) -> None:
@@ -111,3 +121,69 @@ async def test_a_socket_past_its_chat_queue_bound_is_told_and_closed_4029(gatewa
         samples = await scrape(daemon)
         assert value(samples, "wsgw_chat_limits_refused_total", limit="queued_frames") == 1
         assert value(samples, "wsgw_server_closes_total", code="4029") == 1
+
+
+# --------------------------------------------------------------------------- rooms (issue 11, Also)
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_of_a_room_one_may_not_read_answers_as_for_a_missing_room(gateway: StartGateway) -> None:
+    """HISTORY of a WORKSPACE room eve is not a member of gets the very answer a missing room gets, named by
+    Uuid or by type and object, so it does not tell her whether the room exists; alice reads it."""
+    daemon = await gateway()
+    ws = new_prefix()
+    alice = await chat_client(daemon.port, "alice", workspaces=[workspace(ws, "team", "ds/team")])
+    room = await join(alice, ws, "WORKSPACE")
+    eve = await chat_client(daemon.port, "eve")
+    answers = []
+    for named in ({"Uuid": room["Uuid"]}, {"Uuid": new_prefix()}, {"Type": "WORKSPACE", "RoomTypeObject": ws},
+                  {"Type": "WORKSPACE", "RoomTypeObject": new_prefix()}):
+        eve.send_json({"@type": "HISTORY", "Room": named, "Message": {"Message": ""}})
+        answers.append(await eve.next())
+    assert answers == [{"@type": "error", "error": "HISTORY: no such room"}] * 4
+    alice.send_json({"@type": "HISTORY", "Room": {"Uuid": room["Uuid"]}, "Message": {"Message": ""}})
+    assert (await alice.next())["Room"]["Uuid"] == room["Uuid"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_labels_are_sanitized_like_messages(gateway: StartGateway) -> None:
+    """The RoomLabel of the JOIN that creates a room is stored sanitized: HTML removed, Markdown and autolinks
+    kept; the creator's ROOM_UPDATE and everyone's later ones carry the clean label."""
+    daemon = await gateway()
+    alice = await chat_client(daemon.port, "alice")
+    obj = new_prefix()
+    label = "Plan <script>alert(1)</script>for **Q3** <img src=x onerror=alert(1)><https://example.org/>"
+    room = await join(alice, obj, "NODE", RoomLabel=label)
+    assert room["RoomLabel"] == "Plan for **Q3** <https://example.org/>"
+    bob = await chat_client(daemon.port, "bob")
+    assert (await join(bob, obj, "NODE", RoomLabel="ignored: the room exists"))["RoomLabel"] == room["RoomLabel"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_a_user_creates_are_bounded(gateway: StartGateway) -> None:
+    """[chat] max_rooms_per_user = 2: alice creates two NODE/GLOBAL rooms, a third JOIN that would create one is
+    refused with an error frame naming the bound (nothing created, socket open, counted in /metrics); joining a
+    room bob created, and her own USER room, still work; a restarted instance on the same Redis keeps the count."""
+    daemon = await gateway(admin=ADMIN, overrides={"chat.max_rooms_per_user": "2"})
+    alice = await chat_client(daemon.port, "alice")
+    bob = await chat_client(daemon.port, "bob")
+    await join(alice, new_prefix(), "NODE")
+    await join(alice, new_prefix(), "GLOBAL")
+    third = new_prefix()
+    alice.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": third}})
+    assert await answer(alice) == {"@type": "error",
+                                   "error": "JOIN: too many rooms created by this user (at most 2)"}
+    bobs = new_prefix()
+    await join(bob, bobs, "NODE")
+    assert (await join(alice, bobs, "NODE"))["Users"] == ["alice", "bob"]
+    await join(alice, "alice", "USER")
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_chat_limits_refused_total", limit="rooms_per_user") == 1
+    carol = await chat_client(daemon.port, "carol")
+    carol.send_json({"@type": "HISTORY", "Room": {"Type": "NODE", "RoomTypeObject": third}})
+    assert await carol.next() == {"@type": "error", "error": "HISTORY: no such room"}  # never created
+    again = await gateway(prefix=daemon.prefix, overrides={"chat.max_rooms_per_user": "2"})
+    alice2 = await chat_client(again.port, "alice")
+    alice2.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": third}})
+    assert "too many rooms" in (await answer(alice2))["error"]
+    assert not alice.closed.called

@@ -224,15 +224,20 @@ def test_history_paging_edges() -> None:
 
 
 def test_history_by_room_uuid_checks_permission() -> None:
-    """HISTORY names a room by Uuid too, and is refused for a room the user may not join."""
+    """HISTORY names a room by Uuid too, and is refused for a room the user may not join with the very answer a
+    missing room gets, by Uuid or by type and object: whether the room exists is not revealed."""
     chat = ChatHarness()
     alice = chat.connect("alice")
     chat.send(alice, join())
     room = chat.room()
     seed(chat, room["Uuid"], 2)
     outsider = chat.connect("eve", workspaces=())
-    chat.send(outsider, history({"Uuid": room["Uuid"]}))
-    assert_error(outsider, "HISTORY", "not allowed")
+    missing = [{"@type": "error", "error": "HISTORY: no such room"}]
+    for named in ({"Uuid": room["Uuid"]}, {"Uuid": "no-such-uuid"}, {"Type": "WORKSPACE", "RoomTypeObject": "ws-1"},
+                  {"Type": "WORKSPACE", "RoomTypeObject": "ws-never"}):
+        chat.send(outsider, history(named))
+        assert outsider.connection.sent == [b'{"@type":"error","error":"HISTORY: no such room"}'], named
+        assert frames(outsider) == missing
     chat.send(alice, history({"Uuid": room["Uuid"]}))
     assert kinds(frames(alice))[-3:] == ["ROOM_UPDATE", "message", "message"]
 

@@ -13,7 +13,7 @@ from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyObject
 
 from wsgw.chat.memory_store import MemoryChatStore
-from wsgw.chat.model import NoSuchMessage, NoSuchRoom, NotAuthor
+from wsgw.chat.model import NoSuchMessage, NoSuchRoom, NotAuthor, TooManyRooms
 from wsgw.chat.redis_store import RedisChatStore
 from wsgw.interfaces import IChatStore
 from wsgw.redis.connection import RedisCommands
@@ -134,6 +134,38 @@ async def test_concurrent_find_or_create_from_two_connections_makes_one_room(sto
     assert len({room["Uuid"] for room, _ in results}) == 1
     assert sum(1 for _, created in results if created) == 1
     assert (await a.find_room("NODE", "node-race"))["Uuid"] == results[0][0]["Uuid"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_created_count_per_creator_up_to_a_bound(stores: tuple[Any, Any]) -> None:
+    """Each room created counts for its creator, on every connection; at the bound one more fails with
+    TooManyRooms and creates nothing; finding an existing room, another creator, or no creator, still work."""
+    a, b = stores
+    for i in range(3):
+        _, created = await (a if i % 2 else b).find_or_create_room("NODE", f"n{i}", "", NOW, "alice", 3)
+        assert created
+    with pytest.raises(TooManyRooms):
+        await b.find_or_create_room("NODE", "n3", "", NOW, "alice", 3)
+    assert await a.find_room("NODE", "n3") is None
+    assert (await a.find_or_create_room("NODE", "n1", "", NOW, "alice", 3))[1] is False  # found, not created
+    assert (await a.find_or_create_room("NODE", "n3", "", NOW, "bob", 3))[1] is True
+    assert (await b.find_or_create_room("NODE", "n3", "", NOW, "alice", 3))[1] is False  # bob created it
+    assert (await a.find_or_create_room("NODE", "n4", "", NOW, "alice", 0))[1] is True  # 0: no cap
+    assert (await a.find_or_create_room("NODE", "n5", "", NOW))[1] is True  # no creator: not counted
+    with pytest.raises(TooManyRooms):
+        await a.find_or_create_room("NODE", "n6", "", NOW, "alice", 4)  # n4 counted
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_creations_never_pass_the_bound(stores: tuple[Any, Any]) -> None:
+    """Twenty racing creations of distinct rooms by one creator, on two connections, bound 5: five succeed."""
+    a, b = stores
+    results = await gatherResults([
+        (a if i % 2 else b).find_or_create_room("NODE", f"race-{i}", "", NOW, "carol", 5).addCallbacks(
+            lambda r: r[1], lambda f: f.trap(TooManyRooms) and False)
+        for i in range(20)
+    ])
+    assert results.count(True) == 5
 
 
 @pytest_twisted.ensureDeferred

@@ -127,10 +127,13 @@ class IChatStore(Interface):
     def get_room(room_uuid: str) -> Deferred[Any]:
         """The room with that Uuid, or None."""
 
-    def find_or_create_room(type: str, type_object: str, label: str, now: float) -> Deferred[Any]:
+    def find_or_create_room(type: str, type_object: str, label: str, now: float, creator: str = "",
+                            max_created: int = 0) -> Deferred[Any]:
         """The room identified by ``(type, type_object)``, created if needed; fires ``(room, created)``.
 
-        Two concurrent calls, from any instances, end with one room.
+        Two concurrent calls, from any instances, end with one room. A room this call creates counts for
+        ``creator`` (none when empty); when ``creator`` has created ``max_created`` (> 0) rooms already, the call
+        fails with TooManyRooms instead and creates nothing (finding an existing room never does).
         """
 
     def touch_user(room_uuid: str, login: str, now: float, until: float) -> Deferred[Any]:

@@ -80,6 +80,7 @@ class GatewayService(MultiService):
             max_queued_frames=max(1, int(config.inbound_burst)),
             max_queued_bytes=max(1, int(config.inbound_burst)) * config.max_frame_chat,
             close=lambda session, code, reason: self.gateway.close(session, code, reason),
+            max_rooms_per_user=config.max_rooms_per_user,
         )
         verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,

@@ -29,14 +29,16 @@ from twisted.logger import Logger
 from wsgw.access import Access
 from wsgw.chat import requests
 from wsgw.chat.membership import ChatSocket, Membership
-from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, room_update
-from wsgw.chat.requests import Frame, Refused
+from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, TooManyRooms, room_update
+from wsgw.chat.requests import Frame, Limited, Refused
 from wsgw.chat.sanitize import sanitize_markdown, worth_offloading
 from wsgw.frames import encode
 from wsgw.interfaces import IChatStore
 from wsgw.sessions import Session
 
 JOIN_PAGE = 40  # messages sent on JOIN with history_on_join, as the seed document says
+NO_SUCH_ROOM = "HISTORY: no such room"  # also for a room one may not read (its existence is not revealed)
+COUNTED = frozenset({"GLOBAL", "NODE"})  # room types anyone may create with any object: counted per creator
 
 Action = Callable[[Session, ChatSocket, Access, Frame], Awaitable[None]]
 
@@ -62,6 +64,7 @@ class Actions:
         history_on_join: bool,
         max_message_chars: int,
         offload: Callable[..., Deferred[Any]] | None,
+        max_rooms_per_user: int = 0,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -71,6 +74,7 @@ class Actions:
         self._history_on_join = history_on_join
         self._max_chars = max_message_chars
         self._offload = offload
+        self._max_rooms = max_rooms_per_user
         self.by_type: dict[str, Action] = {
             "JOIN": self.join, "LEAVE": self.leave, "POST": self.post, "HISTORY": self.history,
             "DELETE_MSG": self.delete,
@@ -110,7 +114,14 @@ class Actions:
                 raise Refused("JOIN: PING for a room that does not exist")
             room: Room = found
         else:
-            room, _ = await self._store.find_or_create_room(type, type_object, label, now)
+            label = await self._sanitize(label)
+            creator = access.login if type in COUNTED else ""
+            try:
+                room, _ = await self._store.find_or_create_room(type, type_object, label, now, creator,
+                                                                self._max_rooms)
+            except TooManyRooms:
+                raise Limited(f"JOIN: too many rooms created by this user (at most {self._max_rooms})",
+                              "rooms_per_user") from None
         if not session.open:
             return
         self._recheck(session, state, access, "JOIN", type, type_object)
@@ -164,9 +175,9 @@ class Actions:
 
     async def history(self, session: Session, state: ChatSocket, access: Access, frame: Frame) -> None:
         offset, limit = requests.paging(frame)
-        room = await self._find_room(frame, "HISTORY")
-        if room is None:
-            raise Refused("HISTORY: no such room")
+        room = await self._find_room(frame, access, "HISTORY")
+        if room is None or not requests.may_join(access, room["Type"], room["RoomTypeObject"]):
+            raise Refused(NO_SUCH_ROOM)  # a room one may not read is not told apart from a missing one
         self._recheck(session, state, access, "HISTORY", room["Type"], room["RoomTypeObject"], "read")
         room_uuid = room["Uuid"]
         joined = room_uuid in state.rooms
@@ -190,12 +201,16 @@ class Actions:
             for payload in frames:
                 session.send(payload, scope)
 
-    async def _find_room(self, frame: Frame, action: str) -> Room | None:
+    async def _find_room(self, frame: Frame, access: Access, action: str) -> Room | None:
+        """The room the frame names, by ``Room.Uuid`` or type and object (not looked up when ``access`` may not
+        read a room of that type and object: None)."""
         room_uuid = requests.room_uuid_of(frame, action)
         if room_uuid is not None:
             found: Room | None = await self._store.get_room(room_uuid)
         else:
             type, type_object, _ = requests.room_spec(frame, action)
+            if not requests.may_join(access, type, type_object):
+                return None
             found = await self._store.find_room(type, type_object)
         return found
 

@@ -16,7 +16,17 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from wsgw.chat.model import ChatStoreError, Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, index_key, stamp
+from wsgw.chat.model import (
+    ChatStoreError,
+    Message,
+    NoSuchMessage,
+    NoSuchRoom,
+    NotAuthor,
+    Room,
+    TooManyRooms,
+    index_key,
+    stamp,
+)
 from wsgw.interfaces import IChatStore
 
 
@@ -29,6 +39,7 @@ class MemoryChatStore:
         self._rooms: dict[str, Room] = {}  # without Users
         self._users: dict[str, dict[str, float]] = {}
         self._messages: dict[str, list[Message]] = {}
+        self._created: dict[str, int] = {}  # login -> rooms it created
         self._until: dict[tuple[str, str], float] = {}  # (room uuid, login) -> presence deadline
         # the deadlines, earliest first; an entry whose deadline moved or went is stale and skipped when
         # popped; rebuilt from _until when the stale ones outnumber the live ones, so it stays O(presences)
@@ -46,9 +57,14 @@ class MemoryChatStore:
     def get_room(self, room_uuid: str) -> Deferred[Any]:
         return succeed(self._room(room_uuid) if room_uuid in self._rooms else None)
 
-    def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred[Any]:
+    def find_or_create_room(self, type: str, type_object: str, label: str, now: float, creator: str = "",
+                            max_created: int = 0) -> Deferred[Any]:
         key = index_key(type, type_object)
         created = key not in self._index
+        if created and creator:
+            if max_created and self._created.get(creator, 0) >= max_created:
+                return fail(TooManyRooms(creator))
+            self._created[creator] = self._created.get(creator, 0) + 1
         if created:
             room_uuid = str(uuidlib.uuid4())
             self._index[key] = room_uuid

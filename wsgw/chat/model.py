@@ -38,6 +38,10 @@ class NotAuthor(ChatStoreError):
     """The message exists but was written by someone else."""
 
 
+class TooManyRooms(ChatStoreError):
+    """The login has created as many rooms as it may (``[chat] max_rooms_per_user``); nothing was created."""
+
+
 def index_key(type: str, type_object: str) -> str:
     """The store's key of a room's ``(Type, RoomTypeObject)``; ``Type`` is an enum name and never holds ``:``."""
     return type + ":" + type_object

@@ -22,7 +22,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from zope.interface import implementer
 
-from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, StoreUnavailable, index_key, stamp
+from wsgw.chat.model import (
+    Message,
+    NoSuchMessage,
+    NoSuchRoom,
+    NotAuthor,
+    Room,
+    StoreUnavailable,
+    TooManyRooms,
+    index_key,
+    stamp,
+)
 from wsgw.interfaces import IChatStore
 from wsgw.redis.connection import RedisCommands
 
@@ -32,7 +42,7 @@ from wsgw.redis.connection import RedisCommands
 # room fields), p.."users:"..u (hash login -> last seen), p.."presence" (sorted set
 # u.."/"..login scored by its deadline: a room uuid never holds "/", a login may),
 # p.."order:"..u (list of message uuids, oldest first), p.."msgs:"..u (hash uuid ->
-# message JSON).
+# message JSON), p.."created" (hash login -> rooms it created).
 # Keys are derived inside the scripts: fine on one Redis, not on Redis Cluster.
 
 _LUA_ROOM = """
@@ -58,11 +68,18 @@ if not doc then return false end
 return cjson.encode(doc)
 """
 
-# ARGV: prefix, index field, new uuid, type, type object, label, LastUpdated
+# ARGV: prefix, index field, new uuid, type, type object, label, LastUpdated, creator ('' = none), max created
 _FIND_OR_CREATE = _LUA_ROOM + """
 local p = ARGV[1]
 local u = redis.call('HGET', p..'index', ARGV[2])
 local created = 0
+if not u and ARGV[8] ~= '' then
+  local max = tonumber(ARGV[9])
+  if max > 0 and tonumber(redis.call('HGET', p..'created', ARGV[8]) or '0') >= max then
+    return '{"refused":1}'
+  end
+  redis.call('HINCRBY', p..'created', ARGV[8], 1)
+end
 if not u then
   u = ARGV[3]
   created = 1
@@ -255,11 +272,15 @@ class RedisChatStore:
             return None if doc is None else _room_from(doc)
         return self._run(run())
 
-    def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred:
+    def find_or_create_room(self, type: str, type_object: str, label: str, now: float, creator: str = "",
+                            max_created: int = 0) -> Deferred:
         async def run() -> tuple[Room, bool]:
             doc = await self._eval(
-                _FIND_OR_CREATE, index_key(type, type_object), uuidlib.uuid4(), type, type_object, label, stamp(now)
+                _FIND_OR_CREATE, index_key(type, type_object), uuidlib.uuid4(), type, type_object, label, stamp(now),
+                creator, max_created,
             )
+            if "refused" in doc:
+                raise TooManyRooms(creator)
             return _room_from(doc), bool(doc["changed"])
         return self._run(run())
 

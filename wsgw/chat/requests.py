@@ -38,6 +38,14 @@ class Refused(Exception):
     """A frame refused with a reason that names the action; answered with an error frame."""
 
 
+class Limited(Refused):
+    """A frame refused by a bound (``limit``: its name in ``wsgw_chat_limits_refused_total``)."""
+
+    def __init__(self, reason: str, limit: str) -> None:
+        super().__init__(reason)
+        self.limit = limit
+
+
 def show(value: object) -> str:
     """``repr(value)``, cut to 40 characters, for quoting a client's value in an error."""
     text = repr(value)

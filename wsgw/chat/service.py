@@ -32,13 +32,13 @@ from wsgw.chat.actions import Actions
 from wsgw.chat.membership import ChatSocket, Membership
 from wsgw.chat.model import StoreUnavailable, validate
 from wsgw.chat.presence import Changed, Presence
-from wsgw.chat.requests import Frame, Refused
+from wsgw.chat.requests import Frame, Limited, Refused
 from wsgw.frames import CLOSE_FLOOD, encode, error
 from wsgw.interfaces import IChatStore, IEndpoint
 from wsgw.logs import LineBudget
 from wsgw.sessions import Session
 
-LIMITS = ("queued_frames", "queued_bytes")
+LIMITS = ("queued_frames", "queued_bytes", "rooms_per_user")
 """The bounds a chat frame can be refused by (the ``limit`` label of ``wsgw_chat_limits_refused_total``)."""
 
 
@@ -72,7 +72,8 @@ class ChatService:
 
     Counters (read by /metrics): ``handled`` (client frames done, by action), ``refused`` (answered with an
     error frame), ``delivered`` (bus chat events handed to sockets), ``limits_refused`` (frames refused by a
-    bound, by limit: ``queued_frames``, ``queued_bytes``).
+    bound, by limit: ``queued_frames``, ``queued_bytes``, ``rooms_per_user``: a JOIN that would create one more
+    GLOBAL or NODE room than ``max_rooms_per_user`` allows its login, 0 = no cap).
     """
 
     name = "chat"
@@ -93,6 +94,7 @@ class ChatService:
         max_queued_frames: int = 60,
         max_queued_bytes: int = 60 * 16384,
         close: Callable[[Session, int, str], None] | None = None,
+        max_rooms_per_user: int = 0,
     ) -> None:
         self._publish = publish
         self._max_queued = max_queued_frames
@@ -103,7 +105,7 @@ class ChatService:
         self._membership = Membership(self._presence)
         self._actions = Actions(clock, store, self._membership, publish, history_cap=history_cap,
                                 history_on_join=history_on_join, max_message_chars=max_message_chars,
-                                offload=offload)
+                                offload=offload, max_rooms_per_user=max_rooms_per_user)
         self._pending: set[Deferred[Any]] = set()  # background store work and frames in flight, for stop()
         self._idle: list[Deferred[None]] = []  # stop() waiters: fired when _pending empties
         self.handled: Counter[str] = Counter()
@@ -249,6 +251,8 @@ class ChatService:
             self._reply(session, error(f"{name}: the chat store is unavailable, try again later"))
         except Refused as refused:
             self.refused += 1
+            if isinstance(refused, Limited):
+                self.limits_refused[refused.limit] += 1
             self._reply(session, error(str(refused)))
         except Exception:  # noqa: BLE001 - a store failure must answer the socket, not kill it
             self._log.failure("chat {action} from {session} failed", action=name, session=session)

@@ -211,7 +211,8 @@ class GatewayCollector(Collector):
         yield _counter("wsgw_chat_frames_refused", "Chat requests answered with an error frame.", None, chat.refused)
         yield _counter("wsgw_chat_limits_refused", "Chat frames refused by a bound, by limit: queued_frames, "
                        "queued_bytes (a socket's frames waiting for its previous ones past [websocket] "
-                       "inbound_burst frames, or that many times max_frame_chat bytes: error frame, closed 4029).",
+                       "inbound_burst frames, or that many times max_frame_chat bytes: error frame, closed 4029), "
+                       "rooms_per_user (a JOIN creating one more GLOBAL or NODE room than [chat] max_rooms_per_user).",
                        "limit", chat.limits_refused, CHAT_LIMITS)
         yield _gauge("wsgw_chat_frames_queued", "Chat frames waiting for their socket's previous ones.", None,
                      chat.queued_frames)
