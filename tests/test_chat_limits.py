@@ -6,9 +6,11 @@ Real gateway daemons on loopback, the real Redis (a private one where it must st
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from tests.support.daemon import StartGateway, new_prefix, scrape, token, value, workspace
 from tests.support.redis_server import RedisServer
@@ -187,3 +189,56 @@ async def test_rooms_a_user_creates_are_bounded(gateway: StartGateway) -> None:
     alice2.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": third}})
     assert "too many rooms" in (await answer(alice2))["error"]
     assert not alice.closed.called
+
+
+# --------------------------------------------------------------------------- what the chat holds (§4)
+
+
+@pytest_twisted.ensureDeferred
+async def test_broadcasts_held_while_a_socket_loads_a_room_are_all_kept_and_count_against_its_bound(
+        gateway: StartGateway) -> None:
+    """While bob's HISTORY of a joined room waits on the store, the room's broadcasts are held for him: all 1500
+    arrive after the page, in order (before: those past 1000 were dropped silently). They count against his
+    max_queued_bytes: with 1 MiB, 1500 more of 1000 characters close him 4008 (counted), and alice, who reads,
+    gets them all and keeps her socket."""
+    daemon = await gateway(redis=None, admin=ADMIN, overrides={"delivery.max_queued_bytes": "1048576"})
+    alice = await chat_client(daemon.port, "alice")
+    bob = await chat_client(daemon.port, "bob")
+    obj = new_prefix()
+    room_uuid = (await join(alice, obj))["Uuid"]
+    await join(bob, obj)
+    store = daemon.service.chat._actions._store
+    pending: list[Any] = []
+
+    def stalled_page(*args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append(d)
+        return d
+
+    store.page = stalled_page
+    bob.send_json({"@type": "HISTORY", "Room": {"Uuid": room_uuid}, "Message": {"Message": ""}})
+    await wait_until(lambda: pending != [], "the HISTORY's store call")
+
+    def publish(count: int, tag: str, pad: str = "") -> None:
+        for i in range(count):
+            daemon.service.bus.publish("chat", json.dumps({"Message": {
+                "Uuid": f"{tag}{i}", "RoomUuid": room_uuid, "Message": f"{tag}{i}{pad}", "Author": "svc"}}).encode())
+
+    publish(1500, "m")
+    assert [m["Message"] for m in await messages(alice, 1500)] == [f"m{i}" for i in range(1500)]
+    assert bob.frames.pending == [] or all(f.get("@type") == "ROOM_UPDATE" for f in bob.frames.pending)
+    del store.page
+    pending.pop().callback([])
+    assert [m["Message"] for m in await messages(bob, 1500)] == [f"m{i}" for i in range(1500)]
+
+    store.page = stalled_page
+    bob.send_json({"@type": "HISTORY", "Room": {"Uuid": room_uuid}, "Message": {"Message": ""}})
+    await wait_until(lambda: pending != [], "the second HISTORY's store call")
+    publish(1500, "n", "x" * 1000)  # ~1.6 MB in all: past 1 MiB
+    code, _ = await bob.wait_closed()
+    assert code == 4008
+    assert [m["Message"] for m in await messages(alice, 1500)] == [f"n{i}" + "x" * 1000 for i in range(1500)]
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_server_closes_total", code="4008") == 1
+    del store.page
+    pending.pop().callback([])

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from wsgw.access import Access
 from wsgw.chat.model import StoreUnavailable
+from wsgw.flow import ENTRY_COST, Flow
 from wsgw.frames import MalformedEvent
 from wsgw.sessions import Session
 from wsgw.testing import (
@@ -722,6 +723,38 @@ def test_broadcasts_during_a_join_wait_for_its_room_update() -> None:
     got = frames(bob)
     assert kinds(got) == ["ROOM_UPDATE", "message", "ROOM_UPDATE"]
     assert got[1]["Message"] == "during the join"
+
+
+def test_broadcasts_held_during_a_history_count_against_the_sockets_byte_bound() -> None:
+    """While a HISTORY of a joined room waits on the store, every broadcast of the room is held (1500 of them:
+    none dropped, as past 1000 before) and counted in the socket's flow; released after the page, in order.
+    Past the flow's byte bound the socket overflows (the gateway closes it 4008): nothing is dropped silently."""
+    chat = ChatHarness()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.send(bob, join())
+    room_uuid = chat.room()["Uuid"]
+    frames(alice), frames(bob)
+    pending: Deferred = Deferred()
+    chat.store.page = lambda *a: pending  # type: ignore[method-assign]
+    chat.service.receive(bob, history())
+    for i in range(1500):
+        chat.send(alice, post(room_uuid, f"m{i}"))
+    assert frames(bob) == []
+    held_bytes = bob.flow.waiting[1]
+    assert held_bytes == sum(len(p) + ENTRY_COST for p in bob.state.held[room_uuid]) > 1500 * ENTRY_COST
+    pending.callback([])
+    got = frames(bob)
+    assert kinds(got[:1]) == ["ROOM_UPDATE"] and [f["Message"] for f in got[1:]] == [f"m{i}" for i in range(1500)]
+    assert bob.flow.waiting == (0, 0) and bob.state.held == {}
+
+    overflows: list[str] = []
+    bob.flow = Flow(bob.connection.write, lambda: overflows.append("4008"), max_bytes=held_bytes // 2)
+    pending = Deferred()
+    chat.service.receive(bob, history())
+    for i in range(1500):
+        chat.send(alice, post(room_uuid, f"n{i}"))
+    assert overflows == ["4008"] and bob.flow.stopped
 
 
 def test_broadcasts_during_a_join_wait_for_its_history() -> None:

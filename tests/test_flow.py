@@ -225,3 +225,25 @@ def test_flush_writes_what_is_blocked_even_while_paused_and_keeps_what_is_held()
     flow.send(b"b2")
     flow.flush()
     assert wire.written == [b"sent", b"b1", b"b2"] and flow.waiting == (1, 4 + ENTRY_COST)
+
+
+def test_bytes_held_outside_count_against_the_one_bound() -> None:
+    """Frames waiting elsewhere (``hold_outside``) count with those waiting here: in ``waiting``, through a
+    refilter, and toward the bound; past it a prompt reader first gets its paced frames, and when that is not
+    enough the flow stops and overflows once; a stopped flow refuses more and ignores releases."""
+    flow, wire, clock, overflows = make(rate=1, burst=1, max_bytes=1000)
+    flow.paced(b"p" * 10)  # the token
+    flow.paced(b"h" * 100)  # held by pacing: 164 bytes
+    assert flow.hold_outside(500)
+    assert flow.waiting == (1, 664)
+    flow.refilter(lambda scope: True)
+    assert flow.waiting == (1, 664)
+    assert flow.hold_outside(400)  # 1064: the held paced frame goes out at once, 900 remain
+    assert wire.written == [b"p" * 10, b"h" * 100] and flow.waiting == (0, 900) and overflows == []
+    flow.release_outside(400)
+    assert flow.waiting == (0, 500)
+    assert not flow.hold_outside(501)  # 1001, nothing to release: stopped
+    assert overflows == ["overflow"] and flow.stopped and flow.waiting == (0, 0)
+    assert not flow.hold_outside(1)
+    flow.release_outside(500)
+    assert flow.waiting == (0, 0)

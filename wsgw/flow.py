@@ -13,7 +13,9 @@ are (node events, tasks, replies, chat), and it accounts for all of them:
   transport's buffers are full: the client is not reading) frames wait here,
   *blocked*, and go out in order when it resumes.
 - **One byte bound** for everything waiting here, held and blocked alike
-  (``max_bytes``; each frame costs its length plus ``ENTRY_COST``). Past it, a
+  (``max_bytes``; each frame costs its length plus ``ENTRY_COST``), and for
+  the frames for this socket that wait elsewhere and told the flow so
+  (``hold_outside``: a chat room's broadcasts while the socket loads the room). Past it, a
   connection that is not paused gets its held frames at once (a burst reaches a
   prompt reader whole, in order); a paused one has stopped reading: every
   frame is dropped and ``overflow`` is called once (the gateway closes the
@@ -58,7 +60,7 @@ class Flow:
     """
 
     __slots__ = ("_write", "_clock", "_bucket", "_max_delay", "_max_bytes", "overflow", "_held", "_blocked",
-                 "_bytes", "_paused", "_stopped", "_direct", "_call")
+                 "_bytes", "_outside", "_paused", "_stopped", "_direct", "_call")
 
     def __init__(self, write: Callable[[bytes], None], overflow: Callable[[], None] = lambda: None, *,
                  max_bytes: int = 4 << 20) -> None:
@@ -71,7 +73,8 @@ class Flow:
         # made on first use: most sockets never wait (an empty deque is 760 bytes)
         self._held: deque[tuple[bytes, Scope | None, float]] | None = None
         self._blocked: deque[tuple[bytes, Scope | None]] | None = None
-        self._bytes = 0
+        self._bytes = 0  # everything counted against max_bytes, _outside included
+        self._outside = 0  # bytes of frames waiting elsewhere (hold_outside)
         self._paused = False
         self._stopped = False
         self._direct = True  # not paused, nothing blocked, not stopped: a frame can be written now
@@ -120,6 +123,26 @@ class Flow:
             self._release(len(self._held))
         self.send(payload, scope)
 
+    def hold_outside(self, size: int) -> bool:
+        """Count ``size`` bytes of frames for this socket that wait elsewhere (a chat room's broadcasts while the
+        socket loads the room) against the one byte bound, until ``release_outside``. Past the bound, as for
+        frames waiting here: a connection that is not paused gets its paced frames at once, and if that is not
+        enough everything is dropped and ``overflow`` called. Returns False when the flow is stopped (then, or
+        already): the caller drops what it holds."""
+        if self._stopped:
+            return False
+        self._outside += size
+        self._bytes += size
+        if self._bytes > self._max_bytes:
+            self._over()
+        return not self._stopped
+
+    def release_outside(self, size: int) -> None:
+        """Stop counting ``size`` bytes counted by ``hold_outside`` (they were sent or dropped)."""
+        if not self._stopped:
+            self._outside -= size
+            self._bytes -= size
+
     # -- the connection ----------------------------------------------------
 
     def pause(self) -> None:
@@ -164,7 +187,7 @@ class Flow:
         self._blocked = blocked or None
         if self._held is None:
             self._cancel()
-        self._bytes = sum(len(entry[0]) + ENTRY_COST for entry in held) + sum(
+        self._bytes = self._outside + sum(len(entry[0]) + ENTRY_COST for entry in held) + sum(
             len(entry[0]) + ENTRY_COST for entry in blocked)
         return before - len(held) - len(blocked)
 
@@ -173,7 +196,7 @@ class Flow:
         self._stopped = True
         self._direct = False
         self._held = self._blocked = None
-        self._bytes = 0
+        self._bytes = self._outside = 0
         self._cancel()
 
     @property
@@ -183,7 +206,7 @@ class Flow:
 
     @property
     def waiting(self) -> tuple[int, int]:
-        """``(frames, bytes)`` waiting here (bytes as counted against ``max_bytes``)."""
+        """``(frames, bytes)`` waiting here (bytes as counted against ``max_bytes``, those held outside too)."""
         frames = (len(self._held) if self._held else 0) + (len(self._blocked) if self._blocked else 0)
         return frames, self._bytes
 

@@ -182,14 +182,14 @@ class Actions:
         room_uuid = room["Uuid"]
         joined = room_uuid in state.rooms
         if joined:
-            self._membership.hold(state, room_uuid)
+            self._membership.hold(session, state, room_uuid)
         try:
             page = await self._store.page(room_uuid, offset, limit)
             if not session.open:
                 return
             self._recheck(session, state, access, "HISTORY", room["Type"], room["RoomTypeObject"], "read")
         except BaseException:
-            self._membership.drop_held(state, room_uuid)
+            self._membership.drop_held(session, state, room_uuid)
             raise
         frames = [room_update(room)] + [encode(m) for m in page]
         if limit > 0 and len(page) == limit:
