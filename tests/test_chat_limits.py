@@ -46,6 +46,12 @@ async def answer(client: Client) -> Frame:
             return frame
 
 
+async def settled(client: Client) -> None:
+    """Wait until the socket's earlier frames are done: a frame answered in its turn, without the store."""
+    client.send_json({"@type": "SETTLED?"})
+    assert await answer(client) == {"@type": "error", "error": "unknown @type 'SETTLED?'"}
+
+
 def post(client: Client, room_uuid: str, text: str) -> None:
     client.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": text}})
 
@@ -101,6 +107,7 @@ async def test_a_socket_past_its_chat_queue_bound_is_told_and_closed_4029(gatewa
                                overrides={"websocket.inbound_burst": "10", "websocket.inbound_rate": "1000"})
         alice = await chat_client(daemon.port, "alice")
         room_uuid = (await join(alice, new_prefix()))["Uuid"]
+        await settled(alice)
         chat = daemon.service.chat
 
         def waiting(count: int) -> Any:
@@ -113,7 +120,7 @@ async def test_a_socket_past_its_chat_queue_bound_is_told_and_closed_4029(gatewa
                 for i in range(6):  # 12 in all: 10 wait, the 11th is past the bound
                     post(alice, room_uuid, f"waiting {batch}.{i}")
                 await waiting(6 * batch)
-            error = await alice.next()
+            error = await answer(alice)
             assert error == {"@type": "error", "error": "POST: too many chat frames waiting for the previous ones "
                              "(at most 10 frames, 163840 bytes): slow down"}
             code, _ = await alice.wait_closed()
@@ -242,3 +249,36 @@ async def test_broadcasts_held_while_a_socket_loads_a_room_are_all_kept_and_coun
     assert value(samples, "wsgw_server_closes_total", code="4008") == 1
     del store.page
     pending.pop().callback([])
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_calls_in_flight_are_bounded_with_a_busy_answer(gateway: StartGateway) -> None:
+    """[chat] max_store_calls = 2 and the store frozen (a private Redis): once two calls are in flight, bob's
+    POST is answered at once 'the chat store is busy, try again later' and changes nothing; /metrics counts it
+    and shows the calls in flight. When Redis answers again, alice's post arrives and bob's retry works."""
+    with RedisServer() as redis:
+        daemon = await gateway(redis=redis.endpoint, admin=ADMIN, overrides={"chat.max_store_calls": "2"})
+        chat = daemon.service.chat
+        alice = await chat_client(daemon.port, "alice")
+        bob = await chat_client(daemon.port, "bob")
+        obj = new_prefix()
+        room_uuid = (await join(alice, obj))["Uuid"]
+        await join(bob, obj)
+        for client in (alice, bob):  # answered in turn: the JOIN is done, its publish included
+            await settled(client)
+        redis.freeze()
+        try:
+            post(alice, room_uuid, "from alice")
+            await wait_until(lambda: chat.store_calls[0] == 2, "two store calls in flight (the sweep's within 1 s)")
+            post(bob, room_uuid, "from bob")
+            assert await answer(bob) == {"@type": "error", "error": "POST: the chat store is busy, try again later"}
+            samples = await scrape(daemon)
+            assert value(samples, "wsgw_chat_limits_refused_total", limit="store_busy") == 1
+            assert value(samples, "wsgw_chat_store_calls_in_flight") == 2
+            assert value(samples, "wsgw_chat_store_calls_refused_total") >= 1
+        finally:
+            redis.thaw()
+        assert [m["Message"] for m in await messages(bob, 1)] == ["from alice"]
+        post(bob, room_uuid, "from bob")
+        assert [m["Message"] for m in await messages(bob, 1)] == ["from bob"]
+        assert [m["Message"] for m in await messages(alice, 2)] == ["from alice", "from bob"]

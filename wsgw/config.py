@@ -166,6 +166,7 @@ class Config:
     presence_timeout: float = _key("chat", "presence_timeout", _positive_float, "20")
     max_message_chars: int = _key("chat", "max_message_chars", _positive_int, "8000")
     max_rooms_per_user: int = _key("chat", "max_rooms_per_user", _positive_int, "1000")
+    max_store_calls: int = _key("chat", "max_store_calls", _positive_int, "2000")
     chat_key_prefix: str = _key("chat", "key_prefix", _text, "wsgw:chat:")
     topic_tree: str = _key("topics", "tree", _text, DEFAULT_TOPICS["tree"])
     topic_meta: str = _key("topics", "meta", _text, DEFAULT_TOPICS["meta"])

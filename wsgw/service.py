@@ -81,6 +81,7 @@ class GatewayService(MultiService):
             max_queued_bytes=max(1, int(config.inbound_burst)) * config.max_frame_chat,
             close=lambda session, code, reason: self.gateway.close(session, code, reason),
             max_rooms_per_user=config.max_rooms_per_user,
+            max_store_calls=config.max_store_calls,
         )
         verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,

@@ -26,6 +26,11 @@ class StoreUnavailable(ChatStoreError):
     """The store cannot be reached right now (Redis down or not answering); nothing was changed by this call."""
 
 
+class StoreBusy(StoreUnavailable):
+    """This instance has as many store calls in flight as ``[chat] max_store_calls`` allows; this one was not
+    made (nothing changed)."""
+
+
 class NoSuchRoom(ChatStoreError):
     """The room does not exist."""
 

@@ -29,8 +29,9 @@ from zope.interface import implementer
 from wsgw.access import Access
 from wsgw.chat import requests
 from wsgw.chat.actions import Actions
+from wsgw.chat.bounded import BoundedStore
 from wsgw.chat.membership import ChatSocket, Membership
-from wsgw.chat.model import StoreUnavailable, validate
+from wsgw.chat.model import StoreBusy, StoreUnavailable, validate
 from wsgw.chat.presence import Changed, Presence
 from wsgw.chat.requests import Frame, Limited, Refused
 from wsgw.frames import CLOSE_FLOOD, encode, error
@@ -38,7 +39,7 @@ from wsgw.interfaces import IChatStore, IEndpoint
 from wsgw.logs import LineBudget
 from wsgw.sessions import Session
 
-LIMITS = ("queued_frames", "queued_bytes", "rooms_per_user")
+LIMITS = ("queued_frames", "queued_bytes", "rooms_per_user", "store_busy")
 """The bounds a chat frame can be refused by (the ``limit`` label of ``wsgw_chat_limits_refused_total``)."""
 
 
@@ -73,7 +74,8 @@ class ChatService:
     Counters (read by /metrics): ``handled`` (client frames done, by action), ``refused`` (answered with an
     error frame), ``delivered`` (bus chat events handed to sockets), ``limits_refused`` (frames refused by a
     bound, by limit: ``queued_frames``, ``queued_bytes``, ``rooms_per_user``: a JOIN that would create one more
-    GLOBAL or NODE room than ``max_rooms_per_user`` allows its login, 0 = no cap).
+    GLOBAL or NODE room than ``max_rooms_per_user`` allows its login, 0 = no cap; ``store_busy``: a frame whose
+    store call found ``max_store_calls`` in flight on this instance, ``wsgw.chat.bounded``, 0 = no bound).
     """
 
     name = "chat"
@@ -95,7 +97,9 @@ class ChatService:
         max_queued_bytes: int = 60 * 16384,
         close: Callable[[Session, int, str], None] | None = None,
         max_rooms_per_user: int = 0,
+        max_store_calls: int = 0,
     ) -> None:
+        self._store = store = BoundedStore(store, max_store_calls)
         self._publish = publish
         self._max_queued = max_queued_frames
         self._max_queued_bytes = max_queued_bytes
@@ -178,6 +182,12 @@ class ChatService:
         self._presence.start()
 
     @property
+    def store_calls(self) -> tuple[int, int]:
+        """``(in flight, refused busy)``: this instance's chat store calls now, and those refused since it
+        started (background ones included)."""
+        return self._store.in_flight, self._store.refused
+
+    @property
     def presences_expired(self) -> int:
         """Presences this instance's sweeps removed (any instance's), since it started."""
         return self._presence.expired
@@ -245,6 +255,9 @@ class ChatService:
                 self._access_changed(session)
             await handler(session, state, access, frame)
             self.handled[action] += 1
+        except StoreBusy:
+            self.limits_refused["store_busy"] += 1
+            self._reply(session, error(f"{name}: the chat store is busy, try again later"))
         except StoreUnavailable as e:
             self._budget.warn(self._log, "chat_store", "chat {action} from {session} refused: store unavailable "
                               "({reason})", action=name, session=session, reason=str(e))
@@ -272,7 +285,11 @@ class ChatService:
         return self._publish(encode({"Room": room})).addErrback(self._logged, "publishing a room update")
 
     def _logged(self, failure: Any, what: str) -> None:
-        self._log.failure("chat: {what} failed", failure, what=what)
+        if failure.check(StoreUnavailable):  # an outage or a busy store: within the budget, no traceback
+            self._budget.warn(self._log, "chat_store", "chat: {what} failed: {reason}", what=what,
+                              reason=str(failure.value))
+        else:
+            self._log.failure("chat: {what} failed", failure, what=what)
 
     def handle(self, event: dict[str, Any]) -> None:
         """A chat-topic event from the bus (§5.4): broadcast it to this instance's sockets in the room."""

@@ -80,6 +80,9 @@ class ChatCounts(Protocol):
     queued_frames: int
 
     @property
+    def store_calls(self) -> tuple[int, int]: ...
+
+    @property
     def rooms_active(self) -> int: ...
 
     @property
@@ -212,10 +215,17 @@ class GatewayCollector(Collector):
         yield _counter("wsgw_chat_limits_refused", "Chat frames refused by a bound, by limit: queued_frames, "
                        "queued_bytes (a socket's frames waiting for its previous ones past [websocket] "
                        "inbound_burst frames, or that many times max_frame_chat bytes: error frame, closed 4029), "
-                       "rooms_per_user (a JOIN creating one more GLOBAL or NODE room than [chat] max_rooms_per_user).",
+                       "rooms_per_user (a JOIN creating one more GLOBAL or NODE room than [chat] max_rooms_per_user), "
+                       "store_busy (a frame that found [chat] max_store_calls store calls in flight).",
                        "limit", chat.limits_refused, CHAT_LIMITS)
         yield _gauge("wsgw_chat_frames_queued", "Chat frames waiting for their socket's previous ones.", None,
                      chat.queued_frames)
+        in_flight, busy = chat.store_calls
+        yield _gauge("wsgw_chat_store_calls_in_flight", "Chat store calls of this instance not answered yet.", None,
+                     in_flight)
+        yield _counter("wsgw_chat_store_calls_refused", "Chat store calls refused at [chat] max_store_calls in "
+                       "flight (client frames answered busy, background presence removals left to the sweep).",
+                       None, busy)
         yield _counter("wsgw_chat_presences_expired", "Chat presences past their deadline (no JOIN or PING for "
                        "presence_timeout) that this instance's sweep removed, whichever instance stored them.", None,
                        chat.presences_expired)
