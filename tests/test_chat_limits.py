@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
@@ -282,3 +283,83 @@ async def test_store_calls_in_flight_are_bounded_with_a_busy_answer(gateway: Sta
         post(bob, room_uuid, "from bob")
         assert [m["Message"] for m in await messages(bob, 1)] == ["from bob"]
         assert [m["Message"] for m in await messages(alice, 2)] == ["from alice", "from bob"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_edits_per_message_are_bounded(gateway: StartGateway) -> None:
+    """[chat] max_edits_per_message = 2: alice edits her message twice (each broadcast, the old texts in
+    Activity.items); a third edit gets an error frame naming the bound, changes nothing, and is counted."""
+    daemon = await gateway(admin=ADMIN, overrides={"chat.max_edits_per_message": "2"})
+    alice = await chat_client(daemon.port, "alice")
+    room_uuid = (await join(alice, new_prefix()))["Uuid"]
+    post(alice, room_uuid, "v0")
+    [message] = await messages(alice, 1)
+    for text in ("v1", "v2"):
+        alice.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Uuid": message["Uuid"], "Message": text}})
+        [edited] = await messages(alice, 1)
+        assert edited["Message"] == text
+    assert [item["markdown"] for item in edited["Activity"]["items"]] == ["v0", "v1"]
+    alice.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Uuid": message["Uuid"], "Message": "v3"}})
+    assert await answer(alice) == {"@type": "error",
+                                   "error": "POST: this message was edited too many times (at most 2 edits)"}
+    alice.send_json({"@type": "HISTORY", "Room": {"Uuid": room_uuid}, "Message": {"Message": ""}})
+    assert (await messages(alice, 1)) == [edited]
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_chat_limits_refused_total", limit="edits_per_message") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_history_page_is_bounded_and_says_there_is_more(gateway: StartGateway) -> None:
+    """[chat] max_history_page = 5, 8 messages stored: HISTORY without a Limit, or with Limit 100, answers the
+    newest 5 then MAY_HAVE_MORE with the next Offset and Limit 5 (counted); following it reads the rest; a Limit
+    within the bound is served as asked (not counted)."""
+    daemon = await gateway(admin=ADMIN, overrides={"chat.max_history_page": "5"})
+    alice = await chat_client(daemon.port, "alice")
+    room_uuid = (await join(alice, new_prefix()))["Uuid"]
+    texts = [f"m{i}" for i in range(8)]
+    for text in texts:
+        post(alice, room_uuid, text)
+    await messages(alice, 8)
+    await settled(alice)
+
+    async def page(paging: str) -> list[Frame]:
+        """The answer to a HISTORY: every frame after its ROOM_UPDATE, up to the next frame of the socket."""
+        alice.send_json({"@type": "HISTORY", "Room": {"Uuid": room_uuid}, "Message": {"Message": paging}})
+        alice.send_json({"@type": "SETTLED?"})
+        assert (await alice.next())["@type"] == "ROOM_UPDATE"
+        got: list[Frame] = []
+        while (frame := await alice.next()).get("@type") != "error":
+            got.append(frame)
+        return got
+
+    def more(offset: int, limit: int) -> Frame:
+        return {"@type": "MAY_HAVE_MORE", "RoomUuid": room_uuid, "Offset": offset, "Limit": limit}
+
+    def texts_of(frames: list[Frame]) -> list[str]:
+        return [f["Message"] for f in frames if "@type" not in f]
+
+    for paging in ("", '{"Offset":0,"Limit":100}'):
+        got = await page(paging)
+        assert texts_of(got) == texts[3:]
+        assert {k: v for k, v in got[-1].items() if k != "Timestamp"} == more(5, 5)
+    got = await page('{"Offset":5,"Limit":5}')
+    assert texts_of(got) == texts[:3] and len(got) == 3
+    got = await page('{"Offset":0,"Limit":4}')
+    assert texts_of(got) == texts[4:] and got[-1]["Limit"] == 4
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_chat_limits_refused_total", limit="history_page") == 2
+
+
+@pytest.mark.parametrize("redis", ["redis", "embedded"])
+@pytest_twisted.ensureDeferred
+async def test_the_history_cap_holds_in_both_stores(redis: str, gateway: StartGateway) -> None:
+    """[chat] history_cap = 3 keeps the 3 newest messages of a room, in Redis and in the embedded store."""
+    daemon = await gateway(overrides={"chat.history_cap": "3"}, **({} if redis == "redis" else {"redis": None}))
+    alice = await chat_client(daemon.port, "alice")
+    room_uuid = (await join(alice, new_prefix()))["Uuid"]
+    for i in range(6):
+        post(alice, room_uuid, f"m{i}")
+    await messages(alice, 6)
+    alice.send_json({"@type": "HISTORY", "Room": {"Uuid": room_uuid}, "Message": {"Message": ""}})
+    assert [m["Message"] for m in await messages(alice, 3)] == ["m3", "m4", "m5"]
+    await settled(alice)

@@ -974,3 +974,30 @@ def test_long_messages_with_markup_are_sanitized_off_the_reactor() -> None:
         chat.send(alice, post(room["Uuid"], text))
     assert calls == [len(long_markup)]
     assert [m["Message"] for m in chat.messages(room["Uuid"])] == ["short bold", "y" * 3000, "x" * 1500 + " **bold**"]
+
+
+def test_an_edit_is_checked_before_its_text_is_sanitized(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Who may edit (a stored message of this room, written by the login, edits left) is checked before any
+    work on the text: a peer cannot make the server sanitize text for a message it may not edit."""
+    import wsgw.chat.actions as actions
+
+    sanitized: list[str] = []
+    real = actions.sanitize_markdown
+    monkeypatch.setattr(actions, "sanitize_markdown", lambda text: sanitized.append(text) or real(text))
+    chat = ChatHarness(max_edits_per_message=1)
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.send(bob, join())
+    room_uuid = chat.room()["Uuid"]
+    sanitized.clear()  # (the JOINs' labels)
+    chat.send(alice, post(room_uuid, "mine"))
+    uuid_ = chat.messages(room_uuid)[0]["Uuid"]
+    chat.send(alice, post(room_uuid, "mine, edited", Uuid=uuid_))
+    assert sanitized == ["mine", "mine, edited"]
+    frames(alice), frames(bob)
+    for who, target, words in ((bob, uuid_, ("someone else",)), (bob, "no-such", ("no such message",)),
+                               (alice, uuid_, ("edited too many times", "at most 1 edits"))):
+        chat.send(who, post(room_uuid, "<b>" + "x" * 5000 + "</b>", Uuid=target))
+        assert_error(who, "POST", *words)
+    assert sanitized == ["mine", "mine, edited"]
+    assert chat.service.limits_refused == {"edits_per_message": 1}

@@ -13,7 +13,7 @@ from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyObject
 
 from wsgw.chat.memory_store import MemoryChatStore
-from wsgw.chat.model import NoSuchMessage, NoSuchRoom, NotAuthor, TooManyRooms
+from wsgw.chat.model import NoSuchMessage, NoSuchRoom, NotAuthor, TooManyEdits, TooManyRooms
 from wsgw.chat.redis_store import RedisChatStore
 from wsgw.interfaces import IChatStore
 from wsgw.redis.connection import RedisCommands
@@ -336,6 +336,35 @@ async def test_history_is_capped_per_room(store: Any) -> None:
     assert len(await store.page(other["Uuid"], 0, 0)) == 1
     with pytest.raises(NoSuchMessage):
         await store.edit_message(room["Uuid"], "m-1", "alice", "new", "2024-06-10T12:00:00Z")
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_message_reads_one_stored_message(store: Any) -> None:
+    """get_message gives the stored message (its edit history included), None when the room or message is not
+    there."""
+    room = await _room(store)
+    [first, _] = await _post(store, room, 2)
+    assert await store.get_message(room["Uuid"], first["Uuid"]) == first
+    edited = await store.edit_message(room["Uuid"], first["Uuid"], "alice", "new", "2024-06-10T12:00:00Z")
+    assert await store.get_message(room["Uuid"], first["Uuid"]) == edited
+    assert await store.get_message(room["Uuid"], "m-404") is None
+    assert await store.get_message("nope", first["Uuid"]) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_edits_per_message_are_bounded(store: Any) -> None:
+    """With max_edits, a message whose Activity.items holds that many entries is not edited again: TooManyEdits,
+    nothing changed; 0 means no bound."""
+    room = await _room(store)
+    [m, other] = await _post(store, room, 2)
+    for i in range(3):
+        await store.edit_message(room["Uuid"], m["Uuid"], "alice", f"v{i}", "2024-06-10T12:00:00Z", 3)
+    with pytest.raises(TooManyEdits):
+        await store.edit_message(room["Uuid"], m["Uuid"], "alice", "v3", "2024-06-10T12:00:00Z", 3)
+    stored = await store.get_message(room["Uuid"], m["Uuid"])
+    assert stored["Message"] == "v2" and len(stored["Activity"]["items"]) == 3
+    for i in range(5):
+        await store.edit_message(room["Uuid"], other["Uuid"], "alice", f"w{i}", "2024-06-10T12:00:00Z", 0)
 
 
 @pytest_twisted.ensureDeferred

@@ -167,6 +167,8 @@ class Config:
     max_message_chars: int = _key("chat", "max_message_chars", _positive_int, "8000")
     max_rooms_per_user: int = _key("chat", "max_rooms_per_user", _positive_int, "1000")
     max_store_calls: int = _key("chat", "max_store_calls", _positive_int, "2000")
+    max_edits_per_message: int = _key("chat", "max_edits_per_message", _positive_int, "10")
+    max_history_page: int = _key("chat", "max_history_page", _positive_int, "200")
     chat_key_prefix: str = _key("chat", "key_prefix", _text, "wsgw:chat:")
     topic_tree: str = _key("topics", "tree", _text, DEFAULT_TOPICS["tree"])
     topic_meta: str = _key("topics", "meta", _text, DEFAULT_TOPICS["meta"])

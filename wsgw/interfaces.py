@@ -166,10 +166,15 @@ class IChatStore(Interface):
         Fails with NoSuchRoom when ``message["RoomUuid"]`` does not exist.
         """
 
-    def edit_message(room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred[Any]:
+    def get_message(room_uuid: str, message_uuid: str) -> Deferred[Any]:
+        """The stored message, or None (no such message in that room)."""
+
+    def edit_message(room_uuid: str, message_uuid: str, author: str, text: str, updated: str,
+                     max_edits: int = 0) -> Deferred[Any]:
         """Replace the text of a message written by ``author``; the old text is appended to
         ``Activity.items`` as ``{"markdown": old, "updated": updated}``. Fires the new message;
-        fails with NoSuchMessage or NotAuthor (and changes nothing)."""
+        fails with NoSuchMessage, NotAuthor, or TooManyEdits when ``Activity.items`` holds ``max_edits``
+        (> 0) entries already (and changes nothing)."""
 
     def delete_message(room_uuid: str, message_uuid: str, author: str) -> Deferred[Any]:
         """Delete a message written by ``author``; fires the deleted message; fails with

@@ -82,6 +82,7 @@ class GatewayService(MultiService):
             close=lambda session, code, reason: self.gateway.close(session, code, reason),
             max_rooms_per_user=config.max_rooms_per_user,
             max_store_calls=config.max_store_calls,
+            max_edits_per_message=config.max_edits_per_message, max_history_page=config.max_history_page,
         )
         verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,

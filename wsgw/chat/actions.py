@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import uuid as uuidlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ from twisted.logger import Logger
 from wsgw.access import Access
 from wsgw.chat import requests
 from wsgw.chat.membership import ChatSocket, Membership
-from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, TooManyRooms, room_update
+from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, TooManyEdits, TooManyRooms, room_update
 from wsgw.chat.requests import Frame, Limited, Refused
 from wsgw.chat.sanitize import sanitize_markdown, worth_offloading
 from wsgw.frames import encode
@@ -65,6 +66,9 @@ class Actions:
         max_message_chars: int,
         offload: Callable[..., Deferred[Any]] | None,
         max_rooms_per_user: int = 0,
+        max_edits_per_message: int = 0,
+        max_history_page: int = 0,
+        limits: Counter[str] | None = None,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -75,6 +79,9 @@ class Actions:
         self._max_chars = max_message_chars
         self._offload = offload
         self._max_rooms = max_rooms_per_user
+        self._max_edits = max_edits_per_message
+        self._max_page = max_history_page
+        self._limits = limits if limits is not None else Counter()  # answers a bound cut short, by limit
         self.by_type: dict[str, Action] = {
             "JOIN": self.join, "LEAVE": self.leave, "POST": self.post, "HISTORY": self.history,
             "DELETE_MSG": self.delete,
@@ -175,6 +182,9 @@ class Actions:
 
     async def history(self, session: Session, state: ChatSocket, access: Access, frame: Frame) -> None:
         offset, limit = requests.paging(frame)
+        asked = limit
+        if self._max_page and (limit == 0 or limit > self._max_page):
+            limit = self._max_page  # a full page then ends with MAY_HAVE_MORE, for the client to page on
         room = await self._find_room(frame, access, "HISTORY")
         if room is None or not requests.may_join(access, room["Type"], room["RoomTypeObject"]):
             raise Refused(NO_SUCH_ROOM)  # a room one may not read is not told apart from a missing one
@@ -194,6 +204,8 @@ class Actions:
         frames = [room_update(room)] + [encode(m) for m in page]
         if limit > 0 and len(page) == limit:
             frames.append(requests.may_have_more(room_uuid, page, offset + limit, limit))
+            if limit != asked:
+                self._limits["history_page"] += 1
         if joined and room_uuid in state.rooms:
             self._membership.release(session, state, room_uuid, frames)
         else:
@@ -235,17 +247,22 @@ class Actions:
         if edit_uuid is not None and (not isinstance(edit_uuid, str) or len(edit_uuid) > requests.MAX_FIELD):
             raise Refused("POST: Message.Uuid must be a string")
         room_uuid = requests.joined_room(state.rooms, frame, "POST")
+        if edit_uuid:  # who may edit is checked before any work on the text
+            self._editable(await self._store.get_message(room_uuid, edit_uuid), access.login)
         clean = await self._sanitize(text)
         if not clean.strip():
             raise Refused("POST: empty message")
         now = self._clock.seconds()
         if edit_uuid:
             try:
-                stored = await self._store.edit_message(room_uuid, edit_uuid, access.login, clean, _rfc3339(now))
+                stored = await self._store.edit_message(room_uuid, edit_uuid, access.login, clean, _rfc3339(now),
+                                                        self._max_edits)
             except NoSuchMessage:
                 raise Refused("POST: no such message in this room to edit") from None
             except NotAuthor:
                 raise Refused("POST: cannot edit a message written by someone else") from None
+            except TooManyEdits:
+                raise self._too_many_edits() from None
         else:
             stored = {
                 "Uuid": str(uuidlib.uuid4()), "RoomUuid": room_uuid, "Message": clean,
@@ -256,6 +273,22 @@ class Actions:
             except NoSuchRoom:
                 raise Refused("POST: the room was deleted") from None
         await self._publish_event({"Message": stored}, "POST")
+
+    def _editable(self, found: Message | None, login: str) -> None:
+        """Refuse to edit ``found`` (the stored message, None when missing) for ``login``: missing, written by
+        someone else, or edited ``max_edits_per_message`` times already."""
+        if found is None:
+            raise Refused("POST: no such message in this room to edit")
+        if found.get("Author") != login:
+            raise Refused("POST: cannot edit a message written by someone else")
+        activity = found.get("Activity")
+        items = activity.get("items") if isinstance(activity, dict) else None
+        if self._max_edits and isinstance(items, list) and len(items) >= self._max_edits:
+            raise self._too_many_edits()
+
+    def _too_many_edits(self) -> Limited:
+        return Limited(f"POST: this message was edited too many times (at most {self._max_edits} edits)",
+                       "edits_per_message")
 
     # DELETE_MSG ------------------------------------------------------
 

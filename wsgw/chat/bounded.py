@@ -67,8 +67,12 @@ class BoundedStore:
     def post_message(self, message: dict[str, Any], cap: int) -> Deferred[Any]:
         return self._call("post_message", message, cap)
 
-    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred[Any]:
-        return self._call("edit_message", room_uuid, message_uuid, author, text, updated)
+    def get_message(self, room_uuid: str, message_uuid: str) -> Deferred[Any]:
+        return self._call("get_message", room_uuid, message_uuid)
+
+    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str,
+                     max_edits: int = 0) -> Deferred[Any]:
+        return self._call("edit_message", room_uuid, message_uuid, author, text, updated, max_edits)
 
     def delete_message(self, room_uuid: str, message_uuid: str, author: str) -> Deferred[Any]:
         return self._call("delete_message", room_uuid, message_uuid, author)

@@ -23,6 +23,7 @@ from wsgw.chat.model import (
     NoSuchRoom,
     NotAuthor,
     Room,
+    TooManyEdits,
     TooManyRooms,
     index_key,
     stamp,
@@ -138,16 +139,25 @@ class MemoryChatStore:
                 return history, i
         raise NoSuchMessage(message_uuid)
 
-    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred[Any]:
+    def get_message(self, room_uuid: str, message_uuid: str) -> Deferred[Any]:
+        for message in self._messages.get(room_uuid, []):
+            if message["Uuid"] == message_uuid:
+                return succeed(copy.deepcopy(message))
+        return succeed(None)
+
+    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str,
+                     max_edits: int = 0) -> Deferred[Any]:
         try:
             history, i = self._find(room_uuid, message_uuid, author)
         except ChatStoreError as e:
             return fail(e)
         message = history[i]
         activity = message.get("Activity")
+        items = activity.get("items") if isinstance(activity, dict) else None
+        if max_edits and isinstance(items, list) and len(items) >= max_edits:
+            return fail(TooManyEdits(message_uuid))
         if not isinstance(activity, dict):
             activity = message["Activity"] = {}
-        items = activity.get("items")
         if not isinstance(items, list):
             items = activity["items"] = []
         items.append({"markdown": message.get("Message", ""), "updated": updated})

@@ -43,6 +43,10 @@ class NotAuthor(ChatStoreError):
     """The message exists but was written by someone else."""
 
 
+class TooManyEdits(ChatStoreError):
+    """The message was edited as many times as it may be (``[chat] max_edits_per_message``); nothing changed."""
+
+
 class TooManyRooms(ChatStoreError):
     """The login has created as many rooms as it may (``[chat] max_rooms_per_user``); nothing was created."""
 

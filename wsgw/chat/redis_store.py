@@ -29,6 +29,7 @@ from wsgw.chat.model import (
     NotAuthor,
     Room,
     StoreUnavailable,
+    TooManyEdits,
     TooManyRooms,
     index_key,
     stamp,
@@ -177,7 +178,12 @@ local function owned(p, u, id, author)
 end
 """
 
-# ARGV: prefix, room uuid, message uuid, author, new text, updated
+# ARGV: prefix, room uuid, message uuid
+_GET_MESSAGE = """
+return redis.call('HGET', ARGV[1]..'msgs:'..ARGV[2], ARGV[3])
+"""
+
+# ARGV: prefix, room uuid, message uuid, author, new text, updated, max edits (0 = no bound)
 _EDIT = _LUA_OWNED + """
 local p, u, id = ARGV[1], ARGV[2], ARGV[3]
 local m, err = owned(p, u, id, ARGV[4])
@@ -185,6 +191,8 @@ if not m then return err end
 if type(m.Activity) ~= 'table' then m.Activity = {} end
 if type(m.Activity.items) ~= 'table' then m.Activity.items = {} end
 local items = m.Activity.items
+local max = tonumber(ARGV[7])
+if max > 0 and #items >= max then return '{"error":"edits"}' end
 items[#items + 1] = {markdown = m.Message or '', updated = ARGV[6]}
 m.Message = ARGV[5]
 local out = cjson.encode(m)
@@ -319,11 +327,18 @@ class RedisChatStore:
             doc = await self._eval(script, *args)
             if "message" in doc:
                 return _fix_activity(doc["message"])
-            raise (NotAuthor if doc["error"] == "author" else NoSuchMessage)(args[1])
+            raise {"author": NotAuthor, "edits": TooManyEdits}.get(doc["error"], NoSuchMessage)(args[1])
         return self._run(run())
 
-    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
-        return self._owned(_EDIT, room_uuid, message_uuid, author, text, updated)
+    def get_message(self, room_uuid: str, message_uuid: str) -> Deferred:
+        async def run() -> Message | None:
+            found = await self._eval(_GET_MESSAGE, room_uuid, message_uuid)
+            return None if found is None else _fix_activity(found)
+        return self._run(run())
+
+    def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str,
+                     max_edits: int = 0) -> Deferred:
+        return self._owned(_EDIT, room_uuid, message_uuid, author, text, updated, max_edits)
 
     def delete_message(self, room_uuid: str, message_uuid: str, author: str) -> Deferred:
         return self._owned(_DELETE, room_uuid, message_uuid, author)

@@ -39,7 +39,7 @@ from wsgw.interfaces import IChatStore, IEndpoint
 from wsgw.logs import LineBudget
 from wsgw.sessions import Session
 
-LIMITS = ("queued_frames", "queued_bytes", "rooms_per_user", "store_busy")
+LIMITS = ("queued_frames", "queued_bytes", "rooms_per_user", "store_busy", "edits_per_message", "history_page")
 """The bounds a chat frame can be refused by (the ``limit`` label of ``wsgw_chat_limits_refused_total``)."""
 
 
@@ -75,7 +75,10 @@ class ChatService:
     error frame), ``delivered`` (bus chat events handed to sockets), ``limits_refused`` (frames refused by a
     bound, by limit: ``queued_frames``, ``queued_bytes``, ``rooms_per_user``: a JOIN that would create one more
     GLOBAL or NODE room than ``max_rooms_per_user`` allows its login, 0 = no cap; ``store_busy``: a frame whose
-    store call found ``max_store_calls`` in flight on this instance, ``wsgw.chat.bounded``, 0 = no bound).
+    store call found ``max_store_calls`` in flight on this instance, ``wsgw.chat.bounded``, 0 = no bound;
+    ``edits_per_message``: an edit of a message edited ``max_edits_per_message`` times already, 0 = no bound;
+    ``history_page``: a HISTORY asking more than ``max_history_page`` messages, or all, answered with that many
+    and ``MAY_HAVE_MORE``, 0 = no bound).
     """
 
     name = "chat"
@@ -98,6 +101,8 @@ class ChatService:
         close: Callable[[Session, int, str], None] | None = None,
         max_rooms_per_user: int = 0,
         max_store_calls: int = 0,
+        max_edits_per_message: int = 0,
+        max_history_page: int = 0,
     ) -> None:
         self._store = store = BoundedStore(store, max_store_calls)
         self._publish = publish
@@ -105,17 +110,19 @@ class ChatService:
         self._max_queued_bytes = max_queued_bytes
         self._close = close if close is not None else _reject
         self._budget = log_budget if log_budget is not None else LineBudget(clock)
+        self.limits_refused: Counter[str] = Counter()
         self._presence = Presence(clock, store, presence_timeout, self._announce, self._track)
         self._membership = Membership(self._presence)
         self._actions = Actions(clock, store, self._membership, publish, history_cap=history_cap,
                                 history_on_join=history_on_join, max_message_chars=max_message_chars,
-                                offload=offload, max_rooms_per_user=max_rooms_per_user)
+                                offload=offload, max_rooms_per_user=max_rooms_per_user,
+                                max_edits_per_message=max_edits_per_message, max_history_page=max_history_page,
+                                limits=self.limits_refused)
         self._pending: set[Deferred[Any]] = set()  # background store work and frames in flight, for stop()
         self._idle: list[Deferred[None]] = []  # stop() waiters: fired when _pending empties
         self.handled: Counter[str] = Counter()
         self.refused = 0
         self.delivered = 0
-        self.limits_refused: Counter[str] = Counter()
         self.queued_frames = 0  # frames of every socket waiting for their socket's previous ones
 
     # ----------------------------------------------------------------- IEndpoint
