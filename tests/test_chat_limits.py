@@ -363,3 +363,29 @@ async def test_the_history_cap_holds_in_both_stores(redis: str, gateway: StartGa
     alice.send_json({"@type": "HISTORY", "Room": {"Uuid": room_uuid}, "Message": {"Message": ""}})
     assert [m["Message"] for m in await messages(alice, 3)] == ["m3", "m4", "m5"]
     await settled(alice)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_joined_on_one_socket_are_bounded(gateway: StartGateway) -> None:
+    """[chat] max_rooms_per_socket = 3: a fourth JOIN on the socket is refused with an error frame naming the bound
+    (it creates nothing, counted); a PING or a JOIN of a room already joined still works; after a LEAVE the JOIN
+    works; another socket of the same login has its own count."""
+    daemon = await gateway(admin=ADMIN, overrides={"chat.max_rooms_per_socket": "3"})
+    alice = await chat_client(daemon.port, "alice")
+    objs = [new_prefix() for _ in range(4)]
+    rooms = [await join(alice, obj) for obj in objs[:3]]
+    alice.send_json({"@type": "JOIN", "Room": {"Type": "GLOBAL", "RoomTypeObject": objs[3]}})
+    assert await answer(alice) == {"@type": "error", "error": "JOIN: too many rooms joined on this socket (at most "
+                                                              "3): LEAVE one first"}
+    await join(alice, objs[0])
+    alice.send_json({"@type": "JOIN", "Room": {"Type": "GLOBAL", "RoomTypeObject": objs[1]},
+                     "Message": {"Message": "PING"}})
+    await settled(alice)
+    other = await chat_client(daemon.port, "alice")
+    other.send_json({"@type": "HISTORY", "Room": {"Type": "GLOBAL", "RoomTypeObject": objs[3]}})
+    assert await answer(other) == {"@type": "error", "error": "HISTORY: no such room"}  # the refused JOIN made none
+    assert (await join(other, objs[3]))["Users"] == ["alice"]
+    alice.send_json({"@type": "LEAVE", "Room": {"Uuid": rooms[2]["Uuid"]}})
+    assert (await join(alice, objs[3]))["Uuid"] != rooms[2]["Uuid"]
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_chat_limits_refused_total", limit="rooms_per_socket") == 1

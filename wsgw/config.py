@@ -169,6 +169,7 @@ class Config:
     max_store_calls: int = _key("chat", "max_store_calls", _positive_int, "2000")
     max_edits_per_message: int = _key("chat", "max_edits_per_message", _positive_int, "10")
     max_history_page: int = _key("chat", "max_history_page", _positive_int, "200")
+    max_rooms_per_socket: int = _key("chat", "max_rooms_per_socket", _positive_int, "1000")
     chat_key_prefix: str = _key("chat", "key_prefix", _text, "wsgw:chat:")
     topic_tree: str = _key("topics", "tree", _text, DEFAULT_TOPICS["tree"])
     topic_meta: str = _key("topics", "meta", _text, DEFAULT_TOPICS["meta"])

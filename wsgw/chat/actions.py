@@ -69,6 +69,7 @@ class Actions:
         max_edits_per_message: int = 0,
         max_history_page: int = 0,
         limits: Counter[str] | None = None,
+        max_rooms_per_socket: int = 0,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -81,6 +82,7 @@ class Actions:
         self._max_rooms = max_rooms_per_user
         self._max_edits = max_edits_per_message
         self._max_page = max_history_page
+        self._max_joined = max_rooms_per_socket
         self._limits = limits if limits is not None else Counter()  # answers a bound cut short, by limit
         self.by_type: dict[str, Action] = {
             "JOIN": self.join, "LEAVE": self.leave, "POST": self.post, "HISTORY": self.history,
@@ -100,6 +102,9 @@ class Actions:
             raise Refused(f"JOIN: not allowed to join this {type} room")
         now = self._clock.seconds()
         joined = requests.joined_uuid(state.rooms, type, type_object)
+        if joined is None and self._max_joined and len(state.rooms) >= self._max_joined:
+            raise Limited(f"JOIN: too many rooms joined on this socket (at most {self._max_joined}): LEAVE one first",
+                          "rooms_per_socket")
         if ping and joined is not None:  # the usual heartbeat: refresh presence only
             touched, changed = await self._membership.presence.touch(joined, access.login, now)
             if not session.open:

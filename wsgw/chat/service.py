@@ -39,7 +39,8 @@ from wsgw.interfaces import IChatStore, IEndpoint
 from wsgw.logs import LineBudget
 from wsgw.sessions import Session
 
-LIMITS = ("queued_frames", "queued_bytes", "rooms_per_user", "store_busy", "edits_per_message", "history_page")
+LIMITS = ("queued_frames", "queued_bytes", "rooms_per_user", "store_busy", "edits_per_message", "history_page",
+          "rooms_per_socket")
 """The bounds a chat frame can be refused by (the ``limit`` label of ``wsgw_chat_limits_refused_total``)."""
 
 
@@ -78,7 +79,8 @@ class ChatService:
     store call found ``max_store_calls`` in flight on this instance, ``wsgw.chat.bounded``, 0 = no bound;
     ``edits_per_message``: an edit of a message edited ``max_edits_per_message`` times already, 0 = no bound;
     ``history_page``: a HISTORY asking more than ``max_history_page`` messages, or all, answered with that many
-    and ``MAY_HAVE_MORE``, 0 = no bound).
+    and ``MAY_HAVE_MORE``, 0 = no bound; ``rooms_per_socket``: a JOIN of one more room than
+    ``max_rooms_per_socket`` on one socket, 0 = no bound).
     """
 
     name = "chat"
@@ -103,6 +105,7 @@ class ChatService:
         max_store_calls: int = 0,
         max_edits_per_message: int = 0,
         max_history_page: int = 0,
+        max_rooms_per_socket: int = 0,
     ) -> None:
         self._store = store = BoundedStore(store, max_store_calls)
         self._publish = publish
@@ -117,7 +120,7 @@ class ChatService:
                                 history_on_join=history_on_join, max_message_chars=max_message_chars,
                                 offload=offload, max_rooms_per_user=max_rooms_per_user,
                                 max_edits_per_message=max_edits_per_message, max_history_page=max_history_page,
-                                limits=self.limits_refused)
+                                limits=self.limits_refused, max_rooms_per_socket=max_rooms_per_socket)
         self._pending: set[Deferred[Any]] = set()  # background store work and frames in flight, for stop()
         self._idle: list[Deferred[None]] = []  # stop() waiters: fired when _pending empties
         self.handled: Counter[str] = Counter()
