@@ -253,3 +253,20 @@ def test_the_public_cap_leaves_room_for_the_operator_listener_and_the_rest() -> 
     assert public_cap(100, 64, 20000) == (100, "[server] max_connections")
     assert public_cap(0, 64, 100)[0] == 1
     assert public_cap(0, 64, -1)[0] == (1 << 20) - 64 - RESERVED_DESCRIPTORS  # RLIM_INFINITY
+
+
+@pytest.mark.parametrize(("headers", "answer"), [
+    (b"".join(b"X-%d: 1\r\n" % i for i in range(600)), b"HTTP/1.1 400"),  # over 500 header lines
+    (b"".join(b"X-%d: %s\r\n" % (i, b"a" * 100) for i in range(200)), b"HTTP/1.1 400"),  # over 16 KiB in all
+    (b"X-Big: " + b"a" * 17_000 + b"\r\n", b""),  # one line over 16 KiB: closed unanswered
+])
+@pytest_twisted.ensureDeferred
+async def test_request_headers_are_bounded_in_lines_and_bytes(gateway: StartGateway, headers: bytes,
+                                                              answer: bytes) -> None:
+    """The headers of one request are bounded (Twisted's 500 lines, 16 KiB in all and per line): past a bound the
+    socket is answered 400 (one line too long: closed unanswered) and closed, and the daemon keeps serving."""
+    daemon = await gateway(redis=None)
+    got = await exchange(daemon.port, UPGRADE.replace(b"\r\n\r\n", b"\r\n" + headers + b"\r\n"))
+    assert got.startswith(answer) and (answer or got == b""), got[:200]
+    assert not daemon.service.gateway.table
+    assert await healthz(daemon.port) == 200
