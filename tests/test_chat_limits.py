@@ -389,3 +389,40 @@ async def test_rooms_joined_on_one_socket_are_bounded(gateway: StartGateway) -> 
     assert (await join(alice, objs[3]))["Uuid"] != rooms[2]["Uuid"]
     samples = await scrape(daemon)
     assert value(samples, "wsgw_chat_limits_refused_total", limit="rooms_per_socket") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_history_answer_is_bounded_in_bytes_so_it_never_closes_a_prompt_reader(gateway: StartGateway) -> None:
+    """With max_queued_bytes = 64 KiB a HISTORY answer holds at most 16 KiB of messages: 12 messages of 3000
+    characters are answered 5 at a time, newest first, each page ending with MAY_HAVE_MORE at the next Offset;
+    following them reads every message once, the reader is never closed 4008, and each cut is counted."""
+    daemon = await gateway(admin=ADMIN, overrides={"delivery.max_queued_bytes": "65536"})
+    alice = await chat_client(daemon.port, "alice")
+    room_uuid = (await join(alice, new_prefix()))["Uuid"]
+    texts = [f"{i:02d}" + "x" * 2998 for i in range(12)]
+    for text in texts:
+        post(alice, room_uuid, text)
+    await messages(alice, 12)
+    await settled(alice)
+    read: list[str] = []
+    offsets = []
+    offset: int | None = 0
+    while offset is not None:
+        alice.send_json({"@type": "HISTORY", "Room": {"Uuid": room_uuid},
+                         "Message": {"Message": json.dumps({"Offset": offset, "Limit": 0})}})
+        alice.send_json({"@type": "SETTLED?"})
+        assert (await alice.next())["@type"] == "ROOM_UPDATE"
+        page: list[str] = []
+        offset = None
+        while (frame := await alice.next()).get("@type") != "error":
+            if frame.get("@type") == "MAY_HAVE_MORE":
+                offset = frame["Offset"]
+                offsets.append(offset)
+            else:
+                page.append(frame["Message"])
+        assert sum(len(t) for t in page) <= 16384
+        read = page + read
+    assert read == texts and offsets == [5, 10]
+    assert not alice.closed.called
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_chat_limits_refused_total", limit="history_bytes") == 2

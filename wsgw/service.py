@@ -83,7 +83,7 @@ class GatewayService(MultiService):
             max_rooms_per_user=config.max_rooms_per_user,
             max_store_calls=config.max_store_calls,
             max_edits_per_message=config.max_edits_per_message, max_history_page=config.max_history_page,
-            max_rooms_per_socket=config.max_rooms_per_socket,
+            max_rooms_per_socket=config.max_rooms_per_socket, max_history_bytes=max(1, config.max_queued_bytes // 4),
         )
         verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,

@@ -70,6 +70,7 @@ class Actions:
         max_history_page: int = 0,
         limits: Counter[str] | None = None,
         max_rooms_per_socket: int = 0,
+        max_history_bytes: int = 1 << 20,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -83,6 +84,7 @@ class Actions:
         self._max_edits = max_edits_per_message
         self._max_page = max_history_page
         self._max_joined = max_rooms_per_socket
+        self._max_page_bytes = max_history_bytes
         self._limits = limits if limits is not None else Counter()  # answers a bound cut short, by limit
         self.by_type: dict[str, Action] = {
             "JOIN": self.join, "LEAVE": self.leave, "POST": self.post, "HISTORY": self.history,
@@ -206,10 +208,18 @@ class Actions:
         except BaseException:
             self._membership.drop_held(session, state, room_uuid)
             raise
-        frames = [room_update(room)] + [encode(m) for m in page]
-        if limit > 0 and len(page) == limit:
-            frames.append(requests.may_have_more(room_uuid, page, offset + limit, limit))
-            if limit != asked:
+        encoded = [encode(m) for m in page]
+        first, size = len(encoded), 0  # keep the newest messages that fit in max_history_bytes (one at least)
+        while first and (first == len(encoded) or size + len(encoded[first - 1]) <= self._max_page_bytes):
+            first -= 1
+            size += len(encoded[first])
+        if first:
+            self._limits["history_bytes"] += 1
+            page, encoded = page[first:], encoded[first:]
+        frames = [room_update(room)] + encoded
+        if first or (limit > 0 and len(page) == limit):
+            frames.append(requests.may_have_more(room_uuid, page, offset + len(page), limit))
+            if limit != asked and not first:
                 self._limits["history_page"] += 1
         if joined and room_uuid in state.rooms:
             self._membership.release(session, state, room_uuid, frames)

@@ -40,7 +40,7 @@ from wsgw.logs import LineBudget
 from wsgw.sessions import Session
 
 LIMITS = ("queued_frames", "queued_bytes", "rooms_per_user", "store_busy", "edits_per_message", "history_page",
-          "rooms_per_socket")
+          "rooms_per_socket", "history_bytes")
 """The bounds a chat frame can be refused by (the ``limit`` label of ``wsgw_chat_limits_refused_total``)."""
 
 
@@ -80,7 +80,9 @@ class ChatService:
     ``edits_per_message``: an edit of a message edited ``max_edits_per_message`` times already, 0 = no bound;
     ``history_page``: a HISTORY asking more than ``max_history_page`` messages, or all, answered with that many
     and ``MAY_HAVE_MORE``, 0 = no bound; ``rooms_per_socket``: a JOIN of one more room than
-    ``max_rooms_per_socket`` on one socket, 0 = no bound).
+    ``max_rooms_per_socket`` on one socket, 0 = no bound; ``history_bytes``: a HISTORY answer cut to its newest
+    messages that fit in ``max_history_bytes``, then ``MAY_HAVE_MORE``: the service passes a quarter of
+    ``max_queued_bytes``, so that one answer never closes a prompt reader 4008).
     """
 
     name = "chat"
@@ -106,6 +108,7 @@ class ChatService:
         max_edits_per_message: int = 0,
         max_history_page: int = 0,
         max_rooms_per_socket: int = 0,
+        max_history_bytes: int = 1 << 20,
     ) -> None:
         self._store = store = BoundedStore(store, max_store_calls)
         self._publish = publish
@@ -120,7 +123,8 @@ class ChatService:
                                 history_on_join=history_on_join, max_message_chars=max_message_chars,
                                 offload=offload, max_rooms_per_user=max_rooms_per_user,
                                 max_edits_per_message=max_edits_per_message, max_history_page=max_history_page,
-                                limits=self.limits_refused, max_rooms_per_socket=max_rooms_per_socket)
+                                limits=self.limits_refused, max_rooms_per_socket=max_rooms_per_socket,
+                                max_history_bytes=max_history_bytes)
         self._pending: set[Deferred[Any]] = set()  # background store work and frames in flight, for stop()
         self._idle: list[Deferred[None]] = []  # stop() waiters: fired when _pending empties
         self.handled: Counter[str] = Counter()

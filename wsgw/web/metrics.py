@@ -219,7 +219,8 @@ class GatewayCollector(Collector):
                        "store_busy (a frame that found [chat] max_store_calls store calls in flight), "
                        "edits_per_message (an edit past [chat] max_edits_per_message), history_page (a HISTORY "
                        "cut to [chat] max_history_page messages, then MAY_HAVE_MORE), rooms_per_socket (a JOIN past [chat] "
-                       "max_rooms_per_socket rooms joined on one socket).",
+                       "max_rooms_per_socket rooms joined on one socket), history_bytes (a HISTORY answer cut to "
+                       "a quarter of [delivery] max_queued_bytes, then MAY_HAVE_MORE).",
                        "limit", chat.limits_refused, CHAT_LIMITS)
         yield _gauge("wsgw_chat_frames_queued", "Chat frames waiting for their socket's previous ones.", None,
                      chat.queued_frames)
