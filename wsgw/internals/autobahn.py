@@ -15,6 +15,11 @@ with the few private hooks wsgw needs, exposed under names of its own:
   peer's close frame: it waits for the transport to flush, forever if the peer
   does not read; ``ServerProtocol`` aborts such a connection ``closeHandshakeTimeout``
   seconds later (the socket, its buffers and its session are then released);
+- ``data``, Autobahn's receive buffer: once the connection is dropped nothing
+  more in it is processed, yet it holds the rest of the last read (up to
+  64 KiB, e.g. the pings behind a 4029) for as long as the closed protocol
+  lives, which is until a garbage collection (it sits in reference cycles):
+  ``ServerProtocol`` empties it when the connection is dropped or lost;
 - the handshake-only attributes (``HANDSHAKE_ONLY``), read only during the
   opening handshake, are dropped at open and the instance dict rebuilt
   (bench/RESULTS.md: ~3 KB per idle socket); class-level stand-ins answer the
@@ -94,6 +99,8 @@ class ServerProtocol(WebSocketServerProtocol):
 
     def dropConnection(self, abort: bool = False) -> None:
         super().dropConnection(abort)
+        if self.state == WebSocketServerProtocol.STATE_CLOSED:
+            self.data = b""  # nothing more is processed: the rest of the last read goes now, not at the next gc
         if not abort and self._linger is None and self.transport is not None:
             timeout: float = self.closeHandshakeTimeout  # type: ignore[attr-defined]  # (set by the factory's options)
             self._linger = self.factory._batched_timer.call_later(timeout, self._abort_lingering)
@@ -108,6 +115,7 @@ class ServerProtocol(WebSocketServerProtocol):
         if linger is not None:
             linger.cancel()
         super().connectionLost(reason)
+        self.data = b""
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         self.message_too_big(max_msg_size)
