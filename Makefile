@@ -80,8 +80,9 @@ bench: bench-deps
 bench-quick: bench-deps
 	$(PY) bench/run.py --quick
 
-# Soak (not part of `make test`): ~3 min of thousands of sessions churning against a twistd daemon on a private
-# redis-server, then checks that nothing leaked. SOAK_SECONDS, SOAK_SESSIONS, SOAK_CYCLES... (see tests/soak.py).
+# Soak (not part of `make test`): ~5 min of thousands of sessions churning against a twistd daemon on a private
+# redis-server, with bulk bursts, ping floods and half-open handshakes, then checks that nothing was lost or leaked.
+# SOAK_SECONDS, SOAK_SESSIONS, SOAK_CYCLES... (see tests/soak.py).
 soak: install
 	$(PY) -m tests.soak
 

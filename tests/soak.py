@@ -12,7 +12,16 @@ What runs:
 - this process: real Autobahn clients on the Twisted reactor, ``SOAK_SESSIONS`` of them at a time, each one
   connecting, subscribing, receiving, and leaving (closing cleanly, aborting, or being closed by the server:
   expired tokens, never-subscribed sockets, bad frames), a replacement connecting for each one that leaves;
-  meanwhile events are PUBLISHed to Redis on every topic and chat sockets JOIN and POST.
+  meanwhile events are PUBLISHed to Redis on every topic and chat sockets JOIN and POST;
+- while they churn, the bulk and hostile phases of ``tests/soak_scenarios.py`` in turn (issue 11): bursts of
+  12,000 DELETEs to prompt readers (all arrive, in order, none closed; time to the last one), ping floods by
+  peers that never read (closed 4029 or dropped; the daemon's RSS bounded), half-open handshakes from one
+  address (429 past ``max_connections_per_ip``, 408 at ``handshake_timeout``, counted by limit), and the
+  operator listener's /healthz and /metrics asked every second (always 200).
+
+Every "normal" session that leaves by itself must have received every node event of its workspaces published
+between its ``subscribed`` and ``SOAK_LOSS_MARGIN`` seconds before it left (the well-behaved lose nothing,
+whatever the bursts and floods do meanwhile); the publish-to-arrival times are reported.
 
 The run is ``SOAK_CYCLES`` cycles of ramp, churn and drain. After each drain the daemon must hold no session,
 no timer, no chat socket, no more delayed calls than before the first client, and (after ``gc.collect()``) no
@@ -23,14 +32,19 @@ reuse (the probe reports RSS after ``malloc_trim`` too, to show how much of that
 are printed at the end (also as Markdown rows for ``bench/RESULTS.md``); the exit status is 0 only if every
 check passed.
 
-Environment: ``SOAK_SECONDS`` (total churn time, default 180), ``SOAK_SESSIONS`` (concurrent sessions, 2000),
-``SOAK_CYCLES`` (2), ``SOAK_EVENT_RATE`` (node events/s, 50; tasks/idm/activity at a tenth of it each),
-``SOAK_CONNECT_RATE`` (new sockets/s at most, 300), ``SOAK_LIFETIME`` (seconds a session lives, ``5,30``),
-``SOAK_REDIS``, ``SOAK_KEEP`` (keep the work directory with the daemon's log).
+Environment: ``SOAK_SECONDS`` (total churn time, default 240: about 5 minutes in all), ``SOAK_SESSIONS``
+(concurrent sessions, 2000), ``SOAK_CYCLES`` (2), ``SOAK_EVENT_RATE`` (node events/s, 50; tasks/idm/activity at
+a tenth of it each), ``SOAK_CONNECT_RATE`` (new sockets/s at most, 300), ``SOAK_LIFETIME`` (seconds a session
+lives, ``5,30``),
+``SOAK_REDIS``, ``SOAK_KEEP`` (keep the work directory with the daemon's log), ``SOAK_LOSS_MARGIN`` (8 s); the
+phases' ``SOAK_BURST_EVENTS`` (12000), ``SOAK_BURST_READERS`` (4), ``SOAK_FLOOD_SECONDS`` (12), ``SOAK_FLOODERS``
+(8 at a time), ``SOAK_PINGERS`` (8), ``SOAK_FLOOD_RSS_MIB`` (32). The daemon runs with
+``max_connections_per_ip`` twice the churn's share of one of its 16 source addresses (plus 50).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import random
@@ -41,7 +55,7 @@ import sys
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +70,7 @@ from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
+from tests.soak_scenarios import Scenarios, env_float, metric, now, proc_rss_kb, refused, sleep, until
 from tests.support.redis_server import RedisServer, free_port
 from wsgw.config import DEFAULT_TOPICS
 
@@ -65,7 +80,7 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 WORKSPACES = 50
 LOGINS = 500
 ROOMS = 20
-SOURCES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")  # spread client ports over source addresses
+SOURCES = tuple(f"127.0.0.{i}" for i in range(1, 17))  # spread client ports over source addresses (and per-IP caps)
 
 # kind of session -> weight; see SoakClient for what each does
 KINDS = {"normal": 70, "chat": 12, "refresh": 5, "expiring": 5, "idle": 4, "garbage": 4}
@@ -138,31 +153,11 @@ strports.service(PROBE, Site(Probe())).setServiceParent(application)
 '''
 
 
-def env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
-
-
-def now() -> float:
-    return float(reactor.seconds())
-
-
 def mint(login: str, exp: float, workspaces: list[int]) -> str:
     spaces = [{"uuid": f"w{i}", "slug": f"s{i}", "roots": [{"uuid": f"r{i}", "path": f"ds/w{i}"}]}
               for i in workspaces]
     return jwt.encode({"name": login, "sub": f"uuid-{login}", "exp": int(exp), "workspaces": spaces}, SECRET,
                       algorithm="HS256")
-
-
-async def sleep(seconds: float) -> None:
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-def proc_rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return -1
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -219,12 +214,16 @@ class SoakClient(WebSocketClientProtocol):
         self.closing_myself = False
         self._timers: list[Any] = []
         self.login = f"u{random.randrange(LOGINS)}"
+        self.workspaces: list[int] = []
+        self.subscribed_at: float | None = None  # when "subscribed" arrived: every event published later is due
+        self.left_at: float | None = None  # when this client decided to leave
+        self.got: dict[str, float] = {}  # node Uuid (churn events "n<seq>") -> when it arrived
 
     def later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
         self._timers.append(reactor.callLater(delay, fn, *args))
 
     def subscribe(self, exp: float) -> None:
-        workspaces = random.sample(range(WORKSPACES), random.randint(1, 3))
+        workspaces = self.workspaces = random.sample(range(WORKSPACES), random.randint(1, 3))
         self.sendMessage(json.dumps({"@type": "subscribe", "jwt": mint(self.login, exp, workspaces)}).encode())
 
     def onOpen(self) -> None:
@@ -250,8 +249,13 @@ class SoakClient(WebSocketClientProtocol):
         kind = frame.get("@type") or ("node" if "Target" in frame or "Source" in frame else
                                       "task" if "TaskUpdated" in frame else "chat_message")
         self.soak.frames[kind] += 1
+        if kind == "node":
+            uuid = (frame.get("Target") or {}).get("Uuid", "")
+            if uuid.startswith("n"):
+                self.got.setdefault(uuid, now())
         if kind == "subscribed" and not self.subscribed:
             self.subscribed = True
+            self.subscribed_at = now()
             if self.kind == "chat":
                 room = {"Type": "NODE", "RoomTypeObject": f"soak-room-{random.randrange(ROOMS)}"}
                 self.sendMessage(json.dumps({"@type": "JOIN", "Room": room}).encode())
@@ -267,6 +271,7 @@ class SoakClient(WebSocketClientProtocol):
         if self.state != self.STATE_OPEN:
             return
         self.closing_myself = True
+        self.left_at = now()
         if random.random() < 0.5:
             self.sendClose(1000)
         else:
@@ -290,8 +295,15 @@ EXPECTED_SERVER_CLOSES = {
 class Soak:
     """Keeps ``target`` sessions alive while ``running``; counts what happens to them."""
 
-    def __init__(self, port: int, target: int, connect_rate: float, lifetime: tuple[float, float]) -> None:
+    def __init__(self, port: int, target: int, connect_rate: float, lifetime: tuple[float, float], events: Events,
+                 margin: float) -> None:
         self.port = port
+        self.events = events
+        self.margin = margin  # an event is due to a session if published at least this long before it left
+        self.due = 0  # node events due to the normal sessions that left by themselves
+        self.lost: Counter[str] = Counter()  # of those, not received: a few examples by session kind
+        self.lost_total = 0
+        self.latencies: list[float] = []  # publish -> arrival of the due events, seconds
         self.target = target
         self.lifetime = lifetime
         self.running = False
@@ -354,12 +366,30 @@ class Soak:
         expected = EXPECTED_SERVER_CLOSES.get(client.kind)
         if client.closing_myself:
             self.outcomes[f"{client.kind}: left"] += 1
+            self._audit(client)
         elif expected is not None and (code, reason) == expected:
             self.outcomes[f"{client.kind}: closed {code} by the server, as designed"] += 1
         else:
             self.unexpected[f"{client.kind}: closed {code} {reason}"[:80]] += 1
         if self._drained is not None and not self.active and not self.connecting:
             self._drained.callback(None)
+
+    def _audit(self, client: SoakClient) -> None:
+        """A normal session that left by itself must have got every churn node event of its workspaces published
+        between its "subscribed" and ``margin`` seconds before it left (later ones may still be on their way)."""
+        if client.kind != "normal" or client.subscribed_at is None or client.left_at is None:
+            return
+        for node, published_at in self.events.due(client.workspaces, client.subscribed_at,
+                                                  client.left_at - self.margin):
+            self.due += 1
+            arrived = client.got.get(node)
+            if arrived is None:
+                self.lost_total += 1
+                if len(self.lost) < 10:
+                    self.lost[f"{node} (published {published_at - client.subscribed_at:.1f} s after subscribed, "
+                              f"{client.left_at - published_at:.1f} s before leaving)"] += 1
+            else:
+                self.latencies.append(arrived - published_at)
 
     async def drain(self) -> None:
         """Stop connecting and end every session (half close cleanly, half abort); fires when all are gone."""
@@ -372,6 +402,7 @@ class Soak:
             self._drained.callback(None)
         for client in list(self.active):
             client.closing_myself = True
+            client.left_at = now()
             if random.random() < 0.5:
                 client.sendClose(1000)
             else:
@@ -379,18 +410,6 @@ class Soak:
         self._drained.addTimeout(60, reactor)
         await self._drained
         self._drained = None
-
-
-async def until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
-    """Poll ``predicate`` (sync or async) until it is truthy or ``timeout`` passes; returns its last value."""
-    deadline = now() + timeout
-    while True:
-        value = predicate()
-        if isinstance(value, (Deferred, Awaitable)):
-            value = await value
-        if value or now() >= deadline:
-            return value
-        await sleep(interval)
 
 
 # --------------------------------------------------------------------------- events
@@ -407,6 +426,15 @@ class Events:
         self._loop = task.LoopingCall(self._tick)
         self._seq = 0
         self.published: Counter[str] = Counter()
+        self._times: dict[int, list[float]] = {w: [] for w in range(WORKSPACES)}  # per workspace, node events
+        self._uuids: dict[int, list[str]] = {w: [] for w in range(WORKSPACES)}  # (not the merged hot ones)
+
+    def due(self, workspaces: list[int], since: float, until_: float) -> Iterator[tuple[str, float]]:
+        """(Uuid, publish time) of the churn node events of ``workspaces`` published in [since, until_]."""
+        for w in workspaces:
+            times = self._times[w]
+            for i in range(bisect.bisect_left(times, since), bisect.bisect_right(times, until_)):
+                yield self._uuids[w][i], times[i]
 
     async def start(self) -> None:
         if self._conn is None:
@@ -433,6 +461,8 @@ class Events:
                                                                "Etag": str(self._seq)}}
             else:
                 event = {"Target": {"Uuid": f"n{self._seq}", "Path": f"ds/w{w}/f{self._seq}.txt", "Type": "LEAF"}}
+                self._times[w].append(now())
+                self._uuids[w].append(f"n{self._seq}")
             self._publish("tree", event)
             if self._seq % 10 == 0:
                 user = f"u{random.randrange(LOGINS)}"
@@ -457,29 +487,18 @@ def raise_open_files_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def write_config(workdir: Path, redis: str, prefix: str, port: int, admin_port: int) -> Path:
+def write_config(workdir: Path, redis: str, prefix: str, port: int, admin_port: int, per_ip: int) -> Path:
     topics = "\n".join(f"{t} = {prefix}.{c}" for t, c in DEFAULT_TOPICS.items())
     config = workdir / "wsgw.ini"
     config.write_text(
         f"[server]\nlisten = tcp:{port}:interface=127.0.0.1:backlog=1024\nredis = {redis}\nshutdown_timeout = 10\n"
         f"[topics]\n{topics}\n"
         "[auth]\nleeway = 0\n"
-        "[websocket]\nauth_timeout = 5\nping_interval = 5\npong_timeout = 10\n"
+        f"[websocket]\nauth_timeout = 5\nping_interval = 5\npong_timeout = 10\nmax_connections_per_ip = {per_ip}\n"
         f"[admin]\nlisten = tcp:{admin_port}:interface=127.0.0.1\n"
         f"[chat]\nkey_prefix = {prefix}:chat:\n"
     )
     return config
-
-
-async def metric(admin_port: int, name: str) -> dict[str, float]:
-    """The samples of one metric family from /metrics, by label text."""
-    text = await (await treq.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=30)).text()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            samples[key[len(name):] or "_"] = float(value)
-    return samples
 
 
 class Report:
@@ -497,8 +516,10 @@ class Report:
 
 
 async def cycle(number: int, soak: Soak, events: Events, daemon: Daemon, seconds: float, report: Report,
-                baseline: dict[str, Any]) -> dict[str, Any]:
-    report.say(f"cycle {number}: ramp to {soak.target} sessions, churn {seconds:.0f} s, drain")
+                baseline: dict[str, Any], scenarios: Scenarios) -> dict[str, Any]:
+    report.say(f"cycle {number}: ramp to {soak.target} sessions, churn {seconds:.0f} s with bulk bursts, ping floods "
+               "and half-open handshakes, drain")
+    await scenarios.open_readers(number)
     soak.start()
     await events.start()
     started = now()
@@ -506,6 +527,7 @@ async def cycle(number: int, soak: Soak, events: Events, daemon: Daemon, seconds
     report.say(f"  ramped to {len(soak.active)} sessions in {now() - started:.1f} s")
     peak_rss = 0
     end = started + seconds
+    phases = ensureDeferred(scenarios.run(end))
     while now() < end:
         await sleep(min(15.0, max(0.0, end - now())))
         state = await daemon.probe()
@@ -514,6 +536,8 @@ async def cycle(number: int, soak: Soak, events: Events, daemon: Daemon, seconds
         report.say(f"  t={now() - started:5.0f}s client sessions {len(soak.active):5d}  daemon sessions "
                    f"{state['sessions']:5d} (subscribed {state['subscribed']:5d})  RSS {rss / 1024:7.1f} MiB  "
                    f"delayed calls {state['delayed_calls']:6d}  started so far {soak.sessions_started}")
+    await phases
+    await scenarios.close_readers(number)
     events.stop()
     await soak.drain()
     empty = await until(lambda: _is_empty(daemon), 60)
@@ -550,14 +574,16 @@ async def _settled(daemon: Daemon, baseline: dict[str, Any]) -> bool:
 
 
 async def main() -> int:
-    seconds = env_float("SOAK_SECONDS", 180)
+    seconds = env_float("SOAK_SECONDS", 240)
     target = int(env_float("SOAK_SESSIONS", 2000))
     cycles = max(1, int(env_float("SOAK_CYCLES", 2)))
     rate = env_float("SOAK_EVENT_RATE", 50)
     connect_rate = env_float("SOAK_CONNECT_RATE", 300)
     lo, hi = (float(x) for x in os.environ.get("SOAK_LIFETIME", "5,30").split(","))
+    margin = env_float("SOAK_LOSS_MARGIN", 8)
+    per_ip = 2 * -(-target // len(SOURCES)) + 50  # twice the churn's share of an address: only the half-open hit it
     limit = raise_open_files_limit()
-    if target * 1.2 + 100 > limit:
+    if target * 1.2 + 100 + 2 * per_ip + 100 > limit:
         print(f"SOAK_SESSIONS={target} does not fit the open-file limit {limit}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="wsgw-soak-"))
@@ -574,10 +600,15 @@ async def main() -> int:
         redis_server.start()
         redis, redis_port = redis_server.endpoint, redis_server.port
     port, admin_port, probe_port = free_port(), free_port(), free_port()
-    config = write_config(workdir, redis, prefix, port, admin_port)
+    config = write_config(workdir, redis, prefix, port, admin_port, per_ip)
     daemon = Daemon(workdir, config, probe_port)
     events = Events(redis_port, {t: f"{prefix}.{c}" for t, c in DEFAULT_TOPICS.items()}, rate)
-    soak = Soak(port, target, connect_rate, (lo, hi))
+    soak = Soak(port, target, connect_rate, (lo, hi), events, margin)
+    scenarios = Scenarios(port=port, admin_port=admin_port, redis_port=redis_port,
+                          channel=f"{prefix}.{DEFAULT_TOPICS['tree']}", daemon_pid=daemon.pid, per_ip=per_ip,
+                          handshake_timeout=10.0, keepalive=5.0 + 10.0,  # as write_config sets them
+                          mint=lambda login, workspaces: mint(login, now() + 3600, workspaces),
+                          check=report.check, say=report.say)
     ok = False
     try:
         ready = await until(lambda: _probe_ready(daemon), 60)
@@ -594,12 +625,14 @@ async def main() -> int:
                    f"{baseline['delayed_by_func']}")
         results = []
         t0 = now()
+        await scenarios.start()
         for number in range(1, cycles + 1):
-            results.append(await cycle(number, soak, events, daemon, seconds / cycles, report, baseline))
+            results.append(await cycle(number, soak, events, daemon, seconds / cycles, report, baseline, scenarios))
+        await scenarios.stop()
         wall = now() - t0
         cpu = proc_cpu_seconds(daemon.pid) - cpu_start
         first, last = results[0]["rss_kb"], results[-1]["rss_kb"]
-        peak = max(r["peak_rss_kb"] for r in results)
+        peak = max([r["peak_rss_kb"] for r in results] + [rss for _, _, rss in scenarios.rss])
         final = results[-1]["state"]
         connections = await metric(admin_port, "wsgw_connections")
         failed = await metric(admin_port, "wsgw_bus_events_failed_total")
@@ -617,6 +650,25 @@ async def main() -> int:
         report.check(growth <= max(0.1 * first, 16 * 1024),
                      f"RSS after the last drain ({last / 1024:.1f} MiB) is back near the first drain's "
                      f"({first / 1024:.1f} MiB): {growth / 1024:+.1f} MiB")
+        latencies = sorted(soak.latencies)
+
+        def pct(q: float) -> float:
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+
+        report.check(soak.due > 0 and soak.lost_total == 0,
+                     f"the well-behaved sessions lost nothing: {soak.due} node events due to normal sessions (published "
+                     f"between their subscribe and {margin:g} s before they left), {soak.lost_total} missing "
+                     f"{dict(soak.lost) or ''}; publish-to-arrival p50 {pct(0.5):.2f} s, p99 {pct(0.99):.2f} s, "
+                     f"max {pct(1.0):.2f} s")
+        health = scenarios.health
+        report.check(not health.failures and sum(health.answers.values()) > 0,
+                     f"/healthz and /metrics on the operator listener answered 200 throughout "
+                     f"({sum(health.answers.values())} asked, failures {health.failures or 'none'})")
+        refusals = await metric(admin_port, "wsgw_connections_refused_total")
+        half_open_429 = sum(r["refused"]["per_ip"] for r in scenarios.results["half-open"])
+        report.check(refused(refusals, "per_ip") == half_open_429 and refused(refusals, "total") == 0,
+                     f"only the half-open sockets met the per-address cap ({per_ip}) and none the listener's cap: "
+                     f"refused {({k: int(v) for k, v in refusals.items() if v})}")
         daemon.transport_.signalProcess("TERM")
         stop_started = now()
         daemon.ended.addTimeout(30, reactor)
@@ -644,11 +696,42 @@ async def main() -> int:
         report.say(f"| after drain: sessions, timers, chat sockets, live protocols | {final['sessions']}, "
                    f"{final['timers']}, {final['chat_sockets']}, {final['live_protocols']} |")
         report.say(f"| delayed calls: before / after | {baseline['delayed_calls']} / {final['delayed_calls']} |")
+        report.say(f"| normal sessions: node events due / lost / publish-to-arrival p50, p99, max | {soak.due} / "
+                   f"{soak.lost_total} / {pct(0.5):.2f}, {pct(0.99):.2f}, {pct(1.0):.2f} s |")
+        for b in scenarios.results["burst"]:
+            times = [r["time_to_last"] for r in b["readers"] if r["time_to_last"] is not None]
+            report.say(f"| burst {b['number']}: {scenarios.burst_events} DELETEs to {len(b['readers'])} prompt readers: "
+                       f"received / out of order / closed / time to last | "
+                       + ", ".join(str(r["received"]) for r in b["readers"]) + " / "
+                       f"{sum(r['out_of_order'] for r in b['readers'])} / "
+                       f"{sum(r['closed'] is not None for r in b['readers'])} / "
+                       + (f"{min(times):.2f}-{max(times):.2f} s" if times else "-")
+                       + f" (published in {b['published_in']:.2f} s) |")
+        for i, f in enumerate(scenarios.results["flood"], 1):
+            report.say(f"| ping flood {i}: fast flooders / slow pingers (dropped after) / MiB written / 4029 closes / "
+                       f"daemon RSS before, peak | {f['fast']} / {f['slow']} ({_pair(f['dropped_after'])} s) / "
+                       f"{f['bytes_written'] / 2**20:.0f} / {f['closes_4029']} / {f['rss_before_kb'] / 1024:.1f}, "
+                       f"{f['rss_peak_kb'] / 1024:.1f} MiB |")
+        for i, h in enumerate(scenarios.results["half-open"], 1):
+            report.say(f"| half-open {i}: {h['sockets']} sockets, answers / 408 after / closed after / refused by "
+                       f"limit | {h['answers']} / {_pair(h['answered_in']['408'])} s / {_pair(h['closed_in'])} s / "
+                       f"{h['refused']} |")
+        report.say(f"| refusals by limit (wsgw_connections_refused_total) | "
+                   f"{ {k: int(v) for k, v in refusals.items() if v} } |")
+        by_phase: dict[str, int] = {}
+        for _, phase, rss in scenarios.rss:
+            by_phase[phase] = max(by_phase.get(phase, 0), rss)
+        report.say("| daemon RSS peak by phase | " + ", ".join(f"{k} {v / 1024:.1f}" for k, v in by_phase.items())
+                   + " MiB |")
+        slowest = max(health.slowest.items(), key=lambda kv: kv[1], default=("-", 0.0))
+        report.say(f"| operator listener: asked / failed / slowest | {sum(health.answers.values())} / "
+                   f"{sum(health.failures.values())} / {slowest[1]:.2f} s ({slowest[0]}) |")
         ok = all(passed for passed, _ in report.checks)
         report.say(f"\nsoak {'PASSED' if ok else 'FAILED'} ({sum(p for p, _ in report.checks)}/{len(report.checks)} "
                    "checks)")
         return 0 if ok else 1
     finally:
+        await scenarios.stop()
         await events.close()
         if not daemon.ended.called:
             os.kill(daemon.pid, signal.SIGKILL)
@@ -658,6 +741,10 @@ async def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"(work directory kept: {workdir})")
+
+
+def _pair(values: tuple[float, float] | None) -> str:
+    return "-" if values is None else f"{values[0]:.2f}-{values[1]:.2f}"
 
 
 async def _probe_ready(daemon: Daemon) -> bool:
