@@ -373,3 +373,44 @@ def test_a_ping_unanswered_for_the_stall_timeout_marks_the_connection_stalled_un
     clock.advance(1)
     assert transport.value() == b"*1\r\n$4\r\nPING\r\n"
     link.stopService()
+
+
+def test_a_subscriber_still_receiving_messages_is_not_stalled_however_late_its_pong() -> None:
+    """In memory: the subscriber's PONG comes after every message Redis queued before it; while messages keep
+    arriving, Redis is alive and the daemon merely behind (a bulk burst: the soak's 12,000 DELETEs put the PONG
+    2-6 s late and /healthz answered 503), so the connection is neither stalled nor dropped (a drop would lose
+    the rest of the burst). Only silence counts: stall_timeout of it marks the connection stalled,
+    reply_timeout of it drops the connection (issue 11, section 2)."""
+    clock = MemoryReactorClock()
+    got: list[bytes] = []
+    link = _Subscriber(clock, "tcp:127.0.0.1:1", None, ["a"], lambda c, p: got.append(p), None, 10.0, 1.0)
+    link._stall_timeout = 2.0
+    link.startService()
+    conn = link._build()
+    transport = StringTransport()
+    conn.makeConnection(transport)
+    conn.dataReceived(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n")
+    clock.advance(0)
+    assert link.connected
+    transport.clear()
+    clock.advance(1)
+    assert transport.value() == b"*1\r\n$4\r\nPING\r\n"
+    for i in range(30):  # 15 s of messages ahead of the PONG, one every 0.5 s
+        clock.advance(0.5)
+        conn.dataReceived(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\n%02d\r\n" % i)
+        clock.advance(0)
+        assert link.stalled is None and link.connected and not transport.disconnecting, i
+    assert len(got) == 30
+    conn.dataReceived(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")  # the PONG, at last
+    clock.advance(0)
+    assert link.stalled is None and link.connected
+    transport.clear()
+    clock.advance(1)
+    assert transport.value() == b"*1\r\n$4\r\nPING\r\n"  # the next one; now Redis goes silent
+    clock.advance(1.9)
+    assert link.stalled is None
+    clock.advance(0.2)
+    assert link.stalled == "no answer to PING for 2.1 s" and not transport.disconnecting
+    clock.advance(8)
+    assert transport.disconnecting  # 10 s of silence: dropped, to be re-made
+    link.stopService()

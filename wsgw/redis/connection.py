@@ -9,11 +9,16 @@ while it is not up fail at once with ``txredisapi.ConnectionError``, and
 commands in flight when it drops fail with it too, so nothing waits forever.
 
 Every connection PINGs Redis every ``ping_interval`` seconds once set up.
-A PING unanswered for ``stall_timeout`` seconds marks the connection
-``stalled`` (Redis frozen, swapping, or blocked by a long command: /healthz
-answers 503 within seconds) until the answer comes; unanswered for
-``reply_timeout`` seconds, it drops the connection, which is then re-made.
-A short stall costs no reconnection, so no pub/sub message is lost to it.
+While a PING is unanswered, what counts is silence: no byte from Redis for
+``stall_timeout`` seconds marks the connection ``stalled`` (Redis frozen,
+swapping, or blocked by a long command: /healthz answers 503 within seconds)
+until the answer comes; for ``reply_timeout`` seconds, it drops the
+connection, which is then re-made. A connection still receiving is never
+stalled however late its PONG: on the bus subscriber the PONG comes after
+every message queued before it, and a daemon working through a burst
+(12,000 events) is behind, not cut off; dropping it would lose the rest of
+the burst. A short stall costs no reconnection, so no pub/sub message is
+lost to it.
 
 Replies: bulk strings come back as ``bytes`` (never decoded, never turned into
 numbers), integer replies as ``int``, status replies as ``str`` ("OK"),
@@ -83,6 +88,12 @@ class RedisConnection(BaseRedisProtocol):
         self.callLater = link.reactor.callLater
         self._link = link
         self.drop_reason: str | None = None  # why we dropped it ourselves, when we did
+        self.received_at = 0.0  # when bytes last came from Redis (the link's reactor seconds)
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        if not unpause:  # (txredisapi calls itself again with unpause=True to resume parsing)
+            self.received_at = self._link.reactor.seconds()
+        super().dataReceived(data, unpause)
 
     def connectionMade(self) -> None:
         super().connectionMade()  # without password/dbid this only marks the protocol usable
@@ -262,10 +273,11 @@ class RedisLink(service.Service):
         self._ping_call = None
         if self._ready is not conn:
             return
-        if self._stall_timeout:
-            self._stall_call = self.reactor.callLater(self._stall_timeout, self._stall, conn, self.reactor.seconds())
-        # a missing answer trips the reply timeout, which drops the connection; ClientService reconnects
-        conn.execute_command("PING").addCallbacks(lambda _: self._answered(conn), lambda f: self._ping_failed(conn, f))
+        # no reply timeout of txredisapi's (counted from the PING, however busy the connection): _watch's instead
+        sent = self.reactor.seconds()
+        conn.execute_command("PING", apply_timeout=False).addCallbacks(lambda _: self._answered(conn),
+                                                                       lambda f: self._ping_failed(conn, f))
+        self._watch(conn, sent)
 
     def _answered(self, conn: RedisConnection) -> None:
         if self._ready is not conn:
@@ -282,15 +294,31 @@ class RedisLink(service.Service):
     def _ping_failed(self, conn: RedisConnection, failure: Failure) -> None:
         if failure.check(ResponseError):  # an answer all the same (e.g. LOADING): Redis is there
             self._answered(conn)
-        else:
+        elif conn.drop_reason is None:
             conn.drop_reason = f"no answer to PING: {failure.getErrorMessage()}"
 
-    def _stall(self, conn: RedisConnection, since: float) -> None:
+    def _watch(self, conn: RedisConnection, sent: float) -> None:
+        """While the PING sent at ``sent`` is unanswered: silence from Redis (no byte since the PING or since the
+        last byte) for ``stall_timeout`` marks the connection stalled, for ``reply_timeout`` drops it; checked
+        again when the next of these could be reached."""
         self._stall_call = None
-        if self._ready is conn:
-            self._stalled_since = since
+        if self._ready is not conn:
+            return
+        now = self.reactor.seconds()
+        quiet_since = max(sent, conn.received_at)
+        quiet = now - quiet_since + 1e-9  # (a timer fires at its time, give or take a rounding)
+        if self._reply_timeout and quiet >= self._reply_timeout:
+            conn.drop_reason = f"no answer to PING: nothing from Redis for {quiet:.1f} s"
+            conn.transport.abortConnection()
+            return
+        if self._stall_timeout and quiet >= self._stall_timeout and self._stalled_since is None:
+            self._stalled_since = quiet_since
             self._log.warn("Redis {role} at {endpoint} has not answered a PING for {seconds} s", role=self._role,
                            endpoint=self._endpoint, seconds=self._stall_timeout)
+        limits = [t for t in (self._stall_timeout if self._stalled_since is None else 0, self._reply_timeout) if t]
+        due = [quiet_since + t for t in limits if quiet_since + t > now]
+        if due:
+            self._stall_call = self.reactor.callLater(min(due) - now, self._watch, conn, sent)
 
     def _stop_pinging(self) -> None:
         for call in (self._ping_call, self._stall_call):
