@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install install-browser run test test-unit lint clean bench bench-quick bench-deps soak
+.PHONY: install install-browser run test test-unit lint clean bench bench-quick bench-deps bench-burst soak
 
 install: $(VENV)/.installed
 
@@ -79,6 +79,10 @@ bench: bench-deps
 
 bench-quick: bench-deps
 	$(PY) bench/run.py --quick
+
+# What a prompt reader sees of a 12,000-event burst, pacing on and off (issue 11, section 2; needs redis-server).
+bench-burst: install
+	$(PY) bench/burst.py
 
 # Soak (not part of `make test`): ~5 min of thousands of sessions churning against a twistd daemon on a private
 # redis-server, with bulk bursts, ping floods and half-open handshakes, then checks that nothing was lost or leaked.

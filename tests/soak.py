@@ -218,6 +218,8 @@ class SoakClient(WebSocketClientProtocol):
         self.subscribed_at: float | None = None  # when "subscribed" arrived: every event published later is due
         self.left_at: float | None = None  # when this client decided to leave
         self.got: dict[str, float] = {}  # node Uuid (churn events "n<seq>") -> when it arrived
+        self.first_exp = 0  # a "refresh" session's first token's exp, and when it sent the fresher one
+        self.refreshed_at: float | None = None
 
     def later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
         self._timers.append(reactor.callLater(delay, fn, *args))
@@ -238,11 +240,16 @@ class SoakClient(WebSocketClientProtocol):
             self.subscribe(now() + random.uniform(3, 8))  # closed 4001 at exp (leeway 0)
             return
         if kind == "refresh":
-            self.subscribe(now() + 4)
-            self.later(2, self.subscribe, now() + 3600)  # before exp: the socket must stay
+            self.first_exp = int(now() + 6)
+            self.subscribe(self.first_exp)
+            self.later(2, self.refresh)  # before exp: the socket must stay
         else:
             self.subscribe(now() + 3600)
         self.later(self.lifetime, self.leave)
+
+    def refresh(self) -> None:
+        self.refreshed_at = now()
+        self.subscribe(now() + 3600)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         frame = json.loads(payload)
@@ -369,6 +376,11 @@ class Soak:
             self._audit(client)
         elif expected is not None and (code, reason) == expected:
             self.outcomes[f"{client.kind}: closed {code} by the server, as designed"] += 1
+        elif (client.kind, code, reason) == ("refresh", 4001, "token expired") and (
+                client.refreshed_at is None or client.refreshed_at > client.first_exp - 1):
+            # this loaded process sent the fresher token less than a second before exp (or not at all): the
+            # daemon may well have seen the first one expire first
+            self.outcomes["refresh: closed 4001, its refresh sent too late by this client"] += 1
         else:
             self.unexpected[f"{client.kind}: closed {code} {reason}"[:80]] += 1
         if self._drained is not None and not self.active and not self.connecting:
@@ -520,6 +532,7 @@ async def cycle(number: int, soak: Soak, events: Events, daemon: Daemon, seconds
     report.say(f"cycle {number}: ramp to {soak.target} sessions, churn {seconds:.0f} s with bulk bursts, ping floods "
                "and half-open handshakes, drain")
     await scenarios.open_readers(number)
+    scenarios.set_phase("churn")
     soak.start()
     await events.start()
     started = now()
@@ -538,6 +551,7 @@ async def cycle(number: int, soak: Soak, events: Events, daemon: Daemon, seconds
                    f"delayed calls {state['delayed_calls']:6d}  started so far {soak.sessions_started}")
     await phases
     await scenarios.close_readers(number)
+    scenarios.set_phase("drain")
     events.stop()
     await soak.drain()
     empty = await until(lambda: _is_empty(daemon), 60)

@@ -342,7 +342,7 @@ class Scenarios:
     def _sample(self) -> None:
         self.rss.append((now(), self.health.phase, proc_rss_kb(self.daemon_pid)))
 
-    def _phase(self, name: str) -> None:
+    def set_phase(self, name: str) -> None:
         self.health.phase = name
         self._sample()
 
@@ -398,7 +398,7 @@ class Scenarios:
                     return
                 await sleep(5)
                 await phase()
-                self._phase("churn")
+                self.set_phase("churn")
 
     # -- bulk burst ------------------------------------------------------
 
@@ -406,7 +406,7 @@ class Scenarios:
         """Publish ``burst_events`` DELETEs of the burst workspace at once; every prompt reader gets all, in order."""
         self._bursts += 1
         number = self._bursts
-        self._phase("burst")
+        self.set_phase("burst")
         for r in self.readers:
             r.start_burst(number)
         events = [json.dumps({"Type": "DELETE", "Source": {"Uuid": f"d{number}-{i}", "Type": "LEAF",
@@ -435,7 +435,7 @@ class Scenarios:
 
     async def flood(self) -> None:
         """Fast flooders (replaced as they are closed) and slow pingers, none of them reading."""
-        self._phase("flood")
+        self.set_phase("flood")
         before = await metric(self.admin_port, "wsgw_server_closes_total")
         rss_before = proc_rss_kb(self.daemon_pid)
         started = now()
@@ -545,7 +545,7 @@ class Scenarios:
 
     async def half_open(self) -> None:
         """per_ip + HALF_OPEN_EXTRA sockets from one address trickle an upgrade request that never ends."""
-        self._phase("half-open")
+        self.set_phase("half-open")
         count = self.per_ip + HALF_OPEN_EXTRA
         before = await metric(self.admin_port, "wsgw_connections_refused_total")
         peers = [RawPeer(keep=4096) for _ in range(count)]
