@@ -145,10 +145,14 @@ class RawPeer(Protocol):
     def __init__(self, keep: int = 1 << 20) -> None:
         self.data = bytearray()
         self.keep = keep
+        self.connected_at: float | None = None
         self.first_data_at: float | None = None
         self.lost_at: float | None = None
         self.writable = True
         self.written = 0
+
+    def connectionMade(self) -> None:
+        self.connected_at = now()
 
     def dataReceived(self, data: bytes) -> None:
         if self.first_data_at is None:
@@ -552,7 +556,7 @@ class Scenarios:
         started = now()
         connected = await DeferredList([ensureDeferred(connect_raw(self.port, HALF_OPEN_SOURCE, p)) for p in peers],
                                        consumeErrors=True)
-        opened_at = {id(p): now() for p, (ok, _) in zip(peers, connected, strict=True) if ok}
+        opened_at = {id(p): p.connected_at or started for p, (ok, _) in zip(peers, connected, strict=True) if ok}
         line = 0
         for p in peers:
             p.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
