@@ -65,11 +65,13 @@ class GatewayService(MultiService):
             self.bus = RedisBus(reactor, config.redis, config.topics, password=config.redis_password,
                                 db=config.redis_db)
             self.redis_commands = RedisCommands(reactor, config.redis, password=config.redis_password,
-                                                db=config.redis_db, role="chat store")
+                                                db=config.redis_db, role="chat store",
+                                                reply_timeout=config.store_timeout)
             store = RedisChatStore(self.redis_commands, prefix=config.chat_key_prefix)
         else:
             self.bus = MemoryBus(config.topics)
             store = MemoryChatStore()
+        self.chat_store = store
         self.chat = ChatService(
             clock, store, lambda payload: self.bus.publish("chat", payload),
             history_cap=config.history_cap, history_on_join=config.history_on_join,

@@ -29,16 +29,34 @@ from twisted.logger import Logger
 from wsgw.access import Access
 from wsgw.chat import requests
 from wsgw.chat.membership import ChatSocket, Membership
-from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, room_update
+from wsgw.chat.model import (
+    ChatStoreError,
+    Message,
+    NoSuchMessage,
+    NoSuchRoom,
+    NotAuthor,
+    OutcomeUnknown,
+    Room,
+    room_update,
+)
 from wsgw.chat.requests import Frame, Refused
 from wsgw.chat.sanitize import sanitize_markdown, worth_offloading
-from wsgw.frames import encode
+from wsgw.frames import encode, error
 from wsgw.interfaces import IChatStore
 from wsgw.sessions import Session
 
 JOIN_PAGE = 40  # messages sent on JOIN with history_on_join, as the seed document says
 
 Action = Callable[[Session, ChatSocket, Access, Frame], Awaitable[None]]
+
+# the answer to a change whose store call got no answer: it may be applied yet (issue 11, section 5)
+NO_ANSWER = "the chat store did not answer in time"
+JOIN_NO_ANSWER = f"JOIN: {NO_ANSWER}; send it again (a JOIN may be repeated safely)"
+
+
+def _room_event(result: tuple[Room | None, bool]) -> dict[str, Any] | None:
+    room, changed = result
+    return {"Room": room} if room is not None and changed else None
 
 
 def _rfc3339(seconds: float) -> str:
@@ -47,7 +65,8 @@ def _rfc3339(seconds: float) -> str:
 
 class Actions:
     """The request handlers, by ``@type`` in ``by_type``; ``publish(payload)`` puts a chat event on the bus,
-    ``offload(f, *args)`` runs ``f`` off the reactor thread (None: inline)."""
+    ``offload(f, *args)`` runs ``f`` off the reactor thread (None: inline), ``track(d)`` keeps background work
+    (a change in doubt, published once its outcome is known) until it fires."""
 
     _log = Logger()
 
@@ -62,6 +81,7 @@ class Actions:
         history_on_join: bool,
         max_message_chars: int,
         offload: Callable[..., Deferred[Any]] | None,
+        track: Callable[[Deferred[Any]], object] = lambda d: d,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -71,6 +91,7 @@ class Actions:
         self._history_on_join = history_on_join
         self._max_chars = max_message_chars
         self._offload = offload
+        self._track = track
         self.by_type: dict[str, Action] = {
             "JOIN": self.join, "LEAVE": self.leave, "POST": self.post, "HISTORY": self.history,
             "DELETE_MSG": self.delete,
@@ -90,7 +111,7 @@ class Actions:
         now = self._clock.seconds()
         joined = requests.joined_uuid(state.rooms, type, type_object)
         if ping and joined is not None:  # the usual heartbeat: refresh presence only
-            touched, changed = await self._membership.presence.touch(joined, access.login, now)
+            touched, changed = await self._touch(session, joined, access.login, now)
             if not session.open:
                 return
             try:
@@ -110,14 +131,18 @@ class Actions:
                 raise Refused("JOIN: PING for a room that does not exist")
             room: Room = found
         else:
-            room, _ = await self._store.find_or_create_room(type, type_object, label, now)
+            try:
+                room, _ = await self._store.find_or_create_room(type, type_object, label, now)
+            except OutcomeUnknown as unknown:  # a room made later has nobody in it: nothing to announce
+                self._later(session, "JOIN", unknown.outcome, lambda _: None)
+                raise Refused(JOIN_NO_ANSWER) from None
         if not session.open:
             return
         self._recheck(session, state, access, "JOIN", type, type_object)
         room_uuid = room["Uuid"]
         self._membership.attach(session, state, room_uuid, type, type_object)
         try:
-            touched, changed = await self._membership.presence.touch(room_uuid, access.login, now)
+            touched, changed = await self._touch(session, room_uuid, access.login, now)
             if touched is None:
                 raise Refused("JOIN: the room was deleted")
             history: list[Message] = []
@@ -142,6 +167,32 @@ class Actions:
         self._membership.release(session, state, room_uuid, frames)
         if not ping or changed:
             await self._publish_event({"Room": touched}, "JOIN")
+
+    async def _touch(self, session: Session, room_uuid: str, login: str, now: float) -> tuple[Room | None, bool]:
+        """Refresh the login's presence; when the store does not answer, the room is announced once it does."""
+        try:
+            touched: tuple[Room | None, bool] = await self._membership.presence.touch(room_uuid, login, now)
+        except OutcomeUnknown as unknown:
+            self._later(session, "JOIN", unknown.outcome, _room_event)
+            raise Refused(JOIN_NO_ANSWER) from None
+        return touched
+
+    def _later(self, session: Session, action: str, outcome: Deferred[Any],
+               event_of: Callable[[Any], dict[str, Any] | None]) -> None:
+        """A change in doubt (issue 11, section 5): once the store answered it, publish its event (when there
+        is one, ``event_of(result)``), or tell the socket, if still open, that it was not done after all."""
+        async def settle() -> None:
+            try:
+                event = event_of(await outcome)
+                if event is not None:
+                    await self._publish_event(event, action)
+            except (ChatStoreError, Refused) as e:
+                reason = str(e) if isinstance(e, Refused) else f"{action}: not done after all ({_why(e)})"
+                if session.open:
+                    session.send(error(reason))
+            except Exception:  # noqa: BLE001 - e.g. the store stopped first: the outcome stays unknown
+                self._log.failure("chat {action}: its outcome stayed unknown", action=action)
+        self._track(Deferred.fromCoroutine(settle()))
 
     def _recheck(self, session: Session, state: ChatSocket, access: Access, action: str, type: str,
                  type_object: str, verb: str = "join") -> None:
@@ -231,6 +282,10 @@ class Actions:
                 raise Refused("POST: no such message in this room to edit") from None
             except NotAuthor:
                 raise Refused("POST: cannot edit a message written by someone else") from None
+            except OutcomeUnknown as unknown:
+                self._later(session, "POST", unknown.outcome, lambda edited: {"Message": edited})
+                raise Refused(f"POST: {NO_ANSWER}; the edit will be applied once it answers: do not send it again"
+                              ) from None
         else:
             stored = {
                 "Uuid": str(uuidlib.uuid4()), "RoomUuid": room_uuid, "Message": clean,
@@ -240,6 +295,11 @@ class Actions:
                 await self._store.post_message(stored, self._history_cap)
             except NoSuchRoom:
                 raise Refused("POST: the room was deleted") from None
+            except OutcomeUnknown as unknown:
+                posted = stored
+                self._later(session, "POST", unknown.outcome, lambda _: {"Message": posted})
+                raise Refused(f"POST: {NO_ANSWER}; the message will be posted once it answers: do not send it again"
+                              ) from None
         await self._publish_event({"Message": stored}, "POST")
 
     # DELETE_MSG ------------------------------------------------------
@@ -256,6 +316,10 @@ class Actions:
             raise Refused("DELETE_MSG: no such message in this room") from None
         except NotAuthor:
             raise Refused("DELETE_MSG: cannot delete a message written by someone else") from None
+        except OutcomeUnknown as unknown:
+            self._later(session, "DELETE_MSG", unknown.outcome, lambda gone: {"Message": gone, "Details": "DELETE"})
+            raise Refused(f"DELETE_MSG: {NO_ANSWER}; the message will be deleted once it answers: do not send it "
+                          "again") from None
         await self._publish_event({"Message": deleted, "Details": "DELETE"}, "DELETE_MSG")
 
     async def _publish_event(self, event: dict[str, Any], action: str) -> None:
@@ -264,3 +328,14 @@ class Actions:
         except Exception:  # noqa: BLE001 - the change is stored; tell the socket the bus failed
             self._log.failure("chat {action}: publishing failed", action=action)
             raise Refused(f"{action}: saved, but the bus is unavailable: others will see it later") from None
+
+
+def _why(failure: ChatStoreError) -> str:
+    """Why a change in doubt was refused once the store answered it."""
+    if isinstance(failure, NoSuchRoom):
+        return "the room was deleted"
+    if isinstance(failure, NoSuchMessage):
+        return "no such message in this room"
+    if isinstance(failure, NotAuthor):
+        return "the message was written by someone else"
+    return str(failure)

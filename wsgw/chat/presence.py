@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from wsgw.chat.model import Room, StoreUnavailable
+from wsgw.chat.model import OutcomeUnknown, Room, StoreUnavailable
 from wsgw.interfaces import IChatStore
 from wsgw.sessions import Session
 
@@ -122,7 +122,11 @@ class Presence:
         del self._members[key]
         if member.last_touch is None:
             return  # never stored from here
-        removed = await self._store.remove_user(room_uuid, login, self._clock.seconds(), member.last_touch)
+        try:
+            removed = await self._store.remove_user(room_uuid, login, self._clock.seconds(), member.last_touch)
+        except OutcomeUnknown as unknown:  # announced once the store answers (issue 11, section 5)
+            self._track(unknown.outcome.addCallback(self._announce).addErrback(self._unknown, "removing a presence"))
+            return
         await self._announce(removed)
 
     def _sweep(self) -> Deferred[None]:
@@ -135,12 +139,12 @@ class Presence:
         Never fails (the LoopingCall would stop): a store failure is logged once per outage."""
         try:
             for _ in range(SWEEP_BATCHES):
-                rooms, due = await self._store.expire_users(self._clock.seconds(), SWEEP_BATCH)
-                self.expired += due
-                if rooms:
-                    self._log.debug("presence expired in {n} rooms", n=len(rooms))
-                    await DeferredList([self._announce((room, True)) for room in rooms])
-                if due < SWEEP_BATCH:
+                try:
+                    expired = await self._store.expire_users(self._clock.seconds(), SWEEP_BATCH)
+                except OutcomeUnknown as unknown:  # announced once the store answers (issue 11, section 5)
+                    self._track(unknown.outcome.addCallback(lambda r: Deferred.fromCoroutine(self._expired(r))).addErrback(self._unknown, "a sweep"))
+                    raise StoreUnavailable(str(unknown)) from None
+                if (await self._expired(expired)) < SWEEP_BATCH:
                     break
         except StoreUnavailable as e:
             if not self._failing:
@@ -153,3 +157,15 @@ class Presence:
         if self._failing:
             self._failing = False
             self._log.info("chat: presence sweep works again")
+
+    async def _expired(self, result: tuple[list[Room], int]) -> int:
+        """Count and announce what one ``expire_users`` call removed; how many presences were due."""
+        rooms, due = result
+        self.expired += due
+        if rooms:
+            self._log.debug("presence expired in {n} rooms", n=len(rooms))
+            await DeferredList([self._announce((room, True)) for room in rooms])
+        return due
+
+    def _unknown(self, failure: Any, what: str) -> None:
+        self._log.failure("chat: the outcome of {what} stayed unknown", failure, what=what)

@@ -9,22 +9,49 @@ removes one unless another instance refreshed it after ``idle_since``, and
 ``expire_users`` (every instance's sweep) removes the first ones past their
 deadline with an index range, so the presence of an instance that died ends
 without scanning any room. A connection failure is ``StoreUnavailable``.
+
+A change can time out after it was sent (Redis frozen or slow past the
+connection's reply timeout): Redis may still apply it when it resumes. So every
+change script is idempotent on an id chosen before the first call (a posted
+message's Uuid, else a fresh one): its first run stores its answer under
+``done:<id>`` for ``DONE_TTL`` seconds and a later run with the same id only
+returns that answer. A change with no answer fails with ``OutcomeUnknown``,
+whose ``outcome`` fires once the store has answered one of the runs this
+instance keeps sending until one is answered (issue 11, section 5). A change
+sent while the connection is down was not sent at all: ``StoreUnavailable``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid as uuidlib
+from collections.abc import Callable
 from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, StoreUnavailable, index_key, stamp
+from wsgw.chat.model import (
+    Message,
+    NoSuchMessage,
+    NoSuchRoom,
+    NotAuthor,
+    OutcomeUnknown,
+    Room,
+    StoreUnavailable,
+    index_key,
+    stamp,
+)
 from wsgw.interfaces import IChatStore
 from wsgw.redis.connection import RedisCommands
+
+DONE_TTL = 3600  # seconds a change's answer is kept under its id, to answer a run of it sent again
+MAX_IN_DOUBT = 1000  # changes without an answer this instance sends again at once; past it, changes are refused
+RESEND_DELAY = 0.2  # seconds between two runs of a change in doubt, at least
 
 # Every script returns one JSON document (txredisapi would otherwise turn
 # number-looking strings such as a login "007" into ints). Keys, under the
@@ -140,7 +167,7 @@ _POST = """
 local p, u = ARGV[1], ARGV[2]
 if redis.call('EXISTS', p..'room:'..u) == 0 then return '{"ok":false}' end
 local order, msgs = p..'order:'..u, p..'msgs:'..u
-redis.call('HSET', msgs, ARGV[3], ARGV[4])
+if redis.call('HSETNX', msgs, ARGV[3], ARGV[4]) == 0 then return '{"ok":true}' end
 local n = redis.call('RPUSH', order, ARGV[3])
 local cap = tonumber(ARGV[5])
 while n > cap do
@@ -163,8 +190,9 @@ end
 # ARGV: prefix, room uuid, message uuid, author, new text, updated
 _EDIT = _LUA_OWNED + """
 local p, u, id = ARGV[1], ARGV[2], ARGV[3]
-local m, err = owned(p, u, id, ARGV[4])
-if not m then return err end
+local m, raw = owned(p, u, id, ARGV[4])
+if not m then return raw end
+if m.Message == ARGV[5] then return '{"message":' .. raw .. '}' end
 if type(m.Activity) ~= 'table' then m.Activity = {} end
 if type(m.Activity.items) ~= 'table' then m.Activity.items = {} end
 local items = m.Activity.items
@@ -184,6 +212,22 @@ redis.call('HDEL', p..'msgs:'..u, id)
 redis.call('LREM', p..'order:'..u, 1, id)
 return '{"message":' .. raw .. '}'
 """
+
+# Makes a change script idempotent on an id given as its last ARGV (issue 11, section 5).
+_IDEMPOTENT = """
+local done = ARGV[1]..'done:'..ARGV[#ARGV]
+local answered = redis.call('GET', done)
+if answered then
+  if answered == '' then return false end
+  return answered
+end
+local answer = (function()
+BODY
+end)()
+redis.call('SET', done, answer or '', 'EX', DONE_TTL)
+return answer
+"""
+
 
 # ARGV: prefix, room uuid, offset, limit (0 = all)
 _PAGE = """
@@ -222,23 +266,79 @@ def _room_from(doc: dict[str, Any]) -> Room:
     }
 
 
+class _NoAnswer(Exception):
+    """A change was sent, and no answer came."""
+
+
+@functools.cache
+def _idempotent(body: str) -> str:
+    """The change script ``body`` made idempotent on an id given as its last ARGV (issue 11, section 5)."""
+    return _IDEMPOTENT.replace("DONE_TTL", str(DONE_TTL)).replace("BODY", body)
+
+
 @implementer(IChatStore)
 class RedisChatStore:
     """The shared store on Redis, on one connection (not a pool) so that one instance's commands are
     applied in the order it issued them; every key starts with ``prefix``."""
 
-    def __init__(self, redis: RedisCommands, prefix: str = "wsgw:chat:") -> None:
+    def __init__(self, redis: RedisCommands, prefix: str = "wsgw:chat:", max_in_doubt: int = MAX_IN_DOUBT) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._max_in_doubt = max_in_doubt
+        self._in_doubt = 0
+        self.resent = 0  # runs of changes in doubt sent again (metrics)
 
-    async def _eval(self, script: str, *args: object) -> Any:
-        argv = [self._prefix, *[str(a) for a in args]]
+    @property
+    def in_doubt(self) -> int:
+        """Changes sent without an answer yet, which this instance sends again until one is answered."""
+        return self._in_doubt
+
+    async def _send(self, script: str, argv: list[str], change: bool) -> Any:
+        """Run a script; StoreUnavailable when it could not be sent, _NoAnswer when sent but not answered."""
+        if not self._redis.connected:
+            raise StoreUnavailable(f"Redis {self._redis.role} is not connected")
         try:
             reply = await self._redis.run_script(script, (), argv)  # EVALSHA: the body is sent once per connection
         except (txredisapi.ConnectionError, ConnectionLost, ConnectionDone) as e:
-            raise StoreUnavailable(str(e) or type(e).__name__) from None
+            reason = str(e) or type(e).__name__
+            raise (_NoAnswer if change else StoreUnavailable)(reason) from None
         reply = _text(reply)
         return None if reply is None else json.loads(reply)
+
+    async def _eval(self, script: str, *args: object) -> Any:
+        return await self._send(script, [self._prefix, *[str(a) for a in args]], False)
+
+    def _change(self, script: str, convert: Callable[[Any], Any], *args: object, id: str | None = None) -> Deferred:
+        """Run a change script made idempotent on ``id`` (default: a fresh one); fires ``convert(answer)``.
+        Fails with StoreUnavailable when nothing was sent, OutcomeUnknown when no answer came."""
+        script = _idempotent(script)
+        argv = [self._prefix, *[str(a) for a in args], id or str(uuidlib.uuid4())]
+
+        async def run() -> Any:
+            if self._in_doubt >= self._max_in_doubt:
+                raise StoreUnavailable(f"{self._in_doubt} changes wait for Redis to answer")
+            try:
+                doc = await self._send(script, argv, True)
+            except _NoAnswer as e:
+                outcome = Deferred.fromCoroutine(self._resend(script, argv)).addCallback(convert)
+                raise OutcomeUnknown(str(e), outcome) from None
+            return convert(doc)
+        return self._run(run())
+
+    async def _resend(self, script: str, argv: list[str]) -> Any:
+        """Send a change in doubt again (same id) until Redis answers one run; its answer."""
+        self._in_doubt += 1
+        try:
+            while True:
+                await deferLater(self._redis.reactor, RESEND_DELAY, lambda: None)
+                await self._redis.whenConnected()  # CancelledError when the connection is stopped
+                try:
+                    self.resent += 1
+                    return await self._send(script, argv, True)
+                except (_NoAnswer, StoreUnavailable):
+                    continue
+        finally:
+            self._in_doubt -= 1
 
     def _run(self, coro: Any) -> Deferred:
         return Deferred.fromCoroutine(coro)
@@ -256,20 +356,12 @@ class RedisChatStore:
         return self._run(run())
 
     def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred:
-        async def run() -> tuple[Room, bool]:
-            doc = await self._eval(
-                _FIND_OR_CREATE, index_key(type, type_object), uuidlib.uuid4(), type, type_object, label, stamp(now)
-            )
-            return _room_from(doc), bool(doc["changed"])
-        return self._run(run())
+        return self._change(_FIND_OR_CREATE, lambda doc: (_room_from(doc), bool(doc["changed"])),
+                            index_key(type, type_object), uuidlib.uuid4(), type, type_object, label, stamp(now))
 
     def _changed_room(self, script: str, *args: object) -> Deferred:
-        async def run() -> tuple[Room | None, bool]:
-            doc = await self._eval(script, *args)
-            if doc is None:
-                return None, False
-            return _room_from(doc), bool(doc["changed"])
-        return self._run(run())
+        return self._change(script, lambda doc: (None, False) if doc is None else (_room_from(doc), bool(doc["changed"])),
+                            *args)
 
     def touch_user(self, room_uuid: str, login: str, now: float, until: float) -> Deferred:
         return self._changed_room(_TOUCH, room_uuid, login, repr(float(now)), repr(float(until)), stamp(now))
@@ -279,27 +371,24 @@ class RedisChatStore:
         return self._changed_room(_REMOVE, room_uuid, login, since, stamp(now))
 
     def expire_users(self, now: float, limit: int) -> Deferred:
-        async def run() -> tuple[list[Room], int]:
-            doc = await self._eval(_EXPIRE, repr(float(now)), limit, stamp(now))
+        def convert(doc: Any) -> tuple[list[Room], int]:
             rooms = doc["rooms"]  # cjson encodes {} for an empty table
             return [_room_from(d) for d in rooms] if isinstance(rooms, list) else [], int(doc["due"])
-        return self._run(run())
+        return self._change(_EXPIRE, convert, repr(float(now)), limit, stamp(now))
 
     def post_message(self, message: Message, cap: int) -> Deferred:
-        async def run() -> None:
-            encoded = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
-            doc = await self._eval(_POST, message["RoomUuid"], message["Uuid"], encoded, cap)
+        def convert(doc: Any) -> None:
             if not doc["ok"]:
                 raise NoSuchRoom(message["RoomUuid"])
-        return self._run(run())
+        encoded = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        return self._change(_POST, convert, message["RoomUuid"], message["Uuid"], encoded, cap, id=message["Uuid"])
 
     def _owned(self, script: str, *args: object) -> Deferred:
-        async def run() -> Message:
-            doc = await self._eval(script, *args)
+        def convert(doc: Any) -> Message:
             if "message" in doc:
                 return _fix_activity(doc["message"])
             raise (NotAuthor if doc["error"] == "author" else NoSuchMessage)(args[1])
-        return self._run(run())
+        return self._change(script, convert, *args)
 
     def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
         return self._owned(_EDIT, room_uuid, message_uuid, author, text, updated)

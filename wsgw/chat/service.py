@@ -80,7 +80,7 @@ class ChatService:
         self._membership = Membership(self._presence)
         self._actions = Actions(clock, store, self._membership, publish, history_cap=history_cap,
                                 history_on_join=history_on_join, max_message_chars=max_message_chars,
-                                offload=offload)
+                                offload=offload, track=self._track)
         self._pending: set[Deferred[Any]] = set()  # background store work and frames in flight, for stop()
         self._idle: list[Deferred[None]] = []  # stop() waiters: fired when _pending empties
         self.handled: Counter[str] = Counter()
