@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest_twisted
 
-from tests.support.daemon import Daemon, StartGateway, token
+from tests.support.daemon import Daemon, StartGateway, scrape, token, value
 from tests.support.redis_server import RedisServer
 from tests.support.relay import Relay
 from tests.support.waiting import wait_until
@@ -107,7 +107,8 @@ async def frozen_setup(gateway: StartGateway) -> AsyncIterator[tuple[RedisServer
     with RedisServer() as redis:
         relay = await Relay.start(redis.port)
         try:
-            daemon = await gateway(redis=relay.endpoint, overrides={"chat.store_timeout": str(STORE_TIMEOUT)})
+            daemon = await gateway(redis=relay.endpoint, overrides={"chat.store_timeout": str(STORE_TIMEOUT)},
+                               admin="tcp:0:interface=127.0.0.1")
             yield redis, daemon
             await daemon.stop()
         finally:
@@ -145,7 +146,10 @@ async def test_a_post_during_a_freeze_is_stored_once_and_broadcast_once(
     got = await next_matching(bob, is_message)
     assert (got["Message"], got["Author"]) == ("in doubt", "alice")
     await drained(daemon)
-    assert daemon.service.chat_store.resent >= 1  # type: ignore[attr-defined]  # the daemon sent it again
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_chat_changes_resent_total") >= 1  # the daemon sent it again
+    assert value(samples, "wsgw_chat_changes_in_doubt") == 0
+    assert value(samples, "wsgw_chat_changes_refused_total") == 0
     assert [f for f in await frames_until_marker(bob, alice, room_uuid) if is_message(f)] == []
     history = await stored_until_marker(bob, ROOM)
     assert [m["Message"] for m in history] == ["warm-up", "in doubt", "marker"]

@@ -67,7 +67,8 @@ class GatewayService(MultiService):
             self.redis_commands = RedisCommands(reactor, config.redis, password=config.redis_password,
                                                 db=config.redis_db, role="chat store",
                                                 reply_timeout=config.store_timeout)
-            store = RedisChatStore(self.redis_commands, prefix=config.chat_key_prefix)
+            store = RedisChatStore(self.redis_commands, prefix=config.chat_key_prefix,
+                                   max_in_doubt=config.max_changes_in_doubt)
         else:
             self.bus = MemoryBus(config.topics)
             store = MemoryChatStore()
@@ -125,6 +126,7 @@ class GatewayService(MultiService):
                         "activity": activity_handler, "chat": self.chat},
             bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
             access=resolver if isinstance(resolver, HttpResolver) else None, log_budget=self.log_budget,
+            chat_store=store if isinstance(store, RedisChatStore) else None,
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)

@@ -8,6 +8,13 @@ room or sends a room's messages. Every stored change is published on the bus;
 the room's sockets get it from there (``ChatService.handle``). A request that
 cannot be done raises ``Refused``.
 
+A change the store did not answer (``OutcomeUnknown``: Redis stalled past the
+store timeout) may still be applied: it is answered with an error frame saying
+the outcome is not known yet and not to send it again (JOIN: that it may be
+sent again, it is idempotent), and published once the store answered the
+change, which it sends again under the same id until then (issue 11, section
+5). "The chat store is unavailable, try again later" means nothing was sent.
+
 JOIN answers ``ROOM_UPDATE`` only, as the current Cells server does: the stock
 frontend's unread badges JOIN every cell's room and count every message frame
 they get as new, and its chat panels ask HISTORY themselves.
@@ -22,7 +29,7 @@ import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -190,7 +197,9 @@ class Actions:
                 reason = str(e) if isinstance(e, Refused) else f"{action}: not done after all ({_why(e)})"
                 if session.open:
                     session.send(error(reason))
-            except Exception:  # noqa: BLE001 - e.g. the store stopped first: the outcome stays unknown
+            except CancelledError:  # the store stopped (shutdown) before it answered
+                self._log.warn("chat {action}: its outcome stayed unknown: the store stopped first", action=action)
+            except Exception:  # noqa: BLE001 - logged, never lost in a Deferred
                 self._log.failure("chat {action}: its outcome stayed unknown", action=action)
         self._track(Deferred.fromCoroutine(settle()))
 

@@ -50,7 +50,7 @@ from wsgw.interfaces import IChatStore
 from wsgw.redis.connection import RedisCommands
 
 DONE_TTL = 3600  # seconds a change's answer is kept under its id, to answer a run of it sent again
-MAX_IN_DOUBT = 1000  # changes without an answer this instance sends again at once; past it, changes are refused
+MAX_IN_DOUBT = 1000  # changes without an answer this instance sends again at once; then changes are refused
 RESEND_DELAY = 0.2  # seconds between two runs of a change in doubt, at least
 
 # Every script returns one JSON document (txredisapi would otherwise turn
@@ -279,7 +279,10 @@ def _idempotent(body: str) -> str:
 @implementer(IChatStore)
 class RedisChatStore:
     """The shared store on Redis, on one connection (not a pool) so that one instance's commands are
-    applied in the order it issued them; every key starts with ``prefix``."""
+    applied in the order it issued them (but a change in doubt, sent again, may land after later ones);
+    every key starts with ``prefix``. At most ``max_in_doubt`` changes are in doubt at once (0: no cap):
+    past it a change is refused unsent (StoreUnavailable). ``in_doubt``, ``resent`` and ``refused`` are
+    read by /metrics."""
 
     def __init__(self, redis: RedisCommands, prefix: str = "wsgw:chat:", max_in_doubt: int = MAX_IN_DOUBT) -> None:
         self._redis = redis
@@ -287,6 +290,7 @@ class RedisChatStore:
         self._max_in_doubt = max_in_doubt
         self._in_doubt = 0
         self.resent = 0  # runs of changes in doubt sent again (metrics)
+        self.refused = 0  # changes refused unsent: max_in_doubt changes were in doubt (metrics)
 
     @property
     def in_doubt(self) -> int:
@@ -315,7 +319,8 @@ class RedisChatStore:
         argv = [self._prefix, *[str(a) for a in args], id or str(uuidlib.uuid4())]
 
         async def run() -> Any:
-            if self._in_doubt >= self._max_in_doubt:
+            if self._max_in_doubt and self._in_doubt >= self._max_in_doubt:
+                self.refused += 1
                 raise StoreUnavailable(f"{self._in_doubt} changes wait for Redis to answer")
             try:
                 doc = await self._send(script, argv, True)
@@ -371,10 +376,7 @@ class RedisChatStore:
         return self._changed_room(_REMOVE, room_uuid, login, since, stamp(now))
 
     def expire_users(self, now: float, limit: int) -> Deferred:
-        def convert(doc: Any) -> tuple[list[Room], int]:
-            rooms = doc["rooms"]  # cjson encodes {} for an empty table
-            return [_room_from(d) for d in rooms] if isinstance(rooms, list) else [], int(doc["due"])
-        return self._change(_EXPIRE, convert, repr(float(now)), limit, stamp(now))
+        return self._change(_EXPIRE, _expired_from, repr(float(now)), limit, stamp(now))
 
     def post_message(self, message: Message, cap: int) -> Deferred:
         def convert(doc: Any) -> None:
@@ -383,23 +385,30 @@ class RedisChatStore:
         encoded = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
         return self._change(_POST, convert, message["RoomUuid"], message["Uuid"], encoded, cap, id=message["Uuid"])
 
-    def _owned(self, script: str, *args: object) -> Deferred:
-        def convert(doc: Any) -> Message:
-            if "message" in doc:
-                return _fix_activity(doc["message"])
-            raise (NotAuthor if doc["error"] == "author" else NoSuchMessage)(args[1])
-        return self._change(script, convert, *args)
-
     def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str) -> Deferred:
-        return self._owned(_EDIT, room_uuid, message_uuid, author, text, updated)
+        return self._change(_EDIT, _owned_from(message_uuid), room_uuid, message_uuid, author, text, updated)
 
     def delete_message(self, room_uuid: str, message_uuid: str, author: str) -> Deferred:
-        return self._owned(_DELETE, room_uuid, message_uuid, author)
+        return self._change(_DELETE, _owned_from(message_uuid), room_uuid, message_uuid, author)
 
     def page(self, room_uuid: str, offset: int, limit: int) -> Deferred:
         async def run() -> list[Message]:
             return [_fix_activity(m) for m in await self._eval(_PAGE, room_uuid, offset, limit)]
         return self._run(run())
+
+
+def _expired_from(doc: Any) -> tuple[list[Room], int]:
+    rooms = doc["rooms"]  # cjson encodes {} for an empty table
+    return [_room_from(d) for d in rooms] if isinstance(rooms, list) else [], int(doc["due"])
+
+
+def _owned_from(message_uuid: str) -> Callable[[Any], Message]:
+    """What an edit or delete answers: the message, or the error of a missing or foreign one."""
+    def convert(doc: Any) -> Message:
+        if "message" in doc:
+            return _fix_activity(doc["message"])
+        raise (NotAuthor if doc["error"] == "author" else NoSuchMessage)(message_uuid)
+    return convert
 
 
 def _fix_activity(message: Message) -> Message:
