@@ -12,12 +12,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from tests.support.daemon import Daemon, StartGateway, scrape, token, value
 from tests.support.redis_server import RedisServer
 from tests.support.relay import Relay
 from tests.support.waiting import wait_until
 from tests.support.wsclient import Client, connect
+from wsgw.chat.model import NotAuthor, OutcomeUnknown
+from wsgw.sessions import Session
+from wsgw.testing import ChatHarness, frames, join, kinds, post
 
 STORE_TIMEOUT = 0.6  # [chat] store_timeout of the daemon under test (seconds)
 
@@ -247,3 +251,89 @@ async def test_a_leave_during_a_freeze_is_announced_once_it_is_stored(
     await next_matching(alice, lambda f: is_update(f) and f["Room"]["Users"] == ["alice"])
     await drained(daemon)
     assert [f for f in await frames_until_marker(alice, alice, room_uuid) if is_update(f)] == []
+
+
+# --------------------------------------------------------------------------- the service, on the test harness
+# The store's call fails with OutcomeUnknown; the test fires its ``outcome`` when "Redis answers".
+
+
+def _unknown(chat: ChatHarness, method: str, session: Session, frame: Frame) -> Deferred[Any]:
+    """Send ``frame`` while the store's ``method`` has no answer (OutcomeUnknown); its outcome, to fire."""
+    outcome: Deferred[Any] = Deferred()
+    chat.stall(method, session, frame).errback(OutcomeUnknown("no answer in 10 s", outcome))
+    return outcome
+
+
+def _errors(session: Session) -> list[str]:
+    return [f["error"] for f in frames(session) if f.get("@type") == "error"]
+
+
+def test_a_post_in_doubt_is_published_once_when_the_store_answers() -> None:
+    chat = ChatHarness()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.send(bob, join())
+    room_uuid = chat.room()["Uuid"]
+    frames(alice), frames(bob)
+    outcome = _unknown(chat, "post_message", alice, post(room_uuid, "hello"))
+    assert _errors(alice) == ["POST: the chat store did not answer in time; the message will be posted once it "
+                              "answers: do not send it again"]
+    assert frames(bob) == []
+    assert len(chat.service._pending) == 1  # stop() waits for it  # type: ignore[attr-defined]
+    outcome.callback(None)
+    (got,) = frames(bob)
+    assert (got["Message"], got["Author"]) == ("hello", "alice")
+    assert frames(bob) == [] and kinds(frames(alice)) == ["message"]
+    assert not chat.service._pending  # type: ignore[attr-defined]
+
+
+def test_a_change_in_doubt_that_the_store_refuses_after_all_is_told_to_the_socket() -> None:
+    chat = ChatHarness()
+    alice, bob = chat.connect("alice"), chat.connect("bob")
+    chat.send(alice, join())
+    chat.send(bob, join())
+    room_uuid = chat.room()["Uuid"]
+    chat.send(bob, post(room_uuid, "bob's"))
+    (mine,) = [f for f in frames(alice) if f.get("Author") == "bob"]
+    frames(bob)
+    outcome = _unknown(chat, "delete_message", alice, {"@type": "DELETE_MSG", "Message": {
+        "RoomUuid": room_uuid, "Uuid": mine["Uuid"]}})
+    assert _errors(alice) == ["DELETE_MSG: the chat store did not answer in time; the message will be deleted "
+                              "once it answers: do not send it again"]
+    outcome.errback(NotAuthor(mine["Uuid"]))
+    assert _errors(alice) == ["DELETE_MSG: not done after all (the message was written by someone else)"]
+    assert frames(bob) == []
+
+
+def test_a_join_whose_presence_is_in_doubt_is_answered_try_again_and_announced_once_stored() -> None:
+    """The presence of a JOIN in doubt: the socket is not attached (the answer: send it again); when the
+    store answers that the login was added, the room is announced to its sockets."""
+    chat = ChatHarness()
+    alice, carol = chat.connect("alice"), chat.connect("carol")
+    chat.send(alice, join())
+    frames(alice)
+    outcome = _unknown(chat, "touch_user", carol, join())
+    assert _errors(carol) == ["JOIN: the chat store did not answer in time; send it again (a JOIN may be "
+                              "repeated safely)"]
+    assert chat.rooms_of(carol) == frozenset()
+    room = chat.room()
+    outcome.callback(({**room, "Users": ["alice", "carol"]}, True))
+    (update,) = frames(alice)
+    assert (update["@type"], update["Room"]["Users"]) == ("ROOM_UPDATE", ["alice", "carol"])
+    assert frames(carol) == []  # not attached: it gets the room again when its JOIN is sent again
+
+
+def test_a_leave_in_doubt_is_announced_once_stored() -> None:
+    chat = ChatHarness()
+    alice, carol = chat.connect("alice"), chat.connect("carol")
+    chat.send(alice, join())
+    chat.send(carol, join())
+    frames(alice), frames(carol)
+    room = chat.room()
+    outcome = _unknown(chat, "remove_user", carol, {"@type": "LEAVE", "Room": {"Type": "WORKSPACE",
+                                                                               "RoomTypeObject": "ws-1"}})
+    assert frames(carol) == [] and chat.rooms_of(carol) == frozenset()  # left here; no error
+    assert frames(alice) == []
+    outcome.callback(({**room, "Users": ["alice"]}, True))
+    (update,) = frames(alice)
+    assert update["Room"]["Users"] == ["alice"]

@@ -44,6 +44,7 @@ from wsgw.chat.model import (
     NotAuthor,
     OutcomeUnknown,
     Room,
+    StoreUnavailable,
     room_update,
 )
 from wsgw.chat.requests import Frame, Refused
@@ -162,7 +163,10 @@ class Actions:
                 raise Refused("JOIN: the room was left while joining it")
         except BaseException:
             if session.open and room_uuid in state.rooms:
-                await self._membership.detach(session, state, room_uuid)
+                try:
+                    await self._membership.detach(session, state, room_uuid)
+                except StoreUnavailable:  # the answer stays the JOIN's own; the presence ends at its deadline
+                    self._log.info("chat JOIN: could not remove the presence of a failed JOIN: store unavailable")
             raise
         frames = [room_update(touched)]
         if len(history) > JOIN_PAGE:
