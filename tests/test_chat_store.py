@@ -495,3 +495,27 @@ async def test_a_change_redis_did_not_answer_is_sent_again_until_answered_and_ap
         finally:
             await redis.stopService()
             await relay.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_message_changes_and_sweeps_keep_their_answer(store: Any) -> None:
+    """Redis: JOIN and PING are frequent, and their changes idempotent by nature: find-or-create and presence
+    keep no answer key; a post, an edit, a delete and a sweep each keep one (for DONE_TTL seconds)."""
+    if not isinstance(store, RedisChatStore):
+        pytest.skip("the memory store keeps no answers")
+
+    async def answers() -> list[bytes]:
+        _, keys = await store._redis.execute_command("SCAN", 0, "MATCH", store._prefix + "done:*", "COUNT", 10000)
+        return sorted(keys)
+
+    room = await _room(store)
+    await store.touch_user(room["Uuid"], "bob", NOW, NOW + 1)
+    await store.touch_user(room["Uuid"], "bob", NOW + 1, NOW + 2)
+    await store.remove_user(room["Uuid"], "bob", NOW + 2)
+    assert await answers() == []
+    await store.post_message(_message(room, 1), CAP)
+    assert await answers() == [(store._prefix + "done:m-1").encode()]
+    await store.edit_message(room["Uuid"], "m-1", "alice", "new", "t1")
+    await store.delete_message(room["Uuid"], "m-1", "alice")
+    await store.expire_users(NOW + 10, 10)
+    assert len(await answers()) == 4

@@ -119,7 +119,8 @@ class IChatStore(Interface):
     Failures: ``wsgw.chat.model.StoreUnavailable`` when the store cannot be reached (nothing changed),
     and the ones each method names. A change (every method but the reads ``find_room``, ``get_room`` and
     ``page``) may also fail with ``wsgw.chat.model.OutcomeUnknown`` when it was sent and no answer came: its
-    ``outcome`` fires once the store answered (the store sends it again, idempotently, until then).
+    ``outcome`` fires once the store answered (the store sends it again, idempotently, until then); the
+    ``changed`` of a presence change's outcome is True (a run not heard may have changed it).
     """
 
     def find_room(type: str, type_object: str) -> Deferred[Any]:

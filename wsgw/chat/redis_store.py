@@ -12,13 +12,17 @@ without scanning any room. A connection failure is ``StoreUnavailable``.
 
 A change can time out after it was sent (Redis frozen or slow past the
 connection's reply timeout): Redis may still apply it when it resumes. So every
-change script is idempotent on an id chosen before the first call (a posted
-message's Uuid, else a fresh one): its first run stores its answer under
-``done:<id>`` for ``DONE_TTL`` seconds and a later run with the same id only
-returns that answer. A change with no answer fails with ``OutcomeUnknown``,
-whose ``outcome`` fires once the store has answered one of the runs this
-instance keeps sending until one is answered (issue 11, section 5). A change
-sent while the connection is down was not sent at all: ``StoreUnavailable``.
+change is idempotent. A message change (post, edit, delete) and a sweep are
+idempotent on an id chosen before the first call (a posted message's Uuid, else
+a fresh one): the first run stores its answer under ``done:<id>`` for
+``DONE_TTL`` seconds, and a later run with the same id only returns that
+answer. A presence change and find-or-create are idempotent by nature (a second
+run leaves the state as it is) and keep no key, JOIN and PING being frequent;
+their answer in doubt says ``changed``, as a run not heard may have changed it.
+A change with no answer fails with ``OutcomeUnknown``, whose ``outcome`` fires
+once Redis has answered one of the runs this instance keeps sending until one
+is answered (issue 11, section 5). A change sent while the connection is down
+was not sent at all: ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -312,11 +316,18 @@ class RedisChatStore:
     async def _eval(self, script: str, *args: object) -> Any:
         return await self._send(script, [self._prefix, *[str(a) for a in args]], False)
 
-    def _change(self, script: str, convert: Callable[[Any], Any], *args: object, id: str | None = None) -> Deferred:
+    def _change(self, script: str, convert: Callable[[Any], Any], *args: object, id: str | None = None,
+                late: Callable[[Any], Any] | None = None) -> Deferred:
         """Run a change script made idempotent on ``id`` (default: a fresh one); fires ``convert(answer)``.
-        Fails with StoreUnavailable when nothing was sent, OutcomeUnknown when no answer came."""
-        script = _idempotent(script)
-        argv = [self._prefix, *[str(a) for a in args], id or str(uuidlib.uuid4())]
+        Fails with StoreUnavailable when nothing was sent, OutcomeUnknown when no answer came.
+
+        With ``late``, the script sets a state that a second run leaves as it is (a presence, a room), so no
+        answer is kept for it; the outcome of such a change in doubt is ``late(answer)`` instead."""
+        if late is None:
+            script = _idempotent(script)
+            argv = [self._prefix, *[str(a) for a in args], id or str(uuidlib.uuid4())]
+        else:
+            argv = [self._prefix, *[str(a) for a in args]]
 
         async def run() -> Any:
             if self._max_in_doubt and self._in_doubt >= self._max_in_doubt:
@@ -325,7 +336,7 @@ class RedisChatStore:
             try:
                 doc = await self._send(script, argv, True)
             except _NoAnswer as e:
-                outcome = Deferred.fromCoroutine(self._resend(script, argv)).addCallback(convert)
+                outcome = Deferred.fromCoroutine(self._resend(script, argv)).addCallback(late or convert)
                 raise OutcomeUnknown(str(e), outcome) from None
             return convert(doc)
         return self._run(run())
@@ -361,12 +372,11 @@ class RedisChatStore:
         return self._run(run())
 
     def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred:
-        return self._change(_FIND_OR_CREATE, lambda doc: (_room_from(doc), bool(doc["changed"])),
-                            index_key(type, type_object), uuidlib.uuid4(), type, type_object, label, stamp(now))
+        return self._change(_FIND_OR_CREATE, _changed_from, index_key(type, type_object), uuidlib.uuid4(), type,
+                            type_object, label, stamp(now), late=_maybe_changed_from)
 
     def _changed_room(self, script: str, *args: object) -> Deferred:
-        return self._change(script, lambda doc: (None, False) if doc is None else (_room_from(doc), bool(doc["changed"])),
-                            *args)
+        return self._change(script, _changed_from, *args, late=_maybe_changed_from)
 
     def touch_user(self, room_uuid: str, login: str, now: float, until: float) -> Deferred:
         return self._changed_room(_TOUCH, room_uuid, login, repr(float(now)), repr(float(until)), stamp(now))
@@ -395,6 +405,15 @@ class RedisChatStore:
         async def run() -> list[Message]:
             return [_fix_activity(m) for m in await self._eval(_PAGE, room_uuid, offset, limit)]
         return self._run(run())
+
+
+def _changed_from(doc: Any) -> tuple[Room | None, bool]:
+    return (None, False) if doc is None else (_room_from(doc), bool(doc["changed"]))
+
+
+def _maybe_changed_from(doc: Any) -> tuple[Room | None, bool]:
+    """The answer of a presence change run again: ``changed`` may be the run this instance did not hear."""
+    return (None, False) if doc is None else (_room_from(doc), True)
 
 
 def _expired_from(doc: Any) -> tuple[list[Room], int]:
