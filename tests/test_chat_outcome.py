@@ -3,7 +3,11 @@
 A private Redis is frozen (SIGSTOP) while a client changes something; the chat store's timeout
 (``[chat] store_timeout``) is short so that the call times out within the freeze. The change may still be
 applied when Redis resumes: the peer is told that the outcome is unknown (never "failed"), and once Redis
-answers the change is stored once and broadcast once to the room's other sockets.
+answers the change is stored once and broadcast once to the room's other sockets. The daemon reaches Redis
+through a relay that ends each connection with a FIN, so a command the daemon gave up on still runs when
+Redis resumes (a direct RST would make the kernel drop it unread).
+
+Then the service on the test harness, the store's answer fired by the test.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ async def joined(client: Client, room: Frame, *others: Client) -> str:
 
 
 async def stored_until_marker(client: Client, room: Frame) -> list[Frame]:
+    """The room's whole history, asked with HISTORY on ``client`` (its end known by an unknown frame sent after)."""
     client.send_json({"@type": "HISTORY", "Room": room, "Message": {"Message": ""}})
     client.send_json({"@type": "marker"})
     await next_matching(client, is_update)
@@ -96,12 +101,12 @@ async def drained(daemon: Daemon) -> None:
 async def frames_until_marker(client: Client, sender: Client, room_uuid: str) -> list[Frame]:
     """Everything ``client`` receives up to a marker message ``sender`` posts now."""
     sender.send_json({"@type": "POST", "Message": {"RoomUuid": room_uuid, "Message": "marker"}})
-    frames: list[Frame] = []
+    got: list[Frame] = []
     while True:
         frame = await client.next(timeout=15)
         if frame.get("Message") == "marker":
-            return frames
-        frames.append(frame)
+            return got
+        got.append(frame)
 
 
 @pytest_twisted.async_yield_fixture

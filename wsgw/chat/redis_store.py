@@ -10,19 +10,15 @@ removes one unless another instance refreshed it after ``idle_since``, and
 deadline with an index range, so the presence of an instance that died ends
 without scanning any room. A connection failure is ``StoreUnavailable``.
 
-A change can time out after it was sent (Redis frozen or slow past the
-connection's reply timeout): Redis may still apply it when it resumes. So every
-change is idempotent. A message change (post, edit, delete) and a sweep are
-idempotent on an id chosen before the first call (a posted message's Uuid, else
-a fresh one): the first run stores its answer under ``done:<id>`` for
-``DONE_TTL`` seconds, and a later run with the same id only returns that
-answer. A presence change and find-or-create are idempotent by nature (a second
-run leaves the state as it is) and keep no key, JOIN and PING being frequent;
-their answer in doubt says ``changed``, as a run not heard may have changed it.
-A change with no answer fails with ``OutcomeUnknown``, whose ``outcome`` fires
-once Redis has answered one of the runs this instance keeps sending until one
-is answered (issue 11, section 5). A change sent while the connection is down
-was not sent at all: ``StoreUnavailable``.
+A change may time out after it was sent, and Redis still apply it when it
+resumes: so every change is idempotent, and a change with no answer fails with
+``OutcomeUnknown`` whose ``outcome`` fires once Redis answered one of the runs
+this instance sends until then (issue 11, section 5). A message change and a
+sweep keep their first answer under ``done:<id>`` (``DONE_TTL`` s; the id chosen
+before the first call: a posted message's Uuid, else a fresh one). A presence
+change and find-or-create are idempotent by nature and keep no key (JOIN and
+PING are frequent); their outcome in doubt says ``changed``. A change sent while
+the connection is down was not sent: ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -39,17 +35,8 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from wsgw.chat.model import (
-    Message,
-    NoSuchMessage,
-    NoSuchRoom,
-    NotAuthor,
-    OutcomeUnknown,
-    Room,
-    StoreUnavailable,
-    index_key,
-    stamp,
-)
+from wsgw.chat import model
+from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, StoreUnavailable, index_key, stamp
 from wsgw.interfaces import IChatStore
 from wsgw.redis.connection import RedisCommands
 
@@ -221,10 +208,7 @@ return '{"message":' .. raw .. '}'
 _IDEMPOTENT = """
 local done = ARGV[1]..'done:'..ARGV[#ARGV]
 local answered = redis.call('GET', done)
-if answered then
-  if answered == '' then return false end
-  return answered
-end
+if answered then return answered ~= '' and answered end
 local answer = (function()
 BODY
 end)()
@@ -292,14 +276,9 @@ class RedisChatStore:
         self._redis = redis
         self._prefix = prefix
         self._max_in_doubt = max_in_doubt
-        self._in_doubt = 0
+        self.in_doubt = 0  # changes sent without an answer yet, sent again until one is answered (metrics)
         self.resent = 0  # runs of changes in doubt sent again (metrics)
         self.refused = 0  # changes refused unsent: max_in_doubt changes were in doubt (metrics)
-
-    @property
-    def in_doubt(self) -> int:
-        """Changes sent without an answer yet, which this instance sends again until one is answered."""
-        return self._in_doubt
 
     async def _send(self, script: str, argv: list[str], change: bool) -> Any:
         """Run a script; StoreUnavailable when it could not be sent, _NoAnswer when sent but not answered."""
@@ -319,10 +298,8 @@ class RedisChatStore:
     def _change(self, script: str, convert: Callable[[Any], Any], *args: object, id: str | None = None,
                 late: Callable[[Any], Any] | None = None) -> Deferred:
         """Run a change script made idempotent on ``id`` (default: a fresh one); fires ``convert(answer)``.
-        Fails with StoreUnavailable when nothing was sent, OutcomeUnknown when no answer came.
-
-        With ``late``, the script sets a state that a second run leaves as it is (a presence, a room), so no
-        answer is kept for it; the outcome of such a change in doubt is ``late(answer)`` instead."""
+        Fails with StoreUnavailable when nothing was sent, OutcomeUnknown when no answer came. With ``late``
+        (a script idempotent by nature) no answer is kept, and a change in doubt has ``late(answer)``."""
         if late is None:
             script = _idempotent(script)
             argv = [self._prefix, *[str(a) for a in args], id or str(uuidlib.uuid4())]
@@ -330,20 +307,20 @@ class RedisChatStore:
             argv = [self._prefix, *[str(a) for a in args]]
 
         async def run() -> Any:
-            if self._max_in_doubt and self._in_doubt >= self._max_in_doubt:
+            if self._max_in_doubt and self.in_doubt >= self._max_in_doubt:
                 self.refused += 1
-                raise StoreUnavailable(f"{self._in_doubt} changes wait for Redis to answer")
+                raise StoreUnavailable(f"{self.in_doubt} changes wait for Redis to answer")
             try:
                 doc = await self._send(script, argv, True)
             except _NoAnswer as e:
                 outcome = Deferred.fromCoroutine(self._resend(script, argv)).addCallback(late or convert)
-                raise OutcomeUnknown(str(e), outcome) from None
+                raise model.OutcomeUnknown(str(e), outcome) from None
             return convert(doc)
         return self._run(run())
 
     async def _resend(self, script: str, argv: list[str]) -> Any:
         """Send a change in doubt again (same id) until Redis answers one run; its answer."""
-        self._in_doubt += 1
+        self.in_doubt += 1
         try:
             while True:
                 await deferLater(self._redis.reactor, RESEND_DELAY, lambda: None)
@@ -354,7 +331,7 @@ class RedisChatStore:
                 except (_NoAnswer, StoreUnavailable):
                     continue
         finally:
-            self._in_doubt -= 1
+            self.in_doubt -= 1
 
     def _run(self, coro: Any) -> Deferred:
         return Deferred.fromCoroutine(coro)
@@ -373,10 +350,10 @@ class RedisChatStore:
 
     def find_or_create_room(self, type: str, type_object: str, label: str, now: float) -> Deferred:
         return self._change(_FIND_OR_CREATE, _changed_from, index_key(type, type_object), uuidlib.uuid4(), type,
-                            type_object, label, stamp(now), late=_maybe_changed_from)
+                            type_object, label, stamp(now), late=_changed_late)
 
     def _changed_room(self, script: str, *args: object) -> Deferred:
-        return self._change(script, _changed_from, *args, late=_maybe_changed_from)
+        return self._change(script, _changed_from, *args, late=_changed_late)
 
     def touch_user(self, room_uuid: str, login: str, now: float, until: float) -> Deferred:
         return self._changed_room(_TOUCH, room_uuid, login, repr(float(now)), repr(float(until)), stamp(now))
@@ -407,13 +384,12 @@ class RedisChatStore:
         return self._run(run())
 
 
-def _changed_from(doc: Any) -> tuple[Room | None, bool]:
-    return (None, False) if doc is None else (_room_from(doc), bool(doc["changed"]))
+def _changed_from(doc: Any, late: bool = False) -> tuple[Room | None, bool]:
+    """A presence change's answer; ``late``: of one in doubt, ``changed`` as a run not heard may have changed."""
+    return (None, False) if doc is None else (_room_from(doc), late or bool(doc["changed"]))
 
 
-def _maybe_changed_from(doc: Any) -> tuple[Room | None, bool]:
-    """The answer of a presence change run again: ``changed`` may be the run this instance did not hear."""
-    return (None, False) if doc is None else (_room_from(doc), True)
+_changed_late = functools.partial(_changed_from, late=True)
 
 
 def _expired_from(doc: Any) -> tuple[list[Room], int]:
