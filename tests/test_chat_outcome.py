@@ -27,7 +27,7 @@ from wsgw.chat.model import NotAuthor, OutcomeUnknown
 from wsgw.sessions import Session
 from wsgw.testing import ChatHarness, frames, join, kinds, post
 
-STORE_TIMEOUT = 0.6  # [chat] store_timeout of the daemon under test (seconds)
+STORE_TIMEOUT = 2.0  # [chat] store_timeout of the daemon under test (seconds): short, but never hit unfrozen
 
 Frame = dict[str, Any]
 
@@ -36,6 +36,7 @@ async def chat_client(daemon: Daemon, login: str) -> Client:
     client = await connect(daemon.port, "/chat")
     answer = await client.subscribe(token(login))
     assert answer["@type"] == "subscribed"
+    client.login = login  # type: ignore[attr-defined]
     return client
 
 
@@ -60,11 +61,14 @@ def is_message(frame: Frame) -> bool:
 
 
 async def joined(client: Client, room: Frame, *others: Client) -> str:
-    """JOIN and wait for the ROOM_UPDATE on this socket and on ``others`` (already in the room)."""
+    """JOIN and wait until it is done and this socket and ``others`` (already in the room) got a ROOM_UPDATE
+    listing the login (earlier ROOM_UPDATEs may still be on their way: they are skipped)."""
     client.send_json({"@type": "JOIN", "Room": room})
-    update = await next_matching(client, is_update)
+    update = await next_matching(client, lambda f: is_update(f) and client.login in f["Room"]["Users"])
+    client.send_json({"@type": "marker"})  # answered once the JOIN is done: frames are handled in order
+    await next_matching(client, lambda f: is_error(f) and "marker" in f["error"])
     for other in others:
-        await next_matching(other, lambda f: is_update(f) and len(f["Room"]["Users"]) == len(update["Room"]["Users"]))
+        await next_matching(other, lambda f: is_update(f) and client.login in f["Room"]["Users"])
     return str(update["Room"]["Uuid"])
 
 
