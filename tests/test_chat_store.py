@@ -12,8 +12,20 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyObject
 
+from tests.support.redis_server import RedisServer
+from tests.support.relay import Relay
+from tests.support.waiting import wait_until
+from wsgw.chat import redis_scripts, redis_store
 from wsgw.chat.memory_store import MemoryChatStore
-from wsgw.chat.model import NoSuchMessage, NoSuchRoom, NotAuthor, TooManyEdits, TooManyRooms
+from wsgw.chat.model import (
+    NoSuchMessage,
+    NoSuchRoom,
+    NotAuthor,
+    OutcomeUnknown,
+    StoreUnavailable,
+    TooManyEdits,
+    TooManyRooms,
+)
 from wsgw.chat.redis_store import RedisChatStore
 from wsgw.interfaces import IChatStore
 from wsgw.redis.connection import RedisCommands
@@ -456,3 +468,123 @@ async def test_returned_values_are_copies(store: Any) -> None:
     room["Users"].append("mallory")
     assert (await store.page(room["Uuid"], 0, 0))[0] == message
     assert (await store.get_room(room["Uuid"]))["Users"] == []
+
+
+# --------------------------------------------------------------------------- idempotency (issue 11, section 5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_posting_a_message_again_changes_nothing(stores: tuple[Any, Any]) -> None:
+    """A POST is idempotent on its Uuid (chosen before the store call): the same message posted again, from
+    the same or another connection, is stored once."""
+    first, second = stores
+    room = await _room(first)
+    message = _message(room, 1)
+    await first.post_message(message, CAP)
+    await gatherResults([first.post_message(dict(message), CAP), second.post_message(dict(message), CAP)])
+    assert [m["Uuid"] for m in await first.page(room["Uuid"], 0, 0)] == ["m-1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_edit_to_the_same_text_changes_nothing(store: Any) -> None:
+    """An edit sent twice adds one Activity item: the second finds the text already there."""
+    room = await _room(store)
+    await store.post_message(_message(room, 1), CAP)
+    edited = await store.edit_message(room["Uuid"], "m-1", "alice", "new", "2024-06-10T12:00:00Z")
+    again = await store.edit_message(room["Uuid"], "m-1", "alice", "new", "2024-06-10T12:00:05Z")
+    assert again == edited
+    assert edited["Activity"]["items"] == [{"markdown": "text 1", "updated": "2024-06-10T12:00:00Z"}]
+    (stored,) = await store.page(room["Uuid"], 0, 0)
+    assert stored == edited
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_run_again_under_its_id_gets_the_first_answer(stores: tuple[Any, Any]) -> None:
+    """Redis: a change sent again under the same id (the store's resend of a change in doubt, possibly after the
+    first run was applied late) is answered as the first run was and changes nothing more, from any connection;
+    the answer is kept DONE_TTL seconds."""
+    first, second = stores
+    if not isinstance(first, RedisChatStore):
+        pytest.skip("the memory store never has a change in doubt")
+    room = await _room(first)
+    await first.post_message(_message(room, 1), CAP)
+    await first.post_message(_message(room, 2), CAP)
+    edit = (redis_scripts.EDIT, redis_store._owned_from("m-1"), room["Uuid"], "m-1", "alice", "new", "t1", 0)
+    edited = await first._change(*edit, id="edit-1")
+    assert await second._change(*edit, id="edit-1") == edited
+    assert len(edited["Activity"]["items"]) == 1
+    delete = (redis_scripts.DELETE, redis_store._owned_from("m-2"), room["Uuid"], "m-2", "alice")
+    deleted = await first._change(*delete, id="delete-1")
+    assert await second._change(*delete, id="delete-1") == deleted  # not NoSuchMessage: the first answer
+    with pytest.raises(NoSuchMessage):
+        await first._change(*delete, id="delete-2")  # another change: it finds the message gone
+    await first.touch_user(room["Uuid"], "bob", NOW, NOW + 1)
+    expire = (redis_scripts.EXPIRE, redis_store._expired_from, repr(NOW + 5), 10, "1")
+    rooms, due = await first._change(*expire, id="sweep-1")
+    assert ([r["Uuid"] for r in rooms], due) == ([room["Uuid"]], 1)
+    assert await second._change(*expire, id="sweep-1") == (rooms, due)
+    assert [m["Message"] for m in await first.page(room["Uuid"], 0, 0)] == ["new"]
+    ttl = await first._redis.execute_command("TTL", first._prefix + "done:edit-1")
+    assert 0 < ttl <= redis_store.DONE_TTL
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_redis_did_not_answer_is_sent_again_until_answered_and_applied_once() -> None:
+    """Redis frozen behind a relay that lets a late run through: the edit times out (OutcomeUnknown, not
+    StoreUnavailable); Redis runs it when it resumes, and the store's resend under the same id; ``outcome``
+    fires with the edited message, which has one Activity item. A change past ``max_in_doubt`` is refused
+    unsent; a change while disconnected is StoreUnavailable."""
+    with RedisServer() as server:
+        relay = await Relay.start(server.port)
+        redis = RedisCommands(reactor, relay.endpoint, reply_timeout=0.5, ping_interval=None)
+        redis.startService()
+        try:
+            await redis.whenConnected()
+            store = RedisChatStore(redis, "outcome:", max_in_doubt=1)
+            room = await _room(store)
+            await store.post_message(_message(room, 1), CAP)
+            await store.edit_message(room["Uuid"], "m-1", "alice", "warm-up", "t0")  # Redis knows the script
+            server.freeze()
+            try:
+                with pytest.raises(OutcomeUnknown) as unknown:
+                    await store.edit_message(room["Uuid"], "m-1", "alice", "late", "t1")
+                assert store.in_doubt == 1
+                with pytest.raises(StoreUnavailable):
+                    await store.delete_message(room["Uuid"], "m-1", "alice")  # refused unsent: one in doubt
+                assert store.refused == 1
+                await wait_until(lambda: store.resent >= 2, "a second resend")  # a resend got no answer either
+            finally:
+                server.thaw()
+            edited = await unknown.value.outcome
+            assert [i["markdown"] for i in edited["Activity"]["items"]] == ["text 1", "warm-up"]
+            assert edited["Message"] == "late"
+            assert store.in_doubt == 0
+            (stored,) = await store.page(room["Uuid"], 0, 0)
+            assert stored == edited
+        finally:
+            await redis.stopService()
+            await relay.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_message_changes_and_sweeps_keep_their_answer(store: Any) -> None:
+    """Redis: JOIN and PING are frequent, and their changes idempotent by nature: find-or-create and presence
+    keep no answer key; a post, an edit, a delete and a sweep each keep one (for DONE_TTL seconds)."""
+    if not isinstance(store, RedisChatStore):
+        pytest.skip("the memory store keeps no answers")
+
+    async def answers() -> list[bytes]:
+        _, keys = await store._redis.execute_command("SCAN", 0, "MATCH", store._prefix + "done:*", "COUNT", 10000)
+        return sorted(keys)
+
+    room = await _room(store)
+    await store.touch_user(room["Uuid"], "bob", NOW, NOW + 1)
+    await store.touch_user(room["Uuid"], "bob", NOW + 1, NOW + 2)
+    await store.remove_user(room["Uuid"], "bob", NOW + 2)
+    assert await answers() == []
+    await store.post_message(_message(room, 1), CAP)
+    assert await answers() == [(store._prefix + "done:m-1").encode()]
+    await store.edit_message(room["Uuid"], "m-1", "alice", "new", "t1")
+    await store.delete_message(room["Uuid"], "m-1", "alice")
+    await store.expire_users(NOW + 10, 10)
+    assert len(await answers()) == 4

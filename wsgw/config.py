@@ -171,6 +171,8 @@ class Config:
     max_history_page: int = _key("chat", "max_history_page", _positive_int, "200")
     max_rooms_per_socket: int = _key("chat", "max_rooms_per_socket", _positive_int, "1000")
     chat_key_prefix: str = _key("chat", "key_prefix", _text, "wsgw:chat:")
+    store_timeout: float = _key("chat", "store_timeout", _positive_float, "10")
+    max_changes_in_doubt: int = _key("chat", "max_changes_in_doubt", _positive_int, "1000")
     topic_tree: str = _key("topics", "tree", _text, DEFAULT_TOPICS["tree"])
     topic_meta: str = _key("topics", "meta", _text, DEFAULT_TOPICS["meta"])
     topic_tasks: str = _key("topics", "tasks", _text, DEFAULT_TOPICS["tasks"])

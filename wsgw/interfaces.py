@@ -118,7 +118,10 @@ class IChatStore(Interface):
 
     Rooms and messages are the JSON-ready dicts of ``wsgw.chat.model``; times come from the caller's clock.
     Failures: ``wsgw.chat.model.StoreUnavailable`` when the store cannot be reached (nothing changed),
-    and the ones each method names.
+    and the ones each method names. A change (every method but the reads ``find_room``, ``get_room`` and
+    ``page``) may also fail with ``wsgw.chat.model.OutcomeUnknown`` when it was sent and no answer came: its
+    ``outcome`` fires once the store answered (the store sends it again, idempotently, until then); the
+    ``changed`` of a presence change's outcome is True (a run not heard may have changed it).
     """
 
     def find_room(type: str, type_object: str) -> Deferred[Any]:
@@ -161,7 +164,8 @@ class IChatStore(Interface):
         """
 
     def post_message(message: dict[str, Any], cap: int) -> Deferred[None]:
-        """Append ``message`` to its room's history, dropping the oldest beyond ``cap``.
+        """Append ``message`` to its room's history, dropping the oldest beyond ``cap``; a message whose
+        ``Uuid`` is in the history already changes nothing (idempotent on the Uuid).
 
         Fails with NoSuchRoom when ``message["RoomUuid"]`` does not exist.
         """
@@ -172,9 +176,9 @@ class IChatStore(Interface):
     def edit_message(room_uuid: str, message_uuid: str, author: str, text: str, updated: str,
                      max_edits: int = 0) -> Deferred[Any]:
         """Replace the text of a message written by ``author``; the old text is appended to
-        ``Activity.items`` as ``{"markdown": old, "updated": updated}``. Fires the new message;
-        fails with NoSuchMessage, NotAuthor, or TooManyEdits when ``Activity.items`` holds ``max_edits``
-        (> 0) entries already (and changes nothing)."""
+        ``Activity.items`` as ``{"markdown": old, "updated": updated}`` (the same text: nothing changes, so a
+        repeated edit adds no item). Fires the new message; fails with NoSuchMessage, NotAuthor, or TooManyEdits
+        when ``Activity.items`` holds ``max_edits`` (> 0) entries already (and changes nothing)."""
 
     def delete_message(room_uuid: str, message_uuid: str, author: str) -> Deferred[Any]:
         """Delete a message written by ``author``; fires the deleted message; fails with

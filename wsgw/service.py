@@ -65,11 +65,14 @@ class GatewayService(MultiService):
             self.bus = RedisBus(reactor, config.redis, config.topics, password=config.redis_password,
                                 db=config.redis_db)
             self.redis_commands = RedisCommands(reactor, config.redis, password=config.redis_password,
-                                                db=config.redis_db, role="chat store")
-            store = RedisChatStore(self.redis_commands, prefix=config.chat_key_prefix)
+                                                db=config.redis_db, role="chat store",
+                                                reply_timeout=config.store_timeout)
+            store = RedisChatStore(self.redis_commands, prefix=config.chat_key_prefix,
+                                   max_in_doubt=config.max_changes_in_doubt)
         else:
             self.bus = MemoryBus(config.topics)
             store = MemoryChatStore()
+        self.chat_store = store
         self.chat = ChatService(
             clock, store, lambda payload: self.bus.publish("chat", payload),
             history_cap=config.history_cap, history_on_join=config.history_on_join,
@@ -130,6 +133,7 @@ class GatewayService(MultiService):
                         "activity": activity_handler, "chat": self.chat},
             bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
             access=resolver if isinstance(resolver, HttpResolver) else None, log_budget=self.log_budget,
+            chat_store=store if isinstance(store, RedisChatStore) else None,
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)

@@ -8,6 +8,13 @@ room or sends a room's messages. Every stored change is published on the bus;
 the room's sockets get it from there (``ChatService.handle``). A request that
 cannot be done raises ``Refused``.
 
+A change the store did not answer (``OutcomeUnknown``: Redis stalled past the
+store timeout) may still be applied: it is answered with an error frame saying
+the outcome is not known yet and not to send it again (JOIN: that it may be
+sent again, it is idempotent), and published once the store answered the
+change, which it sends again under the same id until then (issue 11, section
+5). "The chat store is unavailable, try again later" means nothing was sent.
+
 JOIN answers ``ROOM_UPDATE`` only, as the current Cells server does: the stock
 frontend's unread badges JOIN every cell's room and count every message frame
 they get as new, and its chat panels ask HISTORY themselves.
@@ -23,17 +30,29 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from wsgw.access import Access
 from wsgw.chat import requests
 from wsgw.chat.membership import ChatSocket, Membership
-from wsgw.chat.model import Message, NoSuchMessage, NoSuchRoom, NotAuthor, Room, TooManyEdits, TooManyRooms, room_update
+from wsgw.chat.model import (
+    ChatStoreError,
+    Message,
+    NoSuchMessage,
+    NoSuchRoom,
+    NotAuthor,
+    OutcomeUnknown,
+    Room,
+    StoreUnavailable,
+    TooManyEdits,
+    TooManyRooms,
+    room_update,
+)
 from wsgw.chat.requests import Frame, Limited, Refused
 from wsgw.chat.sanitize import sanitize_markdown, worth_offloading
-from wsgw.frames import encode
+from wsgw.frames import encode, error
 from wsgw.interfaces import IChatStore
 from wsgw.sessions import Session
 
@@ -43,6 +62,15 @@ COUNTED = frozenset({"GLOBAL", "NODE"})  # room types anyone may create with any
 
 Action = Callable[[Session, ChatSocket, Access, Frame], Awaitable[None]]
 
+# the answer to a change whose store call got no answer: it may be applied yet (issue 11, section 5)
+NO_ANSWER = "the chat store did not answer in time"
+JOIN_NO_ANSWER = f"JOIN: {NO_ANSWER}; send it again (a JOIN may be repeated safely)"
+
+
+def _room_event(result: tuple[Room | None, bool]) -> dict[str, Any] | None:
+    room, changed = result
+    return {"Room": room} if room is not None and changed else None
+
 
 def _rfc3339(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(int(seconds), tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -50,7 +78,8 @@ def _rfc3339(seconds: float) -> str:
 
 class Actions:
     """The request handlers, by ``@type`` in ``by_type``; ``publish(payload)`` puts a chat event on the bus,
-    ``offload(f, *args)`` runs ``f`` off the reactor thread (None: inline)."""
+    ``offload(f, *args)`` runs ``f`` off the reactor thread (None: inline), ``track(d)`` keeps background work
+    (a change in doubt, published once its outcome is known) until it fires."""
 
     _log = Logger()
 
@@ -71,6 +100,7 @@ class Actions:
         limits: Counter[str] | None = None,
         max_rooms_per_socket: int = 0,
         max_history_bytes: int = 1 << 20,
+        track: Callable[[Deferred[Any]], object] = lambda d: d,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -86,6 +116,7 @@ class Actions:
         self._max_joined = max_rooms_per_socket
         self._max_page_bytes = max_history_bytes
         self._limits = limits if limits is not None else Counter()  # answers a bound cut short, by limit
+        self._track = track
         self.by_type: dict[str, Action] = {
             "JOIN": self.join, "LEAVE": self.leave, "POST": self.post, "HISTORY": self.history,
             "DELETE_MSG": self.delete,
@@ -108,7 +139,7 @@ class Actions:
             raise Limited(f"JOIN: too many rooms joined on this socket (at most {self._max_joined}): LEAVE one first",
                           "rooms_per_socket")
         if ping and joined is not None:  # the usual heartbeat: refresh presence only
-            touched, changed = await self._membership.presence.touch(joined, access.login, now)
+            touched, changed = await self._touch(session, joined, access.login, now)
             if not session.open:
                 return
             try:
@@ -136,13 +167,16 @@ class Actions:
             except TooManyRooms:
                 raise Limited(f"JOIN: too many rooms created by this user (at most {self._max_rooms})",
                               "rooms_per_user") from None
+            except OutcomeUnknown as unknown:  # a room made later has nobody in it: nothing to announce
+                self._later(session, "JOIN", unknown.outcome, lambda _: None)
+                raise Refused(JOIN_NO_ANSWER) from None
         if not session.open:
             return
         self._recheck(session, state, access, "JOIN", type, type_object)
         room_uuid = room["Uuid"]
         self._membership.attach(session, state, room_uuid, type, type_object)
         try:
-            touched, changed = await self._membership.presence.touch(room_uuid, access.login, now)
+            touched, changed = await self._touch(session, room_uuid, access.login, now)
             if touched is None:
                 raise Refused("JOIN: the room was deleted")
             history: list[Message] = []
@@ -155,7 +189,10 @@ class Actions:
                 raise Refused("JOIN: the room was left while joining it")
         except BaseException:
             if session.open and room_uuid in state.rooms:
-                await self._membership.detach(session, state, room_uuid)
+                try:
+                    await self._membership.detach(session, state, room_uuid)
+                except StoreUnavailable:  # the answer stays the JOIN's own; the presence ends at its deadline
+                    self._log.info("chat JOIN: could not remove the presence of a failed JOIN: store unavailable")
             raise
         frames = [room_update(touched)]
         if len(history) > JOIN_PAGE:
@@ -167,6 +204,34 @@ class Actions:
         self._membership.release(session, state, room_uuid, frames)
         if not ping or changed:
             await self._publish_event({"Room": touched}, "JOIN")
+
+    async def _touch(self, session: Session, room_uuid: str, login: str, now: float) -> tuple[Room | None, bool]:
+        """Refresh the login's presence; when the store does not answer, the room is announced once it does."""
+        try:
+            touched: tuple[Room | None, bool] = await self._membership.presence.touch(room_uuid, login, now)
+        except OutcomeUnknown as unknown:
+            self._later(session, "JOIN", unknown.outcome, _room_event)
+            raise Refused(JOIN_NO_ANSWER) from None
+        return touched
+
+    def _later(self, session: Session, action: str, outcome: Deferred[Any],
+               event_of: Callable[[Any], dict[str, Any] | None]) -> None:
+        """A change in doubt (issue 11, section 5): once the store answered it, publish its event (when there
+        is one, ``event_of(result)``), or tell the socket, if still open, that it was not done after all."""
+        async def settle() -> None:
+            try:
+                event = event_of(await outcome)
+                if event is not None:
+                    await self._publish_event(event, action)
+            except (ChatStoreError, Refused) as e:
+                reason = str(e) if isinstance(e, Refused) else f"{action}: not done after all ({_why(e)})"
+                if session.open:
+                    session.send(error(reason))
+            except CancelledError:  # the store stopped (shutdown) before it answered
+                self._log.warn("chat {action}: its outcome stayed unknown: the store stopped first", action=action)
+            except Exception:  # noqa: BLE001 - logged, never lost in a Deferred
+                self._log.failure("chat {action}: its outcome stayed unknown", action=action)
+        self._track(Deferred.fromCoroutine(settle()))
 
     def _recheck(self, session: Session, state: ChatSocket, access: Access, action: str, type: str,
                  type_object: str, verb: str = "join") -> None:
@@ -262,8 +327,8 @@ class Actions:
         if edit_uuid is not None and (not isinstance(edit_uuid, str) or len(edit_uuid) > requests.MAX_FIELD):
             raise Refused("POST: Message.Uuid must be a string")
         room_uuid = requests.joined_room(state.rooms, frame, "POST")
-        if edit_uuid:  # who may edit is checked before any work on the text
-            self._editable(await self._store.get_message(room_uuid, edit_uuid), access.login)
+        if edit_uuid and worth_offloading(text):  # who may edit is checked before costly work on the text (the
+            self._editable(await self._store.get_message(room_uuid, edit_uuid), access.login)  # edit checks again)
         clean = await self._sanitize(text)
         if not clean.strip():
             raise Refused("POST: empty message")
@@ -278,6 +343,10 @@ class Actions:
                 raise Refused("POST: cannot edit a message written by someone else") from None
             except TooManyEdits:
                 raise self._too_many_edits() from None
+            except OutcomeUnknown as unknown:
+                self._later(session, "POST", unknown.outcome, lambda edited: {"Message": edited})
+                raise Refused(f"POST: {NO_ANSWER}; the edit will be applied once it answers: do not send it again"
+                              ) from None
         else:
             stored = {
                 "Uuid": str(uuidlib.uuid4()), "RoomUuid": room_uuid, "Message": clean,
@@ -287,6 +356,11 @@ class Actions:
                 await self._store.post_message(stored, self._history_cap)
             except NoSuchRoom:
                 raise Refused("POST: the room was deleted") from None
+            except OutcomeUnknown as unknown:
+                posted = stored
+                self._later(session, "POST", unknown.outcome, lambda _: {"Message": posted})
+                raise Refused(f"POST: {NO_ANSWER}; the message will be posted once it answers: do not send it again"
+                              ) from None
         await self._publish_event({"Message": stored}, "POST")
 
     def _editable(self, found: Message | None, login: str) -> None:
@@ -319,6 +393,10 @@ class Actions:
             raise Refused("DELETE_MSG: no such message in this room") from None
         except NotAuthor:
             raise Refused("DELETE_MSG: cannot delete a message written by someone else") from None
+        except OutcomeUnknown as unknown:
+            self._later(session, "DELETE_MSG", unknown.outcome, lambda gone: {"Message": gone, "Details": "DELETE"})
+            raise Refused(f"DELETE_MSG: {NO_ANSWER}; the message will be deleted once it answers: do not send it "
+                          "again") from None
         await self._publish_event({"Message": deleted, "Details": "DELETE"}, "DELETE_MSG")
 
     async def _publish_event(self, event: dict[str, Any], action: str) -> None:
@@ -327,3 +405,15 @@ class Actions:
         except Exception:  # noqa: BLE001 - the change is stored; tell the socket the bus failed
             self._log.failure("chat {action}: publishing failed", action=action)
             raise Refused(f"{action}: saved, but the bus is unavailable: others will see it later") from None
+
+
+_WHY: dict[type[ChatStoreError], str] = {
+    NoSuchRoom: "the room was deleted", NoSuchMessage: "no such message in this room",
+    NotAuthor: "the message was written by someone else", TooManyEdits: "the message was edited too many times",
+    TooManyRooms: "too many rooms created by this user",
+}
+
+
+def _why(failure: ChatStoreError) -> str:
+    """Why a change in doubt was refused once the store answered it."""
+    return _WHY.get(type(failure), str(failure))

@@ -125,6 +125,8 @@ class MemoryChatStore:
         history = self._messages.get(message["RoomUuid"])
         if history is None:
             return fail(NoSuchRoom(message["RoomUuid"]))
+        if any(kept["Uuid"] == message["Uuid"] for kept in history):
+            return succeed(None)  # posted already: idempotent on the Uuid (issue 11, section 5)
         history.append(copy.deepcopy(message))
         if len(history) > cap:
             del history[: len(history) - cap]
@@ -152,6 +154,8 @@ class MemoryChatStore:
         except ChatStoreError as e:
             return fail(e)
         message = history[i]
+        if message.get("Message") == text:
+            return succeed(copy.deepcopy(message))  # no change: a repeated edit adds no Activity item
         activity = message.get("Activity")
         items = activity.get("items") if isinstance(activity, dict) else None
         if max_edits and isinstance(items, list) and len(items) >= max_edits:

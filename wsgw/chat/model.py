@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from wsgw.cells import ROOM_TYPE
 from wsgw.frames import MalformedEvent, encode, field
 
@@ -29,6 +31,18 @@ class StoreUnavailable(ChatStoreError):
 class StoreBusy(StoreUnavailable):
     """This instance has as many store calls in flight as ``[chat] max_store_calls`` allows; this one was not
     made (nothing changed)."""
+
+
+class OutcomeUnknown(ChatStoreError):
+    """A change was sent to the store but no answer came (a timeout, a dropped connection): it may have been
+    applied, or may still be, or not. ``outcome`` (a Deferred) fires once that is known, with what the call
+    would have fired, or fails with the error it would have failed with (NoSuchRoom, ...): the store sends
+    the change again, under the same id (every change is idempotent on it), until the store answers; it fails
+    with CancelledError when the store is stopped first (issue 11, section 5)."""
+
+    def __init__(self, reason: str, outcome: Deferred[Any]) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
 
 
 class NoSuchRoom(ChatStoreError):

@@ -14,7 +14,8 @@ The login's last socket here leaving the room (LEAVE, a lost access, a close)
 removes it at once, unless another instance refreshed it since this one last
 did (``remove_user`` with ``idle_since``). A removal that changed ``Users`` is
 announced with ``announce`` (a ``ROOM_UPDATE`` on the bus), by the instance that
-made it only.
+made it only; a removal the store did not answer (``OutcomeUnknown``) is announced
+once it answers, and the sweep waits for a sweep of its own in doubt.
 
 Costs: an idle socket costs a set entry here and nothing on the reactor (no
 timer per login); a sweep is one store call, an index range read of the due
@@ -29,12 +30,12 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from wsgw.chat.model import Room, StoreUnavailable
+from wsgw.chat.model import OutcomeUnknown, Room, StoreUnavailable
 from wsgw.interfaces import IChatStore
 from wsgw.sessions import Session
 
@@ -87,6 +88,7 @@ class Presence:
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
         self._failing = False
+        self._sweep_in_doubt = False  # a sweep got no answer: the next ones wait for its outcome
         self.expired = 0
 
     def start(self) -> None:
@@ -122,10 +124,16 @@ class Presence:
         del self._members[key]
         if member.last_touch is None:
             return  # never stored from here
-        removed = await self._store.remove_user(room_uuid, login, self._clock.seconds(), member.last_touch)
+        try:
+            removed = await self._store.remove_user(room_uuid, login, self._clock.seconds(), member.last_touch)
+        except OutcomeUnknown as unknown:  # announced once the store answers (issue 11, section 5)
+            self._track(unknown.outcome.addCallback(self._announce).addErrback(self._unknown, "removing a presence"))
+            return
         await self._announce(removed)
 
-    def _sweep(self) -> Deferred[None]:
+    def _sweep(self) -> Deferred[None] | None:
+        if self._sweep_in_doubt:
+            return None  # the last sweep got no answer yet: its outcome comes first
         d = Deferred.fromCoroutine(self._expire())
         self._track(d)
         return d
@@ -135,12 +143,14 @@ class Presence:
         Never fails (the LoopingCall would stop): a store failure is logged once per outage."""
         try:
             for _ in range(SWEEP_BATCHES):
-                rooms, due = await self._store.expire_users(self._clock.seconds(), SWEEP_BATCH)
-                self.expired += due
-                if rooms:
-                    self._log.debug("presence expired in {n} rooms", n=len(rooms))
-                    await DeferredList([self._announce((room, True)) for room in rooms])
-                if due < SWEEP_BATCH:
+                try:
+                    expired = await self._store.expire_users(self._clock.seconds(), SWEEP_BATCH)
+                except OutcomeUnknown as unknown:  # announced once the store answers (issue 11, section 5)
+                    self._sweep_in_doubt = True
+                    settled = unknown.outcome.addCallback(lambda r: Deferred.fromCoroutine(self._expired(r)))
+                    self._track(settled.addErrback(self._unknown, "a sweep").addBoth(self._swept))
+                    raise StoreUnavailable(str(unknown)) from None
+                if (await self._expired(expired)) < SWEEP_BATCH:
                     break
         except StoreUnavailable as e:
             if not self._failing:
@@ -153,3 +163,21 @@ class Presence:
         if self._failing:
             self._failing = False
             self._log.info("chat: presence sweep works again")
+
+    async def _expired(self, result: tuple[list[Room], int]) -> int:
+        """Count and announce what one ``expire_users`` call removed; how many presences were due."""
+        rooms, due = result
+        self.expired += due
+        if rooms:
+            self._log.debug("presence expired in {n} rooms", n=len(rooms))
+            await DeferredList([self._announce((room, True)) for room in rooms])
+        return due
+
+    def _swept(self, _: object) -> None:
+        self._sweep_in_doubt = False
+
+    def _unknown(self, failure: Any, what: str) -> None:
+        if failure.check(CancelledError):  # the store stopped (shutdown) before it answered
+            self._log.warn("chat: the outcome of {what} stayed unknown: the store stopped first", what=what)
+        else:
+            self._log.failure("chat: the outcome of {what} stayed unknown", failure, what=what)

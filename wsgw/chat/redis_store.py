@@ -9,19 +9,34 @@ removes one unless another instance refreshed it after ``idle_since``, and
 ``expire_users`` (every instance's sweep) removes the first ones past their
 deadline with an index range, so the presence of an instance that died ends
 without scanning any room. A connection failure is ``StoreUnavailable``.
+
+A change may time out after it was sent, and Redis still apply it when it
+resumes: so every change is idempotent, and a change with no answer fails with
+``OutcomeUnknown`` whose ``outcome`` fires once Redis answered one of the runs
+this instance sends until then (issue 11, section 5). A message change and a
+sweep keep their first answer under ``done:<id>`` (``DONE_TTL`` s; the id chosen
+before the first call: a posted message's Uuid, else a fresh one). A presence
+change and find-or-create are idempotent by nature and keep no key (JOIN and
+PING are frequent); their outcome in doubt says ``changed``. A change sent while
+the connection is down was not sent: ``StoreUnavailable``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid as uuidlib
+from collections.abc import Callable
 from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import deferLater
 from zope.interface import implementer
 
+from wsgw.chat import model
+from wsgw.chat import redis_scripts as scripts
 from wsgw.chat.model import (
     Message,
     NoSuchMessage,
@@ -37,196 +52,9 @@ from wsgw.chat.model import (
 from wsgw.interfaces import IChatStore
 from wsgw.redis.connection import RedisCommands
 
-# Every script returns one JSON document (txredisapi would otherwise turn
-# number-looking strings such as a login "007" into ints). Keys, under the
-# prefix p: p.."index" (hash "<Type>:<obj>" -> uuid), p.."room:"..u (hash of the
-# room fields), p.."users:"..u (hash login -> last seen), p.."presence" (sorted set
-# u.."/"..login scored by its deadline: a room uuid never holds "/", a login may),
-# p.."order:"..u (list of message uuids, oldest first), p.."msgs:"..u (hash uuid ->
-# message JSON), p.."created" (hash login -> rooms it created).
-# Keys are derived inside the scripts: fine on one Redis, not on Redis Cluster.
-
-_LUA_ROOM = """
-local function room_doc(p, u)
-  local fields = redis.call('HGETALL', p..'room:'..u)
-  if #fields == 0 then return nil end
-  local room = {}
-  for i = 1, #fields, 2 do room[fields[i]] = fields[i+1] end
-  local users = redis.call('HKEYS', p..'users:'..u)
-  return {room = room, users = users}
-end
-"""
-
-_FIND = _LUA_ROOM + """
-local u = redis.call('HGET', ARGV[1]..'index', ARGV[2])
-if not u then return false end
-return cjson.encode(room_doc(ARGV[1], u))
-"""
-
-_GET = _LUA_ROOM + """
-local doc = room_doc(ARGV[1], ARGV[2])
-if not doc then return false end
-return cjson.encode(doc)
-"""
-
-# ARGV: prefix, index field, new uuid, type, type object, label, LastUpdated, creator ('' = none), max created
-_FIND_OR_CREATE = _LUA_ROOM + """
-local p = ARGV[1]
-local u = redis.call('HGET', p..'index', ARGV[2])
-local created = 0
-if not u and ARGV[8] ~= '' then
-  local max = tonumber(ARGV[9])
-  if max > 0 and tonumber(redis.call('HGET', p..'created', ARGV[8]) or '0') >= max then
-    return '{"refused":1}'
-  end
-  redis.call('HINCRBY', p..'created', ARGV[8], 1)
-end
-if not u then
-  u = ARGV[3]
-  created = 1
-  redis.call('HSET', p..'index', ARGV[2], u)
-  redis.call('HSET', p..'room:'..u, 'Uuid', u, 'Type', ARGV[4], 'RoomTypeObject', ARGV[5],
-             'RoomLabel', ARGV[6], 'LastUpdated', ARGV[7])
-end
-local doc = room_doc(p, u)
-doc.changed = created
-return cjson.encode(doc)
-"""
-
-# ARGV: prefix, room uuid, login, now, until, LastUpdated
-_TOUCH = _LUA_ROOM + """
-local p, u, login = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('EXISTS', p..'room:'..u) == 0 then return false end
-local uk, member = p..'users:'..u, u..'/'..login
-local seen = redis.call('HGET', uk, login)
-local changed = 0
-if not seen then changed = 1 end
-if not seen or tonumber(seen) < tonumber(ARGV[4]) then redis.call('HSET', uk, login, ARGV[4]) end
-local due = redis.call('ZSCORE', p..'presence', member)
-if not due or tonumber(due) < tonumber(ARGV[5]) then redis.call('ZADD', p..'presence', ARGV[5], member) end
-if changed == 1 then redis.call('HSET', p..'room:'..u, 'LastUpdated', ARGV[6]) end
-local doc = room_doc(p, u)
-doc.changed = changed
-return cjson.encode(doc)
-"""
-
-# ARGV: prefix, room uuid, login, idle since ('' = unconditional), LastUpdated
-_REMOVE = _LUA_ROOM + """
-local p, u = ARGV[1], ARGV[2]
-if redis.call('EXISTS', p..'room:'..u) == 0 then return false end
-local uk = p..'users:'..u
-local seen = redis.call('HGET', uk, ARGV[3])
-local changed = 0
-if seen and (ARGV[4] == '' or tonumber(seen) <= tonumber(ARGV[4])) then
-  redis.call('HDEL', uk, ARGV[3])
-  redis.call('ZREM', p..'presence', u..'/'..ARGV[3])
-  redis.call('HSET', p..'room:'..u, 'LastUpdated', ARGV[5])
-  changed = 1
-end
-local doc = room_doc(p, u)
-doc.changed = changed
-return cjson.encode(doc)
-"""
-
-# ARGV: prefix, now, limit, LastUpdated
-_EXPIRE = _LUA_ROOM + """
-local p = ARGV[1]
-local zk = p..'presence'
-local due = redis.call('ZRANGEBYSCORE', zk, '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-local seen, rooms = {}, {}
-for _, member in ipairs(due) do
-  redis.call('ZREM', zk, member)
-  local cut = string.find(member, '/', 1, true)
-  local u = string.sub(member, 1, cut - 1)
-  if redis.call('HDEL', p..'users:'..u, string.sub(member, cut + 1)) == 1 and not seen[u] then
-    seen[u] = true
-    rooms[#rooms + 1] = u
-  end
-end
-local docs = {}
-for _, u in ipairs(rooms) do
-  if redis.call('EXISTS', p..'room:'..u) == 1 then
-    redis.call('HSET', p..'room:'..u, 'LastUpdated', ARGV[4])
-    docs[#docs + 1] = room_doc(p, u)
-  end
-end
-return cjson.encode({rooms = docs, due = #due})
-"""
-
-# ARGV: prefix, room uuid, message uuid, message JSON, cap
-_POST = """
-local p, u = ARGV[1], ARGV[2]
-if redis.call('EXISTS', p..'room:'..u) == 0 then return '{"ok":false}' end
-local order, msgs = p..'order:'..u, p..'msgs:'..u
-redis.call('HSET', msgs, ARGV[3], ARGV[4])
-local n = redis.call('RPUSH', order, ARGV[3])
-local cap = tonumber(ARGV[5])
-while n > cap do
-  redis.call('HDEL', msgs, redis.call('LPOP', order))
-  n = n - 1
-end
-return '{"ok":true}'
-"""
-
-_LUA_OWNED = """
-local function owned(p, u, id, author)
-  local raw = redis.call('HGET', p..'msgs:'..u, id)
-  if not raw then return nil, '{"error":"missing"}' end
-  local m = cjson.decode(raw)
-  if m.Author ~= author then return nil, '{"error":"author"}' end
-  return m, raw
-end
-"""
-
-# ARGV: prefix, room uuid, message uuid
-_GET_MESSAGE = """
-return redis.call('HGET', ARGV[1]..'msgs:'..ARGV[2], ARGV[3])
-"""
-
-# ARGV: prefix, room uuid, message uuid, author, new text, updated, max edits (0 = no bound)
-_EDIT = _LUA_OWNED + """
-local p, u, id = ARGV[1], ARGV[2], ARGV[3]
-local m, err = owned(p, u, id, ARGV[4])
-if not m then return err end
-if type(m.Activity) ~= 'table' then m.Activity = {} end
-if type(m.Activity.items) ~= 'table' then m.Activity.items = {} end
-local items = m.Activity.items
-local max = tonumber(ARGV[7])
-if max > 0 and #items >= max then return '{"error":"edits"}' end
-items[#items + 1] = {markdown = m.Message or '', updated = ARGV[6]}
-m.Message = ARGV[5]
-local out = cjson.encode(m)
-redis.call('HSET', p..'msgs:'..u, id, out)
-return '{"message":' .. out .. '}'
-"""
-
-# ARGV: prefix, room uuid, message uuid, author
-_DELETE = _LUA_OWNED + """
-local p, u, id = ARGV[1], ARGV[2], ARGV[3]
-local m, raw = owned(p, u, id, ARGV[4])
-if not m then return raw end
-redis.call('HDEL', p..'msgs:'..u, id)
-redis.call('LREM', p..'order:'..u, 1, id)
-return '{"message":' .. raw .. '}'
-"""
-
-# ARGV: prefix, room uuid, offset, limit (0 = all)
-_PAGE = """
-local p, u = ARGV[1], ARGV[2]
-local order, msgs = p..'order:'..u, p..'msgs:'..u
-local last = redis.call('LLEN', order) - 1 - tonumber(ARGV[3])
-if last < 0 then return '[]' end
-local first = 0
-local limit = tonumber(ARGV[4])
-if limit > 0 then first = math.max(0, last - limit + 1) end
-local out = {}
-for _, id in ipairs(redis.call('LRANGE', order, first, last)) do
-  local raw = redis.call('HGET', msgs, id)
-  if raw then out[#out + 1] = raw end
-end
-return '[' .. table.concat(out, ',') .. ']'
-"""
-
+DONE_TTL = 3600  # seconds a change's answer is kept under its id, to answer a run of it sent again
+MAX_IN_DOUBT = 1000  # changes without an answer this instance sends again at once; then changes are refused
+RESEND_DELAY = 0.2  # seconds between two runs of a change in doubt, at least
 
 def _text(reply: Any) -> Any:
     if isinstance(reply, bytes):
@@ -247,106 +75,170 @@ def _room_from(doc: dict[str, Any]) -> Room:
     }
 
 
+class _NoAnswer(Exception):
+    """A change was sent, and no answer came."""
+
+
+@functools.cache
+def _idempotent(body: str) -> str:
+    """The change script ``body`` made idempotent on an id given as its last ARGV (issue 11, section 5)."""
+    return scripts.IDEMPOTENT.replace("DONE_TTL", str(DONE_TTL)).replace("BODY", body)
+
+
 @implementer(IChatStore)
 class RedisChatStore:
     """The shared store on Redis, on one connection (not a pool) so that one instance's commands are
-    applied in the order it issued them; every key starts with ``prefix``."""
+    applied in the order it issued them (but a change in doubt, sent again, may land after later ones);
+    every key starts with ``prefix``. At most ``max_in_doubt`` changes are in doubt at once (0: no cap):
+    past it a change is refused unsent (StoreUnavailable). ``in_doubt``, ``resent`` and ``refused`` are
+    read by /metrics."""
 
-    def __init__(self, redis: RedisCommands, prefix: str = "wsgw:chat:") -> None:
+    def __init__(self, redis: RedisCommands, prefix: str = "wsgw:chat:", max_in_doubt: int = MAX_IN_DOUBT) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._max_in_doubt = max_in_doubt
+        self.in_doubt = 0  # changes sent without an answer yet, sent again until one is answered (metrics)
+        self.resent = 0  # runs of changes in doubt sent again (metrics)
+        self.refused = 0  # changes refused unsent: max_in_doubt changes were in doubt (metrics)
 
-    async def _eval(self, script: str, *args: object) -> Any:
-        argv = [self._prefix, *[str(a) for a in args]]
+    async def _send(self, script: str, argv: list[str], change: bool) -> Any:
+        """Run a script; StoreUnavailable when it could not be sent, _NoAnswer when sent but not answered."""
+        if not self._redis.connected:
+            raise StoreUnavailable(f"Redis {self._redis.role} is not connected")
         try:
             reply = await self._redis.run_script(script, (), argv)  # EVALSHA: the body is sent once per connection
         except (txredisapi.ConnectionError, ConnectionLost, ConnectionDone) as e:
-            raise StoreUnavailable(str(e) or type(e).__name__) from None
+            reason = str(e) or type(e).__name__
+            raise (_NoAnswer if change else StoreUnavailable)(reason) from None
         reply = _text(reply)
         return None if reply is None else json.loads(reply)
+
+    async def _eval(self, script: str, *args: object) -> Any:
+        return await self._send(script, [self._prefix, *[str(a) for a in args]], False)
+
+    def _change(self, script: str, convert: Callable[[Any], Any], *args: object, id: str | None = None,
+                late: Callable[[Any], Any] | None = None) -> Deferred:
+        """Run a change script made idempotent on ``id`` (default: a fresh one); fires ``convert(answer)``.
+        Fails with StoreUnavailable when nothing was sent, OutcomeUnknown when no answer came. With ``late``
+        (a script idempotent by nature) no answer is kept, and a change in doubt has ``late(answer)``."""
+        if late is None:
+            script = _idempotent(script)
+            argv = [self._prefix, *[str(a) for a in args], id or str(uuidlib.uuid4())]
+        else:
+            argv = [self._prefix, *[str(a) for a in args]]
+
+        async def run() -> Any:
+            if self._max_in_doubt and self.in_doubt >= self._max_in_doubt:
+                self.refused += 1
+                raise StoreUnavailable(f"{self.in_doubt} changes wait for Redis to answer")
+            try:
+                doc = await self._send(script, argv, True)
+            except _NoAnswer as e:
+                outcome = Deferred.fromCoroutine(self._resend(script, argv)).addCallback(late or convert)
+                raise model.OutcomeUnknown(str(e), outcome) from None
+            return convert(doc)
+        return self._run(run())
+
+    async def _resend(self, script: str, argv: list[str]) -> Any:
+        """Send a change in doubt again (same id) until Redis answers one run; its answer."""
+        self.in_doubt += 1
+        try:
+            while True:
+                await deferLater(self._redis.reactor, RESEND_DELAY, lambda: None)
+                await self._redis.whenConnected()  # CancelledError when the connection is stopped
+                try:
+                    self.resent += 1
+                    return await self._send(script, argv, True)
+                except (_NoAnswer, StoreUnavailable):
+                    continue
+        finally:
+            self.in_doubt -= 1
 
     def _run(self, coro: Any) -> Deferred:
         return Deferred.fromCoroutine(coro)
 
     def find_room(self, type: str, type_object: str) -> Deferred:
         async def run() -> Room | None:
-            doc = await self._eval(_FIND, index_key(type, type_object))
+            doc = await self._eval(scripts.FIND, index_key(type, type_object))
             return None if doc is None else _room_from(doc)
         return self._run(run())
 
     def get_room(self, room_uuid: str) -> Deferred:
         async def run() -> Room | None:
-            doc = await self._eval(_GET, room_uuid)
+            doc = await self._eval(scripts.GET, room_uuid)
             return None if doc is None else _room_from(doc)
         return self._run(run())
 
     def find_or_create_room(self, type: str, type_object: str, label: str, now: float, creator: str = "",
                             max_created: int = 0) -> Deferred:
-        async def run() -> tuple[Room, bool]:
-            doc = await self._eval(
-                _FIND_OR_CREATE, index_key(type, type_object), uuidlib.uuid4(), type, type_object, label, stamp(now),
-                creator, max_created,
-            )
-            if "refused" in doc:
+        def convert(doc: Any, late: bool = False) -> tuple[Room | None, bool]:
+            if doc is not None and "refused" in doc:
                 raise TooManyRooms(creator)
-            return _room_from(doc), bool(doc["changed"])
-        return self._run(run())
+            return _changed_from(doc, late)
+        return self._change(scripts.FIND_OR_CREATE, convert, index_key(type, type_object), uuidlib.uuid4(), type,
+                            type_object, label, stamp(now), creator, max_created,
+                            late=functools.partial(convert, late=True))
 
     def _changed_room(self, script: str, *args: object) -> Deferred:
-        async def run() -> tuple[Room | None, bool]:
-            doc = await self._eval(script, *args)
-            if doc is None:
-                return None, False
-            return _room_from(doc), bool(doc["changed"])
-        return self._run(run())
+        return self._change(script, _changed_from, *args, late=_changed_late)
 
     def touch_user(self, room_uuid: str, login: str, now: float, until: float) -> Deferred:
-        return self._changed_room(_TOUCH, room_uuid, login, repr(float(now)), repr(float(until)), stamp(now))
+        return self._changed_room(scripts.TOUCH, room_uuid, login, repr(float(now)), repr(float(until)), stamp(now))
 
     def remove_user(self, room_uuid: str, login: str, now: float, idle_since: float | None = None) -> Deferred:
         since = "" if idle_since is None else repr(float(idle_since))
-        return self._changed_room(_REMOVE, room_uuid, login, since, stamp(now))
+        return self._changed_room(scripts.REMOVE, room_uuid, login, since, stamp(now))
 
     def expire_users(self, now: float, limit: int) -> Deferred:
-        async def run() -> tuple[list[Room], int]:
-            doc = await self._eval(_EXPIRE, repr(float(now)), limit, stamp(now))
-            rooms = doc["rooms"]  # cjson encodes {} for an empty table
-            return [_room_from(d) for d in rooms] if isinstance(rooms, list) else [], int(doc["due"])
-        return self._run(run())
+        return self._change(scripts.EXPIRE, _expired_from, repr(float(now)), limit, stamp(now))
 
     def post_message(self, message: Message, cap: int) -> Deferred:
-        async def run() -> None:
-            encoded = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
-            doc = await self._eval(_POST, message["RoomUuid"], message["Uuid"], encoded, cap)
+        def convert(doc: Any) -> None:
             if not doc["ok"]:
                 raise NoSuchRoom(message["RoomUuid"])
-        return self._run(run())
-
-    def _owned(self, script: str, *args: object) -> Deferred:
-        async def run() -> Message:
-            doc = await self._eval(script, *args)
-            if "message" in doc:
-                return _fix_activity(doc["message"])
-            raise {"author": NotAuthor, "edits": TooManyEdits}.get(doc["error"], NoSuchMessage)(args[1])
-        return self._run(run())
+        encoded = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        return self._change(scripts.POST, convert, message["RoomUuid"], message["Uuid"], encoded, cap, id=message["Uuid"])
 
     def get_message(self, room_uuid: str, message_uuid: str) -> Deferred:
         async def run() -> Message | None:
-            found = await self._eval(_GET_MESSAGE, room_uuid, message_uuid)
+            found = await self._eval(scripts.GET_MESSAGE, room_uuid, message_uuid)
             return None if found is None else _fix_activity(found)
         return self._run(run())
 
     def edit_message(self, room_uuid: str, message_uuid: str, author: str, text: str, updated: str,
                      max_edits: int = 0) -> Deferred:
-        return self._owned(_EDIT, room_uuid, message_uuid, author, text, updated, max_edits)
+        return self._change(scripts.EDIT, _owned_from(message_uuid), room_uuid, message_uuid, author, text, updated,
+                            max_edits)
 
     def delete_message(self, room_uuid: str, message_uuid: str, author: str) -> Deferred:
-        return self._owned(_DELETE, room_uuid, message_uuid, author)
+        return self._change(scripts.DELETE, _owned_from(message_uuid), room_uuid, message_uuid, author)
 
     def page(self, room_uuid: str, offset: int, limit: int) -> Deferred:
         async def run() -> list[Message]:
-            return [_fix_activity(m) for m in await self._eval(_PAGE, room_uuid, offset, limit)]
+            return [_fix_activity(m) for m in await self._eval(scripts.PAGE, room_uuid, offset, limit)]
         return self._run(run())
+
+
+def _changed_from(doc: Any, late: bool = False) -> tuple[Room | None, bool]:
+    """A presence change's answer; ``late``: of one in doubt, ``changed`` as a run not heard may have changed."""
+    return (None, False) if doc is None else (_room_from(doc), late or bool(doc["changed"]))
+
+
+_changed_late = functools.partial(_changed_from, late=True)
+
+
+def _expired_from(doc: Any) -> tuple[list[Room], int]:
+    rooms = doc["rooms"]  # cjson encodes {} for an empty table
+    return [_room_from(d) for d in rooms] if isinstance(rooms, list) else [], int(doc["due"])
+
+
+def _owned_from(message_uuid: str) -> Callable[[Any], Message]:
+    """What an edit or delete answers: the message, or the error of a missing or foreign one."""
+    def convert(doc: Any) -> Message:
+        if "message" in doc:
+            return _fix_activity(doc["message"])
+        raise {"author": NotAuthor, "edits": TooManyEdits}.get(doc["error"], NoSuchMessage)(message_uuid)
+    return convert
 
 
 def _fix_activity(message: Message) -> Message:

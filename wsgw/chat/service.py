@@ -124,7 +124,7 @@ class ChatService:
                                 offload=offload, max_rooms_per_user=max_rooms_per_user,
                                 max_edits_per_message=max_edits_per_message, max_history_page=max_history_page,
                                 limits=self.limits_refused, max_rooms_per_socket=max_rooms_per_socket,
-                                max_history_bytes=max_history_bytes)
+                                max_history_bytes=max_history_bytes, track=self._track)
         self._pending: set[Deferred[Any]] = set()  # background store work and frames in flight, for stop()
         self._idle: list[Deferred[None]] = []  # stop() waiters: fired when _pending empties
         self.handled: Counter[str] = Counter()

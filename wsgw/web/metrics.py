@@ -89,6 +89,16 @@ class ChatCounts(Protocol):
     def presences_expired(self) -> int: ...
 
 
+class ChatStoreCounts(Protocol):
+    """The chat store's changes in doubt (``wsgw.chat.redis_store.RedisChatStore``, issue 11 section 5)."""
+
+    resent: int
+    refused: int
+
+    @property
+    def in_doubt(self) -> int: ...
+
+
 class Delivering(Protocol):
     """A topic handler, for its count of frames handed to sockets."""
 
@@ -154,6 +164,7 @@ class MetricsView:
     listeners: Sequence[ListenerCounts] = ()
     access: AccessCounts | None = None
     log_budget: LogCounts | None = None
+    chat_store: ChatStoreCounts | None = None
 
 
 class GatewayCollector(Collector):
@@ -233,6 +244,15 @@ class GatewayCollector(Collector):
         yield _counter("wsgw_chat_presences_expired", "Chat presences past their deadline (no JOIN or PING for "
                        "presence_timeout) that this instance's sweep removed, whichever instance stored them.", None,
                        chat.presences_expired)
+        if p.chat_store is not None:
+            store = p.chat_store
+            yield _gauge("wsgw_chat_changes_in_doubt", "Chat changes sent to the store without an answer yet (a "
+                         "timeout: they may be applied yet), sent again until one is answered.", None, store.in_doubt)
+            yield _counter("wsgw_chat_changes_resent", "Runs of chat changes in doubt sent again (each change is "
+                           "idempotent: applied once).", None, store.resent)
+            yield _counter("wsgw_chat_changes_refused", "Chat changes refused unsent ('the chat store is unavailable') "
+                           "because [chat] max_changes_in_doubt changes were waiting for the store to answer.", None,
+                           store.refused)
         yield from _listener_metrics(p.listeners)
         if p.access is not None:
             yield _counter("wsgw_access_lookups", "Access resolves of the http resolver, by outcome: backend requests "
