@@ -120,6 +120,8 @@ async def test_chat_metrics_count_requests_rooms_and_deliveries(gateway: StartGa
     assert value(samples, "wsgw_chat_rooms_active") == 1
     assert value(samples, "wsgw_deliveries_total", kind="chat") >= 2  # the ROOM_UPDATE and the message
     assert value(samples, "wsgw_bus_events_received_total", topic="chat") >= 2
+    assert value(samples, "wsgw_chat_events_unpublished") == value(samples, "wsgw_chat_events_republished_total") \
+        == value(samples, "wsgw_chat_events_unpublished_dropped_total") == 0  # the bus took every event
 
 
 @pytest_twisted.ensureDeferred

@@ -472,17 +472,33 @@ def test_a_store_failure_answers_an_error_and_keeps_the_socket() -> None:
     assert chat.rooms_of(alice) == frozenset()
 
 
-def test_a_publish_failure_is_reported_to_the_poster() -> None:
-    """When the bus refuses a post, the message is stored and the poster is told the bus is unavailable."""
+def test_a_stored_change_the_bus_refused_is_broadcast_once_the_bus_is_back() -> None:
+    """§5: a stored change is always broadcast. When the bus refuses a post, the message is stored, the poster
+    is told it will be broadcast once the bus is back, and it is published again every second until the bus
+    takes it: then the room gets it, once. A presence change's ROOM_UPDATE is published again the same way."""
     chat = ChatHarness()
-    alice = chat.connect("alice")
+    alice, bob = chat.connect("alice"), chat.connect("bob")
     chat.send(alice, join())
     room = chat.room()
     frames(alice)
+    chat.bus.events.clear()
     chat.bus.failure = ConnectionError("bus down")
     chat.send(alice, post(room["Uuid"], "hi"))
-    assert_error(alice, "POST", "bus")
+    assert_error(alice, "POST", "saved", "broadcast once the bus is back")
+    chat.send(bob, join())  # bob's presence changes the room: its ROOM_UPDATE waits for the bus too
     assert [m["Message"] for m in chat.messages(room["Uuid"])] == ["hi"]
+    chat.clock.advance(5)
+    assert frames(alice) == [] and chat.bus.events == []
+    assert chat.service.unpublished == 2
+    chat.bus.failure = None
+    chat.clock.advance(1)
+    assert [e["Message"]["Message"] for e in chat.bus.events if "Message" in e] == ["hi"]
+    assert [e["Room"]["Users"] for e in chat.bus.events if "Room" in e] == [["alice", "bob"]]
+    got = frames(alice)
+    assert [f["Message"] for f in got if "Message" in f and "@type" not in f] == ["hi"]
+    chat.clock.advance(10)
+    assert len(chat.bus.events) == 2 and chat.service.unpublished == 0
+    assert chat.service.republished == 2
 
 
 def test_frames_waiting_behind_a_slow_one_are_bounded_in_number_and_bytes() -> None:

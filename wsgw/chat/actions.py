@@ -88,7 +88,7 @@ class Actions:
         clock: IReactorTime,
         store: IChatStore,
         membership: Membership,
-        publish: Callable[[bytes], Deferred[Any]],
+        publish: Callable[[bytes], Deferred[bool]],
         *,
         history_cap: int,
         history_on_join: bool,
@@ -400,11 +400,10 @@ class Actions:
         await self._publish_event({"Message": deleted, "Details": "DELETE"}, "DELETE_MSG")
 
     async def _publish_event(self, event: dict[str, Any], action: str) -> None:
-        try:
-            await self._publish(encode(event))
-        except Exception:  # noqa: BLE001 - the change is stored; tell the socket the bus failed
-            self._log.failure("chat {action}: publishing failed", action=action)
-            raise Refused(f"{action}: saved, but the bus is unavailable: others will see it later") from None
+        """Publish a stored change's event; when the bus refuses it, it is published again until the bus takes
+        it (``publish`` fires False), and the socket is told so."""
+        if not await self._publish(encode(event)):
+            raise Refused(f"{action}: saved, but the bus is unavailable: it will be broadcast once the bus is back")
 
 
 _WHY: dict[type[ChatStoreError], str] = {

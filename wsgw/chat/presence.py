@@ -76,7 +76,7 @@ class Presence:
         clock: IReactorTime,
         store: IChatStore,
         timeout: float,
-        announce: Callable[[Changed], Deferred[None]],
+        announce: Callable[[Changed], Deferred[Any]],
         track: Callable[[Deferred[Any]], object],
     ) -> None:
         self._clock = clock

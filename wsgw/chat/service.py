@@ -23,6 +23,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -38,6 +39,9 @@ from wsgw.frames import CLOSE_FLOOD, encode, error
 from wsgw.interfaces import IChatStore, IEndpoint
 from wsgw.logs import LineBudget
 from wsgw.sessions import Session
+
+REPUBLISH_DELAY = 1.0  # seconds between two attempts to publish an event the bus refused
+MAX_UNPUBLISHED = 1000  # events waiting for the bus to take them; past it one is dropped (logged, counted)
 
 LIMITS = ("queued_frames", "queued_bytes", "rooms_per_user", "store_busy", "edits_per_message", "history_page",
           "rooms_per_socket", "history_bytes")
@@ -116,10 +120,12 @@ class ChatService:
         self._max_queued_bytes = max_queued_bytes
         self._close = close if close is not None else _reject
         self._budget = log_budget if log_budget is not None else LineBudget(clock)
+        self._clock = clock
+        self._stopping = False
         self.limits_refused: Counter[str] = Counter()
         self._presence = Presence(clock, store, presence_timeout, self._announce, self._track)
         self._membership = Membership(self._presence)
-        self._actions = Actions(clock, store, self._membership, publish, history_cap=history_cap,
+        self._actions = Actions(clock, store, self._membership, self._publish_change, history_cap=history_cap,
                                 history_on_join=history_on_join, max_message_chars=max_message_chars,
                                 offload=offload, max_rooms_per_user=max_rooms_per_user,
                                 max_edits_per_message=max_edits_per_message, max_history_page=max_history_page,
@@ -130,6 +136,9 @@ class ChatService:
         self.handled: Counter[str] = Counter()
         self.refused = 0
         self.delivered = 0
+        self.unpublished = 0  # stored changes' events the bus refused, published again until it takes them
+        self.republished = 0  # of those, published since
+        self.unpublished_dropped = 0  # refused past MAX_UNPUBLISHED, or still refused at shutdown: never broadcast
         self.queued_frames = 0  # frames of every socket waiting for their socket's previous ones
 
     # ----------------------------------------------------------------- IEndpoint
@@ -212,6 +221,7 @@ class ChatService:
         are stored and published; it never fails. The caller bounds the wait (``addTimeout``):
         cancelling it only stops waiting, the work goes on."""
         self._presence.stop()
+        self._stopping = True
         if not self._pending:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -291,12 +301,45 @@ class ChatService:
 
     # ----------------------------------------------------------------- bus
 
-    def _announce(self, result: Changed) -> Deferred[None]:
-        """Publish the room when a presence change changed its Users; a bus failure is only logged."""
+    def _announce(self, result: Changed) -> Deferred[bool]:
+        """Publish the room when a presence change changed its Users (``_publish_change``)."""
         room, changed = result
         if room is None or not changed:
-            return succeed(None)
-        return self._publish(encode({"Room": room})).addErrback(self._logged, "publishing a room update")
+            return succeed(True)
+        return self._publish_change(encode({"Room": room}))
+
+    def _publish_change(self, payload: bytes) -> Deferred[bool]:
+        """Publish a stored change's event (PROTOCOL.md §5: a stored change is always broadcast). Fires True when
+        the bus took it, False when it refused it: it is then published again every ``REPUBLISH_DELAY`` seconds
+        until the bus takes it (at most ``MAX_UNPUBLISHED`` such events at once; the rest, and those still
+        refused after ``stop()``, are dropped, logged and counted). Never fails."""
+        def refused(failure: Any) -> bool:
+            self._budget.warn(self._log, "chat_store", "chat: the bus refused an event ({reason}): publishing it "
+                              "again every {delay} s", reason=failure.getErrorMessage(), delay=REPUBLISH_DELAY)
+            if self.unpublished >= MAX_UNPUBLISHED:
+                self.unpublished_dropped += 1
+            else:
+                self.unpublished += 1
+                self._track(Deferred.fromCoroutine(self._republish(payload)))
+            return False
+        return self._publish(payload).addCallbacks(lambda _: True, refused)
+
+    async def _republish(self, payload: bytes) -> None:
+        try:
+            while True:
+                await deferLater(self._clock, REPUBLISH_DELAY, lambda: None)
+                try:
+                    await self._publish(payload)
+                except Exception:  # noqa: BLE001 - the bus is still down: again later, or dropped at shutdown
+                    if self._stopping:
+                        self.unpublished_dropped += 1
+                        self._log.warn("chat: an event the bus refused was never broadcast (shutdown)")
+                        return
+                else:
+                    self.republished += 1
+                    return
+        finally:
+            self.unpublished -= 1
 
     def _logged(self, failure: Any, what: str) -> None:
         if failure.check(StoreUnavailable):  # an outage or a busy store: within the budget, no traceback

@@ -78,6 +78,9 @@ class ChatCounts(Protocol):
     refused: int
     limits_refused: Counter[str]
     queued_frames: int
+    unpublished: int
+    republished: int
+    unpublished_dropped: int
 
     @property
     def store_calls(self) -> tuple[int, int]: ...
@@ -244,6 +247,13 @@ class GatewayCollector(Collector):
         yield _counter("wsgw_chat_presences_expired", "Chat presences past their deadline (no JOIN or PING for "
                        "presence_timeout) that this instance's sweep removed, whichever instance stored them.", None,
                        chat.presences_expired)
+        yield _gauge("wsgw_chat_events_unpublished", "Events of stored chat changes the bus refused, published "
+                     "again every second until it takes them.", None, chat.unpublished)
+        yield _counter("wsgw_chat_events_republished", "Events of stored chat changes published after the bus "
+                       "refused them.", None, chat.republished)
+        yield _counter("wsgw_chat_events_unpublished_dropped", "Events of stored chat changes never broadcast: "
+                       "refused by the bus past 1000 waiting, or still refused at shutdown.", None,
+                       chat.unpublished_dropped)
         if p.chat_store is not None:
             store = p.chat_store
             yield _gauge("wsgw_chat_changes_in_doubt", "Chat changes sent to the store without an answer yet (a "
