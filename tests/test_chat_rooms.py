@@ -503,8 +503,9 @@ def test_a_stored_change_the_bus_refused_is_broadcast_once_the_bus_is_back() -> 
 
 def test_frames_waiting_behind_a_slow_one_are_bounded_in_number_and_bytes() -> None:
     """Frames waiting behind a slow one are bounded (by default 60, inbound_burst's default): all of them are
-    served in order; one more is answered with an error naming the bound and the socket is closed 4029. The
-    bytes on the wire of the waiting frames are bounded too; the frame running counts for neither."""
+    served in order; one more is answered with an error naming the bound and the socket is closed 4029, and
+    those still waiting are then dropped unhandled, however long the peer takes to answer the close. The bytes
+    on the wire of the waiting frames are bounded too; the frame running counts for neither."""
     chat = ChatHarness()
     alice = chat.connect("alice")
     chat.send(alice, join())
@@ -531,6 +532,10 @@ def test_frames_waiting_behind_a_slow_one_are_bounded_in_number_and_bytes() -> N
                                                          "(at most 60 frames, 983040 bytes): slow down"}]
     assert alice.connection.closed == (4029, "too many chat frames waiting")
     assert chat.service.limits_refused == {"queued_frames": 1}
+    chat.store.post_message = real  # type: ignore[method-assign]
+    stored = len(chat.messages(room_uuid))
+    pending.callback(None)  # the one running ends; the 60 waiting are not handled: the socket is closing
+    assert len(chat.messages(room_uuid)) == stored and chat.service.queued_frames == 0
 
     small = ChatHarness(max_queued_frames=10, max_queued_bytes=1000)
     bob = small.connect("bob")

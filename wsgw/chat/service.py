@@ -262,8 +262,8 @@ class ChatService:
     # ----------------------------------------------------------------- frames
 
     async def _frame(self, session: Session, state: ChatSocket, frame: Frame) -> None:
-        if not session.open:
-            return  # closed while this frame waited for the previous ones
+        if not session.open or session.flow.stopped:
+            return  # closed, or being closed (no frame of the client's is handled then), while it waited
         action = frame.get("@type")
         name = action if isinstance(action, str) and action else "chat frame"
         try:
