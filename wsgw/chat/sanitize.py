@@ -32,6 +32,7 @@ def worth_offloading(text: str) -> bool:
 
 _NEWLINES = re.compile(r"\r\n?")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones reach a str (JSON "\\ud800"); UTF-8 cannot hold them
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")  # where an HTML parser starts a tag, a comment or a declaration
 _MARKS = {"`": re.compile("`"), "<": re.compile("<")}  # the first character of a code span, of an autolink
 _PASSES = 3  # clean-and-reparse rounds before falling back to escaping every "<" (cost: 2 parses each)
 
@@ -78,11 +79,16 @@ class _Unmapped(Exception):
 
 def _clean_prose(text: str) -> str:
     """Strip every HTML tag and comment with nh3, then unescape what nh3 escaped, so Markdown
-    (``> quote``, ``a < b``, ``&``) reads as typed. Repeat until stable, so text that only
-    unescapes into a tag (``&lt;script&gt;``) is cleaned too; if it does not settle, keep
+    (``> quote``, ``a < b``, ``&``) reads as typed. Entities typed in the text stay as typed:
+    Markdown shows ``&lt;b&gt;`` as the text ``<b>``, no tag. A ``<x`` after the last ``>`` starts
+    no HTML (every construct ends with one), yet an HTML parser drops it with what follows as an
+    unfinished tag: its ``<`` is kept as ``&lt;``, which renders as typed. Repeat until stable, so text
+    that only becomes a tag once cleaned (``<<b>i>``) is cleaned too; if it does not settle, keep
     nh3's escaped (inert) output."""
     for _ in range(4):
-        cleaned = html.unescape(nh3.clean(text, tags=set()))
+        cut = text.rfind(">") + 1
+        protected = text[:cut].replace("&", "&amp;") + _TAG_START.sub("&amp;lt;", text[cut:].replace("&", "&amp;"))
+        cleaned = html.unescape(nh3.clean(protected, tags=set()))
         if cleaned == text:
             return text
         text = cleaned
