@@ -142,8 +142,14 @@ def _refusal(request: Request) -> bytes | None:
     return None
 
 
+_REASONS = {400: b"Bad Request", 426: b"Upgrade Required"}  # (twisted.web has no phrase for 426, RFC 7231 6.5.15)
+
+
 def _plain(request: Request, code: int, text: bytes) -> bytes:
-    request.setResponseCode(code)
+    """A refused upgrade's answer; the connection is closed after it, as a failed handshake's (RFC 6455 §4.2.2)."""
+    request.setResponseCode(code, _REASONS[code])
+    request.setHeader(b"connection", b"close")
+    request.channel.persistent = False  # twisted.web closes the connection once the answer is written
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
     return text + b"\n"
