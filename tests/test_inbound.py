@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 
 from tests.support.daemon import StartGateway, token, workspace
-from tests.support.rawtcp import UPGRADE, client_frame, raw_connect
+from tests.support.rawtcp import UPGRADE, client_frame, exchange, head, raw_connect
 from tests.support.waiting import wait_until
 from tests.support.wsclient import connect
 from wsgw.web.inbound import InboundPolicy, PeerCounts
@@ -149,3 +149,20 @@ async def test_a_ping_flooder_leaves_no_unread_bytes_behind(gateway: StartGatewa
     assert daemon.service.gateway.closes[4029] == 1
     assert len(protocols) == 1 and protocols[0].state == GatewayProtocol.STATE_CLOSED
     assert len(protocols[0].data) == 0  # Autobahn's receive buffer: up to a whole read (64 KiB) of pings
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_null_origin_is_judged_by_the_allow_list_like_any_other(gateway: StartGateway) -> None:
+    """``Origin: null`` (a sandboxed page, a file: URL) is refused 403 and counted when an allow-list is set,
+    as any origin not on it (Autobahn refused it 400 first, uncounted); it gets in when no list is set."""
+    request = UPGRADE.replace(b"\r\n\r\n", b"\r\nOrigin: null\r\n\r\n")
+    listed = await gateway(redis=None, extra="[websocket]\nallowed_origins = https://cells.example.org\n")
+    status, _ = head(await exchange(listed.port, request))
+    assert status.startswith(b"HTTP/1.1 403"), status
+    assert listed.service.public_guard.refused["origin"] == 1
+    open_to_all = await gateway(redis=None)
+    raw = await raw_connect(open_to_all.port)
+    raw.send(request)
+    await wait_until(lambda: b"\r\n\r\n" in raw.received, "the answer to the upgrade")
+    assert raw.received.startswith(b"HTTP/1.1 101"), raw.received
+    raw.close()

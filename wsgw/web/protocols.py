@@ -185,4 +185,5 @@ class GatewayFactory(ServerFactory):
             autoPingRestartOnAnyTraffic=False,  # only a pong proves the client reads (a frame from it does not)
             versions=[13],  # RFC 6455 only (not draft 8); wsgw.web.site answers 426 before Autobahn sees it
             webStatus=False,  # a request without an upgrade gets 426, never Autobahn's version page
+            allowNullOrigin=True,  # (setProtocolOptions' default refuses "null" 400): the allow-list decides
         )
