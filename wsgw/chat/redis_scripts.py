@@ -107,6 +107,7 @@ for _, member in ipairs(due) do
     rooms[#rooms + 1] = u
   end
 end
+if #due == 0 then keep = false end  -- (run as a change: nothing to answer a rerun with)
 local docs = {}
 for _, u in ipairs(rooms) do
   if redis.call('EXISTS', p..'room:'..u) == 1 then
@@ -152,6 +153,7 @@ EDIT = LUA_OWNED + """
 local p, u, id = ARGV[1], ARGV[2], ARGV[3]
 local m, raw = owned(p, u, id, ARGV[4])
 if not m then return raw end
+keep = '1'  -- (run as a change: a rerun gets the message as it is then, EDIT_REPLAY)
 if m.Message == ARGV[5] then return '{"message":' .. raw .. '}' end
 if type(m.Activity) ~= 'table' then m.Activity = {} end
 if type(m.Activity.items) ~= 'table' then m.Activity.items = {} end
@@ -172,18 +174,34 @@ local m, raw = owned(p, u, id, ARGV[4])
 if not m then return raw end
 redis.call('HDEL', p..'msgs:'..u, id)
 redis.call('LREM', p..'order:'..u, 1, id)
+keep = cjson.encode({message = {Uuid = id, RoomUuid = u, Author = m.Author}})  -- (run as a change: no text kept)
 return '{"message":' .. raw .. '}'
 """
 
-# Makes a change script idempotent on an id given as its last ARGV (issue 11, section 5).
+# What a rerun of an EDIT gets: the message as it is now (its answer was kept as '1', not the whole message).
+EDIT_REPLAY = """
+if answered == '1' then
+  local raw = redis.call('HGET', ARGV[1]..'msgs:'..ARGV[2], ARGV[3])
+  if not raw then return '{"error":"missing"}' end
+  return '{"message":' .. raw .. '}'
+end
+"""
+
+# Makes a change script idempotent on an id given as its last ARGV (issue 11, section 5): the first run's
+# answer is kept under done:<id>, and a rerun gets it (after REPLAY, which may answer from it instead). BODY
+# may set `keep`: what to keep instead of its answer (small: a peer repeats changes), or false for nothing.
 IDEMPOTENT = """
 local done = ARGV[1]..'done:'..ARGV[#ARGV]
 local answered = redis.call('GET', done)
-if answered then return answered ~= '' and answered end
+if answered then
+REPLAY
+  return answered ~= '' and answered
+end
+local keep
 local answer = (function()
 BODY
 end)()
-redis.call('SET', done, answer or '', 'EX', DONE_TTL)
+if keep ~= false then redis.call('SET', done, keep or answer or '', 'EX', DONE_TTL) end
 return answer
 """
 

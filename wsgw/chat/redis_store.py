@@ -15,7 +15,10 @@ resumes: so every change is idempotent, and a change with no answer fails with
 ``OutcomeUnknown`` whose ``outcome`` fires once Redis answered one of the runs
 this instance sends until then (issue 11, section 5). A message change and a
 sweep keep their first answer under ``done:<id>`` (``DONE_TTL`` s; the id chosen
-before the first call: a posted message's Uuid, else a fresh one). A presence
+before the first call: a posted message's Uuid, else a fresh one), in a few
+bytes, since a peer repeats changes: an edit keeps a mark and a rerun gets the
+message as it is then, a delete keeps the message's ids (not its text), a sweep
+that removed nothing keeps nothing. A presence
 change and find-or-create are idempotent by nature and keep no key (JOIN and
 PING are frequent); their outcome in doubt says ``changed``. A change sent while
 the connection is down was not sent: ``StoreUnavailable``.
@@ -52,7 +55,7 @@ from wsgw.chat.model import (
 from wsgw.interfaces import IChatStore
 from wsgw.redis.connection import RedisCommands
 
-DONE_TTL = 3600  # seconds a change's answer is kept under its id, to answer a run of it sent again
+DONE_TTL = 600  # seconds a change's answer is kept under its id, to answer a run of it sent again
 MAX_IN_DOUBT = 1000  # changes without an answer this instance sends again at once; then changes are refused
 RESEND_DELAY = 0.2  # seconds between two runs of a change in doubt, at least
 
@@ -79,10 +82,14 @@ class _NoAnswer(Exception):
     """A change was sent, and no answer came."""
 
 
+_REPLAYS = {scripts.EDIT: scripts.EDIT_REPLAY}  # how a rerun is answered from what the first run kept
+
+
 @functools.cache
 def _idempotent(body: str) -> str:
     """The change script ``body`` made idempotent on an id given as its last ARGV (issue 11, section 5)."""
-    return scripts.IDEMPOTENT.replace("DONE_TTL", str(DONE_TTL)).replace("BODY", body)
+    replay = _REPLAYS.get(body, "")
+    return scripts.IDEMPOTENT.replace("DONE_TTL", str(DONE_TTL)).replace("REPLAY", replay).replace("BODY", body)
 
 
 @implementer(IChatStore)
