@@ -249,6 +249,7 @@ def test_history_by_room_uuid_checks_permission() -> None:
     ('{"Offset":-1}', ["HISTORY", "Offset"]),
     ('{"Limit":"40"}', ["HISTORY", "Limit"]),
     ('{"Limit":true}', ["HISTORY", "Limit"]),
+    ('{"Offset":' + "[" * 3000 + "]" * 3000 + "}", ["HISTORY", "JSON"]),  # deeper than Python's recursion limit
 ])
 def test_bad_history_paging_is_refused(text: str, words: list[str]) -> None:
     """HISTORY with paging that is not JSON {Offset, Limit} of non-negative integers gets an error."""

@@ -280,3 +280,22 @@ async def test_a_peer_writes_at_most_60_lines_a_minute_of_refusals_or_websocket_
     samples = await scrape(daemon)
     assert value(samples, "wsgw_log_lines_suppressed_total", kind="refused") == 10
     assert value(samples, "wsgw_log_lines_suppressed_total", kind="websocket") == 40
+
+
+def test_a_frame_failing_unexpectedly_logs_its_traceback_within_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chat frame that fails unexpectedly (a bug a peer can repeat) is answered "internal error" every time,
+    but its traceback is logged within the budget of kind internal_error, the rest counted."""
+    from wsgw.chat.service import ChatService
+    from wsgw.testing import ChatHarness, join
+
+    events: list[dict[str, Any]] = []
+    chat = ChatHarness(log_budget=LineBudget(Clock(), per_minute=5))
+    monkeypatch.setattr(ChatService, "_log", Logger(namespace="wsgw.chat", observer=captured(events)))
+    alice = chat.connect("alice")
+    chat.store.find_or_create_room = lambda *a: 1 / 0  # type: ignore[method-assign]
+    for _ in range(50):
+        chat.send(alice, join())
+    answers = [json.loads(payload) for payload in alice.connection.sent]
+    assert answers == [{"@type": "error", "error": "JOIN: internal error"}] * 50
+    tracebacks = [e for e in events if e.get("log_failure") is not None]
+    assert len(tracebacks) == 5 and chat.service._budget.suppressed == {"internal_error": 45}

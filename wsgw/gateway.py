@@ -213,7 +213,8 @@ class Gateway:
         while waiting and not session.flow.stopped and session.waiting is None:
             d = self._handle(session, *waiting.popleft())
             if d is not None:
-                d.addErrback(lambda f: self._log.failure("handling a frame of session {sid}", f, sid=session.sid))
+                d.addErrback(lambda f: self._budget.failure(self._log, "handling a frame of session {sid}", f,
+                                                            sid=session.sid))
         if waiting and session.waiting is not None:
             session.waiting.extendleft(reversed(waiting))
         return result
@@ -246,7 +247,8 @@ class Gateway:
                 else:
                     self._refuse(session, f"subscribe: {reason}", CLOSE_AUTH, "access_denied")
             else:
-                self._log.failure("subscribe failed unexpectedly for session {sid}", failure, sid=session.sid)
+                self._budget.failure(self._log, "subscribe failed unexpectedly for session {sid}", failure,
+                                     sid=session.sid)
                 self._refuse(session, "subscribe: internal error", CLOSE_TRY_AGAIN, "internal_error")
 
         d: Deferred[Any] = self._verifier.verify(token)

@@ -127,11 +127,12 @@ def twistd_observer() -> ILogObserver:
     return json_observer(out)
 
 
-KINDS = ("subscribed", "refused", "too_slow", "access_backend", "chat_store", "websocket", "http")
+KINDS = ("subscribed", "refused", "too_slow", "access_backend", "chat_store", "websocket", "http", "internal_error")
 """The kinds of lines a ``LineBudget`` counts (the ``kind`` label of ``wsgw_log_lines_suppressed_total``): subscribes
 accepted, subscribes refused, readers closed 4008, access backend failures, chat frames refused while the store
-is unavailable, Autobahn's lines about a socket (a failed handshake, a dropped connection, a protocol error), and
-the HTTP access log."""
+is unavailable, Autobahn's lines about a socket (a failed handshake, a dropped connection, a protocol error), the
+HTTP access log, and the tracebacks of a client frame or subscribe that failed unexpectedly (a bug, which a peer
+repeating the frame must not turn into a flood of tracebacks)."""
 
 
 class LineBudget:
@@ -182,3 +183,8 @@ class LineBudget:
         """``log.warn(text, **fields)`` within the budget of ``kind``."""
         if self.admit(kind):
             log.emit(LogLevel.warn, text, **fields)
+
+    def failure(self, log: Logger, text: str, failure: Any = None, **fields: Any) -> None:
+        """``log.failure(text, failure, **fields)`` (a traceback, critical) within the budget of ``internal_error``."""
+        if self.admit("internal_error"):
+            log.failure(text, failure, **fields)

@@ -155,7 +155,7 @@ def paging(frame: Frame) -> tuple[int, int]:
         raise bad
     try:
         wanted = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nesting deeper than the recursion limit: a 6 KB frame can hold it)
         raise bad from None
     if not isinstance(wanted, dict):
         raise bad

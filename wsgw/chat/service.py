@@ -292,7 +292,7 @@ class ChatService:
                 self.limits_refused[refused.limit] += 1
             self._reply(session, error(str(refused)))
         except Exception:  # noqa: BLE001 - a store failure must answer the socket, not kill it
-            self._log.failure("chat {action} from {session} failed", action=name, session=session)
+            self._budget.failure(self._log, "chat {action} from {session} failed", action=name, session=session)
             self._reply(session, error(f"{name}: internal error"))
 
     def _reply(self, session: Session, payload: bytes) -> None:
