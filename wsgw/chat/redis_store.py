@@ -97,8 +97,8 @@ class RedisChatStore:
     """The shared store on Redis, on one connection (not a pool) so that one instance's commands are
     applied in the order it issued them (but a change in doubt, sent again, may land after later ones);
     every key starts with ``prefix``. At most ``max_in_doubt`` changes are in doubt at once (0: no cap):
-    past it a change is refused unsent (StoreUnavailable). ``in_doubt``, ``resent`` and ``refused`` are
-    read by /metrics."""
+    past it a change is refused unsent (StoreUnavailable); changes sent and not answered yet count too, since
+    each may go in doubt. ``in_doubt``, ``resent`` and ``refused`` are read by /metrics."""
 
     def __init__(self, redis: RedisCommands, prefix: str = "wsgw:chat:", max_in_doubt: int = MAX_IN_DOUBT) -> None:
         self._redis = redis
@@ -106,7 +106,8 @@ class RedisChatStore:
         self._max_in_doubt = max_in_doubt
         self.in_doubt = 0  # changes sent without an answer yet, sent again until one is answered (metrics)
         self.resent = 0  # runs of changes in doubt sent again (metrics)
-        self.refused = 0  # changes refused unsent: max_in_doubt changes were in doubt (metrics)
+        self.refused = 0  # changes refused unsent: max_in_doubt changes were in doubt or unanswered (metrics)
+        self._unanswered = 0  # changes sent and not answered yet: each may go in doubt
 
     async def _send(self, script: str, argv: list[str], change: bool) -> Any:
         """Run a script; StoreUnavailable when it could not be sent, _NoAnswer when sent but not answered."""
@@ -135,14 +136,17 @@ class RedisChatStore:
             argv = [self._prefix, *[str(a) for a in args]]
 
         async def run() -> Any:
-            if self._max_in_doubt and self.in_doubt >= self._max_in_doubt:
+            if self._max_in_doubt and self.in_doubt + self._unanswered >= self._max_in_doubt:
                 self.refused += 1
-                raise StoreUnavailable(f"{self.in_doubt} changes wait for Redis to answer")
+                raise StoreUnavailable(f"{self.in_doubt + self._unanswered} changes wait for Redis to answer")
+            self._unanswered += 1
             try:
                 doc = await self._send(script, argv, True)
-            except _NoAnswer as e:
+            except _NoAnswer as e:  # (the resend counts in in_doubt from its start, before _unanswered drops)
                 outcome = Deferred.fromCoroutine(self._resend(script, argv)).addCallback(late or convert)
                 raise model.OutcomeUnknown(str(e), outcome) from None
+            finally:
+                self._unanswered -= 1
             return convert(doc)
         return self._run(run())
 
