@@ -1024,3 +1024,28 @@ def test_an_edit_is_checked_before_its_text_is_sanitized(monkeypatch: pytest.Mon
         assert_error(who, "POST", *words)
     assert sanitized == ["mine", "mine, edited"]
     assert chat.service.limits_refused == {"edits_per_message": 1}
+
+
+def test_ids_that_utf8_cannot_hold_are_refused_clearly() -> None:
+    """A lone surrogate (valid in a JSON escape) in a room's type object or uuid, or in a message uuid, is
+    refused with the field's rule, never passed to the store (Redis cannot encode it: "internal error" and a
+    traceback, before); in a label it becomes U+FFFD like in a message."""
+    chat = ChatHarness()
+    alice = chat.connect("alice")
+    chat.send(alice, join())
+    room_uuid = chat.room()["Uuid"]
+    frames(alice)
+    bad = "x\ud800"
+    for frame, words in (
+        (join("NODE", bad), ("JOIN", "Room.RoomTypeObject must be a string of at most 512")),
+        (history({"Uuid": bad}), ("HISTORY", "Room.Uuid must be a string of at most 512")),
+        (post(room_uuid, "edit", Uuid=bad), ("POST", "Message.Uuid must be a string of at most 512")),
+        ({"@type": "DELETE_MSG", "Message": {"RoomUuid": room_uuid, "Uuid": bad}},
+         ("DELETE_MSG", "Message.Uuid must be a string of at most 512")),
+        ({"@type": "DELETE_MSG", "Message": {"RoomUuid": room_uuid, "Uuid": "m" * 513}},
+         ("DELETE_MSG", "Message.Uuid must be a string of at most 512")),
+    ):
+        chat.send(alice, frame)
+        assert_error(alice, *words)
+    chat.send(alice, join("NODE", "n-1", RoomLabel="label \ud800"))
+    assert chat.room("NODE", "n-1")["RoomLabel"] == "label \ufffd"

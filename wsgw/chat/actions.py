@@ -324,8 +324,8 @@ class Actions:
         if len(text) > self._max_chars:
             raise Refused(f"POST: message too long ({len(text)} characters, at most {self._max_chars})")
         edit_uuid = message.get("Uuid")
-        if edit_uuid is not None and (not isinstance(edit_uuid, str) or len(edit_uuid) > requests.MAX_FIELD):
-            raise Refused("POST: Message.Uuid must be a string")
+        if edit_uuid is not None and not requests.is_field(edit_uuid):
+            raise Refused(f"POST: Message.Uuid must be a string of at most {requests.MAX_FIELD} characters")
         room_uuid = requests.joined_room(state.rooms, frame, "POST")
         if edit_uuid and worth_offloading(text):  # who may edit is checked before costly work on the text (the
             self._editable(await self._store.get_message(room_uuid, edit_uuid), access.login)  # edit checks again)
@@ -384,8 +384,10 @@ class Actions:
     async def delete(self, session: Session, state: ChatSocket, access: Access, frame: Frame) -> None:
         message = requests.message_of(frame, "DELETE_MSG")
         message_uuid = message.get("Uuid")
-        if not isinstance(message_uuid, str) or not message_uuid:
+        if not message_uuid:
             raise Refused("DELETE_MSG: missing Message.Uuid")
+        if not requests.is_field(message_uuid):
+            raise Refused(f"DELETE_MSG: Message.Uuid must be a string of at most {requests.MAX_FIELD} characters")
         room_uuid = requests.joined_room(state.rooms, frame, "DELETE_MSG")
         try:
             deleted = await self._store.delete_message(room_uuid, message_uuid, access.login)

@@ -7,8 +7,9 @@ action; the service answers it with an error frame and the socket stays open.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 
@@ -18,6 +19,7 @@ from wsgw.chat.model import ROOM_TYPES, Message
 from wsgw.frames import MalformedEvent, encode
 
 MAX_FIELD = 512  # characters of a room type object, label, or uuid
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one: valid in a JSON escape, not in UTF-8 (nor in Redis)
 
 Frame = dict[str, Any]
 JoinedRooms = Mapping[str, tuple[str, str]]  # joined room uuid -> (Type, RoomTypeObject)
@@ -44,6 +46,12 @@ class Limited(Refused):
     def __init__(self, reason: str, limit: str) -> None:
         super().__init__(reason)
         self.limit = limit
+
+
+def is_field(value: object) -> TypeGuard[str]:
+    """Whether ``value`` can name a room or a message: a string of at most ``MAX_FIELD`` characters that UTF-8
+    can hold (a lone surrogate cannot be stored)."""
+    return isinstance(value, str) and len(value) <= MAX_FIELD and not _SURROGATE.search(value)
 
 
 def show(value: object) -> str:
@@ -83,7 +91,7 @@ def room_spec(frame: Frame, action: str) -> tuple[str, str, str]:
     type_object = "" if type_object is None else type_object
     label = room.get("RoomLabel")
     label = "" if label is None else label
-    if not isinstance(type_object, str) or len(type_object) > MAX_FIELD:
+    if not is_field(type_object):
         raise Refused(f"{action}: Room.RoomTypeObject must be a string of at most {MAX_FIELD} characters")
     if not isinstance(label, str) or len(label) > MAX_FIELD:
         raise Refused(f"{action}: Room.RoomLabel must be a string of at most {MAX_FIELD} characters")
@@ -98,8 +106,8 @@ def room_uuid_of(frame: Frame, action: str) -> str | None:
     if not isinstance(room, dict) or not room.get("Uuid"):
         return None
     room_uuid = room["Uuid"]
-    if not isinstance(room_uuid, str) or len(room_uuid) > MAX_FIELD:
-        raise Refused(f"{action}: Room.Uuid must be a string")
+    if not is_field(room_uuid):
+        raise Refused(f"{action}: Room.Uuid must be a string of at most {MAX_FIELD} characters")
     return room_uuid
 
 
