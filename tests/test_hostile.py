@@ -403,7 +403,7 @@ async def test_unknown_and_mistyped_chat_frames_get_error_frames_and_the_socket_
              "HISTORY: Offset must be a non-negative integer"),
             ({"@type": "HISTORY", "Room": {"Type": "GLOBAL"}, "Message": {"Message": '{"Limit":1.5}'}},
              "HISTORY: Limit must be a non-negative integer"),
-            ({"@type": "DELETE_MSG", "Message": {"Uuid": ["x"]}}, "DELETE_MSG: missing Message.Uuid"),
+            ({"@type": "DELETE_MSG", "Message": {"Uuid": ["x"]}}, "DELETE_MSG: Message.Uuid must be a string of at most 512 characters"),
         ]
         for frame, error in cases:
             chat.send_json(frame)
