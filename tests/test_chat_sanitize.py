@@ -220,6 +220,9 @@ def test_lone_surrogates_become_replacement_characters(text: str, expected: str)
     ("&lt;script&gt;alert(1)&lt;/script&gt;ok", "&lt;script&gt;alert(1)&lt;/script&gt;ok"),  # text, no tag
     ("&lt;script&gt; hello", "&lt;script&gt; hello"),  # was stripped whole: "POST: empty message"
     ("x<y", "x&lt;y"),  # no HTML for Markdown, an unfinished tag for an HTML parser: shown "x<y" either way
+    ("if (a<b || c>d) return", "if (a&lt;b || c>d) return"),  # no tag for Markdown: was "if (ad) return"
+    ("map<string, int> m", "map&lt;string, int> m"),
+    ("i<j, and j>k <b>x</b>", "i&lt;j, and j>k x"),  # a real tag after it still goes
     ("<img src=x onerror=alert(1)", "&lt;img src=x onerror=alert(1)"),
     ("x <!-- hidden --> y", "x  y"),
     ("```python\nif a<b: print('<b>')\n```\nafter <i>x</i>", "```python\nif a<b: print('<b>')\n```\nafter x"),

@@ -17,7 +17,7 @@ import re
 
 import nh3
 from markdown_it import MarkdownIt
-from markdown_it.rules_inline import StateInline, autolink, backtick
+from markdown_it.rules_inline import StateInline, autolink, backtick, html_inline
 from markdown_it.token import Token
 
 OFFLOAD_CHARS = 1000  # below this, sanitizing costs at most a few ms even for crafted input
@@ -33,7 +33,8 @@ def worth_offloading(text: str) -> bool:
 _NEWLINES = re.compile(r"\r\n?")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only lone ones reach a str (JSON "\\ud800"); UTF-8 cannot hold them
 _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")  # where an HTML parser starts a tag, a comment or a declaration
-_MARKS = {"`": re.compile("`"), "<": re.compile("<")}  # the first character of a code span, of an autolink
+_LT = re.compile("<")
+_MARKS = {"`": re.compile("`"), "<": _LT}  # the first character of a code span, of an autolink
 _PASSES = 3  # clean-and-reparse rounds before falling back to escaping every "<" (cost: 2 parses each)
 
 
@@ -58,10 +59,22 @@ def _recording_autolink(state: StateInline, silent: bool) -> bool:
     return found
 
 
+def _recording_html_inline(state: StateInline, silent: bool) -> bool:
+    """markdown-it's raw HTML rule, noting on the html_inline token where in the inline source it starts."""
+    start, count = state.pos, len(state.tokens)
+    found = html_inline(state, silent)
+    if found and not silent:
+        for token in state.tokens[count:]:
+            if token.type == "html_inline":
+                token.meta["span"] = (start, state.pos)
+    return found
+
+
 def _parser(*extensions: str) -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": True}).enable(list(extensions))
     md.inline.ruler.at("backticks", _recording_backtick)
     md.inline.ruler.at("autolink", _recording_autolink)
+    md.inline.ruler.at("html_inline", _recording_html_inline)
     return md
 
 
@@ -87,7 +100,8 @@ def _clean_prose(text: str) -> str:
     nh3's escaped (inert) output."""
     for _ in range(4):
         cut = text.rfind(">") + 1
-        protected = text[:cut].replace("&", "&amp;") + _TAG_START.sub("&amp;lt;", text[cut:].replace("&", "&amp;"))
+        protected = (text[:cut].replace("&", "&amp;") + _TAG_START.sub("&amp;lt;", text[cut:].replace("&", "&amp;"))
+                     ).replace("\x00", "&amp;lt;")  # a '<' _clean_outside found to start no HTML
         cleaned = html.unescape(nh3.clean(protected, tags=set()))
         if cleaned == text:
             return text
@@ -100,6 +114,45 @@ def _verbatim(child: Token, mark: str) -> bool:
     if mark == "`":
         return child.type == "code_inline"
     return child.type == "link_open" and child.markup == "autolink"
+
+
+def _html_starts(text: str, tokens: list[Token]) -> set[int]:
+    """The offsets of ``text`` where the parse ``tokens`` sees raw HTML: each ``<`` on the lines of an HTML
+    block, and the ``<`` that starts each inline HTML tag, found as ``_code_ranges`` finds autolinks (the n-th
+    ``<`` of a row's inline contents is the n-th of its source lines). Raises _Unmapped when they disagree."""
+    starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def offset(line: int) -> int:
+        return starts[line] if line < len(starts) else len(text)
+
+    found: set[int] = set()
+    rows: dict[tuple[int, int], list[Token]] = {}
+    for token in tokens:
+        if token.type == "html_block" and token.map is not None:
+            found.update(m.start() for m in _LT.finditer(text, offset(token.map[0]), offset(token.map[1])))
+        elif token.type == "inline" and any(c.type == "html_inline" for c in token.children or ()):
+            if token.map is None:
+                raise _Unmapped
+            rows.setdefault((token.map[0], token.map[1]), []).append(token)
+    for (first, last), inlines in rows.items():
+        source = [m.start() for m in _LT.finditer(text, offset(first), offset(last))]
+        at = 0
+        for token in inlines:
+            index: dict[int, int] = {}
+            for m in _LT.finditer(token.content):
+                index[m.start()] = at
+                at += 1
+            for child in token.children or ():
+                span = child.meta.get("span") if child.type == "html_inline" else None
+                if child.type == "html_inline" and (span is None or span[0] not in index):
+                    raise _Unmapped
+                if span is not None:
+                    if index[span[0]] >= len(source):
+                        raise _Unmapped
+                    found.add(source[index[span[0]]])
+        if at > len(source) or (len(inlines) == 1 and at != len(source)):
+            raise _Unmapped
+    return found
 
 
 def _code_ranges(text: str, tokens: list[Token]) -> list[tuple[int, int]]:
@@ -179,15 +232,23 @@ def _has_html(tokens: list[Token]) -> bool:
     )
 
 
-def _clean_outside(text: str, ranges: list[tuple[int, int]]) -> str:
-    """``text`` with everything outside ``ranges`` (sorted, disjoint) cleaned as prose."""
+def _clean_outside(text: str, ranges: list[tuple[int, int]], html: set[int] | None) -> str:
+    """``text`` with everything outside ``ranges`` (sorted, disjoint) cleaned as prose. A ``<`` there that
+    starts no HTML for Markdown (not in ``html``; None: unknown, any may) is kept as ``&lt;``, which renders as
+    typed: an HTML parser would take ``a<b || c>d`` for a tag and drop it."""
+    def prose(start: int, end: int) -> str:
+        chunk = text[start:end]
+        if html is not None:  # (a '<' no HTML parser takes for a tag, as in 'a < b', stays as it is)
+            chunk = _TAG_START.sub(lambda m: "<" if start + m.start() in html else "\x00", chunk)
+        return _clean_prose(chunk)
+
     out: list[str] = []
     at = 0
     for start, end in ranges:
-        out.append(_clean_prose(text[at:start]))
+        out.append(prose(at, start))
         out.append(text[start:end])
         at = end
-    out.append(_clean_prose(text[at:]))
+    out.append(prose(at, len(text)))
     return "".join(out)
 
 
@@ -198,7 +259,9 @@ def sanitize_markdown(text: str) -> str:
     what is code: code spans, fenced and indented code blocks are kept verbatim,
     since Markdown shows them as literal text (so ``if a<b:`` in code is not
     eaten as a tag). Everything else goes through nh3 (no tag allowed) and is
-    unescaped back to Markdown source. Cleaning can change how the rest parses,
+    unescaped back to Markdown source; a ``<`` where Markdown sees no raw HTML
+    (``a<b || c>d``) is kept as ``&lt;`` rather than left to nh3, which would
+    take it for a tag. Cleaning can change how the rest parses,
     so the result is parsed again until it is stable and holds no raw HTML;
     text that does not get there in a few rounds, or holds more than
     ``MAX_MARKUP`` markup characters, has every ``<`` escaped, which no Markdown
@@ -219,7 +282,11 @@ def sanitize_markdown(text: str) -> str:
                 common = _intersection(common, _code_ranges(text, tokens))
         except _Unmapped:
             common = []  # clean everything: code may lose a tag, nothing unsafe stays
-        cleaned = _clean_outside(text, common)
+        try:
+            html: set[int] | None = set().union(*(_html_starts(text, tokens) for tokens in parses))
+        except _Unmapped:
+            html = None  # any '<' may start a tag: nh3 decides
+        cleaned = _clean_outside(text, common, html)
         if cleaned == text and not any(_has_html(tokens) for tokens in parses):
             return text
         text = cleaned
