@@ -153,6 +153,11 @@ class Gateway:
         session.flow.stop()
         session.waiting = None
 
+    def failed(self, text: str, failure: Any, **fields: Any) -> None:
+        """Log the traceback of work for a client that failed unexpectedly (a bug a peer may repeat), within the
+        log budget (kind ``internal_error``)."""
+        self._budget.failure(self._log, text, failure, **fields)
+
     def reject(self, session: Session, code: int, reason: str) -> None:
         """Tell the client why in an error frame, then close with ``code``."""
         session.send(frames.error(reason))
@@ -213,8 +218,7 @@ class Gateway:
         while waiting and not session.flow.stopped and session.waiting is None:
             d = self._handle(session, *waiting.popleft())
             if d is not None:
-                d.addErrback(lambda f: self._budget.failure(self._log, "handling a frame of session {sid}", f,
-                                                            sid=session.sid))
+                d.addErrback(lambda f: self.failed("handling a frame of session {sid}", f, sid=session.sid))
         if waiting and session.waiting is not None:
             session.waiting.extendleft(reversed(waiting))
         return result
@@ -247,8 +251,7 @@ class Gateway:
                 else:
                     self._refuse(session, f"subscribe: {reason}", CLOSE_AUTH, "access_denied")
             else:
-                self._budget.failure(self._log, "subscribe failed unexpectedly for session {sid}", failure,
-                                     sid=session.sid)
+                self.failed("subscribe failed unexpectedly for session {sid}", failure, sid=session.sid)
                 self._refuse(session, "subscribe: internal error", CLOSE_TRY_AGAIN, "internal_error")
 
         d: Deferred[Any] = self._verifier.verify(token)

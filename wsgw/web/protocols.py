@@ -119,7 +119,7 @@ class GatewayProtocol(ServerProtocol):
             return
         d = gateway.receive(session, frame, len(payload))
         if d is not None:
-            d.addErrback(lambda f: self._log.failure("handling a frame of session {sid}", f, sid=session.sid))
+            d.addErrback(lambda f: gateway.failed("handling a frame of session {sid}", f, sid=session.sid))
 
     def message_too_big(self, limit: int) -> None:
         session = self._session
