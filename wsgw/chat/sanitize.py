@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
 
 import nh3
 from markdown_it import MarkdownIt
@@ -116,15 +117,37 @@ def _verbatim(child: Token, mark: str) -> bool:
     return child.type == "link_open" and child.markup == "autolink"
 
 
+def _line_offset(text: str) -> Callable[[int], int]:
+    """The offset in ``text`` where a line (markdown-it's ``map`` numbering) starts; past the last, the end."""
+    starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    return lambda line: starts[line] if line < len(starts) else len(text)
+
+
+def _ranks(text: str, lines: tuple[int, int], inlines: list[Token],
+           pattern: re.Pattern[str]) -> tuple[list[int], list[dict[int, int]]]:
+    """Where ``pattern``'s matches stand on the source ``lines`` (offsets ``[start, end)``) of a row of inline
+    tokens (a paragraph, a heading, the cells of a table row), and for each token the rank, among them, of each
+    match in its content: the n-th match of the row's contents is the n-th of its source lines (see
+    ``_code_ranges``). Raises _Unmapped when the counts disagree."""
+    source = [m.start() for m in pattern.finditer(text, *lines)]
+    indexes: list[dict[int, int]] = []
+    at = 0
+    for token in inlines:
+        index: dict[int, int] = {}
+        for m in pattern.finditer(token.content):
+            index[m.start()] = at
+            at += 1
+        indexes.append(index)
+    if at > len(source) or (len(inlines) == 1 and at != len(source)):
+        raise _Unmapped
+    return source, indexes
+
+
 def _html_starts(text: str, tokens: list[Token]) -> set[int]:
     """The offsets of ``text`` where the parse ``tokens`` sees raw HTML: each ``<`` on the lines of an HTML
-    block, and the ``<`` that starts each inline HTML tag, found as ``_code_ranges`` finds autolinks (the n-th
-    ``<`` of a row's inline contents is the n-th of its source lines). Raises _Unmapped when they disagree."""
-    starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def offset(line: int) -> int:
-        return starts[line] if line < len(starts) else len(text)
-
+    block, and the ``<`` that starts each inline HTML tag, found as ``_code_ranges`` finds autolinks. Raises
+    _Unmapped when the source and the parse disagree."""
+    offset = _line_offset(text)
     found: set[int] = set()
     rows: dict[tuple[int, int], list[Token]] = {}
     for token in tokens:
@@ -135,23 +158,14 @@ def _html_starts(text: str, tokens: list[Token]) -> set[int]:
                 raise _Unmapped
             rows.setdefault((token.map[0], token.map[1]), []).append(token)
     for (first, last), inlines in rows.items():
-        source = [m.start() for m in _LT.finditer(text, offset(first), offset(last))]
-        at = 0
-        for token in inlines:
-            index: dict[int, int] = {}
-            for m in _LT.finditer(token.content):
-                index[m.start()] = at
-                at += 1
+        source, indexes = _ranks(text, (offset(first), offset(last)), inlines, _LT)
+        for token, index in zip(inlines, indexes, strict=True):
             for child in token.children or ():
-                span = child.meta.get("span") if child.type == "html_inline" else None
-                if child.type == "html_inline" and (span is None or span[0] not in index):
-                    raise _Unmapped
-                if span is not None:
-                    if index[span[0]] >= len(source):
+                if child.type == "html_inline":
+                    span = child.meta.get("span")
+                    if span is None or span[0] not in index:
                         raise _Unmapped
                     found.add(source[index[span[0]]])
-        if at > len(source) or (len(inlines) == 1 and at != len(source)):
-            raise _Unmapped
     return found
 
 
@@ -166,11 +180,7 @@ def _code_ranges(text: str, tokens: list[Token]) -> list[tuple[int, int]]:
     the inline tokens of the same lines (the cells of a table row) in order, the n-th backtick (``<``)
     of their contents is the n-th one of those lines, and a span that starts on it maps back exactly
     (an autolink holds no whitespace, so it stands in its source as in its content)."""
-    starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def offset(line: int) -> int:
-        return starts[line] if line < len(starts) else len(text)
-
+    offset = _line_offset(text)
     ranges: list[tuple[int, int]] = []
     rows: dict[tuple[int, int], list[Token]] = {}
     for token in tokens:
@@ -186,26 +196,19 @@ def _code_ranges(text: str, tokens: list[Token]) -> list[tuple[int, int]]:
         if not any(_verbatim(c, "`") or _verbatim(c, "<") for t in inlines for c in t.children or ()):
             continue
         for mark, pattern in _MARKS.items():
-            source = [m.start() for m in pattern.finditer(text, offset(first), offset(last))]
-            at = 0
-            for token in inlines:
-                index: dict[int, int] = {}
-                for m in pattern.finditer(token.content):
-                    index[m.start()] = at
-                    at += 1
+            source, indexes = _ranks(text, (offset(first), offset(last)), inlines, pattern)
+            for token, index in zip(inlines, indexes, strict=True):
                 for child in token.children or ():
                     if not _verbatim(child, mark):
                         continue
                     span = child.meta.get("span")
-                    if span is None or at > len(source) or span[0] not in index:
+                    if span is None or span[0] not in index:
                         raise _Unmapped
                     begin = source[index[span[0]]]
                     if mark == "`":
                         ranges.append((begin, source[index[span[1] - 1]] + 1))
                     else:
                         ranges.append((begin, begin + span[1] - span[0]))
-            if at > len(source) or (len(inlines) == 1 and at != len(source)):
-                raise _Unmapped
     return sorted(ranges)
 
 
