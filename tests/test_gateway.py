@@ -14,6 +14,7 @@ from wsgw.events.endpoint import EventsEndpoint
 from wsgw.events.nodes import InView
 from wsgw.gateway import Gateway
 from wsgw.interfaces import IEndpoint
+from wsgw.revocations import Revocations
 from wsgw.sessions import ForLogin, Session, fan_out
 from wsgw.testing import RecordingConnection
 
@@ -39,6 +40,8 @@ class FakeVerifier:
 
 class FakeResolver:
     """Every user has ``grants[login]``, by default WS only."""
+
+    refreshes = False
 
     def __init__(self) -> None:
         self.grants: dict[str, tuple[Workspace, ...]] = {}
@@ -89,6 +92,7 @@ class World:
         self.clock = Clock()
         self.verifier = FakeVerifier()
         self.resolver = FakeResolver()
+        gateway.setdefault("revocations", Revocations(self.clock, 10**6))  # the tokens here live up to 10^5 s
         self.gateway = Gateway(self.clock, self.verifier, self.resolver, **gateway)
         self.ws = EventsEndpoint(self.gateway.table, self.clock, pacing_rate=pacing_rate, pacing_burst=pacing_burst,
                                  pacing_max_delay=pacing_max_delay)

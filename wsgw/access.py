@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import attrs
@@ -59,6 +60,18 @@ class Workspace:
 
 
 @attrs.frozen
+class Identity:
+    """Who a verified token names (PROTOCOL.md §2): ``login`` (``name``, else ``preferred_username``), ``sub``
+    (empty when absent), ``exp``, ``iat`` (unix seconds, None when absent) and ``jti`` (None when absent)."""
+
+    login: str
+    sub: str
+    exp: int | None = None
+    iat: float | None = None
+    jti: str | None = None
+
+
+@attrs.frozen
 class Access:
     """What a subscribed session holds about its user."""
 
@@ -68,6 +81,18 @@ class Access:
     roles: frozenset[str]
     workspaces: tuple[Workspace, ...]
     exp: int | None = None
+    iat: float | None = None  # the token's issue time (unix seconds), for revocations (PROTOCOL.md §3.1)
+    jti: str | None = None  # the token's id, for revocations
+
+    @property
+    def identity(self) -> Identity:
+        """Who holds this access, as the token named them."""
+        return Identity(self.login, self.sub, self.exp, self.iat, self.jti)
+
+    def without_workspaces(self, uuids: AbstractSet[str]) -> Access:
+        """This access less the workspaces ``uuids`` (self when it holds none of them)."""
+        kept = tuple(ws for ws in self.workspaces if ws.uuid not in uuids)
+        return self if len(kept) == len(self.workspaces) else attrs.evolve(self, workspaces=kept)
 
     @property
     def subjects(self) -> frozenset[str]:
@@ -126,9 +151,26 @@ def _parse_root(slug: str, root: object) -> Root:
     return Root(uuid, path, key)
 
 
-def access_from_document(login: str, sub: str, doc: Mapping[str, Any], exp: int | None) -> Access:
+def access_from_document(who: Identity, doc: Mapping[str, Any]) -> Access:
     """Build an Access from ``{"profile","roles","workspaces"}`` (claims or the http resolver's answer)."""
     profile = doc.get("profile") or "standard"
     if not isinstance(profile, str):
         raise AccessError("profile must be a string")
-    return Access(login, sub, profile, parse_roles(doc.get("roles")), parse_workspaces(doc.get("workspaces")), exp)
+    return Access(who.login, who.sub, profile, parse_roles(doc.get("roles")), parse_workspaces(doc.get("workspaces")),
+                  who.exp, who.iat, who.jti)
+
+
+def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
+    """The Identity of verified claims; AccessError when the login is missing or ``sub`` is not a string."""
+    login = login_claim(claims)
+    if login is None:
+        raise AccessError("token has no login (name)")
+    sub = claims.get("sub", "")
+    if not isinstance(sub, str):
+        raise AccessError("token sub must be a string")
+    exp, iat, jti = _number(claims.get("exp")), _number(claims.get("iat")), claims.get("jti")
+    return Identity(login, sub, None if exp is None else int(exp), iat, jti if isinstance(jti, str) else None)
+
+
+def _number(value: object) -> float | None:
+    return None if isinstance(value, bool) or not isinstance(value, (int, float)) else value

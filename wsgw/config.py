@@ -23,6 +23,7 @@ DEFAULT_TOPICS = {
     "idm": "topic.pydio.idm.event",
     "activity": "topic.pydio.activity.event",
     "chat": "topic.pydio.chat.event",
+    "control": "topic.wsgw.control",
 }
 
 
@@ -128,6 +129,8 @@ class Config:
     issuer: str = _key("auth", "issuer", _text, "")
     audience: str = _key("auth", "audience", _text, "")
     leeway: float = _key("auth", "leeway", _positive_float, "30")
+    max_token_lifetime: float = _key("auth", "max_token_lifetime", _positive_float, "86400")
+    revocation_prefix: str = _key("auth", "revocation_prefix", _text, "wsgw:revoked:")
     resolver: str = _key("access", "resolver", _choice("claims", "http"), "claims")
     access_url: str = _key("access", "url", _http_url, "")
     access_cache_ttl: float = _key("access", "cache_ttl", _positive_float, "10")
@@ -179,6 +182,7 @@ class Config:
     topic_idm: str = _key("topics", "idm", _text, DEFAULT_TOPICS["idm"])
     topic_activity: str = _key("topics", "activity", _text, DEFAULT_TOPICS["activity"])
     topic_chat: str = _key("topics", "chat", _text, DEFAULT_TOPICS["chat"])
+    topic_control: str = _key("topics", "control", _text, DEFAULT_TOPICS["control"])
     hmac_secret: bytes | None = attrs.field(default=None, repr=False)
     public_key_pem: bytes | None = attrs.field(default=None, repr=False)
     redis_password: str | None = attrs.field(default=None, repr=False)

@@ -20,6 +20,9 @@ are (node events, tasks, replies, chat), and it accounts for all of them:
   prompt reader whole, in order); a paused one has stopped reading: every
   frame is dropped and ``overflow`` is called once (the gateway closes the
   socket with 4008).
+- **Suspended while an access is re-derived** (§3.1): ``suspend()`` makes every
+  frame wait, blocked, until ``unsuspend()`` (after the gateway re-filtered them
+  by the new access), so a slow access backend never lets an old scope through.
 - **Access changes apply to what waits** (§3.1, §4.1): each frame carries the
   *scope* it was produced for (``Scope``: a workspace view, a login, a room...;
   None for replies, which are kept); ``refilter(keep)`` drops the waiting frames
@@ -60,7 +63,7 @@ class Flow:
     """
 
     __slots__ = ("_write", "_clock", "_bucket", "_max_delay", "_max_bytes", "overflow", "_held", "_blocked",
-                 "_bytes", "_outside", "_paused", "_stopped", "_direct", "_call")
+                 "_bytes", "_outside", "_paused", "_suspended", "_stopped", "_direct", "_call")
 
     def __init__(self, write: Callable[[bytes], None], overflow: Callable[[], None] = lambda: None, *,
                  max_bytes: int = 4 << 20) -> None:
@@ -76,8 +79,9 @@ class Flow:
         self._bytes = 0  # everything counted against max_bytes, _outside included
         self._outside = 0  # bytes of frames waiting elsewhere (hold_outside)
         self._paused = False
+        self._suspended = False
         self._stopped = False
-        self._direct = True  # not paused, nothing blocked, not stopped: a frame can be written now
+        self._direct = True  # not paused nor suspended, nothing blocked, not stopped: a frame can be written now
         self._call: IDelayedCall | None = None
 
     def pace(self, bucket: TokenBucket, clock: IReactorTime, max_delay: float) -> None:
@@ -151,19 +155,34 @@ class Flow:
         self._direct = False
 
     def resume(self) -> None:
-        """The connection drained: write what is blocked, in order, until it pauses again."""
+        """The connection drained: write what is blocked, in order, until it pauses again (unless suspended)."""
         self._paused = False
         blocked = self._blocked
-        while blocked and not self._paused:
+        while blocked and not self._paused and not self._suspended:
             payload, _ = blocked.popleft()
             self._bytes -= len(payload) + ENTRY_COST
             self._write(payload)
         if not blocked:
             self._blocked = None
-            self._direct = not self._paused and not self._stopped
+            self._direct = not self._paused and not self._suspended and not self._stopped
+
+    def suspend(self) -> None:
+        """Write nothing until ``unsuspend``: every frame waits, blocked (the session's access is being re-derived,
+        PROTOCOL.md §3.1)."""
+        self._suspended = True
+        self._direct = False
+
+    def unsuspend(self) -> None:
+        """Write what waited (call ``refilter`` first with the new access), unless the connection is paused."""
+        self._suspended = False
+        if not self._paused:
+            self.resume()
 
     def flush(self) -> None:
-        """Write everything blocked now, paused or not (before a close frame: the transport buffers it)."""
+        """Write everything blocked now, paused or not (before a close frame: the transport buffers it); nothing
+        while suspended (what waits is of an access being re-derived: it is dropped with the socket)."""
+        if self._suspended:
+            return
         blocked, self._blocked = self._blocked, None
         for payload, _ in blocked or ():
             self._bytes -= len(payload) + ENTRY_COST

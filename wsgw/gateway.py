@@ -26,9 +26,10 @@ from twisted.python.failure import Failure
 from wsgw import frames
 from wsgw.access import Access, AccessBusy, AccessError, AuthError
 from wsgw.flow import Flow
-from wsgw.frames import CLOSE_AUTH, CLOSE_FLOOD, CLOSE_SLOW, CLOSE_TRY_AGAIN
+from wsgw.frames import CLOSE_AUTH, CLOSE_FLOOD, CLOSE_REVOKED, CLOSE_SLOW, CLOSE_TRY_AGAIN
 from wsgw.interfaces import IAccessResolver, IConnection, IEndpoint, ITokenVerifier
 from wsgw.logs import LineBudget
+from wsgw.revocations import Revocations
 from wsgw.sessions import Session, SessionTable
 
 SUBSCRIBE = ("subscribe", "register")
@@ -73,6 +74,7 @@ class Gateway:
         max_waiting_bytes: int = 64 * 1024,
         max_sockets_per_user: int = 0,
         log_budget: LineBudget | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self._clock = clock
         self._verifier = verifier
@@ -86,12 +88,14 @@ class Gateway:
         self._logins: dict[Session, str] = {}  # subscribed session -> its login, counted in _per_login
         self._per_login: Counter[str] = Counter()
         self._budget = log_budget if log_budget is not None else LineBudget(clock)
+        self.revocations = revocations if revocations is not None else Revocations(clock, 86400.0)
         self.table = SessionTable()
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
         self.refusals: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
         self.withdrawn = 0
+        self.revoked: Counter[str] = Counter()  # sessions closed because their access was revoked, by why
 
     # -- socket lifecycle -------------------------------------------------
 
@@ -148,7 +152,7 @@ class Gateway:
     def close(self, session: Session, code: int, reason: str) -> None:
         """Close the session's socket with ``code`` (PROTOCOL.md §6), counted once per socket; after the close
         frame nothing more is sent, and no frame of the client's is handled."""
-        if session.connection.close(code, reason[:120]):
+        if session.connection.close(code, reason):
             self.closes[code] += 1
         session.flow.stop()
         session.waiting = None
@@ -162,6 +166,37 @@ class Gateway:
         """Tell the client why in an error frame, then close with ``code``."""
         session.send(frames.error(reason))
         self.close(session, code, reason)
+
+    def revoke(self, session: Session, reason: str, why: str, code: int = CLOSE_REVOKED) -> None:
+        """The session may no longer have its access (PROTOCOL.md §3.1): drop every frame waiting for it but
+        replies, tell it ``access revoked: <reason>`` and close it with ``code`` (4003; 1013 when its access could
+        not be re-derived), counted in ``revoked`` by ``why``."""
+        if not session.open or session.flow.stopped:
+            return
+        self.revoked[why] += 1
+        self.withdrawn += session.flow.refilter(lambda scope: False)
+        session.flow.unsuspend()
+        prefix = "access revoked" if code == CLOSE_REVOKED else "access unknown"
+        self._budget.info(self._log, "revoked", "session {sid} ({login}): {prefix}: {reason}", sid=session.sid,
+                          login=session.access.login if session.access else "-", prefix=prefix, reason=reason)
+        self.reject(session, code, f"{prefix}: {reason}")
+
+    def reauthorized(self, session: Session, access: Access) -> None:
+        """``session``'s access was re-derived without the client asking (PROTOCOL.md §3.1): apply ``access`` as a
+        re-subscribe would (less what a revocation withholds; a revoked token closes it 4003), drop the frames
+        waiting that it would not produce, and let the rest go out. No frame tells the client."""
+        if not session.open or session.flow.stopped:
+            return
+        revocation = self.revocations.refuses(access.identity)
+        if revocation is not None:
+            self.revoke(session, f"{revocation.kind} revoked", "revoked")
+            return
+        access = access.without_workspaces(self.revocations.withheld(access))
+        before = session.access
+        assert session.endpoint is not None
+        session.endpoint.subscribe(session, access)
+        self._refilter(session, before)
+        session.flow.unsuspend()
 
     def too_slow(self, session: Session) -> None:
         """The one answer to a reader that stopped reading, whichever of its queues overflowed: 4008."""
@@ -234,8 +269,14 @@ class Gateway:
             return self._resolver.resolve(token, claims)
 
         def resolved(access: Access) -> None:
-            if session.open and session.attempt == attempt:  # not closed, nor overtaken by a later subscribe
-                self._accept(session, access)
+            if not session.open or session.attempt != attempt:  # closed, or overtaken by a later subscribe
+                return
+            refused = self._refused(access)
+            if refused is not None:
+                self._refuse(session, f"subscribe: {refused}", CLOSE_AUTH, "revoked")
+                return
+            session.token = token if self._resolver.refreshes else None
+            self._accept(session, access.without_workspaces(self.revocations.withheld(access)))
 
         def failed(failure: Failure) -> None:
             if not session.open or session.attempt != attempt:
@@ -258,6 +299,16 @@ class Gateway:
         d.addCallback(verified)
         d.addCallbacks(resolved, failed)
         return d
+
+    def _refused(self, access: Access) -> str | None:
+        """Why a token giving ``access`` may not subscribe (PROTOCOL.md §3.1): revoked, or living longer than
+        revocations are kept (``Revocations.max_token_lifetime``); None when it may."""
+        if self.revocations.refuses(access.identity) is not None:
+            return "token revoked"
+        lifetime = self.revocations.max_token_lifetime
+        if access.exp is not None and access.exp - (access.iat or self._clock.seconds()) > lifetime:
+            return f"token lives longer than {lifetime:g} s (exp - iat)"
+        return None
 
     def _accept(self, session: Session, access: Access) -> None:
         assert session.endpoint is not None
@@ -287,6 +338,7 @@ class Gateway:
 
     def _unsubscribe(self, session: Session) -> None:
         session.attempt += 1  # a subscribe in flight no longer counts
+        session.token = None
         self._cancel_timer(session)
         self._count_as(session, None)
         assert session.endpoint is not None

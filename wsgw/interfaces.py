@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from wsgw.access import Access
+    from wsgw.access import Access, Identity
     from wsgw.sessions import Session
 
 
@@ -31,7 +31,8 @@ class IConnection(Interface):
         """
 
     def close(code: int, reason: str) -> bool:
-        """Start the closing handshake with a close code (PROTOCOL.md §6) and a reason of at most 123 bytes.
+        """Start the closing handshake with a close code (PROTOCOL.md §6) and a reason (cut to 123 bytes of UTF-8
+        on a character boundary).
 
         Returns whether this call started it (False when the socket was closing or closed already).
         """
@@ -92,8 +93,17 @@ class IBus(Interface):
 class IAccessResolver(Interface):
     """Turns verified token claims into the session's Access (PROTOCOL.md §3)."""
 
+    refreshes = Attribute("Whether ``refresh`` can ask a source beyond the token (the http resolver): the gateway "
+                          "then keeps each session's token to re-derive its access (PROTOCOL.md §3.1).")
+
     def resolve(token: str, claims: Mapping[str, Any]) -> Deferred[Access]:
         """Fires with an ``wsgw.access.Access``, or fails with ``AccessError``."""
+
+    def refresh(token: str, who: Identity) -> Deferred[Access]:
+        """The access of ``token`` now, past any cache (only called when ``refreshes``); fails as ``resolve``."""
+
+    def invalidate() -> None:
+        """Access may have changed for anyone: forget cached answers (an IDM event, PROTOCOL.md §3.1)."""
 
 
 class INodeMetaSource(Interface):

@@ -40,6 +40,7 @@ from wsgw.interfaces import IAccessResolver, IChatStore
 from wsgw.internals.twisted import clear_exit_signal
 from wsgw.logs import LineBudget
 from wsgw.redis.connection import RedisCommands, RedisLink
+from wsgw.revocations import Revocations
 from wsgw.web.inbound import InboundPolicy
 from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
 from wsgw.web.metrics import Metrics, MetricsView
@@ -73,21 +74,6 @@ class GatewayService(MultiService):
             self.bus = MemoryBus(config.topics)
             store = MemoryChatStore()
         self.chat_store = store
-        self.chat = ChatService(
-            clock, store, lambda payload: self.bus.publish("chat", payload),
-            history_cap=config.history_cap, history_on_join=config.history_on_join,
-            presence_timeout=config.presence_timeout,
-            max_message_chars=config.max_message_chars,
-            offload=lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
-            log_budget=self.log_budget,
-            max_queued_frames=max(1, int(config.inbound_burst)),
-            max_queued_bytes=max(1, int(config.inbound_burst)) * config.max_frame_chat,
-            close=lambda session, code, reason: self.gateway.close(session, code, reason),
-            max_rooms_per_user=config.max_rooms_per_user,
-            max_store_calls=config.max_store_calls,
-            max_edits_per_message=config.max_edits_per_message, max_history_page=config.max_history_page,
-            max_rooms_per_socket=config.max_rooms_per_socket, max_history_bytes=max(1, config.max_queued_bytes // 4),
-        )
         verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,
             public_key_pem=config.public_key_pem, oidc_issuer=config.oidc_issuer or None,
@@ -103,8 +89,25 @@ class GatewayService(MultiService):
         self.gateway = Gateway(clock, verifier, resolver, auth_timeout=config.auth_timeout, leeway=config.leeway,
                                max_queued_bytes=config.max_queued_bytes,
                                max_waiting_frames=max(1, int(config.inbound_burst)),
-                               max_sockets_per_user=config.max_connections_per_user, log_budget=self.log_budget)
+                               max_sockets_per_user=config.max_connections_per_user, log_budget=self.log_budget,
+                               revocations=Revocations(clock, config.max_token_lifetime))
         table = self.gateway.table
+        self.chat = ChatService(
+            clock, store, lambda payload: self.bus.publish("chat", payload),
+            history_cap=config.history_cap, history_on_join=config.history_on_join,
+            presence_timeout=config.presence_timeout,
+            max_message_chars=config.max_message_chars,
+            offload=lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args),
+            log_budget=self.log_budget,
+            max_queued_frames=max(1, int(config.inbound_burst)),
+            max_queued_bytes=max(1, int(config.inbound_burst)) * config.max_frame_chat,
+            close=lambda session, code, reason: self.gateway.close(session, code, reason),
+            max_rooms_per_user=config.max_rooms_per_user,
+            max_store_calls=config.max_store_calls,
+            max_edits_per_message=config.max_edits_per_message, max_history_page=config.max_history_page,
+            max_rooms_per_socket=config.max_rooms_per_socket, max_history_bytes=max(1, config.max_queued_bytes // 4),
+            table=table,
+        )
         self.events = EventsEndpoint(table, clock, pacing_rate=config.pacing_rate, pacing_burst=config.pacing_burst,
                                      pacing_max_delay=config.pacing_max_delay)
         user_meta = HttpNodeMeta(clock, config.node_meta_url, config.node_meta_token) if config.node_meta_url else None

@@ -39,12 +39,13 @@ class Session:
 
     ``flow`` holds its frames not yet written (made by the gateway; None for a session that was never
     opened by one); ``state`` belongs to the endpoint (the chat keeps its per-socket state there);
-    ``timer``, ``attempt`` and ``waiting`` to the gateway (auth timeout or expiry, the count of subscribe
-    attempts, the client frames waiting for a subscribe in flight).
+    ``timer``, ``attempt``, ``waiting`` and ``token`` to the gateway (auth timeout or expiry, the count of
+    subscribe attempts, the client frames waiting for a subscribe in flight, the token its access came from when
+    the resolver can re-derive it).
     """
 
     __slots__ = ("sid", "endpoint", "connection", "access", "flow", "state", "timer", "attempt", "waiting", "open",
-                 "__weakref__")
+                 "token", "__weakref__")
 
     def __init__(self, connection: IConnection, endpoint: IEndpoint | None = None, flow: Flow | None = None) -> None:
         self.sid = next(_ids)
@@ -57,6 +58,7 @@ class Session:
         self.attempt = 0
         self.waiting: deque[tuple[dict[str, Any], int]] | None = None  # (frame, size on the wire)
         self.open = True
+        self.token: str | None = None
 
     def send(self, payload: bytes, scope: Scope | None = None) -> None:
         """Send one frame, not paced (a reply, a chat frame); ``scope``: what access produced it (None: a reply)."""
@@ -159,6 +161,7 @@ class SessionTable:
         self._by_sub: dict[str, Session | set[Session]] = {}
         self._by_role: dict[str, set[Session]] = {}
         self._by_workspace: dict[str, set[Session]] = {}
+        self._quiet = _Holders()  # subscribed sessions that receive no bus events (chat): for designated() only
         self._admins: set[Session] = set()
         # root path -> workspace view -> sessions holding that view
         self._by_root: dict[str, dict[Workspace, set[Session]]] = {}
@@ -173,10 +176,14 @@ class SessionTable:
         """Register an open session (of any endpoint)."""
         self._all.add(session)
 
-    def subscribe(self, session: Session, access: Access) -> None:
-        """Index ``session`` under ``access``, replacing whatever it had before."""
+    def subscribe(self, session: Session, access: Access, *, events: bool = True) -> None:
+        """Index ``session`` under ``access``, replacing whatever it had before. A session of an endpoint that
+        receives no bus events (``events=False``: chat) is found by ``designated`` only."""
         self.unsubscribe(session)
         session.access = access
+        if not events:
+            self._quiet.add(session, access)
+            return
         _index_one(self._by_login, access.login, session)
         _index_one(self._by_sub, access.sub, session)
         for role in access.roles:
@@ -194,6 +201,8 @@ class SessionTable:
         if access is None:
             return
         session.access = None
+        if self._quiet.remove(session, access):
+            return
         _unindex_one(self._by_login, access.login, session)
         _unindex_one(self._by_sub, access.sub, session)
         for role in access.roles:
@@ -228,6 +237,22 @@ class SessionTable:
         """The subscribed sessions having workspace ``uuid``."""
         return self._by_workspace.get(uuid, _EMPTY)
 
+    def designated(self, *, logins: Iterable[str] = (), subs: Iterable[str] = (), roles: Iterable[str] = (),
+                   workspaces: Iterable[str] = ()) -> set[Session]:
+        """The subscribed sessions of every endpoint that any of these designate: of a login, of a user id, having
+        a role or a workspace (PROTOCOL.md §3.1: whose access an IDM event or an operator may change)."""
+        found: set[Session] = set()
+        for holders in (_Holders(self._by_login, self._by_sub, self._by_role, self._by_workspace), self._quiet):
+            for login in logins:
+                found |= _lookup_one(holders.login, login)
+            for sub in subs:
+                found |= _lookup_one(holders.sub, sub)
+            for role in roles:
+                found |= holders.role.get(role, _EMPTY)
+            for uuid in workspaces:
+                found |= holders.workspace.get(uuid, _EMPTY)
+        return found
+
     def admins(self) -> AbstractSet[Session]:
         """The subscribed sessions of ``admin`` profile."""
         return self._admins
@@ -252,6 +277,43 @@ class SessionTable:
 
 
 _EMPTY: frozenset[Session] = frozenset()
+
+
+class _Holders:
+    """Sessions indexed by login, sub, role and workspace uuid."""
+
+    __slots__ = ("login", "sub", "role", "workspace", "_members")
+
+    def __init__(self, login: dict[str, Session | set[Session]] | None = None,
+                 sub: dict[str, Session | set[Session]] | None = None, role: dict[str, set[Session]] | None = None,
+                 workspace: dict[str, set[Session]] | None = None) -> None:
+        self.login = {} if login is None else login
+        self.sub = {} if sub is None else sub
+        self.role = {} if role is None else role
+        self.workspace = {} if workspace is None else workspace
+        self._members: set[Session] = set()
+
+    def add(self, session: Session, access: Access) -> None:
+        self._members.add(session)
+        _index_one(self.login, access.login, session)
+        _index_one(self.sub, access.sub, session)
+        for role in access.roles:
+            _index(self.role, role, session)
+        for ws in access.workspaces:
+            _index(self.workspace, ws.uuid, session)
+
+    def remove(self, session: Session, access: Access) -> bool:
+        """Unindex ``session`` (held under ``access``); False when it was not here."""
+        if session not in self._members:
+            return False
+        self._members.discard(session)
+        _unindex_one(self.login, access.login, session)
+        _unindex_one(self.sub, access.sub, session)
+        for role in access.roles:
+            _unindex(self.role, role, session)
+        for ws in access.workspaces:
+            _unindex(self.workspace, ws.uuid, session)
+        return True
 
 
 def _index(index: dict[Any, set[Session]], key: object, session: Session) -> None:

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsgw.access import Access, AccessBusy, AccessError, access_from_document, login_claim
+from wsgw.access import Access, AccessBusy, AccessError, Identity, access_from_document, identity_from_claims
 from wsgw.auth.http import HttpGet, TreqClient, short_reason
 from wsgw.interfaces import IAccessResolver
 from wsgw.logs import LineBudget
@@ -27,28 +27,21 @@ from wsgw.logs import LineBudget
 _log = Logger()
 
 
-def identity_from_claims(claims: Mapping[str, Any]) -> tuple[str, str, int | None]:
-    """``(login, sub, exp)`` of verified claims; AccessError when the login is missing."""
-    login = login_claim(claims)
-    if login is None:
-        raise AccessError("token has no login (name)")
-    sub = claims.get("sub", "")
-    if not isinstance(sub, str):
-        raise AccessError("token sub must be a string")
-    exp = claims.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-        exp = None
-    return login, sub, None if exp is None else int(exp)
-
-
 @implementer(IAccessResolver)
 class ClaimsResolver:
-    """The default resolver: everything comes from the (already verified) token claims."""
+    """The default resolver: everything comes from the (already verified) token claims, which cannot change."""
+
+    refreshes = False
+
+    def refresh(self, token: str, who: Identity) -> Deferred[Access]:
+        return fail(AccessError("the claims resolver cannot refresh an access"))
+
+    def invalidate(self) -> None:
+        pass
 
     def resolve(self, token: str, claims: Mapping[str, Any]) -> Deferred[Access]:
         try:
-            login, sub, exp = identity_from_claims(claims)
-            return succeed(access_from_document(login, sub, claims, exp))
+            return succeed(access_from_document(identity_from_claims(claims), claims))
         except AccessError as e:
             return fail(e)
 
@@ -101,6 +94,9 @@ class _Expiring(Generic[_V]):
     def discard(self, key: bytes) -> None:
         self._entries.pop(key, None)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
 
 @implementer(IAccessResolver)
 class HttpResolver:
@@ -119,6 +115,8 @@ class HttpResolver:
     called with each request's duration in seconds, feeds /metrics. A failed request is logged within
     ``log_budget`` (kind ``access_backend``; by default a budget of its own).
     """
+
+    refreshes = True
 
     def __init__(
         self,
@@ -142,6 +140,8 @@ class HttpResolver:
         self._answers: _Expiring[Access] = _Expiring(clock, cache_ttl, max_entries)
         self._refusals: _Expiring[str] = _Expiring(clock, refusal_ttl, max_entries)
         self._inflight: dict[bytes, list[Deferred[Access]]] = {}  # sha256(token) -> its resolves waiting
+        self._generations: dict[bytes, int] = {}  # sha256(token) -> the generation its request in flight started in
+        self._generation = 0  # bumped by invalidate()
         self.lookups: Counter[str] = Counter()
         self.observe: Callable[[float], object] | None = None
 
@@ -152,7 +152,7 @@ class HttpResolver:
 
     def resolve(self, token: str, claims: Mapping[str, Any]) -> Deferred[Access]:
         try:
-            login, sub, exp = identity_from_claims(claims)
+            who = identity_from_claims(claims)
         except AccessError as e:
             return fail(e)
         key = hashlib.sha256(token.encode("utf-8")).digest()  # never keep raw tokens in memory
@@ -161,20 +161,47 @@ class HttpResolver:
         if access is not None or refusal is not None:
             self.lookups["cached"] += 1
             return succeed(access) if access is not None else fail(AccessError(refusal))
-        waiter: Deferred[Access] = Deferred()
         waiters = self._inflight.get(key)
         if waiters is not None:
             self.lookups["shared"] += 1
+            waiter: Deferred[Access] = Deferred()
             waiters.append(waiter)
             return waiter
         if self._max_requests and len(self._inflight) >= self._max_requests:
             self.lookups["busy"] += 1
             return fail(AccessBusy("access backend busy, try again later"))
-        self._inflight[key] = [waiter]
+        return self._request(key, token, who)
+
+    def refresh(self, token: str, who: Identity) -> Deferred[Access]:
+        """Ask the backend again for ``token`` past the cache (PROTOCOL.md §3.1): a request in flight that started
+        before the latest ``invalidate`` is not shared, the answer replaces the cache entry. Not capped by
+        ``max_requests`` (the caller bounds its own requests); fails as ``resolve`` does."""
+        key = hashlib.sha256(token.encode("utf-8")).digest()
+        waiters = self._inflight.get(key)
+        if waiters is not None and self._generations.get(key) == self._generation:
+            self.lookups["shared"] += 1
+            waiter: Deferred[Access] = Deferred()
+            waiters.append(waiter)
+            return waiter
+        return self._request(key, token, who)
+
+    def invalidate(self) -> None:
+        """Access may have changed for anyone (an IDM event): forget every cached answer, and let no request in
+        flight now settle a resolve with its answer; its resolves are asked again."""
+        self._generation += 1
+        self._answers.clear()
+
+    def _request(self, key: bytes, token: str, who: Identity) -> Deferred[Access]:
+        waiter: Deferred[Access] = Deferred()
+        stale = self._inflight.get(key)
+        self._inflight[key] = [waiter, *(stale or ())]  # a stale request's resolves wait for this one
+        if stale is not None:
+            stale.clear()
+        self._generations[key] = self._generation
         started = self._clock.seconds()
         d: Deferred[Any] = maybeDeferred(self._get, self._url, {"Authorization": "Bearer " + token})
         d.addTimeout(self._timeout, self._clock)
-        d.addBoth(self._answered, key, started, (login, sub, exp))
+        d.addBoth(self._answered, key, started, who, token, self._inflight[key])
         return waiter
 
     def _get(self, url: str, headers: Mapping[str, str]) -> Deferred[tuple[int, bytes]]:
@@ -182,18 +209,30 @@ class HttpResolver:
             self._http_get = TreqClient(self._clock, timeout=self._timeout, max_bytes=4 << 20)
         return self._http_get(url, headers)
 
-    def _answered(self, result: tuple[int, bytes] | Failure, key: bytes, started: float,
-                  identity: tuple[str, str, int | None]) -> None:
-        """A request ended: count it, cache an answer or a refusal, and settle every resolve waiting for it."""
+    def _answered(self, result: tuple[int, bytes] | Failure, key: bytes, started: float, who: Identity,
+                  token: str, waiters: list[Deferred[Access]]) -> None:
+        """A request ended: count it, cache an answer or a refusal, and settle every resolve waiting for it (a
+        request that started before the latest ``invalidate`` asks again for them instead, once)."""
         if self.observe is not None:
             self.observe(self._clock.seconds() - started)
         try:
-            outcome, answer = self._outcome(result, *identity)
+            outcome, answer = self._outcome(result, who)
         except Exception:  # noqa: BLE001 - a bug here must still settle the waiters
             _log.failure("access resolver error")
             outcome, answer = "failed", AccessError("access backend unavailable: internal error")
         self.lookups[outcome] += 1
-        waiters = self._inflight.pop(key, [])
+        if self._inflight.get(key) is waiters:
+            del self._inflight[key]
+            stale = self._generations.pop(key) != self._generation
+        else:  # a refresh took over this request's resolves (``_request``): they wait for it
+            return
+        if stale and waiters:
+            self._inflight[key] = waiters
+            self._generations[key] = self._generation
+            d: Deferred[Any] = maybeDeferred(self._get, self._url, {"Authorization": "Bearer " + token})
+            d.addTimeout(self._timeout, self._clock)
+            d.addBoth(self._answered, key, self._clock.seconds(), who, token, waiters)
+            return
         if isinstance(answer, Access):
             self._refusals.discard(key)
             self._answers.put(key, answer)
@@ -206,8 +245,7 @@ class HttpResolver:
         for w in waiters:
             w.errback(answer)
 
-    def _outcome(self, result: tuple[int, bytes] | Failure, login: str, sub: str,
-                 exp: int | None) -> tuple[str, Access | AccessError]:
+    def _outcome(self, result: tuple[int, bytes] | Failure, who: Identity) -> tuple[str, Access | AccessError]:
         if isinstance(result, Failure):
             reason = short_reason(result)
             self._budget.warn(_log, "access_backend", "access backend {url} failed: {reason}", url=self._url,
@@ -218,12 +256,12 @@ class HttpResolver:
         if status in REFUSING:
             return "refused", AccessError(f"access refused by the backend: HTTP {status}")
         try:
-            return "ok", _parse(status, body, login, sub, exp)
+            return "ok", _parse(status, body, who)
         except AccessError as e:
             return "failed", e
 
 
-def _parse(status: int, body: bytes, login: str, sub: str, exp: int | None) -> Access:
+def _parse(status: int, body: bytes, who: Identity) -> Access:
     if status != 200:
         raise AccessError(f"access backend unavailable: HTTP {status}")
     try:
@@ -233,6 +271,6 @@ def _parse(status: int, body: bytes, login: str, sub: str, exp: int | None) -> A
     if not isinstance(doc, dict):
         raise AccessError("access backend unavailable: bad JSON (not an object)")
     try:
-        return access_from_document(login, sub, doc, exp)
+        return access_from_document(who, doc)
     except AccessError as e:
         raise AccessError(f"access backend unavailable: bad document ({e})") from None

@@ -38,7 +38,7 @@ from wsgw.chat.requests import Frame, Limited, Refused
 from wsgw.frames import CLOSE_FLOOD, encode, error
 from wsgw.interfaces import IChatStore, IEndpoint
 from wsgw.logs import LineBudget
-from wsgw.sessions import Session
+from wsgw.sessions import Session, SessionTable
 
 REPUBLISH_DELAY = 1.0  # seconds between two attempts to publish an event the bus refused
 MAX_UNPUBLISHED = 1000  # events waiting for the bus to take them; past it one is dropped (logged, counted)
@@ -113,7 +113,9 @@ class ChatService:
         max_history_page: int = 0,
         max_rooms_per_socket: int = 0,
         max_history_bytes: int = 1 << 20,
+        table: SessionTable | None = None,
     ) -> None:
+        self._table = table if table is not None else SessionTable()
         self._store = store = BoundedStore(store, max_store_calls)
         self._publish = publish
         self._max_queued = max_queued_frames
@@ -147,11 +149,11 @@ class ChatService:
         session.state = ChatSocket()
 
     def subscribe(self, session: Session, access: Access) -> None:
-        session.access = access
+        self._table.subscribe(session, access, events=False)  # found by designated() (PROTOCOL.md §3.1)
         self._access_changed(session)
 
     def unsubscribe(self, session: Session) -> None:
-        session.access = None
+        self._table.unsubscribe(session)
         self._access_changed(session)
 
     def receive(self, session: Session, frame: Frame, size: int = 0) -> Deferred[None] | None:
@@ -187,6 +189,7 @@ class ChatService:
 
     def closed(self, session: Session) -> None:
         """The socket closed: leave its rooms (presence goes when it was the login's last socket)."""
+        self._table.unsubscribe(session)
         state = session.state
         if isinstance(state, ChatSocket):
             for room_uuid in list(state.rooms):

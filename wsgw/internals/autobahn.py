@@ -84,7 +84,8 @@ class ServerProtocol(WebSocketServerProtocol):
         if self.state != WebSocketServerProtocol.STATE_OPEN:
             return False
         self.failedByMe = True
-        self.sendCloseFrame(code, reason.encode("utf-8")[:123])
+        # at most 123 bytes (RFC 6455 §5.5: a control frame's payload is at most 125), cut on a character boundary
+        self.sendCloseFrame(code, reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8"))
         return True
 
     def shed_handshake_state(self) -> None:
