@@ -1,5 +1,8 @@
 # wsgw: `make run` starts the daemon on the embedded bus; `make test` runs the tests.
 VENV ?= .venv
+# `make run PORT=5060 ADMIN_PORT=5061` when 5050 or 5051 is taken (the public and the operator listener).
+PORT ?= 5050
+ADMIN_PORT ?= 5051
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
@@ -23,32 +26,45 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -c "import secrets; print(secrets.token_urlsafe(32))" > $@
 	chmod 600 $@
 
+RUN_ADMIN = tcp:$(ADMIN_PORT):interface=127.0.0.1
+
 run: install .dev/secret .dev/publish-token
 	@echo
-	@echo "wsgw on ws://127.0.0.1:5050/ws (events) and ws://127.0.0.1:5050/chat (chat), bus: $(or $(REDIS),embedded)."
+	@echo "wsgw on ws://127.0.0.1:$(PORT)/ws (events) and ws://127.0.0.1:$(PORT)/chat (chat), bus: $(or $(REDIS),embedded)."
 	@TOKEN=$$($(VENV)/bin/wsgw-token alice --secret-file .dev/secret 2>/dev/null) && \
 	  echo "A token for user alice (valid 1 h):" && echo "    $$TOKEN" && echo && \
-	  echo "Live page (open it in a browser): http://127.0.0.1:5050/#token=$$TOKEN"
+	  echo "Live page (open it in a browser): http://127.0.0.1:$(PORT)/#token=$$TOKEN"
 	@echo
 	@echo "Connect and send:  {\"@type\":\"subscribe\",\"jwt\":\"<token>\"}"
 	@echo "More tokens: $(VENV)/bin/wsgw-token <login> --secret-file .dev/secret"
 	@echo "Publish an event alice sees:"
-	@echo "    echo '{\"Target\":{\"Uuid\":\"n1\",\"Path\":\"pydiods1/personal/alice/report.pdf\",\"Type\":\"LEAF\"}}' | $(VENV)/bin/wsgw-publish --config etc/dev.ini $(if $(REDIS),--redis $(REDIS) )tree -"
-	@echo "Metrics: curl http://127.0.0.1:5051/metrics"
+	@echo "    echo '{\"Target\":{\"Uuid\":\"n1\",\"Path\":\"pydiods1/personal/alice/report.pdf\",\"Type\":\"LEAF\"}}' | $(VENV)/bin/wsgw-publish --config etc/dev.ini $(if $(REDIS),--redis $(REDIS),--admin-listen $(RUN_ADMIN)) tree -"
+	@echo "Metrics: curl http://127.0.0.1:$(ADMIN_PORT)/metrics"
 	@echo
-	$(VENV)/bin/twistd --nodaemon --pidfile= wsgw --config etc/dev.ini $(if $(REDIS),--redis $(REDIS))
+	@$(VENV)/bin/twistd --nodaemon --pidfile= wsgw --config etc/dev.ini $(if $(REDIS),--redis $(REDIS)) \
+	  --listen tcp:$(PORT):interface=127.0.0.1 --listen 'tcp6:$(PORT):interface=\:\:1' --admin-listen $(RUN_ADMIN) \
+	  || { echo "make run: the daemon stopped (a port in use? choose others: make run PORT=... ADMIN_PORT=...)"; exit 1; }
 
-# The browser test drives Debian's chromium through chromium-driver; install them when missing.
+# The browser test drives Debian's chromium through chromium-driver; install them when missing (with apt-get, as
+# root or through sudo). Fails, saying what to install, when it cannot; the browser test is then skipped.
 install-browser:
 	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "install-browser: no apt-get: install chromium and chromedriver with your package manager"; exit 1; fi; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
-	  echo "install-browser: not root and no sudo: install chromium and chromium-driver (the browser test is skipped without them)"; \
-	  exit 0; fi; \
+	  echo "install-browser: not root and no sudo: install chromium and chromium-driver (apt)"; exit 1; fi; \
 	echo "install-browser: apt-get install chromium chromium-driver"; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 
-test: install install-browser
+# The suite checks its own preconditions (tests/conftest.py): a Redis (WSGW_TEST_REDIS, else a private
+# redis-server from the PATH) or one line saying what is missing. Without chromium the browser test is skipped.
+test: install
+	@$(MAKE) --no-print-directory install-browser || echo "make test: no chromium: the browser test will be skipped"
 	$(VENV)/bin/pytest -q -p no:randomly
+
+# The tests that need neither Redis nor the network (marked `unit`, tests/conftest.py UNIT_MODULES).
+test-unit: install
+	$(VENV)/bin/pytest -q -p no:randomly -m unit
 
 # The core: never imports an adapter library (tests/test_layout.py reads this list), type-checked strictly.
 CORE := wsgw/access.py wsgw/cells.py wsgw/flow.py wsgw/frames.py wsgw/pacing.py wsgw/sessions.py wsgw/gateway.py wsgw/dispatch.py \

@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.interfaces import ITCPTransport
 
 from tests.support.daemon import Daemon, StartGateway, new_prefix, scrape, token, value, workspace
-from tests.support.redis_server import free_port
+from tests.support.redis_server import free_port, shared_address
 from tests.support.twistd import Twistd, spawn_instance
 from tests.support.waiting import eventually
 from tests.support.wsclient import TIMEOUT, Client, connect
@@ -122,7 +122,7 @@ async def posted(client: Client, room_uuid: str, text: str) -> Frame:
 
 async def indexed_uuid(daemon: Daemon, type_: str, obj: str) -> str | None:
     """The Uuid the daemon's chat store indexes the room ``(Type, RoomTypeObject)`` under, if any."""
-    conn = await txredisapi.Connection("127.0.0.1", 6379, reconnect=False)
+    conn = await txredisapi.Connection(*shared_address(), reconnect=False).addTimeout(10, reactor)
     try:
         index = daemon.service.config.chat_key_prefix + "index"
         return await conn.hget(index, f"{type_}:{obj}")  # type: ignore[no-any-return]
@@ -496,7 +496,7 @@ def instances(tmp_path: Any) -> Iterator[Callable[[str], Instance]]:
 
 async def stored_users(prefix: str, room_uuid: str) -> list[str]:
     """The logins in the room's stored ``Users``, read straight from Redis (no gateway touches the room)."""
-    conn = await txredisapi.Connection("127.0.0.1", 6379, reconnect=False)
+    conn = await txredisapi.Connection(*shared_address(), reconnect=False).addTimeout(10, reactor)
     try:
         return sorted(await conn.hkeys(f"{prefix}:chat:users:{room_uuid}"))
     finally:

@@ -14,7 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
-from tests.support.daemon import REDIS, SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
+from tests.support.daemon import SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
+from tests.support.redis_server import shared_endpoint
 from tests.support.wsclient import connect
 from wsgw.publish import PublishError, client_endpoint, load_config, main, publish
 
@@ -50,7 +51,7 @@ async def test_publish_through_redis_reaches_a_subscriber(tmp_path: Path, gatewa
     prefix = daemon.prefix
     alice = await connect(daemon.port)
     await alice.subscribe(token("alice", [HOME]))
-    config = load_config(ini(tmp_path, prefix, server=f"redis = {REDIS}"))
+    config = load_config(ini(tmp_path, prefix, server=f"redis = {shared_endpoint()}"))
     report = await publish(reactor, config, "tree", json.dumps(EVENT).encode())
     assert f"on {prefix}.topic.pydio.tree.nodes.changes (1 subscribed gateways)" in report
     assert (await alice.next())["Target"]["Path"] == "home/report.pdf"

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 
 from tests.support.daemon import Publisher, channels, new_prefix, scrape, token, value, workspace
 from tests.support.rawtcp import Raw, raw_connect
-from tests.support.redis_server import free_port
+from tests.support.redis_server import free_port, shared_endpoint
 from tests.support.twistd import spawn
 from tests.support.waiting import wait_until
 from tests.support.wsclient import TIMEOUT, connect
@@ -26,7 +26,7 @@ async def test_twistd_serves_events_and_stops_on_sigterm(tmp_path) -> None:
     port = free_port()
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     config = tmp_path / "wsgw.ini"
-    config.write_text(f"[server]\nredis = tcp:127.0.0.1:6379\n[topics]\n{topics}\n[delivery]\nbatch_window = 0\n"
+    config.write_text(f"[server]\nredis = {shared_endpoint()}\n[topics]\n{topics}\n[delivery]\nbatch_window = 0\n"
                       "[admin]\nlisten =\n")
     proto, transport = spawn(["--config", str(config), "--listen", f"tcp:{port}:interface=127.0.0.1"])
     pub = Publisher(prefix)

@@ -34,12 +34,16 @@ class PublishError(Exception):
     """Publishing failed; the message says why."""
 
 
-def load_config(path: str | None, redis: str | None = None, environ: dict[str, str] | None = None) -> Config:
-    """The daemon's configuration without its token-verification keys (which publishing does not need)."""
+def load_config(path: str | None, redis: str | None = None, environ: dict[str, str] | None = None,
+                admin_listen: str | None = None) -> Config:
+    """The daemon's configuration without its token-verification keys (which publishing does not need);
+    ``redis`` and ``admin_listen`` override ``[server] redis`` and ``[admin] listen`` as twistd's options do."""
     overrides = {"auth.algorithms": "HS256", "auth.hmac_secret_file": "", "auth.public_key_file": "",
                  "auth.oidc_issuer": ""}
     if redis is not None:
         overrides["server.redis"] = redis
+    if admin_listen is not None:
+        overrides["admin.listen"] = admin_listen
     env = {**(os.environ if environ is None else environ), "WSGW_HMAC_SECRET": "not-used-by-wsgw-publish"}
     if path is None:
         return config_from_string("", "<defaults>", overrides, env)
@@ -178,9 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("file", help="the event as JSON, or - for standard input")
     parser.add_argument("-c", "--config", help="the daemon's INI file (default: built-in defaults)")
     parser.add_argument("-r", "--redis", help="Redis client endpoint, overriding the config's")
+    parser.add_argument("--admin-listen", help="the daemon's operator listener endpoint, overriding the config's "
+                                               "[admin] listen (as twistd wsgw --admin-listen)")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, args.redis)
+        config = load_config(args.config, args.redis, admin_listen=args.admin_listen)
     except ConfigError as e:
         print(f"wsgw-publish: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """GatewayService: wires the configured parts together, starts them in order and shuts them down by design.
 
 Start: bus, the chat's presence sweep, then listeners (a port that cannot be
-bound aborts startup).
+bound aborts startup with ListenFailed, one line; under twistd, DaemonService
+logs it and exits with status 1, no traceback).
 Stop (SIGTERM under systemd): stop accepting, flush pending node merges,
 close every socket with 1000 ``server shutting down``, wait for them (bounded
 by ``shutdown_timeout``), then stop the bus.
@@ -16,6 +17,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -47,6 +49,16 @@ from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
 from wsgw.web.metrics import Metrics, MetricsView
 from wsgw.web.protocols import GatewayFactory
 from wsgw.web.site import make_admin_site, make_site
+
+
+class ListenFailed(Exception):
+    """A listen endpoint could not be bound; the message is one line: the address, the listener, the setting
+    that names it and the reason (``cannot listen on 127.0.0.1:5050 (public listener, [server] listen or
+    twistd --listen): Address already in use``)."""
+
+
+SETTINGS = {"public listener": "[server] listen or twistd --listen",
+            "operator listener": "[admin] listen or twistd --admin-listen"}
 
 
 class GatewayService(MultiService):
@@ -168,15 +180,17 @@ class GatewayService(MultiService):
         for notice in self.config.notices:
             self._log.warn("{notice}", notice=notice)
         self.chat.start()
-        self.ports = self._listen(self.config.listen, self.site, "listening")
+        self.ports = self._listen(self.config.listen, self.site, "listening", "public listener")
         lowered = 0 < self.public_guard.max_sockets < self.config.max_connections
         (self._log.warn if lowered else self._log.info)(
             "public listener: at most {cap} open sockets ({why}), {per_ip} per address; {timeout} s to send a "
             "request or complete a WebSocket handshake", cap=self.public_guard.max_sockets, why=self._cap_reason,
             per_ip=self.public_guard.per_ip or "no cap", timeout=self.public_guard.deadline)
-        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish)")
+        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish)",
+                                        "operator listener")
 
-    def _listen(self, descriptions: tuple[str, ...], site: GuardedSite, what: str) -> list[IListeningPort]:
+    def _listen(self, descriptions: tuple[str, ...], site: GuardedSite, what: str,
+                listener: str) -> list[IListeningPort]:
         ports: list[IListeningPort] = []
         for description in descriptions:
             failures: list[Failure] = []
@@ -184,6 +198,11 @@ class GatewayService(MultiService):
             factory = site.behind_tls() if isinstance(endpoint, SSL4ServerEndpoint) else site
             endpoint.listen(factory).addCallbacks(ports.append, failures.append)
             if failures:  # TCP, SSL and UNIX endpoints listen synchronously: a bind error is known here
+                error = failures[0].value
+                if isinstance(error, CannotListenError):
+                    reason = getattr(error.socketError, "strerror", None) or error.socketError
+                    raise ListenFailed(f"cannot listen on {error.interface or '*'}:{error.port} ({listener}, "
+                                       f"{SETTINGS[listener]}): {reason}")
                 failures[0].raiseException()
             self._log.info("{what} on {address}", what=what, address=ports[-1].getHost())
         return ports
@@ -239,3 +258,15 @@ class GatewayService(MultiService):
         # shutdown that got this far is a success, so let it exit 0 as operators and systemd expect.
         clear_exit_signal(self._reactor)
         self._log.info("shutdown complete")
+
+
+class DaemonService(GatewayService):
+    """GatewayService as twistd runs it (wsgw/tap.py): a port that cannot be bound is logged as one line and
+    the process exits with status 1, instead of twistd's traceback (issue 14)."""
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except ListenFailed as e:
+            self._log.critical("{message}", message=str(e))
+            raise SystemExit(1) from None

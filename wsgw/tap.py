@@ -20,6 +20,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "INI configuration file (see etc/wsgw.ini)."],
         ["redis", "r", None, "Redis client endpoint, e.g. tcp:127.0.0.1:6379 (default: the embedded bus)."],
+        ["admin-listen", None, None, "Operator listener endpoint (/metrics, /publish), e.g. "
+                                     "tcp:5051:interface=127.0.0.1; empty: none (default: [admin] listen)."],
     ]
     optFlags = [
         ["embedded", None, "Use the embedded in-process bus even if the config names a Redis."],
@@ -41,6 +43,8 @@ class Options(usage.Options):
             overrides["server.listen"] = "\n".join(self["listen"])
         if self["redis"] is not None:
             overrides["server.redis"] = self["redis"]
+        if self["admin-listen"] is not None:
+            overrides["admin.listen"] = self["admin-listen"]
         if self["embedded"]:
             overrides["server.redis"] = ""
         try:
@@ -54,6 +58,6 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from wsgw.service import GatewayService
+    from wsgw.service import DaemonService
 
-    return GatewayService(options["wsgw_config"], reactor)
+    return DaemonService(options["wsgw_config"], reactor)
