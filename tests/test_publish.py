@@ -70,6 +70,21 @@ async def test_publish_without_redis_goes_through_the_operator_listener(tmp_path
 
 
 @pytest_twisted.ensureDeferred
+async def test_admin_listen_overrides_the_config_as_make_run_admin_port_does(tmp_path: Path,
+                                                                             gateway: StartGateway) -> None:
+    """``--admin-listen`` (load_config's admin_listen) replaces the config's [admin] listen: `make run
+    ADMIN_PORT=...` passes the same endpoint to twistd and to the wsgw-publish command it prints."""
+    daemon, config_path = await admin_daemon(gateway, tmp_path)
+    alice = await connect(daemon.port)
+    await alice.subscribe(token("alice", [HOME]))
+    Path(config_path).write_text(Path(config_path).read_text().replace(f"tcp:{daemon.admin_port}:", "tcp:1:"))
+    config = load_config(config_path, admin_listen=f"tcp:{daemon.admin_port}:interface=127.0.0.1")
+    assert config.admin_listen == (f"tcp:{daemon.admin_port}:interface=127.0.0.1",)
+    await publish(reactor, config, "tree", json.dumps(EVENT).encode())
+    assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
+
+
+@pytest_twisted.ensureDeferred
 async def test_publish_reports_the_gateway_refusal(tmp_path: Path, gateway: StartGateway) -> None:
     """A wrong token or an event the topic refuses comes back as a PublishError with the gateway's reason."""
     _, config_path = await admin_daemon(gateway, tmp_path)
