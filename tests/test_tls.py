@@ -72,7 +72,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def make_pki(directory: Path, label: str = "wsgw test") -> Pki:
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder().subject_name(_name(f"{label} CA")).issuer_name(_name(f"{label} CA"))

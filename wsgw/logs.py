@@ -90,7 +90,7 @@ def _plain(value: Any) -> Any:
 def _iso(seconds: Any) -> str | None:
     if not isinstance(seconds, (int, float)):
         return None
-    stamp = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    stamp = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
