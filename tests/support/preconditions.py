@@ -1,5 +1,5 @@
 """What the suite needs before its first test, checked once (tests/conftest.py calls ``ensure_redis`` after
-collection when a selected test is not a unit test), and Ctrl-C while the reactor runs.
+collection when a selected test is not a unit test), and Ctrl-C while the reactor runs (``interrupt_the_tests``).
 
 - ``redis-server`` on the PATH: the restart tests start private servers (tests/support/redis_server.py).
 - The shared Redis, ``WSGW_TEST_REDIS`` (default 127.0.0.1:6379): when nothing answers PING there, a private
@@ -13,8 +13,12 @@ from __future__ import annotations
 import os
 import signal
 from types import FrameType
+from typing import Any
 
 import greenlet
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from tests.support.redis_server import SHARED_VARIABLE, RedisServer, answers, redis_server_binary, shared_address
 
@@ -52,13 +56,36 @@ def interrupt_the_tests() -> None:
 
     pytest-twisted runs the reactor in a greenlet and leaves SIGINT to ``default_int_handler``, so the
     KeyboardInterrupt is raised in the reactor's greenlet, where Twisted's main loop logs it and goes on:
-    the run never ends. This handler raises it in the main greenlet (the test's) instead, which ends the
-    session as pytest does on Ctrl-C. Call it from the main greenlet, after pytest-twisted configured."""
+    the run never ends. This handler ends the wait of the main greenlet (a test's or a fixture's, through
+    pytest-twisted's ``blockon_default``) with the KeyboardInterrupt instead, which ends the session as pytest
+    does on Ctrl-C; the interrupted coroutine's own Deferred, when it fires later, no longer switches to the
+    main greenlet. Call it from the main greenlet, after pytest-twisted configured."""
     main = greenlet.getcurrent()
+    waiting: list[Deferred[Any]] = []
+    blockon = pytest_twisted.blockon_default
+
+    def blockon_default(d: Deferred[Any]) -> Any:
+        wait: Deferred[Any] = Deferred()  # what the main greenlet waits on: d's result, or the interrupt
+
+        def forward(result: Any) -> None:
+            if not wait.called:  # after an interrupt, d's result goes nowhere
+                wait.errback(result) if isinstance(result, Failure) else wait.callback(result)
+
+        d.addBoth(forward)
+        waiting.append(wait)
+        try:
+            return blockon(wait)
+        finally:
+            waiting.pop()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if greenlet.getcurrent() is main:
             raise KeyboardInterrupt
-        main.throw(KeyboardInterrupt())
+        if waiting and not waiting[-1].called:
+            waiting[-1].errback(Failure(KeyboardInterrupt()))  # switches to the main greenlet, which raises it
+        else:
+            main.throw(KeyboardInterrupt())
 
+    pytest_twisted.blockon_default = blockon_default  # looked up by name at each call
     signal.signal(signal.SIGINT, handler)
+
