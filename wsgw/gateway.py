@@ -297,8 +297,37 @@ class Gateway:
 
         d: Deferred[Any] = self._verifier.verify(token)
         d.addCallback(verified)
+        d.addCallback(self._when_loaded)
         d.addCallbacks(resolved, failed)
         return d
+
+    # -- revocations being loaded (PROTOCOL.md §3.1) ----------------------
+
+    _loading: Deferred[Any] | None = None  # the revocations being loaded: subscribes wait for them
+    _unloaded = False  # the last load failed: subscribes are refused 1013 until one succeeds
+
+    def wait_for(self, loading: Deferred[Any]) -> None:
+        """Subscribes wait until ``loading`` fires (this instance's ``revocations`` loaded from the store,
+        PROTOCOL.md §3.1), then are checked against them; while the last ``loading`` given has failed, they are
+        refused 1013 ``subscribe: revocations unavailable, try again`` (fail closed) until a later one succeeds.
+        The gateway takes ``loading``'s result: the caller adds its own callbacks first."""
+        self._loading = loading
+
+        def done(result: object) -> None:
+            if self._loading is loading:
+                self._loading, self._unloaded = None, isinstance(result, Failure)
+
+        loading.addBoth(done)
+
+    def _when_loaded(self, access: Access) -> Access | Deferred[Access]:
+        loading = self._loading
+        if loading is not None:
+            waiter: Deferred[None] = Deferred()
+            loading.addBoth(lambda _: waiter.callback(None))
+            return waiter.addCallback(lambda _: self._when_loaded(access))
+        if self._unloaded:
+            raise AccessError("revocations unavailable, try again")
+        return access
 
     def _refused(self, access: Access) -> str | None:
         """Why a token giving ``access`` may not subscribe (PROTOCOL.md §3.1): revoked, or living longer than

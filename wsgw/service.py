@@ -31,15 +31,17 @@ from wsgw.chat.memory_store import MemoryChatStore
 from wsgw.chat.redis_store import RedisChatStore
 from wsgw.chat.service import ChatService
 from wsgw.config import Config
+from wsgw.control import ControlHandler, MemoryRevocationStore, Operator, RevocationLoader
 from wsgw.dispatch import Dispatcher
 from wsgw.events import activity, idm, nodes, tasks
 from wsgw.events.endpoint import EventsEndpoint
 from wsgw.frames import CLOSE_NORMAL
 from wsgw.gateway import Gateway
-from wsgw.interfaces import IAccessResolver, IChatStore
+from wsgw.interfaces import IAccessResolver, IChatStore, IRevocationStore
 from wsgw.internals.twisted import clear_exit_signal
 from wsgw.logs import LineBudget
 from wsgw.redis.connection import RedisCommands, RedisLink
+from wsgw.redis.revocations import RedisRevocationStore
 from wsgw.revocations import Revocations
 from wsgw.web.inbound import InboundPolicy
 from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
@@ -74,6 +76,8 @@ class GatewayService(MultiService):
             self.bus = MemoryBus(config.topics)
             store = MemoryChatStore()
         self.chat_store = store
+        self.revocation_store: IRevocationStore = MemoryRevocationStore() if self.redis_commands is None else \
+            RedisRevocationStore(self.redis_commands, config.revocation_prefix)
         verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,
             public_key_pem=config.public_key_pem, oidc_issuer=config.oidc_issuer or None,
@@ -115,10 +119,14 @@ class GatewayService(MultiService):
                                        silent_rate=config.silent_rate, silent_burst=config.silent_burst,
                                        user_meta=user_meta, user_meta_timeout=config.node_meta_timeout)
         task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table)
+        self.control = ControlHandler(self.gateway, config.publish_token, clock, self.log_budget)  # PROTOCOL §3.1
+        self.revocation_loader = RevocationLoader(
+            clock, self.revocation_store, self.gateway, timeout=config.store_timeout,
+            **({"ready": self.redis_commands.whenConnected} if self.redis_commands is not None else {}))
         activity_handler = activity.ActivityHandler(table)
         self.dispatcher = Dispatcher({
             "tree": self.nodes, "meta": self.nodes, "tasks": task_handler, "idm": idm_handler,
-            "activity": activity_handler, "chat": self.chat,
+            "activity": activity_handler, "chat": self.chat, "control": self.control,
         })
         validators = {
             "tree": nodes.validate, "meta": nodes.validate, "tasks": tasks.validate, "idm": idm.validate,
@@ -136,7 +144,7 @@ class GatewayService(MultiService):
                         "activity": activity_handler, "chat": self.chat},
             bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
             access=resolver if isinstance(resolver, HttpResolver) else None, log_budget=self.log_budget,
-            chat_store=store if isinstance(store, RedisChatStore) else None,
+            chat_store=store if isinstance(store, RedisChatStore) else None, control=self.control,
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)
@@ -156,7 +164,10 @@ class GatewayService(MultiService):
         self.ports: list[IListeningPort] = []
         published = {topic: check for topic, check in validators.items() if topic in config.topics}
         self.admin_site = make_admin_site(self.metrics, self.bus, self.problem, published, config.publish_token,
-                                          self.admin_guard, access_log=config.access_log, log_budget=self.log_budget)
+                                          self.admin_guard, access_log=config.access_log, log_budget=self.log_budget,
+                                          operator=None if config.publish_token is None else Operator(
+                                              clock, self.bus, self.revocation_store, self.gateway.revocations,
+                                              config.publish_token))
         self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:
@@ -166,13 +177,14 @@ class GatewayService(MultiService):
         for notice in self.config.notices:
             self._log.warn("{notice}", notice=notice)
         self.chat.start()
+        self.revocation_loader.start()  # subscribes wait for the revocations (PROTOCOL.md §3.1)
         self.ports = self._listen(self.config.listen, self.site, "listening")
         lowered = 0 < self.public_guard.max_sockets < self.config.max_connections
         (self._log.warn if lowered else self._log.info)(
             "public listener: at most {cap} open sockets ({why}), {per_ip} per address; {timeout} s to send a "
             "request or complete a WebSocket handshake", cap=self.public_guard.max_sockets, why=self._cap_reason,
             per_ip=self.public_guard.per_ip or "no cap", timeout=self.public_guard.deadline)
-        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish)")
+        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish, /revoke)")
 
     def _listen(self, descriptions: tuple[str, ...], site: GuardedSite, what: str) -> list[IListeningPort]:
         ports: list[IListeningPort] = []
@@ -210,6 +222,7 @@ class GatewayService(MultiService):
         ports, self.ports = self.ports + self.admin_ports, []
         self.admin_ports = []
         yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        self.revocation_loader.stop()
         flushed = self.nodes.flush()  # pending merges, and the events waiting for the node-metadata backend
         flushed.addTimeout(self.config.node_meta_timeout + 1.0, self._reactor)
         yield flushed.addErrback(lambda _: self._log.warn("node events still waiting for their metadata: dropped"))

@@ -12,7 +12,7 @@ per-session pacing leave later than that.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, Protocol
 
 import attrs
@@ -26,6 +26,8 @@ from twisted.web.server import Request
 
 from wsgw.auth.resolvers import OUTCOMES as ACCESS_OUTCOMES
 from wsgw.chat.service import LIMITS as CHAT_LIMITS
+from wsgw.control import OPS as CONTROL_OPS
+from wsgw.control import OUTCOMES as CONTROL_OUTCOMES
 from wsgw.events.usermeta import OUTCOMES
 from wsgw.gateway import Census
 from wsgw.interfaces import IBus
@@ -43,6 +45,8 @@ class GatewayCounts(Protocol):
     refusals: Counter[str]
     closes: Counter[int]
     withdrawn: int
+    revoked: Counter[str]
+    revocations: Sized
 
     def census(self) -> Census: ...
 
@@ -144,6 +148,12 @@ class AccessCounts(Protocol):
     def in_flight(self) -> int: ...
 
 
+class ControlCounts(Protocol):
+    """Control messages by ``(op, outcome)`` (``wsgw.control.ControlHandler``)."""
+
+    counts: Counter[tuple[str, str]]
+
+
 class LogCounts(Protocol):
     """The log lines left out (``wsgw.logs.LineBudget``)."""
 
@@ -168,14 +178,17 @@ class MetricsView:
     access: AccessCounts | None = None
     log_budget: LogCounts | None = None
     chat_store: ChatStoreCounts | None = None
+    control: ControlCounts | None = None
 
 
 class GatewayCollector(Collector):
     """Reads the gateway's own counters at scrape time (names and labels follow Prometheus conventions)."""
 
-    def __init__(self, view: MetricsView, publish_requests: Counter[int]) -> None:
+    def __init__(self, view: MetricsView, publish_requests: Counter[int],
+                 operator_requests: Counter[tuple[str, int]] | None = None) -> None:
         self._view = view
         self._publish_requests = publish_requests
+        self._operator_requests = operator_requests if operator_requests is not None else Counter()
 
     def collect(self) -> Iterator[Metric]:
         p = self._view
@@ -277,6 +290,7 @@ class GatewayCollector(Collector):
                            "peer_lines_per_minute, by kind.", "kind", p.log_budget.suppressed, KINDS)
         yield _counter("wsgw_publish_requests", "POST /publish requests on the operator listener, by HTTP status.",
                        "status", {str(k): v for k, v in self._publish_requests.items()})
+        yield from self._revocation_metrics()
         bus = p.bus
         yield _gauge("wsgw_bus_up", "1 while the bus can deliver and publish.", None, 1 if bus.connected else 0)
         links = list(p.redis_links())
@@ -288,6 +302,31 @@ class GatewayCollector(Collector):
                          {link.role: 1 if link.stalled else 0 for link in links})
             yield _counter("wsgw_redis_reconnects", "Redis connections re-established after a loss, by role.", "role",
                            {link.role: link.reconnects for link in links})
+
+
+    def _revocation_metrics(self) -> Iterator[Metric]:
+        """Operator requests, control messages, sessions closed by revocation, revocations in force (§3.1)."""
+        gateway = self._view.gateway
+        requests = CounterMetricFamily("wsgw_operator_requests", "POST /disconnect and /revoke requests on the "
+                                       "operator listener, by path and HTTP status.", labels=["path", "status"])
+        for (path, status), count in sorted(self._operator_requests.items()):
+            requests.add_metric([path, str(status)], count)
+        yield requests
+        if self._view.control is not None:
+            messages = CounterMetricFamily("wsgw_control_messages", "Control messages (operator /disconnect and "
+                                           "/revoke from any instance) received, by op and outcome: applied, forged "
+                                           "(wrong or missing mac, or no operator token here), malformed, stale "
+                                           "(sent over 300 s away from now, or a replay).", labels=["op", "outcome"])
+            counts = {(op, outcome): 0 for op in CONTROL_OPS for outcome in CONTROL_OUTCOMES}
+            counts.update(self._view.control.counts)
+            for (op, outcome), count in sorted(counts.items()):
+                messages.add_metric([op, outcome], count)
+            yield messages
+        yield _counter("wsgw_sessions_revoked", "Sessions closed because their access was revoked (4003, or 1013 "
+                       "when it could not be re-derived), by why.", "why", gateway.revoked,
+                       ("disconnect", "revoke"))
+        yield _gauge("wsgw_revocations", "Revocations in force on this instance (operator /revoke, deleted users "
+                     "and workspaces), until max_token_lifetime after their time.", None, len(gateway.revocations))
 
 
 def _listener_metrics(listeners: Sequence[ListenerCounts]) -> Iterator[Metric]:
@@ -333,8 +372,9 @@ class Metrics:
 
     def __init__(self, view: MetricsView, topics: Iterable[str]) -> None:
         self.publish_requests: Counter[int] = Counter()
+        self.operator_requests: Counter[tuple[str, int]] = Counter()  # (path, status), of /disconnect and /revoke
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(GatewayCollector(view, self.publish_requests))
+        self.registry.register(GatewayCollector(view, self.publish_requests, self.operator_requests))
         ProcessCollector(registry=self.registry)  # (not PlatformCollector: no answer names a software version)
         self.lag = Histogram(
             "wsgw_delivery_lag_seconds",
