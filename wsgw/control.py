@@ -283,7 +283,7 @@ class MemoryRevocationStore:
 
 class RevocationLoader:
     """Loads ``store`` into ``gateway.revocations`` at start, subscribes waiting meanwhile (``Gateway.wait_for``,
-    PROTOCOL.md §3.1). ``ready()`` fires once the store can answer (Redis connected); an attempt that is not done
+    PROTOCOL.md §3.1). ``ready()`` fires once the store can answer (Redis connected; None: at once); an attempt that is not done
     within ``timeout`` seconds, or fails, makes subscribes refused 1013 until a later attempt succeeds: attempts
     are retried after ``retry`` seconds, doubling up to ``max_retry``. ``loaded`` says whether one succeeded,
     ``failures`` counts failed attempts."""
@@ -291,12 +291,12 @@ class RevocationLoader:
     _log = Logger()
 
     def __init__(self, clock: IReactorTime, store: IRevocationStore, gateway: Gateway, *,
-                 ready: Callable[[], Deferred[Any]] = lambda: succeed(None), timeout: float = 10.0,
+                 ready: Callable[[], Deferred[Any]] | None = None, timeout: float = 10.0,
                  retry: float = 1.0, max_retry: float = 30.0) -> None:
         self._clock = clock
         self._store = store
         self._gateway = gateway
-        self._ready = ready
+        self._ready = ready or (lambda: succeed(None))
         self._timeout = timeout
         self._retry = self._first_retry = retry
         self._max_retry = max_retry
@@ -336,7 +336,7 @@ class RevocationLoader:
             return failure
         self.failures += 1
         self._log.warn("cannot load the revocations ({error}): subscribes are refused (1013) until they are; "
-                       "trying again in {delay:g} s", error=failure.getErrorMessage() or failure.type.__name__,
+                       "trying again in {delay:g} s", error=failure.getErrorMessage() or repr(failure.value),
                        delay=self._retry)
         self._call = self._clock.callLater(self._retry, self.start)
         self._retry = min(self._retry * 2, self._max_retry)

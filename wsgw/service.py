@@ -120,9 +120,9 @@ class GatewayService(MultiService):
                                        user_meta=user_meta, user_meta_timeout=config.node_meta_timeout)
         task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table)
         self.control = ControlHandler(self.gateway, config.publish_token, clock, self.log_budget)  # PROTOCOL §3.1
-        self.revocation_loader = RevocationLoader(
-            clock, self.revocation_store, self.gateway, timeout=config.store_timeout,
-            **({"ready": self.redis_commands.whenConnected} if self.redis_commands is not None else {}))
+        ready = None if self.redis_commands is None else self.redis_commands.whenConnected
+        self.revocation_loader = RevocationLoader(clock, self.revocation_store, self.gateway, ready=ready,
+                                                  timeout=config.store_timeout)
         activity_handler = activity.ActivityHandler(table)
         self.dispatcher = Dispatcher({
             "tree": self.nodes, "meta": self.nodes, "tasks": task_handler, "idm": idm_handler,

@@ -46,7 +46,9 @@ class GatewayCounts(Protocol):
     closes: Counter[int]
     withdrawn: int
     revoked: Counter[str]
-    revocations: Sized
+
+    @property
+    def revocations(self) -> Sized: ...
 
     def census(self) -> Census: ...
 
