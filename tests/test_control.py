@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from tests.test_gateway import World
 from wsgw.access import Access
 from wsgw.bus.memory import MemoryBus
 from wsgw.config import DEFAULT_TOPICS
@@ -24,8 +24,10 @@ from wsgw.control import (
     parse_request,
     sign,
 )
+from wsgw.events.endpoint import EventsEndpoint
+from wsgw.gateway import Gateway
 from wsgw.interfaces import IRevocationStore
-from wsgw.revocations import Revocation
+from wsgw.revocations import Revocation, Revocations
 from wsgw.sessions import Session
 from wsgw.testing import RecordingConnection
 
@@ -33,10 +35,35 @@ TOKEN = b"operator-token-0123456789"
 NOW = 10_000.0
 
 
+class Verifier:
+    """Tokens are ``login@exp``: claims of that login, without iat or jti."""
+
+    def verify(self, token: str) -> Deferred[dict[str, Any]]:
+        login, _, exp = token.partition("@")
+        return succeed({"name": login, "sub": f"sub-{login}", "exp": int(exp)})
+
+
+class Resolver:
+    refreshes = False
+
+    def resolve(self, token: str, claims: dict[str, Any]) -> Deferred[Access]:
+        return succeed(Access(claims["name"], claims["sub"], "standard", frozenset(), (), claims["exp"]))
+
+
+class World:
+    """A gateway on a clock at NOW, its /ws endpoint (``ws``) and a /chat stand-in (``chat``: any other endpoint;
+    its sessions are indexed as the chat's are)."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.gateway = Gateway(self.clock, Verifier(), Resolver(), revocations=Revocations(self.clock, 10**5))
+        self.ws = EventsEndpoint(self.gateway.table, self.clock)
+        self.chat = EventsEndpoint(self.gateway.table, self.clock)
+
+
 def world() -> World:
-    w = World()
-    w.clock.advance(NOW)
-    return w
+    return World()
 
 
 def holding(w: World, login: str, *, jti: str | None = None, iat: float | None = None, chat: bool = False,

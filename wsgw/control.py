@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from wsgw.access import Access, AccessError
 from wsgw.gateway import Gateway
 from wsgw.interfaces import IBus, IRevocationStore
 from wsgw.logs import LineBudget
@@ -282,11 +283,12 @@ class MemoryRevocationStore:
 
 
 class RevocationLoader:
-    """Loads ``store`` into ``gateway.revocations`` at start, subscribes waiting meanwhile (``Gateway.wait_for``,
-    PROTOCOL.md §3.1). ``ready()`` fires once the store can answer (Redis connected; None: at once); an attempt that is not done
-    within ``timeout`` seconds, or fails, makes subscribes refused 1013 until a later attempt succeeds: attempts
-    are retried after ``retry`` seconds, doubling up to ``max_retry``. ``loaded`` says whether one succeeded,
-    ``failures`` counts failed attempts."""
+    """Loads ``store`` into ``gateway.revocations`` at start, before any subscribe is accepted (PROTOCOL.md §3.1):
+    ``start`` makes the gateway pass every subscribe through ``ready`` (``Gateway.wait_for``), which holds it while
+    an attempt is under way and refuses it (AccessError, 1013) while the last attempt failed. ``ready()`` fires
+    once the store can answer (Redis connected; None: at once); an attempt that is not done within ``timeout``
+    seconds, or fails, is retried after ``retry`` seconds, doubling up to ``max_retry``. ``loaded`` says whether
+    one succeeded, ``failures`` counts failed attempts."""
 
     _log = Logger()
 
@@ -296,26 +298,21 @@ class RevocationLoader:
         self._clock = clock
         self._store = store
         self._gateway = gateway
-        self._ready = ready or (lambda: succeed(None))
+        self._store_ready = ready or (lambda: succeed(None))
         self._timeout = timeout
         self._retry = self._first_retry = retry
         self._max_retry = max_retry
         self._call: IDelayedCall | None = None
-        self._attempt: Deferred[None] | None = None
+        self._loading: Deferred[Any] | None = None  # the attempt under way: subscribes wait for it
+        self._unloaded = False  # the last attempt failed: subscribes are refused
         self._stopped = False
         self.loaded = False
         self.failures = 0
 
     def start(self) -> None:
-        """Start an attempt (now), subscribes waiting for it."""
-        self._call = None
-        attempt: Deferred[Any] = self._ready()
-        attempt.addTimeout(self._timeout, self._clock)
-        attempt.addCallback(lambda _: self._store.load())
-        attempt.addCallback(self._loaded)
-        attempt.addErrback(self._failed)
-        self._attempt = attempt
-        self._gateway.wait_for(attempt)
+        """Hold subscribes until the revocations are loaded, and start loading them."""
+        self._gateway.wait_for(self.ready)
+        self._attempt()
 
     def stop(self) -> None:
         """Stop retrying (the service stops)."""
@@ -323,8 +320,33 @@ class RevocationLoader:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        if self._attempt is not None and not self._attempt.called:
-            self._attempt.cancel()
+        if self._loading is not None:
+            self._loading.cancel()
+
+    def ready(self, access: Access) -> Access | Deferred[Access]:
+        """``access`` once the revocations are loaded (at once when they are); AccessError while they cannot be."""
+        loading = self._loading
+        if loading is not None:
+            waiter: Deferred[None] = Deferred()
+            loading.addBoth(lambda _: waiter.callback(None))
+            return waiter.addCallback(lambda _: self.ready(access))
+        if self._unloaded:
+            raise AccessError("revocations unavailable, try again")
+        return access
+
+    def _attempt(self) -> None:
+        self._call = None
+        attempt: Deferred[Any] = self._store_ready()
+        attempt.addTimeout(self._timeout, self._clock)
+        attempt.addCallback(lambda _: self._store.load())
+        attempt.addCallbacks(self._loaded, self._failed)
+        self._loading = attempt
+
+        def done(result: object) -> None:
+            if self._loading is attempt:
+                self._loading, self._unloaded = None, isinstance(result, Failure)
+
+        attempt.addBoth(done)
 
     def _loaded(self, revocations: list[Revocation]) -> None:
         self._gateway.revocations.add_all(revocations)
@@ -338,6 +360,6 @@ class RevocationLoader:
         self._log.warn("cannot load the revocations ({error}): subscribes are refused (1013) until they are; "
                        "trying again in {delay:g} s", error=failure.getErrorMessage() or repr(failure.value),
                        delay=self._retry)
-        self._call = self._clock.callLater(self._retry, self.start)
+        self._call = self._clock.callLater(self._retry, self._attempt)
         self._retry = min(self._retry * 2, self._max_retry)
         return failure

@@ -297,37 +297,18 @@ class Gateway:
 
         d: Deferred[Any] = self._verifier.verify(token)
         d.addCallback(verified)
-        d.addCallback(self._when_loaded)
+        if self._ready is not None:  # the revocations first
+            d.addCallback(self._ready)
         d.addCallbacks(resolved, failed)
         return d
 
-    # -- revocations being loaded (PROTOCOL.md §3.1) ----------------------
+    _ready: Callable[[Access], Access | Deferred[Access]] | None = None  # see wait_for
 
-    _loading: Deferred[Any] | None = None  # the revocations being loaded: subscribes wait for them
-    _unloaded = False  # the last load failed: subscribes are refused 1013 until one succeeds
-
-    def wait_for(self, loading: Deferred[Any]) -> None:
-        """Subscribes wait until ``loading`` fires (this instance's ``revocations`` loaded from the store,
-        PROTOCOL.md §3.1), then are checked against them; while the last ``loading`` given has failed, they are
-        refused 1013 ``subscribe: revocations unavailable, try again`` (fail closed) until a later one succeeds.
-        The gateway takes ``loading``'s result: the caller adds its own callbacks first."""
-        self._loading = loading
-
-        def done(result: object) -> None:
-            if self._loading is loading:
-                self._loading, self._unloaded = None, isinstance(result, Failure)
-
-        loading.addBoth(done)
-
-    def _when_loaded(self, access: Access) -> Access | Deferred[Access]:
-        loading = self._loading
-        if loading is not None:
-            waiter: Deferred[None] = Deferred()
-            loading.addBoth(lambda _: waiter.callback(None))
-            return waiter.addCallback(lambda _: self._when_loaded(access))
-        if self._unloaded:
-            raise AccessError("revocations unavailable, try again")
-        return access
+    def wait_for(self, ready: Callable[[Access], Access | Deferred[Access]]) -> None:
+        """Every subscribe's access passes through ``ready`` before it is checked against ``revocations``
+        (PROTOCOL.md §3.1): ``wsgw.control.RevocationLoader.ready`` holds it while they load, and fails it with
+        AccessError ``revocations unavailable, try again`` (1013) while they cannot be loaded: fail closed."""
+        self._ready = ready
 
     def _refused(self, access: Access) -> str | None:
         """Why a token giving ``access`` may not subscribe (PROTOCOL.md §3.1): revoked, or living longer than

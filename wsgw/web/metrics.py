@@ -26,13 +26,12 @@ from twisted.web.server import Request
 
 from wsgw.auth.resolvers import OUTCOMES as ACCESS_OUTCOMES
 from wsgw.chat.service import LIMITS as CHAT_LIMITS
-from wsgw.control import OPS as CONTROL_OPS
-from wsgw.control import OUTCOMES as CONTROL_OUTCOMES
 from wsgw.events.usermeta import OUTCOMES
 from wsgw.gateway import Census
 from wsgw.interfaces import IBus
 from wsgw.logs import KINDS
 from wsgw.web.listener import LIMITS
+from wsgw.web.operator import operator_metrics
 
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ACCESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -292,7 +291,8 @@ class GatewayCollector(Collector):
                            "peer_lines_per_minute, by kind.", "kind", p.log_budget.suppressed, KINDS)
         yield _counter("wsgw_publish_requests", "POST /publish requests on the operator listener, by HTTP status.",
                        "status", {str(k): v for k, v in self._publish_requests.items()})
-        yield from self._revocation_metrics()
+        yield from operator_metrics(self._operator_requests, p.control and p.control.counts, gateway.revoked,
+                                    len(gateway.revocations))
         bus = p.bus
         yield _gauge("wsgw_bus_up", "1 while the bus can deliver and publish.", None, 1 if bus.connected else 0)
         links = list(p.redis_links())
@@ -304,31 +304,6 @@ class GatewayCollector(Collector):
                          {link.role: 1 if link.stalled else 0 for link in links})
             yield _counter("wsgw_redis_reconnects", "Redis connections re-established after a loss, by role.", "role",
                            {link.role: link.reconnects for link in links})
-
-
-    def _revocation_metrics(self) -> Iterator[Metric]:
-        """Operator requests, control messages, sessions closed by revocation, revocations in force (§3.1)."""
-        gateway = self._view.gateway
-        requests = CounterMetricFamily("wsgw_operator_requests", "POST /disconnect and /revoke requests on the "
-                                       "operator listener, by path and HTTP status.", labels=["path", "status"])
-        for (path, status), count in sorted(self._operator_requests.items()):
-            requests.add_metric([path, str(status)], count)
-        yield requests
-        if self._view.control is not None:
-            messages = CounterMetricFamily("wsgw_control_messages", "Control messages (operator /disconnect and "
-                                           "/revoke from any instance) received, by op and outcome: applied, forged "
-                                           "(wrong or missing mac, or no operator token here), malformed, stale "
-                                           "(sent over 300 s away from now, or a replay).", labels=["op", "outcome"])
-            counts = {(op, outcome): 0 for op in CONTROL_OPS for outcome in CONTROL_OUTCOMES}
-            counts.update(self._view.control.counts)
-            for (op, outcome), count in sorted(counts.items()):
-                messages.add_metric([op, outcome], count)
-            yield messages
-        yield _counter("wsgw_sessions_revoked", "Sessions closed because their access was revoked (4003, or 1013 "
-                       "when it could not be re-derived), by why.", "why", gateway.revoked,
-                       ("disconnect", "revoke"))
-        yield _gauge("wsgw_revocations", "Revocations in force on this instance (operator /revoke, deleted users "
-                     "and workspaces), until max_token_lifetime after their time.", None, len(gateway.revocations))
 
 
 def _listener_metrics(listeners: Sequence[ListenerCounts]) -> Iterator[Metric]:

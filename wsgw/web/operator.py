@@ -16,14 +16,16 @@ from __future__ import annotations
 import hmac
 import json
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from wsgw.control import Operator, RequestError
+from wsgw.control import OPS, OUTCOMES, Operator, RequestError
 from wsgw.frames import encode
 from wsgw.web.publish import MAX_PUBLISH_BYTES
 
@@ -100,3 +102,31 @@ def _bearer(header: bytes | None, token: bytes) -> bool:
         return False
     scheme, _, given = header.partition(b" ")
     return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+
+
+def operator_metrics(requests: Mapping[tuple[str, int], int], control: Mapping[tuple[str, str], int] | None,
+                     revoked: Mapping[str, int], revocations: int) -> Iterator[Metric]:
+    """The /metrics families of PROTOCOL.md §3.1: operator requests by path and status, control messages by op and
+    outcome (``None``: no control handler), sessions closed by revocation by why, revocations in force."""
+    family = CounterMetricFamily("wsgw_operator_requests", "POST /disconnect and /revoke requests on the operator "
+                                 "listener, by path and HTTP status.", labels=["path", "status"])
+    for (path, status), count in sorted(requests.items()):
+        family.add_metric([path, str(status)], count)
+    yield family
+    if control is not None:
+        family = CounterMetricFamily("wsgw_control_messages", "Control messages (operator /disconnect and /revoke "
+                                     "from any instance) received, by op and outcome: applied, forged (wrong or "
+                                     "missing mac, or no operator token here), malformed, stale (sent over 300 s "
+                                     "away from now, or a replay).", labels=["op", "outcome"])
+        counts = {(op, outcome): 0 for op in OPS for outcome in OUTCOMES}
+        counts.update(control)
+        for (op, outcome), count in sorted(counts.items()):
+            family.add_metric([op, outcome], count)
+        yield family
+    family = CounterMetricFamily("wsgw_sessions_revoked", "Sessions closed because their access was revoked (4003, "
+                                 "or 1013 when it could not be re-derived), by why.", labels=["why"])
+    for why, count in sorted({"disconnect": 0, "revoke": 0, **revoked}.items()):
+        family.add_metric([why], count)
+    yield family
+    yield GaugeMetricFamily("wsgw_revocations", "Revocations in force on this instance (operator /revoke, deleted "
+                            "users and workspaces), until max_token_lifetime after their time.", value=revocations)
