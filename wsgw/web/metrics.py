@@ -291,8 +291,8 @@ class GatewayCollector(Collector):
                            "peer_lines_per_minute, by kind.", "kind", p.log_budget.suppressed, KINDS)
         yield _counter("wsgw_publish_requests", "POST /publish requests on the operator listener, by HTTP status.",
                        "status", {str(k): v for k, v in self._publish_requests.items()})
-        yield from operator_metrics(self._operator_requests, p.control and p.control.counts, gateway.revoked,
-                                    len(gateway.revocations))
+        yield from operator_metrics(self._operator_requests, None if p.control is None else p.control.counts,
+                                    gateway.revoked, len(gateway.revocations))
         bus = p.bus
         yield _gauge("wsgw_bus_up", "1 while the bus can deliver and publish.", None, 1 if bus.connected else 0)
         links = list(p.redis_links())
