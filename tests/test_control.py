@@ -316,3 +316,21 @@ def test_a_load_that_does_not_answer_times_out_and_is_retried() -> None:
     assert conn.closed is not None and conn.closed[0] == 1013
     w.clock.advance(1.0)
     assert loader.loaded
+
+
+def test_after_a_bus_reconnect_the_store_is_loaded_again_and_enforced() -> None:
+    """catch_up(generation) loads again only when the subscriber's reconnect count moved; what it loads closes
+    the live sessions holding a refused token (ControlHandler.enforce)."""
+    w = world()
+    control = ControlHandler(w.gateway, TOKEN, w.clock)
+    again: Deferred[list[Revocation]] = Deferred()
+    loader = RevocationLoader(w.clock, FakeStore([succeed([]), again]), w.gateway, apply=control.enforce)
+    loader.start()
+    _, alice = holding(w, "alice", jti="j7", iat=NOW - 10)
+    _, bob = holding(w, "bob", iat=NOW - 10)
+    loader.catch_up(0)  # no reconnect: nothing loaded (the store has no third answer)
+    loader.catch_up(1)
+    loader.catch_up(1)  # one load at a time
+    again.callback([Revocation("jti", "j7", NOW), Revocation("login", "bob", NOW - 20)])
+    assert revoked(alice)[1] == 4003 and revoked(bob) == ([], None)
+    loader.catch_up(1)  # caught up already

@@ -18,6 +18,7 @@ from tests.support.daemon import REDIS, SECRET, Daemon, Publisher, StartGateway,
 from tests.support.waiting import eventually, wait_until
 from tests.support.wsclient import Client, connect
 from wsgw.control import sign
+from wsgw.revocations import Revocation
 
 ADMIN = "tcp:0:interface=127.0.0.1"
 OPERATOR_TOKEN = "operator-token-of-the-tests-0123456789"
@@ -223,3 +224,19 @@ async def test_embedded_mode_disconnects_and_revokes_on_its_one_instance(gateway
     assert (await refused(a, old))[0]["error"] == "subscribe: token revoked"
     await wait_until(lambda: len(a.service.gateway.revocations) == 1, "the revocation in memory")
     assert reactor.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_that_was_off_the_bus_catches_up_on_the_revocations_stored_meanwhile(
+        gateway: StartGateway, tmp_path: Path) -> None:
+    """A revocation stored while an instance's bus subscriber was down (its control message lost) is loaded again
+    once that subscriber reconnected: the live socket holding the token is closed 4003, the token refused."""
+    b = await instance(gateway, tmp_path)
+    old = tok("alice", iat=time.time() - 60)
+    alice = await subscribed(b, old)
+    await b.service.revocation_store.save(Revocation("login", "alice", time.time()), time.time() + 60)
+    subscriber = b.service.bus.links[0]
+    subscriber._ready.transport.loseConnection()  # the subscriber drops; the client reconnects by itself
+    await wait_until(lambda: subscriber.reconnects == 1, "the bus subscriber to reconnect")
+    await revoked(alice, "token revoked")
+    assert (await refused(b, old))[0]["error"] == "subscribe: token revoked"

@@ -31,7 +31,7 @@ import json
 import math
 import os
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -229,16 +229,22 @@ class ControlHandler:
             self._gateway.revoke(session, reason, "disconnect")
 
     def _revoke(self, event: dict[str, Any]) -> None:
-        """Add the revocations, then close the sessions holding a token they refuse: those of the login and sub
-        through the table's indexes, and for a jti (which no index holds) by scanning every open session."""
-        revocations = revocations_of(event, event["at"])
+        self.enforce(revocations_of(event, event["at"]))
+
+    def enforce(self, revocations: Sequence[Revocation]) -> None:
+        """Add ``revocations`` to the gateway's copy, then close (4003 ``token revoked``) the live sessions holding
+        a token it refuses now: those of a login or sub found through the table's indexes, and for a jti (which no
+        index holds) by scanning every open session. (A workspace revocation is only added: it withholds the
+        workspace at the next subscribe or re-authorization.)"""
         self._gateway.revocations.add_all(revocations)
-        named = [r for r in revocations if r.kind != "jti"]
-        holders: Iterable[Session] = self._designated(event) if named else ()
-        if "jti" in event:
-            holders = list(holders) + [s for s in self._gateway.table if s.access and s.access.jti == event["jti"]]
-        for session in list(holders):
-            if session.access is not None and any(r.matches(session.access.identity) for r in revocations):
+        logins = [r.key for r in revocations if r.kind == "login"]
+        subs = [r.key for r in revocations if r.kind == "sub"]
+        jtis = {r.key for r in revocations if r.kind == "jti"}
+        holders = list(self._gateway.table.designated(logins=logins, subs=subs)) if logins or subs else []
+        if jtis:
+            holders += [s for s in self._gateway.table if s.access is not None and s.access.jti in jtis]
+        for session in holders:
+            if session.access is not None and self._gateway.revocations.refuses(session.access.identity):
                 self._gateway.revoke(session, "token revoked", "revoke")
 
     def _designated(self, event: Mapping[str, Any]) -> set[Session]:
@@ -287,15 +293,21 @@ class RevocationLoader:
     ``start`` makes the gateway pass every subscribe through ``ready`` (``Gateway.wait_for``), which holds it while
     an attempt is under way and refuses it (AccessError, 1013) while the last attempt failed. ``ready()`` fires
     once the store can answer (Redis connected; None: at once); an attempt that is not done within ``timeout``
-    seconds, or fails, is retried after ``retry`` seconds, doubling up to ``max_retry``. ``loaded`` says whether
-    one succeeded, ``failures`` counts failed attempts."""
+    seconds, or fails, is retried after ``retry`` seconds, doubling up to ``max_retry``. What is loaded goes to
+    ``apply`` (default: added to ``gateway.revocations``; the service gives ``ControlHandler.enforce``).
+    ``catch_up`` loads again after the bus reconnected. ``loaded`` says whether a load succeeded, ``failures``
+    counts failed attempts."""
 
     _log = Logger()
 
     def __init__(self, clock: IReactorTime, store: IRevocationStore, gateway: Gateway, *,
                  ready: Callable[[], Deferred[Any]] | None = None, timeout: float = 10.0,
-                 retry: float = 1.0, max_retry: float = 30.0) -> None:
+                 retry: float = 1.0, max_retry: float = 30.0,
+                 apply: Callable[[list[Revocation]], object] | None = None) -> None:
         self._clock = clock
+        self._apply = apply or gateway.revocations.add_all
+        self._generation = 0  # the bus subscriber's reconnects as of the last load
+        self._catching_up = False
         self._store = store
         self._gateway = gateway
         self._store_ready = ready or (lambda: succeed(None))
@@ -348,8 +360,30 @@ class RevocationLoader:
 
         attempt.addBoth(done)
 
+    def catch_up(self, generation: int) -> None:
+        """Load the store again if ``generation`` (the bus subscriber's count of reconnects, polled) moved since the
+        last load: control messages published while this instance was off the bus are lost, the revocations they
+        stored are not (a missed ``/disconnect`` is lost for good). A failure is logged and retried at the next
+        call; meanwhile subscribes go on against the copy this instance has."""
+        if generation == self._generation or self._catching_up or self._loading is not None or not self.loaded:
+            return
+        self._catching_up = True
+
+        def done(revocations: list[Revocation]) -> None:
+            self._apply(revocations)
+            self._generation = generation
+            self._log.info("revocations loaded again after a bus reconnect: {n} in force",
+                           n=len(self._gateway.revocations))
+
+        def failed(failure: Failure) -> None:
+            self._log.warn("cannot load the revocations after a bus reconnect ({error}): trying again",
+                           error=failure.getErrorMessage() or repr(failure.value))
+
+        loading = self._store.load().addCallback(done).addErrback(failed)
+        loading.addBoth(lambda _: setattr(self, "_catching_up", False))
+
     def _loaded(self, revocations: list[Revocation]) -> None:
-        self._gateway.revocations.add_all(revocations)
+        self._apply(revocations)
         self.loaded, self._retry = True, self._first_retry
         self._log.info("revocations loaded: {n} in force", n=len(self._gateway.revocations))
 

@@ -17,6 +17,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -122,7 +123,9 @@ class GatewayService(MultiService):
         self.control = ControlHandler(self.gateway, config.publish_token, clock, self.log_budget)  # PROTOCOL §3.1
         ready = None if self.redis_commands is None else self.redis_commands.whenConnected
         self.revocation_loader = RevocationLoader(clock, self.revocation_store, self.gateway, ready=ready,
-                                                  timeout=config.store_timeout)
+                                                  timeout=config.store_timeout, apply=self.control.enforce)
+        self._catch_up = LoopingCall(self._revocations_catch_up)  # after a bus reconnect: the messages missed
+        self._catch_up.clock = clock
         activity_handler = activity.ActivityHandler(table)
         self.dispatcher = Dispatcher({
             "tree": self.nodes, "meta": self.nodes, "tasks": task_handler, "idm": idm_handler,
@@ -178,6 +181,8 @@ class GatewayService(MultiService):
             self._log.warn("{notice}", notice=notice)
         self.chat.start()
         self.revocation_loader.start()  # subscribes wait for the revocations (PROTOCOL.md §3.1)
+        if isinstance(self.bus, RedisBus):
+            self._catch_up.start(1.0, now=False)
         self.ports = self._listen(self.config.listen, self.site, "listening")
         lowered = 0 < self.public_guard.max_sockets < self.config.max_connections
         (self._log.warn if lowered else self._log.info)(
@@ -197,6 +202,10 @@ class GatewayService(MultiService):
                 failures[0].raiseException()
             self._log.info("{what} on {address}", what=what, address=ports[-1].getHost())
         return ports
+
+    def _revocations_catch_up(self) -> None:
+        if isinstance(self.bus, RedisBus):
+            self.revocation_loader.catch_up(self.bus.links[0].reconnects)
 
     def problem(self) -> str | None:
         """Why the daemon cannot serve now, for /healthz: the bus down, or a Redis connection not set up or not
@@ -223,6 +232,8 @@ class GatewayService(MultiService):
         self.admin_ports = []
         yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
         self.revocation_loader.stop()
+        if self._catch_up.running:
+            self._catch_up.stop()
         flushed = self.nodes.flush()  # pending merges, and the events waiting for the node-metadata backend
         flushed.addTimeout(self.config.node_meta_timeout + 1.0, self._reactor)
         yield flushed.addErrback(lambda _: self._log.warn("node events still waiting for their metadata: dropped"))
