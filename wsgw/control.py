@@ -20,7 +20,8 @@ login's and sub's sessions with 4003 and stores nothing; ``revoke`` adds the
 revocations to this instance's copy and closes the live sessions holding a
 token they refuse (4003). For ``revoke`` the sender stores the revocations
 (``IRevocationStore``) before publishing, so an instance started later loads
-them (``RevocationLoader``).
+them (``RevocationLoader``), and an instance whose bus subscriber reconnected (the messages sent meanwhile
+are lost) loads them again (``RevocationLoader.catch_up``).
 """
 
 from __future__ import annotations
@@ -206,8 +207,8 @@ class ControlHandler:
             return "forged", "no mac"
         try:
             expected = mac(self._token, rest)
-        except ValueError as e:
-            return "malformed", f"not canonical JSON: {e}"
+        except (ValueError, RecursionError) as e:
+            return "malformed", f"not canonical JSON: {str(e)[:80]}"
         if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
             return "forged", "wrong mac"
         shape = _shape_problem(event)

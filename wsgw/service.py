@@ -1,7 +1,8 @@
 """GatewayService: wires the configured parts together, starts them in order and shuts them down by design.
 
-Start: bus, the chat's presence sweep, then listeners (a port that cannot be
-bound aborts startup).
+Start: bus, the chat's presence sweep, the revocations' load (subscribes wait
+for it, PROTOCOL.md §3.1), then listeners (a port that cannot be bound aborts
+startup).
 Stop (SIGTERM under systemd): stop accepting, flush pending node merges,
 close every socket with 1000 ``server shutting down``, wait for them (bounded
 by ``shutdown_timeout``), then stop the bus.
