@@ -103,6 +103,7 @@ def test_a_disconnect_request_names_a_login_or_a_sub_and_its_reason_is_cut() -> 
 
 
 def test_a_revoke_request_gets_before_now_when_absent() -> None:
+    """before absent means now, a given one is kept as sent, and a jti alone makes a revoke."""
     """before absent means now; a given one is kept as sent; jti alone is a revoke."""
     assert parse_request("revoke", {"login": "alice"}, NOW, 60)["before"] == NOW
     assert parse_request("revoke", {"sub": "s", "before": 123.5}, NOW, 60)["before"] == 123.5
@@ -125,6 +126,7 @@ def test_a_revoke_request_gets_before_now_when_absent() -> None:
     ("disconnect", {"login": "a", "reason": 3}, "reason must be a string"),
 ])
 def test_bad_request_bodies_are_refused_with_the_reason(op: str, body: object, reason: str) -> None:
+    """Every bad body (not an object, nobody named, unknown fields, wrong types, long keys, bad before) says why."""
     with pytest.raises(RequestError, match=reason):
         parse_request(op, body, NOW, 60)
 
@@ -162,6 +164,7 @@ def test_revoke_by_sub_closes_the_tokens_issued_before_and_refuses_them_later() 
 
 
 def test_revoke_by_jti_scans_the_table_and_closes_only_that_token() -> None:
+    """A jti revocation closes the sessions holding that token on both endpoints, not another token of the user."""
     w = world()
     control = ControlHandler(w.gateway, TOKEN, w.clock)
     _, j1 = holding(w, "alice", jti="j1", iat=NOW - 100)
@@ -197,6 +200,7 @@ def test_a_message_that_cannot_be_trusted_changes_nothing_and_is_counted(event: 
 
 
 def test_a_replayed_message_is_stale_and_without_an_operator_token_every_message_is_dropped() -> None:
+    """A message applied once is stale the second time; an instance without the operator token trusts none."""
     w = world()
     control = ControlHandler(w.gateway, TOKEN, w.clock)
     event = message(op="revoke", login="alice", before=NOW)
@@ -230,6 +234,8 @@ class FakeStore:
 
 
 def test_a_revoke_is_stored_then_published_signed_and_applied_by_the_sender_too() -> None:
+    """Operator.request saves each revocation with its expiry, publishes the signed message, and the sender's own
+    handler applies it."""
     w = world()
     bus = MemoryBus(DEFAULT_TOPICS)
     control = ControlHandler(w.gateway, TOKEN, w.clock)
@@ -246,6 +252,7 @@ def test_a_revoke_is_stored_then_published_signed_and_applied_by_the_sender_too(
 
 
 def test_a_revoke_the_store_refused_is_not_published() -> None:
+    """A revoke the store could not save fails (503 for the page) and is neither published nor kept in memory."""
     w = world()
     bus = MemoryBus(DEFAULT_TOPICS)
     published: list[bytes] = []

@@ -82,6 +82,8 @@ async def pair(gateway: StartGateway, tmp_path: Path, **overrides: str) -> tuple
 @pytest_twisted.ensureDeferred
 async def test_disconnect_closes_the_users_sockets_on_every_instance_and_a_reconnect_is_admitted(
         gateway: StartGateway, tmp_path: Path) -> None:
+    """/disconnect on instance A closes alice's sockets on A and B (both endpoints) with an error frame then 4003,
+    leaves bob's alone, stores nothing (the same token subscribes again), and is counted."""
     a, b = await pair(gateway, tmp_path)
     alice_token = tok("alice")
     alice = [await subscribed(a, alice_token), await subscribed(b, alice_token), await subscribed(b, alice_token,
@@ -104,6 +106,8 @@ async def test_disconnect_closes_the_users_sockets_on_every_instance_and_a_recon
 @pytest_twisted.ensureDeferred
 async def test_revoke_by_login_closes_tokens_issued_before_everywhere_and_refuses_them_at_subscribe(
         gateway: StartGateway, tmp_path: Path) -> None:
+    """/revoke by login with before, on B: alice's sockets holding a token issued earlier close 4003 on A and B,
+    that token is refused 4001 'token revoked' on both, a token issued after before is accepted."""
     a, b = await pair(gateway, tmp_path)
     now = time.time()
     old, recent = tok("alice", iat=now - 100), tok("alice", iat=now - 10)
@@ -155,6 +159,7 @@ async def test_revocations_outlive_the_instances(gateway: StartGateway, tmp_path
 
 @pytest_twisted.ensureDeferred
 async def test_revocations_expire_after_max_token_lifetime(gateway: StartGateway, tmp_path: Path) -> None:
+    """A revocation is gone max_token_lifetime after its before, from Redis and from the instance's copy."""
     a = await instance(gateway, tmp_path, **{"auth.max_token_lifetime": "1"})
     assert (await post(a, "/revoke", {"login": "alice"}))[0] == 202
     assert value(await scrape(a), "wsgw_revocations") == 1
@@ -193,6 +198,8 @@ async def test_a_forged_control_message_on_redis_does_nothing_and_is_counted(gat
 
 @pytest_twisted.ensureDeferred
 async def test_operator_pages_answer_400_401_403_405_413(gateway: StartGateway, tmp_path: Path) -> None:
+    """Bad bodies get 400 with the reason, a missing or wrong token 401, another method 405, an oversized body 413,
+    no operator token configured 403; nothing is revoked, and each answer is counted by path and status."""
     a = await instance(gateway, tmp_path)
     assert await post(a, "/revoke", b"{nope") == (400, {"error": "not JSON: Expecting property name enclosed in "
                                                         "double quotes: line 1 column 2 (char 1)"})
@@ -214,6 +221,7 @@ async def test_operator_pages_answer_400_401_403_405_413(gateway: StartGateway, 
 @pytest_twisted.ensureDeferred
 async def test_embedded_mode_disconnects_and_revokes_on_its_one_instance(gateway: StartGateway,
                                                                          tmp_path: Path) -> None:
+    """Without Redis, /disconnect and /revoke work on the one instance (revocations in memory)."""
     a = await instance(gateway, tmp_path, redis=None)
     old = tok("alice", iat=time.time() - 60)
     alice, bob = await subscribed(a, old), await subscribed(a, tok("bob"))

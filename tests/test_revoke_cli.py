@@ -92,6 +92,7 @@ async def test_console_scripts_disconnect_and_revoke(gateway: StartGateway, tmp_
 
 @pytest_twisted.ensureDeferred
 async def test_a_refusal_or_no_listener_is_a_clear_error(gateway: StartGateway, tmp_path: Path) -> None:
+    """The gateway's 400 and 401 come back with its reason; no operator listener, or one not answering, says so."""
     daemon, config_path = await operator_daemon(gateway, tmp_path)
     config = load_config(config_path)
     with pytest.raises(OperatorError, match="answered 400: before must be a finite number"):
@@ -110,6 +111,7 @@ async def test_a_refusal_or_no_listener_is_a_clear_error(gateway: StartGateway, 
 
 
 def test_bad_command_lines_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown option, nobody named, or a bad config file: exit 2 with a message, nothing sent."""
     with pytest.raises(SystemExit) as exited:
         revoke_main(["--reason", "x"])
     assert exited.value.code == 2
