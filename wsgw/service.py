@@ -42,6 +42,7 @@ from wsgw.gateway import Gateway
 from wsgw.interfaces import IAccessResolver, IChatStore, IRevocationStore
 from wsgw.internals.twisted import clear_exit_signal
 from wsgw.logs import LineBudget
+from wsgw.reauth import Reauthorizer
 from wsgw.redis.connection import RedisCommands, RedisLink
 from wsgw.redis.revocations import RedisRevocationStore
 from wsgw.revocations import Revocations
@@ -120,7 +121,8 @@ class GatewayService(MultiService):
         self.nodes = nodes.NodeHandler(table, clock, batch_window=config.batch_window,
                                        silent_rate=config.silent_rate, silent_burst=config.silent_burst,
                                        user_meta=user_meta, user_meta_timeout=config.node_meta_timeout)
-        task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table)
+        self.reauth = Reauthorizer(self.gateway, resolver, clock, max_requests=config.access_max_requests)
+        task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table, self.reauth.handle)
         self.control = ControlHandler(self.gateway, config.publish_token, clock, self.log_budget)  # PROTOCOL §3.1
         ready = None if self.redis_commands is None else self.redis_commands.whenConnected
         self.revocation_loader = RevocationLoader(clock, self.revocation_store, self.gateway, ready=ready,
