@@ -89,6 +89,7 @@ class Gateway:
         self._per_login: Counter[str] = Counter()
         self._budget = log_budget if log_budget is not None else LineBudget(clock)
         self.revocations = revocations if revocations is not None else Revocations(clock, 86400.0)
+        self._ready: Callable[[Access], Access | Deferred[Access]] | None = None  # see wait_for
         self.table = SessionTable()
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
@@ -301,8 +302,6 @@ class Gateway:
             d.addCallback(self._ready)
         d.addCallbacks(resolved, failed)
         return d
-
-    _ready: Callable[[Access], Access | Deferred[Access]] | None = None  # see wait_for
 
     def wait_for(self, ready: Callable[[Access], Access | Deferred[Access]]) -> None:
         """Every subscribe's access passes through ``ready`` before it is checked against ``revocations``

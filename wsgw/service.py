@@ -45,7 +45,7 @@ from wsgw.logs import LineBudget
 from wsgw.reauth import Reauthorizer
 from wsgw.redis.connection import RedisCommands, RedisLink
 from wsgw.redis.revocations import RedisRevocationStore
-from wsgw.revocations import Revocations
+from wsgw.revocations import Revocation, Revocations
 from wsgw.web.inbound import InboundPolicy
 from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
 from wsgw.web.metrics import Metrics, MetricsView
@@ -121,7 +121,8 @@ class GatewayService(MultiService):
         self.nodes = nodes.NodeHandler(table, clock, batch_window=config.batch_window,
                                        silent_rate=config.silent_rate, silent_burst=config.silent_burst,
                                        user_meta=user_meta, user_meta_timeout=config.node_meta_timeout)
-        self.reauth = Reauthorizer(self.gateway, resolver, clock, max_requests=config.access_max_requests)
+        self.reauth = Reauthorizer(self.gateway, resolver, clock, max_requests=config.access_max_requests,
+                                   remember=self._remember)
         task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table, self.reauth.handle)
         self.control = ControlHandler(self.gateway, config.publish_token, clock, self.log_budget)  # PROTOCOL §3.1
         ready = None if self.redis_commands is None else self.redis_commands.whenConnected
@@ -151,6 +152,7 @@ class GatewayService(MultiService):
             bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
             access=resolver if isinstance(resolver, HttpResolver) else None, log_budget=self.log_budget,
             chat_store=store if isinstance(store, RedisChatStore) else None, control=self.control,
+            reauth=self.reauth,
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)
@@ -209,6 +211,13 @@ class GatewayService(MultiService):
     def _revocations_catch_up(self) -> None:
         if isinstance(self.bus, RedisBus):
             self.revocation_loader.catch_up(self.bus.links[0].reconnects)
+
+    def _remember(self, revocation: Revocation) -> None:
+        """Keep a revocation the claims rules derived from an IDM event (PROTOCOL.md §3.1) where a restarted
+        instance finds it; every instance got the event and saves the same entry (saving is idempotent)."""
+        d = self.revocation_store.save(revocation, self.gateway.revocations.expires(revocation))
+        d.addErrback(lambda f: self._log.warn("could not keep {what} {key} revoked in the store: {error}",
+                                              what=revocation.kind, key=revocation.key, error=f.getErrorMessage()))
 
     def problem(self) -> str | None:
         """Why the daemon cannot serve now, for /healthz: the bus down, or a Redis connection not set up or not

@@ -170,6 +170,12 @@ class Publisher:
         sent = [self._conn.publish(channel, e if isinstance(e, (bytes, str)) else json.dumps(e)) for e in events]
         await gatherResults(sent)
 
+    async def exists(self, *keys: str) -> bool:
+        """Whether every one of ``keys`` is in Redis."""
+        if self._conn is None:
+            self._conn = await txredisapi.Connection("127.0.0.1", self._port, reconnect=False)
+        return all([await self._conn.exists(key) for key in keys])
+
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.disconnect()

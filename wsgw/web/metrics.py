@@ -31,7 +31,7 @@ from wsgw.gateway import Census
 from wsgw.interfaces import IBus
 from wsgw.logs import KINDS
 from wsgw.web.listener import LIMITS
-from wsgw.web.operator import operator_metrics
+from wsgw.web.operator import ReauthCounts, operator_metrics, reauth_metrics
 
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ACCESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -180,6 +180,7 @@ class MetricsView:
     log_budget: LogCounts | None = None
     chat_store: ChatStoreCounts | None = None
     control: ControlCounts | None = None
+    reauth: ReauthCounts | None = None
 
 
 class GatewayCollector(Collector):
@@ -293,6 +294,8 @@ class GatewayCollector(Collector):
                        "status", {str(k): v for k, v in self._publish_requests.items()})
         yield from operator_metrics(self._operator_requests, None if p.control is None else p.control.counts,
                                     gateway.revoked, len(gateway.revocations))
+        if p.reauth is not None:
+            yield from reauth_metrics(p.reauth)
         bus = p.bus
         yield _gauge("wsgw_bus_up", "1 while the bus can deliver and publish.", None, 1 if bus.connected else 0)
         links = list(p.redis_links())

@@ -17,7 +17,7 @@ import hmac
 import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.logger import Logger
@@ -27,6 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from wsgw.control import OPS, OUTCOMES, Operator, RequestError
 from wsgw.frames import encode
+from wsgw.reauth import OUTCOMES as REAUTH_OUTCOMES
 from wsgw.web.publish import MAX_PUBLISH_BYTES
 
 
@@ -130,3 +131,33 @@ def operator_metrics(requests: Mapping[tuple[str, int], int], control: Mapping[t
     yield family
     yield GaugeMetricFamily("wsgw_revocations", "Revocations in force on this instance (operator /revoke, deleted "
                             "users and workspaces), until max_token_lifetime after their time.", value=revocations)
+
+
+class ReauthCounts(Protocol):
+    """Live re-authorization (``wsgw.reauth.Reauthorizer``)."""
+
+    events: int
+    sessions: Counter[str]
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def suspended(self) -> int: ...
+
+
+def reauth_metrics(reauth: ReauthCounts) -> Iterator[Metric]:
+    """The /metrics families of live re-authorization (PROTOCOL.md §3.1)."""
+    yield CounterMetricFamily("wsgw_reauthorization_events", "IDM events that designated sessions whose access the "
+                              "gateway re-derived.", value=reauth.events)
+    family = CounterMetricFamily("wsgw_reauthorized_sessions", "Sessions whose access an IDM event made the gateway "
+                                 "re-derive, by outcome: applied (the new access), refused (the backend refused the "
+                                 "token: 4003), unavailable (no answer: 1013), gone (closed or re-subscribed "
+                                 "meanwhile), deleted (user deleted, claims resolver: 4003).", labels=["outcome"])
+    for outcome in REAUTH_OUTCOMES:
+        family.add_metric([outcome], reauth.sessions[outcome])
+    yield family
+    yield GaugeMetricFamily("wsgw_reauthorization_requests_in_flight", "Requests to the access backend re-deriving "
+                            "sessions' access now.", value=reauth.in_flight)
+    yield GaugeMetricFamily("wsgw_reauthorization_sessions_suspended", "Sessions whose frames wait for the backend's "
+                            "new answer about their access.", value=reauth.suspended)
