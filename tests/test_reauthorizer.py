@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from wsgw.access import Access, AccessError, AccessRefused, Identity, Workspace
@@ -155,3 +155,14 @@ def test_a_refusal_closes_4003_and_a_failure_1013_with_nothing_of_the_old_access
     assert [f["@type"] for f in failed_conn.frames] == ["error"] and failed_conn.closed is not None
     assert failed_conn.closed[0] == 1013
     assert gateway.revoked == {"backend_refused": 1, "backend_unavailable": 1}
+
+
+def test_answers_that_come_at_once_do_not_recurse_however_many_tokens() -> None:
+    """A resolver failing at once (a request that cannot even start) for 3,000 distinct tokens: every session is
+    closed 1013, one after the other, without a recursion per token."""
+    gateway, backend, reauth, ws = world(max_requests=1)
+    backend.refresh = lambda token, who: fail(AccessError("access backend unavailable: bad URL"))  # type: ignore
+    conns = [subscribed(gateway, ws, f"user-{i}")[1] for i in range(3000)]
+    reauth.handle(ROLE_CHANGE)
+    assert all(conn.closed is not None and conn.closed[0] == 1013 for conn in conns)
+    assert reauth.sessions["unavailable"] == 3000 and reauth.in_flight == 0

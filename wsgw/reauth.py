@@ -103,6 +103,7 @@ class Reauthorizer:
         self._waiting: dict[str, set[Session]] = {}  # token -> the sessions waiting for its answer
         self._queued: dict[str, Access] = {}  # tokens to ask about (in order), with the access they gave
         self._asking: dict[str, bool] = {}  # tokens asked about now -> whether an event came since (ask again)
+        self._pumping = False
         self.events = 0
         self.sessions: Counter[str] = Counter()
 
@@ -171,12 +172,18 @@ class Reauthorizer:
             self._queued.setdefault(token, access)
 
     def _ask(self) -> None:
-        while self._queued and len(self._asking) < self._max_requests:
-            token, access = next(iter(self._queued.items()))
-            del self._queued[token]
-            self._asking[token] = False
-            d = self._resolver.refresh(token, access.identity)
-            d.addBoth(self._answered, token, access)
+        if self._pumping:  # an answer that came at once, within the loop below: the loop goes on
+            return
+        self._pumping = True
+        try:
+            while self._queued and len(self._asking) < self._max_requests:
+                token, access = next(iter(self._queued.items()))
+                del self._queued[token]
+                self._asking[token] = False
+                d = self._resolver.refresh(token, access.identity)
+                d.addBoth(self._answered, token, access)
+        finally:
+            self._pumping = False
 
     def _answered(self, result: Access | Failure, token: str, access: Access) -> None:
         again = self._asking.pop(token)
