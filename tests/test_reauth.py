@@ -11,7 +11,7 @@ from typing import Any
 
 import jwt
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -299,3 +299,27 @@ async def test_http_a_chat_socket_leaves_the_room_it_may_no_longer_join(gateway:
         users = frame["Room"]["Users"] if frame.get("@type") == "ROOM_UPDATE" else users
         # (alice's own join may reach bob late, through the bus, as ["alice"])
         assert users in (["bob"], ["alice", "bob"], ["alice"]), frame
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_idm_events_faster_than_the_backend_never_hold_frames_past_the_timeout(
+        gateway: StartGateway, backend: AccessBackend) -> None:
+    """The backend answers in 0.5 s and IDM events come every 0.25 s (about bob's role r2; one first about alice's
+    r1): every answer predates the latest event, so it is asked again; but alice's frames are not held forever:
+    within the resolver's timeout (2 s here) plus one answer she is closed 1013 (PROTOCOL.md §3.1)."""
+    backend.access = {"alice": both(["r1"]), "bob": both(["r2"])}
+    daemon = await Deferred.fromCoroutine(gateway(admin="tcp:0:interface=127.0.0.1", overrides={
+        "access.resolver": "http", "access.url": backend.url, "access.cache_ttl": "60", "access.timeout": "2"}))
+    alice = await subscribed(daemon, token("alice"))
+    await subscribed(daemon, token("bob"))
+    backend.delay = 0.5
+    await daemon.publish("idm", HTTP_CHANGES["acl"])
+    started = time.monotonic()
+    closed = alice.wait_closed(timeout=30)
+    while not closed.called and time.monotonic() - started < 6:
+        await daemon.publish("idm", {"Type": "UPDATE", "Acl": {"RoleID": "r2", "Action": {"Name": "read"}}})
+        await task.deferLater(reactor, 0.25, lambda: None)  # the stream of events: one every 0.25 s
+    assert closed.called, "alice's session is still suspended after 6 s"
+    frames, code = await closed_with(alice)
+    assert code == 1013 and frames[-1]["error"].startswith("access unknown: ")
+    assert time.monotonic() - started < 3.5
