@@ -323,3 +323,26 @@ async def test_http_idm_events_faster_than_the_backend_never_hold_frames_past_th
     frames, code = await closed_with(alice)
     assert code == 1013 and frames[-1]["error"].startswith("access unknown: ")
     assert time.monotonic() - started < 3.5
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_an_idm_frame_waiting_behind_a_re_derivation_is_still_delivered(
+        gateway: StartGateway, backend: AccessBackend) -> None:
+    """Two IDM events in a row: an ACL change of alice's r1 (her frames wait for the backend), then the deletion of
+    her role r2. The second frame was addressed to alice (she had r2 when it came): it reaches her although her new
+    access no longer has r2 (PROTOCOL.md §3.1: "The IDM frame goes first, to its recipients as computed on the old
+    access; then the change applies")."""
+    backend.access = {"alice": both(["r1", "r2"])}
+    daemon = await with_backend(gateway, backend)
+    alice = await subscribed(daemon, token("alice"))
+    backend.access["alice"] = both(["r1"])
+    backend.delay = 0.3
+    await daemon.publish("idm", {"Type": "UPDATE", "Acl": {"RoleID": "r1", "Action": {"Name": "read"}}})
+    await daemon.publish("idm", {"Type": "DELETE", "Role": {"Uuid": "r2"}})
+    await daemon.publish("tree", create("a", 1))
+    got = []
+    while not got or got[-1] != "a-1":
+        frame = await alice.next()
+        got.append(frame.get("Role", frame.get("Acl", {})).get("Uuid", "acl") if frame.get("@type") == "idm"
+                   else node(frame))
+    assert got == ["acl", "r2", "a-1"]
