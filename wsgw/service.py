@@ -97,7 +97,7 @@ class GatewayService(MultiService):
                                max_queued_bytes=config.max_queued_bytes,
                                max_waiting_frames=max(1, int(config.inbound_burst)),
                                max_sockets_per_user=config.max_connections_per_user, log_budget=self.log_budget,
-                               revocations=Revocations(clock, config.max_token_lifetime))
+                               revocations=Revocations(clock, config.max_token_lifetime, config.leeway))
         table = self.gateway.table
         self.chat = ChatService(
             clock, store, lambda payload: self.bus.publish("chat", payload),
