@@ -186,3 +186,19 @@ def test_events_faster_than_the_backend_do_not_hold_a_session_past_the_timeout()
             break
     assert conn.closed is not None and conn.closed[0] == 1013 and clock.seconds() <= 5.6
     assert reauth.suspended == 0 and reauth.sessions["unavailable"] == 1
+
+
+def test_time_queued_behind_max_requests_does_not_count_toward_the_timeout() -> None:
+    """max_requests 1 and a backend answering each request in 1 s: the eighth token waits 7 s in the queue, yet its
+    session gets its answer applied (the timeout runs from a token's first request), not 1013."""
+    clock, backend = Clock(), Backend()
+    gateway = Gateway(clock, Verifier(), backend)
+    reauth = Reauthorizer(gateway, backend, clock, max_requests=1, timeout=5)
+    endpoint = EventsEndpoint(gateway.table, clock, pacing_rate=0)
+    conns = [subscribed(gateway, endpoint, f"user-{i}")[1] for i in range(8)]
+    reauth.handle(ROLE_CHANGE)
+    for _ in range(8):
+        clock.advance(1)
+        (token,) = [t for t, d in backend.asked if not d.called]
+        backend.answer(token)
+    assert all(conn.closed is None for conn in conns) and reauth.sessions["applied"] == 8

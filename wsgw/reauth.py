@@ -12,7 +12,7 @@ session table's indexes), after the IDM frame itself went out on the old access:
   per distinct token, at most ``max_requests`` in flight, queued beyond), and
   the answer is applied as a re-subscribe would (``Gateway.reauthorized``); a
   refusal (401, 403, 404) closes the session 4003, any other failure 1013, and
-  so does no answer it may apply within ``timeout`` seconds of the suspension
+  so does no answer it may apply within ``timeout`` seconds of its first request
   (IDM events coming faster than the backend answers make each answer
   predate the latest event: asked again, but never held forever);
 - with the ``claims`` resolver: a ``Workspace`` ``DELETE`` withholds that
@@ -93,8 +93,8 @@ class Reauthorizer:
     called with each ``Revocation`` the claims rules add (to keep it where every instance and a restart find
     it). Counters: ``events`` (IDM events that designated someone), ``sessions`` (by ``OUTCOMES``);
     ``in_flight`` (backend requests now) and ``suspended`` (sessions waiting for one) are gauges. ``timeout``:
-    the seconds a token's sessions stay suspended without an answer that may apply (then closed 1013; the
-    resolver's own ``[access] timeout``).
+    the seconds a token's sessions stay suspended, from its first request, without an answer that may apply (then
+    closed 1013; the resolver's own ``[access] timeout``).
     """
 
     def __init__(self, gateway: Gateway, resolver: IAccessResolver, clock: IReactorTime, *, max_requests: int = 32,
@@ -173,8 +173,6 @@ class Reauthorizer:
             self._waiting[before].discard(session)
         self._suspended[session] = token
         self._waiting.setdefault(token, set()).add(session)
-        if token not in self._deadlines:
-            self._deadlines[token] = self._clock.callLater(self._timeout, self._overdue, token)
         if token in self._asking:
             self._asking[token] = True  # the answer on its way may predate this event: ask again
         else:
@@ -189,6 +187,8 @@ class Reauthorizer:
                 token, access = next(iter(self._queued.items()))
                 del self._queued[token]
                 self._asking[token] = False
+                if token not in self._deadlines:  # from its first request (time queued behind max_requests is not)
+                    self._deadlines[token] = self._clock.callLater(self._timeout, self._overdue, token)
                 d = self._resolver.refresh(token, access.identity)
                 d.addBoth(self._answered, token, access)
         finally:
