@@ -19,6 +19,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from tests.support.daemon import SECRET, Daemon, StartGateway, scrape, token, value, workspace
 from tests.support.waiting import eventually, wait_until
 from tests.support.wsclient import Client, connect
+from wsgw.revocations import Revocation
 
 WS_A = workspace("ws-a", "files-a", "pydiods1/a")
 WS_B = workspace("ws-b", "files-b", "pydiods1/b")
@@ -102,6 +103,24 @@ async def test_claims_deletions_are_kept_across_a_restart(gateway: StartGateway)
     assert await received(alice, "b-1") == ["b-1"]
     bob = await connect(restarted.port)
     assert await bob.subscribe(old_bob) == {"@type": "error", "error": "subscribe: token revoked"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_a_workspace_deleted_while_the_instance_was_off_the_bus_leaves_its_live_sessions(
+        gateway: StartGateway) -> None:
+    """Another instance kept the deletion of ws-a in Redis while this one's bus subscriber was down (the IDM event
+    lost here): once it reconnected and loaded the store again, alice's live session no longer gets ws-a, without
+    re-subscribing (PROTOCOL.md §3.1: "a deleted workspace leaves every session's access")."""
+    daemon = await gateway()
+    alice = await subscribed(daemon, token("alice", [WS_A, WS_B], iat=int(time.time()) - 5))
+    await daemon.service.revocation_store.save(Revocation("workspace", "ws-a", time.time()), time.time() + 60)
+    subscriber = daemon.service.bus.links[0]
+    subscriber._ready.transport.loseConnection()  # the subscriber drops; the client reconnects by itself
+    await wait_until(lambda: subscriber.reconnects == 1, "the bus subscriber to reconnect")
+    await wait_until(lambda: len(daemon.service.gateway.revocations) == 1, "the store loaded again")
+    await daemon.publish("tree", create("a", 1))
+    await daemon.publish("tree", create("b", 1))
+    assert await received(alice, "b-1") == ["b-1"]
 
 
 @pytest_twisted.ensureDeferred
