@@ -235,8 +235,9 @@ class ControlHandler:
     def enforce(self, revocations: Sequence[Revocation]) -> None:
         """Add ``revocations`` to the gateway's copy, then close (4003 ``token revoked``) the live sessions holding
         a token it refuses now: those of a login or sub found through the table's indexes, and for a jti (which no
-        index holds) by scanning every open session. (A workspace revocation is only added: it withholds the
-        workspace at the next subscribe or re-authorization.)"""
+        index holds) by scanning every open session; and take a workspace revocation's workspace out of the live
+        sessions whose token it withholds it from (``Gateway.reauthorized``: a deletion under the claims resolver
+        that this instance did not see, its bus subscriber being down, PROTOCOL.md §3.1)."""
         self._gateway.revocations.add_all(revocations)
         logins = [r.key for r in revocations if r.kind == "login"]
         subs = [r.key for r in revocations if r.kind == "sub"]
@@ -247,6 +248,10 @@ class ControlHandler:
         for session in holders:
             if session.access is not None and self._gateway.revocations.refuses(session.access.identity):
                 self._gateway.revoke(session, "token revoked", "revoke")
+        workspaces = [r.key for r in revocations if r.kind == "workspace"]
+        for session in self._gateway.table.designated(workspaces=workspaces) if workspaces else ():
+            if session.access is not None and self._gateway.revocations.withheld(session.access):
+                self._gateway.reauthorized(session, session.access)
 
     def _designated(self, event: Mapping[str, Any]) -> set[Session]:
         logins = [event["login"]] if "login" in event else []

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", action="append", default=[], metavar="UUID:SLUG:ROOTPATH",
                         help="a workspace the user can see (repeatable); default: personal-files on "
                              "pydiods1/personal/<login>")
-    parser.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires")
+    parser.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires (at most the daemon's [auth] "
+                                                                  "max_token_lifetime, 86400 by default)")
     args = parser.parse_args(argv)
     if args.secret_file:
         with open(args.secret_file, "rb") as f:
@@ -34,13 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     for spec in specs:
         uuid, slug, root = spec.split(":", 2)
         workspaces.append({"uuid": uuid, "slug": slug, "roots": [{"uuid": f"root-{uuid}", "path": root}]})
-    claims = {
+    now = int(time.time())
+    claims = {  # iat: a token minted after an operator's /revoke is not revoked (PROTOCOL.md §3.1)
         "name": args.login,
         "sub": f"uuid-{args.login}",
         "profile": args.profile,
         "roles": args.roles,
         "workspaces": workspaces,
-        "exp": int(time.time()) + args.ttl,
+        "iat": now,
+        "exp": now + args.ttl,
     }
     sys.stdout.write(jwt.encode(claims, secret, algorithm="HS256") + "\n")
     sys.stderr.write(json.dumps(claims, indent=1) + "\n")

@@ -109,7 +109,7 @@ class GatewayService(MultiService):
                                max_queued_bytes=config.max_queued_bytes,
                                max_waiting_frames=max(1, int(config.inbound_burst)),
                                max_sockets_per_user=config.max_connections_per_user, log_budget=self.log_budget,
-                               revocations=Revocations(clock, config.max_token_lifetime))
+                               revocations=Revocations(clock, config.max_token_lifetime, config.leeway))
         table = self.gateway.table
         self.chat = ChatService(
             clock, store, lambda payload: self.bus.publish("chat", payload),
@@ -134,7 +134,7 @@ class GatewayService(MultiService):
                                        silent_rate=config.silent_rate, silent_burst=config.silent_burst,
                                        user_meta=user_meta, user_meta_timeout=config.node_meta_timeout)
         self.reauth = Reauthorizer(self.gateway, resolver, clock, max_requests=config.access_max_requests,
-                                   remember=self._remember)
+                                   remember=self._remember, timeout=config.access_timeout)
         task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table, self.reauth.handle)
         self.control = ControlHandler(self.gateway, config.publish_token, clock, self.log_budget)  # PROTOCOL §3.1
         ready = None if self.redis_commands is None else self.redis_commands.whenConnected

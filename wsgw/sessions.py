@@ -6,8 +6,8 @@ is the one registry of the open sessions of every endpoint, and the indexes
 (login, sub, role, workspace, admin, root path) through which the topic handlers
 find the sessions an event concerns, never by scanning. ``fan_out`` hands one
 frame to many sessions, isolating each recipient's failure. A frame's scope
-(``ForLogin``, ``ForRole``, ``ForSub``, ``ForWorkspace``, and the node and chat
-scopes of their modules) says what access produced it, so that an access change
+(``ForLogin``, and the node, IDM and chat scopes of their modules) says what
+access produced it, so that an access change
 drops the frames still waiting that the new access would not produce (PROTOCOL.md
 §3.1, §4.1).
 """
@@ -98,7 +98,7 @@ def fan_out(recipients: Iterable[Session], frame: bytes, scope: Scope | None, *,
 
 @attrs.frozen
 class ForLogin:
-    """Frames for a login's sessions (tasks, activity, IDM rule 3), and for admins too when ``admins``."""
+    """Frames for a login's sessions (tasks, activity), and for admins too when ``admins``."""
 
     login: str
     admins: bool = False
@@ -106,37 +106,6 @@ class ForLogin:
     def admits(self, session: Session) -> bool:
         access = session.access
         return access is not None and (access.login == self.login or (self.admins and access.is_admin))
-
-
-@attrs.frozen
-class ForRole:
-    """Frames for the sessions having a role (IDM rules 1 and 2)."""
-
-    role: str
-
-    def admits(self, session: Session) -> bool:
-        return session.access is not None and self.role in session.access.roles
-
-
-@attrs.frozen
-class ForSub:
-    """Frames for the sessions of a user id (IDM rule 4)."""
-
-    sub: str
-
-    def admits(self, session: Session) -> bool:
-        return session.access is not None and session.access.sub == self.sub
-
-
-@attrs.frozen
-class ForWorkspace:
-    """Frames for the sessions having a workspace (IDM rule 5)."""
-
-    uuid: str
-
-    def admits(self, session: Session) -> bool:
-        access = session.access
-        return access is not None and any(ws.uuid == self.uuid for ws in access.workspaces)
 
 
 def _ancestors(path: str) -> Iterator[str]:
