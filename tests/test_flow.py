@@ -284,3 +284,11 @@ def test_unsuspending_a_paused_flow_waits_for_the_connection() -> None:
     assert wire.written == [b"x"]
     wire.drain()
     assert wire.written == [b"x", b"y"]
+
+
+def test_suspended_tells_a_flow_held_for_an_access_from_a_paused_one() -> None:
+    flow, wire, _, _ = make(room=1)
+    flow.suspend()
+    assert flow.suspended
+    flow.pause()
+    assert not flow.suspended  # the client is not reading either

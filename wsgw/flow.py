@@ -219,6 +219,11 @@ class Flow:
         self._cancel()
 
     @property
+    def suspended(self) -> bool:
+        """Whether frames wait for ``unsuspend`` (an access being re-derived), the connection not paused."""
+        return self._suspended and not self._paused
+
+    @property
     def stopped(self) -> bool:
         """Whether ``stop`` was called (the socket is closing or gone): nothing more is written."""
         return self._stopped

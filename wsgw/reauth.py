@@ -150,7 +150,7 @@ class Reauthorizer:
             for session in table.designated(logins=parts.logins, subs=parts.subs):
                 self.sessions["deleted"] += 1
                 gateway.revoke(session, "user deleted", "user_deleted")
-        elif field(event, "Workspace", dict) is not None and parts.workspaces:
+        if field(event, "Workspace", dict) is not None and parts.workspaces:
             self._revoke(Revocation("workspace", parts.workspaces[0], now))
             for session in table.designated(workspaces=parts.workspaces):
                 assert session.access is not None
