@@ -306,3 +306,31 @@ def _check(config: Config) -> None:
     channels = list(config.topics.values())
     if len(set(channels)) != len(channels) or not all(channels):
         raise ConfigError(f"{config.source}: [topics] channel names must be distinct and not empty")
+
+
+class _NoReactor:
+    """The reactor handed to the endpoint parsers by ``check_endpoints``: parsing only keeps it, never calls it."""
+
+
+def check_endpoints(config: Config) -> None:
+    """ConfigError naming the file and key unless every ``[server] listen`` and ``[admin] listen`` endpoint
+    parses with Twisted's ``serverFromString`` and ``[server] redis`` with ``clientFromString``, as the daemon
+    parses them when it starts (``wsgw.service``, ``wsgw.redis.connection``); nothing is bound or connected.
+
+    A TLS endpoint's key and certificate files are read here, as the daemon reads them.
+    """
+    from twisted.internet.endpoints import clientFromString, serverFromString
+
+    checks: list[tuple[str, str, str, Callable[[Any, str], object]]] = [
+        *(("server", "listen", d, serverFromString) for d in config.listen),
+        *(("admin", "listen", d, serverFromString) for d in config.admin_listen),
+    ]
+    if config.redis:
+        checks.append(("server", "redis", config.redis, clientFromString))
+    for section, key, description, parse in checks:
+        try:
+            parse(_NoReactor(), description)
+        except Exception as e:  # the parsers raise ValueError, KeyError, TypeError, OpenSSL errors...
+            reason = str(e) or type(e).__name__
+            raise ConfigError(f"{config.source}: [{section}] {key} = {description!r}: not a valid endpoint: "
+                              f"{reason}") from None

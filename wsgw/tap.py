@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from wsgw.config import ConfigError, config_from_file
+from wsgw.config import ConfigError, check_endpoints, config_from_file
 from wsgw.logs import use_json_for_twistd
 
 
@@ -49,6 +49,7 @@ class Options(usage.Options):
             overrides["server.redis"] = ""
         try:
             self["wsgw_config"] = config_from_file(self["config"], overrides)
+            check_endpoints(self["wsgw_config"])  # a mistyped endpoint: one line naming it, not a traceback at start
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         if self["wsgw_config"].log_format == "json":
