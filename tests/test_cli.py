@@ -78,20 +78,23 @@ def test_check_config_names_a_secret_from_the_environment_without_showing_it(tmp
     ("[server]\nredis = tcp:localhost:sixthree\n", "{path}: [server] redis = 'tcp:localhost:sixthree': not a "
                                                    "valid endpoint: "),
     ("[auth]\nhmac_secret_file = /nonexistent/hmac.secret\n",
-     "{path}: hmac_secret_file = '/nonexistent/hmac.secret': No such file or directory"),
+     "{path}: [auth] hmac_secret_file = '/nonexistent/hmac.secret': No such file or directory"),
+    ("[admin]\npublish_token_file = {empty}\n", "{path}: [admin] publish_token_file = '{empty}': the file is empty"),
 ])
 def test_check_config_refuses_with_one_line_naming_key_and_file(tmp_path: Path, capsys, monkeypatch, text: str,
                                                                 error: str) -> None:
-    """A mistyped key, a mistyped endpoint (public, operator, Redis) or a missing secret file: exit 2, one line
+    """A mistyped key, a mistyped endpoint (public, operator, Redis), a missing or empty secret file: exit 2, one line
     on standard error naming the file and the key, no traceback, nothing on standard output."""
     monkeypatch.setenv("WSGW_HMAC_SECRET", HMAC)
     path = tmp_path / "wsgw.ini"
-    path.write_text(text)
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    path.write_text(text.format(empty=empty))
     assert main(["check-config", str(path)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert len(err.splitlines()) == 1, err
-    assert err.startswith("wsgw check-config: " + error.format(path=path)), err
+    assert err.startswith("wsgw check-config: " + error.format(path=path, empty=empty)), err
     assert "Traceback" not in err
 
 

@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         run=sample_config)
     commands.add_parser("version", help="print the version").set_defaults(run=version)
     for name, (_, what) in _EXISTING.items():
-        commands.add_parser(name, help=f"{what}; wsgw {name} --help", add_help=False)
+        commands.add_parser(name, help=what, add_help=False)
     return parser
 
 

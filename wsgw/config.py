@@ -270,13 +270,14 @@ def config_from_file(path: str | None, overrides: Mapping[str, str] | None = Non
 
 def _secret(source: str, key: str, path: str, from_env: str | None) -> bytes | None:
     if path:
+        named = next(f"[{s}] {k}" for s, k in _KEYS if k == key)  # each *_file key is in one section only
         try:
             with open(path, "rb") as f:
                 data = f.read().strip()
         except OSError as e:
-            raise ConfigError(f"{source}: {key} = {path!r}: {e.strerror}") from None
+            raise ConfigError(f"{source}: {named} = {path!r}: {e.strerror}") from None
         if not data:
-            raise ConfigError(f"{source}: {key} = {path!r}: the file is empty")
+            raise ConfigError(f"{source}: {named} = {path!r}: the file is empty")
         return data
     if from_env:
         return from_env.encode("utf-8")

@@ -1,4 +1,4 @@
-"""``wsgw-token``: mint a development token signed with the HMAC secret, for `make run` and demos."""
+"""``wsgw token`` (alias ``wsgw-token``): mint a development token signed with the HMAC secret, for `make run` and demos."""
 
 from __future__ import annotations
 
