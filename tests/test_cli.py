@@ -74,6 +74,8 @@ def test_check_config_names_a_secret_from_the_environment_without_showing_it(tmp
 @pytest.mark.parametrize("text, error", [
     ("[delivery]\nbatch_windw = 1\n", "{path}: unknown key [delivery] batch_windw (known in [delivery]: "),
     ("[server]\nlisten = tcp6:notaport\n", "{path}: [server] listen = 'tcp6:notaport': not a valid endpoint: "),
+    ("[server]\nlisten = ssl:5443:privateKey=/nonexistent/key.pem\n", "{path}: [server] listen = "
+     "'ssl:5443:privateKey=/nonexistent/key.pem': not a valid endpoint: [Errno 2] No such file or directory"),
     ("[admin]\nlisten = tpc:5051\n", "{path}: [admin] listen = 'tpc:5051': not a valid endpoint: "),
     ("[server]\nredis = tcp:localhost:sixthree\n", "{path}: [server] redis = 'tcp:localhost:sixthree': not a "
                                                    "valid endpoint: "),
