@@ -46,6 +46,7 @@ def test_check_config_prints_every_key_with_secrets_redacted(tmp_path: Path, cap
     assert "[server] listen = tcp6:5050" in lines
     assert "[delivery] batch_window = 1" in lines
     assert "[log] access_log = no" in lines
+    assert "[server] max_connections = auto" in lines
     assert "[websocket] allowed_origins = " in lines
     assert f"[auth] hmac_secret_file = {tmp_path / 'hmac.secret'}" in lines
     assert f"[auth] hmac secret = <from file {tmp_path / 'hmac.secret'}>" in lines

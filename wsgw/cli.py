@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from wsgw import devtoken, publish, revoke
-from wsgw.config import Config
+from wsgw.config import Config, _count_or_auto
 
 # subcommand -> (the existing main it runs, its one-line help)
 _EXISTING: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
@@ -49,7 +49,8 @@ _SECRETS = {
 
 
 def _value(value: Any) -> str:
-    """A setting as an operator reads it: lists as ``a, b``, booleans as yes/no, numbers without a trailing .0."""
+    """A setting as an operator reads it: lists as ``a, b``, booleans as yes/no, numbers without a trailing .0
+    (``auto`` counts are named by ``settings``)."""
     if isinstance(value, tuple):
         return ", ".join(value)
     if isinstance(value, bool):
@@ -62,8 +63,12 @@ def _value(value: Any) -> str:
 def settings(config: Config) -> list[str]:
     """The effective settings of ``config``: ``[section] key = value`` for every INI key in declaration order,
     then one line per secret saying where it comes from; no secret's value appears."""
-    lines = [f"[{ini[0]}] {ini[1]} = {_value(getattr(config, f.name))}"
-             for f in attrs.fields(Config) if (ini := f.metadata.get("ini")) is not None]
+    lines = []
+    for field in attrs.fields(Config):
+        if (ini := field.metadata.get("ini")) is not None:
+            value = getattr(config, field.name)
+            auto = ini[2] is _count_or_auto and value == 0  # max_connections = auto is held as 0
+            lines.append(f"[{ini[0]}] {ini[1]} = {'auto' if auto else _value(value)}")
     for attr, (section, what, file_key, variable) in _SECRETS.items():
         path = getattr(config, file_key)
         if getattr(config, attr) is None:
