@@ -7,7 +7,7 @@ from typing import Any
 from twisted.python import usage
 
 from wsgw.config import ConfigError, config_from_file
-from wsgw.logs import use_json_for_twistd
+from wsgw.logs import use_live_logs_for_twistd
 
 
 class Options(usage.Options):
@@ -47,12 +47,13 @@ class Options(usage.Options):
             overrides["admin.listen"] = self["admin-listen"]
         if self["embedded"]:
             overrides["server.redis"] = ""
+        self["wsgw_overrides"] = overrides  # SIGHUP re-reads the same file with the same options (wsgw.reload)
         try:
-            self["wsgw_config"] = config_from_file(self["config"], overrides)
+            self["wsgw_config"] = config = config_from_file(self["config"], overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        if self["wsgw_config"].log_format == "json":
-            use_json_for_twistd(getattr(self, "parent", None))  # twistd's --logger hook, before twistd reads it
+        # twistd's --logger hook, before twistd reads it: the format and level, changeable on SIGHUP
+        use_live_logs_for_twistd(getattr(self, "parent", None), config.log_format, config.log_level)
 
 
 def makeService(options: Options) -> Any:
@@ -60,4 +61,5 @@ def makeService(options: Options) -> Any:
 
     from wsgw.service import DaemonService
 
-    return DaemonService(options["wsgw_config"], reactor)
+    path, overrides = options["config"], options["wsgw_overrides"]
+    return DaemonService(options["wsgw_config"], reactor, reread=lambda: config_from_file(path, overrides))
