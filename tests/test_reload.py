@@ -153,6 +153,20 @@ async def test_a_file_that_does_not_validate_is_one_error_line_and_the_config_in
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_file_that_is_not_text_is_one_error_line_too(hup: Any) -> None:
+    """A config file that is not UTF-8 on SIGHUP: one error line, no traceback, the daemon still running."""
+    files, start, lines = hup
+    service = start()
+    files.ini.write_bytes(b"[log]\nlevel = \xff\n")
+    del lines[:]
+    service.hangup()
+    assert [text for level, text in lines if level >= LogLevel.warn] == [
+        f"reload refused, the configuration in force is kept: cannot read config file {files.ini}: not UTF-8 text "
+        "(byte 14)"]
+    assert service.running
+
+
+@pytest_twisted.ensureDeferred
 async def test_settings_that_need_a_restart_are_logged_one_line_each_and_not_applied(hup: Any) -> None:
     """Listen addresses and a topic changed: a warning each, not applied (the config in force keeps them), while
     a live setting in the same file is applied."""

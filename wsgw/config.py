@@ -268,6 +268,8 @@ def config_from_file(path: str | None, overrides: Mapping[str, str] | None = Non
             text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte {e.start})") from None
     return config_from_string(text, path, overrides)
 
 

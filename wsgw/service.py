@@ -342,3 +342,7 @@ class DaemonService(GatewayService):
             self.reload(config)
         except Exception:  # noqa: BLE001 - a bug here must not end the daemon
             self._log.failure("reload failed midway; the daemon keeps running")
+
+    def stopService(self) -> Deferred[None]:
+        self._reread = None  # a SIGHUP during the shutdown does nothing
+        return super().stopService()  # type: ignore[no-any-return]
