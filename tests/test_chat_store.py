@@ -589,9 +589,13 @@ async def test_only_message_changes_and_sweeps_keep_their_answer(store: Any) -> 
     if not isinstance(store, RedisChatStore):
         pytest.skip("the memory store keeps no answers")
 
-    async def answers() -> list[bytes]:
-        _, keys = await store._redis.execute_command("SCAN", 0, "MATCH", store._prefix + "done:*", "COUNT", 10000)
-        return sorted(keys)
+    async def answers() -> list[bytes]:  # every SCAN step: one step covers only part of a big shared database
+        cursor, found = b"", []
+        while cursor != b"0":
+            cursor, keys = await store._redis.execute_command("SCAN", cursor or 0, "MATCH", store._prefix + "done:*",
+                                                              "COUNT", 10000)
+            found += keys
+        return sorted(found)
 
     room = await _room(store)
     await store.touch_user(room["Uuid"], "bob", NOW, NOW + 1)

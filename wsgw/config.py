@@ -16,6 +16,8 @@ from typing import Any
 
 import attrs
 
+from wsgw.logs import LEVELS
+
 DEFAULT_TOPICS = {
     "tree": "topic.pydio.tree.nodes.changes",
     "meta": "topic.pydio.meta.nodes.changes",
@@ -161,6 +163,7 @@ class Config:
     publish_token_file: str = _key("admin", "publish_token_file", _text, "")
     admin_max_connections: int = _key("admin", "max_connections", _positive_int, "64")
     log_format: str = _key("log", "format", _choice("text", "json"), "text")
+    log_level: str = _key("log", "level", _choice(*LEVELS), "info")
     access_log: bool = _key("log", "access_log", _bool, "no")
     peer_lines_per_minute: int = _key("log", "peer_lines_per_minute", _positive_int, "60")
     live_page: bool = _key("web", "live_page", _bool, "no")
@@ -265,6 +268,8 @@ def config_from_file(path: str | None, overrides: Mapping[str, str] | None = Non
             text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte {e.start})") from None
     return config_from_string(text, path, overrides)
 
 

@@ -143,6 +143,10 @@ class Operator:
         self._revocations = revocations
         self._token = token
 
+    def set_token(self, token: bytes) -> None:
+        """Sign with ``token`` from now on (SIGHUP, wsgw.reload)."""
+        self._token = token
+
     def parse(self, op: str, body: object) -> dict[str, Any]:
         """``parse_request`` at this instance's time and ``max_token_lifetime``; RequestError for a bad body."""
         return parse_request(op, body, self._clock.seconds(), self._revocations.max_token_lifetime)
@@ -182,6 +186,11 @@ class ControlHandler:
         self._budget = log_budget if log_budget is not None else LineBudget(clock)
         self.counts: Counter[tuple[str, str]] = Counter()
         self._seen: OrderedDict[str, float] = OrderedDict()  # id of an applied message -> when it was received
+
+    def set_token(self, token: bytes | None) -> None:
+        """Verify with ``token`` from now on (SIGHUP, wsgw.reload): a message signed with the previous one is
+        dropped as forged."""
+        self._token = token
 
     def handle(self, event: dict[str, Any]) -> None:
         op = event.get("op")

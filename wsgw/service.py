@@ -12,7 +12,8 @@ by ``shutdown_timeout``), then stop the bus.
 from __future__ import annotations
 
 import resource
-from collections.abc import Generator
+import signal
+from collections.abc import Callable, Generator
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -34,7 +35,7 @@ from wsgw.chat import model as chat_model
 from wsgw.chat.memory_store import MemoryChatStore
 from wsgw.chat.redis_store import RedisChatStore
 from wsgw.chat.service import ChatService
-from wsgw.config import Config
+from wsgw.config import Config, ConfigError
 from wsgw.control import ControlHandler, MemoryRevocationStore, Operator, RevocationLoader
 from wsgw.dispatch import Dispatcher
 from wsgw.events import activity, idm, nodes, tasks
@@ -47,6 +48,7 @@ from wsgw.logs import LineBudget
 from wsgw.reauth import Reauthorizer
 from wsgw.redis.connection import RedisCommands, RedisLink
 from wsgw.redis.revocations import RedisRevocationStore
+from wsgw.reload import reload
 from wsgw.revocations import Revocation, Revocations
 from wsgw.web.inbound import InboundPolicy
 from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
@@ -93,7 +95,7 @@ class GatewayService(MultiService):
         self.chat_store = store
         self.revocation_store: IRevocationStore = MemoryRevocationStore() if self.redis_commands is None else \
             RedisRevocationStore(self.redis_commands, config.revocation_prefix)
-        verifier = TokenVerifier(
+        self.verifier = verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,
             public_key_pem=config.public_key_pem, oidc_issuer=config.oidc_issuer or None,
             audience=config.audience or None, issuer=config.issuer or None, leeway=config.leeway,
@@ -174,20 +176,23 @@ class GatewayService(MultiService):
         common: dict[str, Any] = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout,
                                       policy=policy, guard=self.public_guard,
                                       handshake_timeout=config.handshake_timeout, log_budget=self.log_budget)
-        self.site = make_site(
+        self.factories = (
             GatewayFactory(self.gateway, self.events, reactor, clock, max_frame=config.max_frame_ws, **common),
             GatewayFactory(self.gateway, self.chat, reactor, clock, max_frame=config.max_frame_chat, **common),
+        )
+        self.site = make_site(
+            *self.factories,
             self.problem,
             self.public_guard,
             live_page=config.live_page, access_log=config.access_log, log_budget=self.log_budget,
         )
         self.ports: list[IListeningPort] = []
         published = {topic: check for topic, check in validators.items() if topic in config.topics}
+        self.operator = None if config.publish_token is None else Operator(
+            clock, self.bus, self.revocation_store, self.gateway.revocations, config.publish_token)
         self.admin_site = make_admin_site(self.metrics, self.bus, self.problem, published, config.publish_token,
                                           self.admin_guard, access_log=config.access_log, log_budget=self.log_budget,
-                                          operator=None if config.publish_token is None else Operator(
-                                              clock, self.bus, self.revocation_store, self.gateway.revocations,
-                                              config.publish_token))
+                                          operator=self.operator)
         self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:
@@ -208,6 +213,11 @@ class GatewayService(MultiService):
             per_ip=self.public_guard.per_ip or "no cap", timeout=self.public_guard.deadline)
         self.admin_ports = self._listen(self.config.admin_listen, self.admin_site,
                                         "operator listener (/metrics, /publish, /revoke)", "operator listener")
+
+    def reload(self, config: Config) -> Config:
+        """Apply what can change live of ``config`` (SIGHUP; ``wsgw.reload``); returns the configuration now in
+        force (also ``self.config``)."""
+        return reload(self, config)
 
     def _listen(self, descriptions: tuple[str, ...], site: GuardedSite, what: str,
                 listener: str) -> list[IListeningPort]:
@@ -296,7 +306,17 @@ class GatewayService(MultiService):
 
 class DaemonService(GatewayService):
     """GatewayService as twistd runs it (wsgw/tap.py): a port that cannot be bound is logged as one line and
-    the process exits with status 1, instead of twistd's traceback (issue 14)."""
+    the process exits with status 1, instead of twistd's traceback (issue 14).
+
+    SIGHUP reloads, never kills (issue 14): ``reread`` (the config file read again with the same command-line
+    options) is applied by ``hangup`` in the reactor thread; a file that does not validate is one error line and
+    the configuration in force stays. twistd itself does nothing on SIGHUP (its default action ended the
+    process): the handler installed at start replaces it, and stays installed during shutdown (a SIGHUP then
+    does nothing)."""
+
+    def __init__(self, config: Config, reactor: Any, reread: Callable[[], Config] | None = None) -> None:
+        super().__init__(config, reactor)
+        self._reread = reread
 
     def startService(self) -> None:
         try:
@@ -304,3 +324,25 @@ class DaemonService(GatewayService):
         except ListenFailed as e:
             self._log.critical("{message}", message=str(e))
             raise SystemExit(1) from None
+        if self._reread is not None:
+            signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.hangup))
+
+    def hangup(self) -> None:
+        """Re-read the configuration and apply it (``reload``); a ConfigError is logged as one line, and the
+        configuration in force is kept. Does nothing once the service stopped."""
+        if not self.running or self._reread is None:
+            return
+        self._log.info("SIGHUP: reloading the configuration")
+        try:
+            config = self._reread()
+        except ConfigError as e:
+            self._log.error("reload refused, the configuration in force is kept: {error}", error=str(e))
+            return
+        try:
+            self.reload(config)
+        except Exception:  # noqa: BLE001 - a bug here must not end the daemon
+            self._log.failure("reload failed midway; the daemon keeps running")
+
+    def stopService(self) -> Deferred[None]:
+        self._reread = None  # a SIGHUP during the shutdown does nothing
+        return super().stopService()  # type: ignore[no-any-return]

@@ -7,7 +7,7 @@ from typing import Any
 from twisted.python import usage
 
 from wsgw.config import ConfigError, check_endpoints, config_from_file
-from wsgw.logs import use_json_for_twistd
+from wsgw.logs import use_live_logs_for_twistd
 
 
 class Options(usage.Options):
@@ -47,13 +47,14 @@ class Options(usage.Options):
             overrides["admin.listen"] = self["admin-listen"]
         if self["embedded"]:
             overrides["server.redis"] = ""
+        self["wsgw_overrides"] = overrides  # SIGHUP re-reads the same file with the same options (wsgw.reload)
         try:
-            self["wsgw_config"] = config_from_file(self["config"], overrides)
-            check_endpoints(self["wsgw_config"])  # a mistyped endpoint: one line naming it, not a traceback at start
+            self["wsgw_config"] = config = config_from_file(self["config"], overrides)
+            check_endpoints(config)  # a mistyped endpoint: one line naming it, not a traceback at start
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        if self["wsgw_config"].log_format == "json":
-            use_json_for_twistd(getattr(self, "parent", None))  # twistd's --logger hook, before twistd reads it
+        # twistd's --logger hook, before twistd reads it: the format and level, changeable on SIGHUP
+        use_live_logs_for_twistd(getattr(self, "parent", None), config.log_format, config.log_level)
 
 
 def makeService(options: Options) -> Any:
@@ -61,4 +62,5 @@ def makeService(options: Options) -> Any:
 
     from wsgw.service import DaemonService
 
-    return DaemonService(options["wsgw_config"], reactor)
+    path, overrides = options["config"], options["wsgw_overrides"]
+    return DaemonService(options["wsgw_config"], reactor, reread=lambda: config_from_file(path, overrides))

@@ -41,6 +41,10 @@ class EventsEndpoint:
         self._burst = pacing_burst
         self._max_delay = pacing_max_delay
 
+    def set_pacing(self, rate: float, burst: float, max_delay: float) -> None:
+        """Pace the sockets opened from now on so (SIGHUP, wsgw.reload); those already open keep their pacing."""
+        self._rate, self._burst, self._max_delay = rate, burst, max_delay
+
     def opened(self, session: Session) -> None:
         if self._rate > 0:
             session.flow.pace(TokenBucket(self._rate, self._burst, self._clock), self._clock, self._max_delay)

@@ -223,8 +223,9 @@ class ListenerGuard:
                                "wsgw_connections_refused_total)", name=self.name, cap=self.max_sockets)
             return None
         self.open += 1
-        if host is None or not self.per_ip:
+        if host is None:
             return Ticket(self, None)
+        # counted even without a cap, so that a cap set by a reload (SIGHUP) counts the sockets already open
         if not self._peers.acquire(host, self.per_ip):
             self.refused["per_ip"] += 1
             return Ticket(self, None, refused=True)

@@ -46,6 +46,10 @@ class OperatorPage(Resource):
         self._token = token
         self._counts = counts
 
+    def set_token(self, token: bytes | None) -> None:
+        """Require ``token`` from the next request on (SIGHUP, wsgw.reload); None: answer 403."""
+        self._token = token
+
     def render(self, request: Request) -> bytes | int:
         if request.method != b"POST":
             request.setHeader(b"allow", b"POST")

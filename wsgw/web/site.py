@@ -59,6 +59,21 @@ class Router(Resource):
     def render(self, request: Request) -> bytes:
         return notFound().render(request)  # type: ignore[no-any-return]
 
+    def resources(self) -> list[IResource]:
+        """Every resource routed to (each once)."""
+        found = list(self._routes.values()) + list(self._prefixes.values())
+        return [r for i, r in enumerate(found) if all(r is not other for other in found[:i])]
+
+
+def set_operator_token(site: GuardedSite, token: bytes | None) -> None:
+    """The operator Site's pages (``make_admin_site``) require ``token`` from the next request on (SIGHUP,
+    wsgw.reload); None: they answer 403."""
+    router = site.resource
+    assert isinstance(router, Router)
+    for resource in router.resources():
+        if isinstance(resource, (PublishPage, OperatorPage)):
+            resource.set_token(token)
+
 
 class Health(Resource):
     """``/healthz``: 200 ``ok`` while ``problem()`` is None, else 503 with the problem (PROTOCOL.md §1)."""
