@@ -5,9 +5,10 @@
 // owns the session set and fans broadcasts out; each session has a reader (the HTTP handler's goroutine:
 // read limit, pong deadline 60 s) and a writer goroutine draining a 256-frame buffered channel, one
 // WriteMessage per frame with a 10 s write deadline, a ping every 54 s; a frame for a session whose buffer is
-// full is dropped (melody's ErrMessageBufferFull), the session stays open. The upgrader uses melody's 1,024-byte
-// read and write buffers. Only the read limit differs: 2,048 bytes (wsgw's, PROTOCOL.md §2) instead of
-// melody's 512, which a subscribe frame with a token exceeds; /chat allows 16 KiB.
+// full is dropped (melody's ErrMessageBufferFull), the session stays open. The upgrader uses melody's
+// 1,024-byte read and write buffers. As in melody, a message is one *envelope shared by all its recipients,
+// and a session's buffer holds pointers (256 × 8 bytes). Only the read limit differs: 2,048 bytes (wsgw's,
+// PROTOCOL.md §2) instead of melody's 512, which a subscribe frame with a token exceeds; /chat allows 16 KiB.
 //
 // The protocol is the Node baseline's (bench/baselines/node/server.js), exactly:
 //   - a subscribe frame's token is verified as HS256 (signature and exp, the secret from WSGW_HMAC_SECRET):
@@ -75,14 +76,14 @@ type envelope struct {
 
 type session struct {
 	conn   *websocket.Conn
-	output chan envelope
+	output chan *envelope
 	rw     sync.RWMutex
 	open   bool
 	views  []*view // selective mode, guarded by the index's lock
 }
 
 // writeMessage queues a frame for the writer; a full buffer drops it (melody's ErrMessageBufferFull).
-func (s *session) writeMessage(m envelope) {
+func (s *session) writeMessage(m *envelope) {
 	s.rw.RLock()
 	defer s.rw.RUnlock()
 	if !s.open {
@@ -107,7 +108,7 @@ func (s *session) close() {
 	}
 }
 
-func (s *session) writeRaw(m envelope) error {
+func (s *session) writeRaw(m *envelope) error {
 	s.conn.SetWriteDeadline(time.Now().Add(writeWait))
 	return s.conn.WriteMessage(m.t, m.msg)
 }
@@ -127,7 +128,7 @@ func (s *session) writePump() {
 				return
 			}
 		case <-ticker.C:
-			if s.writeRaw(envelope{t: websocket.PingMessage}) != nil {
+			if s.writeRaw(&envelope{t: websocket.PingMessage}) != nil {
 				s.close()
 				return
 			}
@@ -157,7 +158,7 @@ func (s *session) readPump(limit int64, handle func(*session, []byte)) {
 
 type hub struct {
 	sessions   map[*session]bool
-	broadcast  chan envelope
+	broadcast  chan *envelope
 	register   chan *session
 	unregister chan *session
 }
@@ -177,7 +178,7 @@ func (h *hub) run() {
 	}
 }
 
-var theHub = &hub{sessions: map[*session]bool{}, broadcast: make(chan envelope),
+var theHub = &hub{sessions: map[*session]bool{}, broadcast: make(chan *envelope),
 	register: make(chan *session), unregister: make(chan *session)}
 
 // -- the chat room ------------------------------------------------------------------------------------------
@@ -235,8 +236,8 @@ func subscribe(s *session, data []byte) {
 	}
 	if err != nil {
 		msg, _ := json.Marshal(errorFrame{"error", "invalid token: " + err.Error()})
-		s.writeMessage(envelope{websocket.TextMessage, msg})
-		s.writeMessage(envelope{websocket.CloseMessage, websocket.FormatCloseMessage(4001, "invalid token")})
+		s.writeMessage(&envelope{websocket.TextMessage, msg})
+		s.writeMessage(&envelope{websocket.CloseMessage, websocket.FormatCloseMessage(4001, "invalid token")})
 		return
 	}
 	if selective {
@@ -247,7 +248,7 @@ func subscribe(s *session, data []byte) {
 		exp = c.ExpiresAt.Unix()
 	}
 	msg, _ := json.Marshal(subscribedFrame{"subscribed", c.Name, exp})
-	s.writeMessage(envelope{websocket.TextMessage, msg})
+	s.writeMessage(&envelope{websocket.TextMessage, msg})
 }
 
 // -- client frames ------------------------------------------------------------------------------------------
@@ -271,9 +272,10 @@ func handleMessage(s *session, data []byte) {
 		room[s] = true
 		roomMu.Unlock()
 	default:
+		m := &envelope{websocket.TextMessage, data}
 		roomMu.RLock()
 		for member := range room {
-			member.writeMessage(envelope{websocket.TextMessage, data})
+			member.writeMessage(m)
 		}
 		roomMu.RUnlock()
 	}
@@ -285,7 +287,7 @@ func serve(limit int64) http.HandlerFunc {
 		if err != nil {
 			return
 		}
-		s := &session{conn: conn, output: make(chan envelope, messageBufferSize), open: true}
+		s := &session{conn: conn, output: make(chan *envelope, messageBufferSize), open: true}
 		theHub.register <- s
 		go s.writePump()
 		s.readPump(limit, handleMessage)
@@ -460,8 +462,9 @@ func deliverSelective(data []byte) {
 		if err != nil {
 			continue
 		}
+		m := &envelope{websocket.TextMessage, msg}
 		for s := range v.sessions {
-			s.writeMessage(envelope{websocket.TextMessage, msg})
+			s.writeMessage(m)
 		}
 	}
 }
@@ -492,7 +495,7 @@ func listenRedis(port int, chans channels) {
 			if selective {
 				deliverSelective(v.Data)
 			} else {
-				theHub.broadcast <- envelope{websocket.TextMessage, v.Data}
+				theHub.broadcast <- &envelope{websocket.TextMessage, v.Data}
 			}
 		case redis.Subscription:
 			if v.Count == len(chans) {
