@@ -78,7 +78,8 @@ lint: install
 	$(VENV)/bin/mypy wsgw
 	$(VENV)/bin/mypy --strict $(CORE)
 
-# Benchmark: the gateway against bare Autobahn and Node `ws` (needs node/npm and redis-server on the PATH).
+# Benchmark: the gateway against bare Autobahn, Node `ws` and Go gorilla/websocket (needs node/npm and redis-server
+# on the PATH; the Go baseline is built from Debian's packages, see below).
 NODE_BASELINE := bench/baselines/node
 
 $(VENV)/.bench-installed: setup.cfg | install
@@ -89,7 +90,29 @@ $(NODE_BASELINE)/node_modules/.installed: $(NODE_BASELINE)/package.json $(NODE_B
 	cd $(NODE_BASELINE) && npm ci --no-audit --no-fund --silent
 	touch $@
 
-bench-deps: $(VENV)/.bench-installed $(NODE_BASELINE)/node_modules/.installed
+# The Go baseline (gorilla/websocket shaped like melody, redigo, golang-jwt), built offline in GOPATH mode from
+# Debian's packages, installed here when missing (as root, with apt-get); without them the build is skipped and
+# bench/run.py leaves the Go column out, saying so.
+GO_BASELINE := bench/baselines/go
+GO_DEBS := golang-go golang-github-gorilla-websocket-dev golang-github-gomodule-redigo-dev golang-github-golang-jwt-jwt-dev
+
+$(GO_BASELINE)/wsgw-bench-go: $(GO_BASELINE)/main.go
+	@missing=$$(for p in $(GO_DEBS); do dpkg-query -W -f '$${Status}' $$p 2>/dev/null | grep -q 'ok installed' \
+	  || echo $$p; done); \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "bench-deps: apt-get install $$missing"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	fi; \
+	if command -v go >/dev/null && [ -d /usr/share/gocode/src/github.com/gorilla/websocket ] \
+	  && [ -d /usr/share/gocode/src/github.com/gomodule/redigo ] && [ -d /usr/share/gocode/src/github.com/golang-jwt/jwt ]; \
+	then \
+	  cd $(GO_BASELINE) && GOPATH=/usr/share/gocode GO111MODULE=off GOPROXY=off GOFLAGS= \
+	    GOCACHE=$(CURDIR)/build/gocache go build -o wsgw-bench-go main.go; \
+	else \
+	  echo "bench-deps: the Go baseline is not built (it needs Debian's $(GO_DEBS)): the bench leaves it out"; \
+	fi
+
+bench-deps: $(VENV)/.bench-installed $(NODE_BASELINE)/node_modules/.installed $(GO_BASELINE)/wsgw-bench-go
 
 bench: bench-deps
 	$(PY) bench/run.py
