@@ -166,7 +166,7 @@ class GatewayService(MultiService):
             bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
             access=resolver if isinstance(resolver, HttpResolver) else None, log_budget=self.log_budget,
             chat_store=store if isinstance(store, RedisChatStore) else None, control=self.control,
-            reauth=self.reauth,
+            reauth=self.reauth, pacing=self.events,
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)
