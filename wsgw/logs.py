@@ -24,6 +24,12 @@ writes text (as twistd's own) or JSON lines, and only events at or above
 ``set_live_logs``). The destination follows twistd's rules: standard output
 with ``--nodaemon`` (no ``--logfile``) or ``--logfile -``, else the log file
 (``twistd.log`` by default, reopened on SIGUSR1 as twistd does).
+
+No line names an object by its default repr (``<... object at 0x...>``):
+``LiveLogs`` writes each event as ``tidied`` makes it (a field holding such an
+object is written as its class name; Twisted's "Starting factory" and "Stopping
+factory" lines, one per outgoing connection, are debug lines naming the
+factory's class).
 """
 
 from __future__ import annotations
@@ -132,12 +138,45 @@ def use_json_for_twistd(server_options: MutableMapping[str, Any] | None) -> bool
 
 
 _PRIORITY = {LogLevel.levelWithName(name): rank for rank, name in enumerate(LEVELS)}
+_FACTORY_LINES = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})  # Factory.doStart
+
+
+class _Name(str):
+    """A class name standing for an object in a log line: its repr is the bare name (no quotes, no address)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def tidied(event: LogEvent) -> LogEvent:
+    """``event`` as the daemon writes it: each field whose value has only the default repr (``<... object at
+    0x...>``, an address, not a description) holds the value's class name instead; Twisted's factory start and
+    stop lines (``Factory.doStart``, ``doStop``: one per outgoing connection, naming the factory by its repr) are
+    debug lines naming the factory's class. The same event when nothing changes."""
+    changes: dict[str, Any] = {}
+    if event.get("log_format") in _FACTORY_LINES:
+        changes["log_level"] = LogLevel.debug
+        changes["factory"] = _Name(type(event.get("factory")).__name__)
+    for key, value in event.items():
+        if (type(value).__repr__ is object.__repr__ and isinstance(key, str) and not key.startswith("log_")
+                and key not in changes):
+            changes[key] = _Name(type(value).__name__)
+    return {**event, **changes} if changes else event
+
+
+def writes(level: LogLevel) -> bool:
+    """Whether the daemon's log (``live_logs``) writes events of ``level`` now; True without ``live_logs`` (its
+    observer then filters nothing)."""
+    return live_logs is None or _PRIORITY.get(level, 1) >= LEVELS.index(live_logs.level)
 
 
 @implementer(ILogObserver)
 class LiveLogs:
     """The daemon's observer under twistd: ``format`` ``text`` (twistd's own lines) or ``json`` (``event_as_json``)
-    to ``out``, only events at or above ``level`` (a name of ``LEVELS``); both attributes may change at any time."""
+    to ``out``, only events at or above ``level`` (a name of ``LEVELS``); both attributes may change at any time.
+    Events are written as ``tidied`` makes them."""
 
     def __init__(self, out: IO[str], log_format: str = "text", level: str = "info") -> None:
         self._observers = {"text": textFileLogObserver(out), "json": json_observer(out)}
@@ -145,6 +184,7 @@ class LiveLogs:
         self.level = level
 
     def __call__(self, event: LogEvent) -> None:
+        event = tidied(event)
         level = event.get("log_level")
         if level is not None and _PRIORITY.get(level, 1) < LEVELS.index(self.level):
             return

@@ -176,7 +176,8 @@ def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, problem:
               guard: ListenerGuard, live_page: bool = False, *, access_log: bool = False,
               log_budget: LineBudget | None = None) -> GuardedSite:
     """The public Site, its sockets admitted and followed by ``guard`` (shared with the two factories);
-    ``problem`` answers /healthz; ``access_log`` and ``log_budget`` as ``GuardedSite`` takes them."""
+    ``problem`` answers /healthz; ``access_log`` and ``log_budget`` as ``GuardedSite`` takes them (its access
+    lines of ``GET /healthz`` are debug lines)."""
     events = _Upgrade(ws_factory)
     chat = _Upgrade(chat_factory)
     routes: dict[bytes, IResource] = {
@@ -197,10 +198,11 @@ def make_admin_site(metrics: Metrics, bus: IBus, problem: Callable[[], str | Non
                     guard: ListenerGuard, *, access_log: bool = False,
                     log_budget: LineBudget | None = None, operator: Operator | None = None) -> GuardedSite:
     """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check;
-    ``operator`` sends ``/disconnect`` and ``/revoke`` (None: they answer 403)."""
+    ``operator`` sends ``/disconnect`` and ``/revoke`` (None: they answer 403). Its access lines of the GETs it
+    answers below 400 (``/metrics``, ``/healthz``) are debug lines."""
     publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
     routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(problem)}
     for op in ("disconnect", "revoke"):
         routes[f"/{op}".encode()] = OperatorPage(op, operator, publish_token, metrics.operator_requests)
     return GuardedSite(Router(routes, {b"/publish/": publish}), guard, CappedRequest, access_log=access_log,
-                       log_budget=log_budget)
+                       log_budget=log_budget, debug_gets=True)
