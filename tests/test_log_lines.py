@@ -144,3 +144,18 @@ def test_the_level_filters_text_and_json_alike_and_factory_lines_are_debug_namin
         written = out.getvalue()
         assert "quiet" not in written and "loud 2 with Thing" in written, written
         assert written.count("Starting factory Thing") == 1 and "object at 0x" not in written, written
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_listening_lines_name_host_and_port(gateway: StartGateway) -> None:
+    """"listening on 127.0.0.1:PORT", not the address object's repr."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        daemon = await gateway(redis=None, admin=ADMIN)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    texts = [formatEventAsClassicLogText(e) or "" for e in events]
+    assert any(t.endswith(f"] listening on 127.0.0.1:{daemon.port}\n") for t in texts), texts
+    assert any(t.endswith(f"on 127.0.0.1:{daemon.admin_port}\n") and "operator listener" in t for t in texts)
+    assert not any("IPv4Address" in t for t in texts)

@@ -234,7 +234,10 @@ class GatewayService(MultiService):
                     raise ListenFailed(f"cannot listen on {error.interface or '*'}:{error.port} ({listener}, "
                                        f"{SETTINGS[listener]}): {reason}")
                 failures[0].raiseException()
-            self._log.info("{what} on {address}", what=what, address=ports[-1].getHost())
+            host = ports[-1].getHost()  # its repr names the class (IPv4Address(type='TCP', ...)): host and port only
+            address = (f"{getattr(host, 'host', '')}:{host.port}" if hasattr(host, "port")
+                       else getattr(host, "name", host))
+            self._log.info("{what} on {address}", what=what, address=address)
         return ports
 
     def _revocations_catch_up(self) -> None:
