@@ -5,7 +5,8 @@ each saying in its help text what it covers:
 
 - ``wsgw_delivery_lag_seconds``, once per bus event (not per recipient), by
   ``TimedListener`` around the dispatcher: from the bus handing the event over
-  to its frames handed to every recipient's flow (written, or held by pacing);
+  to its frames handed to every recipient's flow (from there written at once,
+  with the other frames of the same bus read, or after a pacing hold);
   a node event held by the merge window is handed on later, in that window's
   observation;
 - ``wsgw_node_merge_delay_seconds``, once per merged node event
@@ -57,9 +58,10 @@ def histograms(registry: CollectorRegistry, topics: Iterable[str], nodes: Mergin
     returns the delivery lag histogram's child for each of ``topics`` (for ``TimedListener``)."""
     lag = Histogram(
         "wsgw_delivery_lag_seconds",
-        "From a bus event's receipt to its frames handed to every recipient's outbound flow (written to the socket, "
-        "or held by pacing), by topic. Not included: a node event's merge window (wsgw_node_merge_delay_seconds), "
-        "pacing holds (wsgw_pacing_delay_seconds), frames blocked by a client reading slowly, node-metadata lookups.",
+        "From a bus event's receipt to its frames handed to every recipient's outbound flow (from there written at "
+        "once, with the other frames of the same bus read, or after a pacing hold), by topic. Not included: a node "
+        "event's merge window (wsgw_node_merge_delay_seconds), pacing holds (wsgw_pacing_delay_seconds), frames "
+        "blocked by a client reading slowly, node-metadata lookups.",
         ["topic"], registry=registry, buckets=LAG_BUCKETS,
     )
     nodes.observe_merge = Histogram(
