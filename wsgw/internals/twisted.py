@@ -38,7 +38,7 @@ def direct_socket(transport: Any) -> socket.socket | None:
     return None
 
 
-def send_direct(transport: Any, sock: socket.socket, data: bytes) -> int:
+def send_direct(transport: Any, sock: socket.socket, data: bytes | bytearray) -> int:
     """Send ``data`` on ``sock`` (from ``direct_socket(transport)``) if the transport holds nothing, so bytes
     never overtake what it buffered; returns how many the kernel took (0 when none, or when it must wait)."""
     if transport._tempDataLen or transport.dataBuffer:

@@ -38,7 +38,8 @@ txredisapi 1.6.0 quirks worked around here (checked on Python 3.11, Twisted 26):
   ClientService factory has not; we never pass them and send AUTH/SELECT
   ourselves.
 - ``RedisProtocol`` silently becomes ``HiredisProtocol`` when hiredis is
-  installed; we always use the pure-Python ``BaseRedisProtocol``.
+  installed; we always build on the pure-Python ``BaseRedisProtocol`` (the
+  bus subscriber parses with hiredis's ``Reader`` itself, ``wsgw.bus.redis``).
 
 And one Twisted quirk: a connection that ClientService's ``prepareConnection``
 rejects stays open, and closing it logs a critical ``NoTransition``. So the

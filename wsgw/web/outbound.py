@@ -24,8 +24,18 @@ nothing, so frames never overtake bytes Autobahn wrote (handshake answer,
 pings, close frames). (The transport's ``bufferSize`` cannot be lowered to
 pause earlier: Twisted also uses it as the size of each ``recv``.) Holding
 frames until the end of the reactor turn to join more of them per ``send()``
-was measured and lost at N = 1,000 and 10,000 (bench/RESULTS.md), so a frame
-that can go out goes out at once.
+was measured and lost at N = 1,000 and 10,000 while the bus handed over one
+message per turn (bench/RESULTS.md), so a frame that can go out goes out at
+once, except inside a ``WriteBatch``:
+
+``WriteBatch`` is open while the bus delivers the messages of one read from
+Redis (``wsgw.bus.redis``). Meanwhile each socket's frames are joined, in
+order, and at the batch's end each socket's joined frames are written as above,
+with one ``send()`` (bench/RESULTS.md, "Batched bus reads"). The flow counts
+them as written when they are handed over, as it does for bytes the transport
+holds: a batch adds at most what one read brings, and the joined write pauses
+the flow when it fills the transport. Anything that writes to the socket
+without the Outbound (a close frame) calls ``flush_batch`` first.
 """
 
 from __future__ import annotations
@@ -35,10 +45,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsgw.flow import Flow
 from wsgw.internals.twisted import direct_socket, send_direct
+
+_log = Logger()
 
 
 def frame_header(length: int) -> bytes:
@@ -69,28 +82,79 @@ class FrameCache:
         return framed
 
 
+class WriteBatch:
+    """While open (``begin()`` to ``end()``), the frames each ``Outbound`` made with it is given wait, joined; at
+    ``end()`` each socket's frames are written in one write, sockets in the order of their first frame. One
+    per process, shared by every socket and handed to the bus (``wsgw.bus.redis.RedisBus``)."""
+
+    __slots__ = ("open", "_dirty")
+
+    def __init__(self) -> None:
+        self.open = False
+        self._dirty: list[Outbound] = []
+
+    def begin(self) -> None:
+        self.open = True
+
+    def end(self) -> None:
+        """Close the batch and write what each socket was given during it; a socket's failure is logged, the
+        others are written."""
+        self.open = False
+        dirty, self._dirty = self._dirty, []
+        for out in dirty:
+            try:
+                out.flush_batch()
+            except Exception:  # noqa: BLE001 - isolate a broken socket, as fan_out does
+                _log.failure("writing a batch of frames to a socket failed")
+
+
 @implementer(IPushProducer)
 class Outbound:
     """One socket's writes, and its flow control handed to the session's ``wsgw.flow.Flow``.
 
-    ``send_pong(payload)`` is the protocol's own pong; ``flow`` is set once the session exists.
+    ``send_pong(payload)`` is the protocol's own pong; ``flow`` is set once the session exists; ``batch``: the
+    process's ``WriteBatch`` (None: every frame is written at once).
     """
 
-    __slots__ = ("_transport", "_sock", "_send_pong", "_pong", "flow", "paused")
+    __slots__ = ("_transport", "_sock", "_send_pong", "_pong", "flow", "paused", "_batch", "_pending")
 
-    def __init__(self, transport: Any, send_pong: Callable[[bytes], None]) -> None:
+    def __init__(self, transport: Any, send_pong: Callable[[bytes], None], batch: WriteBatch | None = None) -> None:
         self._transport = transport
         self._sock = direct_socket(transport)
         self._send_pong = send_pong
         self._pong: bytes | None = None
         self.flow: Flow | None = None
         self.paused = False
+        self._batch = batch
+        self._pending: bytes | bytearray | None = None  # this socket's frames of the open batch, joined
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()  # twisted.web's channel, left registered after the upgrade
         transport.registerProducer(self, True)
 
     def write(self, frame: bytes) -> None:
-        """Send one whole frame: to the socket if the transport holds nothing, else to the transport."""
+        """Send one whole frame: to the socket if the transport holds nothing, else to the transport; while a
+        batch is open, at its end with the socket's other frames of the batch."""
+        batch = self._batch
+        if batch is not None and batch.open:
+            pending = self._pending
+            if pending is None:
+                self._pending = frame  # (a bytearray, not a list: a list per socket per batch feeds the gc)
+                batch._dirty.append(self)
+            elif type(pending) is bytes:
+                joined = self._pending = bytearray(pending)
+                joined += frame
+            else:
+                pending += frame
+            return
+        self._write(frame)
+
+    def flush_batch(self) -> None:
+        """Write now the frames this socket was given in the open batch (before a close frame; at its end)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._write(pending)
+
+    def _write(self, frame: bytes | bytearray) -> None:
         sock = self._sock
         if sock is not None:
             sent = send_direct(self._transport, sock, frame)
@@ -98,7 +162,7 @@ class Outbound:
                 return
             if sent:
                 frame = frame[sent:]
-        self._transport.write(frame)
+        self._transport.write(frame if type(frame) is bytes else bytes(frame))  # (Twisted takes bytes only)
 
     def pong(self, payload: bytes) -> None:
         """Answer a ping; while paused only the latest ping is answered, on resume (RFC 6455 §5.5.3), so a
