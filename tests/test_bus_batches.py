@@ -15,6 +15,7 @@ from tests.support.daemon import StartGateway, token, workspace
 from tests.support.wsclient import connect
 from wsgw.bus.redis import RedisBus, _Subscriber, _SubscriberConnection
 from wsgw.flow import Flow
+from wsgw.redis.connection import RedisCommands
 from wsgw.web import outbound as outbound_module
 from wsgw.web.outbound import Outbound, WriteBatch
 
@@ -161,6 +162,26 @@ def test_a_protocol_error_drops_the_connection() -> None:
     link.stopService()
 
 
+def test_a_command_connection_answers_every_reply_of_one_read_at_once() -> None:
+    """The command connections (chat store, publisher) answer every reply of a read in the turn that read it,
+    not one bulk string per reactor turn (which left the chat store behind the batched bus)."""
+    clock = MemoryReactorClock()
+    link = RedisCommands(clock, "tcp:127.0.0.1:1", ping_interval=None)
+    link.startService()
+    conn = link._build()
+    conn.makeConnection(StringTransport())
+    clock.advance(0)
+    assert link.connected
+    answers: list[Any] = []
+    for key in ("a", "b", "c", "d"):
+        link.execute_command("GET", key).addCallback(answers.append)
+    conn.dataReceived(b"$1\r\nA\r\n$-1\r\n*2\r\n$1\r\nx\r\n:7\r\n$2\r\nD")
+    assert answers == [b"A", None, [b"x", 7]]
+    conn.dataReceived(b"\xff\r\n")
+    assert answers[3:] == [b"D\xff"]
+    link.stopService()
+
+
 class Recorder:
     """A WriteBatch stand-in recording begin/end around what the listener gets."""
 
@@ -263,10 +284,12 @@ async def test_on_the_daemon_a_read_of_many_events_is_one_send_per_socket_in_ord
     clients = [await connect(daemon.port) for _ in range(3)]
     for i, client in enumerate(clients):
         assert (await client.subscribe(token(f"user{i}", [HOME])))["@type"] == "subscribed"
-    sends: list[int] = []
-    real = outbound_module.send_direct
+    sends: list[tuple[str, int]] = []  # (how, frames) per system call
+    one, many = outbound_module.send_direct, outbound_module.send_direct_many
     monkeypatch.setattr(outbound_module, "send_direct",
-                        lambda transport, sock, data: (sends.append(data.count(b"\x81")), real(transport, sock, data))[1])
+                        lambda transport, sock, data: (sends.append(("send", 1)), one(transport, sock, data))[1])
+    monkeypatch.setattr(outbound_module, "send_direct_many", lambda transport, sock, frames: (
+        sends.append(("sendmsg", len(frames))), many(transport, sock, frames))[1])
     channel = daemon.service.config.topics["tree"].encode()
     events = [json.dumps({"Type": "UPDATE_PATH", "Target": {"Uuid": f"n{i}", "Path": f"pydiods1/home/f{i}.txt",
                                                             "Type": "LEAF"}}).encode() for i in range(40)]
@@ -274,12 +297,12 @@ async def test_on_the_daemon_a_read_of_many_events_is_one_send_per_socket_in_ord
     conn.dataReceived(b"".join(message(channel, e) for e in events))
     for client in clients:
         assert [(await client.next())["Target"]["Uuid"] for _ in range(40)] == [f"n{i}" for i in range(40)]
-    assert len(sends) == 3 and all(count >= 40 for count in sends)
+    assert sends == [("sendmsg", 40)] * 3
     sends.clear()
     conn.dataReceived(message(channel, events[0]))
     for client in clients:
         assert (await client.next())["Target"]["Uuid"] == "n0"
-    assert len(sends) == 3
+    assert sends == [("send", 1)] * 3
 
 
 @pytest_twisted.ensureDeferred
@@ -317,3 +340,23 @@ async def test_on_the_daemon_a_reader_that_stops_is_closed_4008_while_the_other_
     while slow.frames.pending:
         received.append((await slow.next())["Target"]["Uuid"])
     assert received == [f"n{i}" for i in range(len(received))] and 0 < len(received) < published
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_the_daemon_more_frames_than_one_sendmsg_gathers_go_in_order(
+        gateway: StartGateway, monkeypatch: Any) -> None:
+    """1,100 events in one read: the socket's frames go in sendmsg() calls of at most 1,024 frames, in order."""
+    daemon = await gateway(overrides={"delivery.pacing_rate": "0"})
+    client = await connect(daemon.port)
+    assert (await client.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
+    sends: list[int] = []
+    many = outbound_module.send_direct_many
+    monkeypatch.setattr(outbound_module, "send_direct_many", lambda transport, sock, frames: (
+        sends.append(len(frames)), many(transport, sock, frames))[1])
+    channel = daemon.service.config.topics["tree"].encode()
+    conn = daemon.service.bus._subscriber._ready
+    conn.dataReceived(b"".join(message(channel, json.dumps({"Type": "DELETE", "Source": {
+        "Uuid": f"n{i}", "Path": f"pydiods1/home/f{i}.txt", "Type": "LEAF"}}).encode()) for i in range(1100)))
+    got = [(await client.next())["Source"]["Uuid"] for _ in range(1100)]
+    assert got == [f"n{i}" for i in range(1100)]
+    assert sends[0] == 1024 and sends[1:2] in ([], [76])  # (76 more unless the kernel took part of the 1,024)

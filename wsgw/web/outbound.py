@@ -29,11 +29,12 @@ message per turn (bench/RESULTS.md), so a frame that can go out goes out at
 once, except inside a ``WriteBatch``:
 
 ``WriteBatch`` is open while the bus delivers the messages of one read from
-Redis (``wsgw.bus.redis``). Meanwhile each socket's frames are joined, in
-order, and at the batch's end each socket's joined frames are written as above,
-with one ``send()`` (bench/RESULTS.md, "Batched bus reads"). The flow counts
+Redis (``wsgw.bus.redis``). Meanwhile each socket's frames wait, in order (a
+list of the shared frames, never a copy: 10,000 sockets times a 64 KiB read
+would be 640 MB), and at the batch's end each socket's frames are written as
+above, with one ``sendmsg()`` (bench/RESULTS.md, "Batched bus reads"). The flow counts
 them as written when they are handed over, as it does for bytes the transport
-holds: a batch adds at most what one read brings, and the joined write pauses
+holds: a batch adds at most what one read brings, and its write pauses
 the flow when it fills the transport. Anything that writes to the socket
 without the Outbound (a close frame) calls ``flush_batch`` first.
 """
@@ -49,7 +50,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsgw.flow import Flow
-from wsgw.internals.twisted import direct_socket, send_direct
+from wsgw.internals.twisted import IOV_MAX, direct_socket, send_direct, send_direct_many
 
 _log = Logger()
 
@@ -83,7 +84,7 @@ class FrameCache:
 
 
 class WriteBatch:
-    """While open (``begin()`` to ``end()``), the frames each ``Outbound`` made with it is given wait, joined; at
+    """While open (``begin()`` to ``end()``), the frames each ``Outbound`` made with it is given wait; at
     ``end()`` each socket's frames are written in one write, sockets in the order of their first frame. One
     per process, shared by every socket and handed to the bus (``wsgw.bus.redis.RedisBus``)."""
 
@@ -126,7 +127,7 @@ class Outbound:
         self.flow: Flow | None = None
         self.paused = False
         self._batch = batch
-        self._pending: bytes | bytearray | None = None  # this socket's frames of the open batch, joined
+        self._pending: bytes | list[bytes] | None = None  # this socket's frames of the open batch
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()  # twisted.web's channel, left registered after the upgrade
         transport.registerProducer(self, True)
@@ -138,23 +139,37 @@ class Outbound:
         if batch is not None and batch.open:
             pending = self._pending
             if pending is None:
-                self._pending = frame  # (a bytearray, not a list: a list per socket per batch feeds the gc)
+                self._pending = frame
                 batch._dirty.append(self)
-            elif type(pending) is bytes:
-                joined = self._pending = bytearray(pending)
-                joined += frame
+            elif isinstance(pending, bytes):
+                self._pending = [pending, frame]
             else:
-                pending += frame
+                pending.append(frame)
             return
         self._write(frame)
 
     def flush_batch(self) -> None:
-        """Write now the frames this socket was given in the open batch (before a close frame; at its end)."""
+        """Write now the frames this socket was given in the open batch (before a close frame; at its end): one
+        ``sendmsg()`` of them all (frames are shared by every recipient: they are not copied), what the kernel
+        does not take joined into one write to the transport."""
         pending, self._pending = self._pending, None
-        if pending is not None:
+        if pending is None:
+            return
+        if isinstance(pending, bytes):
             self._write(pending)
+            return
+        sock = self._sock
+        if sock is None:
+            self._transport.write(b"".join(pending))
+            return
+        for start in range(0, len(pending), IOV_MAX):
+            chunk = pending[start:start + IOV_MAX] if len(pending) > IOV_MAX else pending
+            sent = send_direct_many(self._transport, sock, chunk)
+            if sent != sum(map(len, chunk)):
+                self._transport.write(b"".join(pending[start:])[sent:])
+                return
 
-    def _write(self, frame: bytes | bytearray) -> None:
+    def _write(self, frame: bytes) -> None:
         sock = self._sock
         if sock is not None:
             sent = send_direct(self._transport, sock, frame)
@@ -162,7 +177,7 @@ class Outbound:
                 return
             if sent:
                 frame = frame[sent:]
-        self._transport.write(frame if type(frame) is bytes else bytes(frame))  # (Twisted takes bytes only)
+        self._transport.write(frame)
 
     def pong(self, payload: bytes) -> None:
         """Answer a ping; while paused only the latest ping is answered, on resume (RFC 6455 §5.5.3), so a
