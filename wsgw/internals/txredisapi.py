@@ -1,4 +1,4 @@
-"""What wsgw relies on inside txredisapi, beyond its public API (pinned by tests/test_bus_batches.py).
+"""What wsgw relies on inside txredisapi, beyond its public API (pinned by tests/test_internals.py).
 
 - ``BaseRedisProtocol`` (a ``LineReceiver``) calls ``setLineMode(extra)`` after
   each bulk string with the rest of the read, and txredisapi's own pauses the
