@@ -315,7 +315,7 @@ def test_subscriber_protocol_counts_acks_and_keeps_bytes() -> None:
     """In memory: the subscriber is up only after the last SUBSCRIBE ack, and byte-split messages stay bytes."""
     clock = MemoryReactorClock()
     got: list[tuple[bytes, bytes]] = []
-    link = _Subscriber(clock, "tcp:127.0.0.1:1", None, ["a", "b"], lambda c, p: got.append((c, p)), None, 10.0, 30.0)
+    link = _Subscriber(clock, "tcp:127.0.0.1:1", None, ["a", "b"], got.extend, None, 10.0, 30.0)
     link.startService()
     conn = link._build()
     transport = StringTransport()
@@ -382,7 +382,7 @@ def test_a_subscriber_still_receiving_messages_is_not_stalled_however_late_its_p
     reply_timeout of it drops the connection (issue 11, section 2)."""
     clock = MemoryReactorClock()
     got: list[bytes] = []
-    link = _Subscriber(clock, "tcp:127.0.0.1:1", None, ["a"], lambda c, p: got.append(p), None, 10.0, 1.0)
+    link = _Subscriber(clock, "tcp:127.0.0.1:1", None, ["a"], lambda batch: got.extend(p for _, p in batch), None, 10.0, 1.0)
     link._stall_timeout = 2.0
     link.startService()
     conn = link._build()

@@ -236,10 +236,13 @@ async def test_a_post_on_one_instance_reaches_a_socket_on_the_other(gateway: Sta
 @pytest_twisted.ensureDeferred
 async def test_a_join_during_a_burst_of_posts_gets_the_room_first_and_loses_nothing(gateway: StartGateway) -> None:
     """Bob joins on one daemon while alice posts a burst on the other: his first frame about the room is its
-    ROOM_UPDATE and every message reaches him (from the history or the broadcast; the client de-duplicates)."""
+    ROOM_UPDATE and every message reaches him (from the history or the broadcast; the client de-duplicates).
+    With history_on_join (the JOIN's history page): without it, a post broadcast before bob's JOIN attached the
+    room is not his to get, and whether one is depends on timing alone."""
     obj = new_prefix()
-    one = await gateway()
-    two = await gateway(prefix=one.prefix)
+    history = {"chat.history_on_join": "yes"}
+    one = await gateway(overrides=history)
+    two = await gateway(prefix=one.prefix, overrides=history)
     alice = await chat_client(one, "alice")
     bob = await chat_client(two, "bob")
     room_uuid = (await joined(alice, spec(obj), ["alice"]))["Uuid"]

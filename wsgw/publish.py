@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import treq
@@ -205,14 +205,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wsgw-publish: {e}", file=sys.stderr)
         return 2
 
+    return run_once("wsgw-publish", lambda reactor: publish(reactor, config, args.topic, payload), PublishError)
+
+
+def run_once(name: str, request: Callable[[Any], Awaitable[str]], error: type[Exception]) -> int:
+    """Run ``request(reactor)`` on a reactor of its own and print its answer: exit status 0; ``error`` (its
+    message printed after ``name:`` on stderr) gives 1, as does a reactor that ends without an answer."""
     outcome: list[int] = []
 
     async def run(reactor: Any) -> None:
         try:
-            print(await publish(reactor, config, args.topic, payload))
+            print(await request(reactor))
             outcome.append(0)
-        except PublishError as e:
-            print(f"wsgw-publish: {e}", file=sys.stderr)
+        except error as e:
+            print(f"{name}: {e}", file=sys.stderr)
             outcome.append(1)
 
     from twisted.internet import task

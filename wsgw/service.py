@@ -53,6 +53,7 @@ from wsgw.revocations import Revocation, Revocations
 from wsgw.web.inbound import InboundPolicy
 from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
 from wsgw.web.metrics import Metrics, MetricsView
+from wsgw.web.outbound import WriteBatch
 from wsgw.web.protocols import GatewayFactory
 from wsgw.web.site import make_admin_site, make_site
 
@@ -81,9 +82,10 @@ class GatewayService(MultiService):
         self.redis_commands: RedisCommands | None = None
         self.bus: MemoryBus | RedisBus
         store: IChatStore
+        self.write_batch = WriteBatch()  # each socket's frames of one read from the bus leave in one write
         if config.redis:
             self.bus = RedisBus(reactor, config.redis, config.topics, password=config.redis_password,
-                                db=config.redis_db)
+                                db=config.redis_db, batch=self.write_batch)
             self.redis_commands = RedisCommands(reactor, config.redis, password=config.redis_password,
                                                 db=config.redis_db, role="chat store",
                                                 reply_timeout=config.store_timeout)
@@ -175,7 +177,8 @@ class GatewayService(MultiService):
         policy = InboundPolicy(config.inbound_rate, config.inbound_burst, config.allowed_origins)
         common: dict[str, Any] = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout,
                                       policy=policy, guard=self.public_guard,
-                                      handshake_timeout=config.handshake_timeout, log_budget=self.log_budget)
+                                      handshake_timeout=config.handshake_timeout, log_budget=self.log_budget,
+                                      batch=self.write_batch)
         self.factories = (
             GatewayFactory(self.gateway, self.events, reactor, clock, max_frame=config.max_frame_ws, **common),
             GatewayFactory(self.gateway, self.chat, reactor, clock, max_frame=config.max_frame_chat, **common),
