@@ -54,7 +54,7 @@ HARDENING = {
     "LockPersonality": "yes", "RestrictNamespaces": "yes",
     "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
     "ProtectControlGroups": "yes", "ProtectClock": "yes", "ProtectHostname": "yes", "RestrictRealtime": "yes",
-    "RestrictSUIDSGID": "yes", "UMask": "0077", "ProtectProc": "invisible", "PrivateUsers": "yes",
+    "RestrictSUIDSGID": "yes", "UMask": "0077", "ProtectProc": "invisible",
 }
 
 
