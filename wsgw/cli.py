@@ -2,6 +2,7 @@
 
     wsgw check-config FILE [--listen ... --redis ... --admin-listen ... --embedded]
     wsgw sample-config > /etc/wsgw/wsgw.ini
+    wsgw sample-unit > /etc/systemd/system/wsgw.service
     wsgw version
     wsgw token LOGIN [--issuer ISS --audience AUD --lifetime SECONDS ...]   (also wsgw-token)
     wsgw publish TOPIC FILE|- [--config FILE ...]                         (also wsgw-publish)
@@ -116,6 +117,12 @@ def sample_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def sample_unit(args: argparse.Namespace) -> int:
+    """``wsgw sample-unit``: the systemd unit (etc/wsgw.service, packaged as wsgw/wsgw.service) on standard output."""
+    sys.stdout.write(importlib.resources.files("wsgw").joinpath("wsgw.service").read_text(encoding="utf-8"))
+    return 0
+
+
 def version(args: argparse.Namespace) -> int:
     """``wsgw version``: the installed distribution's version."""
     print(f"wsgw {importlib.metadata.version('wsgw')}")
@@ -136,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=check_config)
     commands.add_parser("sample-config", help="print the annotated sample configuration").set_defaults(
         run=sample_config)
+    commands.add_parser("sample-unit", help="print the systemd unit (README: systemd)").set_defaults(run=sample_unit)
     commands.add_parser("version", help="print the version").set_defaults(run=version)
     for name, (_, what) in _EXISTING.items():
         commands.add_parser(name, help=what, add_help=False)
