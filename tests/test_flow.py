@@ -247,3 +247,40 @@ def test_bytes_held_outside_count_against_the_one_bound() -> None:
     assert not flow.hold_outside(1)
     flow.release_outside(500)
     assert flow.waiting == (0, 0)
+
+
+def test_a_suspended_flow_writes_nothing_until_unsuspended_and_refiltered() -> None:
+    """§3.1: while an access is re-derived every frame waits (even when the connection drains); the ones the
+    new access refuses are dropped, the rest go out in order."""
+    flow, wire, _, _ = make()
+    flow.send(b"before")
+    flow.suspend()
+    flow.send(b"kept-1", Tag("kept"))
+    flow.paced(b"gone", Tag("gone"))
+    flow.send(b"reply")
+    flow.resume()  # the connection drained: still nothing while suspended
+    assert wire.written == [b"before"] and flow.waiting[0] == 3
+    assert flow.refilter(lambda scope: scope == Tag("kept")) == 1
+    flow.unsuspend()
+    assert wire.written == [b"before", b"kept-1", b"reply"]
+    flow.send(b"after")
+    assert wire.written[-1] == b"after" and flow.waiting == (0, 0)
+
+
+def test_a_suspended_flow_flushes_nothing_before_a_close() -> None:
+    flow, wire, _, _ = make()
+    flow.suspend()
+    flow.send(b"old scope", Tag("old"))
+    flow.flush()
+    assert wire.written == []
+
+
+def test_unsuspending_a_paused_flow_waits_for_the_connection() -> None:
+    flow, wire, _, _ = make(room=1)
+    flow.send(b"x")  # fills the connection: paused
+    flow.suspend()
+    flow.send(b"y")
+    flow.unsuspend()
+    assert wire.written == [b"x"]
+    wire.drain()
+    assert wire.written == [b"x", b"y"]

@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 from tests.support.daemon import StartGateway, scrape, token, value
 from tests.support.waiting import wait_until
 from tests.support.wsclient import connect
-from wsgw.access import Access, AccessBusy, AccessError, Root, Workspace
+from wsgw.access import Access, AccessBusy, AccessError, AccessRefused, Identity, Root, Workspace
 from wsgw.auth.resolvers import ClaimsResolver, HttpResolver
 from wsgw.interfaces import IAccessResolver
 
@@ -434,3 +434,60 @@ async def test_a_refused_token_costs_one_backend_request_per_refusal_ttl(
     assert value(samples, "wsgw_access_lookups_total", outcome="cached") == 19
     assert value(samples, "wsgw_subscribes_refused_total", reason="access_denied") == 20
     assert resource.requests == 2
+
+
+# --- re-derivation (PROTOCOL.md §3.1): refresh and invalidate
+
+
+def test_http_resolver_refresh_asks_past_the_cache_and_replaces_it() -> None:
+    backend = FakeBackend()
+    resolver = make(backend, cache_ttl=60)
+    fired(resolver.resolve("tok-1", CLAIMS))
+    backend.body = json.dumps({**DOC, "workspaces": []}).encode()
+    fresh = fired(resolver.refresh("tok-1", fired(resolver.resolve("tok-1", CLAIMS)).identity))
+    assert len(backend.requests) == 2 and fresh.workspaces == ()
+    assert fired(resolver.resolve("tok-1", CLAIMS)) is fresh  # the cache holds the fresh answer
+    assert len(backend.requests) == 2
+
+
+def test_http_resolver_a_request_older_than_invalidate_asks_again_before_answering() -> None:
+    """A subscribe whose backend request started before an IDM event must not get the answer from before it:
+    the resolver asks again, and both the subscribe and the cache get the new answer."""
+    backend = FakeBackend()
+    backend.hold = True
+    resolver = make(backend, cache_ttl=60)
+    waiting = resolver.resolve("tok-1", CLAIMS)
+    resolver.invalidate()
+    backend.held[0].callback((200, json.dumps(DOC).encode()))  # the answer from before the event
+    assert not waiting.called and len(backend.requests) == 2
+    backend.held[1].callback((200, json.dumps({**DOC, "workspaces": []}).encode()))
+    assert fired(waiting).workspaces == ()
+
+
+def test_http_resolver_invalidate_forgets_cached_answers() -> None:
+    backend = FakeBackend()
+    resolver = make(backend, cache_ttl=60)
+    fired(resolver.resolve("tok-1", CLAIMS))
+    resolver.invalidate()
+    fired(resolver.resolve("tok-1", CLAIMS))
+    assert len(backend.requests) == 2
+
+
+def test_http_resolver_refresh_during_a_stale_request_takes_its_resolves_along() -> None:
+    backend = FakeBackend()
+    backend.hold = True
+    resolver = make(backend, cache_ttl=60)
+    waiting = resolver.resolve("tok-1", CLAIMS)
+    resolver.invalidate()
+    refreshed = resolver.refresh("tok-1", Identity("alice", "u-1"))
+    assert len(backend.requests) == 2
+    backend.held[0].callback((200, json.dumps(DOC).encode()))  # the stale answer settles nobody
+    assert not waiting.called and not refreshed.called and len(backend.requests) == 2
+    backend.held[1].callback((200, json.dumps({**DOC, "workspaces": []}).encode()))
+    assert fired(waiting).workspaces == () and fired(refreshed).workspaces == ()
+
+
+def test_http_resolver_a_refusal_is_access_refused() -> None:
+    resolver = make(FakeBackend(status=403))
+    assert failed(resolver.resolve("tok-1", CLAIMS)).check(AccessRefused)
+    assert failed(resolver.resolve("tok-1", CLAIMS)).check(AccessRefused)  # the cached refusal too

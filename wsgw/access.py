@@ -23,6 +23,11 @@ class AccessError(Exception):
     """The user's access could not be established (bad claims, resolver backend down)."""
 
 
+class AccessRefused(AccessError):
+    """The access backend refused the token (HTTP 401, 403, 404): the user may no longer connect (PROTOCOL.md §3.1,
+    "Backend answers")."""
+
+
 class AccessBusy(AccessError):
     """The access backend already has as many requests in flight as allowed: try again later (close 1013)."""
 

@@ -39,6 +39,7 @@ from wsgw.gateway import Gateway
 from wsgw.interfaces import IAccessResolver, IChatStore
 from wsgw.internals.twisted import clear_exit_signal
 from wsgw.logs import LineBudget
+from wsgw.reauth import Reauthorizer
 from wsgw.redis.connection import RedisCommands, RedisLink
 from wsgw.revocations import Revocations
 from wsgw.web.inbound import InboundPolicy
@@ -114,7 +115,8 @@ class GatewayService(MultiService):
         self.nodes = nodes.NodeHandler(table, clock, batch_window=config.batch_window,
                                        silent_rate=config.silent_rate, silent_burst=config.silent_burst,
                                        user_meta=user_meta, user_meta_timeout=config.node_meta_timeout)
-        task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table)
+        self.reauth = Reauthorizer(self.gateway, resolver, clock, max_requests=config.access_max_requests)
+        task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table, self.reauth.handle)
         activity_handler = activity.ActivityHandler(table)
         self.dispatcher = Dispatcher({
             "tree": self.nodes, "meta": self.nodes, "tasks": task_handler, "idm": idm_handler,

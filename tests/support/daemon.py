@@ -23,9 +23,10 @@ REDIS = "tcp:127.0.0.1:6379"
 
 
 def token(login: str, workspaces: list[dict[str, Any]] | None = None, *, profile: str = "standard",
-          roles: str = "", ttl: float = 3600, sub: str | None = None) -> str:
+          roles: str = "", ttl: float = 3600, sub: str | None = None, **more: Any) -> str:
+    """A token of ``login`` signed with SECRET; ``more``: other claims (``iat``, ``jti``)."""
     claims = {"name": login, "sub": sub or f"uuid-{login}", "profile": profile, "roles": roles,
-              "workspaces": workspaces or [], "exp": int(time.time() + ttl)}
+              "workspaces": workspaces or [], "exp": int(time.time() + ttl), **more}
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 

@@ -19,7 +19,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsgw.access import Access, AccessBusy, AccessError, Identity, access_from_document, identity_from_claims
+from wsgw.access import (
+    Access,
+    AccessBusy,
+    AccessError,
+    AccessRefused,
+    Identity,
+    access_from_document,
+    identity_from_claims,
+)
 from wsgw.auth.http import HttpGet, TreqClient, short_reason
 from wsgw.interfaces import IAccessResolver
 from wsgw.logs import LineBudget
@@ -160,7 +168,7 @@ class HttpResolver:
         refusal = self._refusals.get(key) if access is None else None
         if access is not None or refusal is not None:
             self.lookups["cached"] += 1
-            return succeed(access) if access is not None else fail(AccessError(refusal))
+            return succeed(access) if access is not None else fail(AccessRefused(refusal))
         waiters = self._inflight.get(key)
         if waiters is not None:
             self.lookups["shared"] += 1
@@ -254,7 +262,7 @@ class HttpResolver:
             return ("timeout" if reason == "timeout" else "failed"), unavailable
         status, body = result
         if status in REFUSING:
-            return "refused", AccessError(f"access refused by the backend: HTTP {status}")
+            return "refused", AccessRefused(f"access refused by the backend: HTTP {status}")
         try:
             return "ok", _parse(status, body, who)
         except AccessError as e:

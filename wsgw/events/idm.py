@@ -72,10 +72,13 @@ def rule(event: dict[str, Any]) -> tuple[str, str]:
 
 
 class IdmHandler:
-    """Handler of the IDM topic; ``delivered`` counts the frames handed to sessions."""
+    """Handler of the IDM topic; ``delivered`` counts the frames handed to sessions. ``changed`` (None: nothing)
+    is called with each event after its frame went out (``wsgw.reauth``: the access change applies then,
+    PROTOCOL.md §3.1)."""
 
-    def __init__(self, table: SessionTable) -> None:
+    def __init__(self, table: SessionTable, changed: Callable[[dict[str, Any]], object] | None = None) -> None:
         self._table = table
+        self._changed = changed
         self.delivered = 0
 
     def handle(self, event: dict[str, Any]) -> None:
@@ -86,6 +89,8 @@ class IdmHandler:
         if recipients:
             frame = encode({**event, "@type": "idm"})
             self.delivered += fan_out(recipients, frame, _SCOPES[index](key), what="IDM event")
+        if self._changed is not None:
+            self._changed(event)
 
     def _recipients(self, index: str, key: str) -> AbstractSet[Session]:
         table = self._table
