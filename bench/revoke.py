@@ -157,6 +157,20 @@ async def http_post(port: int, path: str, doc: Any, bearer: str = "") -> int:
     return int(status.split()[1])
 
 
+async def metrics(port: int) -> dict[str, float]:
+    """The daemon's counters of interest here (``/metrics`` on its operator listener), summed over labels."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+    text = (await asyncio.wait_for(reader.read(), 10)).decode(errors="replace")
+    writer.close()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if not line.startswith("#") and re.search(r"withdrawn|reauth|revo|disconnect|control|failed|malformed|server_closes|frames_queued", name):
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 # --------------------------------------------------------------------------- daemons
 
 
@@ -399,6 +413,11 @@ async def run_scenario(name: str, args: argparse.Namespace, rate: float, workdir
             return {"answer_status": status, "answered_at": now()}
 
         result = await sc.flow(redis, act)
+        counters: dict[str, float] = {}
+        for d in daemons:
+            for key, value in (await metrics(d[2])).items():
+                counters[key] = counters.get(key, 0.0) + value
+        result["daemon_counters"] = counters
         if args.reference:
             result["scenario"] = "reference"
         log(f"{name}: {json.dumps(result)}")
