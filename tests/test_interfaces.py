@@ -10,8 +10,10 @@ from wsgw.bus.redis import RedisBus
 from wsgw.chat.memory_store import MemoryChatStore
 from wsgw.chat.redis_store import RedisChatStore
 from wsgw.chat.service import ChatService
+from wsgw.control import MemoryRevocationStore
 from wsgw.events.endpoint import EventsEndpoint
-from wsgw.interfaces import IBus, IChatStore, IConnection, IEndpoint
+from wsgw.interfaces import IBus, IChatStore, IConnection, IEndpoint, IRevocationStore
+from wsgw.redis.revocations import RedisRevocationStore
 from wsgw.sessions import SessionTable
 from wsgw.testing import RecordingConnection
 from wsgw.web.protocols import GatewayProtocol
@@ -41,3 +43,9 @@ def test_both_buses_and_both_stores_provide_their_seams() -> None:
     assert verifyClass(IBus, RedisBus)
     assert verifyObject(IChatStore, MemoryChatStore())
     assert verifyClass(IChatStore, RedisChatStore)
+
+
+def test_both_revocation_stores_are_revocation_stores() -> None:
+    """The embedded mode's store and the Redis one are IRevocationStore (load, save)."""
+    assert verifyObject(IRevocationStore, MemoryRevocationStore())
+    assert verifyClass(IRevocationStore, RedisRevocationStore)

@@ -16,7 +16,8 @@ PACKAGE = Path(wsgw.__file__).parent
 ROOT = PACKAGE.parent
 ADAPTER_LIBRARIES = ("autobahn", "txredisapi", "jwt", "treq")
 ADAPTER_MODULES = ("wsgw.web", "wsgw.bus", "wsgw.redis", "wsgw.auth", "wsgw.internals", "wsgw.chat.redis_store",
-                   "wsgw.service", "wsgw.tap", "wsgw.publish", "wsgw.config", "wsgw.devtoken", "wsgw.testing")
+                   "wsgw.service", "wsgw.tap", "wsgw.publish", "wsgw.revoke", "wsgw.config", "wsgw.devtoken",
+                   "wsgw.testing")
 
 
 def _module(path: Path) -> str:

@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from tests.support.daemon import SECRET, Daemon, StartGateway, token, workspace
-from tests.support.waiting import wait_until
+from tests.support.daemon import SECRET, Daemon, StartGateway, scrape, token, value, workspace
+from tests.support.waiting import eventually, wait_until
 from tests.support.wsclient import Client, connect
 
 WS_A = workspace("ws-a", "files-a", "pydiods1/a")
@@ -82,6 +82,26 @@ async def test_claims_a_deleted_workspace_leaves_every_session_and_stays_out(gat
     await daemon.publish("tree", create("b", 2))
     assert await received(alice, "b-2") == ["b-2"]
     assert await received(later, "a-3") == ["a-3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_deletions_are_kept_across_a_restart(gateway: StartGateway) -> None:
+    """The revocations the claims rules derive are kept in Redis: an instance started after the events still
+    withholds the deleted workspace and refuses the deleted user's old token."""
+    daemon = await gateway()
+    old_alice, old_bob = token("alice", [WS_A, WS_B]), token("bob", [WS_A])
+    await daemon.publish("idm", {"Type": "DELETE", "Workspace": {"UUID": "ws-a"}})
+    await daemon.publish("idm", {"Type": "DELETE", "User": {"Login": "bob"}})
+    keys = [f"{daemon.prefix}:revoked:workspace:ws-a", f"{daemon.prefix}:revoked:login:bob"]
+    await eventually(lambda: daemon.publisher.exists(*keys), "both kept in Redis")
+    await daemon.stop()
+    restarted = await gateway(prefix=daemon.prefix)
+    alice = await subscribed(restarted, old_alice)
+    await restarted.publish("tree", create("a", 1))
+    await restarted.publish("tree", create("b", 1))
+    assert await received(alice, "b-1") == ["b-1"]
+    bob = await connect(restarted.port)
+    assert await bob.subscribe(old_bob) == {"@type": "error", "error": "subscribe: token revoked"}
 
 
 @pytest_twisted.ensureDeferred
@@ -181,7 +201,7 @@ async def backend() -> AsyncIterator[AccessBackend]:
 
 def with_backend(gateway: StartGateway, backend: AccessBackend) -> Deferred[Daemon]:
     """A daemon resolving access through ``backend`` (answers cached 60 s: only a re-derivation asks again)."""
-    return Deferred.fromCoroutine(gateway(overrides={
+    return Deferred.fromCoroutine(gateway(admin="tcp:0:interface=127.0.0.1", overrides={
         "access.resolver": "http", "access.url": backend.url, "access.cache_ttl": "60"}))
 
 
@@ -250,6 +270,12 @@ async def test_http_a_refusal_closes_4003_and_a_backend_down_closes_1013(gateway
     assert code == 1013 and frames[-1]["error"].startswith("access unknown: ")
     await daemon.publish("tree", create("a", 1))
     assert await received(bob, "a-1") == ["a-1"]
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_reauthorization_events_total") == 1
+    assert [value(samples, "wsgw_reauthorized_sessions_total", outcome=o) for o in ("refused", "unavailable")] == [
+        1, 1]
+    assert value(samples, "wsgw_sessions_revoked_total", why="backend_refused") == 1
+    assert value(samples, "wsgw_reauthorization_sessions_suspended") == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -321,13 +321,15 @@ async def test_redis_with_a_password_delivers_events_and_serves_chat(redis_with_
 async def test_a_wrong_redis_password_leaves_healthz_503_and_the_daemon_up(redis_with_password: RedisServer,
                                                                             tmp_path: Path) -> None:
     """With a wrong password the daemon starts anyway, keeps retrying (logged, without the password), /healthz
-    answers 503 naming the problem, sockets still open and subscribe, and it stops cleanly."""
+    answers 503 naming the problem, sockets still open, a subscribe is refused 1013 (the revocations cannot be
+    loaded: fail closed, PROTOCOL.md §3.1), and it stops cleanly."""
     server = redis_with_password
     prefix = new_prefix()
     wrong = "not-the-password-" + uuid.uuid4().hex
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     text = (f"[server]\nlisten = tcp:0:interface=127.0.0.1\nredis = {server.endpoint}\n"
-            f"redis_password_file = {password_file(tmp_path, wrong)}\nshutdown_timeout = 5\n[topics]\n{topics}\n")
+            f"redis_password_file = {password_file(tmp_path, wrong)}\nshutdown_timeout = 5\n[topics]\n{topics}\n"
+            "[chat]\nstore_timeout = 1\n")
     config = config_from_string(text, "<wrong password>", overrides={"admin.listen": ""},
                                 environ={"WSGW_HMAC_SECRET": SECRET})
     with LogLines() as logs:
@@ -346,7 +348,9 @@ async def test_a_wrong_redis_password_leaves_healthz_503_and_the_daemon_up(redis
             assert service.running and not service.bus.connected
             assert (await treq.get(f"http://127.0.0.1:{daemon.port}/healthz")).code == 503
             client = await connect(daemon.port)
-            assert (await client.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
+            answer = await client.subscribe(token("alice", [HOME]))
+            assert answer == {"@type": "error", "error": "subscribe: revocations unavailable, try again"}
+            assert (await client.wait_closed())[0] == 1013
         finally:
             await daemon.stop()
     assert not [line for line in logs.lines if wrong in line]

@@ -89,6 +89,7 @@ class Gateway:
         self._per_login: Counter[str] = Counter()
         self._budget = log_budget if log_budget is not None else LineBudget(clock)
         self.revocations = revocations if revocations is not None else Revocations(clock, 86400.0)
+        self._ready: Callable[[Access], Access | Deferred[Access]] | None = None  # see wait_for
         self.table = SessionTable()
         self._drain_waiters: list[Deferred[None]] = []
         self.subscribes_accepted = 0
@@ -297,8 +298,16 @@ class Gateway:
 
         d: Deferred[Any] = self._verifier.verify(token)
         d.addCallback(verified)
+        if self._ready is not None:  # the revocations first
+            d.addCallback(self._ready)
         d.addCallbacks(resolved, failed)
         return d
+
+    def wait_for(self, ready: Callable[[Access], Access | Deferred[Access]]) -> None:
+        """Every subscribe's access passes through ``ready`` before it is checked against ``revocations``
+        (PROTOCOL.md §3.1): ``wsgw.control.RevocationLoader.ready`` holds it while they load, and fails it with
+        AccessError ``revocations unavailable, try again`` (1013) while they cannot be loaded: fail closed."""
+        self._ready = ready
 
     def _refused(self, access: Access) -> str | None:
         """Why a token giving ``access`` may not subscribe (PROTOCOL.md §3.1): revoked, or living longer than

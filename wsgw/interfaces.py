@@ -14,6 +14,7 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from wsgw.access import Access, Identity
+    from wsgw.revocations import Revocation
     from wsgw.sessions import Session
 
 
@@ -121,6 +122,18 @@ class ITokenVerifier(Interface):
 
     def verify(token: str) -> Deferred[dict[str, Any]]:
         """Fires with the verified claims (``name`` set to the login), or fails with ``AuthError``."""
+
+
+class IRevocationStore(Interface):
+    """Where revocations outlive an instance (PROTOCOL.md §3.1): Redis under ``[auth] revocation_prefix``, or
+    nowhere on the embedded bus (the in-memory ``wsgw.revocations.Revocations`` is then the only copy)."""
+
+    def load() -> Deferred[list[Revocation]]:
+        """Every revocation stored and not expired yet; fails when the store cannot answer."""
+
+    def save(revocation: Revocation, expires: float) -> Deferred[None]:
+        """Keep ``revocation`` until ``expires`` (unix seconds), unless a later ``before`` is kept for its kind and
+        key already (the later one stays); fails when the store cannot answer (then it may or may not be kept)."""
 
 
 class IChatStore(Interface):

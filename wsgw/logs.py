@@ -127,12 +127,14 @@ def twistd_observer() -> ILogObserver:
     return json_observer(out)
 
 
-KINDS = ("subscribed", "refused", "too_slow", "access_backend", "chat_store", "websocket", "http", "internal_error")
+KINDS = ("subscribed", "refused", "too_slow", "access_backend", "chat_store", "websocket", "http", "internal_error",
+         "control")
 """The kinds of lines a ``LineBudget`` counts (the ``kind`` label of ``wsgw_log_lines_suppressed_total``): subscribes
 accepted, subscribes refused, readers closed 4008, access backend failures, chat frames refused while the store
 is unavailable, Autobahn's lines about a socket (a failed handshake, a dropped connection, a protocol error), the
 HTTP access log, and the tracebacks of a client frame or subscribe that failed unexpectedly (a bug, which a peer
-repeating the frame must not turn into a flood of tracebacks)."""
+repeating the frame must not turn into a flood of tracebacks), and control messages dropped (forged, malformed,
+stale: PROTOCOL.md §3.1)."""
 
 
 class LineBudget:

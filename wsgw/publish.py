@@ -98,7 +98,7 @@ async def _publish_redis(reactor: Any, config: Config, topic: str, payload: byte
 
 
 @implementer(IAgentEndpointFactory)
-class _FixedEndpoint:
+class FixedEndpoint:
     """Every request goes to one client endpoint (the operator listener), whatever the URL's host."""
 
     def __init__(self, reactor: Any, description: str) -> None:
@@ -110,7 +110,7 @@ class _FixedEndpoint:
 
 async def _publish_http(reactor: Any, listen: str, token: bytes, topic: str, payload: bytes, timeout: float) -> str:
     client, host = client_endpoint(listen, timeout)
-    agent = Agent.usingEndpointFactory(reactor, _FixedEndpoint(reactor, client))
+    agent = Agent.usingEndpointFactory(reactor, FixedEndpoint(reactor, client))
     url = f"http://{host}/publish/{topic}".encode()
     headers: dict[bytes | str, list[bytes | str]] = {b"authorization": [b"Bearer " + token],
                                                      b"content-type": [b"application/json"]}

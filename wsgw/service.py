@@ -1,7 +1,8 @@
 """GatewayService: wires the configured parts together, starts them in order and shuts them down by design.
 
-Start: bus, the chat's presence sweep, then listeners (a port that cannot be
-bound aborts startup).
+Start: bus, the chat's presence sweep, the revocations' load (subscribes wait
+for it, PROTOCOL.md §3.1), then listeners (a port that cannot be bound aborts
+startup).
 Stop (SIGTERM under systemd): stop accepting, flush pending node merges,
 close every socket with 1000 ``server shutting down``, wait for them (bounded
 by ``shutdown_timeout``), then stop the bus.
@@ -17,6 +18,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,17 +33,19 @@ from wsgw.chat.memory_store import MemoryChatStore
 from wsgw.chat.redis_store import RedisChatStore
 from wsgw.chat.service import ChatService
 from wsgw.config import Config
+from wsgw.control import ControlHandler, MemoryRevocationStore, Operator, RevocationLoader
 from wsgw.dispatch import Dispatcher
 from wsgw.events import activity, idm, nodes, tasks
 from wsgw.events.endpoint import EventsEndpoint
 from wsgw.frames import CLOSE_NORMAL
 from wsgw.gateway import Gateway
-from wsgw.interfaces import IAccessResolver, IChatStore
+from wsgw.interfaces import IAccessResolver, IChatStore, IRevocationStore
 from wsgw.internals.twisted import clear_exit_signal
 from wsgw.logs import LineBudget
 from wsgw.reauth import Reauthorizer
 from wsgw.redis.connection import RedisCommands, RedisLink
-from wsgw.revocations import Revocations
+from wsgw.redis.revocations import RedisRevocationStore
+from wsgw.revocations import Revocation, Revocations
 from wsgw.web.inbound import InboundPolicy
 from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
 from wsgw.web.metrics import Metrics, MetricsView
@@ -75,6 +79,8 @@ class GatewayService(MultiService):
             self.bus = MemoryBus(config.topics)
             store = MemoryChatStore()
         self.chat_store = store
+        self.revocation_store: IRevocationStore = MemoryRevocationStore() if self.redis_commands is None else \
+            RedisRevocationStore(self.redis_commands, config.revocation_prefix)
         verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,
             public_key_pem=config.public_key_pem, oidc_issuer=config.oidc_issuer or None,
@@ -115,12 +121,19 @@ class GatewayService(MultiService):
         self.nodes = nodes.NodeHandler(table, clock, batch_window=config.batch_window,
                                        silent_rate=config.silent_rate, silent_burst=config.silent_burst,
                                        user_meta=user_meta, user_meta_timeout=config.node_meta_timeout)
-        self.reauth = Reauthorizer(self.gateway, resolver, clock, max_requests=config.access_max_requests)
+        self.reauth = Reauthorizer(self.gateway, resolver, clock, max_requests=config.access_max_requests,
+                                   remember=self._remember)
         task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table, self.reauth.handle)
+        self.control = ControlHandler(self.gateway, config.publish_token, clock, self.log_budget)  # PROTOCOL §3.1
+        ready = None if self.redis_commands is None else self.redis_commands.whenConnected
+        self.revocation_loader = RevocationLoader(clock, self.revocation_store, self.gateway, ready=ready,
+                                                  timeout=config.store_timeout, apply=self.control.enforce)
+        self._catch_up = LoopingCall(self._revocations_catch_up)  # after a bus reconnect: the messages missed
+        self._catch_up.clock = clock
         activity_handler = activity.ActivityHandler(table)
         self.dispatcher = Dispatcher({
             "tree": self.nodes, "meta": self.nodes, "tasks": task_handler, "idm": idm_handler,
-            "activity": activity_handler, "chat": self.chat,
+            "activity": activity_handler, "chat": self.chat, "control": self.control,
         })
         validators = {
             "tree": nodes.validate, "meta": nodes.validate, "tasks": tasks.validate, "idm": idm.validate,
@@ -138,7 +151,8 @@ class GatewayService(MultiService):
                         "activity": activity_handler, "chat": self.chat},
             bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
             access=resolver if isinstance(resolver, HttpResolver) else None, log_budget=self.log_budget,
-            chat_store=store if isinstance(store, RedisChatStore) else None,
+            chat_store=store if isinstance(store, RedisChatStore) else None, control=self.control,
+            reauth=self.reauth,
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)
@@ -158,7 +172,10 @@ class GatewayService(MultiService):
         self.ports: list[IListeningPort] = []
         published = {topic: check for topic, check in validators.items() if topic in config.topics}
         self.admin_site = make_admin_site(self.metrics, self.bus, self.problem, published, config.publish_token,
-                                          self.admin_guard, access_log=config.access_log, log_budget=self.log_budget)
+                                          self.admin_guard, access_log=config.access_log, log_budget=self.log_budget,
+                                          operator=None if config.publish_token is None else Operator(
+                                              clock, self.bus, self.revocation_store, self.gateway.revocations,
+                                              config.publish_token))
         self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:
@@ -168,13 +185,16 @@ class GatewayService(MultiService):
         for notice in self.config.notices:
             self._log.warn("{notice}", notice=notice)
         self.chat.start()
+        self.revocation_loader.start()  # subscribes wait for the revocations (PROTOCOL.md §3.1)
+        if isinstance(self.bus, RedisBus):
+            self._catch_up.start(1.0, now=False)
         self.ports = self._listen(self.config.listen, self.site, "listening")
         lowered = 0 < self.public_guard.max_sockets < self.config.max_connections
         (self._log.warn if lowered else self._log.info)(
             "public listener: at most {cap} open sockets ({why}), {per_ip} per address; {timeout} s to send a "
             "request or complete a WebSocket handshake", cap=self.public_guard.max_sockets, why=self._cap_reason,
             per_ip=self.public_guard.per_ip or "no cap", timeout=self.public_guard.deadline)
-        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish)")
+        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish, /revoke)")
 
     def _listen(self, descriptions: tuple[str, ...], site: GuardedSite, what: str) -> list[IListeningPort]:
         ports: list[IListeningPort] = []
@@ -187,6 +207,17 @@ class GatewayService(MultiService):
                 failures[0].raiseException()
             self._log.info("{what} on {address}", what=what, address=ports[-1].getHost())
         return ports
+
+    def _revocations_catch_up(self) -> None:
+        if isinstance(self.bus, RedisBus):
+            self.revocation_loader.catch_up(self.bus.links[0].reconnects)
+
+    def _remember(self, revocation: Revocation) -> None:
+        """Keep a revocation the claims rules derived from an IDM event (PROTOCOL.md §3.1) where a restarted
+        instance finds it; every instance got the event and saves the same entry (saving is idempotent)."""
+        d = self.revocation_store.save(revocation, self.gateway.revocations.expires(revocation))
+        d.addErrback(lambda f: self._log.warn("could not keep {what} {key} revoked in the store: {error}",
+                                              what=revocation.kind, key=revocation.key, error=f.getErrorMessage()))
 
     def problem(self) -> str | None:
         """Why the daemon cannot serve now, for /healthz: the bus down, or a Redis connection not set up or not
@@ -212,6 +243,9 @@ class GatewayService(MultiService):
         ports, self.ports = self.ports + self.admin_ports, []
         self.admin_ports = []
         yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        self.revocation_loader.stop()
+        if self._catch_up.running:
+            self._catch_up.stop()
         flushed = self.nodes.flush()  # pending merges, and the events waiting for the node-metadata backend
         flushed.addTimeout(self.config.node_meta_timeout + 1.0, self._reactor)
         yield flushed.addErrback(lambda _: self._log.warn("node events still waiting for their metadata: dropped"))

@@ -130,7 +130,8 @@ async def start_daemon(prefix: str, redis: str | None = REDIS, extra: str = "",
     ``extra`` is INI text for sections not written here; ``overrides`` are ``section.key`` values (any section).
     ``admin`` is the operator listener's endpoint: none by default, so that daemons never race for port 5051.
     """
-    overrides = {"admin.listen": admin, "chat.key_prefix": f"{prefix}:chat:", **(overrides or {})}
+    overrides = {"admin.listen": admin, "chat.key_prefix": f"{prefix}:chat:",
+                 "auth.revocation_prefix": f"{prefix}:revoked:", **(overrides or {})}
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     text = (
         f"[server]\nlisten = tcp:0:interface=127.0.0.1\nredis = {redis or ''}\nshutdown_timeout = 5\n"
@@ -168,6 +169,12 @@ class Publisher:
         channel = self._channels[topic]
         sent = [self._conn.publish(channel, e if isinstance(e, (bytes, str)) else json.dumps(e)) for e in events]
         await gatherResults(sent)
+
+    async def exists(self, *keys: str) -> bool:
+        """Whether every one of ``keys`` is in Redis."""
+        if self._conn is None:
+            self._conn = await txredisapi.Connection("127.0.0.1", self._port, reconnect=False)
+        return all([await self._conn.exists(key) for key in keys])
 
     async def close(self) -> None:
         if self._conn is not None:

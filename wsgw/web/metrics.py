@@ -12,7 +12,7 @@ per-session pacing leave later than that.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, Protocol
 
 import attrs
@@ -31,6 +31,7 @@ from wsgw.gateway import Census
 from wsgw.interfaces import IBus
 from wsgw.logs import KINDS
 from wsgw.web.listener import LIMITS
+from wsgw.web.operator import ReauthCounts, operator_metrics, reauth_metrics
 
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 ACCESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -43,6 +44,10 @@ class GatewayCounts(Protocol):
     refusals: Counter[str]
     closes: Counter[int]
     withdrawn: int
+    revoked: Counter[str]
+
+    @property
+    def revocations(self) -> Sized: ...
 
     def census(self) -> Census: ...
 
@@ -144,6 +149,12 @@ class AccessCounts(Protocol):
     def in_flight(self) -> int: ...
 
 
+class ControlCounts(Protocol):
+    """Control messages by ``(op, outcome)`` (``wsgw.control.ControlHandler``)."""
+
+    counts: Counter[tuple[str, str]]
+
+
 class LogCounts(Protocol):
     """The log lines left out (``wsgw.logs.LineBudget``)."""
 
@@ -168,14 +179,18 @@ class MetricsView:
     access: AccessCounts | None = None
     log_budget: LogCounts | None = None
     chat_store: ChatStoreCounts | None = None
+    control: ControlCounts | None = None
+    reauth: ReauthCounts | None = None
 
 
 class GatewayCollector(Collector):
     """Reads the gateway's own counters at scrape time (names and labels follow Prometheus conventions)."""
 
-    def __init__(self, view: MetricsView, publish_requests: Counter[int]) -> None:
+    def __init__(self, view: MetricsView, publish_requests: Counter[int],
+                 operator_requests: Counter[tuple[str, int]] | None = None) -> None:
         self._view = view
         self._publish_requests = publish_requests
+        self._operator_requests = operator_requests if operator_requests is not None else Counter()
 
     def collect(self) -> Iterator[Metric]:
         p = self._view
@@ -277,6 +292,10 @@ class GatewayCollector(Collector):
                            "peer_lines_per_minute, by kind.", "kind", p.log_budget.suppressed, KINDS)
         yield _counter("wsgw_publish_requests", "POST /publish requests on the operator listener, by HTTP status.",
                        "status", {str(k): v for k, v in self._publish_requests.items()})
+        yield from operator_metrics(self._operator_requests, None if p.control is None else p.control.counts,
+                                    gateway.revoked, len(gateway.revocations))
+        if p.reauth is not None:
+            yield from reauth_metrics(p.reauth)
         bus = p.bus
         yield _gauge("wsgw_bus_up", "1 while the bus can deliver and publish.", None, 1 if bus.connected else 0)
         links = list(p.redis_links())
@@ -333,8 +352,9 @@ class Metrics:
 
     def __init__(self, view: MetricsView, topics: Iterable[str]) -> None:
         self.publish_requests: Counter[int] = Counter()
+        self.operator_requests: Counter[tuple[str, int]] = Counter()  # (path, status), of /disconnect and /revoke
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(GatewayCollector(view, self.publish_requests))
+        self.registry.register(GatewayCollector(view, self.publish_requests, self.operator_requests))
         ProcessCollector(registry=self.registry)  # (not PlatformCollector: no answer names a software version)
         self.lag = Histogram(
             "wsgw_delivery_lag_seconds",

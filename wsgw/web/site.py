@@ -3,7 +3,7 @@
 The public Site serves ``/ws``, ``/ws/event``, ``/chat``, ``/ws/chat``,
 ``/healthz``, and the live page at ``/`` when it is on (PROTOCOL.md §1). The
 operator Site (``[admin] listen``, loopback by default, never the public port)
-serves ``/metrics``, ``POST /publish/<topic>`` and ``/healthz``. Both are
+serves ``/metrics``, ``POST /publish/<topic>``, ``POST /disconnect``, ``POST /revoke`` and ``/healthz``. Both are
 ``wsgw.web.listener.GuardedSite``s: each socket is counted and bounded from
 accept to close by its listener's ``ListenerGuard``.
 """
@@ -21,11 +21,13 @@ from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from wsgw.control import Operator
 from wsgw.interfaces import IBus
 from wsgw.internals.twisted import release_taken_over_request
 from wsgw.logs import LineBudget
 from wsgw.web.listener import BoundedRequest, GuardedSite, ListenerGuard
 from wsgw.web.metrics import Metrics, MetricsPage
+from wsgw.web.operator import OperatorPage
 from wsgw.web.protocols import GatewayFactory
 from wsgw.web.publish import CappedRequest, PublishPage, Validator
 
@@ -178,9 +180,12 @@ def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, problem:
 def make_admin_site(metrics: Metrics, bus: IBus, problem: Callable[[], str | None],
                     validators: Mapping[str, Validator], publish_token: bytes | None,
                     guard: ListenerGuard, *, access_log: bool = False,
-                    log_budget: LineBudget | None = None) -> GuardedSite:
-    """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check."""
+                    log_budget: LineBudget | None = None, operator: Operator | None = None) -> GuardedSite:
+    """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check;
+    ``operator`` sends ``/disconnect`` and ``/revoke`` (None: they answer 403)."""
     publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
     routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(problem)}
+    for op in ("disconnect", "revoke"):
+        routes[f"/{op}".encode()] = OperatorPage(op, operator, publish_token, metrics.operator_requests)
     return GuardedSite(Router(routes, {b"/publish/": publish}), guard, CappedRequest, access_log=access_log,
                        log_budget=log_budget)
