@@ -172,6 +172,9 @@ async def http_post(port: int, path: str, doc: Any, bearer: str = "") -> int:
     return int(status.split()[1])
 
 
+COUNTERS = re.compile(r"withdrawn|reauth|revo|disconnect|control|failed|malformed|server_closes|frames_queued")
+
+
 async def metrics(port: int) -> dict[str, float]:
     """The daemon's counters of interest here (``/metrics`` on its operator listener), summed over labels."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -181,7 +184,7 @@ async def metrics(port: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        if not line.startswith("#") and re.search(r"withdrawn|reauth|revo|disconnect|control|failed|malformed|server_closes|frames_queued", name):
+        if not line.startswith("#") and COUNTERS.search(name):
             out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
@@ -499,8 +502,8 @@ def span(values: list[Any], unit: str = "") -> str:
         return "–"
     med = statistics.median(values)
     f = (lambda v: f"{v:,.0f}") if all(float(v).is_integer() for v in values) and med >= 0 else (lambda v: f"{v:,.1f}")
-    return f"{f(med)}{unit}" + (f" ({f(min(values))}–{f(max(values))})" if len(values) > 1 and min(values) != max(values)
-                               else "")
+    ranged = len(values) > 1 and min(values) != max(values)
+    return f"{f(med)}{unit}" + (f" ({f(min(values))}–{f(max(values))})" if ranged else "")
 
 
 LABELS = {"claims": "claims: Workspace DELETE (IDM)", "http": "http: role ACL removed (IDM), backend re-asked",
@@ -520,10 +523,12 @@ def table(results: list[dict[str, Any]]) -> str:
         closed = "; ".join(sorted({", ".join(f"{v} × {k}" for k, v in r["revoked_closed"].items()) or "none"
                                    for r in rs}))
         after = "after_answer_received" if name == "disconnect" else "published_after_act_received"
-        status = "" if name != "disconnect" else f" (answer: {', '.join(sorted({str(r['answer_status']) for r in rs}))})"
+        answers = ", ".join(sorted({str(r.get("answer_status")) for r in rs}))
+        status = f" (answer: {answers})" if name == "disconnect" else ""
         rows.append(
             f"| {LABELS[name]}{status}; {rate:g} events/s, pacing {rs[0]['pacing']}; {len(rs)} run"
-            f"{'s' if len(rs) > 1 else ''} | {rs[0]['revoked']} / {rs[0]['sessions']} | {span([r['probe_ms'] for r in rs])} | "
+            f"{'s' if len(rs) > 1 else ''} | {rs[0]['revoked']} / {rs[0]['sessions']} | "
+            f"{span([r['probe_ms'] for r in rs])} | "
             f"{span([r['revoke_p50_ms'] for r in rs])} / {span([r['revoke_p99_ms'] for r in rs])} / "
             f"{span([r['revoke_max_ms'] for r in rs])}"
             + ("" if all(r["revoke_measured"] == r["revoked"] for r in rs) else
@@ -531,7 +536,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{span([r['late_frames'] for r in rs])} | {span([r[after] for r in rs])} | "
             f"{span([r['kept_lost'] for r in rs])} / {span([r['kept_dup'] for r in rs])} | "
             f"{span([r['kept_latency_p50_ms'] for r in rs])} / {span([r['kept_latency_p99_ms'] for r in rs])} | "
-            f"{span([r['server_cpu_us_per_frame'] for r in rs])} / {span([r['clients_cpu_us_per_frame'] for r in rs])} |")
+            f"{span([r['server_cpu_us_per_frame'] for r in rs])} / "
+            f"{span([r['clients_cpu_us_per_frame'] for r in rs])} |")
     return "\n".join(rows)
 
 
@@ -541,7 +547,8 @@ def goals(results: list[dict[str, Any]]) -> list[str]:
     for r in results:
         p99 = r["revoke_p99_ms"]
         if p99 is None or p99 > GOAL_P99 * 1e3 or r["revoke_measured"] < r["revoked"]:
-            missed.append(f"{r['scenario']} {r['rate']:g}/s: p99 {p99} ms ({r['revoke_measured']}/{r['revoked']} sessions measured)")
+            missed.append(f"{r['scenario']} {r['rate']:g}/s: p99 {p99} ms "
+                          f"({r['revoke_measured']}/{r['revoked']} sessions measured)")
         if r["late_frames"] or (r["published_after_act_received"] and r["scenario"] != "disconnect"):
             missed.append(f"{r['scenario']} {r['rate']:g}/s: {r['late_frames']} frames > 1 s after the act, "
                           f"{r['published_after_act_received']} published after it, received by revoked sessions")
