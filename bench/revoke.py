@@ -457,6 +457,12 @@ async def run_scenario(name: str, args: argparse.Namespace, rate: float, pacing:
                 counters[key] = counters.get(key, 0.0) + value
         result["daemon_counters"] = counters
         result["pacing"] = pacing or "30,20"
+        if name == "http":  # the subscribes' requests, then the re-derivation's: one per revoked token expected
+            reader, writer = await asyncio.open_connection("127.0.0.1", backend_port)
+            writer.write(b"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            result["backend_requests"] = json.loads(answer.split(b"\r\n\r\n", 1)[1])["requests"] - 1
         if args.reference:
             result["scenario"] = "reference"
         log(f"{name}: {json.dumps(result)}")
