@@ -11,7 +11,8 @@ all, then publishes node events on the tree topic at ``--rate`` per second (``UP
 under the workspace root: delivered at once, not merged by the idle window; each carries its sequence number),
 so that every event reaches every session; ``--repeat`` runs at ``--rate``, then one at ``--stress-rate``. After
 ``--warmup`` seconds of steady flow comes the revoking act; the flow goes on ``--after`` seconds, stops, the kept
-sessions are drained, and the figures come from what each client recorded (its receive times and the sequence
+sessions are drained (until each has the last event, at most ``--drain`` / ``--stress-drain`` seconds), and the
+figures come from what each client recorded (its receive times and the sequence
 numbers of its frames).
 
 The load. Issue 12 says 200 events/s, each to all 1,000 sessions: 200,000 frames/s, about 2.3 cores of daemon
@@ -328,7 +329,7 @@ class Scenario:
             await asyncio.sleep(0.005)
         last = len(self.sent) - 1
         kept = [c for c in self.sessions if not c.revoked]
-        deadline = now() + args.drain
+        deadline = now() + (args.drain if rate == args.rate else args.stress_drain)
         while now() < deadline and any(c.last_seq < last and not c.lost for c in kept):
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # late or duplicate frames count
@@ -614,6 +615,7 @@ def entry() -> None:
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of flow before the act (3)")
     p.add_argument("--after", type=float, default=3.0, help="seconds of flow after the act (3)")
     p.add_argument("--drain", type=float, default=10.0, help="at most this long for the kept sessions to catch up")
+    p.add_argument("--stress-drain", type=float, default=30.0, help="the same for the --stress-rate run")
     p.add_argument("--timeout", type=float, default=120.0, help="a scenario's bound, s")
     p.add_argument("--workdir", default="", help="keep configs and daemon logs here (default: a temporary dir)")
     p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="'-': write nothing")
