@@ -238,6 +238,7 @@ class Session(Client):
         self.after: list[tuple[float, int]] = []  # (receive time, seq) of frames after the act
         self.close_at: float | None = None
         self.probe_at: float | None = None  # a probe: when the node event published with the act came
+        self.daemon = 0  # which daemon it is connected to (index)
         self.idm = 0
         self.errors: list[bytes] = []
 
@@ -291,22 +292,25 @@ class Scenario:
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(parallel)
 
-        async def one(i: int, tok: str, revoked: bool) -> Session:
+        async def one(i: int, daemon: int, tok: str, revoked: bool) -> Session:
             async with gate:
-                port = self.ports[i % len(self.ports)]
+                port = self.ports[daemon]
                 sock = socket.socket()
                 sock.setblocking(False)
                 await loop.sock_connect(sock, ("127.0.0.1", port))
                 _, c = await loop.create_connection(
                     lambda: Session(i, f"127.0.0.1:{port}", self.sink, revoked), sock=sock)
+                c.daemon = daemon
                 await c.opened
                 c.subscribed = loop.create_future()
                 c.send_text(json.dumps({"@type": "subscribe", "jwt": tok}).encode())
                 await asyncio.wait_for(c.subscribed, 30)
                 return c
 
-        self.sessions = list(await asyncio.gather(*(one(i, t, r) for i, (t, r) in enumerate(tokens))))
-        self.probes = list(await asyncio.gather(*(one(i, t, False) for i, t in enumerate(probes))))
+        # Revoked sessions are the even indexes; with two daemons, pairs alternate: each gets half of both kinds.
+        n = len(self.ports)
+        self.sessions = list(await asyncio.gather(*(one(i, (i // 2) % n, t, r) for i, (t, r) in enumerate(tokens))))
+        self.probes = list(await asyncio.gather(*(one(-1 - i, i, t, False) for i, t in enumerate(probes))))
 
     async def flow(self, redis: Redis, act: Any) -> dict[str, Any]:
         """Publish at ``rate`` for warmup + after seconds with ``act()`` in between; drain; the raw figures."""
@@ -371,6 +375,11 @@ class Scenario:
         }
         for key, value in percentiles(times).items():
             out[f"revoke_{key}"] = value
+        if len(self.ports) > 1:  # the daemon that got the request, then the other(s), which learn it from the bus
+            out["revoke_p99_ms_by_daemon"] = [percentiles(
+                [c.close_at - act_at for c in revoked if c.close_at is not None and c.daemon == d])["p99_ms"]
+                for d in range(len(self.ports))]
+            out["revoked_by_daemon"] = [sum(1 for c in revoked if c.daemon == d) for d in range(len(self.ports))]
         out["revoke_measured"] = len(times)
         for key, value in percentiles(self.latencies).items():
             out[f"kept_latency_{key}"] = value
@@ -404,7 +413,6 @@ async def run_scenario(name: str, args: argparse.Namespace, rate: float, pacing:
         wait_subscribed(redis_port, f"{prefix}.{TOPICS['idm']}", len(daemons))
         log(f"{name}: daemon(s) up in {now() - t:.1f} s")
         sc = Scenario(name, args, rate, redis_port, prefix, [d[1] for d in daemons], [d[0].pid for d in daemons])
-        # Revoked sessions are the even indexes: with two daemons (sessions alternate) each gets half of them.
         if name == "claims":
             tokens = [(token(f"rv-{i}", f"uuid-rv-{i}", [], [workspace("ws-x", "x")]), True) if i % 2 == 0 else
                       (token(f"kp-{i}", f"uuid-kp-{i}", [], [workspace("ws-y", "y")]), False) for i in range(n)]
@@ -539,7 +547,10 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{span([r['revoke_p50_ms'] for r in rs])} / {span([r['revoke_p99_ms'] for r in rs])} / "
             f"{span([r['revoke_max_ms'] for r in rs])}"
             + ("" if all(r["revoke_measured"] == r["revoked"] for r in rs) else
-               f" (of {'/'.join(str(r['revoke_measured']) for r in rs)} sessions)") + f" | {closed} | "
+               f" (of {'/'.join(str(r['revoke_measured']) for r in rs)} sessions)")
+            + ("" if "revoke_p99_ms_by_daemon" not in rs[0] else "; p99 on the daemon asked / the other: "
+               + " / ".join(span([r["revoke_p99_ms_by_daemon"][d] for r in rs]) for d in (0, 1)))
+            + f" | {closed} | "
             f"{span([r['late_frames'] for r in rs])} | {span([r[after] for r in rs])} | "
             f"{span([r['kept_lost'] for r in rs])} / {span([r['kept_dup'] for r in rs])} | "
             f"{span([r['kept_latency_p50_ms'] for r in rs])} / {span([r['kept_latency_p99_ms'] for r in rs])} | "
