@@ -512,11 +512,15 @@ def machine() -> str:
 
 
 def span(values: list[Any], unit: str = "") -> str:
+    """The median and, when the runs differ, the range: counts as integers, times of 100 ms and more to the ms."""
     values = [v for v in values if v is not None]
     if not values:
         return "–"
+
+    def f(v: float) -> str:
+        return f"{v:,.0f}" if isinstance(v, int) or abs(v) >= 100 else f"{v:,.1f}"
+
     med = statistics.median(values)
-    f = (lambda v: f"{v:,.0f}") if all(float(v).is_integer() for v in values) and med >= 0 else (lambda v: f"{v:,.1f}")
     ranged = len(values) > 1 and min(values) != max(values)
     return f"{f(med)}{unit}" + (f" ({f(min(values))}–{f(max(values))})" if ranged else "")
 
