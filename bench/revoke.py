@@ -173,7 +173,7 @@ async def http_post(port: int, path: str, doc: Any, bearer: str = "") -> int:
     return int(status.split()[1])
 
 
-COUNTERS = re.compile(r"withdrawn|reauth|revo|disconnect|control|failed|malformed|server_closes|frames_queued")
+COUNTERS = re.compile(r"withdrawn|reauth|revo|control|operator|failed|malformed|server_closes|frames_queued")
 
 
 async def metrics(port: int) -> dict[str, float]:
