@@ -355,6 +355,7 @@ class Run:
         self.seq = 0
         self.channel_tree = f"{args.prefix}.topic.pydio.tree.nodes.changes"
         self.results: dict[str, Any] = {"server": args.server, "n": args.n}
+        self.by_ws: list[list[Client]] = []  # the last selective grouping (``_resubscribe``)
 
     def sample(self) -> tuple[float, int, float]:
         self.loader_cpu = time.process_time()
@@ -395,8 +396,7 @@ class Run:
     async def storm(self) -> None:
         """All N clients connect and subscribe at once."""
         n = self.args.n
-        tokens = [token(f"u{i}", [BROADCAST_WS]) for i in range(n)] if self.args.server == "gateway" \
-            else ["-"] * n
+        tokens = [token(f"u{i}", [BROADCAST_WS]) for i in range(n)]
         gc.collect()
         cpu0, rss0, t0 = self.sample()
         self.results["rss_before_kb"] = rss0
@@ -512,7 +512,7 @@ class Run:
         ref = await self._broadcast("slow-ref", duration=self.args.slow_duration, window=self.args.window, pad=pad)
         # The slow client: a fresh socket with a tiny receive buffer that never reads.
         slow = await self.open_client(len(self.clients) + 1000000, "/ws",
-                                      token("slowpoke", [BROADCAST_WS]) if self.args.server == "gateway" else "-",
+                                      token("slowpoke", [BROADCAST_WS]),
                                       self.subscribing_sink, rcvbuf=4096)
         assert slow.transport is not None
         slow.transport.pause_reading()
@@ -551,6 +551,7 @@ class Run:
             c.send_text(json.dumps({"@type": "subscribe", "jwt": token(f"u{c.idx}", [ws])}).encode())
             futures.append(c.subscribed)
         await asyncio.wait_for(asyncio.gather(*futures), 60)
+        self.by_ws = by_ws
         return by_ws
 
     async def _selective(self, groups: int, hot: int) -> dict[str, Any]:
@@ -596,6 +597,48 @@ class Run:
         # One workspace per session, events to 1,000 of them: one recipient per event whatever N.
         self.results["selective_one"] = await self._selective(len(self.clients), 1000)
 
+    async def floor(self) -> None:
+        """Events nobody receives: server CPU per event for reading, parsing and routing an event to no one.
+
+        The events (the selective shape and rate, under a root no session has) follow the last selective
+        grouping (one workspace per session when no selective phase ran). One last event to the first
+        workspace, published after them on the same channel, closes the phase: once it has arrived, the
+        server has read every event before it. Its delivery is the phase's only one (``stray_deliveries``
+        counts any other).
+        """
+        by_ws = self.by_ws or await self._resubscribe(len(self.clients))
+        await asyncio.sleep(0.5)
+        tracker = Tracker()
+        for c in self.clients:
+            c.sink = tracker.sink
+        rate = self.args.selective_rate
+        duration = self.args.selective_duration
+        cpu0, _, t0 = self.sample()
+        t_end = t0 + duration
+        published = 0
+        tick = 0.01
+        per_tick = max(1, int(rate * tick))
+        t_next = t0
+        while _now() < t_end:
+            for _ in range(per_tick):
+                seq = self.next_seq()
+                tracker.expect(seq, 0)
+                self.redis.publish(self.channel_tree, node_event(seq, "pydiods1/nobody"))
+                published += 1
+            t_next += tick
+            await asyncio.sleep(max(0.0, t_next - _now()))
+        last = self.next_seq()
+        tracker.expect(last, len(by_ws[0]))
+        self.redis.publish(self.channel_tree, node_event(last, "pydiods1/sel/w0"))
+        complete = await tracker.drain(1, 10)
+        cpu1, _, _ = self.sample()
+        cpu = cpu1 - cpu0
+        self.results["floor"] = {
+            "events": published, "events_per_s": round(published / duration), "stalled": not complete,
+            "stray_deliveries": tracker.deliveries - tracker.count[last], "server_cpu_s": round(cpu, 3),
+            "cpu_us_per_event": round(cpu / published * 1e6, 1) if published else None,
+        }
+
     # chat ----------------------------------------------------------------------
 
     async def chat(self) -> None:
@@ -603,7 +646,7 @@ class Run:
         members = self.args.chat_members
         room_key = f"bench-{os.getpid()}-{int(time.time())}"
         gateway = self.args.server == "gateway"
-        tokens = [token(f"chat{i}", [BROADCAST_WS]) if gateway else "-" for i in range(members)]
+        tokens = [token(f"chat{i}", [BROADCAST_WS]) for i in range(members)]
         clients = await asyncio.gather(*(self.open_client(2000000 + i, "/chat", tokens[i], self.subscribing_sink)
                                          for i in range(members)))
         room_uuid: dict[str, str] = {}
@@ -675,7 +718,7 @@ class Run:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--server", required=True, choices=["gateway", "autobahn", "node"])
+    p.add_argument("--server", required=True, choices=["gateway", "autobahn", "node", "go"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, action="append", required=True)
     p.add_argument("--server-pid", type=int, action="append", required=True)

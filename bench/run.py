@@ -2,11 +2,20 @@
 
 For each N it starts, one at a time, on 127.0.0.1 only and against a private
 redis-server: the gateway (twistd, the real daemon and config), the bare
-Autobahn/Twisted baseline and the Node ``ws`` baseline; runs the load
-generator (``bench/loadgen.py``, its own process) against each; stops every
-process by its pid; then prints the table with the ratios gateway / Autobahn
-and gateway / Node and writes it into ``bench/RESULTS.md`` (between the
-``results`` markers, the hand-written analysis around them is kept).
+Autobahn/Twisted baseline, the Node ``ws`` baseline and the Go baseline
+(gorilla/websocket shaped like melody, ``bench/baselines/go``, built by
+``make bench-deps``; its column is left out, with a line saying so, when its
+binary is missing); runs the load generator (``bench/loadgen.py``, its own
+process) against each; stops every process by its pid; then prints the table
+with the ratios gateway / each baseline and writes it into
+``bench/RESULTS.md`` (between the ``results`` markers, the hand-written
+analysis around them is kept).
+
+Every server verifies the subscribe frame's HS256 token. The Node and Go
+baselines run twice per N: in broadcast mode (storm, flood, slow consumer,
+chat) and in selective mode (storm, selective, the zero-recipient floor),
+where, like the gateway, they index sessions by workspace root, rewrite the
+event's paths and encode once per workspace.
 
     python bench/run.py                 # full: N = 1,000 and 10,000 (about 8 minutes)
     python bench/run.py --quick         # N = 1,000, short phases (under two minutes)
@@ -43,6 +52,9 @@ TOPICS = {
     "chat": "topic.pydio.chat.event",
 }
 NODE_DIR = os.path.join(HERE, "baselines", "node")
+GO_BIN = os.path.join(HERE, "baselines", "go", "wsgw-bench-go")
+BASELINES = ("autobahn", "node", "go")
+SELECTIVE_BASELINES = ("node", "go")
 
 
 def log(msg: str) -> None:
@@ -133,10 +145,11 @@ def gateway_ini(port: int, redis_port: int, prefix: str, *, pacing: bool, extra:
 
 
 def start_server(kind: str, workdir: str, redis_port: int, prefix: str, *, pacing: bool = False,
-                 tag: str = "", reactor: str = "") -> tuple[Proc, int]:
+                 tag: str = "", reactor: str = "", mode: str = "broadcast") -> tuple[Proc, int]:
     port = free_port()
     channels = [f"{prefix}.{TOPICS[c]}" for c in CHANNELS]
     logf = os.path.join(workdir, f"{kind}{tag}.log")
+    secret = {"WSGW_HMAC_SECRET": SECRET}
     if kind == "gateway":
         ini = os.path.join(workdir, f"gateway{tag}.ini")
         with open(ini, "w") as f:
@@ -145,18 +158,19 @@ def start_server(kind: str, workdir: str, redis_port: int, prefix: str, *, pacin
         args = [twistd, "--nodaemon", "--pidfile=", f"--logfile={logf}.twistd"]
         if reactor:
             args.append(f"--reactor={reactor}")
-        proc = Proc(kind, args + ["wsgw", "--config", ini], logf, env={"WSGW_HMAC_SECRET": SECRET})
+        proc = Proc(kind, args + ["wsgw", "--config", ini], logf, env=secret)
     elif kind == "autobahn":
         args = [PY, os.path.join(HERE, "baselines", "autobahn_broadcast.py"), "--port", str(port),
                 "--redis-port", str(redis_port)]
         for c in channels:
             args += ["--channel", c]
-        proc = Proc(kind, args, logf)
-    elif kind == "node":
-        args = ["node", os.path.join(NODE_DIR, "server.js"), "--port", str(port), "--redis-port", str(redis_port)]
+        proc = Proc(kind, args, logf, env=secret)
+    elif kind in ("node", "go"):
+        args = ["node", os.path.join(NODE_DIR, "server.js")] if kind == "node" else [GO_BIN]
+        args += ["--port", str(port), "--redis-port", str(redis_port), "--mode", mode]
         for c in channels:
             args += ["--channel", c]
-        proc = Proc(kind, args, logf)
+        proc = Proc(kind, args, logf, env=secret)
     else:
         raise ValueError(kind)
     try:
@@ -225,6 +239,8 @@ ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("storm: subscribes/s", ("storm", "subscribes_per_s"), "hi"),
     ("storm: time to all subscribed s", ("storm", "time_to_all_s"), "lo"),
     ("storm: failed", ("storm", "failed"), ""),
+    ("storm: server CPU s (connect + subscribe, token verified)", ("storm", "server_cpu_s"), "lo"),
+    ("storm, sessions indexed (selective mode): server CPU s", ("storm_selective", "server_cpu_s"), "lo"),
     ("slow: others deliveries/s vs without", ("slow", "throughput_ratio"), "hi"),
     ("slow: others p99 ms (without)", ("slow", "p99_pair"), ""),
     ("slow: server RSS max MB (start)", ("slow", "rss_pair"), ""),
@@ -239,11 +255,16 @@ ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("selective 1,000 ws: lost / duplicated", ("selective", "lost_dup"), ""),
     ("selective 1 recipient: CPU µs/event", ("selective_one", "cpu_us_per_event"), "lo"),
     ("selective 1 recipient: p99 ms", ("selective_one", "p99_ms"), "lo"),
+    ("selective: lost / duplicated (1 recipient)", ("selective_one", "lost_dup"), ""),
+    ("no recipient (the floor): CPU µs/event", ("floor", "cpu_us_per_event"), "lo"),
+    ("no recipient: stray deliveries", ("floor", "stray_deliveries"), ""),
 ]
 
 
 def derive(r: dict[str, Any]) -> dict[str, Any]:
     """Add the composite figures the table shows."""
+    if r.get("server") == "gateway" and "storm" in r:
+        r["storm_selective"] = r["storm"]  # the gateway always indexes its sessions
     for key in ("flood", "paced", "chat", "selective", "selective_one", "slow"):
         if key in r:
             r[key]["lost_dup"] = f"{r[key]['lost']} / {r[key]['duplicates']}"
@@ -282,19 +303,25 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+NAMES = {"autobahn": "Autobahn", "node": "Node ws", "go": "Go gorilla"}
+
+
 def table(results: dict[int, dict[str, dict[str, Any]]]) -> str:
     lines = []
     for n, by_server in sorted(results.items()):
-        gw, ab, nd = by_server.get("gateway", {}), by_server.get("autobahn", {}), by_server.get("node", {})
+        gw = by_server.get("gateway", {})
+        base = [k for k in BASELINES if k in by_server]
         lines.append(f"\n### N = {n:,}\n")
-        lines.append("| figure | wsgw | Autobahn | Node ws | wsgw / Autobahn | wsgw / Node |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
+        lines.append("| figure | wsgw | " + " | ".join(NAMES[k] for k in base) + " | "
+                     + " | ".join(f"wsgw / {NAMES[k]}" for k in base) + " |")
+        lines.append("|---|---:|" + "---:|" * (2 * len(base)))
         for label, path, better in ROWS:
-            a, b, c = get(gw, *path), get(ab, *path), get(nd, *path)
-            if a is None and b is None and c is None:
+            a = get(gw, *path)
+            others = [get(by_server[k], *path) for k in base]
+            if a is None and all(o is None for o in others):
                 continue
-            lines.append(f"| {label} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {ratio(a, b, better) if better else ''} "
-                         f"| {ratio(a, c, better) if better else ''} |")
+            lines.append(f"| {label} | {fmt(a)} | " + " | ".join(fmt(o) for o in others) + " | "
+                         + " | ".join(ratio(a, o, better) if better else "" for o in others) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -319,13 +346,27 @@ def versions() -> dict[str, str]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    def deb(pkg: str) -> str:
+        try:
+            return subprocess.run(["dpkg-query", "-W", "-f", "${Version}", pkg], capture_output=True,
+                                  text=True).stdout.strip() or "?"
+        except OSError:
+            return "?"
+
     node_v = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    try:
+        go_v = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.split()[2]
+    except (OSError, IndexError):
+        go_v = "?"
     redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
     return {
         "cpu": f"{cpu}, {os.cpu_count()} cores", "kernel": platform.release(),
         "python": platform.python_version(), "twisted": pyver("twisted"), "autobahn": pyver("autobahn"),
         "txredisapi": pyver("txredisapi"), "uvloop (load generator)": pyver("uvloop"), "node": node_v,
-        "ws": node("ws"), "ioredis": node("ioredis"), "redis-server": redis_v,
+        "ws": node("ws"), "ioredis": node("ioredis"), "jsonwebtoken": node("jsonwebtoken"), "go": go_v,
+        "gorilla/websocket": deb("golang-github-gorilla-websocket-dev"),
+        "redigo": deb("golang-github-gomodule-redigo-dev"), "golang-jwt": deb("golang-github-golang-jwt-jwt-dev"),
+        "redis-server": redis_v,
     }
 
 
@@ -351,7 +392,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="N = 1,000 only, short phases")
     p.add_argument("--n", type=int, action="append", help="connection counts (default 1000 and 10000)")
-    p.add_argument("--servers", default="gateway,autobahn,node")
+    p.add_argument("--servers", default="gateway,autobahn,node,go")
     p.add_argument("--out", default=None, help="results file (default bench/RESULTS.md, quick: bench/RESULTS-quick.md)")
     p.add_argument("--no-two-process", action="store_true")
     p.add_argument("--workdir", default="", help="keep configs and server logs here (default: a temporary dir)")
@@ -367,6 +408,10 @@ def main() -> None:
         sys.exit("bench: the Node baseline is not installed: run `make bench` (npm ci in bench/baselines/node)")
     raise_nofile()
     servers = args.servers.split(",")
+    if "go" in servers and not os.access(GO_BIN, os.X_OK):
+        log(f"the Go baseline is not built ({os.path.relpath(GO_BIN, ROOT)} is missing: `make bench-deps` builds it "
+            "from Debian's golang packages): its column is left out")
+        servers.remove("go")
     started = time.monotonic()
     results: dict[int, dict[str, dict[str, Any]]] = {}
     extra: dict[str, Any] = {}
@@ -393,7 +438,7 @@ def main() -> None:
                                                phase, 300)
                         finally:
                             proc.stop()
-                        scenarios = "storm,flood,slow,selective,chat"
+                        scenarios = "storm,flood,slow,selective,floor,chat"
                     proc, port = start_server(kind, workdir, redis_port, prefix, tag=f"-{n}", reactor=args.reactor)
                     # The slow consumer must fill its kernel buffers (the server's send buffer grows to 4 MB)
                     # before the daemon's queue: at 10,000 sockets each gets ~7 events/s, so the events are
@@ -406,6 +451,20 @@ def main() -> None:
                         r = run_loader(kind, [port], [proc.pid], redis_port, prefix, n, scenarios, run_phase, 400)
                     finally:
                         proc.stop()
+                    if kind in SELECTIVE_BASELINES:
+                        # Selective mode: sessions indexed by workspace root, as the gateway does.
+                        proc, port = start_server(kind, workdir, redis_port, prefix + "s", tag=f"-{n}-selective",
+                                                  mode="selective")
+                        try:
+                            log(f"N={n} {kind} (selective mode): storm, selective, floor")
+                            sel = run_loader(kind, [port], [proc.pid], redis_port, prefix + "s", n,
+                                             "storm,selective,floor", phase, 300)
+                        finally:
+                            proc.stop()
+                        r["storm_selective"] = sel["storm"]
+                        r["idle_selective"] = sel["idle"]
+                        for key in ("selective", "selective_one", "floor"):
+                            r[key] = sel[key]
                     if kind == "gateway":
                         r["paced"] = paced["paced"]
                         r["single"] = paced["single"]
@@ -453,6 +512,12 @@ def render(results: dict[int, dict[str, dict[str, Any]]], extra: dict[str, Any],
         lines.append("| target | measured | met |")
         lines.append("|---|---|---|")
         lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in checks]
+    checks = goals(results)
+    if checks:
+        lines.append("\n### Goals (issue 13: per-event cost, per-connection cost, against Node and Go)\n")
+        lines.append("| goal | measured | met |")
+        lines.append("|---|---|---|")
+        lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in checks]
     two = extra.get("two_process")
     if two:
         one, tw = two["one"], two["two"]
@@ -463,6 +528,33 @@ def render(results: dict[int, dict[str, dict[str, Any]]], extra: dict[str, Any],
             lines.append(f"| {name} | {fmt(r['deliveries_per_s'])} | {fmt(r['cpu_us_per_delivery'])} | "
                          f"{fmt(r['p99_ms'])} | {r['lost']} / {r['duplicates']} |")
     return "\n".join(lines)
+
+
+def goals(results: dict[int, dict[str, dict[str, Any]]]) -> list[tuple[str, str, bool]]:
+    """Issue 13's goals that one run measures (flood, per-event cost, connect cost), per N."""
+    out: list[tuple[str, str, bool]] = []
+    for n in sorted(results):
+        gw, nd, go = (results[n].get(k, {}) for k in ("gateway", "node", "go"))
+        g, d, o = (get(x, "flood", "deliveries_per_cpu_s") for x in (gw, nd, go))
+        if g and o:
+            out.append((f"N={n:,} flood deliveries per CPU-s ≥ 1.0× Go", f"{g:,} vs {o:,} ({g / o:.2f}×)", g >= o))
+        if g and d:
+            out.append((f"N={n:,} flood deliveries per CPU-s ≥ 1.3× Node", f"{g:,} vs {d:,} ({g / d:.2f}×)",
+                        g >= 1.3 * d))
+        for key, label in (("selective_one", "one-recipient event"), ("floor", "event nobody receives")):
+            a, b = get(gw, key, "cpu_us_per_event"), get(nd, key, "cpu_us_per_event")
+            if a and b:
+                out.append((f"N={n:,} {label}: CPU per event ≤ Node's", f"{a} vs {b} µs", a <= b))
+        a, b = get(gw, "selective", "cpu_us_per_event"), get(go, "selective", "cpu_us_per_event")
+        if a and b:
+            k = get(gw, "selective", "recipients_per_event")
+            out.append((f"N={n:,} selective ({k} recipients per event): CPU per event ≤ 0.8× Go's",
+                        f"{a} vs {b} µs ({a / b:.2f}×)", a <= 0.8 * b))
+        cpu, subs = get(gw, "storm", "server_cpu_s"), get(gw, "storm", "subscribed")
+        if cpu and subs:
+            ms = cpu / subs * 1e3
+            out.append((f"N={n:,} connect + subscribe ≤ 0.5 ms of server CPU each", f"{ms:.2f} ms", ms <= 0.5))
+    return out
 
 
 def targets(results: dict[int, dict[str, dict[str, Any]]], extra: dict[str, Any]) -> list[tuple[str, str, bool]]:

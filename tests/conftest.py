@@ -1,4 +1,5 @@
-"""Shared fixtures: hypothesis profiles, logged tracebacks, and real gateway daemons on loopback."""
+"""Shared fixtures: hypothesis profiles, logged tracebacks, and real gateway daemons on loopback; the suite's
+preconditions (tests/support/preconditions.py), checked after collection, before any test; Ctrl-C."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import FilteringLogObserver, LogEvent, PredicateResult, globalLogPublisher
 
 from tests.support.daemon import Daemon, StartGateway, new_prefix, start_daemon
+from tests.support.preconditions import Missing, ensure_redis, interrupt_the_tests
+from tests.support.redis_server import RedisServer
 from wsgw.sessions import SessionTable
 from wsgw.testing import IndexOnlyTable
 
@@ -23,6 +26,52 @@ _COMMON = dict(deadline=None, database=None,
 settings.register_profile("ci", max_examples=3000, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile("dev", max_examples=300, **_COMMON)  # type: ignore[arg-type]
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+# Modules whose tests need neither Redis nor the network (`make test-unit`, `pytest -m unit`): marked ``unit``;
+# tests/test_fresh_machine.py checks they import none of the network support modules.
+UNIT_MODULES = frozenset({
+    "test_bus_memory", "test_chat_races", "test_chat_rooms", "test_chat_sanitize", "test_config", "test_control",
+    "test_dispatch", "test_events_activity", "test_events_batching", "test_events_idm", "test_events_nodes",
+    "test_events_tasks", "test_events_usermeta", "test_flow", "test_frames", "test_fresh_machine", "test_gateway",
+    "test_interfaces", "test_layout", "test_properties", "test_reauthorizer", "test_revocations", "test_sessions",
+})
+_private_redis: list[RedisServer] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "unit: needs neither Redis nor the network (tests/conftest.py UNIT_MODULES)")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    interrupt_the_tests()  # after pytest-twisted set its SIGINT handler up (its pytest_configure)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.rpartition(".")[2] in UNIT_MODULES:
+            item.add_marker(pytest.mark.unit)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before the first test: when a selected test is not a unit test, the Redis preconditions hold, or the run
+    stops here with one line saying what is missing."""
+    if session.config.option.collectonly or all(item.get_closest_marker("unit") for item in session.items):
+        return
+    try:
+        server, note = ensure_redis()
+    except Missing as e:
+        raise pytest.UsageError(f"wsgw tests: {e}") from None
+    if server is not None:
+        _private_redis.append(server)
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(note)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _private_redis:
+        _private_redis.pop().stop()
 
 
 def _has_traceback(event: LogEvent) -> PredicateResult:

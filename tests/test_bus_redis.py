@@ -16,13 +16,12 @@ from twisted.logger import capturedLogs
 from txredisapi import ConnectionError, ResponseError
 from zope.interface.verify import verifyObject
 
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port, shared_endpoint
 from tests.support.waiting import wait_until
 from wsgw.bus.redis import RedisBus, _Subscriber
 from wsgw.interfaces import IBus
 from wsgw.redis.connection import RedisCommands
 
-SHARED = "tcp:127.0.0.1:6379"
 TIMEOUT = 10.0
 CHANNELS = {
     "tree": "topic.pydio.tree.nodes.changes",
@@ -90,7 +89,7 @@ def make_bus(endpoint: str, topics: dict[str, str], **kwargs: Any) -> RedisBus:
 @pytest_twisted.ensureDeferred
 async def test_publish_and_receive_on_every_topic(running: Any, topics: dict[str, str]) -> None:
     """Every topic published is received once as (topic, payload bytes); PUBLISH reports one receiver."""
-    bus = running(make_bus(SHARED, topics))
+    bus = running(make_bus(shared_endpoint(), topics))
     assert verifyObject(IBus, bus)
     inbox = Inbox()
     bus.listen(inbox)
@@ -105,7 +104,7 @@ async def test_publish_and_receive_on_every_topic(running: Any, topics: dict[str
 @pytest_twisted.ensureDeferred
 async def test_two_instances_both_receive(running: Any, topics: dict[str, str]) -> None:
     """Two buses on the same channels (two gateway instances) both receive what one of them publishes."""
-    first, second = running(make_bus(SHARED, topics)), running(make_bus(SHARED, topics))
+    first, second = running(make_bus(shared_endpoint(), topics)), running(make_bus(shared_endpoint(), topics))
     inboxes = Inbox(), Inbox()
     first.listen(inboxes[0])
     second.listen(inboxes[1])
@@ -119,7 +118,7 @@ async def test_two_instances_both_receive(running: Any, topics: dict[str, str]) 
 
 def test_bad_publish_is_refused_and_disconnected_publish_fails_at_once(topics: dict[str, str]) -> None:
     """An unknown topic or str payload raises; a valid publish on a bus that is not connected fails at once."""
-    bus = make_bus(SHARED, topics)
+    bus = make_bus(shared_endpoint(), topics)
     with pytest.raises(ValueError, match="unknown bus topic"):
         bus.publish("nope", b"x")
     with pytest.raises(TypeError, match="bytes"):
@@ -134,7 +133,7 @@ def test_bad_publish_is_refused_and_disconnected_publish_fails_at_once(topics: d
 @pytest_twisted.ensureDeferred
 async def test_payloads_arrive_as_exact_bytes(running: Any, topics: dict[str, str]) -> None:
     """Non-UTF-8, number-looking, empty and CRLF payloads all arrive byte for byte, as bytes."""
-    bus = running(make_bus(SHARED, topics))
+    bus = running(make_bus(shared_endpoint(), topics))
     inbox = Inbox()
     bus.listen(inbox)
     await bounded(bus.whenConnected())
@@ -149,7 +148,7 @@ async def test_payloads_arrive_as_exact_bytes(running: Any, topics: dict[str, st
 @pytest_twisted.ensureDeferred
 async def test_multi_megabyte_payload(running: Any, topics: dict[str, str]) -> None:
     """An 8 MB payload arrives intact, and the message after it too."""
-    bus = running(make_bus(SHARED, topics))
+    bus = running(make_bus(shared_endpoint(), topics))
     inbox = Inbox()
     bus.listen(inbox)
     await bounded(bus.whenConnected())
@@ -164,7 +163,7 @@ async def test_multi_megabyte_payload(running: Any, topics: dict[str, str]) -> N
 @pytest_twisted.ensureDeferred
 async def test_listener_exception_is_logged_and_isolated(running: Any, topics: dict[str, str]) -> None:
     """A listener that raises is logged with its traceback; other listeners and the connection carry on."""
-    bus = running(make_bus(SHARED, topics))
+    bus = running(make_bus(shared_endpoint(), topics))
 
     def broken(topic: str, payload: bytes) -> None:
         raise RuntimeError("listener bug")
@@ -187,7 +186,7 @@ async def test_listener_exception_is_logged_and_isolated(running: Any, topics: d
 @pytest_twisted.ensureDeferred
 async def test_commands_round_trip_bytes_ints_errors_and_scripts(running: Any, topics: dict[str, str]) -> None:
     """execute_command returns bytes/ints/status, fails with ResponseError on a Redis error, and run_script works."""
-    redis = running(RedisCommands(reactor, SHARED, retry_policy=fast_retry))
+    redis = running(RedisCommands(reactor, shared_endpoint(), retry_policy=fast_retry))
     await bounded(redis.whenConnected())
     key = topics["chat"] + ":key"
     try:
@@ -206,8 +205,8 @@ async def test_commands_round_trip_bytes_ints_errors_and_scripts(running: Any, t
 @pytest_twisted.ensureDeferred
 async def test_commands_select_the_configured_database(running: Any, topics: dict[str, str]) -> None:
     """A RedisCommands with db=5 reads and writes database 5, not database 0."""
-    db5 = running(RedisCommands(reactor, SHARED, db=5, retry_policy=fast_retry))
-    db0 = running(RedisCommands(reactor, SHARED, retry_policy=fast_retry))
+    db5 = running(RedisCommands(reactor, shared_endpoint(), db=5, retry_policy=fast_retry))
+    db0 = running(RedisCommands(reactor, shared_endpoint(), retry_policy=fast_retry))
     await bounded(db5.whenConnected())
     await bounded(db0.whenConnected())
     key = topics["tree"] + ":db"
@@ -316,7 +315,7 @@ def test_subscriber_protocol_counts_acks_and_keeps_bytes() -> None:
     """In memory: the subscriber is up only after the last SUBSCRIBE ack, and byte-split messages stay bytes."""
     clock = MemoryReactorClock()
     got: list[tuple[bytes, bytes]] = []
-    link = _Subscriber(clock, "tcp:127.0.0.1:1", None, ["a", "b"], lambda c, p: got.append((c, p)), None, 10.0, 30.0)
+    link = _Subscriber(clock, "tcp:127.0.0.1:1", None, ["a", "b"], got.extend, None, 10.0, 30.0)
     link.startService()
     conn = link._build()
     transport = StringTransport()
@@ -383,7 +382,7 @@ def test_a_subscriber_still_receiving_messages_is_not_stalled_however_late_its_p
     reply_timeout of it drops the connection (issue 11, section 2)."""
     clock = MemoryReactorClock()
     got: list[bytes] = []
-    link = _Subscriber(clock, "tcp:127.0.0.1:1", None, ["a"], lambda c, p: got.append(p), None, 10.0, 1.0)
+    link = _Subscriber(clock, "tcp:127.0.0.1:1", None, ["a"], lambda batch: got.extend(p for _, p in batch), None, 10.0, 1.0)
     link._stall_timeout = 2.0
     link.startService()
     conn = link._build()

@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.interfaces import ITCPTransport
 
 from tests.support.daemon import Daemon, StartGateway, new_prefix, scrape, token, value, workspace
-from tests.support.redis_server import free_port
+from tests.support.redis_server import free_port, shared_address
 from tests.support.twistd import Twistd, spawn_instance
 from tests.support.waiting import eventually
 from tests.support.wsclient import TIMEOUT, Client, connect
@@ -122,7 +122,7 @@ async def posted(client: Client, room_uuid: str, text: str) -> Frame:
 
 async def indexed_uuid(daemon: Daemon, type_: str, obj: str) -> str | None:
     """The Uuid the daemon's chat store indexes the room ``(Type, RoomTypeObject)`` under, if any."""
-    conn = await txredisapi.Connection("127.0.0.1", 6379, reconnect=False)
+    conn = await txredisapi.Connection(*shared_address(), reconnect=False).addTimeout(10, reactor)
     try:
         index = daemon.service.config.chat_key_prefix + "index"
         return await conn.hget(index, f"{type_}:{obj}")  # type: ignore[no-any-return]
@@ -236,10 +236,13 @@ async def test_a_post_on_one_instance_reaches_a_socket_on_the_other(gateway: Sta
 @pytest_twisted.ensureDeferred
 async def test_a_join_during_a_burst_of_posts_gets_the_room_first_and_loses_nothing(gateway: StartGateway) -> None:
     """Bob joins on one daemon while alice posts a burst on the other: his first frame about the room is its
-    ROOM_UPDATE and every message reaches him (from the history or the broadcast; the client de-duplicates)."""
+    ROOM_UPDATE and every message reaches him (from the history or the broadcast; the client de-duplicates).
+    With history_on_join (the JOIN's history page): without it, a post broadcast before bob's JOIN attached the
+    room is not his to get, and whether one is depends on timing alone."""
     obj = new_prefix()
-    one = await gateway()
-    two = await gateway(prefix=one.prefix)
+    history = {"chat.history_on_join": "yes"}
+    one = await gateway(overrides=history)
+    two = await gateway(prefix=one.prefix, overrides=history)
     alice = await chat_client(one, "alice")
     bob = await chat_client(two, "bob")
     room_uuid = (await joined(alice, spec(obj), ["alice"]))["Uuid"]
@@ -496,7 +499,7 @@ def instances(tmp_path: Any) -> Iterator[Callable[[str], Instance]]:
 
 async def stored_users(prefix: str, room_uuid: str) -> list[str]:
     """The logins in the room's stored ``Users``, read straight from Redis (no gateway touches the room)."""
-    conn = await txredisapi.Connection("127.0.0.1", 6379, reconnect=False)
+    conn = await txredisapi.Connection(*shared_address(), reconnect=False).addTimeout(10, reactor)
     try:
         return sorted(await conn.hkeys(f"{prefix}:chat:users:{room_uuid}"))
     finally:

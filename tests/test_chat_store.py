@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyObject
 
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, shared_endpoint
 from tests.support.relay import Relay
 from tests.support.waiting import wait_until
 from wsgw.chat import redis_scripts, redis_store
@@ -35,7 +35,7 @@ CAP = 1000
 
 
 async def _connect() -> RedisCommands:
-    redis = RedisCommands(reactor, "tcp:127.0.0.1:6379", reply_timeout=5)
+    redis = RedisCommands(reactor, shared_endpoint(), reply_timeout=5)
     redis.startService()
     ready = redis.whenConnected()
     ready.addTimeout(5, reactor)
@@ -551,7 +551,7 @@ async def test_a_change_redis_did_not_answer_is_sent_again_until_answered_and_ap
         redis = RedisCommands(reactor, relay.endpoint, reply_timeout=0.5, ping_interval=None)
         redis.startService()
         try:
-            await redis.whenConnected()
+            await redis.whenConnected().addTimeout(10, reactor)
             store = RedisChatStore(redis, "outcome:", max_in_doubt=1)
             room = await _room(store)
             await store.post_message(_message(room, 1), CAP)
@@ -589,9 +589,13 @@ async def test_only_message_changes_and_sweeps_keep_their_answer(store: Any) -> 
     if not isinstance(store, RedisChatStore):
         pytest.skip("the memory store keeps no answers")
 
-    async def answers() -> list[bytes]:
-        _, keys = await store._redis.execute_command("SCAN", 0, "MATCH", store._prefix + "done:*", "COUNT", 10000)
-        return sorted(keys)
+    async def answers() -> list[bytes]:  # every SCAN step: one step covers only part of a big shared database
+        cursor, found = b"", []
+        while cursor != b"0":
+            cursor, keys = await store._redis.execute_command("SCAN", cursor or 0, "MATCH", store._prefix + "done:*",
+                                                              "COUNT", 10000)
+            found += keys
+        return sorted(found)
 
     room = await _room(store)
     await store.touch_user(room["Uuid"], "bob", NOW, NOW + 1)

@@ -199,6 +199,23 @@ def test_a_message_that_cannot_be_trusted_changes_nothing_and_is_counted(event: 
     assert sum(control.counts.values()) == 1
 
 
+@pytest.mark.xfail(strict=True, reason="replay protection is per process: a restarted (or newly started) instance "
+                   "applies a genuine control message replayed on Redis within MAX_SKEW; needs ids kept in Redis")
+def test_a_genuine_disconnect_replayed_to_a_restarted_instance_is_stale() -> None:
+    """Anyone who can PUBLISH on Redis can capture a /disconnect and replay it: an instance restarted since (its
+    ControlHandler is new) must not close alice's new socket again (PROTOCOL.md §3.1: control messages are
+    authenticated "so no other publisher on Redis can forge one"; /disconnect leaves no trace). Seen on two real
+    daemons: the restarted one closed the socket 4003, the other dropped the replay as stale."""
+    w = world()
+    event = message(op="disconnect", login="alice")
+    ControlHandler(w.gateway, TOKEN, w.clock).handle(event)  # the instance before its restart
+    w.clock.advance(60)
+    _, alice = holding(w, "alice")  # alice reconnected
+    restarted = ControlHandler(w.gateway, TOKEN, w.clock)
+    restarted.handle(event)
+    assert revoked(alice) == ([], None)
+
+
 def test_a_replayed_message_is_stale_and_without_an_operator_token_every_message_is_dropped() -> None:
     """A message applied once is stale the second time; an instance without the operator token trusts none."""
     w = world()

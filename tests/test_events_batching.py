@@ -248,3 +248,17 @@ def test_window_must_be_positive() -> None:
     """A zero window is refused: batching is disabled by not using a batcher."""
     with pytest.raises(ValueError):
         NodeBatcher(Clock(), 0, Collector())
+
+
+def test_each_merged_event_is_observed_once_with_its_time_since_the_first_event() -> None:
+    """``observe`` gets one value per merged event handed on: from its first event to its delivery."""
+    clock = Clock()
+    out: list[dict[str, Any]] = []
+    batcher = NodeBatcher(clock, 1.0, out.append)
+    delays: list[float] = []
+    batcher.observe = delays.append
+    batcher.add("n1", {"Type": "UPDATE_CONTENT", "Target": {"Uuid": "n1"}})
+    clock.advance(0.5)
+    batcher.add("n1", {"Type": "UPDATE_CONTENT", "Target": {"Uuid": "n1"}})
+    clock.advance(1.0)
+    assert len(out) == 1 and delays == [1.5]

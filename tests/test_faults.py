@@ -83,7 +83,7 @@ async def test_chat_during_a_redis_outage_gets_an_error_not_a_hang(gateway: Star
 
     with RedisServer() as redis:
         daemon = await gateway(redis=redis.endpoint)
-        await daemon.service.redis_commands.whenConnected()
+        await daemon.service.redis_commands.whenConnected().addTimeout(10, reactor)
         alice = await connect(daemon.port, "/chat")
         await alice.subscribe(token("alice"))
         room = {"Type": "GLOBAL", "RoomTypeObject": "outage"}
@@ -146,7 +146,7 @@ async def test_redis_restart_in_the_middle(gateway: StartGateway) -> None:
     """Redis dies and comes back: /healthz goes 503 then 200, the bus re-subscribes, later events still arrive."""
     with RedisServer() as redis:
         daemon = await gateway(redis=redis.endpoint)
-        pub = Publisher(daemon.prefix, port=redis.port)  # the private server's port: daemon.publish uses 6379
+        pub = Publisher(daemon.prefix, port=redis.port)  # the private server's port: daemon.publish uses the shared Redis
         try:
             alice = await connect(daemon.port)
             await alice.subscribe(token("alice", [PERSONAL]))

@@ -284,3 +284,29 @@ def test_unsuspending_a_paused_flow_waits_for_the_connection() -> None:
     assert wire.written == [b"x"]
     wire.drain()
     assert wire.written == [b"x", b"y"]
+
+
+def test_suspended_tells_a_flow_held_for_an_access_from_a_paused_one() -> None:
+    flow, wire, _, _ = make(room=1)
+    flow.suspend()
+    assert flow.suspended
+    flow.pause()
+    assert not flow.suspended  # the client is not reading either
+
+
+def test_only_held_frames_are_observed_with_their_hold_when_released() -> None:
+    """Pacing's ``observe`` gets each held frame's wait as it is released (by the bucket, by an Optimistic frame),
+    and nothing for the frames that went out at once."""
+    flow, wire, clock, _ = make(1, 1)
+    holds: list[float] = []
+    assert flow._bucket is not None
+    flow.pace(flow._bucket, clock, 2.0, holds.append)
+    flow.paced(b"a")  # the burst: out at once
+    flow.paced(b"b")
+    clock.advance(0.25)
+    flow.paced(b"c")
+    clock.advance(0.75)  # one token: b goes out, held 1 s
+    assert wire.written == [b"a", b"b"] and holds == [1.0]
+    clock.advance(0.5)
+    flow.optimistic(b"d")  # c goes out first, held 1.25 s; d is not paced
+    assert wire.written == [b"a", b"b", b"c", b"d"] and holds == [1.0, 1.25]

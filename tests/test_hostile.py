@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import reactor
 from twisted.internet.testing import EventLoggingObserver
 
-from tests.support.daemon import REDIS, SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
+from tests.support.daemon import SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
+from tests.support.redis_server import shared_endpoint
 from tests.support.wsclient import Client, connect
 from wsgw.config import config_from_string
 from wsgw.events.tasks import TaskHandler
@@ -79,7 +80,7 @@ async def start_rs256_daemon(prefix: str, public_key_file: Path) -> Daemon:
     """A daemon that accepts RS256 tokens only: no HMAC secret at all (start_daemon always sets one)."""
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     text = (
-        f"[server]\nlisten = tcp:0:interface=127.0.0.1\nredis = {REDIS}\nshutdown_timeout = 5\n"
+        f"[server]\nlisten = tcp:0:interface=127.0.0.1\nredis = {shared_endpoint()}\nshutdown_timeout = 5\n"
         f"[topics]\n{topics}\n[delivery]\nbatch_window = 0\n"
         f"[auth]\nalgorithms = RS256\npublic_key_file = {public_key_file}\n"
     )
@@ -87,7 +88,7 @@ async def start_rs256_daemon(prefix: str, public_key_file: Path) -> Daemon:
                                 environ={})
     service = GatewayService(config, reactor)
     service.startService()
-    await service.bus.whenConnected()
+    await service.bus.whenConnected().addTimeout(10, reactor)
     return Daemon(service, prefix)
 
 

@@ -1,4 +1,5 @@
-"""What wsgw relies on inside Twisted and Autobahn (``wsgw/internals/``), pinned on real sockets on loopback.
+"""What wsgw relies on inside Twisted, Autobahn and txredisapi (``wsgw/internals/``), pinned on real sockets on
+loopback where there is a socket.
 
 An upgrade of either library that changes one of these fails here, by name, instead of quietly making the
 outbound path slower, a limit inert or a shutdown exit non-zero.
@@ -23,7 +24,16 @@ from twisted.web.http import HTTPChannel
 
 from tests.support.wsclient import TIMEOUT, connect
 from wsgw.internals.autobahn import HANDSHAKE_ONLY, BudgetedLog, ServerFactory, ServerProtocol
-from wsgw.internals.twisted import buffered, clear_exit_signal, direct_socket, release_taken_over_request, send_direct
+from wsgw.internals.twisted import (
+    IOV_MAX,
+    buffered,
+    clear_exit_signal,
+    direct_socket,
+    release_taken_over_request,
+    send_direct,
+    send_direct_many,
+)
+from wsgw.internals.txredisapi import WholeReads
 from wsgw.logs import LineBudget
 
 # --------------------------------------------------------------------------- Twisted
@@ -99,6 +109,28 @@ async def test_send_direct_never_overtakes_what_the_transport_holds() -> None:
         assert send_direct(transport, sock, b"third") == len(b"third")
         await client.wait_for(len(b"first-second-third"))
         assert client.received == b"first-second-third"
+    finally:
+        server.transport.loseConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_direct_many_gathers_frames_in_order_and_never_overtakes_the_transport() -> None:
+    """``send_direct_many`` sends nothing while the transport holds bytes, then every frame in order with one
+    call (the kernel gathers them); IOV_MAX frames are accepted by one call."""
+    server, client, port = await _tcp_pair()
+    try:
+        transport = server.transport
+        sock = direct_socket(transport)
+        assert sock is not None
+        transport.write(b"first-")
+        assert send_direct_many(transport, sock, [b"second-"]) == 0
+        transport.write(b"second-")
+        await client.wait_for(len(b"first-second-"))
+        frames = [b"%d," % i for i in range(IOV_MAX)]
+        assert send_direct_many(transport, sock, frames) == len(b"".join(frames))
+        await client.wait_for(len(b"first-second-") + len(b"".join(frames)))
+        assert client.received == b"first-second-" + b"".join(frames)
     finally:
         server.transport.loseConnection()
         await port.stopListening()
@@ -302,3 +334,19 @@ def test_the_fenced_hooks_still_exist_in_autobahn() -> None:
     for name in ("self._buckets[real_time]", "def _notify_bucket(self, real_time)", "self._get_seconds",
                  "self._create_delayed_call", "self._bucket_milliseconds", "def _remove_call(self, real_time, call)"):
         assert name in timer_source, name
+
+
+# --------------------------------------------------------------------------- txredisapi
+
+
+def test_txredisapi_hands_the_rest_of_a_read_after_a_bulk_string_to_set_line_mode() -> None:
+    """``BaseRedisProtocol`` calls ``setLineMode(extra)`` with what follows a bulk string: ``WholeReads`` parses
+    it in the same call, so every reply of one read reaches its waiter at once (no reactor turn each)."""
+    protocol = WholeReads(charset=None, convertNumbers=False)
+    protocol.callLater = Clock().callLater  # (WholeReads never uses it: a late parse would need advancing)
+    protocol.makeConnection(StringTransport())
+    answers: list[Any] = []
+    for _ in range(3):
+        protocol.replyQueue.get().addCallback(answers.append)
+    protocol.dataReceived(b"$2\r\nab\r\n*2\r\n$1\r\nc\r\n:4\r\n+OK\r\n")
+    assert answers == [b"ab", [b"c", 4], "OK"]

@@ -14,7 +14,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 
-from tests.support.daemon import REDIS, SECRET, Daemon, Publisher, StartGateway, scrape, value
+from tests.support.daemon import SECRET, SHARED, Daemon, Publisher, StartGateway, scrape, value
 from tests.support.waiting import eventually, wait_until
 from tests.support.wsclient import Client, connect
 from wsgw.control import sign
@@ -33,7 +33,7 @@ def tok(login: str, *, iat: float | None = None, jti: str | None = None, sub: st
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
-async def instance(gateway: StartGateway, tmp_path: Path, redis: str | None = REDIS, prefix: str | None = None,
+async def instance(gateway: StartGateway, tmp_path: Path, redis: str | None = SHARED, prefix: str | None = None,
                    token: bool = True, **overrides: str) -> Daemon:
     """A daemon with an operator listener and (``token``) the operator token; ``prefix`` joins a deployment."""
     settings = dict(overrides)
@@ -159,8 +159,9 @@ async def test_revocations_outlive_the_instances(gateway: StartGateway, tmp_path
 
 @pytest_twisted.ensureDeferred
 async def test_revocations_expire_after_max_token_lifetime(gateway: StartGateway, tmp_path: Path) -> None:
-    """A revocation is gone max_token_lifetime after its before, from Redis and from the instance's copy."""
-    a = await instance(gateway, tmp_path, **{"auth.max_token_lifetime": "1"})
+    """A revocation is gone max_token_lifetime (plus the leeway on exp, 0 here) after its before, from Redis and
+    from the instance's copy."""
+    a = await instance(gateway, tmp_path, **{"auth.max_token_lifetime": "1", "auth.leeway": "0"})
     assert (await post(a, "/revoke", {"login": "alice"}))[0] == 202
     assert value(await scrape(a), "wsgw_revocations") == 1
 
@@ -169,6 +170,23 @@ async def test_revocations_expire_after_max_token_lifetime(gateway: StartGateway
         return not keys and value(await scrape(a), "wsgw_revocations") == 0
 
     await eventually(forgotten, "the revocation to expire in Redis and in memory", timeout=5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_revoked_token_stays_refused_while_the_leeway_still_accepts_it(gateway: StartGateway,
+                                                                           tmp_path: Path) -> None:
+    """max_token_lifetime 2 s, leeway 3 s: a token issued at T-1 expiring at T+1 is revoked at T. The verifier
+    accepts it until T+4 (exp + leeway), so the revocation must outlive T+2 (before + max_token_lifetime): at T+2.5
+    the token is still refused (PROTOCOL.md §3.1: refused "until the tokens would have expired anyway")."""
+    a = await instance(gateway, tmp_path, **{"auth.max_token_lifetime": "2", "auth.leeway": "3"})
+    now = time.time()
+    alice_jwt = tok("alice", iat=now - 1, ttl=2)
+    alice = await subscribed(a, alice_jwt)
+    assert (await post(a, "/revoke", {"login": "alice", "before": now}))[0] == 202
+    assert (await alice.wait_closed())[0] == 4003
+    await wait_until(lambda: time.time() > now + 2.5, "T+2.5: the revocation's max_token_lifetime passed")
+    again = await connect(a.port)
+    assert await again.subscribe(alice_jwt) == {"@type": "error", "error": "subscribe: token revoked"}
 
 
 @pytest_twisted.ensureDeferred

@@ -14,7 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
-from tests.support.daemon import REDIS, SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
+from tests.support.daemon import SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
+from tests.support.redis_server import shared_endpoint
 from tests.support.wsclient import connect
 from wsgw.publish import PublishError, client_endpoint, load_config, main, publish
 
@@ -50,7 +51,7 @@ async def test_publish_through_redis_reaches_a_subscriber(tmp_path: Path, gatewa
     prefix = daemon.prefix
     alice = await connect(daemon.port)
     await alice.subscribe(token("alice", [HOME]))
-    config = load_config(ini(tmp_path, prefix, server=f"redis = {REDIS}"))
+    config = load_config(ini(tmp_path, prefix, server=f"redis = {shared_endpoint()}"))
     report = await publish(reactor, config, "tree", json.dumps(EVENT).encode())
     assert f"on {prefix}.topic.pydio.tree.nodes.changes (1 subscribed gateways)" in report
     assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
@@ -65,6 +66,21 @@ async def test_publish_without_redis_goes_through_the_operator_listener(tmp_path
     await alice.subscribe(token("alice", [HOME]))
     report = await publish(reactor, load_config(config_path), "tree", json.dumps(EVENT).encode())
     assert report.startswith(f"published {len(json.dumps(EVENT))} bytes on topic tree through tcp:")
+    assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_listen_overrides_the_config_as_make_run_admin_port_does(tmp_path: Path,
+                                                                             gateway: StartGateway) -> None:
+    """``--admin-listen`` (load_config's admin_listen) replaces the config's [admin] listen: `make run
+    ADMIN_PORT=...` passes the same endpoint to twistd and to the wsgw-publish command it prints."""
+    daemon, config_path = await admin_daemon(gateway, tmp_path)
+    alice = await connect(daemon.port)
+    await alice.subscribe(token("alice", [HOME]))
+    Path(config_path).write_text(Path(config_path).read_text().replace(f"tcp:{daemon.admin_port}:", "tcp:1:"))
+    config = load_config(config_path, admin_listen=f"tcp:{daemon.admin_port}:interface=127.0.0.1")
+    assert config.admin_listen == (f"tcp:{daemon.admin_port}:interface=127.0.0.1",)
+    await publish(reactor, config, "tree", json.dumps(EVENT).encode())
     assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
 
 

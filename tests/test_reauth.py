@@ -11,7 +11,7 @@ from typing import Any
 
 import jwt
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -19,6 +19,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from tests.support.daemon import SECRET, Daemon, StartGateway, scrape, token, value, workspace
 from tests.support.waiting import eventually, wait_until
 from tests.support.wsclient import Client, connect
+from wsgw.revocations import Revocation
 
 WS_A = workspace("ws-a", "files-a", "pydiods1/a")
 WS_B = workspace("ws-b", "files-b", "pydiods1/b")
@@ -102,6 +103,24 @@ async def test_claims_deletions_are_kept_across_a_restart(gateway: StartGateway)
     assert await received(alice, "b-1") == ["b-1"]
     bob = await connect(restarted.port)
     assert await bob.subscribe(old_bob) == {"@type": "error", "error": "subscribe: token revoked"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_a_workspace_deleted_while_the_instance_was_off_the_bus_leaves_its_live_sessions(
+        gateway: StartGateway) -> None:
+    """Another instance kept the deletion of ws-a in Redis while this one's bus subscriber was down (the IDM event
+    lost here): once it reconnected and loaded the store again, alice's live session no longer gets ws-a, without
+    re-subscribing (PROTOCOL.md §3.1: "a deleted workspace leaves every session's access")."""
+    daemon = await gateway()
+    alice = await subscribed(daemon, token("alice", [WS_A, WS_B], iat=int(time.time()) - 5))
+    await daemon.service.revocation_store.save(Revocation("workspace", "ws-a", time.time()), time.time() + 60)
+    subscriber = daemon.service.bus.links[0]
+    subscriber._ready.transport.loseConnection()  # the subscriber drops; the client reconnects by itself
+    await wait_until(lambda: subscriber.reconnects == 1, "the bus subscriber to reconnect")
+    await wait_until(lambda: len(daemon.service.gateway.revocations) == 1, "the store loaded again")
+    await daemon.publish("tree", create("a", 1))
+    await daemon.publish("tree", create("b", 1))
+    assert await received(alice, "b-1") == ["b-1"]
 
 
 @pytest_twisted.ensureDeferred
@@ -299,3 +318,101 @@ async def test_http_a_chat_socket_leaves_the_room_it_may_no_longer_join(gateway:
         users = frame["Room"]["Users"] if frame.get("@type") == "ROOM_UPDATE" else users
         # (alice's own join may reach bob late, through the bus, as ["alice"])
         assert users in (["bob"], ["alice", "bob"], ["alice"]), frame
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_idm_events_faster_than_the_backend_never_hold_frames_past_the_timeout(
+        gateway: StartGateway, backend: AccessBackend) -> None:
+    """The backend answers in 0.5 s and IDM events come every 0.25 s (about bob's role r2; one first about alice's
+    r1): every answer predates the latest event, so it is asked again; but alice's frames are not held forever:
+    within the resolver's timeout (2 s here) plus one answer she is closed 1013 (PROTOCOL.md §3.1)."""
+    backend.access = {"alice": both(["r1"]), "bob": both(["r2"])}
+    daemon = await Deferred.fromCoroutine(gateway(admin="tcp:0:interface=127.0.0.1", overrides={
+        "access.resolver": "http", "access.url": backend.url, "access.cache_ttl": "60", "access.timeout": "2"}))
+    alice = await subscribed(daemon, token("alice"))
+    await subscribed(daemon, token("bob"))
+    backend.delay = 0.5
+    await daemon.publish("idm", HTTP_CHANGES["acl"])
+    started = time.monotonic()
+    closed = alice.wait_closed(timeout=30)
+    while not closed.called and time.monotonic() - started < 6:
+        await daemon.publish("idm", {"Type": "UPDATE", "Acl": {"RoleID": "r2", "Action": {"Name": "read"}}})
+        await task.deferLater(reactor, 0.25, lambda: None)  # the stream of events: one every 0.25 s
+    assert closed.called, "alice's session is still suspended after 6 s"
+    frames, code = await closed_with(alice)
+    assert code == 1013 and frames[-1]["error"].startswith("access unknown: ")
+    assert time.monotonic() - started < 3.5
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_an_idm_frame_waiting_behind_a_re_derivation_is_still_delivered(
+        gateway: StartGateway, backend: AccessBackend) -> None:
+    """Two IDM events in a row: an ACL change of alice's r1 (her frames wait for the backend), then the deletion of
+    her role r2. The second frame was addressed to alice (she had r2 when it came): it reaches her although her new
+    access no longer has r2 (PROTOCOL.md §3.1: "The IDM frame goes first, to its recipients as computed on the old
+    access; then the change applies")."""
+    backend.access = {"alice": both(["r1", "r2"])}
+    daemon = await with_backend(gateway, backend)
+    alice = await subscribed(daemon, token("alice"))
+    backend.access["alice"] = both(["r1"])
+    backend.delay = 0.3
+    await daemon.publish("idm", {"Type": "UPDATE", "Acl": {"RoleID": "r1", "Action": {"Name": "read"}}})
+    await daemon.publish("idm", {"Type": "DELETE", "Role": {"Uuid": "r2"}})
+    await daemon.publish("tree", create("a", 1))
+    got = []
+    while not got or got[-1] != "a-1":
+        frame = await alice.next()
+        got.append(frame.get("Role", frame.get("Acl", {})).get("Uuid", "acl") if frame.get("@type") == "idm"
+                   else node(frame))
+    assert got == ["acl", "r2", "a-1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_a_prompt_reader_past_the_bound_while_held_is_closed_1013_not_4008(
+        gateway: StartGateway, backend: AccessBackend) -> None:
+    """max_queued_bytes 64 KiB, a backend answering in 1 s: 400 node frames (about 100 KB) of ws-a come while
+    her frames are held. She reads all along, so she is not "too slow" (PROTOCOL.md §4.1: only a reader that stops
+    reading is closed 4008); the bound still holds: her access unknown, she is closed 1013 (try again)."""
+    backend.access = {"alice": both(["r1"])}
+    daemon = await Deferred.fromCoroutine(gateway(admin="tcp:0:interface=127.0.0.1", overrides={
+        "access.resolver": "http", "access.url": backend.url, "access.cache_ttl": "60",
+        "delivery.max_queued_bytes": "65536"}))
+    alice = await subscribed(daemon, token("alice"))
+    backend.delay = 1.0
+    await daemon.publish("idm", HTTP_CHANGES["role"])
+    await daemon.publisher.publish_many("tree", [
+        {"Type": "DELETE", "Target": {"Uuid": f"a-{i}", "Path": f"pydiods1/a/{'x' * 100}{i}"}} for i in range(400)])
+    frames, code = await closed_with(alice)
+    assert code == 1013 and [f["@type"] for f in frames] == ["idm"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_that_would_escape_a_revocation_are_refused(gateway: StartGateway) -> None:
+    """Revocations match by ``iat`` and live max_token_lifetime (+ leeway): a token issued in the future, or
+    living longer (from its iat, 0 included; from now without one), would outlive them."""
+    daemon = await gateway(overrides={"auth.max_token_lifetime": "3600"})
+    now = int(time.time())
+    for claims, reason in [
+        ({"iat": now + 120}, "token issued in the future (iat)"),
+        ({"iat": 0}, "token lives longer than 3600 s (exp - iat)"),
+        ({"iat": now - 10, "ttl": 3700}, "token lives longer than 3600 s (exp - iat)"),
+        ({"ttl": 3700}, "token lives longer than 3600 s (exp - iat)"),
+    ]:
+        client = await connect(daemon.port)
+        answer = await client.subscribe(token("alice", [WS_A], **claims))
+        assert answer == {"@type": "error", "error": f"subscribe: {reason}"}, claims
+        assert (await client.wait_closed())[0] == 4001
+    for claims in ({"iat": now + 20}, {"iat": now - 10, "ttl": 3500}, {"ttl": 3500}):  # within the leeway (30 s)
+        assert (await (await connect(daemon.port)).subscribe(token("alice", [WS_A], **claims)))["@type"] == "subscribed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_a_deletion_naming_a_user_and_a_workspace_applies_both(gateway: StartGateway) -> None:
+    daemon = await gateway()
+    alice = await subscribed(daemon, token("alice", [WS_A]))
+    bob = await subscribed(daemon, token("bob", [WS_A, WS_B]))
+    await daemon.publish("idm", {"Type": "DELETE", "User": {"Login": "alice"}, "Workspace": {"UUID": "ws-a"}})
+    assert (await closed_with(alice))[1] == 4003
+    await daemon.publish("tree", create("a", 1))
+    await daemon.publish("tree", create("b", 1))
+    assert await received(bob, "b-1") == ["b-1"]

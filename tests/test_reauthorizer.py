@@ -166,3 +166,39 @@ def test_answers_that_come_at_once_do_not_recurse_however_many_tokens() -> None:
     reauth.handle(ROLE_CHANGE)
     assert all(conn.closed is not None and conn.closed[0] == 1013 for conn in conns)
     assert reauth.sessions["unavailable"] == 3000 and reauth.in_flight == 0
+
+
+def test_events_faster_than_the_backend_do_not_hold_a_session_past_the_timeout() -> None:
+    """An IDM event designating alice every 0.4 s, each answer 0.8 s late: every answer may predate the latest
+    event, so it is asked again; but after ``timeout`` (5 s) of suspension without an answer it may apply, alice is
+    closed 1013 (PROTOCOL.md §3.1, "no answer within the resolver's timeout"), not held forever."""
+    clock, backend = Clock(), Backend()
+    gateway = Gateway(clock, Verifier(), backend)
+    reauth = Reauthorizer(gateway, backend, clock, timeout=5)
+    session, conn = subscribed(gateway, EventsEndpoint(gateway.table, clock, pacing_rate=0), "alice")
+    reauth.handle(ROLE_CHANGE)
+    for step in range(1, 60):
+        clock.advance(0.4)
+        if step % 2 == 0:
+            backend.answer("alice")
+        reauth.handle(ROLE_CHANGE)
+        if conn.closed is not None:
+            break
+    assert conn.closed is not None and conn.closed[0] == 1013 and clock.seconds() <= 5.6
+    assert reauth.suspended == 0 and reauth.sessions["unavailable"] == 1
+
+
+def test_time_queued_behind_max_requests_does_not_count_toward_the_timeout() -> None:
+    """max_requests 1 and a backend answering each request in 1 s: the eighth token waits 7 s in the queue, yet its
+    session gets its answer applied (the timeout runs from a token's first request), not 1013."""
+    clock, backend = Clock(), Backend()
+    gateway = Gateway(clock, Verifier(), backend)
+    reauth = Reauthorizer(gateway, backend, clock, max_requests=1, timeout=5)
+    endpoint = EventsEndpoint(gateway.table, clock, pacing_rate=0)
+    conns = [subscribed(gateway, endpoint, f"user-{i}")[1] for i in range(8)]
+    reauth.handle(ROLE_CHANGE)
+    for _ in range(8):
+        clock.advance(1)
+        (token,) = [t for t, d in backend.asked if not d.called]
+        backend.answer(token)
+    assert all(conn.closed is None for conn in conns) and reauth.sessions["applied"] == 8

@@ -487,6 +487,28 @@ def test_http_resolver_refresh_during_a_stale_request_takes_its_resolves_along()
     assert fired(waiting).workspaces == () and fired(refreshed).workspaces == ()
 
 
+def test_http_resolver_stops_asking_again_once_its_timeout_passed_under_a_stream_of_idm_events() -> None:
+    """IDM events (any user's) every 0.4 s and a backend answering in 0.8 s: each answer predates the latest event,
+    so the resolver asks again, but not past its ``timeout`` (5 s) from the first request: then the resolve fails
+    "access backend unavailable" (close 1013), instead of waiting forever (PROTOCOL.md §3.1, "no answer within the
+    resolver's timeout")."""
+    clock, backend = Clock(), FakeBackend()
+    backend.hold = True
+    resolver = make(backend, clock, cache_ttl=60, timeout=5)
+    waiting = resolver.resolve("tok-1", CLAIMS)
+    answered = 0
+    for step in range(1, 50):
+        clock.advance(0.4)
+        resolver.invalidate()
+        if step % 2 == 0 and answered < len(backend.held):
+            backend.held[answered].callback((200, json.dumps(DOC).encode()))
+            answered += 1
+        if waiting.called:
+            break
+    assert clock.seconds() <= 6.4 and len(backend.requests) <= 8
+    assert "access backend unavailable" in str(failed(waiting).value)
+
+
 def test_http_resolver_a_refusal_is_access_refused() -> None:
     resolver = make(FakeBackend(status=403))
     assert failed(resolver.resolve("tok-1", CLAIMS)).check(AccessRefused)

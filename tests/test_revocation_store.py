@@ -11,6 +11,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.support.daemon import new_prefix
+from tests.support.redis_server import shared_endpoint
 from tests.support.waiting import eventually
 from wsgw.redis import revocations as module
 from wsgw.redis.connection import RedisCommands
@@ -20,9 +21,9 @@ from wsgw.revocations import Revocation
 
 @pytest_twisted.async_yield_fixture
 async def redis() -> AsyncIterator[RedisCommands]:
-    commands = RedisCommands(reactor, "tcp:127.0.0.1:6379")
+    commands = RedisCommands(reactor, shared_endpoint())
     commands.startService()
-    await commands.whenConnected()
+    await commands.whenConnected().addTimeout(10, reactor)
     yield commands
     await commands.stopService()
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+import jwt
 import pytest
 from twisted.internet.task import Clock
 
-from wsgw.access import Access, Identity, Workspace
+from wsgw.access import Access, Identity, Workspace, identity_from_claims
+from wsgw.devtoken import main
 from wsgw.revocations import Revocation, Revocations
 
 DAY = 86400.0
@@ -60,3 +64,17 @@ def test_a_deleted_workspace_is_withheld_from_tokens_issued_before() -> None:
 def test_a_revocation_needs_a_known_kind_and_a_key(kind: str, key: object) -> None:
     with pytest.raises(ValueError, match="revocation"):
         Revocation(kind, key, 0)  # type: ignore[arg-type]
+
+
+def test_a_wsgw_token_minted_after_a_revocation_is_not_refused(capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wsgw-token`` (the README's way to get a token) writes ``iat``: a token it mints after an operator's
+    ``/revoke`` of the login is accepted, as the README says of a token issued after ``before``; without ``iat``
+    every revocation matches it (PROTOCOL.md §3.1) and the login could not subscribe for max_token_lifetime."""
+    monkeypatch.setenv("WSGW_HMAC_SECRET", "a-development-secret-of-32-bytes-at-least")
+    revocations, _ = make(now=time.time())
+    revocations.add(Revocation("login", "alice", time.time() - 1))
+    assert main(["alice"]) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
+    assert abs(claims["iat"] - time.time()) < 5
+    assert revocations.refuses(identity_from_claims(claims)) is None

@@ -14,7 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
-from tests.support.daemon import REDIS, SECRET, Daemon, StartGateway, channels, new_prefix
+from tests.support.daemon import SECRET, Daemon, StartGateway, channels, new_prefix
+from tests.support.redis_server import shared_endpoint
 from tests.support.wsclient import Client, connect
 from wsgw.publish import load_config
 from wsgw.revoke import OperatorError, disconnect_main, operator_request, revoke_main
@@ -31,7 +32,7 @@ def tok(login: str, iat: float, jti: str = "j") -> str:
 def ini(tmp_path: Path, prefix: str, admin: str) -> str:
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     path = tmp_path / "wsgw.ini"
-    path.write_text(f"[server]\nredis = {REDIS}\n[auth]\nhmac_secret_file = /nonexistent/secret\n"
+    path.write_text(f"[server]\nredis = {shared_endpoint()}\n[auth]\nhmac_secret_file = /nonexistent/secret\n"
                     f"[admin]\n{admin}\n[topics]\n{topics}\n")
     return str(path)
 

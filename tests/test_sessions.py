@@ -69,7 +69,7 @@ def test_resubscribe_and_remove_leave_no_trace() -> None:
     table.unsubscribe(session)
     table.remove(session)
     assert len(table) == 0
-    assert table._by_root == {} and table._by_login == {} and table._by_workspace == {}
+    assert table._by_root == {} and table._events.login == {} and table._events.workspace == {}
 
 
 def test_unsubscribed_session_stays_in_the_table() -> None:
@@ -99,3 +99,18 @@ def test_login_and_sub_indexes_hold_one_session_or_a_set() -> None:
 def test_subjects() -> None:
     """Policy subjects are user:, profile:, role: and *."""
     assert access("a", roles=("r",)).subjects == {"user:a", "profile:standard", "role:r", "*"}
+
+
+def test_designated_finds_the_sessions_of_every_endpoint_and_only_events_ones_get_events() -> None:
+    """PROTOCOL.md §3.1: an access change finds /ws and /chat sessions alike; a chat session (indexed with
+    events=False) is never a recipient of bus events."""
+    table = SessionTable()
+    ws, chat = Session(RecordingConnection()), Session(RecordingConnection())
+    table.subscribe(ws, access("alice"))
+    table.subscribe(chat, access("alice"), events=False)
+    assert table.designated(logins=["alice"]) == {ws, chat}
+    assert table.designated(subs=["sub-alice"], workspaces=[]) == {ws, chat}
+    assert table.with_login("alice") == {ws}
+    table.unsubscribe(chat)
+    table.unsubscribe(ws)
+    assert table.designated(logins=["alice"]) == set() and table._quiet.login == {} and table._events.login == {}

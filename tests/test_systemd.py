@@ -22,7 +22,7 @@ def unit() -> configparser.ConfigParser:
 
 def test_unit_runs_twistd_in_the_foreground_and_stops_it_gracefully() -> None:
     """The unit runs twistd --nodaemon without a pidfile, stops it with SIGTERM with more time than the default
-    shutdown_timeout, restarts it on failure and raises the open-files limit."""
+    shutdown_timeout, restarts it on failure, raises the open-files limit, and reloads it with SIGHUP."""
     service = unit()["Service"]
     assert service["Type"] == "simple"
     assert "twistd --nodaemon --pidfile= wsgw --config /etc/wsgw/wsgw.ini" in service["ExecStart"]
@@ -30,7 +30,7 @@ def test_unit_runs_twistd_in_the_foreground_and_stops_it_gracefully() -> None:
     assert int(service["TimeoutStopSec"]) > 10  # [server] shutdown_timeout defaults to 10 s
     assert service["Restart"] == "on-failure"
     assert int(service["LimitNOFILE"]) >= 20000
-    assert "ExecReload" not in service  # twistd has no reload: `systemctl restart` is the documented way
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # SIGHUP reloads the config (tests/test_reload.py)
 
 
 def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:

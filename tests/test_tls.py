@@ -40,7 +40,7 @@ from zope.interface import provider
 
 from tests.support.daemon import SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
 from tests.support.rawtcp import raw_connect
-from tests.support.redis_server import REDIS_SERVER, RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port, redis_server_binary
 from tests.support.waiting import wait_until
 from tests.support.wsclient import TIMEOUT, Client, connect
 from wsgw.config import config_from_string
@@ -72,7 +72,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def make_pki(directory: Path, label: str = "wsgw test") -> Pki:
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder().subject_name(_name(f"{label} CA")).issuer_name(_name(f"{label} CA"))
@@ -191,7 +191,7 @@ class TlsRedisServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> TlsRedisServer:
-        args = [REDIS_SERVER, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+        args = [redis_server_binary() or "redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
                 "--tls-cert-file", str(self._pki.cert), "--tls-key-file", str(self._pki.key),
                 "--tls-ca-cert-file", str(self._pki.ca), "--tls-auth-clients", "yes",
                 "--requirepass", self.password, "--save", "", "--appendonly", "no", "--daemonize", "no"]

@@ -12,7 +12,7 @@ from twisted.internet import reactor
 
 from tests.support.daemon import Publisher, channels, new_prefix, scrape, token, value, workspace
 from tests.support.rawtcp import Raw, raw_connect
-from tests.support.redis_server import free_port
+from tests.support.redis_server import free_port, shared_endpoint
 from tests.support.twistd import spawn
 from tests.support.waiting import wait_until
 from tests.support.wsclient import TIMEOUT, connect
@@ -26,7 +26,7 @@ async def test_twistd_serves_events_and_stops_on_sigterm(tmp_path) -> None:
     port = free_port()
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     config = tmp_path / "wsgw.ini"
-    config.write_text(f"[server]\nredis = tcp:127.0.0.1:6379\n[topics]\n{topics}\n[delivery]\nbatch_window = 0\n"
+    config.write_text(f"[server]\nredis = {shared_endpoint()}\n[topics]\n{topics}\n[delivery]\nbatch_window = 0\n"
                       "[admin]\nlisten =\n")
     proto, transport = spawn(["--config", str(config), "--listen", f"tcp:{port}:interface=127.0.0.1"])
     pub = Publisher(prefix)
@@ -59,8 +59,29 @@ async def test_twistd_refuses_a_port_in_use() -> None:
         proto, _ = spawn(["--embedded", "--listen", f"tcp:{port}:interface=127.0.0.1"])
         proto.ended.addTimeout(30, reactor)
         code, _ = await proto.ended
-        assert code not in (0, None)
-        assert b"Address already in use" in proto.output or b"CannotListenError" in proto.output
+        assert code == 1
+        assert b"Traceback" not in proto.output
+        lines = [line for line in proto.output.decode().splitlines() if "wsgw.service" in line]
+        assert len(lines) == 1, proto.output.decode()
+        assert lines[0].endswith(f"#critical] cannot listen on 127.0.0.1:{port} (public listener, [server] listen or "
+                                 "twistd --listen): Address already in use")
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_refuses_an_operator_port_in_use_naming_its_setting() -> None:
+    """twistd --admin-listen on a taken port: one line naming the operator listener and its setting, exit 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        admin = taken.getsockname()[1]
+        proto, _ = spawn(["--embedded", "--listen", f"tcp:{free_port()}:interface=127.0.0.1",
+                          "--admin-listen", f"tcp:{admin}:interface=127.0.0.1"])
+        proto.ended.addTimeout(30, reactor)
+        code, _ = await proto.ended
+        assert code == 1
+        assert b"Traceback" not in proto.output
+        assert (f"cannot listen on 127.0.0.1:{admin} (operator listener, [admin] listen or twistd --admin-listen): "
+                "Address already in use").encode() in proto.output
 
 
 @pytest_twisted.ensureDeferred

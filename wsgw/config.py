@@ -16,6 +16,8 @@ from typing import Any
 
 import attrs
 
+from wsgw.logs import LEVELS
+
 DEFAULT_TOPICS = {
     "tree": "topic.pydio.tree.nodes.changes",
     "meta": "topic.pydio.meta.nodes.changes",
@@ -161,6 +163,7 @@ class Config:
     publish_token_file: str = _key("admin", "publish_token_file", _text, "")
     admin_max_connections: int = _key("admin", "max_connections", _positive_int, "64")
     log_format: str = _key("log", "format", _choice("text", "json"), "text")
+    log_level: str = _key("log", "level", _choice(*LEVELS), "info")
     access_log: bool = _key("log", "access_log", _bool, "no")
     peer_lines_per_minute: int = _key("log", "peer_lines_per_minute", _positive_int, "60")
     live_page: bool = _key("web", "live_page", _bool, "no")
@@ -265,18 +268,21 @@ def config_from_file(path: str | None, overrides: Mapping[str, str] | None = Non
             text = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte {e.start})") from None
     return config_from_string(text, path, overrides)
 
 
 def _secret(source: str, key: str, path: str, from_env: str | None) -> bytes | None:
     if path:
+        named = next(f"[{s}] {k}" for s, k in _KEYS if k == key)  # each *_file key is in one section only
         try:
             with open(path, "rb") as f:
                 data = f.read().strip()
         except OSError as e:
-            raise ConfigError(f"{source}: {key} = {path!r}: {e.strerror}") from None
+            raise ConfigError(f"{source}: {named} = {path!r}: {e.strerror}") from None
         if not data:
-            raise ConfigError(f"{source}: {key} = {path!r}: the file is empty")
+            raise ConfigError(f"{source}: {named} = {path!r}: the file is empty")
         return data
     if from_env:
         return from_env.encode("utf-8")
@@ -306,3 +312,31 @@ def _check(config: Config) -> None:
     channels = list(config.topics.values())
     if len(set(channels)) != len(channels) or not all(channels):
         raise ConfigError(f"{config.source}: [topics] channel names must be distinct and not empty")
+
+
+class _NoReactor:
+    """The reactor handed to the endpoint parsers by ``check_endpoints``: parsing only keeps it, never calls it."""
+
+
+def check_endpoints(config: Config) -> None:
+    """ConfigError naming the file and key unless every ``[server] listen`` and ``[admin] listen`` endpoint
+    parses with Twisted's ``serverFromString`` and ``[server] redis`` with ``clientFromString``, as the daemon
+    parses them when it starts (``wsgw.service``, ``wsgw.redis.connection``); nothing is bound or connected.
+
+    A TLS endpoint's key and certificate files are read here, as the daemon reads them.
+    """
+    from twisted.internet.endpoints import clientFromString, serverFromString
+
+    checks: list[tuple[str, str, str, Callable[[Any, str], object]]] = [
+        *(("server", "listen", d, serverFromString) for d in config.listen),
+        *(("admin", "listen", d, serverFromString) for d in config.admin_listen),
+    ]
+    if config.redis:
+        checks.append(("server", "redis", config.redis, clientFromString))
+    for section, key, description, parse in checks:
+        try:
+            parse(_NoReactor(), description)
+        except Exception as e:  # the parsers raise ValueError, KeyError, TypeError, OpenSSL errors...
+            reason = str(e) or type(e).__name__
+            raise ConfigError(f"{config.source}: [{section}] {key} = {description!r}: not a valid endpoint: "
+                              f"{reason}") from None

@@ -143,6 +143,10 @@ class Operator:
         self._revocations = revocations
         self._token = token
 
+    def set_token(self, token: bytes) -> None:
+        """Sign with ``token`` from now on (SIGHUP, wsgw.reload)."""
+        self._token = token
+
     def parse(self, op: str, body: object) -> dict[str, Any]:
         """``parse_request`` at this instance's time and ``max_token_lifetime``; RequestError for a bad body."""
         return parse_request(op, body, self._clock.seconds(), self._revocations.max_token_lifetime)
@@ -182,6 +186,11 @@ class ControlHandler:
         self._budget = log_budget if log_budget is not None else LineBudget(clock)
         self.counts: Counter[tuple[str, str]] = Counter()
         self._seen: OrderedDict[str, float] = OrderedDict()  # id of an applied message -> when it was received
+
+    def set_token(self, token: bytes | None) -> None:
+        """Verify with ``token`` from now on (SIGHUP, wsgw.reload): a message signed with the previous one is
+        dropped as forged."""
+        self._token = token
 
     def handle(self, event: dict[str, Any]) -> None:
         op = event.get("op")
@@ -235,8 +244,9 @@ class ControlHandler:
     def enforce(self, revocations: Sequence[Revocation]) -> None:
         """Add ``revocations`` to the gateway's copy, then close (4003 ``token revoked``) the live sessions holding
         a token it refuses now: those of a login or sub found through the table's indexes, and for a jti (which no
-        index holds) by scanning every open session. (A workspace revocation is only added: it withholds the
-        workspace at the next subscribe or re-authorization.)"""
+        index holds) by scanning every open session; and take a workspace revocation's workspace out of the live
+        sessions whose token it withholds it from (``Gateway.reauthorized``: a deletion under the claims resolver
+        that this instance did not see, its bus subscriber being down, PROTOCOL.md §3.1)."""
         self._gateway.revocations.add_all(revocations)
         logins = [r.key for r in revocations if r.kind == "login"]
         subs = [r.key for r in revocations if r.kind == "sub"]
@@ -247,6 +257,10 @@ class ControlHandler:
         for session in holders:
             if session.access is not None and self._gateway.revocations.refuses(session.access.identity):
                 self._gateway.revoke(session, "token revoked", "revoke")
+        workspaces = [r.key for r in revocations if r.kind == "workspace"]
+        for session in self._gateway.table.designated(workspaces=workspaces) if workspaces else ():
+            if session.access is not None and self._gateway.revocations.withheld(session.access):
+                self._gateway.reauthorized(session, session.access)
 
     def _designated(self, event: Mapping[str, Any]) -> set[Session]:
         logins = [event["login"]] if "login" in event else []

@@ -1,4 +1,4 @@
-"""``wsgw-token``: mint a development token signed with the HMAC secret, for `make run` and demos."""
+"""``wsgw token`` (alias ``wsgw-token``): mint a development token signed with the HMAC secret, for `make run` and demos."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import jwt
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wsgw-token", description=__doc__)
+def main(argv: Sequence[str] | None = None, prog: str = "wsgw-token") -> int:
+    """``wsgw-token`` (and ``wsgw token``): the token on standard output, its claims on standard error; exit 0."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("login", help="the user's login (the 'name' claim)")
     parser.add_argument("--secret-file", help="HMAC secret file (default: $WSGW_HMAC_SECRET)")
     parser.add_argument("--profile", default="standard", choices=["anon", "shared", "standard", "admin"])
@@ -20,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", action="append", default=[], metavar="UUID:SLUG:ROOTPATH",
                         help="a workspace the user can see (repeatable); default: personal-files on "
                              "pydiods1/personal/<login>")
-    parser.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires")
+    parser.add_argument("--lifetime", "--ttl", dest="ttl", type=int, default=3600, metavar="SECONDS",
+                        help="seconds until the token expires (at most the daemon's [auth] max_token_lifetime, 86400 "
+                             "by default)")
+    parser.add_argument("--issuer", help="the iss claim (the daemon's [auth] issuer, when it sets one)")
+    parser.add_argument("--audience", help="the aud claim (the daemon's [auth] audience, when it sets one)")
     args = parser.parse_args(argv)
     if args.secret_file:
         with open(args.secret_file, "rb") as f:
@@ -34,14 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     for spec in specs:
         uuid, slug, root = spec.split(":", 2)
         workspaces.append({"uuid": uuid, "slug": slug, "roots": [{"uuid": f"root-{uuid}", "path": root}]})
-    claims = {
+    now = int(time.time())
+    claims: dict[str, Any] = {  # iat: a token minted after an operator's /revoke is not revoked (PROTOCOL.md §3.1)
         "name": args.login,
         "sub": f"uuid-{args.login}",
         "profile": args.profile,
         "roles": args.roles,
         "workspaces": workspaces,
-        "exp": int(time.time()) + args.ttl,
+        "iat": now,
+        "exp": now + args.ttl,
     }
+    if args.issuer:
+        claims["iss"] = args.issuer
+    if args.audience:
+        claims["aud"] = args.audience
     sys.stdout.write(jwt.encode(claims, secret, algorithm="HS256") + "\n")
     sys.stderr.write(json.dumps(claims, indent=1) + "\n")
     return 0

@@ -30,6 +30,10 @@ are (node events, tasks, replies, chat), and it accounts for all of them:
   a re-authorization nothing waiting goes out that the new access would not
   have produced.
 
+A held frame's wait is measured when it is released, from the time kept with it
+(``pace``'s ``observe``: the ``wsgw_pacing_delay_seconds`` histogram); frames
+that were never held cost nothing more.
+
 Frames go out through ``write(payload)``, which writes one text frame now (it may
 call ``pause()`` before it returns). Times come from the injected clock.
 """
@@ -63,7 +67,7 @@ class Flow:
     """
 
     __slots__ = ("_write", "_clock", "_bucket", "_max_delay", "_max_bytes", "overflow", "_held", "_blocked",
-                 "_bytes", "_outside", "_paused", "_suspended", "_stopped", "_direct", "_call")
+                 "_bytes", "_outside", "_paused", "_suspended", "_stopped", "_direct", "_call", "_observe")
 
     def __init__(self, write: Callable[[bytes], None], overflow: Callable[[], None] = lambda: None, *,
                  max_bytes: int = 4 << 20) -> None:
@@ -83,12 +87,17 @@ class Flow:
         self._stopped = False
         self._direct = True  # not paused nor suspended, nothing blocked, not stopped: a frame can be written now
         self._call: IDelayedCall | None = None
+        self._observe: Callable[[float], object] | None = None
 
-    def pace(self, bucket: TokenBucket, clock: IReactorTime, max_delay: float) -> None:
-        """Pace the paced frames by ``bucket``; a held frame waits at most ``max_delay`` seconds on ``clock``."""
+    def pace(self, bucket: TokenBucket, clock: IReactorTime, max_delay: float,
+             observe: Callable[[float], object] | None = None) -> None:
+        """Pace the paced frames by ``bucket``; a held frame waits at most ``max_delay`` seconds on ``clock``.
+        ``observe``, if given, is called with each held frame's wait in seconds (from being held to being
+        released), as it is released; frames not held are not observed."""
         self._bucket = bucket
         self._clock = clock
         self._max_delay = max_delay
+        self._observe = observe
 
     # -- frames in ---------------------------------------------------------
 
@@ -219,6 +228,11 @@ class Flow:
         self._cancel()
 
     @property
+    def suspended(self) -> bool:
+        """Whether frames wait for ``unsuspend`` (an access being re-derived), the connection not paused."""
+        return self._suspended and not self._paused
+
+    @property
     def stopped(self) -> bool:
         """Whether ``stop`` was called (the socket is closing or gone): nothing more is written."""
         return self._stopped
@@ -253,9 +267,16 @@ class Flow:
         """Send the first ``count`` held frames (blocked behind what is blocked, if the connection pauses)."""
         held = self._held
         assert held is not None
+        observe, now = self._observe, 0.0
+        if observe is not None and count and self._clock is not None:
+            now = self._clock.seconds()
+        else:
+            observe = None
         for _ in range(count):
-            payload, scope, _ = held.popleft()
+            payload, scope, since = held.popleft()
             self._bytes -= len(payload) + ENTRY_COST
+            if observe is not None:
+                observe(now - since)
             self.send(payload, scope)
             if self._stopped:
                 return

@@ -200,7 +200,14 @@ class Gateway:
         session.flow.unsuspend()
 
     def too_slow(self, session: Session) -> None:
-        """The one answer to a reader that stopped reading, whichever of its queues overflowed: 4008."""
+        """The one answer to a reader that stopped reading, whichever of its queues overflowed: 4008. A reader that
+        reads, whose frames pile up only because its access is being re-derived (PROTOCOL.md §3.1), is not too
+        slow: it is closed 1013 (its access unknown; it reconnects and subscribes afresh)."""
+        if session.flow.suspended:
+            self._budget.warn(self._log, "too_slow", "session {sid} ({peer}): over the byte bound while its access "
+                              "is re-derived: closing it with 1013", sid=session.sid, peer=session.connection.peer)
+            self.close(session, CLOSE_TRY_AGAIN, "access unknown: too many frames while it is re-derived")
+            return
         self._budget.warn(self._log, "too_slow", "session {sid} ({peer}) reads too slowly: closing it with 4008",
                           sid=session.sid, peer=session.connection.peer)
         self.close(session, CLOSE_SLOW, "client too slow")
@@ -310,12 +317,15 @@ class Gateway:
         self._ready = ready
 
     def _refused(self, access: Access) -> str | None:
-        """Why a token giving ``access`` may not subscribe (PROTOCOL.md §3.1): revoked, or living longer than
-        revocations are kept (``Revocations.max_token_lifetime``); None when it may."""
+        """Why a token giving ``access`` may not subscribe (PROTOCOL.md §3.1): revoked, issued (``iat``) later than
+        now + leeway, or living longer than revocations are kept (``Revocations.max_token_lifetime``, from ``iat``,
+        else from now); None when it may."""
         if self.revocations.refuses(access.identity) is not None:
             return "token revoked"
-        lifetime = self.revocations.max_token_lifetime
-        if access.exp is not None and access.exp - (access.iat or self._clock.seconds()) > lifetime:
+        now, lifetime = self._clock.seconds(), self.revocations.max_token_lifetime
+        if access.iat is not None and access.iat > now + self._leeway:  # it would escape every revocation by time
+            return "token issued in the future (iat)"
+        if access.exp is not None and access.exp - (now if access.iat is None else access.iat) > lifetime:
             return f"token lives longer than {lifetime:g} s (exp - iat)"
         return None
 

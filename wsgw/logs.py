@@ -15,12 +15,21 @@ authorization, cookie) are written as ``"[redacted]"``, in the fields and in
 the message text; the gateway never passes a credential to a log call in the
 first place, and the tests check both.
 
-Under twistd the option is wired through twistd's own ``--logger`` hook:
-``wsgw.tap.Options.postOptions`` calls ``use_json_for_twistd``, which points
-twistd's ``logger`` option at ``twistd_observer`` unless ``--logger`` or
-``--syslog`` was given on the command line. The destination follows twistd's
-rules: standard output with ``--nodaemon`` (no ``--logfile``) or
-``--logfile -``, else the log file (``twistd.log`` by default).
+Under twistd the daemon's observer is wired through twistd's own ``--logger``
+hook: ``wsgw.tap.Options.postOptions`` calls ``use_live_logs_for_twistd``, which
+points twistd's ``logger`` option at ``twistd_observer`` unless ``--logger`` or
+``--syslog`` was given on the command line. That observer (``LiveLogs``)
+writes text (as twistd's own) or JSON lines, and only events at or above
+``[log] level``; both can change while the daemon runs (SIGHUP, wsgw.reload:
+``set_live_logs``). The destination follows twistd's rules: standard output
+with ``--nodaemon`` (no ``--logfile``) or ``--logfile -``, else the log file
+(``twistd.log`` by default, reopened on SIGUSR1 as twistd does).
+
+No line names an object by its default repr (``<... object at 0x...>``):
+``LiveLogs`` writes each event as ``tidied`` makes it (a field holding such an
+object is written as its class name; Twisted's "Starting factory" and "Stopping
+factory" lines, one per outgoing connection, are debug lines naming the
+factory's class).
 """
 
 from __future__ import annotations
@@ -34,9 +43,10 @@ from collections.abc import MutableMapping
 from typing import IO, Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import FileLogObserver, ILogObserver, LogEvent, Logger, LogLevel, formatEvent
+from twisted.logger import FileLogObserver, ILogObserver, LogEvent, Logger, LogLevel, formatEvent, textFileLogObserver
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 REDACTED = "[redacted]"
 _CREDENTIAL = re.compile(r"token|jwt|secret|password|passwd|authorization|cookie|credential", re.IGNORECASE)
@@ -44,8 +54,11 @@ _CREDENTIAL = re.compile(r"token|jwt|secret|password|passwd|authorization|cookie
 _LEGACY = frozenset({"message", "format", "isError", "time", "printed", "failure", "why", "log_legacy"})
 _SCALARS = (str, int, float, bool, type(None))
 
-# set by use_json_for_twistd, read by twistd_observer: (log file name or "", nodaemon)
-_twistd_destination: tuple[str, bool] = ("", True)
+# set by use_live_logs_for_twistd, read by twistd_observer: (log file name or "", nodaemon, format, level)
+_twistd_destination: tuple[str, bool, str, str] = ("", True, "text", "info")
+
+LEVELS = ("debug", "info", "warn", "error", "critical")
+"""The values of ``[log] level``, least severe first: events below the configured one are not written."""
 
 
 def _redacted(event: LogEvent) -> LogEvent:
@@ -90,7 +103,7 @@ def _plain(value: Any) -> Any:
 def _iso(seconds: Any) -> str | None:
     if not isinstance(seconds, (int, float)):
         return None
-    stamp = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    stamp = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -99,32 +112,120 @@ def json_observer(out: IO[str]) -> ILogObserver:
     return FileLogObserver(out, event_as_json)
 
 
-def use_json_for_twistd(server_options: MutableMapping[str, Any] | None) -> bool:
-    """Make twistd's log observer the JSON one; a ``--logger`` or ``--syslog`` given on the command line wins.
+def use_live_logs_for_twistd(server_options: MutableMapping[str, Any] | None, log_format: str = "text",
+                             level: str = "info") -> bool:
+    """Make twistd's log observer ``LiveLogs`` (``log_format``, ``level``); a ``--logger`` or ``--syslog`` given
+    on the command line wins (then the format and level settings are not applied).
 
     ``server_options`` is twistd's ServerOptions (the plugin Options' ``parent``); it must be called before
     twistd's own ``postOptions`` (which imports the named factory), i.e. from the plugin's ``postOptions``.
-    Returns whether twistd will log JSON.
+    Returns whether twistd will log through ``LiveLogs``.
     """
     global _twistd_destination
     if server_options is None or "logger" not in server_options:
         return False  # not under twistd
     if server_options["logger"] is not None or server_options.get("syslog"):
         return False
-    _twistd_destination = (server_options.get("logfile") or "", bool(server_options.get("nodaemon")))
+    _twistd_destination = (server_options.get("logfile") or "", bool(server_options.get("nodaemon")), log_format,
+                           level)
     server_options["logger"] = f"{__name__}.twistd_observer"
     return True
 
 
+def use_json_for_twistd(server_options: MutableMapping[str, Any] | None) -> bool:
+    """``use_live_logs_for_twistd`` with JSON lines."""
+    return use_live_logs_for_twistd(server_options, "json")
+
+
+_PRIORITY = {LogLevel.levelWithName(name): rank for rank, name in enumerate(LEVELS)}
+_FACTORY_LINES = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})  # Factory.doStart
+
+
+class _Name(str):
+    """A class name standing for an object in a log line: its repr is the bare name (no quotes, no address)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def tidied(event: LogEvent) -> LogEvent:
+    """``event`` as the daemon writes it: each field whose value has only the default repr (``<... object at
+    0x...>``, an address, not a description) holds the value's class name instead; Twisted's factory start and
+    stop lines (``Factory.doStart``, ``doStop``: one per outgoing connection, naming the factory by its repr) are
+    debug lines naming the factory's class. The same event when nothing changes."""
+    changes: dict[str, Any] = {}
+    if event.get("log_format") in _FACTORY_LINES:
+        changes["log_level"] = LogLevel.debug
+        changes["factory"] = _Name(type(event.get("factory")).__name__)
+    for key, value in event.items():
+        if (type(value).__repr__ is object.__repr__ and isinstance(key, str) and not key.startswith("log_")
+                and key not in changes):
+            changes[key] = _Name(type(value).__name__)
+    return {**event, **changes} if changes else event
+
+
+def writes(level: LogLevel) -> bool:
+    """Whether the daemon's log (``live_logs``) writes events of ``level`` now; True without ``live_logs`` (its
+    observer then filters nothing)."""
+    return live_logs is None or _PRIORITY.get(level, 1) >= LEVELS.index(live_logs.level)
+
+
+@implementer(ILogObserver)
+class LiveLogs:
+    """The daemon's observer under twistd: ``format`` ``text`` (twistd's own lines) or ``json`` (``event_as_json``)
+    to ``out``, only events at or above ``level`` (a name of ``LEVELS``); both attributes may change at any time.
+    Events are written as ``tidied`` makes them."""
+
+    def __init__(self, out: IO[str], log_format: str = "text", level: str = "info") -> None:
+        self._observers = {"text": textFileLogObserver(out), "json": json_observer(out)}
+        self.format = log_format
+        self.level = level
+
+    def __call__(self, event: LogEvent) -> None:
+        event = tidied(event)
+        level = event.get("log_level")
+        if level is not None and _PRIORITY.get(level, 1) < LEVELS.index(self.level):
+            return
+        self._observers[self.format](event)
+
+
+live_logs: LiveLogs | None = None
+"""The observer ``twistd_observer`` made (None when twistd logs elsewhere: ``--logger``, ``--syslog``, no twistd)."""
+
+
+def set_live_logs(log_format: str, level: str) -> bool:
+    """Change the format and level of the daemon's log lines from now on; False when ``live_logs`` is None."""
+    if live_logs is None:
+        return False
+    live_logs.format, live_logs.level = log_format, level
+    return True
+
+
 def twistd_observer() -> ILogObserver:
-    """twistd's ``--logger`` factory: JSON lines where twistd would have written text."""
-    logfile, nodaemon = _twistd_destination
+    """twistd's ``--logger`` factory: ``LiveLogs`` where twistd would have written text."""
+    global live_logs
+    logfile, nodaemon, log_format, level = _twistd_destination
     out: IO[str]
     if logfile == "-" or (nodaemon and not logfile):
         out = sys.stdout
     else:
-        out = LogFile.fromFullPath(logfile or "twistd.log")  # type: ignore[no-untyped-call]
-    return json_observer(out)
+        log_file: LogFile = LogFile.fromFullPath(logfile or "twistd.log")  # type: ignore[no-untyped-call]
+        _rotate_on_sigusr1(log_file)
+        out = log_file  # type: ignore[assignment]
+    live_logs = LiveLogs(out, log_format, level)
+    return live_logs
+
+
+def _rotate_on_sigusr1(logfile: LogFile) -> None:
+    """Reopen (rotate) the log file on SIGUSR1, as twistd does for its own log file (twisted.scripts._twistd_unix)."""
+    import signal
+
+    from twisted.internet import reactor
+
+    if not signal.getsignal(signal.SIGUSR1):
+        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(logfile.rotate))  # type: ignore[attr-defined]
 
 
 KINDS = ("subscribed", "refused", "too_slow", "access_backend", "chat_store", "websocket", "http", "internal_error",
@@ -150,26 +251,26 @@ class LineBudget:
 
     def __init__(self, clock: IReactorTime, per_minute: int = 60) -> None:
         self._clock = clock
-        self._per_minute = per_minute
+        self.per_minute = per_minute
         self._minutes: dict[str, list[float]] = {}  # kind -> [start of its minute, lines written, left out]
         self.suppressed: Counter[str] = Counter()
 
     def admit(self, kind: str) -> bool:
         """Whether one more line of ``kind`` may be written now (if not, it is counted as left out)."""
-        if not self._per_minute:
+        if not self.per_minute:
             return True
         now = self._clock.seconds()
         minute = self._minutes.get(kind)
         if minute is None or now - minute[0] >= 60:
             if minute is not None and minute[2]:
                 self._log.warn("left out {count} log lines of kind {kind} (over {limit} a minute)",
-                               count=int(minute[2]), kind=kind, limit=self._per_minute)
+                               count=int(minute[2]), kind=kind, limit=self.per_minute)
             minute = self._minutes[kind] = [now, 0, 0]
-        if minute[1] < self._per_minute:
+        if minute[1] < self.per_minute:
             minute[1] += 1
-            if minute[1] == self._per_minute:
+            if minute[1] == self.per_minute:
                 self._log.warn("{limit} log lines of kind {kind} this minute: the next ones are left out for "
-                               "{seconds:.0f} s (counted in wsgw_log_lines_suppressed_total)", limit=self._per_minute,
+                               "{seconds:.0f} s (counted in wsgw_log_lines_suppressed_total)", limit=self.per_minute,
                                kind=kind, seconds=minute[0] + 60 - now)
             return True
         minute[2] += 1

@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import treq
@@ -34,12 +34,16 @@ class PublishError(Exception):
     """Publishing failed; the message says why."""
 
 
-def load_config(path: str | None, redis: str | None = None, environ: dict[str, str] | None = None) -> Config:
-    """The daemon's configuration without its token-verification keys (which publishing does not need)."""
+def load_config(path: str | None, redis: str | None = None, environ: dict[str, str] | None = None,
+                admin_listen: str | None = None) -> Config:
+    """The daemon's configuration without its token-verification keys (which publishing does not need);
+    ``redis`` and ``admin_listen`` override ``[server] redis`` and ``[admin] listen`` as twistd's options do."""
     overrides = {"auth.algorithms": "HS256", "auth.hmac_secret_file": "", "auth.public_key_file": "",
                  "auth.oidc_issuer": ""}
     if redis is not None:
         overrides["server.redis"] = redis
+    if admin_listen is not None:
+        overrides["admin.listen"] = admin_listen
     env = {**(os.environ if environ is None else environ), "WSGW_HMAC_SECRET": "not-used-by-wsgw-publish"}
     if path is None:
         return config_from_string("", "<defaults>", overrides, env)
@@ -178,9 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("file", help="the event as JSON, or - for standard input")
     parser.add_argument("-c", "--config", help="the daemon's INI file (default: built-in defaults)")
     parser.add_argument("-r", "--redis", help="Redis client endpoint, overriding the config's")
+    parser.add_argument("--admin-listen", help="the daemon's operator listener endpoint, overriding the config's "
+                                               "[admin] listen (as twistd wsgw --admin-listen)")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, args.redis)
+        config = load_config(args.config, args.redis, admin_listen=args.admin_listen)
     except ConfigError as e:
         print(f"wsgw-publish: {e}", file=sys.stderr)
         return 2
@@ -199,14 +205,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wsgw-publish: {e}", file=sys.stderr)
         return 2
 
+    return run_once("wsgw-publish", lambda reactor: publish(reactor, config, args.topic, payload), PublishError)
+
+
+def run_once(name: str, request: Callable[[Any], Awaitable[str]], error: type[Exception]) -> int:
+    """Run ``request(reactor)`` on a reactor of its own and print its answer: exit status 0; ``error`` (its
+    message printed after ``name:`` on stderr) gives 1, as does a reactor that ends without an answer."""
     outcome: list[int] = []
 
     async def run(reactor: Any) -> None:
         try:
-            print(await publish(reactor, config, args.topic, payload))
+            print(await request(reactor))
             outcome.append(0)
-        except PublishError as e:
-            print(f"wsgw-publish: {e}", file=sys.stderr)
+        except error as e:
+            print(f"{name}: {e}", file=sys.stderr)
             outcome.append(1)
 
     from twisted.internet import task

@@ -11,7 +11,10 @@ session table's indexes), after the IDM frame itself went out on the old access:
   frames are suspended, the backend is asked again past its cache (one request
   per distinct token, at most ``max_requests`` in flight, queued beyond), and
   the answer is applied as a re-subscribe would (``Gateway.reauthorized``); a
-  refusal (401, 403, 404) closes the session 4003, any other failure 1013;
+  refusal (401, 403, 404) closes the session 4003, any other failure 1013, and
+  so does no answer it may apply within ``timeout`` seconds of its first request
+  (IDM events coming faster than the backend answers make each answer
+  predate the latest event: asked again, but never held forever);
 - with the ``claims`` resolver: a ``Workspace`` ``DELETE`` withholds that
   workspace from every token issued before it, a ``User`` ``DELETE`` revokes
   that user's tokens (by ``Login`` and by ``Uuid`` as ``sub``) and closes their
@@ -27,10 +30,10 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from wsgw.access import Access, AccessRefused
+from wsgw.access import Access, AccessError, AccessRefused
 from wsgw.frames import CLOSE_TRY_AGAIN, field
 from wsgw.gateway import Gateway
 from wsgw.interfaces import IAccessResolver
@@ -89,11 +92,13 @@ class Reauthorizer:
     ``handle(event)`` is called with each validated IDM event after its frame was delivered. ``remember`` is
     called with each ``Revocation`` the claims rules add (to keep it where every instance and a restart find
     it). Counters: ``events`` (IDM events that designated someone), ``sessions`` (by ``OUTCOMES``);
-    ``in_flight`` (backend requests now) and ``suspended`` (sessions waiting for one) are gauges.
+    ``in_flight`` (backend requests now) and ``suspended`` (sessions waiting for one) are gauges. ``timeout``:
+    the seconds a token's sessions stay suspended, from its first request, without an answer that may apply (then
+    closed 1013; the resolver's own ``[access] timeout``).
     """
 
     def __init__(self, gateway: Gateway, resolver: IAccessResolver, clock: IReactorTime, *, max_requests: int = 32,
-                 remember: Callable[[Revocation], object] = lambda revocation: None) -> None:
+                 remember: Callable[[Revocation], object] = lambda revocation: None, timeout: float = 5.0) -> None:
         self._gateway = gateway
         self._resolver = resolver
         self._clock = clock
@@ -103,6 +108,8 @@ class Reauthorizer:
         self._waiting: dict[str, set[Session]] = {}  # token -> the sessions waiting for its answer
         self._queued: dict[str, Access] = {}  # tokens to ask about (in order), with the access they gave
         self._asking: dict[str, bool] = {}  # tokens asked about now -> whether an event came since (ask again)
+        self._deadlines: dict[str, IDelayedCall] = {}  # token -> when its waiting sessions are closed 1013
+        self._timeout = timeout
         self._pumping = False
         self.events = 0
         self.sessions: Counter[str] = Counter()
@@ -143,7 +150,7 @@ class Reauthorizer:
             for session in table.designated(logins=parts.logins, subs=parts.subs):
                 self.sessions["deleted"] += 1
                 gateway.revoke(session, "user deleted", "user_deleted")
-        elif field(event, "Workspace", dict) is not None and parts.workspaces:
+        if field(event, "Workspace", dict) is not None and parts.workspaces:
             self._revoke(Revocation("workspace", parts.workspaces[0], now))
             for session in table.designated(workspaces=parts.workspaces):
                 assert session.access is not None
@@ -158,7 +165,7 @@ class Reauthorizer:
 
     def _suspend(self, session: Session) -> None:
         token, access = session.token, session.access
-        if token is None or access is None:
+        if token is None or access is None or session.flow.stopped:  # (stopped: closing already)
             return
         session.flow.suspend()
         before = self._suspended.get(session)
@@ -180,6 +187,8 @@ class Reauthorizer:
                 token, access = next(iter(self._queued.items()))
                 del self._queued[token]
                 self._asking[token] = False
+                if token not in self._deadlines:  # from its first request (time queued behind max_requests is not)
+                    self._deadlines[token] = self._clock.callLater(self._timeout, self._overdue, token)
                 d = self._resolver.refresh(token, access.identity)
                 d.addBoth(self._answered, token, access)
         finally:
@@ -190,12 +199,28 @@ class Reauthorizer:
         if again:
             self._queued.setdefault(token, access)
         else:
-            for session in self._waiting.pop(token, ()):
-                del self._suspended[session]
-                self._apply(session, token, result)
+            self._settle(token, result)
         self._ask()
 
-    def _apply(self, session: Session, token: str, result: Access | Failure) -> None:
+    def _overdue(self, token: str) -> None:
+        """``timeout`` passed without an answer for ``token`` that may apply: its sessions are closed 1013; the
+        request in flight, if any, settles nobody when it ends."""
+        del self._deadlines[token]
+        self._queued.pop(token, None)
+        if token in self._asking:
+            self._asking[token] = False
+        self._settle(token, AccessError(f"access backend unavailable: no answer in {self._timeout:g} s"))
+        self._ask()
+
+    def _settle(self, token: str, result: Access | Failure | AccessError) -> None:
+        deadline = self._deadlines.pop(token, None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        for session in self._waiting.pop(token, ()):
+            del self._suspended[session]
+            self._apply(session, token, result)
+
+    def _apply(self, session: Session, token: str, result: Access | Failure | AccessError) -> None:
         gateway = self._gateway
         if not session.open or session.token != token:  # closed, or re-subscribed meanwhile (that access holds)
             self.sessions["gone"] += 1
@@ -203,7 +228,7 @@ class Reauthorizer:
         elif isinstance(result, Access):
             self.sessions["applied"] += 1
             gateway.reauthorized(session, result)
-        elif isinstance(result.value, AccessRefused):
+        elif isinstance(result.value if isinstance(result, Failure) else result, AccessRefused):
             self.sessions["refused"] += 1
             gateway.revoke(session, "the access backend refused the token", "backend_refused")
         else:

@@ -10,8 +10,8 @@ A ``Revocation`` names a kind and a key:
 - ``workspace``: a ``Workspace`` deleted under the claims resolver: tokens issued before ``before`` no longer
   grant it (it is taken out of their access).
 
-Each entry expires ``max_token_lifetime`` seconds after ``before`` (a token that old has expired anyway; the
-verifier refuses tokens living longer). ``Revocations`` is this instance's copy, read on every subscribe and
+Each entry expires ``max_token_lifetime`` seconds after ``before``, plus the verifier's ``leeway`` on ``exp`` (a
+token that old has expired anyway, leeway included; the verifier refuses tokens living longer). ``Revocations`` is this instance's copy, read on every subscribe and
 access change without I/O; ``IRevocationStore`` keeps them where every instance and a restart find them.
 """
 
@@ -53,15 +53,18 @@ class Revocation:
 
 
 class Revocations:
-    """This instance's revocations, each kept until ``before + max_token_lifetime`` (seconds, on ``clock``).
+    """This instance's revocations, each kept until ``before + max_token_lifetime + leeway`` (seconds, on
+    ``clock``; ``leeway``: the ``[auth] leeway`` the verifier allows past ``exp``, so a revoked token is refused for
+    as long as the verifier would accept it).
 
     ``add`` keeps, per kind and key, the latest ``before``. ``refuses(who)`` and ``withheld(access)`` answer
     without I/O. ``len()`` is the number of live entries (for /metrics).
     """
 
-    def __init__(self, clock: IReactorTime, max_token_lifetime: float) -> None:
+    def __init__(self, clock: IReactorTime, max_token_lifetime: float, leeway: float = 0.0) -> None:
         self._clock = clock
         self.max_token_lifetime = max_token_lifetime
+        self._kept = max_token_lifetime + leeway
         self._entries: dict[tuple[str, str], float] = {}  # (kind, key) -> before
         self._expiry: list[tuple[float, str, str]] = []  # heap of (expires, kind, key)
 
@@ -88,9 +91,9 @@ class Revocations:
             self.add(revocation)
 
     def expires(self, revocation: Revocation) -> float:
-        """When ``revocation`` stops mattering: ``before + max_token_lifetime`` (a jti's ``before`` is when it
-        was revoked)."""
-        return revocation.before + self.max_token_lifetime
+        """When ``revocation`` stops mattering: ``before + max_token_lifetime + leeway`` (a jti's ``before`` is when
+        it was revoked)."""
+        return revocation.before + self._kept
 
     def refuses(self, who: Identity) -> Revocation | None:
         """The revocation that refuses a token of ``who`` (by login, sub or jti), or None."""
@@ -121,5 +124,5 @@ class Revocations:
         while expiry and expiry[0][0] <= now:
             _, kind, key = heapq.heappop(expiry)
             before = self._entries.get((kind, key))
-            if before is not None and before + self.max_token_lifetime <= now:
+            if before is not None and before + self._kept <= now:
                 del self._entries[(kind, key)]

@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import treq
-from twisted.internet.defer import ensureDeferred
 from twisted.web.client import Agent
 
 from wsgw.config import Config, ConfigError
-from wsgw.publish import TIMEOUT, FixedEndpoint, PublishError, client_endpoint, load_config
+from wsgw.publish import TIMEOUT, FixedEndpoint, PublishError, client_endpoint, load_config, run_once
 
 
 class OperatorError(Exception):
@@ -97,24 +96,7 @@ def main(argv: Sequence[str] | None = None, op: str = "revoke") -> int:
     except ConfigError as e:
         print(f"wsgw-{op}: {e}", file=sys.stderr)
         return 2
-    outcome: list[int] = []
-
-    async def run(reactor: Any) -> None:
-        try:
-            print(await operator_request(reactor, config, op, body))
-            outcome.append(0)
-        except OperatorError as e:
-            print(f"wsgw-{op}: {e}", file=sys.stderr)
-            outcome.append(1)
-
-    from twisted.internet import task
-
-    try:
-        task.react(lambda reactor: ensureDeferred(run(reactor)))
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code) if isinstance(e.code, int) else 1
-    return outcome[0] if outcome else 1
+    return run_once(f"wsgw-{op}", lambda reactor: operator_request(reactor, config, op, body), OperatorError)
 
 
 def disconnect_main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Start: bus, the chat's presence sweep, the revocations' load (subscribes wait
 for it, PROTOCOL.md §3.1), then listeners (a port that cannot be bound aborts
-startup).
+startup with ListenFailed, one line; under twistd, DaemonService logs it and
+exits with status 1, no traceback).
 Stop (SIGTERM under systemd): stop accepting, flush pending node merges,
 close every socket with 1000 ``server shutting down``, wait for them (bounded
 by ``shutdown_timeout``), then stop the bus.
@@ -11,12 +12,14 @@ by ``shutdown_timeout``), then stop the bus.
 from __future__ import annotations
 
 import resource
-from collections.abc import Generator
+import signal
+from collections.abc import Callable, Generator
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -32,7 +35,7 @@ from wsgw.chat import model as chat_model
 from wsgw.chat.memory_store import MemoryChatStore
 from wsgw.chat.redis_store import RedisChatStore
 from wsgw.chat.service import ChatService
-from wsgw.config import Config
+from wsgw.config import Config, ConfigError
 from wsgw.control import ControlHandler, MemoryRevocationStore, Operator, RevocationLoader
 from wsgw.dispatch import Dispatcher
 from wsgw.events import activity, idm, nodes, tasks
@@ -45,12 +48,24 @@ from wsgw.logs import LineBudget
 from wsgw.reauth import Reauthorizer
 from wsgw.redis.connection import RedisCommands, RedisLink
 from wsgw.redis.revocations import RedisRevocationStore
+from wsgw.reload import reload
 from wsgw.revocations import Revocation, Revocations
 from wsgw.web.inbound import InboundPolicy
 from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
 from wsgw.web.metrics import Metrics, MetricsView
+from wsgw.web.outbound import WriteBatch
 from wsgw.web.protocols import GatewayFactory
 from wsgw.web.site import make_admin_site, make_site
+
+
+class ListenFailed(Exception):
+    """A listen endpoint could not be bound; the message is one line: the address, the listener, the setting
+    that names it and the reason (``cannot listen on 127.0.0.1:5050 (public listener, [server] listen or
+    twistd --listen): Address already in use``)."""
+
+
+SETTINGS = {"public listener": "[server] listen or twistd --listen",
+            "operator listener": "[admin] listen or twistd --admin-listen"}
 
 
 class GatewayService(MultiService):
@@ -67,9 +82,10 @@ class GatewayService(MultiService):
         self.redis_commands: RedisCommands | None = None
         self.bus: MemoryBus | RedisBus
         store: IChatStore
+        self.write_batch = WriteBatch()  # each socket's frames of one read from the bus leave in one write
         if config.redis:
             self.bus = RedisBus(reactor, config.redis, config.topics, password=config.redis_password,
-                                db=config.redis_db)
+                                db=config.redis_db, batch=self.write_batch)
             self.redis_commands = RedisCommands(reactor, config.redis, password=config.redis_password,
                                                 db=config.redis_db, role="chat store",
                                                 reply_timeout=config.store_timeout)
@@ -81,7 +97,7 @@ class GatewayService(MultiService):
         self.chat_store = store
         self.revocation_store: IRevocationStore = MemoryRevocationStore() if self.redis_commands is None else \
             RedisRevocationStore(self.redis_commands, config.revocation_prefix)
-        verifier = TokenVerifier(
+        self.verifier = verifier = TokenVerifier(
             clock, algorithms=config.algorithms, hmac_secret=config.hmac_secret,
             public_key_pem=config.public_key_pem, oidc_issuer=config.oidc_issuer or None,
             audience=config.audience or None, issuer=config.issuer or None, leeway=config.leeway,
@@ -97,7 +113,7 @@ class GatewayService(MultiService):
                                max_queued_bytes=config.max_queued_bytes,
                                max_waiting_frames=max(1, int(config.inbound_burst)),
                                max_sockets_per_user=config.max_connections_per_user, log_budget=self.log_budget,
-                               revocations=Revocations(clock, config.max_token_lifetime))
+                               revocations=Revocations(clock, config.max_token_lifetime, config.leeway))
         table = self.gateway.table
         self.chat = ChatService(
             clock, store, lambda payload: self.bus.publish("chat", payload),
@@ -122,7 +138,7 @@ class GatewayService(MultiService):
                                        silent_rate=config.silent_rate, silent_burst=config.silent_burst,
                                        user_meta=user_meta, user_meta_timeout=config.node_meta_timeout)
         self.reauth = Reauthorizer(self.gateway, resolver, clock, max_requests=config.access_max_requests,
-                                   remember=self._remember)
+                                   remember=self._remember, timeout=config.access_timeout)
         task_handler, idm_handler = tasks.TaskHandler(table), idm.IdmHandler(table, self.reauth.handle)
         self.control = ControlHandler(self.gateway, config.publish_token, clock, self.log_budget)  # PROTOCOL §3.1
         ready = None if self.redis_commands is None else self.redis_commands.whenConnected
@@ -152,7 +168,7 @@ class GatewayService(MultiService):
             bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
             access=resolver if isinstance(resolver, HttpResolver) else None, log_budget=self.log_budget,
             chat_store=store if isinstance(store, RedisChatStore) else None, control=self.control,
-            reauth=self.reauth,
+            reauth=self.reauth, pacing=self.events,
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
         self.bus.setServiceParent(self)
@@ -161,21 +177,25 @@ class GatewayService(MultiService):
         policy = InboundPolicy(config.inbound_rate, config.inbound_burst, config.allowed_origins)
         common: dict[str, Any] = dict(ping_interval=config.ping_interval, pong_timeout=config.pong_timeout,
                                       policy=policy, guard=self.public_guard,
-                                      handshake_timeout=config.handshake_timeout, log_budget=self.log_budget)
-        self.site = make_site(
+                                      handshake_timeout=config.handshake_timeout, log_budget=self.log_budget,
+                                      batch=self.write_batch)
+        self.factories = (
             GatewayFactory(self.gateway, self.events, reactor, clock, max_frame=config.max_frame_ws, **common),
             GatewayFactory(self.gateway, self.chat, reactor, clock, max_frame=config.max_frame_chat, **common),
+        )
+        self.site = make_site(
+            *self.factories,
             self.problem,
             self.public_guard,
             live_page=config.live_page, access_log=config.access_log, log_budget=self.log_budget,
         )
         self.ports: list[IListeningPort] = []
         published = {topic: check for topic, check in validators.items() if topic in config.topics}
+        self.operator = None if config.publish_token is None else Operator(
+            clock, self.bus, self.revocation_store, self.gateway.revocations, config.publish_token)
         self.admin_site = make_admin_site(self.metrics, self.bus, self.problem, published, config.publish_token,
                                           self.admin_guard, access_log=config.access_log, log_budget=self.log_budget,
-                                          operator=None if config.publish_token is None else Operator(
-                                              clock, self.bus, self.revocation_store, self.gateway.revocations,
-                                              config.publish_token))
+                                          operator=self.operator)
         self.admin_ports: list[IListeningPort] = []
 
     def startService(self) -> None:
@@ -188,15 +208,22 @@ class GatewayService(MultiService):
         self.revocation_loader.start()  # subscribes wait for the revocations (PROTOCOL.md §3.1)
         if isinstance(self.bus, RedisBus):
             self._catch_up.start(1.0, now=False)
-        self.ports = self._listen(self.config.listen, self.site, "listening")
+        self.ports = self._listen(self.config.listen, self.site, "listening", "public listener")
         lowered = 0 < self.public_guard.max_sockets < self.config.max_connections
         (self._log.warn if lowered else self._log.info)(
             "public listener: at most {cap} open sockets ({why}), {per_ip} per address; {timeout} s to send a "
             "request or complete a WebSocket handshake", cap=self.public_guard.max_sockets, why=self._cap_reason,
             per_ip=self.public_guard.per_ip or "no cap", timeout=self.public_guard.deadline)
-        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, "operator listener (/metrics, /publish, /revoke)")
+        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site,
+                                        "operator listener (/metrics, /publish, /revoke)", "operator listener")
 
-    def _listen(self, descriptions: tuple[str, ...], site: GuardedSite, what: str) -> list[IListeningPort]:
+    def reload(self, config: Config) -> Config:
+        """Apply what can change live of ``config`` (SIGHUP; ``wsgw.reload``); returns the configuration now in
+        force (also ``self.config``)."""
+        return reload(self, config)
+
+    def _listen(self, descriptions: tuple[str, ...], site: GuardedSite, what: str,
+                listener: str) -> list[IListeningPort]:
         ports: list[IListeningPort] = []
         for description in descriptions:
             failures: list[Failure] = []
@@ -204,8 +231,16 @@ class GatewayService(MultiService):
             factory = site.behind_tls() if isinstance(endpoint, SSL4ServerEndpoint) else site
             endpoint.listen(factory).addCallbacks(ports.append, failures.append)
             if failures:  # TCP, SSL and UNIX endpoints listen synchronously: a bind error is known here
+                error = failures[0].value
+                if isinstance(error, CannotListenError):
+                    reason = getattr(error.socketError, "strerror", None) or error.socketError
+                    raise ListenFailed(f"cannot listen on {error.interface or '*'}:{error.port} ({listener}, "
+                                       f"{SETTINGS[listener]}): {reason}")
                 failures[0].raiseException()
-            self._log.info("{what} on {address}", what=what, address=ports[-1].getHost())
+            host = ports[-1].getHost()  # its repr names the class (IPv4Address(type='TCP', ...)): host and port only
+            address = (f"{getattr(host, 'host', '')}:{host.port}" if hasattr(host, "port")
+                       else getattr(host, "name", host))
+            self._log.info("{what} on {address}", what=what, address=address)
         return ports
 
     def _revocations_catch_up(self) -> None:
@@ -273,3 +308,47 @@ class GatewayService(MultiService):
         # shutdown that got this far is a success, so let it exit 0 as operators and systemd expect.
         clear_exit_signal(self._reactor)
         self._log.info("shutdown complete")
+
+
+class DaemonService(GatewayService):
+    """GatewayService as twistd runs it (wsgw/tap.py): a port that cannot be bound is logged as one line and
+    the process exits with status 1, instead of twistd's traceback (issue 14).
+
+    SIGHUP reloads, never kills (issue 14): ``reread`` (the config file read again with the same command-line
+    options) is applied by ``hangup`` in the reactor thread; a file that does not validate is one error line and
+    the configuration in force stays. twistd itself does nothing on SIGHUP (its default action ended the
+    process): the handler installed at start replaces it, and stays installed during shutdown (a SIGHUP then
+    does nothing)."""
+
+    def __init__(self, config: Config, reactor: Any, reread: Callable[[], Config] | None = None) -> None:
+        super().__init__(config, reactor)
+        self._reread = reread
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except ListenFailed as e:
+            self._log.critical("{message}", message=str(e))
+            raise SystemExit(1) from None
+        if self._reread is not None:
+            signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.hangup))
+
+    def hangup(self) -> None:
+        """Re-read the configuration and apply it (``reload``); a ConfigError is logged as one line, and the
+        configuration in force is kept. Does nothing once the service stopped."""
+        if not self.running or self._reread is None:
+            return
+        self._log.info("SIGHUP: reloading the configuration")
+        try:
+            config = self._reread()
+        except ConfigError as e:
+            self._log.error("reload refused, the configuration in force is kept: {error}", error=str(e))
+            return
+        try:
+            self.reload(config)
+        except Exception:  # noqa: BLE001 - a bug here must not end the daemon
+            self._log.failure("reload failed midway; the daemon keeps running")
+
+    def stopService(self) -> Deferred[None]:
+        self._reread = None  # a SIGHUP during the shutdown does nothing
+        return super().stopService()  # type: ignore[no-any-return]

@@ -6,8 +6,8 @@ is the one registry of the open sessions of every endpoint, and the indexes
 (login, sub, role, workspace, admin, root path) through which the topic handlers
 find the sessions an event concerns, never by scanning. ``fan_out`` hands one
 frame to many sessions, isolating each recipient's failure. A frame's scope
-(``ForLogin``, ``ForRole``, ``ForSub``, ``ForWorkspace``, and the node and chat
-scopes of their modules) says what access produced it, so that an access change
+(``ForLogin``, and the node, IDM and chat scopes of their modules) says what
+access produced it, so that an access change
 drops the frames still waiting that the new access would not produce (PROTOCOL.md
 §3.1, §4.1).
 """
@@ -98,7 +98,7 @@ def fan_out(recipients: Iterable[Session], frame: bytes, scope: Scope | None, *,
 
 @attrs.frozen
 class ForLogin:
-    """Frames for a login's sessions (tasks, activity, IDM rule 3), and for admins too when ``admins``."""
+    """Frames for a login's sessions (tasks, activity), and for admins too when ``admins``."""
 
     login: str
     admins: bool = False
@@ -106,37 +106,6 @@ class ForLogin:
     def admits(self, session: Session) -> bool:
         access = session.access
         return access is not None and (access.login == self.login or (self.admins and access.is_admin))
-
-
-@attrs.frozen
-class ForRole:
-    """Frames for the sessions having a role (IDM rules 1 and 2)."""
-
-    role: str
-
-    def admits(self, session: Session) -> bool:
-        return session.access is not None and self.role in session.access.roles
-
-
-@attrs.frozen
-class ForSub:
-    """Frames for the sessions of a user id (IDM rule 4)."""
-
-    sub: str
-
-    def admits(self, session: Session) -> bool:
-        return session.access is not None and session.access.sub == self.sub
-
-
-@attrs.frozen
-class ForWorkspace:
-    """Frames for the sessions having a workspace (IDM rule 5)."""
-
-    uuid: str
-
-    def admits(self, session: Session) -> bool:
-        access = session.access
-        return access is not None and any(ws.uuid == self.uuid for ws in access.workspaces)
 
 
 def _ancestors(path: str) -> Iterator[str]:
@@ -157,11 +126,8 @@ class SessionTable:
 
     def __init__(self) -> None:
         self._all: set[Session] = set()
-        self._by_login: dict[str, Session | set[Session]] = {}
-        self._by_sub: dict[str, Session | set[Session]] = {}
-        self._by_role: dict[str, set[Session]] = {}
-        self._by_workspace: dict[str, set[Session]] = {}
-        self._quiet = _Holders()  # subscribed sessions that receive no bus events (chat): for designated() only
+        self._events = _Holders()  # subscribed sessions that receive bus events (/ws)
+        self._quiet = _Holders()  # subscribed sessions that receive none (chat): for designated() only
         self._admins: set[Session] = set()
         # root path -> workspace view -> sessions holding that view
         self._by_root: dict[str, dict[Workspace, set[Session]]] = {}
@@ -184,14 +150,10 @@ class SessionTable:
         if not events:
             self._quiet.add(session, access)
             return
-        _index_one(self._by_login, access.login, session)
-        _index_one(self._by_sub, access.sub, session)
-        for role in access.roles:
-            _index(self._by_role, role, session)
+        self._events.add(session, access)
         if access.is_admin:
             self._admins.add(session)
         for ws in set(access.workspaces):
-            _index(self._by_workspace, ws.uuid, session)
             for root in ws.roots:
                 self._by_root.setdefault(root.path, {}).setdefault(ws, set()).add(session)
 
@@ -203,13 +165,9 @@ class SessionTable:
         session.access = None
         if self._quiet.remove(session, access):
             return
-        _unindex_one(self._by_login, access.login, session)
-        _unindex_one(self._by_sub, access.sub, session)
-        for role in access.roles:
-            _unindex(self._by_role, role, session)
+        self._events.remove(session, access)
         self._admins.discard(session)
         for ws in set(access.workspaces):
-            _unindex(self._by_workspace, ws.uuid, session)
             for root in ws.roots:
                 views = self._by_root.get(root.path)
                 if views is not None:
@@ -223,26 +181,26 @@ class SessionTable:
 
     def with_login(self, login: str) -> AbstractSet[Session]:
         """The subscribed sessions of ``login`` (a live index: copy it before sending)."""
-        return _lookup_one(self._by_login, login)
+        return _lookup_one(self._events.login, login)
 
     def with_sub(self, sub: str) -> AbstractSet[Session]:
         """The subscribed sessions whose user id is ``sub``."""
-        return _lookup_one(self._by_sub, sub)
+        return _lookup_one(self._events.sub, sub)
 
     def with_role(self, role: str) -> AbstractSet[Session]:
         """The subscribed sessions having role ``role``."""
-        return self._by_role.get(role, _EMPTY)
+        return self._events.role.get(role, _EMPTY)
 
     def with_workspace(self, uuid: str) -> AbstractSet[Session]:
         """The subscribed sessions having workspace ``uuid``."""
-        return self._by_workspace.get(uuid, _EMPTY)
+        return self._events.workspace.get(uuid, _EMPTY)
 
     def designated(self, *, logins: Iterable[str] = (), subs: Iterable[str] = (), roles: Iterable[str] = (),
                    workspaces: Iterable[str] = ()) -> set[Session]:
         """The subscribed sessions of every endpoint that any of these designate: of a login, of a user id, having
         a role or a workspace (PROTOCOL.md §3.1: whose access an IDM event or an operator may change)."""
         found: set[Session] = set()
-        for holders in (_Holders(self._by_login, self._by_sub, self._by_role, self._by_workspace), self._quiet):
+        for holders in (self._events, self._quiet):
             for login in logins:
                 found |= _lookup_one(holders.login, login)
             for sub in subs:
@@ -280,21 +238,18 @@ _EMPTY: frozenset[Session] = frozenset()
 
 
 class _Holders:
-    """Sessions indexed by login, sub, role and workspace uuid."""
+    """Subscribed sessions indexed by login, sub, role and workspace uuid (the login and sub indexes hold the
+    session itself while it is the key's only one)."""
 
-    __slots__ = ("login", "sub", "role", "workspace", "_members")
+    __slots__ = ("login", "sub", "role", "workspace")
 
-    def __init__(self, login: dict[str, Session | set[Session]] | None = None,
-                 sub: dict[str, Session | set[Session]] | None = None, role: dict[str, set[Session]] | None = None,
-                 workspace: dict[str, set[Session]] | None = None) -> None:
-        self.login = {} if login is None else login
-        self.sub = {} if sub is None else sub
-        self.role = {} if role is None else role
-        self.workspace = {} if workspace is None else workspace
-        self._members: set[Session] = set()
+    def __init__(self) -> None:
+        self.login: dict[str, Session | set[Session]] = {}
+        self.sub: dict[str, Session | set[Session]] = {}
+        self.role: dict[str, set[Session]] = {}
+        self.workspace: dict[str, set[Session]] = {}
 
     def add(self, session: Session, access: Access) -> None:
-        self._members.add(session)
         _index_one(self.login, access.login, session)
         _index_one(self.sub, access.sub, session)
         for role in access.roles:
@@ -304,9 +259,8 @@ class _Holders:
 
     def remove(self, session: Session, access: Access) -> bool:
         """Unindex ``session`` (held under ``access``); False when it was not here."""
-        if session not in self._members:
+        if session not in _lookup_one(self.login, access.login):
             return False
-        self._members.discard(session)
         _unindex_one(self.login, access.login, session)
         _unindex_one(self.sub, access.sub, session)
         for role in access.roles:

@@ -6,8 +6,8 @@ from typing import Any
 
 from twisted.python import usage
 
-from wsgw.config import ConfigError, config_from_file
-from wsgw.logs import use_json_for_twistd
+from wsgw.config import ConfigError, check_endpoints, config_from_file
+from wsgw.logs import use_live_logs_for_twistd
 
 
 class Options(usage.Options):
@@ -20,6 +20,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "INI configuration file (see etc/wsgw.ini)."],
         ["redis", "r", None, "Redis client endpoint, e.g. tcp:127.0.0.1:6379 (default: the embedded bus)."],
+        ["admin-listen", None, None, "Operator listener endpoint (/metrics, /publish), e.g. "
+                                     "tcp:5051:interface=127.0.0.1; empty: none (default: [admin] listen)."],
     ]
     optFlags = [
         ["embedded", None, "Use the embedded in-process bus even if the config names a Redis."],
@@ -41,19 +43,24 @@ class Options(usage.Options):
             overrides["server.listen"] = "\n".join(self["listen"])
         if self["redis"] is not None:
             overrides["server.redis"] = self["redis"]
+        if self["admin-listen"] is not None:
+            overrides["admin.listen"] = self["admin-listen"]
         if self["embedded"]:
             overrides["server.redis"] = ""
+        self["wsgw_overrides"] = overrides  # SIGHUP re-reads the same file with the same options (wsgw.reload)
         try:
-            self["wsgw_config"] = config_from_file(self["config"], overrides)
+            self["wsgw_config"] = config = config_from_file(self["config"], overrides)
+            check_endpoints(config)  # a mistyped endpoint: one line naming it, not a traceback at start
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        if self["wsgw_config"].log_format == "json":
-            use_json_for_twistd(getattr(self, "parent", None))  # twistd's --logger hook, before twistd reads it
+        # twistd's --logger hook, before twistd reads it: the format and level, changeable on SIGHUP
+        use_live_logs_for_twistd(getattr(self, "parent", None), config.log_format, config.log_level)
 
 
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from wsgw.service import GatewayService
+    from wsgw.service import DaemonService
 
-    return GatewayService(options["wsgw_config"], reactor)
+    path, overrides = options["config"], options["wsgw_overrides"]
+    return DaemonService(options["wsgw_config"], reactor, reread=lambda: config_from_file(path, overrides))

@@ -15,11 +15,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, task
 from twisted.internet.defer import gatherResults
 
+from tests.support.redis_server import shared_address, shared_endpoint
 from wsgw.config import DEFAULT_TOPICS, config_from_string
 from wsgw.service import GatewayService
 
 SECRET = "integration-secret-of-at-least-32-bytes"
-REDIS = "tcp:127.0.0.1:6379"
+SHARED = "shared"
+"""``start_daemon(redis=SHARED)``: the Redis the tests share (``tests.support.redis_server.shared_endpoint()``)."""
+CONNECT_TIMEOUT = 10.0
 
 
 def token(login: str, workspaces: list[dict[str, Any]] | None = None, *, profile: str = "standard",
@@ -123,13 +126,17 @@ class Daemon:
             await self.service.stopService()
 
 
-async def start_daemon(prefix: str, redis: str | None = REDIS, extra: str = "",
+async def start_daemon(prefix: str, redis: str | None = SHARED, extra: str = "",
                        overrides: dict[str, str] | None = None, admin: str = "") -> Daemon:
-    """Start a GatewayService with channels under ``prefix``; ``redis=None`` runs on the embedded bus.
+    """Start a GatewayService with channels under ``prefix``; ``redis``: a Redis client endpoint, SHARED (the
+    shared test Redis, WSGW_TEST_REDIS) or None (the embedded bus). Fails after CONNECT_TIMEOUT seconds when
+    Redis does not answer.
 
     ``extra`` is INI text for sections not written here; ``overrides`` are ``section.key`` values (any section).
     ``admin`` is the operator listener's endpoint: none by default, so that daemons never race for port 5051.
     """
+    if redis == SHARED:
+        redis = shared_endpoint()
     overrides = {"admin.listen": admin, "chat.key_prefix": f"{prefix}:chat:",
                  "auth.revocation_prefix": f"{prefix}:revoked:", **(overrides or {})}
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
@@ -143,29 +150,38 @@ async def start_daemon(prefix: str, redis: str | None = REDIS, extra: str = "",
     service = GatewayService(config, reactor)
     service.startService()
     if redis:  # every Redis connection (bus subscriber and publisher, chat store) is up
-        await service.bus.whenConnected()
-        await service.redis_commands.whenConnected()
+        try:
+            for connected in (service.bus.whenConnected(), service.redis_commands.whenConnected()):
+                await connected.addTimeout(CONNECT_TIMEOUT, reactor)
+        except Exception:
+            await service.stopService()
+            raise
     return Daemon(service, prefix)
 
 
 class Publisher:
-    """A plain Redis client publishing events as an internal service would."""
+    """A plain Redis client publishing events as an internal service would, on the shared test Redis or on
+    127.0.0.1:``port``."""
 
-    def __init__(self, prefix: str, port: int = 6379) -> None:
+    def __init__(self, prefix: str, port: int | None = None) -> None:
         self._channels = channels(prefix)
-        self._port = port
+        self._host, self._port = shared_address() if port is None else ("127.0.0.1", port)
         self._conn: Any = None
+
+    async def _connect(self) -> Any:
+        connecting = txredisapi.Connection(self._host, self._port, reconnect=False)
+        return await connecting.addTimeout(CONNECT_TIMEOUT, reactor)
 
     async def publish(self, topic: str, event: Any) -> int:
         if self._conn is None:
-            self._conn = await txredisapi.Connection("127.0.0.1", self._port, reconnect=False)
+            self._conn = await self._connect()
         payload = event if isinstance(event, (bytes, str)) else json.dumps(event)
         return await self._conn.publish(self._channels[topic], payload)
 
     async def publish_many(self, topic: str, events: list[Any]) -> None:
         """Publish every event at once: the commands are pipelined, their answers awaited together."""
         if self._conn is None:
-            self._conn = await txredisapi.Connection("127.0.0.1", self._port, reconnect=False)
+            self._conn = await self._connect()
         channel = self._channels[topic]
         sent = [self._conn.publish(channel, e if isinstance(e, (bytes, str)) else json.dumps(e)) for e in events]
         await gatherResults(sent)

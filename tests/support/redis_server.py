@@ -7,23 +7,62 @@
 
 ``start()`` returns once the server logs that it accepts connections (bounded
 by ``timeout``); the port is chosen free once and kept across restarts. The
-server runs without persistence, as a child process stopped by its pid.
+server runs without persistence, as a child process stopped by its pid. The binary
+is the ``redis-server`` found on the PATH (``redis_server_binary()``).
+
+The Redis the tests share is one setting, ``WSGW_TEST_REDIS`` (``host:port``,
+default ``127.0.0.1:6379``): ``shared_address()`` and ``shared_endpoint()`` read
+it when called, since tests/conftest.py sets it when it starts a private server
+for the run (after the test modules are imported); nothing may copy it at import.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 from types import TracebackType
-from typing import Self
 
-REDIS_SERVER = "/usr/bin/redis-server"
 _READY = b"Ready to accept connections"
+SHARED_VARIABLE = "WSGW_TEST_REDIS"
+SHARED_DEFAULT = "127.0.0.1:6379"
+
+
+def redis_server_binary() -> str | None:
+    """The ``redis-server`` on the PATH, or None."""
+    return shutil.which("redis-server")
+
+
+def shared_address() -> tuple[str, int]:
+    """(host, port) of the Redis the tests share: ``WSGW_TEST_REDIS``, default 127.0.0.1:6379."""
+    value = os.environ.get(SHARED_VARIABLE) or SHARED_DEFAULT
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{SHARED_VARIABLE}={value!r}: expected host:port, e.g. {SHARED_DEFAULT}")
+    return host, int(port)
+
+
+def shared_endpoint() -> str:
+    """The shared Redis as a client endpoint string, ``tcp:host:port``."""
+    host, port = shared_address()
+    return f"tcp:{host}:{port}"
+
+
+def answers(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when a Redis on ``host:port`` answers PING within ``timeout`` seconds (a password-protected one
+    answers NOAUTH, which counts as no)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -55,7 +94,10 @@ class RedisServer:
         """Start the server and wait (bounded) until it is ready to accept connections."""
         if self.running:
             raise RuntimeError(f"redis-server on port {self.port} is already running")
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError("redis-server is not on the PATH (Debian/Ubuntu: apt install redis-server)")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--daemonize", "no", "--loglevel", "notice"]
         if self.password is not None:
             args += ["--requirepass", self.password]
@@ -123,7 +165,7 @@ class RedisServer:
                 process.kill()
                 process.wait(timeout=self._timeout)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> RedisServer:
         self.start()
         return self
 

@@ -9,7 +9,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
-from tests.support.daemon import REDIS, SECRET, channels
+from tests.support.daemon import SECRET, channels
+from tests.support.redis_server import shared_endpoint
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -65,6 +66,6 @@ def spawn_instance(directory: str, prefix: str, port: int, chat: str = "") -> tu
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     path = os.path.join(directory, f"wsgw-{port}.ini")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(f"[server]\nredis = {REDIS}\n[topics]\n{topics}\n[delivery]\nbatch_window = 0\n[admin]\nlisten =\n"
+        f.write(f"[server]\nredis = {shared_endpoint()}\n[topics]\n{topics}\n[delivery]\nbatch_window = 0\n[admin]\nlisten =\n"
                 f"[chat]\nkey_prefix = {prefix}:chat:\n{chat}\n")
     return spawn(["--config", path, "--listen", f"tcp:{port}:interface=127.0.0.1"])

@@ -209,7 +209,7 @@ class HttpResolver:
         started = self._clock.seconds()
         d: Deferred[Any] = maybeDeferred(self._get, self._url, {"Authorization": "Bearer " + token})
         d.addTimeout(self._timeout, self._clock)
-        d.addBoth(self._answered, key, started, who, token, self._inflight[key])
+        d.addBoth(self._answered, key, started, who, token, self._inflight[key], started)
         return waiter
 
     def _get(self, url: str, headers: Mapping[str, str]) -> Deferred[tuple[int, bytes]]:
@@ -218,9 +218,12 @@ class HttpResolver:
         return self._http_get(url, headers)
 
     def _answered(self, result: tuple[int, bytes] | Failure, key: bytes, started: float, who: Identity,
-                  token: str, waiters: list[Deferred[Access]]) -> None:
+                  token: str, waiters: list[Deferred[Access]], first: float) -> None:
         """A request ended: count it, cache an answer or a refusal, and settle every resolve waiting for it (a
-        request that started before the latest ``invalidate`` asks again for them instead, once)."""
+        request that started before the latest ``invalidate`` asks again for them instead, until ``timeout``
+        seconds passed since the ``first`` request for them: then they fail "access backend unavailable", as
+        with no answer, PROTOCOL.md §3.1; IDM events more frequent than the backend's answers never hold a
+        resolve, or a session's frames, forever)."""
         if self.observe is not None:
             self.observe(self._clock.seconds() - started)
         try:
@@ -234,12 +237,15 @@ class HttpResolver:
             stale = self._generations.pop(key) != self._generation
         else:  # a refresh took over this request's resolves (``_request``): they wait for it
             return
-        if stale and waiters:
+        if stale and waiters and self._clock.seconds() - first >= self._timeout:
+            outcome, answer = "timeout", AccessError(
+                f"access backend unavailable: access changed during every answer for {self._timeout:g} s")
+        elif stale and waiters:
             self._inflight[key] = waiters
             self._generations[key] = self._generation
             d: Deferred[Any] = maybeDeferred(self._get, self._url, {"Authorization": "Bearer " + token})
             d.addTimeout(self._timeout, self._clock)
-            d.addBoth(self._answered, key, self._clock.seconds(), who, token, waiters)
+            d.addBoth(self._answered, key, self._clock.seconds(), who, token, waiters, first)
             return
         if isinstance(answer, Access):
             self._refusals.discard(key)

@@ -97,6 +97,7 @@ class TokenVerifier:
         validate_algorithms(algorithms, bool(hmac_secret), bool(public_key_pem), bool(oidc_issuer))
         self._clock = clock
         self._algorithms = frozenset(algorithms)
+        self._oidc = bool(oidc_issuer)
         self._secret = hmac_secret
         self._audience = audience
         self._issuer = issuer if issuer is not None else oidc_issuer
@@ -127,6 +128,16 @@ class TokenVerifier:
                 retry_interval=jwks_retry_interval,
                 max_age=jwks_max_age,
             )
+
+    def rekey(self, hmac_secret: bytes | None, public_key_pem: bytes | None) -> None:
+        """Verify tokens with these keys from now on (secret rotation on SIGHUP, wsgw.reload): a token signed
+        with the previous secret or key is refused after this, with no grace period; sessions verified before
+        keep their access until their token expires. Raises ValueError, keeping the keys, when the new ones do
+        not fit the algorithms (``validate_algorithms``, ``_prepare_pem``)."""
+        validate_algorithms(sorted(self._algorithms), bool(hmac_secret), bool(public_key_pem), self._oidc)
+        algorithms = sorted(a for a in self._algorithms if not _is_hmac(a))
+        pem_keys = _prepare_pem(public_key_pem, algorithms) if public_key_pem else {}
+        self._secret, self._pem_keys = hmac_secret, pem_keys
 
     def verify(self, token: str) -> Deferred[dict[str, Any]]:
         """Verify ``token``: fires with its claims (``name`` set to the login) or fails with AuthError."""

@@ -4,20 +4,37 @@ A subscriber connection SUBSCRIBEs to every configured channel after each
 (re)connect; a publisher connection PUBLISHes. Both are
 ``wsgw.redis.connection.RedisLink``s, which PING to notice a stalled or dead Redis.
 
+The subscriber connection parses what Redis sends with hiredis's ``Reader``
+(a C parser) instead of txredisapi's pure-Python one, which pauses and resumes
+the transport around every bulk string and resumes parsing on a later reactor
+turn, so that each message cost a reactor turn of its own (issue 13). Every
+complete ``message`` reply of one read is handed over as one batch, in the
+order Redis sent them; the other replies (SUBSCRIBE acknowledgements, PONG,
+AUTH's OK, errors) go to txredisapi's reply handling as its own parser would
+give them (a status reply as ``str``, an error as ``ResponseError``), after
+the messages that came before them. A message split across reads is
+reassembled; payloads are never converted. txredisapi still makes the commands,
+their waiters and timeouts, and the connection.
+
+``RedisBus`` delivers a batch of several messages between ``batch.begin()``
+and ``batch.end()`` (``wsgw.web.outbound.WriteBatch``: each socket's frames of
+the batch then leave in one write); a batch of one is delivered as before.
+
 txredisapi's ``SubscriberProtocol`` hands the 2nd..Nth SUBSCRIBE
 acknowledgement to whichever command waits next (e.g. a PING); the subscriber
-connection here counts the acknowledgements, and never converts a message
-payload.
+connection here counts the acknowledgements.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
+import hiredis
 from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
+from txredisapi import InvalidData  # type: ignore[import-untyped]
 from zope.interface import implementer
 
 from wsgw.bus import check_publish, check_topics, deliver
@@ -28,35 +45,76 @@ from wsgw.redis.connection import (
     RedisCommands,
     RedisConnection,
     RedisLink,
+    ResponseError,
     RetryPolicy,
 )
 
 Listener = Callable[[str, bytes], Any]
+Messages = list[tuple[bytes, bytes]]
+"""The ``(channel, payload)`` of every complete pub/sub message of one read, in the order Redis sent them."""
+
+
+class Batch(Protocol):
+    """What ``RedisBus`` calls around the delivery of a batch of several messages."""
+
+    def begin(self) -> None: ...
+
+    def end(self) -> None: ...
 
 
 class _SubscriberConnection(RedisConnection):
-    """A connection in subscribed mode: messages go to ``on_message(channel, payload)``, other replies to waiters."""
+    """A connection in subscribed mode: the messages of each read go to ``on_messages(batch)``, other replies to
+    their waiters."""
 
-    def __init__(self, link: RedisLink, reply_timeout: float | None, on_message: Callable[[bytes, bytes], None]) -> None:
+    def __init__(self, link: RedisLink, reply_timeout: float | None, on_messages: Callable[[Messages], None]) -> None:
         super().__init__(link, reply_timeout)
-        self._on_message = on_message
+        self._on_messages = on_messages
         self._acks_pending = 0
+        self._reader = hiredis.Reader(protocolError=InvalidData, replyError=ResponseError)
 
     def subscribe(self, channels: Sequence[str]) -> Deferred[Any]:
         """SUBSCRIBE to ``channels``; fires once every channel is acknowledged."""
         self._acks_pending += len(channels)
         return self.execute_command("SUBSCRIBE", *channels)
 
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        self.received_at = self._link.reactor.seconds()
+        reader = self._reader
+        reader.feed(data)
+        batch: Messages = []
+        try:
+            reply = reader.gets()
+            while reply is not False:
+                if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
+                    batch.append((reply[1], reply[2]))
+                else:
+                    if batch:  # what came before the reply is handled before it
+                        self._hand_over(batch)
+                        batch = []
+                    # a status reply, as txredisapi's parser gives it (only status replies come alone as bytes
+                    # on this connection: AUTH's OK, PONG before SUBSCRIBE)
+                    self.replyReceived(reply.decode("utf-8", "replace") if type(reply) is bytes else reply)
+                reply = reader.gets()
+        except InvalidData as e:
+            if batch:
+                self._hand_over(batch)
+            self.drop_reason = f"not a Redis reply: {e}"
+            self._link._log.error("Redis {role}: {reason}; reconnecting", role=self._link.role,
+                                  reason=self.drop_reason)
+            self.transport.abortConnection()
+            return
+        if batch:
+            self._hand_over(batch)
+
+    def _hand_over(self, batch: Messages) -> None:
+        try:
+            self._on_messages(batch)
+        except Exception:  # noqa: BLE001 - a handling bug must not break the connection
+            self._link._log.failure("{count} bus message(s) could not be handled", count=len(batch))
+
     def replyReceived(self, reply: Any) -> None:
         if isinstance(reply, list) and len(reply) == 3:
-            kind = reply[0]
-            if kind == b"message":
-                try:
-                    self._on_message(reply[1], reply[2])
-                except Exception:  # noqa: BLE001 - a handling bug must not break the connection
-                    self._link._log.failure("bus message on {channel!r} could not be handled", channel=reply[1])
-                return
-            if kind == b"subscribe":
+            if reply[0] == b"subscribe":
                 self._acks_pending -= 1
                 if self._acks_pending > 0:
                     return  # the SUBSCRIBE waiter gets the last acknowledgement only
@@ -72,7 +130,7 @@ class _Subscriber(RedisLink):
         endpoint: str,
         password: str | None,
         channels: Sequence[str],
-        on_message: Callable[[bytes, bytes], None],
+        on_messages: Callable[[Messages], None],
         retry_policy: RetryPolicy | None,
         reply_timeout: float | None,
         ping_interval: float | None,
@@ -81,10 +139,10 @@ class _Subscriber(RedisLink):
         super().__init__(reactor, endpoint, password, 0, retry_policy, reply_timeout, "bus subscriber",
                          ping_interval=ping_interval)
         self._channels = list(channels)
-        self._on_message = on_message
+        self._on_messages = on_messages
 
     def _build(self) -> RedisConnection:
-        return _SubscriberConnection(self, self._reply_timeout, self._on_message)
+        return _SubscriberConnection(self, self._reply_timeout, self._on_messages)
 
     def _setup(self, conn: RedisConnection) -> Deferred[Any]:
         assert isinstance(conn, _SubscriberConnection)
@@ -101,6 +159,8 @@ class RedisBus(service.MultiService):
     delivers; a listener's exception is logged and never reaches the connection or the other listeners.
     ``ping_interval`` (seconds, None to disable) PINGs both connections: a stalled Redis is reported in ``state``
     within ``ping_interval`` + 2 s, a silently dead peer dropped within ``ping_interval + reply_timeout``.
+    ``batch``: its ``begin()`` and ``end()`` are called around the delivery of the messages of one read from
+    Redis when there are several (``wsgw.web.outbound.WriteBatch``).
     """
 
     _log = Logger()
@@ -116,8 +176,10 @@ class RedisBus(service.MultiService):
         retry_policy: RetryPolicy | None = None,
         reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        batch: Batch | None = None,
     ) -> None:
         super().__init__()
+        self._batch = batch
         self._topics = check_topics(topics)
         self._topic_by_channel = {channel.encode(): topic for topic, channel in self._topics.items()}
         self._listeners: list[Listener] = []
@@ -126,7 +188,7 @@ class RedisBus(service.MultiService):
             role="bus publisher", ping_interval=ping_interval,
         )
         self._subscriber = _Subscriber(
-            reactor, endpoint, password, list(self._topics.values()), self._message,
+            reactor, endpoint, password, list(self._topics.values()), self._messages,
             retry_policy, reply_timeout, ping_interval,
         )
         self._publisher.setServiceParent(self)
@@ -183,6 +245,20 @@ class RedisBus(service.MultiService):
             await self._subscriber.whenConnected()
             await self._publisher.whenConnected()
         return self
+
+    def _messages(self, messages: Messages) -> None:
+        """The messages of one read, in order; several are delivered inside ``batch.begin()``/``end()``."""
+        batch = self._batch
+        if batch is None or len(messages) == 1:
+            for channel, payload in messages:
+                self._message(channel, payload)
+            return
+        batch.begin()
+        try:
+            for channel, payload in messages:
+                self._message(channel, payload)
+        finally:
+            batch.end()
 
     def _message(self, channel: bytes, payload: bytes) -> None:
         topic = self._topic_by_channel.get(channel)

@@ -73,7 +73,7 @@ def _room_event(result: tuple[Room | None, bool]) -> dict[str, Any] | None:
 
 
 def _rfc3339(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(int(seconds), tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(int(seconds), tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Actions:

@@ -19,6 +19,11 @@ Two safety bounds beyond the spec, so a node that changes forever and a
 flood of distinct nodes both cost bounded time and memory: a node is held at
 most ``max_hold`` seconds after its first event (default ten windows), and at
 most ``max_pending`` nodes wait at once (beyond that the oldest is flushed).
+
+``NodeBatcher.observe`` (settable, None by default), when set, is called once
+per merged event handed on, with the seconds from its first event's receipt
+until ``deliver`` returned (the window it was held in, and its fan-out): the
+``wsgw_node_merge_delay_seconds`` histogram of /metrics.
 """
 
 from __future__ import annotations
@@ -157,6 +162,7 @@ class NodeBatcher:
         self._max_pending = max_pending
         # insertion order = age order, used to flush the oldest when full
         self._pending: dict[str, tuple[Merge, IDelayedCall]] = {}
+        self.observe: Callable[[float], object] | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -207,3 +213,5 @@ class NodeBatcher:
             self._deliver(merge.event())
         except Exception:  # noqa: BLE001 - a failing delivery must not break the windows
             self._log.failure("delivering the merged events of node {uuid} failed", uuid=uuid)
+        if self.observe is not None:
+            self.observe(self._clock.seconds() - merge.started)

@@ -4,10 +4,12 @@ Each session's flow paces its node events (§4.1 per-session pacing) when
 pacing is on: a token bucket of ``pacing_rate`` frames per second and
 ``pacing_burst``, a held frame waiting at most ``pacing_max_delay`` seconds.
 Client frames other than subscribe and unsubscribe are ignored, as in Cells.
+``observe_pacing`` (settable) is handed to each paced flow (``Flow.pace``'s ``observe``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -40,10 +42,16 @@ class EventsEndpoint:
         self._rate = pacing_rate
         self._burst = pacing_burst
         self._max_delay = pacing_max_delay
+        self.observe_pacing: Callable[[float], object] | None = None
+
+    def set_pacing(self, rate: float, burst: float, max_delay: float) -> None:
+        """Pace the sockets opened from now on so (SIGHUP, wsgw.reload); those already open keep their pacing."""
+        self._rate, self._burst, self._max_delay = rate, burst, max_delay
 
     def opened(self, session: Session) -> None:
         if self._rate > 0:
-            session.flow.pace(TokenBucket(self._rate, self._burst, self._clock), self._clock, self._max_delay)
+            session.flow.pace(TokenBucket(self._rate, self._burst, self._clock), self._clock, self._max_delay,
+                              self.observe_pacing)
 
     def subscribe(self, session: Session, access: Access) -> None:
         self._table.subscribe(session, access)

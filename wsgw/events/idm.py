@@ -12,21 +12,28 @@ from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+import attrs
+
 from wsgw.cells import IDM_CHANGE_TYPE
-from wsgw.flow import Scope
 from wsgw.frames import MalformedEvent, encode, field
-from wsgw.sessions import ForLogin, ForRole, ForSub, ForWorkspace, Session, SessionTable, fan_out
+from wsgw.sessions import Session, SessionTable, fan_out
 
 # ACLs on these actions change parameters and actions, not what a role can see: they fall through.
 _FALL_THROUGH_ACTIONS = ("parameter:", "action:")
 _NOBODY: frozenset[Session] = frozenset()
-# What each rule's frame was produced for (``wsgw.flow``: an access change drops what no longer applies).
-_SCOPES: dict[str, Callable[[str], Scope]] = {
-    "role": ForRole,
-    "login": lambda login: ForLogin(login, admins=True),
-    "sub": ForSub,
-    "workspace": ForWorkspace,
-}
+
+
+@attrs.frozen(eq=False)
+class Announced:
+    """The scope of an IDM frame (``wsgw.flow.Scope``): the sessions it was addressed to, on the access they had when
+    the event came, keep it through the access change it announces (PROTOCOL.md §3.1: "The IDM frame goes first, to
+    its recipients as computed on the old access; then the change applies"), e.g. while it waits behind an earlier
+    re-derivation; a session that changed login or unsubscribed drops it (``wsgw.gateway``)."""
+
+    recipients: frozenset[Session]
+
+    def admits(self, session: Session) -> bool:
+        return session.access is not None and session in self.recipients
 
 
 def validate(event: object) -> dict[str, Any]:
@@ -88,7 +95,7 @@ class IdmHandler:
         recipients = self._recipients(index, key)
         if recipients:
             frame = encode({**event, "@type": "idm"})
-            self.delivered += fan_out(recipients, frame, _SCOPES[index](key), what="IDM event")
+            self.delivered += fan_out(recipients, frame, Announced(frozenset(recipients)), what="IDM event")
         if self._changed is not None:
             self._changed(event)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import attrs
@@ -253,6 +253,7 @@ class NodeHandler:
     the Target, waiting at most ``user_meta_timeout`` seconds (``wsgw.events.usermeta``).
     Counters: ``delivered`` (frames handed to sessions), ``merged`` (events
     folded into a pending merge), ``silent_dropped``, ``user_meta_lookups`` (by outcome).
+    ``observe_merge`` (settable): called with each merged event's delay, as ``NodeBatcher.observe``.
     """
 
     def __init__(
@@ -274,6 +275,17 @@ class NodeHandler:
         self.delivered = 0
         self.merged = 0
         self.silent_dropped = 0
+
+    @property
+    def observe_merge(self) -> Callable[[float], object] | None:
+        """Called with the seconds each merged event spent from its first event's receipt to its fan-out
+        (``NodeBatcher.observe``); None (the default, and always without a merge window): not measured."""
+        return self._batcher.observe if self._batcher is not None else None
+
+    @observe_merge.setter
+    def observe_merge(self, observe: Callable[[float], object] | None) -> None:
+        if self._batcher is not None:
+            self._batcher.observe = observe
 
     @property
     def pending(self) -> int:

@@ -4,7 +4,8 @@
   ``dataBuffer`` (from ``offset``) and ``_tempDataLen`` bytes in ``_tempData``;
   ``tcp.Connection`` holds its ``socket`` and says ``TLS`` when TLS is on.
   The outbound path sends on the socket directly while the transport holds
-  nothing (bench/RESULTS.md: no epoll round trip per frame).
+  nothing (bench/RESULTS.md: no epoll round trip per frame), a batch of frames
+  with one ``sendmsg()``.
 - ``twisted.web.http.HTTPChannel.requests``: the requests of a channel; after
   Autobahn's takeover the channel and its request point at each other, a
   cycle only a full garbage collection frees.
@@ -61,3 +62,17 @@ def clear_exit_signal(reactor: Any) -> None:
     """Forget the signal that stopped ``reactor``, so twistd exits 0 after a designed shutdown."""
     if getattr(reactor, "_exitSignal", None) is not None:
         reactor._exitSignal = None
+
+
+IOV_MAX = 1024  # buffers one sendmsg() may gather (Linux, POSIX minimum 16: 1024 everywhere wsgw runs)
+
+
+def send_direct_many(transport: Any, sock: socket.socket, frames: list[bytes]) -> int:
+    """Send ``frames`` (at most ``IOV_MAX``), in order, with one ``sendmsg()`` (the kernel gathers them: no joined
+    copy) if the transport holds nothing, as ``send_direct``; returns how many bytes the kernel took."""
+    if transport._tempDataLen or transport.dataBuffer:
+        return 0
+    try:
+        return sock.sendmsg(frames)
+    except OSError:
+        return 0

@@ -30,15 +30,17 @@ txredisapi 1.6.0 quirks worked around here (checked on Python 3.11, Twisted 26):
 - With its defaults (``charset="utf-8"``, ``convertNumbers=True``) a payload
   ``b"123"`` arrives as ``int`` 123, a UTF-8 one as ``str`` and anything else
   as ``bytes``; we build the protocol with ``charset=None, convertNumbers=False``.
-- It imports the global reactor and uses its ``callLater`` for reply timeouts
-  and to resume parsing after each bulk string; every protocol here gets the
-  injected reactor's ``callLater`` instead.
+- It imports the global reactor and uses its ``callLater`` for reply timeouts;
+  every protocol here gets the injected reactor's ``callLater`` instead.
+- It parses the rest of a read after each bulk string on a later reactor
+  turn: here at once (``wsgw.internals.txredisapi.WholeReads``).
 - Its own AUTH/SELECT (password/dbid protocol arguments) calls
   ``RedisFactory`` methods (``stopTrying``, ``connectionError``) that a
   ClientService factory has not; we never pass them and send AUTH/SELECT
   ourselves.
 - ``RedisProtocol`` silently becomes ``HiredisProtocol`` when hiredis is
-  installed; we always use the pure-Python ``BaseRedisProtocol``.
+  installed; we always build on the pure-Python ``BaseRedisProtocol`` (the
+  bus subscriber parses with hiredis's ``Reader``: ``wsgw.bus.redis``).
 
 And one Twisted quirk: a connection that ClientService's ``prepareConnection``
 rejects stays open, and closing it logs a critical ``NoTransition``. So the
@@ -63,8 +65,10 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txredisapi import BaseRedisProtocol, ConnectionError, ResponseError  # type: ignore[import-untyped]
+from txredisapi import ConnectionError, ResponseError  # type: ignore[import-untyped]
 from zope.interface import implementer
+
+from wsgw.internals.txredisapi import WholeReads
 
 __all__ = ["ConnectionError", "RedisCommands", "RedisConnection", "RedisLink", "ResponseError", "default_retry_policy"]
 
@@ -80,7 +84,7 @@ def default_retry_policy() -> RetryPolicy:
     return backoffPolicy(initialDelay=0.5, maxDelay=5.0)
 
 
-class RedisConnection(BaseRedisProtocol):
+class RedisConnection(WholeReads):
     """A txredisapi protocol that returns bytes, times on the injected reactor and reports to its link."""
 
     def __init__(self, link: RedisLink, reply_timeout: float | None) -> None:
@@ -91,9 +95,8 @@ class RedisConnection(BaseRedisProtocol):
         self.received_at = 0.0  # when bytes last came from Redis (the link's reactor seconds)
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        if not unpause:  # (txredisapi calls itself again with unpause=True to resume parsing)
-            self.received_at = self._link.reactor.seconds()
-        super().dataReceived(data, unpause)
+        self.received_at = self._link.reactor.seconds()
+        super().dataReceived(data)
 
     def connectionMade(self) -> None:
         super().connectionMade()  # without password/dbid this only marks the protocol usable

@@ -32,18 +32,19 @@ would send ``Server: TwistedWeb/<version>``).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from io import BytesIO
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.server import Request, Site
 
-from wsgw.logs import LineBudget
+from wsgw.logs import LineBudget, writes
 from wsgw.web.inbound import PeerCounts
 
 LIMITS = ("total", "per_ip", "handshake_timeout", "origin")
@@ -223,8 +224,9 @@ class ListenerGuard:
                                "wsgw_connections_refused_total)", name=self.name, cap=self.max_sockets)
             return None
         self.open += 1
-        if host is None or not self.per_ip:
+        if host is None:
             return Ticket(self, None)
+        # counted even without a cap, so that a cap set by a reload (SIGHUP) counts the sockets already open
         if not self._peers.acquire(host, self.per_ip):
             self.refused["per_ip"] += 1
             return Ticket(self, None, refused=True)
@@ -297,20 +299,38 @@ class GuardedSite(Site):
 
     twisted.web's access log (a line per request) is off unless ``access_log`` is set, and then its lines are
     within ``log_budget`` (kind ``http``), so a peer cannot make the daemon write a line per request it sends.
+    Access lines are info lines, but debug lines for routine requests (issue 14): a GET or HEAD of a path in
+    ``debug_paths`` (the health probes), or with ``debug_gets`` any GET or HEAD answered below 400 (the operator
+    listener's scrapes); a debug line the log does not write now (``wsgw.logs.writes``) spends no budget. Each
+    line's event holds ``line`` (the combined-log-format line) and ``listener`` (``guard.name``).
     """
 
+    _access = Logger(namespace="wsgw.web.access")
+
     def __init__(self, resource: Any, guard: ListenerGuard, request_factory: type[BoundedRequest], *,
-                 access_log: bool = False, log_budget: LineBudget | None = None) -> None:
+                 access_log: bool = False, log_budget: LineBudget | None = None,
+                 debug_paths: Collection[bytes] = (b"/healthz",), debug_gets: bool = False) -> None:
         super().__init__(resource, requestFactory=request_factory)
         self.guard = guard
         self.displayTracebacks = False
         self.noisy = False
         self._access_log = access_log
         self._budget = log_budget if log_budget is not None else LineBudget(guard.clock)
+        self._debug_paths = frozenset(debug_paths)
+        self._debug_gets = debug_gets
 
     def log(self, request: http.Request) -> None:
-        if self._access_log and self._budget.admit("http"):
-            super().log(request)
+        if not self._access_log:
+            return
+        level = LogLevel.info
+        if request.method in (b"GET", b"HEAD") and (
+                (request.path.rstrip(b"/") or b"/") in self._debug_paths or (self._debug_gets and request.code < 400)):
+            level = LogLevel.debug
+            if not writes(level):
+                return
+        if self._budget.admit("http"):
+            self._access.emit(level, "{line}", line=self._logFormatter(self._logDateTime, request),
+                              listener=self.guard.name)
 
     def buildProtocol(self, addr: IAddress) -> IProtocol | None:  # type: ignore[override]
         ticket = self.guard.admit(getattr(addr, "host", None))

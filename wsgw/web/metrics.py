@@ -2,11 +2,7 @@
 
 Metrics cost nothing on the per-event path: ``GatewayCollector`` reads the
 counters the core already keeps, through a ``MetricsView``, when Prometheus
-scrapes. The one thing measured per bus event is the delivery lag histogram,
-observed once per event (not per recipient) by ``TimedListener`` around the
-dispatcher: from the bus handing the event over to the handler having written
-it to every recipient socket. Node events held by the merge window or by
-per-session pacing leave later than that.
+scrapes. The few delays measured as they happen are ``wsgw.web.timing``'s.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Siz
 from typing import Any, Protocol
 
 import attrs
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -32,9 +28,7 @@ from wsgw.interfaces import IBus
 from wsgw.logs import KINDS
 from wsgw.web.listener import LIMITS
 from wsgw.web.operator import ReauthCounts, operator_metrics, reauth_metrics
-
-LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-ACCESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+from wsgw.web.timing import Pacing, TimedListener, histograms
 
 
 class GatewayCounts(Protocol):
@@ -61,9 +55,10 @@ class DispatchCounts(Protocol):
 
 
 class NodeCounts(Protocol):
-    """The node rules' counters (``wsgw.events.nodes.NodeHandler``)."""
+    """The node rules' counters (``wsgw.events.nodes.NodeHandler``); ``observe_merge`` is set by ``Metrics``."""
 
     merged: int
+    observe_merge: Callable[[float], object] | None
     silent_dropped: int
 
     @property
@@ -181,6 +176,7 @@ class MetricsView:
     chat_store: ChatStoreCounts | None = None
     control: ControlCounts | None = None
     reauth: ReauthCounts | None = None
+    pacing: Pacing | None = None
 
 
 class GatewayCollector(Collector):
@@ -348,7 +344,7 @@ def _counter(name: str, doc: str, label: str | None, values: Any, always: Iterab
 
 
 class Metrics:
-    """One registry per gateway: the collector, process metrics, and the delivery lag histogram."""
+    """One registry per gateway: the collector, process metrics, and the histograms of ``wsgw.web.timing``."""
 
     def __init__(self, view: MetricsView, topics: Iterable[str]) -> None:
         self.publish_requests: Counter[int] = Counter()
@@ -356,18 +352,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(view, self.publish_requests, self.operator_requests))
         ProcessCollector(registry=self.registry)  # (not PlatformCollector: no answer names a software version)
-        self.lag = Histogram(
-            "wsgw_delivery_lag_seconds",
-            "From a bus event's receipt to its last socket write (merged, paced, and node events waiting for their "
-            "metadata leave later), by topic.",
-            ["topic"], registry=self.registry, buckets=LAG_BUCKETS,
-        )
-        self._lag_children = {topic: self.lag.labels(topic=topic) for topic in topics}
-        if view.access is not None:  # each access backend request's duration, observed as it ends
-            view.access.observe = Histogram(
-                "wsgw_access_request_seconds", "Duration of each request to the access backend (answered, refused, "
-                "failed or timed out).", registry=self.registry, buckets=ACCESS_BUCKETS,
-            ).observe
+        self._lag_children = histograms(self.registry, topics, view.nodes, view.pacing, view.access)
 
     def timed(self, listener: Callable[[str, bytes], Any], clock: IReactorTime) -> TimedListener:
         """``listener`` with its time per bus event observed in the lag histogram."""
@@ -376,24 +361,6 @@ class Metrics:
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
-
-
-class TimedListener:
-    """A bus listener that observes, once per event, how long the wrapped listener took."""
-
-    def __init__(self, listener: Callable[[str, bytes], Any], clock: IReactorTime, children: Mapping[str, Any]) -> None:
-        self._listener = listener
-        self._clock = clock
-        self._children = children
-
-    def __call__(self, topic: str, payload: bytes) -> Any:
-        start = self._clock.seconds()
-        try:
-            return self._listener(topic, payload)
-        finally:
-            child = self._children.get(topic)
-            if child is not None:
-                child.observe(self._clock.seconds() - start)
 
 
 class MetricsPage(Resource):

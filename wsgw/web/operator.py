@@ -13,51 +13,40 @@ Every answer is counted by path and status (``counts``, for /metrics).
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from wsgw.control import OPS, OUTCOMES, Operator, RequestError
-from wsgw.frames import encode
 from wsgw.reauth import OUTCOMES as REAUTH_OUTCOMES
-from wsgw.web.publish import MAX_PUBLISH_BYTES
+from wsgw.web.publish import MAX_PUBLISH_BYTES, TokenPage
 
 
-class OperatorPage(Resource):
+class OperatorPage(TokenPage):
     """``POST /<op>`` for ``op`` in ``disconnect``, ``revoke``: the request onto the control topic through
     ``operator`` (None when no operator token is configured: 403). ``token`` is the operator token."""
 
-    isLeaf = True
-    _log = Logger()
-
     def __init__(self, op: str, operator: Operator | None, token: bytes | None,
                  counts: Counter[tuple[str, int]]) -> None:
-        super().__init__()
+        super().__init__(token if operator is not None else None)
         self._op = op
         self._operator = operator
-        self._token = token
         self._counts = counts
+        self.usage = f"use POST with the {op} request as a JSON object"
+        self.off = f"/{op} is off: set [admin] publish_token_file"
 
-    def render(self, request: Request) -> bytes | int:
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            return self._body(request, 405, {"error": f"use POST with the {self._op} request as a JSON object"})
-        return self._post(request)
+    def set_token(self, token: bytes | None) -> None:
+        super().set_token(token if self._operator is not None else None)
 
-    def _post(self, request: Request) -> bytes | int:
-        if self._operator is None or self._token is None:
-            return self._body(request, 403, {"error": f"/{self._op} is off: set [admin] publish_token_file"})
-        if not _bearer(request.getHeader(b"authorization"), self._token):
-            request.setHeader(b"www-authenticate", b'Bearer realm="wsgw"')
-            return self._body(request, 401, {"error": "missing or wrong bearer token"})
+    def count(self, request: Request, status: int) -> None:
+        self._counts[(f"/{self._op}", status)] += 1
+
+    def post(self, request: Request) -> bytes | int:
+        assert self._operator is not None
         if getattr(request, "too_large", False):
             return self._body(request, 413, {"error": f"the body is over {MAX_PUBLISH_BYTES} bytes"})
         assert request.content is not None
@@ -70,39 +59,7 @@ class OperatorPage(Resource):
             d = self._operator.request(fields)
         except Exception as e:  # noqa: BLE001 - e.g. the store failing synchronously: answer, never hang
             return self._body(request, 503, {"error": f"the request could not be sent: {e}"})
-        finished = [False]
-        request.notifyFinish().addErrback(lambda _: finished.__setitem__(0, True))
-
-        def accepted(_: object) -> None:
-            if not finished[0]:
-                request.write(self._body(request, 202, {"accepted": True}))
-                request.finish()
-
-        def failed(failure: Failure) -> None:
-            error = failure.value.subFailure.getErrorMessage() if hasattr(failure.value, "subFailure") else \
-                failure.getErrorMessage()
-            self._log.warn("POST /{op}: the store or the bus failed: {error}", op=self._op, error=error)
-            if not finished[0]:
-                request.write(self._body(request, 503, {"error": f"store or bus unavailable: {error}"}))
-                request.finish()
-
-        d.addCallbacks(accepted, failed)
-        return NOT_DONE_YET
-
-    def _body(self, request: Request, status: int, answer: dict[str, Any]) -> bytes:
-        self._counts[(f"/{self._op}", status)] += 1
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return encode(answer) + b"\n"
-
-
-def _bearer(header: bytes | None, token: bytes) -> bool:
-    """Whether ``header`` (``Authorization``) is ``Bearer <token>`` (compared in constant time)."""
-    if not header:
-        return False
-    scheme, _, given = header.partition(b" ")
-    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+        return self.answer_when(request, d, lambda _: (202, {"accepted": True}), "store or bus")
 
 
 def operator_metrics(requests: Mapping[tuple[str, int], int], control: Mapping[tuple[str, str], int] | None,

@@ -24,8 +24,19 @@ nothing, so frames never overtake bytes Autobahn wrote (handshake answer,
 pings, close frames). (The transport's ``bufferSize`` cannot be lowered to
 pause earlier: Twisted also uses it as the size of each ``recv``.) Holding
 frames until the end of the reactor turn to join more of them per ``send()``
-was measured and lost at N = 1,000 and 10,000 (bench/RESULTS.md), so a frame
-that can go out goes out at once.
+was measured and lost at N = 1,000 and 10,000 while the bus handed over one
+message per turn (bench/RESULTS.md), so a frame that can go out goes out at
+once, except inside a ``WriteBatch``:
+
+``WriteBatch`` is open while the bus delivers the messages of one read from
+Redis (``wsgw.bus.redis``). Meanwhile each socket's frames wait, in order (a
+list of the shared frames, never a copy: 10,000 sockets times a 64 KiB read
+would be 640 MB), and at the batch's end each socket's frames are written as
+above, with one ``sendmsg()`` (bench/RESULTS.md, "Batched bus reads"). The flow counts
+them as written when they are handed over, as it does for bytes the transport
+holds: a batch adds at most what one read brings, and its write pauses
+the flow when it fills the transport. Anything that writes to the socket
+without the Outbound (a close frame) calls ``flush_batch`` first.
 """
 
 from __future__ import annotations
@@ -35,10 +46,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsgw.flow import Flow
-from wsgw.internals.twisted import direct_socket, send_direct
+from wsgw.internals.twisted import IOV_MAX, direct_socket, send_direct, send_direct_many
+
+_log = Logger()
 
 
 def frame_header(length: int) -> bytes:
@@ -69,28 +83,93 @@ class FrameCache:
         return framed
 
 
+class WriteBatch:
+    """While open (``begin()`` to ``end()``), the frames each ``Outbound`` made with it is given wait; at
+    ``end()`` each socket's frames are written in one write, sockets in the order of their first frame. One
+    per process, shared by every socket and handed to the bus (``wsgw.bus.redis.RedisBus``)."""
+
+    __slots__ = ("open", "_dirty")
+
+    def __init__(self) -> None:
+        self.open = False
+        self._dirty: list[Outbound] = []
+
+    def begin(self) -> None:
+        self.open = True
+
+    def end(self) -> None:
+        """Close the batch and write what each socket was given during it; a socket's failure is logged, the
+        others are written."""
+        self.open = False
+        dirty, self._dirty = self._dirty, []
+        for out in dirty:
+            try:
+                out.flush_batch()
+            except Exception:  # noqa: BLE001 - isolate a broken socket, as fan_out does
+                _log.failure("writing a batch of frames to a socket failed")
+
+
 @implementer(IPushProducer)
 class Outbound:
     """One socket's writes, and its flow control handed to the session's ``wsgw.flow.Flow``.
 
-    ``send_pong(payload)`` is the protocol's own pong; ``flow`` is set once the session exists.
+    ``send_pong(payload)`` is the protocol's own pong; ``flow`` is set once the session exists; ``batch``: the
+    process's ``WriteBatch`` (None: every frame is written at once).
     """
 
-    __slots__ = ("_transport", "_sock", "_send_pong", "_pong", "flow", "paused")
+    __slots__ = ("_transport", "_sock", "_send_pong", "_pong", "flow", "paused", "_batch", "_pending")
 
-    def __init__(self, transport: Any, send_pong: Callable[[bytes], None]) -> None:
+    def __init__(self, transport: Any, send_pong: Callable[[bytes], None], batch: WriteBatch | None = None) -> None:
         self._transport = transport
         self._sock = direct_socket(transport)
         self._send_pong = send_pong
         self._pong: bytes | None = None
         self.flow: Flow | None = None
         self.paused = False
+        self._batch = batch
+        self._pending: bytes | list[bytes] | None = None  # this socket's frames of the open batch
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()  # twisted.web's channel, left registered after the upgrade
         transport.registerProducer(self, True)
 
     def write(self, frame: bytes) -> None:
-        """Send one whole frame: to the socket if the transport holds nothing, else to the transport."""
+        """Send one whole frame: to the socket if the transport holds nothing, else to the transport; while a
+        batch is open, at its end with the socket's other frames of the batch."""
+        batch = self._batch
+        if batch is not None and batch.open:
+            pending = self._pending
+            if pending is None:
+                self._pending = frame
+                batch._dirty.append(self)
+            elif isinstance(pending, bytes):
+                self._pending = [pending, frame]
+            else:
+                pending.append(frame)
+            return
+        self._write(frame)
+
+    def flush_batch(self) -> None:
+        """Write now the frames this socket was given in the open batch (before a close frame; at its end): one
+        ``sendmsg()`` of them all (frames are shared by every recipient: they are not copied), what the kernel
+        does not take joined into one write to the transport."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if isinstance(pending, bytes):
+            self._write(pending)
+            return
+        sock = self._sock
+        if sock is None:
+            self._transport.write(b"".join(pending))
+            return
+        for start in range(0, len(pending), IOV_MAX):
+            chunk = pending[start:start + IOV_MAX] if len(pending) > IOV_MAX else pending
+            sent = send_direct_many(self._transport, sock, chunk)
+            if sent != sum(map(len, chunk)):
+                self._transport.write(b"".join(pending[start:])[sent:])
+                return
+
+    def _write(self, frame: bytes) -> None:
         sock = self._sock
         if sock is not None:
             sent = send_direct(self._transport, sock, frame)

@@ -7,7 +7,8 @@ deadline are ``wsgw.web.listener``'s, from accept: a protocol takes over its
 socket's ``Ticket``), the flood limit, text JSON objects only (1003), the size
 limit (1009). Outbound: frames are framed once per payload and go out through
 ``Outbound``, in the order and within the bounds of the session's
-``wsgw.flow.Flow``. Ping and pong frames count toward the flood limit like any
+``wsgw.flow.Flow``, each socket's frames of one batch of bus messages in one
+write (the factory's ``WriteBatch``). Ping and pong frames count toward the flood limit like any
 frame, and a peer that pings without reading makes the server hold one pong,
 not one per ping (RFC 6455 §5.5.3).
 """
@@ -32,7 +33,7 @@ from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session
 from wsgw.web.inbound import InboundPolicy
 from wsgw.web.listener import ListenerGuard, Ticket
-from wsgw.web.outbound import FrameCache, Outbound
+from wsgw.web.outbound import FrameCache, Outbound, WriteBatch
 
 _OPEN = ServerProtocol.STATE_OPEN
 
@@ -67,7 +68,7 @@ class GatewayProtocol(ServerProtocol):
     def onOpen(self) -> None:
         factory = self.factory
         if self.transport is not None:  # (protocols driven without a socket in tests have none)
-            self._out = Outbound(self.transport, self.sendPong)
+            self._out = Outbound(self.transport, self.sendPong, factory.batch)
             self.shed_handshake_state()
         self._flood = factory.policy.flood_bucket(factory.clock)
         self._session = factory.gateway.open(self, factory.endpoint)
@@ -134,6 +135,8 @@ class GatewayProtocol(ServerProtocol):
         if self._session is not None:
             self._session.flow.flush()
             self._session.flow.stop()
+        if self._out is not None:
+            self._out.flush_batch()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # type: ignore[override]
         super().connectionLost(reason)
@@ -156,6 +159,8 @@ class GatewayProtocol(ServerProtocol):
         return self.start_close(code, reason)
 
     def abort(self) -> None:
+        if self._out is not None:
+            self._out.flush_batch()  # what was written before, as without a batch
         self.dropConnection(abort=True)
 
 
@@ -166,7 +171,8 @@ class GatewayFactory(ServerFactory):
 
     def __init__(self, gateway: Gateway, endpoint: IEndpoint, reactor: Any, clock: IReactorTime, *, max_frame: int,
                  ping_interval: float, pong_timeout: float, policy: InboundPolicy | None = None,
-                 guard: ListenerGuard | None = None, handshake_timeout: float = 10.0, **kwargs: Any) -> None:
+                 guard: ListenerGuard | None = None, handshake_timeout: float = 10.0, batch: WriteBatch | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(reactor, clock, server=None, **kwargs)  # no Server header naming Autobahn's version
         self.frames = FrameCache()  # one per endpoint: a fan-out frames each payload once
         self.gateway = gateway
@@ -174,6 +180,7 @@ class GatewayFactory(ServerFactory):
         self.clock = clock
         self.policy = policy or InboundPolicy()
         self.guard = guard  # the public listener's, shared by both endpoints
+        self.batch = batch  # the process's WriteBatch, shared by every socket (None: no batching)
         self.setProtocolOptions(
             maxFramePayloadSize=max_frame,
             maxMessagePayloadSize=max_frame,

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -31,27 +32,97 @@ Validator = Callable[[Any], object]
 """A topic's ``validate(event)``: raises MalformedEvent for an event its handler would drop."""
 
 
-class PublishPage(Resource):
-    """``POST /publish/<topic>``: one event onto the bus, as an internal service would publish it."""
+class TokenPage(Resource):
+    """A POST-only JSON page of the operator listener, for the bearer of the operator token (``[admin]
+    publish_token_file``; None: the page is off, 403): 405 for another method (``usage`` says what to send), 401
+    without the right ``Authorization: Bearer``; each answer counted by ``count(request, status)``."""
 
     isLeaf = True
     _log = Logger()
+    usage = "use POST with a JSON object"
+    off = "this page is off: set [admin] publish_token_file"
 
-    def __init__(self, bus: IBus, token: bytes | None, validators: Mapping[str, Validator],
-                 counts: Counter[int]) -> None:
+    def __init__(self, token: bytes | None) -> None:
         super().__init__()
-        self._bus = bus
         self._token = token
-        self._validators = validators
-        self._counts = counts
+
+    def set_token(self, token: bytes | None) -> None:
+        """Require ``token`` from the next request on (SIGHUP, wsgw.reload); None: answer 403."""
+        self._token = token
 
     def render(self, request: Request) -> bytes | int:
         if request.method != b"POST":
             request.setHeader(b"allow", b"POST")
-            return self._body(request, 405, {"error": "use POST with one event as a JSON object"})
-        return super().render(request)  # type: ignore[no-any-return]
+            return self._body(request, 405, {"error": self.usage})
+        refused = self._refused(request)
+        return refused if refused is not None else self.post(request)
 
-    def render_POST(self, request: Request) -> bytes | int:
+    def post(self, request: Request) -> bytes | int:
+        """A POST by the token's bearer: the answer, or NOT_DONE_YET (``answer_when``)."""
+        raise NotImplementedError
+
+    def count(self, request: Request, status: int) -> None:
+        raise NotImplementedError
+
+    def answer_when(self, request: Request, d: Deferred[Any], answer: Callable[[Any], tuple[int, dict[str, Any]]],
+                    what: str) -> int:
+        """Answer ``answer(result)`` (status, JSON object) once ``d`` fires; 503 naming ``what`` failed (logged) when
+        it fails; nothing when the client is gone by then."""
+        finished = [False]
+        request.notifyFinish().addErrback(lambda _: finished.__setitem__(0, True))
+
+        def done(result: Any) -> None:
+            if not finished[0]:
+                request.write(self._body(request, *answer(result)))
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            value = failure.value
+            error = value.subFailure.getErrorMessage() if hasattr(value, "subFailure") else failure.getErrorMessage()
+            self._log.warn("POST {path}: the {what} failed: {error}", path=request.path.decode("utf-8", "replace"),
+                           what=what, error=error)
+            if not finished[0]:
+                request.write(self._body(request, 503, {"error": f"{what} unavailable: {error}"}))
+                request.finish()
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+    def _refused(self, request: Request) -> bytes | None:
+        if self._token is None:
+            return self._body(request, 403, {"error": self.off})
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+            request.setHeader(b"www-authenticate", b'Bearer realm="wsgw"')
+            return self._body(request, 401, {"error": "missing or wrong bearer token"})
+        return None
+
+    def _body(self, request: Request, status: int, answer: dict[str, Any]) -> bytes:
+        self.count(request, status)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return encode(answer) + b"\n"
+
+
+class PublishPage(TokenPage):
+    """``POST /publish/<topic>``: one event onto the bus, as an internal service would publish it."""
+
+    usage = "use POST with one event as a JSON object"
+    off = "publishing over HTTP is off: set [admin] publish_token_file"
+
+    def __init__(self, bus: IBus, token: bytes | None, validators: Mapping[str, Validator],
+                 counts: Counter[int]) -> None:
+        super().__init__(token)
+        self._bus = bus
+        self._validators = validators
+        self._counts = counts
+
+    def count(self, request: Request, status: int) -> None:
+        self._counts[status] += 1
+
+    def post(self, request: Request) -> bytes | int:
         status, reason, topic, payload = self._check(request)
         if status != 200:
             return self._body(request, status, {"error": reason})
@@ -60,33 +131,16 @@ class PublishPage(Resource):
             d = self._bus.publish(topic, payload)
         except Exception as e:  # noqa: BLE001 - e.g. an embedded bus listener bug: answer, never hang
             return self._body(request, 503, {"error": f"the bus refused the event: {e}"})
-        finished = [False]
-        request.notifyFinish().addErrback(lambda _: finished.__setitem__(0, True))
 
-        def published(receivers: Any) -> None:
-            if not finished[0]:
-                answer: dict[str, Any] = {"published": topic, "bytes": len(payload)}
-                if isinstance(receivers, int):
-                    answer["receivers"] = receivers
-                request.write(self._body(request, 200, answer))
-                request.finish()
+        def published(receivers: Any) -> tuple[int, dict[str, Any]]:
+            answer: dict[str, Any] = {"published": topic, "bytes": len(payload)}
+            if isinstance(receivers, int):
+                answer["receivers"] = receivers
+            return 200, answer
 
-        def failed(failure: Failure) -> None:
-            self._log.warn("POST /publish/{topic}: the bus failed: {error}", topic=topic,
-                           error=failure.getErrorMessage())
-            if not finished[0]:
-                request.write(self._body(request, 503, {"error": f"bus unavailable: {failure.getErrorMessage()}"}))
-                request.finish()
-
-        d.addCallbacks(published, failed)
-        return NOT_DONE_YET
+        return self.answer_when(request, d, published, "bus")
 
     def _check(self, request: Request) -> tuple[int, str, str | None, bytes | None]:
-        if self._token is None:
-            return 403, "publishing over HTTP is off: set [admin] publish_token_file", None, None
-        if not self._authorized(request.getHeader(b"authorization")):
-            request.setHeader(b"www-authenticate", b'Bearer realm="wsgw"')
-            return 401, "missing or wrong bearer token", None, None
         parts = request.path.split(b"/")
         topic = parts[2].decode("utf-8", "replace") if len(parts) == 3 else ""
         if topic not in self._validators:
@@ -109,20 +163,6 @@ class PublishPage(Resource):
             self._log.failure("POST /publish/{topic}: the topic's rules failed on the event", topic=topic)
             return 400, f"the {topic} rules could not handle this event", None, None
         return 200, "", topic, payload
-
-    def _authorized(self, header: bytes | None) -> bool:
-        assert self._token is not None
-        if not header:
-            return False
-        scheme, _, given = header.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
-
-    def _body(self, request: Request, status: int, answer: dict[str, Any]) -> bytes:
-        self._counts[status] += 1
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return encode(answer) + b"\n"
 
 
 class CappedRequest(BoundedRequest):

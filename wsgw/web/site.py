@@ -59,6 +59,21 @@ class Router(Resource):
     def render(self, request: Request) -> bytes:
         return notFound().render(request)  # type: ignore[no-any-return]
 
+    def resources(self) -> list[IResource]:
+        """Every resource routed to (each once)."""
+        found = list(self._routes.values()) + list(self._prefixes.values())
+        return [r for i, r in enumerate(found) if all(r is not other for other in found[:i])]
+
+
+def set_operator_token(site: GuardedSite, token: bytes | None) -> None:
+    """The operator Site's pages (``make_admin_site``) require ``token`` from the next request on (SIGHUP,
+    wsgw.reload); None: they answer 403."""
+    router = site.resource
+    assert isinstance(router, Router)
+    for resource in router.resources():
+        if isinstance(resource, (PublishPage, OperatorPage)):
+            resource.set_token(token)
+
 
 class Health(Resource):
     """``/healthz``: 200 ``ok`` while ``problem()`` is None, else 503 with the problem (PROTOCOL.md §1)."""
@@ -161,7 +176,8 @@ def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, problem:
               guard: ListenerGuard, live_page: bool = False, *, access_log: bool = False,
               log_budget: LineBudget | None = None) -> GuardedSite:
     """The public Site, its sockets admitted and followed by ``guard`` (shared with the two factories);
-    ``problem`` answers /healthz; ``access_log`` and ``log_budget`` as ``GuardedSite`` takes them."""
+    ``problem`` answers /healthz; ``access_log`` and ``log_budget`` as ``GuardedSite`` takes them (its access
+    lines of ``GET /healthz`` are debug lines)."""
     events = _Upgrade(ws_factory)
     chat = _Upgrade(chat_factory)
     routes: dict[bytes, IResource] = {
@@ -182,10 +198,11 @@ def make_admin_site(metrics: Metrics, bus: IBus, problem: Callable[[], str | Non
                     guard: ListenerGuard, *, access_log: bool = False,
                     log_budget: LineBudget | None = None, operator: Operator | None = None) -> GuardedSite:
     """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check;
-    ``operator`` sends ``/disconnect`` and ``/revoke`` (None: they answer 403)."""
+    ``operator`` sends ``/disconnect`` and ``/revoke`` (None: they answer 403). Its access lines of the GETs it
+    answers below 400 (``/metrics``, ``/healthz``) are debug lines."""
     publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
     routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(problem)}
     for op in ("disconnect", "revoke"):
         routes[f"/{op}".encode()] = OperatorPage(op, operator, publish_token, metrics.operator_requests)
     return GuardedSite(Router(routes, {b"/publish/": publish}), guard, CappedRequest, access_log=access_log,
-                       log_budget=log_budget)
+                       log_budget=log_budget, debug_gets=True)
