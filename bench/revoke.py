@@ -203,7 +203,7 @@ def start_daemon(workdir: str, name: str, redis_port: int, prefix: str, access: 
     with open(ini, "w") as f:
         f.write(f"[server]\nlisten = tcp:{port}:interface=127.0.0.1:backlog=4096\n"
                 f"redis = tcp:127.0.0.1:{redis_port}\nshutdown_timeout = 1\n"
-                f"[auth]\nalgorithms = HS256\n{access}\n"
+                f"[auth]\nalgorithms = HS256\nrevocation_prefix = {prefix}:revoked:\n{access}\n"
                 f"[websocket]\nmax_connections_per_user = 0\n"
                 + (f"[delivery]\npacing_rate = {pacing.split(',')[0]}\npacing_burst = {pacing.split(',')[1]}\n"
                    if pacing else "") +
