@@ -6,7 +6,7 @@ ADMIN_PORT ?= 5051
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install install-browser run test test-unit lint clean bench bench-quick bench-deps bench-burst soak
+.PHONY: install install-browser run test test-unit lint clean bench bench-quick bench-deps bench-burst bench-revoke soak
 
 install: $(VENV)/.installed
 
@@ -117,6 +117,7 @@ bench-deps: $(VENV)/.bench-installed $(NODE_BASELINE)/node_modules/.installed $(
 
 bench: bench-deps
 	$(PY) bench/run.py
+	$(PY) bench/revoke.py
 
 bench-quick: bench-deps
 	$(PY) bench/run.py --quick
@@ -124,6 +125,11 @@ bench-quick: bench-deps
 # What a prompt reader sees of a 12,000-event burst, pacing on and off (issue 11, section 2; needs redis-server).
 bench-burst: install
 	$(PY) bench/burst.py
+
+# Revocation under load (issue 12): how soon revoked sessions stop getting frames, with the claims and http
+# resolvers and POST /disconnect across two daemons (1,000 sessions, ~3 min; needs redis-server).
+bench-revoke: $(VENV)/.bench-installed
+	$(PY) bench/revoke.py
 
 # Soak (not part of `make test`): ~5 min of thousands of sessions churning against a twistd daemon on a private
 # redis-server, with bulk bursts, ping floods and half-open handshakes, then checks that nothing was lost or leaked.
