@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
 from tests.support.daemon import SECRET, Daemon, StartGateway, channels, new_prefix, token, workspace
-from tests.support.redis_server import shared_endpoint
+from tests.support.redis_server import RedisServer, shared_endpoint
 from tests.support.wsclient import connect
 from wsgw.publish import PublishError, client_endpoint, load_config, main, publish
 
@@ -159,6 +159,20 @@ async def test_nothing_to_publish_to_is_a_clear_error(tmp_path: Path) -> None:
         await publish(reactor, load_config(ini(tmp_path, prefix)), "tree", b"{}")
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_redis_that_stops_answering_is_a_clear_error() -> None:
+    """A Redis that connects, then answers nothing (stalled): one PublishError line, not a traceback."""
+    with RedisServer() as server:
+        config = load_config(None, server.endpoint)
+        await publish(reactor, config, "tree", b"{}", timeout=5)  # up and answering
+        server.freeze()
+        try:
+            with pytest.raises(PublishError, match="did not"):
+                await publish(reactor, config, "tree", b"{}", timeout=0.5)
+        finally:
+            server.thaw()
+
+
 def test_client_endpoint_for_the_operator_listener() -> None:
     """Server endpoint strings become the client endpoint that reaches them (wildcards mean loopback)."""
     assert client_endpoint("tcp:5051:interface=127.0.0.1") == ("tcp:host=127.0.0.1:port=5051:timeout=10",
@@ -170,3 +184,13 @@ def test_client_endpoint_for_the_operator_listener() -> None:
                                                                      "localhost")
     with pytest.raises(PublishError, match="kind 'ssl'"):
         client_endpoint("ssl:5051:privateKey=k.pem")
+
+
+def test_the_control_topic_is_not_for_wsgw_publish() -> None:
+    """The control topic carries the gateway's own signed operator messages (PROTOCOL.md §3.1), not events."""
+    from wsgw.config import config_from_string
+    from wsgw.publish import PublishError, check_event
+
+    config = config_from_string("", "<test>", environ={"WSGW_HMAC_SECRET": "s" * 32})
+    with pytest.raises(PublishError, match="unknown topic 'control'"):
+        check_event("control", b"{}", config)

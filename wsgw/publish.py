@@ -56,9 +56,11 @@ def load_config(path: str | None, redis: str | None = None, environ: dict[str, s
 
 
 def check_event(topic: str, payload: bytes, config: Config) -> None:
-    """PublishError unless ``topic`` is configured and ``payload`` is a JSON object."""
-    if topic not in config.topics:
-        raise PublishError(f"unknown topic {topic!r}: one of {', '.join(config.topics)}")
+    """PublishError unless ``topic`` is a configured topic of internal services (not the gateway's own
+    ``control``) and ``payload`` is a JSON object."""
+    topics = [t for t in config.topics if t != "control"]
+    if topic not in topics:
+        raise PublishError(f"unknown topic {topic!r}: one of {', '.join(topics)}")
     try:
         event = json.loads(payload)
     except (ValueError, RecursionError) as e:
@@ -95,7 +97,10 @@ async def _publish_redis(reactor: Any, config: Config, topic: str, payload: byte
         except Exception:
             raise PublishError(f"Redis at {config.redis} did not answer within {timeout:g} s"
                                + (f": {redis.problem}" if redis.problem else "")) from None
-        receivers = await redis.execute_command("PUBLISH", channel, payload)
+        try:
+            receivers = await redis.execute_command("PUBLISH", channel, payload)
+        except Exception as e:  # noqa: BLE001 - a stalled or lost Redis: one line, not a traceback
+            raise PublishError(f"Redis at {config.redis} did not publish: {e}") from None
     finally:
         await redis.stopService()
     return f"published {len(payload)} bytes on {channel} ({receivers} subscribed gateways)"

@@ -105,8 +105,9 @@ class ReauthCounts(Protocol):
 
 def reauth_metrics(reauth: ReauthCounts) -> Iterator[Metric]:
     """The /metrics families of live re-authorization (PROTOCOL.md §3.1)."""
-    yield CounterMetricFamily("wsgw_reauthorization_events", "IDM events that designated sessions whose access the "
-                              "gateway re-derived.", value=reauth.events)
+    yield CounterMetricFamily("wsgw_reauthorization_events", "IDM events that can change access (an Acl on a role, "
+                              "a Role, a User or a Workspace; any Type but READ, LOGIN, LOGOUT), whether or not a "
+                              "session here was affected.", value=reauth.events)
     family = CounterMetricFamily("wsgw_reauthorized_sessions", "Sessions whose access an IDM event made the gateway "
                                  "re-derive, by outcome: applied (the new access), refused (the backend refused the "
                                  "token: 4003), unavailable (no answer: 1013), gone (closed or re-subscribed "
