@@ -30,6 +30,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 RUN_ADMIN = tcp:$(ADMIN_PORT):interface=127.0.0.1
 
 run: install .dev/secret .dev/publish-token
+	@$(PY) scripts/ports-free.py 127.0.0.1:$(PORT) ::1:$(PORT) 127.0.0.1:$(ADMIN_PORT)
 	@echo
 	@echo "wsgw on ws://127.0.0.1:$(PORT)/ws (events) and ws://127.0.0.1:$(PORT)/chat (chat), bus: $(or $(REDIS),embedded)."
 	@TOKEN=$$($(VENV)/bin/wsgw-token alice --secret-file .dev/secret 2>/dev/null) && \

@@ -177,17 +177,33 @@ def test_token_without_issuer_or_audience_has_neither(tmp_path: Path, capsys) ->
 
 def test_publish_disconnect_and_revoke_are_the_existing_commands(tmp_path: Path, capsys) -> None:
     """``wsgw publish``, ``wsgw disconnect`` and ``wsgw revoke`` run wsgw-publish, wsgw-disconnect and
-    wsgw-revoke: their checks, their exit codes."""
+    wsgw-revoke: their checks, their exit codes; their messages and usage name the command as it was typed."""
     event = tmp_path / "event.json"
     event.write_text("[1]")
     assert main(["publish", "tree", str(event)]) == 2
-    assert "must be a JSON object" in capsys.readouterr().err
+    assert "wsgw publish: " in capsys.readouterr().err
     assert main(["revoke", "--config", "/nonexistent/wsgw.ini", "--login", "alice"]) == 2
-    assert "wsgw-revoke: cannot read config file /nonexistent/wsgw.ini" in capsys.readouterr().err
+    assert "wsgw revoke: cannot read config file /nonexistent/wsgw.ini" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         main(["disconnect"])
     assert exited.value.code == 2
-    assert "name someone: --login or --sub" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "usage: wsgw disconnect" in err and "name someone: --login or --sub" in err
+    assert "wsgw-" not in err
+    with pytest.raises(SystemExit):
+        main(["publish"])
+    assert "usage: wsgw publish" in capsys.readouterr().err
+
+
+def test_the_aliases_still_name_themselves(capsys) -> None:
+    """The old console scripts keep their own names in messages (``wsgw-revoke: ...``)."""
+    from wsgw import publish, revoke
+
+    assert revoke.revoke_main(["--config", "/nonexistent/wsgw.ini", "--login", "alice"]) == 2
+    assert "wsgw-revoke: cannot read config file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        publish.main([])
+    assert "usage: wsgw-publish" in capsys.readouterr().err
 
 
 def test_help_lists_every_subcommand(capsys) -> None:

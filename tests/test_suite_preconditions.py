@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -165,3 +166,21 @@ def test_make_test_runs_the_tests_when_the_browser_cannot_be_installed(tmp_path:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "make test: no chromium: the browser test will be skipped" in done.stdout
     assert "STAND-IN PYTEST -q -p no:randomly" in done.stdout
+
+
+def test_make_run_on_a_busy_port_says_so_in_one_line_before_any_banner() -> None:
+    """`make run` with its port taken: one line naming the address and the make variables, no token banner
+    announcing a daemon that will not start, no traceback; exit status not 0."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("needs make")
+    with socket.create_server(("127.0.0.1", 0)) as taken, socket.create_server(("127.0.0.1", 0)) as other:
+        port, admin = taken.getsockname()[1], other.getsockname()[1]
+        other.close()
+        done = subprocess.run([make, "-C", str(ROOT), "--no-print-directory", f"PORT={port}",
+                               f"ADMIN_PORT={admin}", "run"], capture_output=True, text=True, timeout=LIMIT)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"make run: cannot listen on 127.0.0.1 port {port}: Address already in use" in output
+    assert "make run PORT=... ADMIN_PORT=..." in output
+    assert "A token for user" not in output and "Traceback" not in output

@@ -34,9 +34,9 @@ from wsgw.config import Config, _count_or_auto
 _EXISTING: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "token": (lambda argv: devtoken.main(argv, prog="wsgw token"),
               "mint a development token signed with the HMAC secret (wsgw-token)"),
-    "publish": (publish.main, "put one event on the gateway's bus (wsgw-publish)"),
-    "disconnect": (revoke.disconnect_main, "close every socket of a user, on every instance (wsgw-disconnect)"),
-    "revoke": (revoke.revoke_main, "refuse a user's tokens issued before a time, or one token (wsgw-revoke)"),
+    "publish": (lambda argv: publish.main(argv, prog="wsgw publish"), "put one event on the gateway's bus (wsgw-publish)"),
+    "disconnect": (lambda argv: revoke.disconnect_main(argv, prog="wsgw disconnect"), "close every socket of a user, on every instance (wsgw-disconnect)"),
+    "revoke": (lambda argv: revoke.revoke_main(argv, prog="wsgw revoke"), "refuse a user's tokens issued before a time, or one token (wsgw-revoke)"),
 }
 
 # Config attribute of a secret -> (section, what it is, the INI key naming its file, the environment variable)

@@ -174,12 +174,14 @@ def client_endpoint(listen: str, timeout: float = TIMEOUT) -> tuple[str, str]:
     if kind == "unix":
         path = options.get("address") or (positional[0] if positional else "")
         return f"unix:path={path.replace(':', chr(92) + ':')}:timeout={int(timeout)}", "localhost"
-    raise PublishError(f"wsgw-publish cannot reach an operator listener of kind {kind!r} ({listen!r})")
+    raise PublishError(f"cannot reach an operator listener of kind {kind!r} ({listen!r})")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "wsgw-publish") -> int:
+    """``wsgw-publish`` (and ``wsgw publish``, ``prog`` naming it in messages): exit 0 published, 1 refused or
+    unreachable, 2 bad command line, configuration or event."""
     parser = argparse.ArgumentParser(
-        prog="wsgw-publish",
+        prog=prog,
         description="Publish one event (a JSON object) on a gateway bus topic: through Redis when the config "
                     "names one, else through the operator listener's POST /publish.",
     )
@@ -193,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.redis, admin_listen=args.admin_listen)
     except ConfigError as e:
-        print(f"wsgw-publish: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     try:
         if args.file == "-":
@@ -202,15 +204,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.file, "rb") as f:
                 payload = f.read()
     except OSError as e:
-        print(f"wsgw-publish: cannot read {args.file}: {e.strerror}", file=sys.stderr)
+        print(f"{prog}: cannot read {args.file}: {e.strerror}", file=sys.stderr)
         return 2
     try:
         check_event(args.topic, payload, config)
     except PublishError as e:
-        print(f"wsgw-publish: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
 
-    return run_once("wsgw-publish", lambda reactor: publish(reactor, config, args.topic, payload), PublishError)
+    return run_once(prog, lambda reactor: publish(reactor, config, args.topic, payload), PublishError)
 
 
 def run_once(name: str, request: Callable[[Any], Awaitable[str]], error: type[Exception]) -> int:

@@ -44,7 +44,7 @@ async def operator_request(reactor: Any, config: Config, op: str, body: dict[str
     try:
         client, host = client_endpoint(listen, timeout)
     except PublishError as e:
-        raise OperatorError(str(e).replace("wsgw-publish", f"wsgw-{op}")) from None
+        raise OperatorError(str(e)) from None
     agent = Agent.usingEndpointFactory(reactor, FixedEndpoint(reactor, client))
     headers: dict[bytes | str, list[bytes | str]] = {b"authorization": [b"Bearer " + config.publish_token],
                                                      b"content-type": [b"application/json"]}
@@ -65,12 +65,12 @@ async def operator_request(reactor: Any, config: Config, op: str, body: dict[str
     return f"{op} of {named} accepted by {listen}: every instance applies it"
 
 
-def _parser(op: str) -> argparse.ArgumentParser:
+def _parser(op: str, prog: str) -> argparse.ArgumentParser:
     what = ("Close every socket of a user with 4003, on every instance (stores nothing: a reconnect is admitted)."
             if op == "disconnect" else
             "Refuse a user's tokens issued before a time (or one token, by jti) on every instance, closing the "
             "sockets holding one, until they would have expired anyway.")
-    parser = argparse.ArgumentParser(prog=f"wsgw-{op}", description=what + " Goes through the operator "
+    parser = argparse.ArgumentParser(prog=prog, description=what + " Goes through the operator "
                                      "listener's POST /" + op + " with the [admin] publish_token_file token.")
     parser.add_argument("-c", "--config", help="the daemon's INI file (default: built-in defaults)")
     parser.add_argument("--login", help="the user's login (the token's name claim)")
@@ -84,9 +84,11 @@ def _parser(op: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, op: str = "revoke") -> int:
-    """``wsgw-<op>``: exit 0 accepted, 1 refused or unreachable, 2 bad command line or configuration."""
-    parser = _parser(op)
+def main(argv: Sequence[str] | None = None, op: str = "revoke", prog: str = "") -> int:
+    """``wsgw-<op>`` (``prog``, e.g. ``wsgw revoke``, names it in messages): exit 0 accepted, 1 refused or
+    unreachable, 2 bad command line or configuration."""
+    prog = prog or f"wsgw-{op}"
+    parser = _parser(op, prog)
     args = parser.parse_args(argv)
     body = {k: v for k in ("login", "sub", "jti", "reason", "before") if (v := getattr(args, k, None)) is not None}
     if not any(k in body for k in ("login", "sub", "jti")):
@@ -94,19 +96,19 @@ def main(argv: Sequence[str] | None = None, op: str = "revoke") -> int:
     try:
         config = load_config(args.config)
     except ConfigError as e:
-        print(f"wsgw-{op}: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    return run_once(f"wsgw-{op}", lambda reactor: operator_request(reactor, config, op, body), OperatorError)
+    return run_once(prog, lambda reactor: operator_request(reactor, config, op, body), OperatorError)
 
 
-def disconnect_main(argv: Sequence[str] | None = None) -> int:
+def disconnect_main(argv: Sequence[str] | None = None, prog: str = "wsgw-disconnect") -> int:
     """The ``wsgw-disconnect`` console script."""
-    return main(argv, "disconnect")
+    return main(argv, "disconnect", prog)
 
 
-def revoke_main(argv: Sequence[str] | None = None) -> int:
+def revoke_main(argv: Sequence[str] | None = None, prog: str = "wsgw-revoke") -> int:
     """The ``wsgw-revoke`` console script."""
-    return main(argv, "revoke")
+    return main(argv, "revoke", prog)
 
 
 if __name__ == "__main__":
