@@ -166,3 +166,22 @@ async def test_the_operator_page_is_off_by_default_and_locked_down_when_on(gatew
         response = await get(on, path, auth=None)
         assert response.code == 200 and response.headers.getRawHeaders("content-type")[0].startswith(kind)
         assert len(await response.content()) > 500
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_rotates_the_info_token_and_leaves_the_page_for_a_restart(gateway: StartGateway,
+                                                                               tmp_path: Path) -> None:
+    import attrs
+
+    a = await instance(gateway, tmp_path, redis=None)
+    a.service.reload(attrs.evolve(a.service.config, publish_token=b"the-new-operator-token", operator_page=True))
+    response = await get(a, "/info")
+    assert response.code == 401
+    await response.content()
+    response = await get(a, "/info", auth="the-new-operator-token")
+    assert response.code == 200
+    await response.content()
+    assert a.service.config.operator_page is False  # [operator] page needs a restart
+    response = await get(a, "/", auth=None)
+    assert response.code == 404
+    await response.content()
