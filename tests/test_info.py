@@ -132,18 +132,48 @@ async def test_info_on_the_embedded_bus_lists_this_instance(gateway: StartGatewa
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_records_in_redis_cost_info_nothing(gateway: StartGateway, tmp_path: Path) -> None:
+    """Records in the registry's index that are not records: a huge value and a hash are never read, a record
+    naming another id and junk are read and skipped, an id whose key is gone leaves the index; an index that is
+    not a sorted set makes /info say so, still listing the answering instance."""
     a = await instance(gateway, tmp_path, **{"operator.instance_name": "gw-a"})
     redis = a.service.redis_commands
     prefix = f"{a.prefix}:instances:"
+    await eventually(lambda: _lists(a, ["gw-a"]), "gw-a in /info")
     await redis.execute_command("SET", prefix + "huge", b"{" + b" " * (8 << 20) + b"}", "EX", 60)
     await redis.execute_command("HSET", prefix + "hash", "id", "hash")
     await redis.execute_command("EXPIRE", prefix + "hash", 60)
     await redis.execute_command("SET", prefix + "liar", json.dumps({"id": "someone-else", "started": 1, "at": 1,
                                                                      "heartbeat": 1}), "EX", 60)
     await redis.execute_command("SET", prefix + "junk", b"\xff[[[", "EX", 60)
+    for member in ("huge", "hash", "liar", "junk", "gone"):
+        await redis.execute_command("ZADD", prefix, 1, member)
     answer = await info(a)
     assert [r["id"] for r in answer["instances"]] == ["gw-a"]
     assert answer["skipped"] == 2  # the liar and the junk; the huge one and the hash are never read
+    assert await redis.execute_command("ZSCORE", prefix, "gone") is None  # its key is gone: out of the index
+
+    await redis.execute_command("DEL", prefix)
+    await redis.execute_command("SET", prefix, b"not a sorted set", "EX", 60)
+    answer = await info(a)
+    assert [r["id"] for r in answer["instances"]] == ["gw-a"] and "WRONGTYPE" in answer["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_registry_reads_its_index_not_the_keyspace(gateway: StartGateway, tmp_path: Path) -> None:
+    """Other keys under the prefix (or anywhere) are not looked at: /info lists the instances of the index."""
+    a = await instance(gateway, tmp_path, **{"operator.instance_name": "gw-a"})
+    redis = a.service.redis_commands
+    prefix = f"{a.prefix}:instances:"
+    await redis.execute_command("SET", prefix + "stray", json.dumps({"id": "stray", "started": 1, "at": 1,
+                                                                     "heartbeat": 1}), "EX", 60)
+    await eventually(lambda: _lists(a, ["gw-a"]), "gw-a alone in /info")
+    assert await redis.execute_command("ZRANGE", prefix, 0, -1) == [b"gw-a"]
+    b = await instance(gateway, tmp_path, prefix=a.prefix, **{"operator.instance_name": "gw-b"})
+    await eventually(lambda: _lists(b, ["gw-a", "gw-b"]), "both in /info")
+    await a.stop()  # its key and its index entry go
+    redis = b.service.redis_commands
+    assert await redis.execute_command("EXISTS", prefix + "gw-a") == 0
+    assert await redis.execute_command("ZRANGE", prefix, 0, -1) == [b"gw-b"]
 
 
 @pytest_twisted.ensureDeferred

@@ -9,7 +9,7 @@ the gateway's counters into a ``History`` and writes its record to its store
 for ``HEARTBEAT_TTLS`` heartbeats (a record not renewed in time expires: a
 killed instance disappears from ``/info`` within 3 heartbeats); a clean stop
 removes it at once. Stores: on Redis ``wsgw.redis.instances.RedisInstances``
-(one key per instance under ``[operator] key_prefix``), on the embedded bus
+(one key per instance under ``[operator] key_prefix``, and an index), on the embedded bus
 ``MemoryInstances`` (this process only).
 
 The record, a JSON object (docs/protocol.md "Operator page: GET /info")::

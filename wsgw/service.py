@@ -196,7 +196,7 @@ class GatewayService(MultiService):
         self.ports: list[IListeningPort] = []
         self.admin_ports: list[IListeningPort] = []
         instances: InstanceStore = MemoryInstances(clock) if self.redis_commands is None else \
-            RedisInstances(self.redis_commands, config.instance_prefix)
+            RedisInstances(self.redis_commands, clock, config.instance_prefix)
         self.instances = InstanceRegistry(  # the heartbeat of this instance, and GET /info (issue 14)
             clock, instances, instance_id(config.instance_name), __version__, config.heartbeat,
             totals=lambda: (sum(self.dispatcher.received.values()), sum(h.delivered for h in deliveries.values())),
