@@ -41,6 +41,7 @@ run: install .dev/secret .dev/publish-token
 	@echo "Publish an event alice sees:"
 	@echo "    echo '{\"Target\":{\"Uuid\":\"n1\",\"Path\":\"pydiods1/personal/alice/report.pdf\",\"Type\":\"LEAF\"}}' | $(VENV)/bin/wsgw-publish --config etc/dev.ini $(if $(REDIS),--redis $(REDIS),--admin-listen $(RUN_ADMIN)) tree -"
 	@echo "Metrics: curl http://127.0.0.1:$(ADMIN_PORT)/metrics"
+	@echo "Operator page: http://127.0.0.1:$(ADMIN_PORT)/ (its token: cat .dev/publish-token)"
 	@echo
 	@$(VENV)/bin/twistd --nodaemon --pidfile= wsgw --config etc/dev.ini $(if $(REDIS),--redis $(REDIS)) \
 	  --listen tcp:$(PORT):interface=127.0.0.1 --listen 'tcp6:$(PORT):interface=\:\:1' --admin-listen $(RUN_ADMIN) \

@@ -215,3 +215,12 @@ async def test_a_reload_rotates_the_info_token_and_leaves_the_page_for_a_restart
     response = await get(a, "/", auth=None)
     assert response.code == 404
     await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_info_names_each_listen_address_ipv6_in_brackets(gateway: StartGateway, tmp_path: Path) -> None:
+    a = await instance(gateway, tmp_path, redis=None,
+                       **{"server.listen": "tcp:0:interface=127.0.0.1\ntcp6:0:interface=\\:\\:1"})
+    ports = [port.getHost().port for port in a.service.ports]
+    listen = (await info(a))["instances"][0]["listen"]
+    assert listen == [f"127.0.0.1:{ports[0]}", f"[::1]:{ports[1]}", f"127.0.0.1:{a.admin_port}"]

@@ -102,7 +102,7 @@ async def test_operator_page_shows_instances_charts_and_its_forms_act(tmp_path: 
         code, _ = await bob.wait_closed()  # bob is on the other instance: the control message reached it
         assert code == 4003
         await deferToThread(wait_text, driver, "revoke-answer", "202")
-        await deferToThread(wait_text, driver, "closes", "4003")
+        await deferToThread(wait_text, driver, "closes", "4003 2")  # alice's and bob's closes, summed
 
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "operator-page.png"

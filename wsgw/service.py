@@ -329,9 +329,13 @@ class GatewayService(MultiService):
 
 
 def _address(port: IListeningPort) -> str:
-    """``host:port`` of a listening port, or its UNIX path (its repr would name the class)."""
+    """``host:port`` (``[host]:port`` for IPv6, RFC 3986) of a listening port, or its UNIX path (its repr would
+    name the class)."""
     host = port.getHost()
-    return f"{getattr(host, 'host', '')}:{host.port}" if hasattr(host, "port") else str(getattr(host, "name", host))
+    if not hasattr(host, "port"):
+        return str(getattr(host, "name", host))
+    name = str(getattr(host, "host", ""))
+    return f"[{name}]:{host.port}" if ":" in name else f"{name}:{host.port}"
 
 
 class DaemonService(GatewayService):
