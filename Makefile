@@ -42,6 +42,7 @@ run: install .dev/secret .dev/publish-token
 	@echo "Publish an event alice sees:"
 	@echo "    echo '{\"Target\":{\"Uuid\":\"n1\",\"Path\":\"pydiods1/personal/alice/report.pdf\",\"Type\":\"LEAF\"}}' | $(VENV)/bin/wsgw-publish --config etc/dev.ini $(if $(REDIS),--redis $(REDIS),--admin-listen $(RUN_ADMIN)) tree -"
 	@echo "Metrics: curl http://127.0.0.1:$(ADMIN_PORT)/metrics"
+	@echo "Operator page: http://127.0.0.1:$(ADMIN_PORT)/ (its token: cat .dev/publish-token)"
 	@echo
 	@$(VENV)/bin/twistd --nodaemon --pidfile= wsgw --config etc/dev.ini $(if $(REDIS),--redis $(REDIS)) \
 	  --listen tcp:$(PORT):interface=127.0.0.1 --listen 'tcp6:$(PORT):interface=\:\:1' --admin-listen $(RUN_ADMIN) \
@@ -73,7 +74,7 @@ CORE := wsgw/access.py wsgw/cells.py wsgw/flow.py wsgw/frames.py wsgw/pacing.py 
 	wsgw/interfaces.py wsgw/events wsgw/chat/__init__.py wsgw/chat/service.py wsgw/chat/actions.py \
 	wsgw/chat/membership.py wsgw/chat/presence.py wsgw/chat/requests.py wsgw/chat/sanitize.py \
 	wsgw/chat/model.py wsgw/chat/memory_store.py wsgw/chat/bounded.py wsgw/chat/redis_scripts.py \
-	wsgw/revocations.py wsgw/reauth.py wsgw/control.py
+	wsgw/revocations.py wsgw/reauth.py wsgw/control.py wsgw/instances.py
 
 lint: install
 	$(VENV)/bin/ruff check wsgw tests

@@ -1,67 +1,23 @@
 """The live page in a real browser: headless Debian Chromium (Selenium + chromium-driver) against the in-process daemon.
 
 Selenium is blocking, so every browser call runs in a reactor thread while the daemon keeps serving. The
-screenshot lands in tests/artifacts/live-page.png.
+screenshot lands in tests/artifacts/live-page.png. Chromium and its helpers: tests/support/browser.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from tests.support.browser import ARTIFACTS, click, start_browser, wait_text
+from tests.support.browser import need_browser as _need_browser
 from tests.support.daemon import StartGateway, token, workspace
 from tests.support.wsclient import connect
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).parent / "artifacts"
 HOME = workspace("w-home", "home", "ds/home")
-WAIT = 10.0
-
-
-def _need_browser() -> None:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        message = f"no {' and no '.join(missing)}: run `make install-browser` (apt: chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def start_browser(profile: Path) -> Any:
-    """Headless Chromium driven by chromium-driver, with a fresh profile and nothing talking to the network."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                f"--user-data-dir={profile}", "--window-size=1200,800"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-
-
-def wait_text(driver: Any, element_id: str, text: str) -> str:
-    """Wait (bounded) until the element's text contains ``text``; returns that text."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def seen(d: Any) -> str | bool:
-        found = d.find_element(By.ID, element_id).text
-        return found if text in found else False
-
-    try:
-        return WebDriverWait(driver, WAIT).until(seen)  # type: ignore[no-any-return]
-    except Exception:
-        shown = driver.find_element(By.ID, element_id).text
-        raise AssertionError(f"#{element_id} never showed {text!r}; it shows {shown!r}") from None
 
 
 def type_and_send(driver: Any, text: str) -> None:
@@ -69,12 +25,6 @@ def type_and_send(driver: Any, text: str) -> None:
 
     driver.find_element(By.ID, "message").send_keys(text)
     driver.find_element(By.ID, "send").click()
-
-
-def click(driver: Any, element_id: str) -> None:
-    from selenium.webdriver.common.by import By
-
-    driver.find_element(By.ID, element_id).click()
 
 
 @pytest_twisted.ensureDeferred

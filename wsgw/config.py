@@ -167,6 +167,10 @@ class Config:
     access_log: bool = _key("log", "access_log", _bool, "no")
     peer_lines_per_minute: int = _key("log", "peer_lines_per_minute", _positive_int, "60")
     live_page: bool = _key("web", "live_page", _bool, "no")
+    operator_page: bool = _key("operator", "page", _bool, "no")
+    instance_name: str = _key("operator", "instance_name", _text, "")
+    heartbeat: float = _key("operator", "heartbeat", _positive_float, "5")
+    instance_prefix: str = _key("operator", "key_prefix", _text, "wsgw:instances:")
     history_cap: int = _key("chat", "history_cap", _positive_int, "1000")
     history_on_join: bool = _key("chat", "history_on_join", _bool, "no")
     presence_timeout: float = _key("chat", "presence_timeout", _positive_float, "20")
@@ -307,6 +311,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"{config.source}: [access] timeout must be more than 0 with resolver = http")
     if config.node_meta_url and config.node_meta_timeout <= 0:
         raise ConfigError(f"{config.source}: [access] node_meta_timeout must be more than 0 with node_meta_url")
+    if config.heartbeat <= 0:
+        raise ConfigError(f"{config.source}: [operator] heartbeat must be more than 0 seconds")
     if not config.listen:
         raise ConfigError(f"{config.source}: [server] listen: at least one endpoint is needed")
     channels = list(config.topics.values())

@@ -26,6 +26,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsgw import __version__
 from wsgw.auth.nodemeta import HttpNodeMeta
 from wsgw.auth.resolvers import ClaimsResolver, HttpResolver
 from wsgw.auth.tokens import TokenVerifier
@@ -42,17 +43,20 @@ from wsgw.events import activity, idm, nodes, tasks
 from wsgw.events.endpoint import EventsEndpoint
 from wsgw.frames import CLOSE_NORMAL
 from wsgw.gateway import Gateway
+from wsgw.instances import InstanceRegistry, InstanceStore, MemoryInstances, instance_id
 from wsgw.interfaces import IAccessResolver, IChatStore, IRevocationStore
 from wsgw.internals.twisted import clear_exit_signal
 from wsgw.logs import LineBudget
 from wsgw.reauth import Reauthorizer
 from wsgw.redis.connection import RedisCommands, RedisLink
+from wsgw.redis.instances import RedisInstances
 from wsgw.redis.revocations import RedisRevocationStore
 from wsgw.reload import reload
 from wsgw.revocations import Revocation, Revocations
 from wsgw.web.inbound import InboundPolicy
+from wsgw.web.info import summary
 from wsgw.web.listener import GuardedSite, ListenerGuard, public_cap
-from wsgw.web.metrics import Metrics, MetricsView
+from wsgw.web.metrics import Delivering, Metrics, MetricsView
 from wsgw.web.outbound import WriteBatch
 from wsgw.web.protocols import GatewayFactory
 from wsgw.web.site import make_admin_site, make_site
@@ -161,10 +165,10 @@ class GatewayService(MultiService):
                                           deadline=config.handshake_timeout)
         self.admin_guard = ListenerGuard(clock, "operator", max_sockets=config.admin_max_connections,
                                          deadline=config.handshake_timeout)
+        deliveries: dict[str, Delivering] = {"nodes": self.nodes, "tasks": task_handler, "idm": idm_handler, "activity": activity_handler,
+                      "chat": self.chat}
         self.metrics = Metrics(MetricsView(
-            gateway=self.gateway, dispatcher=self.dispatcher, nodes=self.nodes, chat=self.chat,
-            deliveries={"nodes": self.nodes, "tasks": task_handler, "idm": idm_handler,
-                        "activity": activity_handler, "chat": self.chat},
+            gateway=self.gateway, dispatcher=self.dispatcher, nodes=self.nodes, chat=self.chat, deliveries=deliveries,
             bus=self.bus, redis_links=self._redis_links, listeners=(self.public_guard, self.admin_guard),
             access=resolver if isinstance(resolver, HttpResolver) else None, log_budget=self.log_budget,
             chat_store=store if isinstance(store, RedisChatStore) else None, control=self.control,
@@ -190,13 +194,22 @@ class GatewayService(MultiService):
             live_page=config.live_page, access_log=config.access_log, log_budget=self.log_budget,
         )
         self.ports: list[IListeningPort] = []
+        self.admin_ports: list[IListeningPort] = []
+        instances: InstanceStore = MemoryInstances(clock) if self.redis_commands is None else \
+            RedisInstances(self.redis_commands, clock, config.instance_prefix)
+        self.instances = InstanceRegistry(  # the heartbeat of this instance, and GET /info (issue 14)
+            clock, instances, instance_id(config.instance_name), __version__, config.heartbeat,
+            totals=lambda: (sum(self.dispatcher.received.values()), sum(h.delivered for h in deliveries.values())),
+            snapshot=lambda: summary(self.gateway.census(), self.chat.rooms_active, self.gateway.closes,
+                                     self.bus.state, self.bus.connected, self.addresses()),
+            ready=ready)
         published = {topic: check for topic, check in validators.items() if topic in config.topics}
         self.operator = None if config.publish_token is None else Operator(
             clock, self.bus, self.revocation_store, self.gateway.revocations, config.publish_token)
         self.admin_site = make_admin_site(self.metrics, self.bus, self.problem, published, config.publish_token,
                                           self.admin_guard, access_log=config.access_log, log_budget=self.log_budget,
-                                          operator=self.operator)
-        self.admin_ports: list[IListeningPort] = []
+                                          operator=self.operator, registry=self.instances,
+                                          page=config.operator_page)
 
     def startService(self) -> None:
         """Start the bus and the chat's presence sweep, then listen; a port that cannot be bound raises here,
@@ -214,8 +227,14 @@ class GatewayService(MultiService):
             "public listener: at most {cap} open sockets ({why}), {per_ip} per address; {timeout} s to send a "
             "request or complete a WebSocket handshake", cap=self.public_guard.max_sockets, why=self._cap_reason,
             per_ip=self.public_guard.per_ip or "no cap", timeout=self.public_guard.deadline)
-        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site,
-                                        "operator listener (/metrics, /publish, /revoke)", "operator listener")
+        what = "operator listener (/metrics, /publish, /revoke, /info" + (", operator page at /)" if
+                                                                          self.config.operator_page else ")")
+        self.admin_ports = self._listen(self.config.admin_listen, self.admin_site, what, "operator listener")
+        self.instances.start()
+
+    def addresses(self) -> list[str]:
+        """The addresses listened on: public ones, then the operator listener's (``host:port``, or a UNIX path)."""
+        return [_address(port) for port in self.ports + self.admin_ports]
 
     def reload(self, config: Config) -> Config:
         """Apply what can change live of ``config`` (SIGHUP; ``wsgw.reload``); returns the configuration now in
@@ -237,10 +256,7 @@ class GatewayService(MultiService):
                     raise ListenFailed(f"cannot listen on {error.interface or '*'}:{error.port} ({listener}, "
                                        f"{SETTINGS[listener]}): {reason}")
                 failures[0].raiseException()
-            host = ports[-1].getHost()  # its repr names the class (IPv4Address(type='TCP', ...)): host and port only
-            address = (f"{getattr(host, 'host', '')}:{host.port}" if hasattr(host, "port")
-                       else getattr(host, "name", host))
-            self._log.info("{what} on {address}", what=what, address=address)
+            self._log.info("{what} on {address}", what=what, address=_address(ports[-1]))
         return ports
 
     def _revocations_catch_up(self) -> None:
@@ -278,6 +294,8 @@ class GatewayService(MultiService):
         ports, self.ports = self.ports + self.admin_ports, []
         self.admin_ports = []
         yield DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        removed = self.instances.stop()  # gone from every /info at once, not after the record's TTL
+        yield removed.addTimeout(min(2.0, self.config.shutdown_timeout), self._reactor).addErrback(lambda _: None)
         self.revocation_loader.stop()
         if self._catch_up.running:
             self._catch_up.stop()
@@ -308,6 +326,16 @@ class GatewayService(MultiService):
         # shutdown that got this far is a success, so let it exit 0 as operators and systemd expect.
         clear_exit_signal(self._reactor)
         self._log.info("shutdown complete")
+
+
+def _address(port: IListeningPort) -> str:
+    """``host:port`` (``[host]:port`` for IPv6, RFC 3986) of a listening port, or its UNIX path (its repr would
+    name the class)."""
+    host = port.getHost()
+    if not hasattr(host, "port"):
+        return str(getattr(host, "name", host))
+    name = str(getattr(host, "host", ""))
+    return f"[{name}]:{host.port}" if ":" in name else f"{name}:{host.port}"
 
 
 class DaemonService(GatewayService):

@@ -138,7 +138,8 @@ async def start_daemon(prefix: str, redis: str | None = SHARED, extra: str = "",
     if redis == SHARED:
         redis = shared_endpoint()
     overrides = {"admin.listen": admin, "chat.key_prefix": f"{prefix}:chat:",
-                 "auth.revocation_prefix": f"{prefix}:revoked:", **(overrides or {})}
+                 "auth.revocation_prefix": f"{prefix}:revoked:", "operator.key_prefix": f"{prefix}:instances:",
+                 **(overrides or {})}
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     text = (
         f"[server]\nlisten = tcp:0:interface=127.0.0.1\nredis = {redis or ''}\nshutdown_timeout = 5\n"

@@ -33,12 +33,13 @@ Validator = Callable[[Any], object]
 
 
 class TokenPage(Resource):
-    """A POST-only JSON page of the operator listener, for the bearer of the operator token (``[admin]
+    """A POST-only (or ``method``-only) JSON page of the operator listener, for the bearer of the operator token (``[admin]
     publish_token_file``; None: the page is off, 403): 405 for another method (``usage`` says what to send), 401
     without the right ``Authorization: Bearer``; each answer counted by ``count(request, status)``."""
 
     isLeaf = True
     _log = Logger()
+    method = b"POST"  # the one method answered (``GET /info``: GET)
     usage = "use POST with a JSON object"
     off = "this page is off: set [admin] publish_token_file"
 
@@ -51,14 +52,14 @@ class TokenPage(Resource):
         self._token = token
 
     def render(self, request: Request) -> bytes | int:
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
+        if request.method != self.method:
+            request.setHeader(b"allow", self.method)
             return self._body(request, 405, {"error": self.usage})
         refused = self._refused(request)
         return refused if refused is not None else self.post(request)
 
     def post(self, request: Request) -> bytes | int:
-        """A POST by the token's bearer: the answer, or NOT_DONE_YET (``answer_when``)."""
+        """A request (of ``method``) by the token's bearer: the answer, or NOT_DONE_YET (``answer_when``)."""
         raise NotImplementedError
 
     def count(self, request: Request, status: int) -> None:

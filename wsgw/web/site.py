@@ -3,7 +3,8 @@
 The public Site serves ``/ws``, ``/ws/event``, ``/chat``, ``/ws/chat``,
 ``/healthz``, and the live page at ``/`` when it is on (PROTOCOL.md §1). The
 operator Site (``[admin] listen``, loopback by default, never the public port)
-serves ``/metrics``, ``POST /publish/<topic>``, ``POST /disconnect``, ``POST /revoke`` and ``/healthz``. Both are
+serves ``/metrics``, ``POST /publish/<topic>``, ``POST /disconnect``, ``POST /revoke``, ``GET /info``, ``/healthz``
+and the operator page when it is on (``wsgw.web.info``). Both are
 ``wsgw.web.listener.GuardedSite``s: each socket is counted and bounded from
 accept to close by its listener's ``ListenerGuard``.
 """
@@ -22,14 +23,16 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from wsgw.control import Operator
+from wsgw.instances import InstanceRegistry
 from wsgw.interfaces import IBus
 from wsgw.internals.twisted import release_taken_over_request
 from wsgw.logs import LineBudget
+from wsgw.web.info import InfoPage, operator_page
 from wsgw.web.listener import BoundedRequest, GuardedSite, ListenerGuard
 from wsgw.web.metrics import Metrics, MetricsPage
 from wsgw.web.operator import OperatorPage
 from wsgw.web.protocols import GatewayFactory
-from wsgw.web.publish import CappedRequest, PublishPage, Validator
+from wsgw.web.publish import CappedRequest, PublishPage, TokenPage, Validator
 
 
 class Router(Resource):
@@ -71,7 +74,7 @@ def set_operator_token(site: GuardedSite, token: bytes | None) -> None:
     router = site.resource
     assert isinstance(router, Router)
     for resource in router.resources():
-        if isinstance(resource, (PublishPage, OperatorPage)):
+        if isinstance(resource, TokenPage):
             resource.set_token(token)
 
 
@@ -196,12 +199,18 @@ def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, problem:
 def make_admin_site(metrics: Metrics, bus: IBus, problem: Callable[[], str | None],
                     validators: Mapping[str, Validator], publish_token: bytes | None,
                     guard: ListenerGuard, *, access_log: bool = False,
-                    log_budget: LineBudget | None = None, operator: Operator | None = None) -> GuardedSite:
+                    log_budget: LineBudget | None = None, operator: Operator | None = None,
+                    registry: InstanceRegistry | None = None, page: bool = False) -> GuardedSite:
     """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check;
-    ``operator`` sends ``/disconnect`` and ``/revoke`` (None: they answer 403). Its access lines of the GETs it
-    answers below 400 (``/metrics``, ``/healthz``) are debug lines."""
+    ``operator`` sends ``/disconnect`` and ``/revoke`` (None: they answer 403); ``registry`` answers ``GET /info``
+    (None: no /info); ``page``: serve the operator page (``wsgw.web.info``) at ``/``. Its access lines of the GETs
+    it answers below 400 (``/metrics``, ``/healthz``, ``/info``, the page) are debug lines."""
     publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
     routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(problem)}
+    if registry is not None:
+        routes[b"/info"] = InfoPage(registry, publish_token)
+    if page:
+        routes.update(operator_page())
     for op in ("disconnect", "revoke"):
         routes[f"/{op}".encode()] = OperatorPage(op, operator, publish_token, metrics.operator_requests)
     return GuardedSite(Router(routes, {b"/publish/": publish}), guard, CappedRequest, access_log=access_log,

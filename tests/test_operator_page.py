@@ -1,0 +1,116 @@
+"""The operator page in a real browser (issue 14, "An operator page"): headless Debian Chromium against two daemons
+sharing one Redis. The page takes the token, lists both instances, charts events, and its forms publish an event a
+WebSocket client receives, disconnect a client and revoke another (on the other instance). The screenshot lands in
+tests/artifacts/operator-page.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.support.browser import ARTIFACTS, click, need_browser, start_browser, wait_for, wait_text
+from tests.support.daemon import Daemon, StartGateway, token, workspace
+from tests.support.wsclient import Client, connect
+
+OPERATOR_TOKEN = "operator-token-of-the-page-test-0123456789"
+HOME = workspace("w-home", "home", "ds/home")
+
+
+def event(name: str) -> dict[str, Any]:
+    return {"Target": {"Uuid": f"u-{name}", "Path": f"ds/home/{name}", "Type": "LEAF"}}
+
+
+def fill(driver: Any, values: dict[str, str]) -> None:
+    """Set each input, textarea or select (by id) to its value."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    for element_id, text in values.items():
+        element = driver.find_element(By.ID, element_id)
+        if element.tag_name == "select":
+            Select(element).select_by_visible_text(text)
+        else:
+            element.clear()
+            element.send_keys(text)
+
+
+def chart_max(driver: Any, element_id: str) -> float:
+    from selenium.webdriver.common.by import By
+
+    return float(driver.find_element(By.ID, element_id).get_attribute("data-max") or 0)
+
+
+async def subscribed(daemon: Daemon, login: str) -> Client:
+    client = await connect(daemon.port, "/ws")
+    assert (await client.subscribe(token(login, [HOME])))["@type"] == "subscribed"
+    return client
+
+
+async def receives(client: Client, path: str) -> None:
+    """``client`` gets the event of ``path`` (events before it are skipped; each wait bounded)."""
+    while path not in json.dumps(await client.next()):
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_operator_page_shows_instances_charts_and_its_forms_act(tmp_path: Path, gateway: StartGateway) -> None:
+    need_browser()
+    secret = tmp_path / "operator.token"
+    secret.write_text(OPERATOR_TOKEN + "\n")
+    settings = {"operator.page": "yes", "operator.heartbeat": "0.5", "admin.publish_token_file": str(secret)}
+    a = await gateway(admin="tcp:0:interface=127.0.0.1", overrides={**settings, "operator.instance_name": "gw-a"})
+    b = await gateway(prefix=a.prefix, admin="tcp:0:interface=127.0.0.1",
+                      overrides={**settings, "operator.instance_name": "gw-b"})
+    alice, bob = await subscribed(a, "alice"), await subscribed(b, "bob")
+    driver = None
+    try:
+        driver = await deferToThread(start_browser, tmp_path / "profile", "1300,1250")
+        await deferToThread(driver.get, f"http://127.0.0.1:{a.admin_port}/")
+        await deferToThread(fill, driver, {"token": OPERATOR_TOKEN})
+        await deferToThread(click, driver, "connect")
+        await deferToThread(wait_text, driver, "status", "connected")
+        await deferToThread(wait_text, driver, "instances", "gw-a")
+        await deferToThread(wait_text, driver, "instances", "gw-b")
+
+        for i in range(20):  # events for the chart: both instances receive them (one Redis)
+            await a.publish("tree", event(f"chart-{i}.txt"))
+        await receives(alice, "chart-19.txt")
+        await deferToThread(wait_for, driver, lambda d: chart_max(d, "chart-events") > 0, "events in the chart",
+                            lambda d: d.find_element("id", "events-summary").text)
+        await deferToThread(wait_for, driver, lambda d: chart_max(d, "chart-deliveries") > 0,
+                            "deliveries in the chart", lambda d: d.find_element("id", "deliveries-summary").text)
+
+        await deferToThread(fill, driver, {"publish-topic": "tree",
+                                           "publish-body": json.dumps(event("from-the-page.txt"))})
+        await deferToThread(click, driver, "publish-send")
+        await receives(alice, "from-the-page.txt")
+        await receives(bob, "from-the-page.txt")
+        await deferToThread(wait_text, driver, "publish-answer", "200")
+
+        await deferToThread(fill, driver, {"disconnect-field": "login", "disconnect-value": "alice",
+                                           "disconnect-reason": "bye from the page"})
+        await deferToThread(click, driver, "disconnect-send")
+        assert await alice.wait_closed() == (4003, "access revoked: bye from the page")
+        await deferToThread(wait_text, driver, "disconnect-answer", "202")
+
+        await deferToThread(fill, driver, {"revoke-field": "login", "revoke-value": "bob"})
+        await deferToThread(click, driver, "revoke-send")
+        code, _ = await bob.wait_closed()  # bob is on the other instance: the control message reached it
+        assert code == 4003
+        await deferToThread(wait_text, driver, "revoke-answer", "202")
+        await deferToThread(wait_text, driver, "closes", "4003 2")  # alice's and bob's closes, summed
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "operator-page.png"
+        assert await deferToThread(driver.save_screenshot, str(shot))
+        assert shot.stat().st_size > 1000
+        logs = [entry["message"] for entry in await deferToThread(driver.get_log, "browser")
+                if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]]
+        assert logs == []  # no CSP violation, no script error
+    finally:
+        if driver is not None:
+            await deferToThread(driver.quit)
