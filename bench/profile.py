@@ -2,10 +2,12 @@
 
     python bench/profile.py --server gateway --n 10000 --seconds 6 --out /tmp/gw.txt
     python bench/profile.py --scenario selective --n 10000 --seconds 6
+    python bench/profile.py --scenario storm --n 10000 --seconds 20   # the connect storm itself
 
 Starts a private redis-server and the server on 127.0.0.1, connects N clients,
 floods, records the server with ``py-spy record --format raw`` (collapsed
-stacks) while the flood runs, then prints the functions with the most own
+stacks) while the flood runs (``--scenario storm``: from just before N
+clients connect and subscribe at once, for ``--seconds``), then prints the functions with the most own
 samples and the heaviest inclusive frames. Everything is stopped by pid.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +49,22 @@ def summarize(raw_path: str, top: int) -> str:
     return "\n".join(lines)
 
 
+def storm(args: argparse.Namespace, pyspy: str, pid: int, port: int, redis_port: int, raw: str) -> bytes:
+    """Record ``pid`` while N clients connect and subscribe at once; the loader's output."""
+    spy = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)), "--rate", "250",
+                            "--format", "raw", "--output", raw, "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # py-spy attached
+        out = subprocess.run([run.PY, os.path.join(run.HERE, "loadgen.py"), "--server", args.server, "--port",
+                              str(port), "--server-pid", str(pid), "--redis-port", str(redis_port), "--prefix", "prof",
+                              "--n", str(args.n), "--scenarios", "storm"],
+                             capture_output=True, timeout=300, preexec_fn=run.raise_nofile)
+    finally:
+        spy.wait(timeout=args.seconds + 30)
+    return out.stdout
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--server", default="gateway", choices=["gateway", "autobahn"])
@@ -53,8 +72,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--out", default="-")
+    p.add_argument("--raw", default="", help="also keep py-spy's collapsed stacks here")
     p.add_argument("--reactor", default="")
-    p.add_argument("--scenario", default="flood", choices=["flood", "selective"])
+    p.add_argument("--scenario", default="flood", choices=["flood", "selective", "storm"])
     args = p.parse_args()
     run.raise_nofile()
     pyspy = os.path.join(os.path.dirname(run.PY), "py-spy")
@@ -66,28 +86,33 @@ def main() -> None:
             run.wait_port(redis_port, redis.proc)
             server, port = run.start_server(args.server, workdir, redis_port, "prof", reactor=args.reactor)
             try:
-                loader = subprocess.Popen(
-                    [run.PY, os.path.join(run.HERE, "loadgen.py"), "--server", args.server, "--port", str(port),
-                     "--server-pid", str(server.pid), "--redis-port", str(redis_port), "--prefix", "prof",
-                     "--n", str(args.n), "--scenarios", f"storm,{args.scenario}", "--duration", str(args.seconds + 4),
-                     "--selective-duration", str(args.seconds + 4)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=run.raise_nofile)
-                # Wait until the storm is over (the loader says so on stderr), then record the flood.
-                assert loader.stderr is not None
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    line = loader.stderr.readline().decode()
-                    if "storm done" in line or not line:
-                        break
-                time.sleep(1.5)
-                raw = os.path.join(workdir, "profile.txt")
-                subprocess.run([pyspy, "record", "--pid", str(server.pid), "--duration", str(int(args.seconds)),
-                                "--rate", "250", "--format", "raw", "--output", raw, "--nonblocking"],
-                               check=True, capture_output=True, timeout=args.seconds + 30)
-                out, _ = loader.communicate(timeout=60)
+                if args.scenario == "storm":
+                    out = storm(args, pyspy, server.pid, port, redis_port, raw := os.path.join(workdir, "p.txt"))
+                else:
+                    loader = subprocess.Popen(
+                        [run.PY, os.path.join(run.HERE, "loadgen.py"), "--server", args.server, "--port", str(port),
+                         "--server-pid", str(server.pid), "--redis-port", str(redis_port), "--prefix", "prof",
+                         "--n", str(args.n), "--scenarios", f"storm,{args.scenario}", "--duration", str(args.seconds + 4),
+                         "--selective-duration", str(args.seconds + 4)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=run.raise_nofile)
+                    # Wait until the storm is over (the loader says so on stderr), then record the flood.
+                    assert loader.stderr is not None
+                    deadline = time.monotonic() + 120
+                    while time.monotonic() < deadline:
+                        line = loader.stderr.readline().decode()
+                        if "storm done" in line or not line:
+                            break
+                    time.sleep(1.5)
+                    raw = os.path.join(workdir, "profile.txt")
+                    subprocess.run([pyspy, "record", "--pid", str(server.pid), "--duration", str(int(args.seconds)),
+                                    "--rate", "250", "--format", "raw", "--output", raw, "--nonblocking"],
+                                   check=True, capture_output=True, timeout=args.seconds + 30)
+                    out, _ = loader.communicate(timeout=60)
             finally:
                 server.stop()
             text = summarize(raw, args.top)
+            if args.raw:
+                shutil.copyfile(raw, args.raw)
             text += "\n\nloader: " + out.decode().strip()[-1500:]
         finally:
             redis.stop()

@@ -10,6 +10,12 @@ Policy decisions:
 - time claims (``exp``, ``nbf``) are checked here against ``clock.seconds()`` ± leeway, since pyjwt's own
   checks read the wall clock;
 - the login is ``name``, else ``preferred_username``; the verified claims come back with ``name`` set to it.
+
+Cost (bench/RESULTS.md "Connect path"): an HMAC secret is prepared once, not per token
+(``wsgw.internals.pyjwt.prepare_keys_once``), and the header segment of a token whose header was read before
+and names an allowed HMAC algorithm is not decoded again before the signature check (``HEADER_CACHE``
+segments remembered): the signature check decodes and validates the whole token, so a token malformed past
+its header is refused ``malformed token`` there, as it was by the header read.
 """
 
 from __future__ import annotations
@@ -28,10 +34,14 @@ from zope.interface import implementer
 from wsgw.access import AuthError, login_claim
 from wsgw.auth.oidc import JwksKeys
 from wsgw.interfaces import ITokenVerifier
+from wsgw.internals.pyjwt import prepare_keys_once
 
 _log = Logger()
 
 _KNOWN_ALGORITHMS = frozenset(a for a in get_default_algorithms() if a != "none")
+HEADER_CACHE = 32
+"""Header segments of HMAC tokens remembered with their algorithm (the issuers' few distinct headers; forgotten all
+at once when full, so a peer sending many distinct headers costs the full read, never memory)."""
 _CLAIM_REFUSALS = {
     "exp": "token has no expiry (exp)",
     "iss": "token issuer is not accepted",
@@ -117,6 +127,8 @@ class TokenVerifier:
                 "require": ["exp"],
             }
         )
+        prepare_keys_once(self._decoder)
+        self._hmac_headers: dict[str, str] = {}  # a header segment read before -> its (allowed, HMAC) algorithm
         self._jwks: JwksKeys | None = None
         if oidc_issuer:
             self._jwks = JwksKeys(
@@ -165,6 +177,10 @@ class TokenVerifier:
             raise AuthError(f"token too large (limit {self._max_token_bytes} bytes)")
         if not token.isascii():
             raise AuthError("malformed token")
+        segment = token.partition(".")[0]
+        known = self._hmac_headers.get(segment)
+        if known is not None:
+            return known, None
         try:
             header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, ValueError, RecursionError):
@@ -176,6 +192,10 @@ class TokenVerifier:
             if alg in _KNOWN_ALGORITHMS or alg.lower() == "none":
                 raise AuthError(f"token algorithm {alg} is not allowed")
             raise AuthError("token algorithm is not allowed")
+        if _is_hmac(alg):
+            if len(self._hmac_headers) >= HEADER_CACHE:
+                self._hmac_headers.clear()
+            self._hmac_headers[segment] = alg
         kid = header.get("kid")
         return alg, kid if isinstance(kid, str) else None
 

@@ -30,6 +30,15 @@ with the few private hooks wsgw needs, exposed under names of its own:
   ``call_later`` rounds up to the bucket instead of truncating to the second
   (txaio computes ``int(now + delay) * 1000``: a delay under a second fires at
   once, so a 0.5 s ping interval pinged thousands of times a second);
+- debug arguments: Autobahn computes the arguments of its debug lines before calling ``log.debug``, which
+  is a no-op unless Autobahn's log level is debug (never, in wsgw): ``_connectionMade`` pretty-prints the
+  ~40 options of every new socket (``pformat``, ~19 % of a connect storm's CPU, bench/RESULTS.md "Connect
+  path") and ``hltype``/``hlval`` (a qualified name through ``inspect`` and ``click.style``) run on every
+  connect, handshake and read. ``lazy_debug_arguments`` makes ``hltype`` and ``hlval`` in Autobahn's two
+  WebSocket modules return a ``Lazy`` value, formatted only if a log observer formats the line (every use
+  there is a keyword argument of a ``self.log`` call, which tests/test_internals_connect.py checks), and
+  ``ServerProtocol._connectionMade`` lends ``pformat`` the same laziness for the time of Autobahn's own
+  (``Timings.__str__`` in that module must keep returning a ``str``);
 - ``log``, each protocol's txaio logger: ``ServerFactory`` gives its sockets a ``BudgetedLog``, so the info,
   warn and error lines Autobahn writes about one socket (a refused handshake, a dropped connection, a ping
   timeout, a protocol error, an unsolicited pong) stay within the daemon's ``wsgw.logs.LineBudget``.
@@ -38,9 +47,13 @@ with the few private hooks wsgw needs, exposed under names of its own:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
+import autobahn.twisted.websocket
+import autobahn.websocket.protocol
+from autobahn import util as autobahn_util
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.interfaces import IReactorTime
 from txaio import _common as txaio_common
@@ -55,6 +68,48 @@ HANDSHAKE_ONLY = (
 )
 _BATCH_MILLISECONDS = 200.0  # Autobahn's own bucket and chunk for its batched timers
 _BATCH_CHUNK = 1000
+
+
+class Lazy:
+    """``fn(*args)``, computed when formatted (``str``, ``format``, ``repr``): a log line's argument that costs
+    nothing when the line is dropped unwritten."""
+
+    __slots__ = ("_fn", "_args")
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._fn = fn
+        self._args = args
+
+    def __str__(self) -> str:
+        return str(self._fn(*self._args))
+
+    def __format__(self, spec: str) -> str:
+        return format(self._fn(*self._args), spec)
+
+    def __repr__(self) -> str:
+        return repr(self._fn(*self._args))
+
+
+def _lazy(fn: Callable[..., Any]) -> Callable[..., Lazy]:
+    def lazily(*args: Any) -> Lazy:
+        return Lazy(fn, *args)
+    return lazily
+
+
+_LAZY_MODULES = (autobahn.websocket.protocol, autobahn.twisted.websocket)
+_PFORMAT = autobahn.websocket.protocol.pformat  # type: ignore[attr-defined]
+_lazy_pformat = _lazy(_PFORMAT)
+
+
+def lazy_debug_arguments() -> None:
+    """Make ``hltype`` and ``hlval`` lazy in Autobahn's WebSocket modules (see the module docstring); idempotent.
+    Called when this module is imported."""
+    for module in _LAZY_MODULES:
+        module.hltype = _lazy(autobahn_util.hltype)  # type: ignore[attr-defined]
+        module.hlval = _lazy(autobahn_util.hlval)  # type: ignore[attr-defined]
+
+
+lazy_debug_arguments()
 
 
 class ServerProtocol(WebSocketServerProtocol):
@@ -97,6 +152,14 @@ class ServerProtocol(WebSocketServerProtocol):
         self.__dict__ = dict(attrs)
 
     # -- Autobahn's private hooks ------------------------------------------
+
+    def _connectionMade(self) -> None:
+        module: Any = autobahn.websocket.protocol
+        module.pformat = _lazy_pformat  # its one call in there: the options of the debug line
+        try:
+            super()._connectionMade()
+        finally:
+            module.pformat = _PFORMAT
 
     def dropConnection(self, abort: bool = False) -> None:
         super().dropConnection(abort)

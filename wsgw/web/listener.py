@@ -299,6 +299,8 @@ class GuardedSite(Site):
 
     twisted.web's access log (a line per request) is off unless ``access_log`` is set, and then its lines are
     within ``log_budget`` (kind ``http``), so a peer cannot make the daemon write a line per request it sends.
+    twisted.web's own idle timeout (``timeOut``, 60 s) is off when the guard's deadline is shorter: a timer per
+    socket that could not fire first (bench/RESULTS.md "Connect path").
     Access lines are info lines, but debug lines for routine requests (issue 14): a GET or HEAD of a path in
     ``debug_paths`` (the health probes), or with ``debug_gets`` any GET or HEAD answered below 400 (the operator
     listener's scrapes); a debug line the log does not write now (``wsgw.logs.writes``) spends no budget. Each
@@ -312,6 +314,10 @@ class GuardedSite(Site):
                  debug_paths: Collection[bytes] = (b"/healthz",), debug_gets: bool = False) -> None:
         super().__init__(resource, requestFactory=request_factory)
         self.guard = guard
+        if 0 < guard.deadline <= (self.timeOut or 0):
+            # twisted.web's idle timeout (a timer per socket, reset by every read) never fires before the guard's
+            # deadline, which runs from accept and from the end of each answer whatever arrives
+            self.timeOut = None
         self.displayTracebacks = False
         self.noisy = False
         self._access_log = access_log

@@ -1,0 +1,138 @@
+"""What the connect path relies on inside Autobahn and PyJWT (``wsgw/internals/``), pinned.
+
+The connect storm's CPU (bench/RESULTS.md "Connect path") went partly into work
+whose result nobody reads: the arguments of Autobahn's debug lines, computed
+while its debug level is off. An upgrade that changes what is relied on here
+fails by name instead of quietly making the connect path slower or a debug
+line wrong.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from typing import Any
+
+import autobahn.twisted.websocket
+import autobahn.websocket.protocol
+import jwt
+import pytest
+import txaio
+from autobahn import util as autobahn_util
+from jwt.algorithms import HMACAlgorithm
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent
+
+from wsgw.internals import autobahn as internals
+from wsgw.internals.autobahn import Lazy, ServerFactory, ServerProtocol
+from wsgw.internals.pyjwt import PreparedHMAC, prepare_keys_once
+
+_LAZY_NAMES = {"hltype", "hlval", "pformat"}
+
+
+def _calls_outside_log_arguments(module: Any) -> list[str]:
+    """Every call of hltype, hlval or pformat in ``module`` that is not a keyword argument of a ``self.log.*``
+    call, as ``function:line``."""
+    tree = ast.parse(inspect.getsource(module))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _LAZY_NAMES:
+            keyword = parents[node]
+            call = parents.get(keyword)
+            if not (isinstance(keyword, ast.keyword) and isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Attribute)
+                    and call.func.value.attr == "log"):
+                scope = keyword
+                while scope in parents and not isinstance(scope, ast.FunctionDef):
+                    scope = parents[scope]
+                found.append(f"{getattr(scope, 'name', '?')}:{node.func.id}")
+    return found
+
+
+def test_autobahns_debug_helpers_feed_only_log_lines_in_the_modules_made_lazy() -> None:
+    """``hltype``/``hlval`` may return a Lazy in these modules only because each use is a log line's argument;
+    the one ``pformat`` outside a log call (``Timings.__str__``, which must return a str) is why ``pformat``
+    is lazy only during ``_connectionMade``."""
+    assert _calls_outside_log_arguments(autobahn.twisted.websocket) == []
+    assert _calls_outside_log_arguments(autobahn.websocket.protocol) == ["__str__:pformat"]
+    made = inspect.getsource(autobahn.websocket.protocol.WebSocketProtocol._connectionMade)
+    assert made.count("pformat(") == 1 and 'self.log.debug("\\n{attrs}", attrs=pformat(configAttrLog))' in made
+    assert autobahn.websocket.protocol.pformat is internals._PFORMAT
+
+
+def test_lazy_helpers_format_as_autobahns_own() -> None:
+    def f() -> None:
+        pass
+
+    for module in (autobahn.twisted.websocket, autobahn.websocket.protocol):
+        assert isinstance(module.hltype(f), Lazy)
+        assert str(module.hltype(f)) == autobahn_util.hltype(f)
+        assert f"{module.hlval(42)}" == autobahn_util.hlval(42)
+        assert repr(module.hlval("x")) == repr(autobahn_util.hlval("x"))
+    internals.lazy_debug_arguments()  # idempotent: still Autobahn's own underneath
+    assert str(autobahn.twisted.websocket.hltype(f)) == autobahn_util.hltype(f)
+
+
+def _connect(log: Any = None) -> ServerProtocol:
+    factory = ServerFactory(reactor, Clock())
+    factory.protocol = ServerProtocol
+    factory.setProtocolOptions(openHandshakeTimeout=0)
+    protocol: Any = factory.buildProtocol(None)
+    if log is not None:
+        protocol.log = log
+    protocol.makeConnection(StringTransport())
+    return protocol  # type: ignore[no-any-return]
+
+
+def test_with_debug_off_a_new_socket_formats_no_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    formatted: list[object] = []
+    monkeypatch.setattr(internals, "_lazy_pformat", internals._lazy(lambda o: formatted.append(o) or "x"))
+    protocol = _connect()
+    assert protocol.log.debug is txaio.tx._no_op  # Autobahn's default level in wsgw: info
+    assert formatted == []
+    assert protocol.maxFramePayloadSize == 0 and protocol.state == ServerProtocol.STATE_CONNECTING
+    assert autobahn.websocket.protocol.pformat is internals._PFORMAT  # lent for the call only
+
+
+def test_with_debug_on_the_options_line_reads_as_before() -> None:
+    events: list[dict[str, Any]] = []
+    protocol = _connect(txaio.make_logger(level="debug", observer=events.append))
+    lines = [formatEvent(e) for e in events]
+    options = [line for line in lines if "maxFramePayloadSize" in line]
+    assert len(options) == 1
+    assert options[0] == "\n" + internals._PFORMAT(
+        [(a, getattr(protocol, a), "ServerFactory") for a in protocol.CONFIG_ATTRS])
+    assert ('<autobahn.twisted.websocket.WebSocketAdapterProtocol.connectionMade> connection established for peer='
+            '"tcp4:192.168.1.1:54321"') in lines  # hltype and hlval, formatted when written
+
+
+# --------------------------------------------------------------------------- PyJWT
+
+
+def test_pyjwt_prepares_the_hmac_secret_for_every_token_unless_told_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reason for ``prepare_keys_once``, and what it relies on: a ``PyJWT`` verifies through its ``_jws``,
+    whose HMAC algorithms can be swapped through PyJWS's public register/unregister."""
+    secret = b"s" * 40
+    tokens = [jwt.encode({"n": i}, secret, algorithm="HS256") for i in range(3)]
+    prepared: list[bytes] = []
+    real = HMACAlgorithm.prepare_key
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", lambda self, key: prepared.append(key) or real(self, key))
+    plain = jwt.PyJWT()
+    assert isinstance(plain._jws, jwt.PyJWS)
+    for t in tokens:
+        plain.decode(t, secret, algorithms=["HS256"])
+    assert len(prepared) == 3
+    once = jwt.PyJWT()
+    prepare_keys_once(once)
+    for alg in ("HS256", "HS384", "HS512"):
+        assert isinstance(once._jws.get_algorithm_by_name(alg), PreparedHMAC)
+    assert not isinstance(once._jws.get_algorithm_by_name("RS256"), PreparedHMAC)
+    assert [once.decode(t, secret, algorithms=["HS256"])["n"] for t in tokens] == [0, 1, 2]
+    assert len(prepared) == 4
+    with pytest.raises(jwt.InvalidSignatureError):
+        once.decode(tokens[0], b"t" * 40, algorithms=["HS256"])
+    assert len(prepared) == 5
+    assert jwt.PyJWT()._jws.get_algorithm_by_name("HS256").__class__ is HMACAlgorithm  # others keep PyJWT's
