@@ -49,6 +49,8 @@ class Workers:
         return response.code == 200  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
+        if os.environ.get("WSGW_TEST_SHOW"):
+            print(self.proto.output.decode(errors="replace"))
         await self.publisher.close()
         if not self.proto.ended.called:
             pids = [pid for pid in (await self.pids()).values() if pid] if await self.healthy() else []
@@ -191,3 +193,100 @@ async def test_two_workers_share_the_port_deliver_each_event_once_and_chat_acros
         assert daemon.proto.output.count(b"shutdown complete") == 3  # both workers, then the supervisor
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_worker_is_started_again_and_only_its_clients_reconnect(tmp_path) -> None:
+    """SIGKILL to one worker: its clients are cut, the other worker's clients are not and still get every event;
+    the supervisor starts it again (a new pid, counted in wsgw_worker_restarts_total), the cut clients reconnect
+    and get events; the summed counters never go down."""
+    daemon = await start(tmp_path)
+    try:
+        placed = [await landed(daemon, f"user{i}") for i in range(12)]
+        while {slot for _, slot in placed} != {0, 1}:  # pragma: no cover - 12 on one worker: 1 in 2,048
+            placed.append(await landed(daemon, f"user{len(placed)}"))
+        victims = [c for c, slot in placed if slot == 0]
+        others = [c for c, slot in placed if slot == 1]
+        await exactly_once(daemon, [c for c, _ in placed], "before", events=3)
+        delivered = value(await daemon.metrics(), "wsgw_deliveries_total", kind="nodes")
+        old = await daemon.pids()
+        os.kill(old[0], signal.SIGKILL)
+        await gatherResults([c.wait_closed(10) for c in victims])
+        await daemon.proto.logged(b"was killed by signal 9 (SIGKILL)")
+
+        async def restarted() -> bool:
+            samples = await daemon.metrics()
+            return (value(samples, "wsgw_worker_restarts_total", worker="0") == 1
+                    and value(samples, "wsgw_worker_up", worker="0") == 1)
+
+        await eventually(restarted, "worker 0 started again", timeout=30)
+        pids = await daemon.pids()
+        assert pids[1] == old[1] and pids[0] not in (0, old[0])
+        assert await daemon.healthy()
+        assert not any(c.closed.called for c in others)
+        back = [await subscribed(daemon.port, f"again{i}") for i in range(len(victims))]
+        await exactly_once(daemon, others + back, "after", events=3)
+        samples = await daemon.metrics()
+        assert value(samples, "wsgw_deliveries_total", kind="nodes") >= delivered + 4 * len(others + back)
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_crash_loop_backs_off_and_sighup_reaches_every_worker(tmp_path) -> None:
+    """SIGHUP to the supervisor reloads it and every worker (each logs its reload, tagged). A worker that cannot
+    start (its config file broken meanwhile) is started again after 1, 2, 4 s..., not in a spinning loop, and
+    /healthz says it is down; once the file is fixed it comes back."""
+    daemon = await start(tmp_path)
+    try:
+        daemon.transport.signalProcess("HUP")
+        for slot in (0, 1):
+            await daemon.proto.logged(f"[worker {slot} wsgw.workers.child.WorkerService#info] SIGHUP: reloading".encode())
+        config = tmp_path / "wsgw.ini"
+        good = config.read_text()
+        config.write_text(good + "[nowhere]\nkey = 1\n")
+        os.kill((await daemon.pids())[1], signal.SIGKILL)
+        await daemon.proto.logged(b"was killed by signal 9 (SIGKILL) after")
+        await daemon.proto.logged(b"worker 1: " + str(config).encode() + b": unknown key [nowhere] key")
+        for delay in (b"2", b"4"):  # the first start again came 1 s after the SIGKILL: the worker was young
+            await daemon.proto.logged(b"exited with status 1 after", timeout=20)
+            await daemon.proto.logged(b"starting it again in " + delay + b" s", timeout=20)
+        assert not await daemon.healthy()
+        config.write_text(good)
+        await eventually(daemon.healthy, "worker 1 back once the file is fixed", timeout=30)
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_of_a_killed_supervisor_close_their_clients_and_exit(tmp_path) -> None:
+    """SIGKILL to the supervisor: the workers notice within seconds, close their clients with 1000 and exit."""
+    daemon = await start(tmp_path)
+    try:
+        clients = await spread(daemon, 8)
+        pids = list((await daemon.pids()).values())
+        os.kill(daemon.transport.pid, signal.SIGKILL)
+        closes = await gatherResults([c.wait_closed(15) for c in clients])
+        assert set(closes) == {(1000, "server shutting down")}
+
+        async def all_gone() -> bool:
+            return all(_gone(pid) for pid in pids)
+
+        await eventually(all_gone, "both workers gone", timeout=15)
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_refuses_workers_without_redis_or_zero_workers(tmp_path) -> None:
+    """workers = 2 on the embedded bus, or workers = 0, stops twistd at start with one line naming the key."""
+    for text, expected in (("[server]\nworkers = 2\n", b"[server] workers = 2 needs [server] redis"),
+                           ("[server]\nworkers = 0\n", b"[server] workers = '0': must be auto or at least 1")):
+        config = tmp_path / "bad.ini"
+        config.write_text(text)
+        proto, _ = spawn(["--config", str(config), "--listen", f"tcp:{free_port()}:interface=127.0.0.1"])
+        proto.ended.addTimeout(30, reactor)
+        code, _ = await proto.ended
+        assert code not in (0, None)
+        assert expected in proto.output
+        assert b"Traceback" not in proto.output

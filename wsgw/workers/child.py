@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 from typing import IO, Any
@@ -95,12 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overrides", required=True)
     parser.add_argument("--config")
     args = parser.parse_args(argv)
+    # the supervisor passes SIGHUP on at any time: before the service installs its handler, a reload is moot (the
+    # configuration is being read now), and the default action would end the process
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     overrides: dict[str, str] = json.loads(args.overrides)
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     try:
         config = config_from_file(args.config, overrides)
     except ConfigError as e:
-        print(f"worker {args.slot}: {e}", file=sys.stderr)
+        print(e, file=sys.stderr)
         return 1
     observer = ForwardedLogs(out, config.log_level)
     wsgw.logs.live_logs = observer  # SIGHUP's [log] level applies here (wsgw.logs.set_live_logs)
