@@ -4,13 +4,18 @@ gateway processes, one operator listener over both (README "Workers", wsgw/worke
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 from typing import Any
 
 import pytest_twisted
 import treq
+from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.endpoints import clientFromString, connectProtocol
 
 from tests.support.daemon import Publisher, channels, new_prefix, scrape, token, value, workspace
 from tests.support.redis_server import free_port, shared_endpoint
@@ -75,7 +80,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
-async def start(tmp_path: Any, workers: str = "2") -> Workers:
+async def start(tmp_path: Any, workers: str = "2", listen: list[str] | None = None) -> Workers:
     prefix = new_prefix()
     port, admin = free_port(), free_port()
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
@@ -85,9 +90,11 @@ async def start(tmp_path: Any, workers: str = "2") -> Workers:
                       f"[topics]\n{topics}\n[delivery]\nbatch_window = 0\n"
                       f"[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\npublish_token_file = {tmp_path / 'token'}\n"
                       f"[chat]\nkey_prefix = {prefix}:chat:\n[auth]\nrevocation_prefix = {prefix}:revoked:\n")
-    proto, transport = spawn(["--config", str(config), "--listen", f"tcp:{port}:interface=127.0.0.1"])
+    listening = [arg for d in listen or [f"tcp:{port}:interface=127.0.0.1"] for arg in ("--listen", d)]
+    proto, transport = spawn(["--config", str(config), *listening])
     daemon = Workers(proto, transport, port, admin, prefix)
-    await proto.logged(b"2 workers)")
+    for _ in listen or [port]:
+        await proto.logged(b"2 workers)")
     await eventually(daemon.healthy, "both workers up, their buses connected", timeout=30)
     return daemon
 
@@ -290,3 +297,41 @@ async def test_twistd_refuses_workers_without_redis_or_zero_workers(tmp_path) ->
         assert code not in (0, None)
         assert expected in proto.output
         assert b"Traceback" not in proto.output
+
+
+async def connect_over(description: str, url: str) -> Client:
+    """A WebSocket client at ``url`` over the client endpoint ``description`` (tcp6, ssl without verification,
+    unix)."""
+    factory = WebSocketClientFactory(url)
+    factory.protocol = Client
+    proto = factory.buildProtocol(None)
+    await connectProtocol(clientFromString(reactor, description), proto)
+    opened = proto.opened
+    opened.addTimeout(10, reactor)
+    return await opened  # type: ignore[no-any-return]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ipv6_tls_and_unix_listeners_are_served_by_the_workers(tmp_path) -> None:
+    """tcp6 on [::1] and ssl on 127.0.0.1 (a SO_REUSEPORT socket per worker, TLS wrapped in the worker) and a
+    unix socket (one socket shared by the workers): a client on each subscribes and gets a published event."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert), "-days", "1"], check=True,
+                   capture_output=True, timeout=60)
+    short = tempfile.mkdtemp(prefix="wsgw-")
+    sock = os.path.join(short, "ws.sock")
+    v6, tls = free_port(), free_port()
+    daemon = await start(tmp_path, listen=[f"tcp6:{v6}:interface=\\:\\:1",
+                                           f"ssl:{tls}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                                           f"unix:{sock}"])
+    try:
+        clients = [await connect_over(f"tcp:host=\\:\\:1:port={v6}", f"ws://[::1]:{v6}/ws"),
+                   await connect_over(f"ssl:host=127.0.0.1:port={tls}", f"wss://127.0.0.1:{tls}/ws"),
+                   await connect_over(f"unix:path={sock}", "ws://localhost/ws")]
+        for i, client in enumerate(clients):
+            assert (await client.subscribe(token(f"user{i}", [WS])))["@type"] == "subscribed"
+        await exactly_once(daemon, clients, "any", events=2)
+    finally:
+        await daemon.stop()
+        shutil.rmtree(short, ignore_errors=True)

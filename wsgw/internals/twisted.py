@@ -11,7 +11,7 @@
   cycle only a full garbage collection frees.
 - ``reactor._exitSignal``: the signal that stopped the reactor, which twistd
   re-raises at exit (status 143 for SIGTERM) even after a designed shutdown.
-- ``TCP4ServerEndpoint`` (``tcp:``, and ``tcp6:``, ``ssl:`` alike) keeps what its
+- ``TCP4ServerEndpoint``, ``TCP6ServerEndpoint`` and ``SSL4ServerEndpoint`` keep what its
   string says in ``_interface``, ``_port``, ``_backlog``: the supervisor of
   ``[server] workers`` binds one ``SO_REUSEPORT`` socket per worker there.
 - ``SSL4ServerEndpoint._sslContextFactory``: the TLS context factory an
@@ -73,9 +73,9 @@ def clear_exit_signal(reactor: Any) -> None:
 def tcp_listen_address(endpoint: Any) -> tuple[str, int, int] | None:
     """``(interface, port, backlog)`` of a parsed ``tcp:``, ``tcp6:`` or ``ssl:`` server endpoint; None for another
     kind (``unix:``, ``systemd:``...)."""
-    from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+    from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 
-    if not isinstance(endpoint, (TCP4ServerEndpoint, SSL4ServerEndpoint)):
+    if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint, SSL4ServerEndpoint)):
         return None
     return endpoint._interface, endpoint._port, endpoint._backlog
 
