@@ -22,14 +22,14 @@ serves no WebSocket and reads no bus; it owns:
   passed to a running worker. In the supervisor rather than in worker 0, so it
   answers while any worker is down or restarting.
 - **Their lives.** A worker that ends while the supervisor runs (a crash,
-  SIGKILL, the OOM killer) is started again on the same sockets after a delay:
+  SIGKILL, the OOM killer) is started again on the same addresses after a delay:
   ``FIRST_DELAY`` s, doubled for each exit in a row within ``STABLE_AFTER`` s of
   its start, at most ``MAX_DELAY`` s, so a crash loop costs one start every 30
   s, not a spinning CPU. Its sockets' clients reconnect (to any worker); the
-  other workers and their clients see nothing. SIGTERM or SIGINT to the supervisor: it stops
-  accepting (closes its copies of the listening sockets and its operator
-  listener), sends SIGTERM to every worker, which shuts down as a single process
-  does (its sockets closed with 1000 ``server shutting down`` within
+  other workers and their clients see nothing. SIGTERM or SIGINT to the
+  supervisor: it closes its operator listener and the shared listening sockets
+  it holds, sends SIGTERM to every worker, which stops accepting and shuts down
+  as a single process does (its sockets closed with 1000 ``server shutting down`` within
   ``shutdown_timeout``), waits for them (``shutdown_timeout`` + 5 s, then
   SIGKILL), and exits 0. SIGHUP re-reads the configuration (the supervisor
   applies ``[log]`` format and level and ``[admin] max_connections``) and is
