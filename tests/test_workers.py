@@ -3,6 +3,7 @@ gateway processes, one operator listener over both (README "Workers", wsgw/worke
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -80,7 +81,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
-async def start(tmp_path: Any, workers: str = "2", listen: list[str] | None = None) -> Workers:
+async def start(tmp_path: Any, workers: str = "2", listen: list[str] | None = None, extra: str = "") -> Workers:
     prefix = new_prefix()
     port, admin = free_port(), free_port()
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
@@ -89,7 +90,7 @@ async def start(tmp_path: Any, workers: str = "2", listen: list[str] | None = No
     config.write_text(f"[server]\nredis = {shared_endpoint()}\nworkers = {workers}\nshutdown_timeout = 5\n"
                       f"[topics]\n{topics}\n[delivery]\nbatch_window = 0\n"
                       f"[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\npublish_token_file = {tmp_path / 'token'}\n"
-                      f"[chat]\nkey_prefix = {prefix}:chat:\n[auth]\nrevocation_prefix = {prefix}:revoked:\n")
+                      f"[chat]\nkey_prefix = {prefix}:chat:\n[auth]\nrevocation_prefix = {prefix}:revoked:\n{extra}")
     listening = [arg for d in listen or [f"tcp:{port}:interface=127.0.0.1"] for arg in ("--listen", d)]
     proto, transport = spawn(["--config", str(config), *listening])
     daemon = Workers(proto, transport, port, admin, prefix)
@@ -206,7 +207,7 @@ async def test_two_workers_share_the_port_deliver_each_event_once_and_chat_acros
 async def test_a_killed_worker_is_started_again_and_only_its_clients_reconnect(tmp_path) -> None:
     """SIGKILL to one worker: its clients are cut, the other worker's clients are not and still get every event;
     the supervisor starts it again (a new pid, counted in wsgw_worker_restarts_total), the cut clients reconnect
-    and get events; the summed counters never go down."""
+    and get events; the summed counters never go down. SIGINT then stops everything as SIGTERM does."""
     daemon = await start(tmp_path)
     try:
         placed = [await landed(daemon, f"user{i}") for i in range(12)]
@@ -235,6 +236,11 @@ async def test_a_killed_worker_is_started_again_and_only_its_clients_reconnect(t
         await exactly_once(daemon, others + back, "after", events=3)
         samples = await daemon.metrics()
         assert value(samples, "wsgw_deliveries_total", kind="nodes") >= delivered + 4 * len(others + back)
+        daemon.transport.signalProcess("INT")  # Ctrl-C: as SIGTERM
+        closes = await gatherResults([c.wait_closed(15) for c in others + back])
+        assert set(closes) == {(1000, "server shutting down")}
+        daemon.proto.ended.addTimeout(30, reactor)
+        assert await daemon.proto.ended == (0, None)
     finally:
         await daemon.stop()
 
@@ -314,7 +320,8 @@ async def connect_over(description: str, url: str) -> Client:
 @pytest_twisted.ensureDeferred
 async def test_ipv6_tls_and_unix_listeners_are_served_by_the_workers(tmp_path) -> None:
     """tcp6 on [::1] and ssl on 127.0.0.1 (a SO_REUSEPORT socket per worker, TLS wrapped in the worker) and a
-    unix socket (one socket shared by the workers): a client on each subscribes and gets a published event."""
+    unix socket (one socket shared by the workers): a client on each subscribes and gets the published events;
+    with [log] format = json the workers' lines are the supervisor's JSON lines with a "worker" field."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert), "-days", "1"], check=True,
@@ -324,7 +331,7 @@ async def test_ipv6_tls_and_unix_listeners_are_served_by_the_workers(tmp_path) -
     v6, tls = free_port(), free_port()
     daemon = await start(tmp_path, listen=[f"tcp6:{v6}:interface=\\:\\:1",
                                            f"ssl:{tls}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
-                                           f"unix:{sock}"])
+                                           f"unix:{sock}"], extra="[log]\nformat = json\n")
     try:
         clients = [await connect_over(f"tcp:host=\\:\\:1:port={v6}", f"ws://[::1]:{v6}/ws"),
                    await connect_over(f"ssl:host=127.0.0.1:port={tls}", f"wss://127.0.0.1:{tls}/ws"),
@@ -332,6 +339,10 @@ async def test_ipv6_tls_and_unix_listeners_are_served_by_the_workers(tmp_path) -
         for i, client in enumerate(clients):
             assert (await client.subscribe(token(f"user{i}", [WS])))["@type"] == "subscribed"
         await exactly_once(daemon, clients, "any", events=2)
+        lines = [json.loads(line) for line in daemon.proto.output.decode().splitlines() if line.startswith("{")]
+        subscribes = [line for line in lines if line.get("message", "").startswith("session ")]
+        assert subscribes and all(line["worker"] in (0, 1) for line in subscribes)  # JSON lines name the worker
+        assert {line.get("worker") for line in lines} >= {None, 0, 1}  # and the supervisor's do not
     finally:
         await daemon.stop()
         shutil.rmtree(short, ignore_errors=True)
