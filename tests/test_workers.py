@@ -15,7 +15,7 @@ import pytest_twisted
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString, connectProtocol
 
 from tests.support.daemon import Publisher, channels, new_prefix, scrape, token, value, workspace
@@ -94,7 +94,7 @@ async def start(tmp_path: Any, workers: str = "2", listen: list[str] | None = No
     listening = [arg for d in listen or [f"tcp:{port}:interface=127.0.0.1"] for arg in ("--listen", d)]
     proto, transport = spawn(["--config", str(config), *listening])
     daemon = Workers(proto, transport, port, admin, prefix)
-    for _ in listen or [port]:
+    for _ in listen or [""]:
         await proto.logged(b"2 workers)")
     await eventually(daemon.healthy, "both workers up, their buses connected", timeout=30)
     return daemon
@@ -108,7 +108,8 @@ async def subscribed(port: int, login: str, path: str = "/ws") -> Client:
 
 async def spread(daemon: Workers, count: int) -> list[Client]:
     """``count`` subscribed clients, connected at once, on both workers (checked through /metrics)."""
-    clients = list(await gatherResults([Deferred_of(subscribed(daemon.port, f"user{i}")) for i in range(count)]))
+    clients = list(await gatherResults([Deferred.fromCoroutine(subscribed(daemon.port, f"user{i}"))
+                                         for i in range(count)]))
 
     async def counted() -> bool:
         return sum((await daemon.connections()).values()) == count
@@ -117,12 +118,6 @@ async def spread(daemon: Workers, count: int) -> list[Client]:
     per_worker = await daemon.connections()
     assert per_worker[0] > 0 and per_worker[1] > 0, per_worker
     return clients
-
-
-def Deferred_of(coroutine: Any) -> Any:  # noqa: N802 - reads as a type conversion
-    from twisted.internet.defer import Deferred
-
-    return Deferred.fromCoroutine(coroutine)
 
 
 async def exactly_once(daemon: Workers, clients: list[Client], tag: str, events: int = 10) -> None:
@@ -310,7 +305,7 @@ async def connect_over(description: str, url: str) -> Client:
     unix)."""
     factory = WebSocketClientFactory(url)
     factory.protocol = Client
-    proto = factory.buildProtocol(None)
+    proto: Any = factory.buildProtocol(None)
     await connectProtocol(clientFromString(reactor, description), proto)
     opened = proto.opened
     opened.addTimeout(10, reactor)
