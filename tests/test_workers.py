@@ -14,6 +14,7 @@ from typing import Any
 import pytest_twisted
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString, connectProtocol
@@ -158,7 +159,7 @@ async def heard(client: Client, text: str) -> None:
 @pytest_twisted.ensureDeferred
 async def test_two_workers_share_the_port_deliver_each_event_once_and_chat_across_workers(tmp_path) -> None:
     """Clients connected at once land on both workers; each gets each published event once, in order; /metrics
-    sums both workers (deliveries, connections) and shows each; a chat message crosses workers; every worker's
+    sums both workers (deliveries, connections) and shows each, also as OpenMetrics; a chat message crosses workers; every worker's
     log lines reach the supervisor's log tagged with the worker; SIGTERM closes every client 1000 and exits 0."""
     daemon = await start(tmp_path)
     try:
@@ -170,6 +171,11 @@ async def test_two_workers_share_the_port_deliver_each_event_once_and_chat_acros
         assert value(samples, "wsgw_connections", endpoint="ws") == CLIENTS
         assert value(samples, "wsgw_bus_events_received_total", topic="tree") == 2 * 11  # each worker reads all
         assert value(samples, "wsgw_bus_up") == 1 and value(samples, "wsgw_workers") == 2
+        response = await treq.get(f"http://127.0.0.1:{daemon.admin}/metrics", timeout=5,
+                                  headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        text = (await response.content()).decode()  # what Prometheus asks for first: it parses as OpenMetrics
+        assert response.headers.getRawHeaders("content-type")[0].startswith("application/openmetrics-text")
+        assert any(f.name == "wsgw_deliveries" for f in openmetrics_families(text))
 
         # chat: bob on one worker, alice on the other (connections until one lands there: at most 30)
         bob, bob_worker = await landed(daemon, "bob", "/chat")
