@@ -91,7 +91,8 @@ async def start(tmp_path: Any, workers: str = "2", listen: list[str] | None = No
     config.write_text(f"[server]\nredis = {shared_endpoint()}\nworkers = {workers}\nshutdown_timeout = 5\n"
                       f"[topics]\n{topics}\n[delivery]\nbatch_window = 0\n"
                       f"[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\npublish_token_file = {tmp_path / 'token'}\n"
-                      f"[chat]\nkey_prefix = {prefix}:chat:\n[auth]\nrevocation_prefix = {prefix}:revoked:\n{extra}")
+                      f"[chat]\nkey_prefix = {prefix}:chat:\n[auth]\nrevocation_prefix = {prefix}:revoked:\n"
+                      f"[operator]\ninstance_name = gw\npage = yes\nkey_prefix = {prefix}:instances:\n{extra}")
     listening = [arg for d in listen or [f"tcp:{port}:interface=127.0.0.1"] for arg in ("--listen", d)]
     proto, transport = spawn(["--config", str(config), *listening])
     daemon = Workers(proto, transport, port, admin, prefix)
@@ -159,7 +160,7 @@ async def heard(client: Client, text: str) -> None:
 @pytest_twisted.ensureDeferred
 async def test_two_workers_share_the_port_deliver_each_event_once_and_chat_across_workers(tmp_path) -> None:
     """Clients connected at once land on both workers; each gets each published event once, in order; /metrics
-    sums both workers (deliveries, connections) and shows each, also as OpenMetrics; a chat message crosses workers; every worker's
+    sums both workers (deliveries, connections) and shows each, also as OpenMetrics; /info lists both; a chat message crosses workers; every worker's
     log lines reach the supervisor's log tagged with the worker; SIGTERM closes every client 1000 and exits 0."""
     daemon = await start(tmp_path)
     try:
@@ -176,6 +177,19 @@ async def test_two_workers_share_the_port_deliver_each_event_once_and_chat_acros
         text = (await response.content()).decode()  # what Prometheus asks for first: it parses as OpenMetrics
         assert response.headers.getRawHeaders("content-type")[0].startswith("application/openmetrics-text")
         assert any(f.name == "wsgw_deliveries" for f in openmetrics_families(text))
+
+        # GET /info and the operator page, passed to a worker: every worker is an instance, under its own name
+        bearer = {"Authorization": "Bearer operator-token-of-the-test"}
+
+        async def both_listed() -> bool:
+            response = await treq.get(f"http://127.0.0.1:{daemon.admin}/info", headers=bearer, timeout=5)
+            listing = json.loads(await response.content())
+            return {i["id"] for i in listing["instances"]} == {"gw/worker-0", "gw/worker-1"}
+
+        await eventually(both_listed, "both workers in /info")
+        page = await treq.get(f"http://127.0.0.1:{daemon.admin}/", timeout=5)
+        assert page.code == 200 and b"<html" in (await page.content()).lower()
+        assert page.headers.getRawHeaders("content-security-policy")  # the worker's headers come back
 
         # chat: bob on one worker, alice on the other (connections until one lands there: at most 30)
         bob, bob_worker = await landed(daemon, "bob", "/chat")

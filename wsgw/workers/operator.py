@@ -16,7 +16,8 @@ directory made for the run). The supervisor's Site, on ``[admin] listen``:
 - anything else (``POST /publish/<topic>``, ``/disconnect``, ``/revoke``): the
   request passed as it came (method, path, ``Authorization``, ``Content-Type``,
   body) to one running worker, the next one each time, and its answer passed
-  back (status, ``Content-Type``, ``WWW-Authenticate``, ``Allow``, body). Any
+  back (status, headers but the hop-by-hop ones, body): ``GET /info`` and the
+  operator page too (every worker is an instance in the registry). Any
   worker can take them: they go onto the bus and the control channel, which
   every worker reads (PROTOCOL.md §3.1). A body over 1 MiB is answered 413 here,
   503 when no worker runs.
@@ -51,7 +52,8 @@ from wsgw.workers.aggregate import Aggregate, Families, parse, per_worker
 
 SCRAPE_TIMEOUT = 5.0  # seconds one worker has to answer /metrics or /healthz
 PASSED_HEADERS = (b"authorization", b"content-type")
-RETURNED_HEADERS = (b"content-type", b"www-authenticate", b"allow", b"cache-control")
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server",
+                        b"upgrade", b"te", b"trailer", b"proxy-authenticate"})
 
 
 class Pool(Protocol):
@@ -274,9 +276,10 @@ class PassToWorker(Resource):
         def write(answer: tuple[int, Headers, bytes]) -> None:
             status, got, data = answer
             request.setResponseCode(status)
-            for name in RETURNED_HEADERS:
-                for value in got.getRawHeaders(name, []):
-                    request.setHeader(name, value)
+            for name, values in got.getAllRawHeaders():
+                if name.lower() not in HOP_BY_HOP:
+                    for value in values:
+                        request.responseHeaders.addRawHeader(name, value)
             request.write(data)
 
         def failed(failure: Any) -> tuple[int, Headers, bytes]:

@@ -203,6 +203,8 @@ class Supervisor(MultiService):
                 os.unlink(stale)
         escaped = path.replace("\\", "\\\\").replace(":", "\\:")
         overrides = {**self._overrides, "server.workers": "1", "admin.listen": f"unix:{escaped}:mode=600:lockfile=0"}
+        if self.config.instance_name:  # each worker is an instance of the registry (GET /info): one name each
+            overrides["operator.instance_name"] = f"{self.config.instance_name}/worker-{slot}"
         argv = [sys.executable, "-m", "wsgw.workers", "--slot", str(slot), "--listeners", str(len(self._listeners)),
                 "--overrides", json.dumps(overrides)]
         if self._path is not None:
