@@ -35,6 +35,7 @@ UNIT_MODULES = frozenset({
     "test_dispatch", "test_events_activity", "test_events_batching", "test_events_idm", "test_events_nodes",
     "test_events_tasks", "test_events_usermeta", "test_flow", "test_frames", "test_fresh_machine", "test_gateway",
     "test_instances", "test_interfaces", "test_layout", "test_properties", "test_reauthorizer", "test_revocations", "test_sessions",
+    "test_workers_metrics",
 })
 _private_redis: list[RedisServer] = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsgw.config import DEFAULT_TOPICS, ConfigError, config_from_file, config_from_string
+from wsgw.config import DEFAULT_TOPICS, ConfigError, config_from_file, config_from_string, worker_count
 
 SECRET = {"WSGW_HMAC_SECRET": "s3cret"}
 
@@ -46,6 +46,10 @@ def test_file_values_and_overrides() -> None:
         ("[access]\nresolver = http\n", "resolver = http needs url"),
         ("[access]\nresolver = http\nurl = http://a/b\ntimeout = 0\n", "[access] timeout must be more than 0"),
         ("[topics]\ntree = same\nmeta = same\n", "must be distinct"),
+        ("[server]\nworkers = 0\nredis = tcp:127.0.0.1:6379\n", "[server] workers = '0': must be auto or at least 1"),
+        ("[server]\nworkers = some\n", "[server] workers = 'some'"),
+        ("[server]\nworkers = 2\n", "[server] workers = 2 needs [server] redis: the embedded bus"),
+        ("[server]\nworkers = auto\n", "[server] workers = auto needs [server] redis"),
         ("not an ini", "File contains no section headers"),
     ],
 )
@@ -106,3 +110,13 @@ def test_retired_delivery_keys_are_accepted_with_a_notice() -> None:
     assert config_from_string("", environ=SECRET).notices == ()
     with pytest.raises(ConfigError, match="unknown key"):
         config_from_string("[delivery]\nmax_queued_frame = 100\n", environ=SECRET)
+
+
+def test_workers_default_to_one_and_auto_counts_the_cpus_this_process_may_use(monkeypatch) -> None:
+    """``[server] workers`` is 1 by default (one process, as before); ``auto`` is the CPUs of this process's
+    affinity mask (a taskset or systemd CPUAffinity= counts, not the machine's CPUs); a number is itself."""
+    assert worker_count(config_from_string("", environ=SECRET)) == 1
+    text = "[server]\nredis = tcp:127.0.0.1:6379\nworkers = {}\n"
+    assert worker_count(config_from_string(text.format(3), environ=SECRET)) == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 2, 5})
+    assert worker_count(config_from_string(text.format("auto"), environ=SECRET)) == 3

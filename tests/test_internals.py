@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import socket
+import subprocess
 from typing import Any
 
 import autobahn.websocket.protocol
@@ -32,6 +33,8 @@ from wsgw.internals.twisted import (
     release_taken_over_request,
     send_direct,
     send_direct_many,
+    tcp_listen_address,
+    tls_context_factory,
 )
 from wsgw.internals.txredisapi import WholeReads
 from wsgw.logs import LineBudget
@@ -169,6 +172,25 @@ def test_twistd_reads_the_exit_signal_from_the_reactor() -> None:
     stopped = Stopped()
     clear_exit_signal(stopped)
     assert stopped._exitSignal is None
+
+
+def test_tcp_and_ssl_endpoints_keep_their_address_and_tls_context_where_the_workers_read_them(tmp_path) -> None:
+    """``tcp:``, ``tcp6:`` and ``ssl:`` endpoint strings parse to endpoints holding interface, port and backlog
+    (the supervisor binds a SO_REUSEPORT socket per worker there) and, for ``ssl:``, the context factory a worker
+    wraps its inherited socket with; other kinds are not TCP."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+
+    assert tcp_listen_address(serverFromString(reactor, "tcp:5050:interface=127.0.0.1:backlog=77")) == \
+        ("127.0.0.1", 5050, 77)
+    assert tcp_listen_address(serverFromString(reactor, "tcp6:5050")) == ("::", 5050, 50)
+    assert tcp_listen_address(serverFromString(reactor, f"unix:{tmp_path}/s")) is None
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1"], check=True, capture_output=True, timeout=60)
+    tls = serverFromString(reactor, f"ssl:5443:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    assert tcp_listen_address(tls) == ("127.0.0.1", 5443, 50)
+    assert IOpenSSLServerConnectionCreator.providedBy(tls_context_factory(tls))
 
 
 # --------------------------------------------------------------------------- Autobahn

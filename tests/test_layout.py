@@ -17,7 +17,7 @@ ROOT = PACKAGE.parent
 ADAPTER_LIBRARIES = ("autobahn", "txredisapi", "jwt", "treq")
 ADAPTER_MODULES = ("wsgw.web", "wsgw.bus", "wsgw.redis", "wsgw.auth", "wsgw.internals", "wsgw.chat.redis_store",
                    "wsgw.service", "wsgw.tap", "wsgw.publish", "wsgw.revoke", "wsgw.config", "wsgw.devtoken",
-                   "wsgw.testing", "wsgw.cli")
+                   "wsgw.testing", "wsgw.cli", "wsgw.workers")
 
 
 def _module(path: Path) -> str:

@@ -87,3 +87,11 @@ def test_a_wheel_installs_in_a_fresh_venv_and_runs_as_an_unprivileged_user() -> 
     if result.returncode == 77 and not os.environ.get("CI"):
         pytest.skip(result.stdout.strip())
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_package_of_wsgw_is_installed() -> None:
+    """setup.cfg lists every package under wsgw/ (a directory with an __init__.py), so a wheel holds all the code
+    the checkout runs (a new package is easy to forget)."""
+    listed = set(setup_cfg()["options"]["packages"].split())
+    found = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "wsgw").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

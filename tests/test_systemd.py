@@ -108,3 +108,11 @@ def test_readme_socket_figure_agrees_with_limit_nofile() -> None:
     expected = f"{limit - 64 - 192:,}"
     assert f"One process accepts up to {expected} sockets" in readme, expected
     assert f"LimitNOFILE={limit}" in readme
+
+
+def test_unit_lets_the_supervisor_of_workers_stop_them_itself() -> None:
+    """With [server] workers > 1, SIGTERM reaches twistd only (KillMode=mixed), which stops its workers in order
+    (README "Workers"); their private sockets go to the unit's own RuntimeDirectory."""
+    service = unit()["Service"]
+    assert service["KillMode"] == "mixed"
+    assert service["RuntimeDirectory"] == "wsgw" and service["RuntimeDirectoryMode"] == "0700"

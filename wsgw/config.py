@@ -124,6 +124,7 @@ class Config:
     shutdown_timeout: float = _key("server", "shutdown_timeout", _positive_float, "10")
     max_connections: int = _key("server", "max_connections", _count_or_auto, "auto")
     handshake_timeout: float = _key("server", "handshake_timeout", _positive_float, "10")
+    workers: int = _key("server", "workers", _count_or_auto, "1")  # 0: auto (worker_count)
     algorithms: tuple[str, ...] = _key("auth", "algorithms", _words, "HS256")
     hmac_secret_file: str = _key("auth", "hmac_secret_file", _text, "")
     public_key_file: str = _key("auth", "public_key_file", _text, "")
@@ -313,11 +314,27 @@ def _check(config: Config) -> None:
         raise ConfigError(f"{config.source}: [access] node_meta_timeout must be more than 0 with node_meta_url")
     if config.heartbeat <= 0:
         raise ConfigError(f"{config.source}: [operator] heartbeat must be more than 0 seconds")
+    if config.workers != 1 and not config.redis:
+        shown = "auto" if config.workers == 0 else config.workers
+        raise ConfigError(f"{config.source}: [server] workers = {shown} needs [server] redis: the embedded bus and "
+                          "chat store live inside one process, so other workers would never see its events and rooms")
     if not config.listen:
         raise ConfigError(f"{config.source}: [server] listen: at least one endpoint is needed")
     channels = list(config.topics.values())
     if len(set(channels)) != len(channels) or not all(channels):
         raise ConfigError(f"{config.source}: [topics] channel names must be distinct and not empty")
+
+
+def worker_count(config: Config) -> int:
+    """The processes ``[server] workers`` asks for: the number given, or for ``auto`` the CPUs this process may
+    run on (``os.sched_getaffinity``: a CPU set by taskset, systemd ``CPUAffinity=`` or a container counts, not
+    the machine's), at least 1."""
+    if config.workers:
+        return config.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class _NoReactor:

@@ -72,6 +72,36 @@ SETTINGS = {"public listener": "[server] listen or twistd --listen",
             "operator listener": "[admin] listen or twistd --admin-listen"}
 
 
+def bind(endpoint: Any, factory: Any, listener: str) -> IListeningPort:
+    """``endpoint.listen(factory)``'s port, bound now; ListenFailed (one line naming the address, ``listener`` and
+    the setting naming it) when the address cannot be bound. TCP, SSL, UNIX and systemd endpoints listen
+    synchronously, so the outcome is known on return."""
+    ports: list[IListeningPort] = []
+    failures: list[Failure] = []
+    endpoint.listen(factory).addCallbacks(ports.append, failures.append)
+    if failures:
+        error = failures[0].value
+        if isinstance(error, CannotListenError):
+            reason = getattr(error.socketError, "strerror", None) or error.socketError
+            raise ListenFailed(f"cannot listen on {error.interface or '*'}:{error.port} ({listener}, "
+                               f"{SETTINGS[listener]}): {reason}")
+        failures[0].raiseException()
+    if not ports:
+        raise ListenFailed(f"{listener}: the endpoint did not listen at once ({type(endpoint).__name__})")
+    return ports[0]
+
+
+def address_of(port: IListeningPort) -> str:
+    """``host:port`` (``[host]:port`` for IPv6, RFC 3986) of a listening port, or its UNIX path (its repr would
+    name the class)."""
+    host = port.getHost()
+    if not hasattr(host, "port"):
+        name = getattr(host, "name", host)
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    address = str(getattr(host, "host", ""))
+    return f"[{address}]:{host.port}" if ":" in address else f"{address}:{host.port}"
+
+
 class GatewayService(MultiService):
     """The whole daemon as one twisted service."""
 
@@ -234,7 +264,7 @@ class GatewayService(MultiService):
 
     def addresses(self) -> list[str]:
         """The addresses listened on: public ones, then the operator listener's (``host:port``, or a UNIX path)."""
-        return [_address(port) for port in self.ports + self.admin_ports]
+        return [address_of(port) for port in self.ports + self.admin_ports]
 
     def reload(self, config: Config) -> Config:
         """Apply what can change live of ``config`` (SIGHUP; ``wsgw.reload``); returns the configuration now in
@@ -245,18 +275,10 @@ class GatewayService(MultiService):
                 listener: str) -> list[IListeningPort]:
         ports: list[IListeningPort] = []
         for description in descriptions:
-            failures: list[Failure] = []
             endpoint = serverFromString(self._reactor, description)
             factory = site.behind_tls() if isinstance(endpoint, SSL4ServerEndpoint) else site
-            endpoint.listen(factory).addCallbacks(ports.append, failures.append)
-            if failures:  # TCP, SSL and UNIX endpoints listen synchronously: a bind error is known here
-                error = failures[0].value
-                if isinstance(error, CannotListenError):
-                    reason = getattr(error.socketError, "strerror", None) or error.socketError
-                    raise ListenFailed(f"cannot listen on {error.interface or '*'}:{error.port} ({listener}, "
-                                       f"{SETTINGS[listener]}): {reason}")
-                failures[0].raiseException()
-            self._log.info("{what} on {address}", what=what, address=_address(ports[-1]))
+            ports.append(bind(endpoint, factory, listener))
+            self._log.info("{what} on {address}", what=what, address=address_of(ports[-1]))
         return ports
 
     def _revocations_catch_up(self) -> None:
@@ -326,16 +348,6 @@ class GatewayService(MultiService):
         # shutdown that got this far is a success, so let it exit 0 as operators and systemd expect.
         clear_exit_signal(self._reactor)
         self._log.info("shutdown complete")
-
-
-def _address(port: IListeningPort) -> str:
-    """``host:port`` (``[host]:port`` for IPv6, RFC 3986) of a listening port, or its UNIX path (its repr would
-    name the class)."""
-    host = port.getHost()
-    if not hasattr(host, "port"):
-        return str(getattr(host, "name", host))
-    name = str(getattr(host, "host", ""))
-    return f"[{name}]:{host.port}" if ":" in name else f"{name}:{host.port}"
 
 
 class DaemonService(GatewayService):

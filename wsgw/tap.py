@@ -20,6 +20,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "INI configuration file (see etc/wsgw.ini)."],
         ["redis", "r", None, "Redis client endpoint, e.g. tcp:127.0.0.1:6379 (default: the embedded bus)."],
+        ["workers", "w", None, "Worker processes serving the same listeners: a number or auto (the CPUs this "
+                               "process may use); more than 1 needs Redis (default: [server] workers, 1)."],
         ["admin-listen", None, None, "Operator listener endpoint (/metrics, /publish), e.g. "
                                      "tcp:5051:interface=127.0.0.1; empty: none (default: [admin] listen)."],
     ]
@@ -43,6 +45,8 @@ class Options(usage.Options):
             overrides["server.listen"] = "\n".join(self["listen"])
         if self["redis"] is not None:
             overrides["server.redis"] = self["redis"]
+        if self["workers"] is not None:
+            overrides["server.workers"] = self["workers"]
         if self["admin-listen"] is not None:
             overrides["admin.listen"] = self["admin-listen"]
         if self["embedded"]:
@@ -60,7 +64,13 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
+    from wsgw.config import worker_count
     from wsgw.service import DaemonService
 
-    path, overrides = options["config"], options["wsgw_overrides"]
-    return DaemonService(options["wsgw_config"], reactor, reread=lambda: config_from_file(path, overrides))
+    path, overrides, config = options["config"], options["wsgw_overrides"], options["wsgw_config"]
+    count = worker_count(config)
+    if count > 1:  # the supervisor of ``count`` gateway processes (README "Workers")
+        from wsgw.workers.supervisor import Supervisor
+
+        return Supervisor(config, reactor, count, path, overrides, reread=lambda: config_from_file(path, overrides))
+    return DaemonService(config, reactor, reread=lambda: config_from_file(path, overrides))

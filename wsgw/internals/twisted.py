@@ -11,6 +11,12 @@
   cycle only a full garbage collection frees.
 - ``reactor._exitSignal``: the signal that stopped the reactor, which twistd
   re-raises at exit (status 143 for SIGTERM) even after a designed shutdown.
+- ``TCP4ServerEndpoint``, ``TCP6ServerEndpoint`` and ``SSL4ServerEndpoint`` keep what its
+  string says in ``_interface``, ``_port``, ``_backlog``: the supervisor of
+  ``[server] workers`` binds one ``SO_REUSEPORT`` socket per worker there.
+- ``SSL4ServerEndpoint._sslContextFactory``: the TLS context factory an
+  ``ssl:`` endpoint string describes; a worker (wsgw/workers/child.py) wraps
+  the listening socket it inherited with it, as the endpoint's own listen would.
 """
 
 from __future__ import annotations
@@ -62,6 +68,21 @@ def clear_exit_signal(reactor: Any) -> None:
     """Forget the signal that stopped ``reactor``, so twistd exits 0 after a designed shutdown."""
     if getattr(reactor, "_exitSignal", None) is not None:
         reactor._exitSignal = None
+
+
+def tcp_listen_address(endpoint: Any) -> tuple[str, int, int] | None:
+    """``(interface, port, backlog)`` of a parsed ``tcp:``, ``tcp6:`` or ``ssl:`` server endpoint; None for another
+    kind (``unix:``, ``systemd:``...)."""
+    from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+
+    if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint, SSL4ServerEndpoint)):
+        return None
+    return endpoint._interface, endpoint._port, endpoint._backlog
+
+
+def tls_context_factory(endpoint: Any) -> Any:
+    """The TLS context factory (``IOpenSSLServerConnectionCreator``) of a parsed ``ssl:`` server endpoint."""
+    return endpoint._sslContextFactory
 
 
 IOV_MAX = 1024  # buffers one sendmsg() may gather (Linux, POSIX minimum 16: 1024 everywhere wsgw runs)

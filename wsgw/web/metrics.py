@@ -274,7 +274,7 @@ class GatewayCollector(Collector):
             yield _counter("wsgw_chat_changes_refused", "Chat changes refused unsent ('the chat store is unavailable') "
                            "because [chat] max_changes_in_doubt changes were waiting for the store to answer.", None,
                            store.refused)
-        yield from _listener_metrics(p.listeners)
+        yield from listener_metrics(p.listeners)
         if p.access is not None:
             yield _counter("wsgw_access_lookups", "Access resolves of the http resolver, by outcome: backend requests "
                            "answered ok, refused (401/403/404, then cached for [access] refusal_ttl), failed, "
@@ -305,7 +305,7 @@ class GatewayCollector(Collector):
                            {link.role: link.reconnects for link in links})
 
 
-def _listener_metrics(listeners: Sequence[ListenerCounts]) -> Iterator[Metric]:
+def listener_metrics(listeners: Sequence[ListenerCounts]) -> Iterator[Metric]:
     if not listeners:
         return
     yield _gauge("wsgw_listener_sockets", "Open sockets of a listener, in every state (HTTP request, WebSocket "

@@ -1,0 +1,88 @@
+"""The merge of the workers' /metrics (wsgw/workers/aggregate.py): sums, states, and counters that never go down
+when a worker is started again."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from wsgw.workers.aggregate import Aggregate, Families, parse
+
+
+def exposition(deliveries: float, connections: float, bus_up: int, stalled: int = 0, revocations: int = 3) -> str:
+    return f"""# HELP wsgw_deliveries_total Frames handed to sockets, by kind of event.
+# TYPE wsgw_deliveries_total counter
+wsgw_deliveries_total{{kind="nodes"}} {deliveries}
+# HELP wsgw_connections Open WebSocket connections.
+# TYPE wsgw_connections gauge
+wsgw_connections{{endpoint="ws"}} {connections}
+# HELP wsgw_bus_up 1 while the bus can deliver and publish.
+# TYPE wsgw_bus_up gauge
+wsgw_bus_up {bus_up}
+# HELP wsgw_redis_stalled stalled
+# TYPE wsgw_redis_stalled gauge
+wsgw_redis_stalled{{role="chat store"}} {stalled}
+# HELP wsgw_revocations in force
+# TYPE wsgw_revocations gauge
+wsgw_revocations {revocations}
+# HELP wsgw_listener_sockets sockets
+# TYPE wsgw_listener_sockets gauge
+wsgw_listener_sockets{{listener="public"}} {connections}
+wsgw_listener_sockets{{listener="operator"}} 1
+# HELP wsgw_delivery_lag_seconds lag
+# TYPE wsgw_delivery_lag_seconds histogram
+wsgw_delivery_lag_seconds_bucket{{topic="tree",le="0.01"}} {deliveries}
+wsgw_delivery_lag_seconds_bucket{{topic="tree",le="+Inf"}} {deliveries}
+wsgw_delivery_lag_seconds_count{{topic="tree"}} {deliveries}
+wsgw_delivery_lag_seconds_sum{{topic="tree"}} 0.5
+wsgw_delivery_lag_seconds_created{{topic="tree"}} 1.7e9
+"""
+
+
+def samples(aggregate: Aggregate, fresh: list[int]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The merged families as the supervisor serves them, read back by a Prometheus parser."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Families(lambda: aggregate.merged(fresh)))
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_counters_and_amounts_are_summed_states_are_not() -> None:
+    """Counters, histograms and amount gauges are the workers' sums; bus_up is 1 only if every worker's is;
+    a stall anywhere shows; revocations (the same copy in each) are not multiplied; per-process timestamps and
+    the workers' private operator listeners are left out."""
+    aggregate = Aggregate()
+    aggregate.record(0, 100, parse(exposition(10, 4, 1)))
+    aggregate.record(1, 101, parse(exposition(5, 3, 0, stalled=1)))
+    got = samples(aggregate, [0, 1])
+    assert got[("wsgw_deliveries_total", (("kind", "nodes"),))] == 15
+    assert got[("wsgw_connections", (("endpoint", "ws"),))] == 7
+    assert got[("wsgw_delivery_lag_seconds_count", (("topic", "tree"),))] == 15
+    assert got[("wsgw_delivery_lag_seconds_bucket", (("le", "+Inf"), ("topic", "tree")))] == 15
+    assert got[("wsgw_bus_up", ())] == 0
+    assert got[("wsgw_redis_stalled", (("role", "chat store"),))] == 1
+    assert got[("wsgw_revocations", ())] == 3
+    assert ("wsgw_listener_sockets", (("listener", "operator"),)) not in got
+    assert not any(name.endswith("_created") for name, _ in got)
+
+
+def test_a_restarted_worker_never_makes_a_counter_go_down() -> None:
+    """A worker's new process starts its counts at 0: the last counts scraped from the one that ended are kept
+    in the sums (its gauges are not), so the summed counters only grow."""
+    aggregate = Aggregate()
+    aggregate.record(0, 100, parse(exposition(10, 4, 1)))
+    aggregate.record(1, 101, parse(exposition(5, 3, 1)))
+    assert samples(aggregate, [0, 1])[("wsgw_deliveries_total", (("kind", "nodes"),))] == 15
+    aggregate.ended(1, 101)
+    after_crash = samples(aggregate, [0])
+    assert after_crash[("wsgw_deliveries_total", (("kind", "nodes"),))] == 15
+    assert after_crash[("wsgw_connections", (("endpoint", "ws"),))] == 4
+    aggregate.record(1, 202, parse(exposition(2, 1, 1)))  # the new process, started again
+    got = samples(aggregate, [0, 1])
+    assert got[("wsgw_deliveries_total", (("kind", "nodes"),))] == 17
+    assert got[("wsgw_connections", (("endpoint", "ws"),))] == 5
+    # a worker that did not answer this scrape: its last counts stay, its gauges are left out
+    got = samples(aggregate, [0])
+    assert got[("wsgw_deliveries_total", (("kind", "nodes"),))] == 17
+    assert got[("wsgw_connections", (("endpoint", "ws"),))] == 4
