@@ -213,3 +213,20 @@ def test_info_skips_records_that_are_not_valid() -> None:
     result(store.put("bad", b"\xff\xfe", 60))
     answer = result(reg.instances())
     assert [r["id"] for r in answer["instances"]] == ["a"] and answer["skipped"] == 2
+
+
+def test_validate_takes_integers_too_big_for_a_float_without_failing() -> None:
+    """A record written by hand with a 400-digit integer made ``float()`` raise OverflowError: /info answered 503
+    on every instance, and the operator page went blind (docs/protocol.md §1: a bad record is skipped)."""
+    huge = "1" + "0" * 400
+    assert validate("x", b'{"id": "x", "started": %s, "at": 2, "heartbeat": 5}' % huge.encode()) is not None
+    record = validate("x", raw(GOOD)[:-1] + b', "rooms": %s, "connections": {"ws": %s}}' % ((huge.encode(),) * 2))
+    assert record is not None and record["rooms"] == 2**53 and record["connections"] == {"ws": 2**53}
+    assert validate("x", b'{"id": "x", "started": 1, "at": 2, "heartbeat": -%s}' % huge.encode()) is None
+    clock = Clock()
+    store = MemoryInstances(clock)
+    result(store.put("evil", b'{"id": "evil", "started": %s, "at": 1, "heartbeat": 5}' % huge.encode(), 60))
+    result(store.put("bad", b'{"id": "bad", "started": 1, "at": -%s, "heartbeat": 5}' % huge.encode(), 60))
+    answer = result(registry(clock, store).instances())
+    assert [r["id"] for r in answer["instances"]] == ["a", "evil"] and answer["skipped"] == 1
+

@@ -117,9 +117,11 @@ def _text(value: Any) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         return None
-    return min(float(value), float(MAX_COUNT))
+    if isinstance(value, int):  # JSON integers are unbounded: float() of a 400-digit one raises OverflowError
+        return float(min(value, MAX_COUNT))
+    return min(value, float(MAX_COUNT)) if math.isfinite(value) else None
 
 
 def _count(value: Any) -> int | None:
