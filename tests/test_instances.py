@@ -5,6 +5,7 @@ the history of rates, and the validation of records read back from the store. No
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -13,10 +14,12 @@ from twisted.internet.task import Clock
 
 from wsgw.instances import (
     HEARTBEAT_TTLS,
+    MAX_INSTANCES,
     MAX_ITEMS,
     MAX_POINTS,
     MAX_RECORD_BYTES,
     MAX_TEXT,
+    MIN_STEP,
     History,
     InstanceRegistry,
     MemoryInstances,
@@ -230,3 +233,13 @@ def test_validate_takes_integers_too_big_for_a_float_without_failing() -> None:
     answer = result(registry(clock, store).instances())
     assert [r["id"] for r in answer["instances"]] == ["a", "evil"] and answer["skipped"] == 1
 
+
+
+def test_validate_leaves_out_a_history_whose_per_second_rates_are_not_finite() -> None:
+    """A ``step`` of 1e-300 s passed as a positive number: the page divided by it and drew Infinity and NaN (its
+    summed charts broken, console errors). A step under MIN_STEP is not a heartbeat's."""
+    for step in (1e-300, MIN_STEP / 2):
+        record = validate("x", raw({**GOOD, "history": {"step": step, "events": [2**53], "deliveries": [1]}}))
+        assert record is not None and "history" not in record
+    kept = validate("x", raw({**GOOD, "history": {"step": MIN_STEP, "events": [2**53], "deliveries": [1]}}))
+    assert kept is not None and math.isfinite(max(kept["history"]["events"]) / kept["history"]["step"] * MAX_INSTANCES)
