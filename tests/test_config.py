@@ -39,6 +39,10 @@ def test_file_values_and_overrides() -> None:
         ("[nope]\nx = 1\n", "unknown key [nope] x (unknown section)"),
         ("[delivery]\nbatch_window = soon\n", "[delivery] batch_window = 'soon'"),
         ("[delivery]\npacing_rate = -1\n", "must not be negative"),
+        # NaN passed `< 0` (heartbeat = nan: check-config said fine, twistd wsgw died on a traceback); inf too
+        ("[operator]\nheartbeat = nan\n", "[operator] heartbeat = 'nan': must be a finite number"),
+        ("[operator]\nheartbeat = inf\n", "must be a finite number"),
+        ("[chat]\npresence_timeout = -inf\n", "must be a finite number"),
         ("[websocket]\nmax_frame_ws = 10\n", "at least 64 bytes"),
         ("[server]\nmax_connections = 0\n", "must be auto or at least 1"),
         ("[server]\nmax_connections = many\n", "[server] max_connections = 'many'"),

@@ -5,6 +5,7 @@ the history of rates, and the validation of records read back from the store. No
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -13,10 +14,12 @@ from twisted.internet.task import Clock
 
 from wsgw.instances import (
     HEARTBEAT_TTLS,
+    MAX_INSTANCES,
     MAX_ITEMS,
     MAX_POINTS,
     MAX_RECORD_BYTES,
     MAX_TEXT,
+    MIN_STEP,
     History,
     InstanceRegistry,
     MemoryInstances,
@@ -213,3 +216,30 @@ def test_info_skips_records_that_are_not_valid() -> None:
     result(store.put("bad", b"\xff\xfe", 60))
     answer = result(reg.instances())
     assert [r["id"] for r in answer["instances"]] == ["a"] and answer["skipped"] == 2
+
+
+def test_validate_takes_integers_too_big_for_a_float_without_failing() -> None:
+    """A record written by hand with a 400-digit integer made ``float()`` raise OverflowError: /info answered 503
+    on every instance, and the operator page went blind (docs/protocol.md §1: a bad record is skipped)."""
+    huge = "1" + "0" * 400
+    assert validate("x", b'{"id": "x", "started": %s, "at": 2, "heartbeat": 5}' % huge.encode()) is not None
+    record = validate("x", raw(GOOD)[:-1] + b', "rooms": %s, "connections": {"ws": %s}}' % ((huge.encode(),) * 2))
+    assert record is not None and record["rooms"] == 2**53 and record["connections"] == {"ws": 2**53}
+    assert validate("x", b'{"id": "x", "started": 1, "at": 2, "heartbeat": -%s}' % huge.encode()) is None
+    clock = Clock()
+    store = MemoryInstances(clock)
+    result(store.put("evil", b'{"id": "evil", "started": %s, "at": 1, "heartbeat": 5}' % huge.encode(), 60))
+    result(store.put("bad", b'{"id": "bad", "started": 1, "at": -%s, "heartbeat": 5}' % huge.encode(), 60))
+    answer = result(registry(clock, store).instances())
+    assert [r["id"] for r in answer["instances"]] == ["a", "evil"] and answer["skipped"] == 1
+
+
+
+def test_validate_leaves_out_a_history_whose_per_second_rates_are_not_finite() -> None:
+    """A ``step`` of 1e-300 s passed as a positive number: the page divided by it and drew Infinity and NaN (its
+    summed charts broken, console errors). A step under MIN_STEP is not a heartbeat's."""
+    for step in (1e-300, MIN_STEP / 2):
+        record = validate("x", raw({**GOOD, "history": {"step": step, "events": [2**53], "deliveries": [1]}}))
+        assert record is not None and "history" not in record
+    kept = validate("x", raw({**GOOD, "history": {"step": MIN_STEP, "events": [2**53], "deliveries": [1]}}))
+    assert kept is not None and math.isfinite(max(kept["history"]["events"]) / kept["history"]["step"] * MAX_INSTANCES)

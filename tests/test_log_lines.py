@@ -20,7 +20,7 @@ from wsgw.logs import LiveLogs, writes
 
 HOME = workspace("w-home", "home", "ds/home")
 ADMIN = "tcp:0:interface=127.0.0.1"
-REPR = re.compile(r"object at 0x|<[A-Za-z_.]+ (instance|object)\b")
+REPR = re.compile(r"object at 0x|<[A-Za-z_.]+ (instance|object)\b|<[A-Za-z_.]+ at 0x")  # the last: twisted.web requests
 
 
 @pytest_twisted.ensureDeferred
@@ -120,6 +120,39 @@ async def test_probes_not_written_at_level_info_spend_no_budget(gateway: StartGa
         logs.live_logs = saved
     access = [line for line in out.getvalue().splitlines() if "HTTP/1.1" in line]
     assert len(access) == 1 and '"GET /nowhere HTTP/1.1" 404' in access[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_requests_answer_like_get_without_a_body_and_log_nothing(gateway: StartGateway) -> None:
+    """HEAD /healthz (a load balancer's probe), of the live page, the operator page, /metrics, /info, /ws, a
+    404 (and /info's 405): GET's status and headers with its Content-Length, no body, and no line. Twisted logged each, from any
+    peer and outside the line budget, at info as ``Warning: HEAD request <BoundedRequest at 0x7f...> ...
+    returning a message body. I think I'll eat it.``, an object repr."""
+    out = io.StringIO()
+    observer = LiveLogs(out, "text", "debug")
+    globalLogPublisher.addObserver(observer)
+    try:
+        daemon = await gateway(redis=None, admin=ADMIN, overrides={"web.live_page": "yes", "operator.page": "yes"})
+        for port, path, code in ((daemon.port, "/healthz", 200), (daemon.admin_port, "/healthz", 200),
+                                 (daemon.port, "/", 200), (daemon.admin_port, "/", 200),
+                                 (daemon.admin_port, "/operator.js", 200), (daemon.admin_port, "/metrics", 200),
+                                 (daemon.port, "/ws", 426)):
+            url = f"http://127.0.0.1:{port}{path}"
+            got = await treq.get(url, timeout=5)
+            body = await got.content()
+            head = await treq.head(url, timeout=5)
+            assert (head.code, got.code) == (code, code) and await head.content() == b"", path
+            for header in ("content-type", "content-security-policy", "cache-control"):
+                assert head.headers.getRawHeaders(header) == got.headers.getRawHeaders(header)
+            length = head.headers.getRawHeaders("content-length")  # (treq drops GET's)
+            assert length == [str(len(body))] or (path == "/metrics" and length)  # /metrics changes in between
+        for port, path, code in ((daemon.admin_port, "/info", 405), (daemon.port, "/nowhere", 404)):
+            head = await treq.head(f"http://127.0.0.1:{port}{path}", timeout=5)
+            assert head.code == code and await head.content() == b""
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    lines = out.getvalue().splitlines()
+    assert [t for t in lines if "HEAD" in t or REPR.search(t)] == []
 
 
 def test_the_level_filters_text_and_json_alike_and_factory_lines_are_debug_naming_a_class() -> None:

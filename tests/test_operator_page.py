@@ -6,6 +6,7 @@ tests/artifacts/operator-page.png."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from twisted.internet.threads import deferToThread
 
 from tests.support.browser import ARTIFACTS, click, need_browser, start_browser, wait_for, wait_text
 from tests.support.daemon import Daemon, StartGateway, token, workspace
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 from tests.support.wsclient import Client, connect
 
 OPERATOR_TOKEN = "operator-token-of-the-page-test-0123456789"
@@ -114,3 +117,49 @@ async def test_operator_page_shows_instances_charts_and_its_forms_act(tmp_path: 
     finally:
         if driver is not None:
             await deferToThread(driver.quit)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_asks_info_once_at_a_time_and_says_when_it_waits(tmp_path: Path, gateway: StartGateway) -> None:
+    """While Redis does not answer, /info takes up to the command timeout (10 s): the page polled every 2 s anyway,
+    piling up to 6 requests on the operator listener (its sockets are capped) and showing the old data as
+    "connected" all along. It now waits for each answer, says it is waiting, and shows the answer once it comes."""
+    need_browser()
+    secret = tmp_path / "operator.token"
+    secret.write_text(OPERATOR_TOKEN + "\n")
+    with RedisServer() as redis:
+        a = await gateway(redis=redis.endpoint, admin="tcp:0:interface=127.0.0.1",
+                          overrides={"operator.page": "yes", "operator.instance_name": "gw-a",
+                                     "admin.publish_token_file": str(secret)})
+        registry = a.service.instances
+        asked: list[float] = []
+        ask = registry.instances
+
+        def counted() -> Any:
+            asked.append(time.monotonic())
+            return ask()
+
+        registry.instances = counted  # type: ignore[method-assign]
+        driver = None
+        try:
+            driver = await deferToThread(start_browser, tmp_path / "profile")
+            await deferToThread(driver.get, f"http://127.0.0.1:{a.admin_port}/")
+            await deferToThread(fill, driver, {"token": OPERATOR_TOKEN})
+            await deferToThread(click, driver, "connect")
+            await deferToThread(wait_text, driver, "status", "connected")
+            redis.freeze()
+            frozen = time.monotonic()
+            try:
+                await deferToThread(wait_text, driver, "status", "waiting for /info")
+                await deferToThread(time.sleep, 5.0)  # 2-3 more polls would have gone
+                assert len([t for t in asked if t > frozen]) <= 1
+            finally:
+                redis.thaw()
+            await deferToThread(wait_text, driver, "status", "connected")  # the stalled request's answer, then more
+            await wait_until(lambda: len([t for t in asked if t > frozen]) >= 2, "polls again once answered")
+            logs = [entry["message"] for entry in await deferToThread(driver.get_log, "browser")
+                    if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]]
+            assert logs == []
+        finally:
+            if driver is not None:
+                await deferToThread(driver.quit)

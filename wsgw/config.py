@@ -9,6 +9,7 @@ environment (``WSGW_HMAC_SECRET``, ``WSGW_REDIS_PASSWORD``), never from argv.
 from __future__ import annotations
 
 import configparser
+import math
 import os
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -35,6 +36,8 @@ class ConfigError(ValueError):
 
 def _positive_float(text: str) -> float:
     value = float(text)
+    if not math.isfinite(value):  # float() takes nan and inf, and nan < 0 is False
+        raise ValueError("must be a finite number")
     if value < 0:
         raise ValueError("must not be negative")
     return value

@@ -29,8 +29,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import os
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -106,12 +106,17 @@ def parse_request(op: str, body: object, now: float, max_token_lifetime: float) 
         fields["reason"] = reason[:MAX_REASON_CHARS] or DEFAULT_REASON
         return fields
     before = body.get("before", now)
-    if isinstance(before, bool) or not isinstance(before, (int, float)) or not math.isfinite(before):
+    if not _finite(before):
         raise RequestError("before must be a finite number (unix seconds)")
     if before > now + max_token_lifetime:
         raise RequestError(f"before is more than max_token_lifetime ({max_token_lifetime:g} s) in the future")
     fields["before"] = before
     return fields
+
+
+def _finite(value: object) -> bool:
+    """A finite JSON number, not a boolean (compared, not ``math.isfinite``: a 400-digit int overflows a float)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
 
 
 def _string(name: str, value: object) -> str:
@@ -274,7 +279,7 @@ def _shape_problem(event: Mapping[str, Any]) -> str | None:
     if op not in OPS:
         return f"unknown op {str(op)[:40]!r}"
     at = event.get("at")
-    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+    if not _finite(at):
         return "at must be a number"
     if not isinstance(event.get("id"), str) or not event["id"]:
         return "id must be a string"
@@ -287,7 +292,7 @@ def _shape_problem(event: Mapping[str, Any]) -> str | None:
         return "login, sub, jti and reason must be strings"
     if op == "revoke":
         before = event.get("before")
-        if isinstance(before, bool) or not isinstance(before, (int, float)) or not math.isfinite(before):
+        if not _finite(before):
             return "before must be a number"
     return None
 

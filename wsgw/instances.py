@@ -51,6 +51,7 @@ MAX_INSTANCES = 1000  # records /info reads at most
 MAX_TEXT = 200  # characters of a string field
 MAX_ITEMS = 64  # entries of a list or object field
 MAX_COUNT = 2**53  # a count over this is cut to it (JSON numbers stay exact)
+MIN_STEP = 0.001  # a history step under this (s) is left out: its per-second rates could overflow to Infinity
 
 
 def instance_id(name: str = "") -> str:
@@ -117,9 +118,11 @@ def _text(value: Any) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         return None
-    return min(float(value), float(MAX_COUNT))
+    if isinstance(value, int):  # JSON integers are unbounded: float() of a 400-digit one raises OverflowError
+        return float(min(value, MAX_COUNT))
+    return min(value, float(MAX_COUNT)) if math.isfinite(value) else None
 
 
 def _count(value: Any) -> int | None:
@@ -144,8 +147,9 @@ def _series(value: Any) -> list[int] | None:
 def validate(instance: str, raw: bytes) -> dict[str, Any] | None:
     """The record ``raw`` stored under ``instance`` as ``/info`` shows it, or None when it is not one: over
     MAX_RECORD_BYTES, not a JSON object, an ``id`` other than ``instance``, a required field missing or mistyped
-    (``id``, ``started``, ``at``, ``heartbeat``). Optional fields mistyped are left out; strings, lists, objects
-    and counts are cut to the MAX_* caps; unknown fields are dropped."""
+    (``id``, ``started``, ``at``, ``heartbeat``). Optional fields mistyped are left out, as is a history whose
+    ``step`` is under MIN_STEP; strings, lists, objects and counts are cut to the MAX_* caps; unknown fields are
+    dropped."""
     if len(raw) > MAX_RECORD_BYTES:
         return None
     try:
@@ -173,7 +177,7 @@ def validate(instance: str, raw: bytes) -> dict[str, Any] | None:
     if (rooms := _count(record.get("rooms"))) is not None:
         out["rooms"] = rooms
     history = record.get("history")
-    if isinstance(history, dict) and (step := _number(history.get("step"))):
+    if isinstance(history, dict) and (step := _number(history.get("step"))) is not None and step >= MIN_STEP:
         events, deliveries = _series(history.get("events")), _series(history.get("deliveries"))
         if events is not None and deliveries is not None:
             out["history"] = {"step": step, "events": events, "deliveries": deliveries}

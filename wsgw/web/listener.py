@@ -42,6 +42,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from wsgw.logs import LineBudget, writes
@@ -78,6 +79,9 @@ class BoundedRequest(Request):
             self.notifyFinish().addBoth(lambda _: ticket.idle())
         super().process()
 
+    def render(self, resrc: IResource) -> None:
+        super().render(_Headless(resrc) if self.method == b"HEAD" else resrc)
+
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         if (name.encode("latin-1") if isinstance(name, str) else name).lower() == b"server":
             return  # twisted.web sets Server: TwistedWeb/<version> on every answer
@@ -98,6 +102,22 @@ class BoundedRequest(Request):
             self.content.truncate()
             return
         self.content.write(data)
+
+
+class _Headless:
+    """``resource`` answering a HEAD: the status and headers of its GET, the ``Content-Length`` of the body it
+    would send, no body (RFC 9110 §9.3.2). Given the body, twisted.web drops it but logs, at info and outside any
+    line budget, ``Warning: HEAD request <BoundedRequest at 0x...> ...`` for every HEAD of any peer."""
+
+    def __init__(self, resource: IResource) -> None:
+        self._resource = resource
+
+    def render(self, request: Request) -> bytes | int:
+        body: bytes | int = self._resource.render(request)
+        if isinstance(body, bytes) and body:
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
 
 
 def public_cap(configured: int, operator_sockets: int, open_files: int) -> tuple[int, str]:

@@ -7,6 +7,7 @@ const KEY = "wsgw-operator-token";
 const SVG = "http://www.w3.org/2000/svg";
 let token = sessionStorage.getItem(KEY) || "";
 let timer = null;
+let asking = null;  // when the /info request in flight was sent (one at a time: a stalled Redis answers late)
 
 const $ = (id) => document.getElementById(id);
 
@@ -143,9 +144,16 @@ function render(info) {
 
 async function poll() {
   if (!token) return;
+  if (asking !== null) {
+    setStatus(`waiting for /info since ${asking.toLocaleTimeString()} (the data below is older)`, "bad");
+    return;
+  }
+  const sent = token;
+  asking = new Date();
   try {
-    const response = await fetch("/info", {headers: {Authorization: "Bearer " + token}, cache: "no-store"});
+    const response = await fetch("/info", {headers: {Authorization: "Bearer " + sent}, cache: "no-store"});
     const body = await response.json();
+    if (sent !== token) return;  // forgotten or replaced meanwhile
     if (!response.ok) {
       setStatus(`${response.status}: ${body.error || "refused"}`, "bad");
       if (response.status === 401 || response.status === 403) stop();
@@ -154,7 +162,9 @@ async function poll() {
     render(body);
     setStatus(`connected, ${new Date().toLocaleTimeString()}`, "ok");
   } catch (e) {
-    setStatus(`/info unavailable: ${e.message}`, "bad");
+    if (sent === token) setStatus(`/info unavailable: ${e.message}`, "bad");
+  } finally {
+    asking = null;
   }
 }
 
