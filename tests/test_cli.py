@@ -166,6 +166,21 @@ def test_token_with_issuer_audience_and_lifetime(tmp_path: Path, capsys) -> None
     assert claims["workspaces"][0]["uuid"] == "w1"
 
 
+def test_token_refuses_a_lifetime_the_daemon_would_refuse(tmp_path: Path, capsys) -> None:
+    """``--lifetime -5`` minted an expired token without a word; over the default max_token_lifetime it warns;
+    a malformed --workspace is a usage error, not a traceback."""
+    secret = tmp_path / "secret"
+    secret.write_text(HMAC)
+    for bad in (["--lifetime", "-5"], ["--lifetime", "0"], ["--workspace", "only-a-uuid"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["token", "alice", "--secret-file", str(secret), *bad])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert "usage: wsgw token" in err and ("must be more than 0 seconds" in err or "UUID:SLUG:ROOTPATH" in err)
+    assert main(["token", "alice", "--secret-file", str(secret), "--lifetime", "172800"]) == 0
+    assert "warning: a lifetime over 86400 s is refused" in capsys.readouterr().err
+
+
 def test_token_without_issuer_or_audience_has_neither(tmp_path: Path, capsys) -> None:
     """Without --issuer and --audience the token carries no iss or aud (as wsgw-token always did)."""
     secret = tmp_path / "hmac.secret"

@@ -42,6 +42,9 @@ def test_file_values_and_overrides() -> None:
         # NaN passed `< 0` (heartbeat = nan: check-config said fine, twistd wsgw died on a traceback); inf too
         ("[operator]\nheartbeat = nan\n", "[operator] heartbeat = 'nan': must be a finite number"),
         ("[operator]\nheartbeat = inf\n", "must be a finite number"),
+        # a tiny heartbeat spun the daemon at 75 % CPU writing its record; a page nobody can use was silent
+        ("[operator]\nheartbeat = 0.000001\n", "[operator] heartbeat must be at least 0.1 seconds"),
+        ("[operator]\npage = yes\n", "[operator] page = yes needs [admin] publish_token_file"),
         ("[chat]\npresence_timeout = -inf\n", "must be a finite number"),
         ("[websocket]\nmax_frame_ws = 10\n", "at least 64 bytes"),
         ("[server]\nmax_connections = 0\n", "must be auto or at least 1"),

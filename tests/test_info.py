@@ -10,7 +10,7 @@ from typing import Any
 import pytest_twisted
 import treq
 
-from tests.support.daemon import Daemon, StartGateway, token, workspace
+from tests.support.daemon import Daemon, StartGateway, scrape, token, value, workspace
 from tests.support.waiting import eventually
 from tests.support.wsclient import connect
 
@@ -116,6 +116,10 @@ async def test_info_needs_the_operator_token_and_get(gateway: StartGateway, tmp_
     response = await get(a, "/info", method="POST")
     assert response.code == 405 and response.headers.getRawHeaders("allow") == ["GET"]
     await response.content()
+    assert (await get(a, "/info")).code == 200
+    samples = await scrape(a)  # every answer counted, as /disconnect's and /revoke's are
+    for status, n in (("401", 2), ("405", 1), ("200", 1)):
+        assert value(samples, "wsgw_operator_requests_total", path="/info", status=status) == n
     off = await instance(gateway, tmp_path, with_token=False)
     response = await get(off, "/info")
     assert response.code == 403

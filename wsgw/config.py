@@ -297,6 +297,9 @@ def _secret(source: str, key: str, path: str, from_env: str | None) -> bytes | N
     return None
 
 
+MIN_HEARTBEAT = 0.1  # seconds: a shorter one would spin the daemon writing its record
+
+
 def _check(config: Config) -> None:
     from wsgw.auth.tokens import validate_algorithms
 
@@ -315,8 +318,12 @@ def _check(config: Config) -> None:
         raise ConfigError(f"{config.source}: [access] timeout must be more than 0 with resolver = http")
     if config.node_meta_url and config.node_meta_timeout <= 0:
         raise ConfigError(f"{config.source}: [access] node_meta_timeout must be more than 0 with node_meta_url")
-    if config.heartbeat <= 0:
-        raise ConfigError(f"{config.source}: [operator] heartbeat must be more than 0 seconds")
+    if config.heartbeat < MIN_HEARTBEAT:
+        raise ConfigError(f"{config.source}: [operator] heartbeat must be at least {MIN_HEARTBEAT} seconds "
+                          "(each one writes this instance's record)")
+    if config.operator_page and config.publish_token is None:
+        raise ConfigError(f"{config.source}: [operator] page = yes needs [admin] publish_token_file: the page "
+                          "asks for that token and can show nothing without it")
     if config.workers != 1 and not config.redis:
         shown = "auto" if config.workers == 0 else config.workers
         raise ConfigError(f"{config.source}: [server] workers = {shown} needs [server] redis: the embedded bus and "

@@ -12,6 +12,8 @@ from typing import Any
 
 import jwt
 
+DEFAULT_MAX_LIFETIME = 86400  # seconds: [auth] max_token_lifetime by default
+
 
 def main(argv: Sequence[str] | None = None, prog: str = "wsgw-token") -> int:
     """``wsgw-token`` (and ``wsgw token``): the token on standard output, its claims on standard error; exit 0."""
@@ -29,6 +31,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "wsgw-token") -> int:
     parser.add_argument("--issuer", help="the iss claim (the daemon's [auth] issuer, when it sets one)")
     parser.add_argument("--audience", help="the aud claim (the daemon's [auth] audience, when it sets one)")
     args = parser.parse_args(argv)
+    if args.ttl <= 0:
+        parser.error(f"--lifetime {args.ttl}: must be more than 0 seconds (the daemon refuses an expired token)")
+    if args.ttl > DEFAULT_MAX_LIFETIME:
+        print(f"{prog}: warning: a lifetime over {DEFAULT_MAX_LIFETIME} s is refused by a daemon with the default "
+              "[auth] max_token_lifetime", file=sys.stderr)
+    if any(spec.count(":") < 2 for spec in args.workspace):
+        parser.error("--workspace takes UUID:SLUG:ROOTPATH")
     if args.secret_file:
         with open(args.secret_file, "rb") as f:
             secret = f.read().strip()

@@ -41,13 +41,13 @@ class InfoPage(TokenPage):
     usage = "use GET"
     off = "/info is off: set [admin] publish_token_file"
 
-    def __init__(self, registry: InstanceRegistry, token: bytes | None) -> None:
+    def __init__(self, registry: InstanceRegistry, token: bytes | None, counts: Counter[tuple[str, int]]) -> None:
         super().__init__(token)
         self._registry = registry
-        self.counts: Counter[int] = Counter()  # answers by status
+        self._counts = counts  # answers by (path, status), /metrics wsgw_operator_requests_total
 
     def count(self, request: Request, status: int) -> None:
-        self.counts[status] += 1
+        self._counts[("/info", status)] += 1
 
     def post(self, request: Request) -> bytes | int:
         return self.answer_when(request, self._registry.instances(), lambda listing: (200, listing),

@@ -66,8 +66,8 @@ def operator_metrics(requests: Mapping[tuple[str, int], int], control: Mapping[t
                      revoked: Mapping[str, int], revocations: int) -> Iterator[Metric]:
     """The /metrics families of PROTOCOL.md §3.1: operator requests by path and status, control messages by op and
     outcome (``None``: no control handler), sessions closed by revocation by why, revocations in force."""
-    family = CounterMetricFamily("wsgw_operator_requests", "POST /disconnect and /revoke requests on the operator "
-                                 "listener, by path and HTTP status.", labels=["path", "status"])
+    family = CounterMetricFamily("wsgw_operator_requests", "GET /info, POST /disconnect and /revoke requests on "
+                                 "the operator listener, by path and HTTP status.", labels=["path", "status"])
     for (path, status), count in sorted(requests.items()):
         family.add_metric([path, str(status)], count)
     yield family

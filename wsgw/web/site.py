@@ -208,7 +208,7 @@ def make_admin_site(metrics: Metrics, bus: IBus, problem: Callable[[], str | Non
     publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
     routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(problem)}
     if registry is not None:
-        routes[b"/info"] = InfoPage(registry, publish_token)
+        routes[b"/info"] = InfoPage(registry, publish_token, metrics.operator_requests)
     if page:
         routes.update(operator_page())
     for op in ("disconnect", "revoke"):
