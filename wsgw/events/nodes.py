@@ -37,7 +37,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from wsgw.access import Root, Workspace
-from wsgw.cells import EVENT_TYPE, NODE_TYPE
 from wsgw.events.batching import NodeBatcher, event_type, merge_key
 from wsgw.events.metastore import (
     POLICIES_META_KEY,
@@ -47,66 +46,14 @@ from wsgw.events.metastore import (
     read_policy,
     subjects_allowed,
 )
+from wsgw.events.nodecheck import validate
 from wsgw.events.usermeta import UserMeta
-from wsgw.frames import MalformedEvent, encode, field
+from wsgw.frames import encode
 from wsgw.interfaces import INodeMetaSource
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session, SessionTable, fan_out
 
-# -- validation ---------------------------------------------------------------------------------
-
-
-def validate(event: object) -> dict[str, Any]:
-    """Check the shape of a ``NodeChangeEvent`` (PROTOCOL.md §4.1); return it with its enums as names.
-
-    ``Type`` and the nodes' ``Type`` may be names (protojson) or numbers (Go's encoding/json), as
-    ``wsgw.cells`` says; the event returned holds names (``Type`` absent stays absent: CREATE), and is the
-    same dict when it held names already. Raises MalformedEvent naming the first offending field.
-    """
-    if not isinstance(event, dict):
-        raise MalformedEvent("a node event must be an object")
-    kind = event.get("Type")
-    if kind is not None:
-        kind = EVENT_TYPE.name(kind, "Type")
-    field(event, "Silent", bool)
-    field(event, "Optimistic", bool)
-    target = _validate_node(event, "Target")
-    source = _validate_node(event, "Source")
-    if target is None and source is None:
-        raise MalformedEvent("a node event needs a Target or a Source")
-    if kind is event.get("Type") and target is event.get("Target") and source is event.get("Source"):
-        return event
-    named = dict(event)
-    if kind is not None:
-        named["Type"] = kind
-    for name, node in (("Target", target), ("Source", source)):
-        if node is not None:
-            named[name] = node
-    return named
-
-
-def _validate_node(event: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """The node, checked; a copy with ``Type`` as a name when it was a number."""
-    node: dict[str, Any] | None = field(event, name, dict)
-    if node is None:
-        return None
-    try:
-        field(node, "Uuid", str)
-        field(node, "Path", str)
-        field(node, "Etag", str)
-        node_type = node.get("Type")
-        if node_type is not None:
-            named = NODE_TYPE.name(node_type, "Type")
-            if named is not node_type:
-                node = {**node, "Type": named}
-        for number in ("Size", "MTime", "Mode"):
-            field(node, number, (str, int))
-        meta = field(node, "MetaStore", dict)
-        if meta and not all(isinstance(v, str) for v in meta.values()):
-            raise MalformedEvent("MetaStore values must be strings")
-    except MalformedEvent as exc:
-        raise MalformedEvent(f"{name}.{exc}") from None
-    return node
+_json_text = json.JSONEncoder(ensure_ascii=False).encode  # a str as json.dumps(s, ensure_ascii=False) writes it
 
 
 # -- visibility and paths -----------------------------------------------------------------------
@@ -208,7 +155,7 @@ class PreparedEvent:
 
     def shape(self, ws: Workspace) -> dict[str, Any] | None:
         """The frame for ``ws``, or None when neither node is visible there."""
-        ws_meta_value = json.dumps(ws.uuid, ensure_ascii=False)
+        ws_meta_value = _json_text(ws.uuid)
         target = self.target.for_workspace(ws, ws_meta_value) if self.target else None
         source = self.source.for_workspace(ws, ws_meta_value) if self.source else None
         if target is None and source is None:
