@@ -375,6 +375,21 @@ def test_validate_takes_a_node_exactly_as_the_generic_checks_do(fields: dict[str
     assert got == expected and (got is fields) == (expected is fields)
 
 
+def test_a_frame_is_written_as_the_standard_encoder_writes_it_floats_and_big_integers_included() -> None:
+    """Node frames are encoded by orjson only where it writes the standard encoder's bytes: a node field holding
+    a float (orjson writes 1e-05 as 0.00001), a list, or an integer past 64 bits is written as ``json`` writes it."""
+    world = World(batch_window=0)
+    conn = world.session(access("alice", COMMON))
+    odd = {"Float": 1e-05, "Big": 2**70, "List": [0.5, None], "Text": "é\u2028"}
+    for i, extra in enumerate([{}, *({k: v} for k, v in odd.items())]):
+        world.handler.handle({"Type": "UPDATE_PATH", "Target": node(f"pydiods1/a{i}", **extra)})
+    written = [p.decode() for p in conn.sent]
+    assert written[0] == ('{"Target":{"Uuid":"n1","Type":"LEAF","Path":"common-files/a0","MetaStore":'
+                          '{"EventWorkspaceId":"\\"ws-common\\""}}}')
+    assert ['"Float":1e-05', '"Big":1180591620717411303424', '"List":[0.5,null]', '"Text":"é\u2028"'] == [
+        w[w.index('"LEAF",') + 7:w.index(',"Path"')] for w in written[1:]]
+
+
 # -- the handler: fan-out -----------------------------------------------------------------------
 
 

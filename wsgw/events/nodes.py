@@ -48,12 +48,13 @@ from wsgw.events.metastore import (
 )
 from wsgw.events.nodecheck import validate
 from wsgw.events.usermeta import UserMeta
-from wsgw.frames import encode
+from wsgw.frames import encode, encode_plain
 from wsgw.interfaces import INodeMetaSource
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session, SessionTable, fan_out
 
 _json_text = json.JSONEncoder(ensure_ascii=False).encode  # a str as json.dumps(s, ensure_ascii=False) writes it
+_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
 
 
 # -- visibility and paths -----------------------------------------------------------------------
@@ -97,13 +98,14 @@ def workspace_path(ws: Workspace, root: Root, rel: str) -> str:
 class PreparedNode:
     """A node with what does not depend on the workspace computed once: internal path, cleaned MetaStore."""
 
-    __slots__ = ("_fields", "_meta", "_node", "path")
+    __slots__ = ("_fields", "_meta", "_node", "path", "plain")
 
     def __init__(self, node: dict[str, Any]) -> None:
         self._node = node
         self.path = internal_path(node.get("Path") or "")
         self._fields: dict[str, Any] | None = None  # computed when first visible
         self._meta: dict[str, str] = {}
+        self.plain = True  # once visible: its fields hold no float, nor any list or object (frames.encode_plain)
 
     def for_workspace(self, ws: Workspace, ws_meta_value: str) -> dict[str, Any] | None:
         """A new node dict as ``ws`` shows it, or None when the node is not visible there."""
@@ -114,6 +116,7 @@ class PreparedNode:
             node = self._node
             self._fields = {k: v for k, v in node.items() if k != "Path" and k != "MetaStore"}
             self._meta = clean_meta_store(node.get("MetaStore"))
+            self.plain = all(type(v) in _PLAIN_TYPES for v in self._fields.values())
         out = dict(self._fields)
         out["Path"] = workspace_path(ws, *found)
         meta = dict(self._meta)
@@ -148,6 +151,11 @@ class PreparedEvent:
             source = None  # sent without Source (it carries the policies)
         self.target = PreparedNode(target) if target else None
         self.source = PreparedNode(source) if source else None
+
+    def encode(self, frame: dict[str, Any]) -> bytes:
+        """``frame`` (from ``shape``) as ``wsgw.frames.encode`` writes it, by orjson when no node holds a float."""
+        plain = (self.target is None or self.target.plain) and (self.source is None or self.source.plain)
+        return encode_plain(frame) if plain else encode(frame)
 
     def paths(self) -> list[str]:
         """The internal paths to look workspace views up by."""
@@ -321,7 +329,7 @@ class NodeHandler:
             if entries and "Target" in shaped:
                 recipients = self._send_own_entries(shaped, scope, recipients, entries, optimistic)
             if recipients:
-                self.delivered += fan_out(recipients, encode(shaped), scope, paced=True, optimistic=optimistic,
+                self.delivered += fan_out(recipients, prepared.encode(shaped), scope, paced=True, optimistic=optimistic,
                                           what="node event")
 
     def _send_own_entries(self, shaped: dict[str, Any], scope: InView, recipients: Collection[Session],
