@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from wsgw.access import Access, Root, Workspace
 from wsgw.cells import NODE_TYPE
 from wsgw.events.metastore import clean_meta_store, read_policy, subjects_allowed
-from wsgw.events.nodes import NodeHandler, PreparedEvent, internal_path, locate, validate
+from wsgw.events.nodes import NodeHandler, PreparedEvent, event_paths, internal_path, locate, validate
 from wsgw.frames import MalformedEvent
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session, SessionTable
@@ -388,6 +388,17 @@ def test_a_frame_is_written_as_the_standard_encoder_writes_it_floats_and_big_int
                           '{"EventWorkspaceId":"\\"ws-common\\""}}}')
     assert ['"Float":1e-05', '"Big":1180591620717411303424', '"List":[0.5,null]', '"Text":"é\u2028"'] == [
         w[w.index('"LEAF",') + 7:w.index(',"Path"')] for w in written[1:]]
+
+
+@pytest.mark.parametrize("event", [
+    {"Type": "UPDATE_PATH", "Target": node("/pydiods1/a/"), "Source": node("pydiods1/b")},
+    {"Type": "UPDATE_USER_META", "Target": node("pydiods1/a"), "Source": node("pydiods1/b")},
+    {"Type": "DELETE", "Source": node("/")}, {"Target": node("")}, {"Target": {"Uuid": "n"}, "Source": {}},
+])
+def test_the_paths_looked_up_are_those_of_the_prepared_event(event: dict[str, Any]) -> None:
+    """The handler looks views up by ``event_paths`` before preparing anything (an event nobody sees is not
+    prepared): the same paths as the prepared event's."""
+    assert event_paths(event) == PreparedEvent(event).paths()
 
 
 # -- the handler: fan-out -----------------------------------------------------------------------

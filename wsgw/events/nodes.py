@@ -158,7 +158,7 @@ class PreparedEvent:
         return encode_plain(frame) if plain else encode(frame)
 
     def paths(self) -> list[str]:
-        """The internal paths to look workspace views up by."""
+        """The internal paths to look workspace views up by (``event_paths``)."""
         return [n.path for n in (self.target, self.source) if n is not None and n.path]
 
     def shape(self, ws: Workspace) -> dict[str, Any] | None:
@@ -182,6 +182,13 @@ class PreparedEvent:
         if source is not None:
             frame["Source"] = source
         return frame
+
+
+def event_paths(event: dict[str, Any]) -> list[str]:
+    """``PreparedEvent(event).paths()``, without preparing the event: its Target's and Source's internal paths
+    (not UPDATE_USER_META's Source, sent without it), empty ones left out."""
+    source = None if event_type(event) == "UPDATE_USER_META" else event.get("Source")
+    return [p for p in (internal_path(n.get("Path") or "") for n in (event.get("Target"), source) if n) if p]
 
 
 # -- the handler --------------------------------------------------------------------------------
@@ -271,7 +278,7 @@ class NodeHandler:
                     self.merged += 1
                 return
             # A DELETE (or move...) never overtakes the merge of its node.
-            for name in ("Target", "Source"):
+            for name in ("Target", "Source") if len(batcher) else ():
                 node = event.get(name)
                 uuid = node.get("Uuid") if node else None
                 if uuid and uuid in batcher:
@@ -294,14 +301,14 @@ class NodeHandler:
         else:
             self._user_meta.deliver(event)
 
-    def _groups(self, event: dict[str, Any]) -> tuple[PreparedEvent, Groups, Policy | None]:
-        """The event prepared, the sessions that get it now by workspace view, and the READ policy that
-        chose them (UPDATE_USER_META only)."""
-        prepared = PreparedEvent(event)
-        paths = prepared.paths()
+    def _groups(self, event: dict[str, Any]) -> tuple[PreparedEvent | None, Groups, Policy | None]:
+        """The event prepared (None when no view sees its paths: nothing is prepared for nobody), the sessions
+        that get it now by workspace view, and the READ policy that chose them (UPDATE_USER_META only)."""
+        paths = event_paths(event)
         views = self._table.views_for_paths(paths) if paths else None
         if not views:
-            return prepared, [], None
+            return None, [], None
+        prepared = PreparedEvent(event)
         if prepared.kind != "UPDATE_USER_META":
             return prepared, list(views.items()), None
         source = event.get("Source") or {}
@@ -320,6 +327,8 @@ class NodeHandler:
 
     def _send(self, event: dict[str, Any], entries: dict[str, dict[str, str]] | None) -> None:
         prepared, groups, policy = self._groups(event)
+        if prepared is None:
+            return
         optimistic = bool(event.get("Optimistic"))
         for ws, recipients in groups:
             shaped = prepared.shape(ws)
