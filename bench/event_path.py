@@ -82,7 +82,7 @@ def main() -> None:
         print(f"{name}: {best / len(events) * 1e6:.1f} µs/event of thread CPU, {written[0] / len(events):.1f} "
               f"frames/event (N = {args.n:,}, {args.workspaces:,} workspaces, reads of {args.batch})")
     if args.profile:
-        sys.path.remove(HERE)  # bench/profile.py would shadow the standard library's profile module
+        sys.path[:] = [d for d in sys.path if os.path.abspath(d or ".") != HERE]  # bench/profile.py shadows it
         sys.modules.pop("profile", None)
         import cProfile
         import pstats
