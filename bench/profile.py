@@ -3,6 +3,7 @@
     python bench/profile.py --server gateway --n 10000 --seconds 6 --out /tmp/gw.txt
     python bench/profile.py --scenario selective --n 10000 --seconds 6
     python bench/profile.py --scenario storm --n 10000 --seconds 20   # the connect storm itself
+    python bench/profile.py --scenario floor --n 1000 --seconds 10    # events nobody receives
 
 Starts a private redis-server and the server on 127.0.0.1, connects N clients,
 floods, records the server with ``py-spy record --format raw`` (collapsed
@@ -74,7 +75,7 @@ def main() -> None:
     p.add_argument("--out", default="-")
     p.add_argument("--raw", default="", help="also keep py-spy's collapsed stacks here")
     p.add_argument("--reactor", default="")
-    p.add_argument("--scenario", default="flood", choices=["flood", "selective", "storm"])
+    p.add_argument("--scenario", default="flood", choices=["flood", "selective", "floor", "storm"])
     args = p.parse_args()
     run.raise_nofile()
     pyspy = os.path.join(os.path.dirname(run.PY), "py-spy")
@@ -102,7 +103,7 @@ def main() -> None:
                         line = loader.stderr.readline().decode()
                         if "storm done" in line or not line:
                             break
-                    time.sleep(1.5)
+                    time.sleep(3.0 if args.scenario == "floor" else 1.5)  # floor: after its re-subscribe
                     raw = os.path.join(workdir, "profile.txt")
                     subprocess.run([pyspy, "record", "--pid", str(server.pid), "--duration", str(int(args.seconds)),
                                     "--rate", "250", "--format", "raw", "--output", raw, "--nonblocking"],

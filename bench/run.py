@@ -397,6 +397,9 @@ def main() -> None:
     p.add_argument("--no-two-process", action="store_true")
     p.add_argument("--workdir", default="", help="keep configs and server logs here (default: a temporary dir)")
     p.add_argument("--reactor", default="", help="twistd reactor for the gateway (default: twistd's choice)")
+    p.add_argument("--flood-window", type=int, default=0,
+                   help="events in flight in the floods (default 8,000 / N, at least 2: 2 at N = 10,000, where a read "
+                        "from Redis then rarely holds two events; bench/per_event.py --flood measures more)")
     args = p.parse_args()
     ns = args.n or ([1000] if args.quick else [1000, 10000])
     out = args.out or os.path.join(HERE, "RESULTS-quick.md" if args.quick else "RESULTS.md")
@@ -404,6 +407,8 @@ def main() -> None:
                  single_events=3) \
         if args.quick else dict(duration=5.0, paced_duration=3.0, slow_duration=8.0, selective_duration=3.0,
                                 chat_duration=3.0, single_events=5)
+    if args.flood_window:
+        phase["window"] = args.flood_window
     if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "ws")):
         sys.exit("bench: the Node baseline is not installed: run `make bench` (npm ci in bench/baselines/node)")
     raise_nofile()

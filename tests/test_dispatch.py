@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from wsgw.dispatch import Dispatcher
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wsgw.dispatch import Dispatcher, loads
 from wsgw.frames import MalformedEvent
 
 
@@ -64,3 +69,53 @@ def test_unknown_topic_is_ignored() -> None:
     dispatch = Dispatcher({})
     dispatch("other", b"{}")
     assert dispatch.received["other"] == 1
+
+
+# -- decoding: orjson where it reads as json.loads does -----------------------------------------------------------
+
+def _outcome(decode: Any, payload: bytes) -> tuple[str, str]:
+    """What ``decode`` makes of ``payload``: the value's repr with its types, or the error's type."""
+    try:
+        value = decode(payload)
+    except (ValueError, RecursionError) as e:
+        return ("error", type(e).__name__)
+    return ("value", repr(value) + repr(_types(value)))
+
+
+def _types(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _types(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_types(v) for v in value]
+    return type(value).__name__
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"a":123456789012345678901234567890}', b'{"a":-9223372036854775809}', b'{"a":18446744073709551616}',
+    b'{"a":NaN,"b":Infinity,"c":-Infinity}', b'{"a":1E400}', b'{"a":"\\ud800"}', b'{"a":"\xed\xa0\x80"}',
+    b'{"a":1,"a":2}', b'\xef\xbb\xbf{"a":1}', '{"a":1}'.encode("utf-16"), b'{"a":-0}', b'{"a":-0.0}',
+    b'{"a":0.1e-7}', b'{"a":"\xff"}', b'{"a":"\t"}', b'{"a":1} x', b"[" * 150 + b"]" * 150, b"[" * 300 + b"]" * 300,
+    b"[" * 100_000 + b"]" * 100_000, b"", b'{"a":[1,2,]}',
+])
+def test_events_decode_exactly_as_json_loads_does(payload: bytes) -> None:
+    """The dispatcher's ``loads`` gives ``json.loads``'s value, types included, or its error, for what orjson
+    reads differently (integers past 64 bits become floats there), refuses (NaN, lone surrogates, UTF-16) or
+    takes deeper than the standard parser."""
+    assert _outcome(loads, payload) == _outcome(json.loads, payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                    max_leaves=12))
+def test_any_json_decodes_as_json_loads_does(value: Any) -> None:
+    """Any JSON text the standard library writes (big integers, NaN, any string) decodes to the same value."""
+    for payload in (json.dumps(value).encode(), json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")):
+        assert _outcome(loads, payload) == _outcome(json.loads, payload)
+
+
+def test_a_big_integer_reaches_the_handler_as_an_integer() -> None:
+    """An event's integer past 64 bits is handed over as that integer (orjson alone would give a float)."""
+    tree = Recorder()
+    Dispatcher({"tree": tree})("tree", b'{"Size":123456789012345678901234567890}')
+    assert tree.events == [{"Size": 123456789012345678901234567890}]

@@ -7,11 +7,14 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from wsgw.access import Access, Root, Workspace
+from wsgw.cells import NODE_TYPE
 from wsgw.events.metastore import clean_meta_store, read_policy, subjects_allowed
-from wsgw.events.nodes import NodeHandler, PreparedEvent, internal_path, locate, validate
+from wsgw.events.nodes import NodeHandler, PreparedEvent, event_paths, internal_path, locate, validate
 from wsgw.frames import MalformedEvent
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session, SessionTable
@@ -320,6 +323,82 @@ def test_validate_returns_the_event_with_its_enums_as_names() -> None:
     assert validate(numbered) == {"Type": "DELETE", "Source": node("a", Type="COLLECTION"), "Silent": True}
     assert numbered["Type"] == 5 and numbered["Source"]["Type"] == 2  # the bus event itself is untouched
     assert validate({"Type": 0, "Target": node("a", Type=0)}) == {"Type": "CREATE", "Target": node("a", Type="UNKNOWN")}
+
+
+def _reference_validate_node(node: Any, name: str) -> Any:
+    """Node validation as written before its fast path (the generic ``field`` checks), the oracle below."""
+    if node is None:
+        return None
+    if not isinstance(node, dict):
+        raise MalformedEvent(f"{name} must be an object")
+    try:
+        for key, kinds in (("Uuid", (str,)), ("Path", (str,)), ("Etag", (str,)), ("Size", (str, int)),
+                           ("MTime", (str, int)), ("Mode", (str, int))):
+            value = node.get(key)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise MalformedEvent(key)
+        node_type = node.get("Type")
+        if node_type is not None:
+            named = NODE_TYPE.name(node_type, "Type")
+            if named is not node_type:
+                node = {**node, "Type": named}
+        meta = node.get("MetaStore")
+        if meta is not None and not isinstance(meta, dict):
+            raise MalformedEvent("MetaStore")
+        if meta and not all(isinstance(v, str) for v in meta.values()):
+            raise MalformedEvent("MetaStore values")
+    except MalformedEvent:
+        raise MalformedEvent(name) from None
+    return node
+
+
+_ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=False), st.text(max_size=3),
+                       st.sampled_from(["LEAF", "COLLECTION", "UNKNOWN", "CREATE"]), st.lists(st.integers(), max_size=1),
+                       st.dictionaries(st.text(max_size=2), st.one_of(st.text(max_size=2), st.integers()), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["Uuid", "Path", "Etag", "Type", "Size", "MTime", "Mode", "MetaStore", "X"]),
+                       _ANY_VALUE, max_size=6))
+def test_validate_takes_a_node_exactly_as_the_generic_checks_do(fields: dict[str, Any]) -> None:
+    """The fast path for well-formed nodes (``_plain_node``) changes no outcome: for any node, ``validate``
+    returns what the generic checks return (the same dict when nothing was renamed) or raises for the same
+    node, naming it."""
+    event = {"Type": "UPDATE_PATH", "Target": fields}
+    try:
+        expected = _reference_validate_node(fields, "Target")
+    except MalformedEvent:
+        with pytest.raises(MalformedEvent, match="^Target"):
+            validate(event)
+        return
+    got = validate(event)["Target"]
+    assert got == expected and (got is fields) == (expected is fields)
+
+
+def test_a_frame_is_written_as_the_standard_encoder_writes_it_floats_and_big_integers_included() -> None:
+    """Node frames are encoded by orjson only where it writes the standard encoder's bytes: a node field holding
+    a float (orjson writes 1e-05 as 0.00001), a list, or an integer past 64 bits is written as ``json`` writes it."""
+    world = World(batch_window=0)
+    conn = world.session(access("alice", COMMON))
+    odd = {"Float": 1e-05, "Big": 2**70, "List": [0.5, None], "Text": "é\u2028"}
+    for i, extra in enumerate([{}, *({k: v} for k, v in odd.items())]):
+        world.handler.handle({"Type": "UPDATE_PATH", "Target": node(f"pydiods1/a{i}", **extra)})
+    written = [p.decode() for p in conn.sent]
+    assert written[0] == ('{"Target":{"Uuid":"n1","Type":"LEAF","Path":"common-files/a0","MetaStore":'
+                          '{"EventWorkspaceId":"\\"ws-common\\""}}}')
+    assert ['"Float":1e-05', '"Big":1180591620717411303424', '"List":[0.5,null]', '"Text":"é\u2028"'] == [
+        w[w.index('"LEAF",') + 7:w.index(',"Path"')] for w in written[1:]]
+
+
+@pytest.mark.parametrize("event", [
+    {"Type": "UPDATE_PATH", "Target": node("/pydiods1/a/"), "Source": node("pydiods1/b")},
+    {"Type": "UPDATE_USER_META", "Target": node("pydiods1/a"), "Source": node("pydiods1/b")},
+    {"Type": "DELETE", "Source": node("/")}, {"Target": node("")}, {"Target": {"Uuid": "n"}, "Source": {}},
+])
+def test_the_paths_looked_up_are_those_of_the_prepared_event(event: dict[str, Any]) -> None:
+    """The handler looks views up by ``event_paths`` before preparing anything (an event nobody sees is not
+    prepared): the same paths as the prepared event's."""
+    assert event_paths(event) == PreparedEvent(event).paths()
 
 
 # -- the handler: fan-out -----------------------------------------------------------------------

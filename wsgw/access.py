@@ -46,18 +46,19 @@ def default_root_key(uuid: str, path: str) -> str:
     return hashlib.md5(uuid.encode("utf-8")).hexdigest()[:8] + "-" + posixpath.basename(path.rstrip("/"))
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Root:
-    """One root of a workspace: ``path`` is the full internal path events carry."""
+    """One root of a workspace: ``path`` is the full internal path events carry (its hash computed once)."""
 
     uuid: str
     path: str
     key: str
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Workspace:
-    """A workspace as one user sees it; a frozen value, so equal views share shaped frames."""
+    """A workspace as one user sees it; a frozen value, so equal views share shaped frames. Its hash is computed
+    once (a node event looks its views up by it: ``SessionTable.views_for_paths``)."""
 
     uuid: str
     slug: str

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 CLOSE_NORMAL = 1000
 CLOSE_BAD_DATA = 1003
 CLOSE_TOO_BIG = 1009
@@ -36,6 +38,21 @@ def encode(obj: Any) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return _ascii_encoder.encode(obj).encode("ascii")
+
+
+def encode_plain(obj: Any) -> bytes:
+    """``encode(obj)`` for a value made only of dicts with string keys, lists, strings, integers, booleans and None
+    (no float): the same bytes, from orjson, ~10× faster (issue 13: node frames are encoded once per workspace
+    view of every event).
+
+    orjson writes exactly what ``encode`` writes for those values (compact, key order kept, non-ASCII as UTF-8,
+    the same escapes), not for floats (``1e-05`` becomes ``0.00001``, NaN ``null``), hence the restriction; what
+    it refuses (an integer past 64 bits, a lone surrogate) goes to ``encode``.
+    """
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError
+        return encode(obj)
 
 
 def error(reason: str) -> bytes:

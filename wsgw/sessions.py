@@ -108,14 +108,6 @@ class ForLogin:
         return access is not None and (access.login == self.login or (self.admins and access.is_admin))
 
 
-def _ancestors(path: str) -> Iterator[str]:
-    """``a/b/c`` -> ``a/b/c``, ``a/b``, ``a``."""
-    while path:
-        yield path
-        cut = path.rfind("/")
-        path = path[:cut] if cut > 0 else ""
-
-
 class SessionTable:
     """Every open session (``add``/``remove``), and the subscribed event sessions indexed by login, sub, role,
     workspace and root path (``subscribe``/``unsubscribe``).
@@ -222,15 +214,16 @@ class SessionTable:
         depth of the paths, not the number of sessions.
         """
         found: dict[Workspace, set[Session]] = {}
+        by_root = self._by_root
         for path in paths:
-            for prefix in _ancestors(path):
-                views = self._by_root.get(prefix)
+            while path:  # ``a/b/c``, then ``a/b``, then ``a``
+                views = by_root.get(path)
                 if views:
                     for ws, sessions in views.items():
-                        if ws in found:
-                            found[ws] = found[ws] | sessions
-                        else:
-                            found[ws] = sessions
+                        held = found.get(ws)
+                        found[ws] = sessions if held is None else held | sessions
+                cut = path.rfind("/")
+                path = path[:cut] if cut > 0 else ""
         return found
 
 

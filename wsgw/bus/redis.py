@@ -180,6 +180,7 @@ class RedisBus(service.MultiService):
     ) -> None:
         super().__init__()
         self._batch = batch
+        self._delivery_log = self._log  # a Logger made once (the descriptor makes one at each access)
         self._topics = check_topics(topics)
         self._topic_by_channel = {channel.encode(): topic for topic, channel in self._topics.items()}
         self._listeners: list[Listener] = []
@@ -265,4 +266,4 @@ class RedisBus(service.MultiService):
         if topic is None:
             self._log.warn("bus message on unexpected channel {channel!r} dropped", channel=channel)
             return
-        deliver(self._listeners, topic, payload, self._log)
+        deliver(self._listeners, topic, payload, self._delivery_log)

@@ -37,7 +37,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from wsgw.access import Root, Workspace
-from wsgw.cells import EVENT_TYPE, NODE_TYPE
 from wsgw.events.batching import NodeBatcher, event_type, merge_key
 from wsgw.events.metastore import (
     POLICIES_META_KEY,
@@ -47,66 +46,15 @@ from wsgw.events.metastore import (
     read_policy,
     subjects_allowed,
 )
+from wsgw.events.nodecheck import validate
 from wsgw.events.usermeta import UserMeta
-from wsgw.frames import MalformedEvent, encode, field
+from wsgw.frames import encode, encode_plain
 from wsgw.interfaces import INodeMetaSource
 from wsgw.pacing import TokenBucket
 from wsgw.sessions import Session, SessionTable, fan_out
 
-# -- validation ---------------------------------------------------------------------------------
-
-
-def validate(event: object) -> dict[str, Any]:
-    """Check the shape of a ``NodeChangeEvent`` (PROTOCOL.md §4.1); return it with its enums as names.
-
-    ``Type`` and the nodes' ``Type`` may be names (protojson) or numbers (Go's encoding/json), as
-    ``wsgw.cells`` says; the event returned holds names (``Type`` absent stays absent: CREATE), and is the
-    same dict when it held names already. Raises MalformedEvent naming the first offending field.
-    """
-    if not isinstance(event, dict):
-        raise MalformedEvent("a node event must be an object")
-    kind = event.get("Type")
-    if kind is not None:
-        kind = EVENT_TYPE.name(kind, "Type")
-    field(event, "Silent", bool)
-    field(event, "Optimistic", bool)
-    target = _validate_node(event, "Target")
-    source = _validate_node(event, "Source")
-    if target is None and source is None:
-        raise MalformedEvent("a node event needs a Target or a Source")
-    if kind is event.get("Type") and target is event.get("Target") and source is event.get("Source"):
-        return event
-    named = dict(event)
-    if kind is not None:
-        named["Type"] = kind
-    for name, node in (("Target", target), ("Source", source)):
-        if node is not None:
-            named[name] = node
-    return named
-
-
-def _validate_node(event: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """The node, checked; a copy with ``Type`` as a name when it was a number."""
-    node: dict[str, Any] | None = field(event, name, dict)
-    if node is None:
-        return None
-    try:
-        field(node, "Uuid", str)
-        field(node, "Path", str)
-        field(node, "Etag", str)
-        node_type = node.get("Type")
-        if node_type is not None:
-            named = NODE_TYPE.name(node_type, "Type")
-            if named is not node_type:
-                node = {**node, "Type": named}
-        for number in ("Size", "MTime", "Mode"):
-            field(node, number, (str, int))
-        meta = field(node, "MetaStore", dict)
-        if meta and not all(isinstance(v, str) for v in meta.values()):
-            raise MalformedEvent("MetaStore values must be strings")
-    except MalformedEvent as exc:
-        raise MalformedEvent(f"{name}.{exc}") from None
-    return node
+_json_text = json.JSONEncoder(ensure_ascii=False).encode  # a str as json.dumps(s, ensure_ascii=False) writes it
+_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
 
 
 # -- visibility and paths -----------------------------------------------------------------------
@@ -150,13 +98,14 @@ def workspace_path(ws: Workspace, root: Root, rel: str) -> str:
 class PreparedNode:
     """A node with what does not depend on the workspace computed once: internal path, cleaned MetaStore."""
 
-    __slots__ = ("_fields", "_meta", "_node", "path")
+    __slots__ = ("_fields", "_meta", "_node", "path", "plain")
 
     def __init__(self, node: dict[str, Any]) -> None:
         self._node = node
         self.path = internal_path(node.get("Path") or "")
         self._fields: dict[str, Any] | None = None  # computed when first visible
         self._meta: dict[str, str] = {}
+        self.plain = True  # once visible: its fields hold no float, nor any list or object (frames.encode_plain)
 
     def for_workspace(self, ws: Workspace, ws_meta_value: str) -> dict[str, Any] | None:
         """A new node dict as ``ws`` shows it, or None when the node is not visible there."""
@@ -167,6 +116,7 @@ class PreparedNode:
             node = self._node
             self._fields = {k: v for k, v in node.items() if k != "Path" and k != "MetaStore"}
             self._meta = clean_meta_store(node.get("MetaStore"))
+            self.plain = all(type(v) in _PLAIN_TYPES for v in self._fields.values())
         out = dict(self._fields)
         out["Path"] = workspace_path(ws, *found)
         meta = dict(self._meta)
@@ -202,13 +152,18 @@ class PreparedEvent:
         self.target = PreparedNode(target) if target else None
         self.source = PreparedNode(source) if source else None
 
+    def encode(self, frame: dict[str, Any]) -> bytes:
+        """``frame`` (from ``shape``) as ``wsgw.frames.encode`` writes it, by orjson when no node holds a float."""
+        plain = (self.target is None or self.target.plain) and (self.source is None or self.source.plain)
+        return encode_plain(frame) if plain else encode(frame)
+
     def paths(self) -> list[str]:
-        """The internal paths to look workspace views up by."""
+        """The internal paths to look workspace views up by (``event_paths``)."""
         return [n.path for n in (self.target, self.source) if n is not None and n.path]
 
     def shape(self, ws: Workspace) -> dict[str, Any] | None:
         """The frame for ``ws``, or None when neither node is visible there."""
-        ws_meta_value = json.dumps(ws.uuid, ensure_ascii=False)
+        ws_meta_value = _json_text(ws.uuid)
         target = self.target.for_workspace(ws, ws_meta_value) if self.target else None
         source = self.source.for_workspace(ws, ws_meta_value) if self.source else None
         if target is None and source is None:
@@ -227,6 +182,13 @@ class PreparedEvent:
         if source is not None:
             frame["Source"] = source
         return frame
+
+
+def event_paths(event: dict[str, Any]) -> list[str]:
+    """``PreparedEvent(event).paths()``, without preparing the event: its Target's and Source's internal paths
+    (not UPDATE_USER_META's Source, sent without it), empty ones left out."""
+    source = None if event_type(event) == "UPDATE_USER_META" else event.get("Source")
+    return [p for p in (internal_path(n.get("Path") or "") for n in (event.get("Target"), source) if n) if p]
 
 
 # -- the handler --------------------------------------------------------------------------------
@@ -316,7 +278,7 @@ class NodeHandler:
                     self.merged += 1
                 return
             # A DELETE (or move...) never overtakes the merge of its node.
-            for name in ("Target", "Source"):
+            for name in ("Target", "Source") if len(batcher) else ():
                 node = event.get(name)
                 uuid = node.get("Uuid") if node else None
                 if uuid and uuid in batcher:
@@ -339,14 +301,14 @@ class NodeHandler:
         else:
             self._user_meta.deliver(event)
 
-    def _groups(self, event: dict[str, Any]) -> tuple[PreparedEvent, Groups, Policy | None]:
-        """The event prepared, the sessions that get it now by workspace view, and the READ policy that
-        chose them (UPDATE_USER_META only)."""
-        prepared = PreparedEvent(event)
-        paths = prepared.paths()
+    def _groups(self, event: dict[str, Any]) -> tuple[PreparedEvent | None, Groups, Policy | None]:
+        """The event prepared (None when no view sees its paths: nothing is prepared for nobody), the sessions
+        that get it now by workspace view, and the READ policy that chose them (UPDATE_USER_META only)."""
+        paths = event_paths(event)
         views = self._table.views_for_paths(paths) if paths else None
         if not views:
-            return prepared, [], None
+            return None, [], None
+        prepared = PreparedEvent(event)
         if prepared.kind != "UPDATE_USER_META":
             return prepared, list(views.items()), None
         source = event.get("Source") or {}
@@ -365,6 +327,8 @@ class NodeHandler:
 
     def _send(self, event: dict[str, Any], entries: dict[str, dict[str, str]] | None) -> None:
         prepared, groups, policy = self._groups(event)
+        if prepared is None:
+            return
         optimistic = bool(event.get("Optimistic"))
         for ws, recipients in groups:
             shaped = prepared.shape(ws)
@@ -374,7 +338,7 @@ class NodeHandler:
             if entries and "Target" in shaped:
                 recipients = self._send_own_entries(shaped, scope, recipients, entries, optimistic)
             if recipients:
-                self.delivered += fan_out(recipients, encode(shaped), scope, paced=True, optimistic=optimistic,
+                self.delivered += fan_out(recipients, prepared.encode(shaped), scope, paced=True, optimistic=optimistic,
                                           what="node event")
 
     def _send_own_entries(self, shaped: dict[str, Any], scope: InView, recipients: Collection[Session],
