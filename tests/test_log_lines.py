@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
@@ -123,7 +124,8 @@ async def test_probes_not_written_at_level_info_spend_no_budget(gateway: StartGa
 
 
 @pytest_twisted.ensureDeferred
-async def test_head_requests_answer_like_get_without_a_body_and_log_nothing(gateway: StartGateway) -> None:
+async def test_head_requests_answer_like_get_without_a_body_and_log_nothing(gateway: StartGateway,
+                                                                            tmp_path: Path) -> None:
     """HEAD /healthz (a load balancer's probe), of the live page, the operator page, /metrics, /info, /ws, a
     404 (and /info's 405): GET's status and headers with its Content-Length, no body, and no line. Twisted logged each, from any
     peer and outside the line budget, at info as ``Warning: HEAD request <BoundedRequest at 0x7f...> ...
@@ -132,7 +134,9 @@ async def test_head_requests_answer_like_get_without_a_body_and_log_nothing(gate
     observer = LiveLogs(out, "text", "debug")
     globalLogPublisher.addObserver(observer)
     try:
-        daemon = await gateway(redis=None, admin=ADMIN, overrides={"web.live_page": "yes", "operator.page": "yes"})
+        (tmp_path / "operator.token").write_text("operator-token-of-the-head-test-0123456789\n")
+        daemon = await gateway(redis=None, admin=ADMIN, overrides={
+            "web.live_page": "yes", "operator.page": "yes", "admin.publish_token_file": str(tmp_path / "operator.token")})
         for port, path, code in ((daemon.port, "/healthz", 200), (daemon.admin_port, "/healthz", 200),
                                  (daemon.port, "/", 200), (daemon.admin_port, "/", 200),
                                  (daemon.admin_port, "/operator.js", 200), (daemon.admin_port, "/metrics", 200),
