@@ -15,6 +15,8 @@ with the few private hooks wsgw needs, exposed under names of its own:
   peer's close frame: it waits for the transport to flush, forever if the peer
   does not read; ``ServerProtocol`` aborts such a connection ``closeHandshakeTimeout``
   seconds later (the socket, its buffers and its session are then released);
+- ``is_open`` and ``is_closed``, Autobahn's Deferreds (the second fired with the protocol itself: a reference
+  cycle): dropped when the connection is lost, so that reference counting alone frees a closed protocol;
 - ``data``, Autobahn's receive buffer: once the connection is dropped nothing
   more in it is processed, yet it holds the rest of the last read (up to
   64 KiB, e.g. the pings behind a 4029) for as long as the closed protocol
@@ -117,6 +119,11 @@ class ServerProtocol(WebSocketServerProtocol):
             linger.cancel()
         super().connectionLost(reason)
         self.data = b""
+        # Autobahn fires ``is_closed`` with the protocol itself: the Deferred and the protocol would point at each
+        # other until a full collection. Nothing reads either once the connection is lost.
+        attrs = self.__dict__
+        attrs.pop("is_closed", None)
+        attrs.pop("is_open", None)
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         self.message_too_big(max_msg_size)
