@@ -63,3 +63,36 @@ async def test_closed_sockets_are_freed_by_reference_counting_alone(gateway: Sta
             assert _alive() == before  # (says what is left)
     finally:
         gc.enable()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sockets_frozen_while_open_are_freed_when_they_close(gateway: StartGateway) -> None:
+    """The daemon's policy (``wsgw.gcpolicy``): sockets frozen (``gc.freeze``) while open leave the permanent
+    generation when they close, and nothing of them is left once it is thawed."""
+    daemon = await gateway()
+    table = daemon.service.gateway.table
+    gc.collect()
+    before = _alive()
+    gc.freeze()
+    try:
+        frozen_idle = gc.get_freeze_count()
+        clients = [await _subscribed(daemon, "/ws" if i % 2 else "/chat", f"u{i}") for i in range(40)]
+        gc.collect()
+        gc.freeze()
+        added = gc.get_freeze_count() - frozen_idle
+        assert added > 40 * 20  # (each socket is dozens of tracked objects)
+        for client in clients:
+            client.sendClose()
+        await wait_until(lambda: len(table) == 0, "every session closed")
+        await wait_until(lambda: all(c.transport is None or not c.transport.connected for c in clients),
+                         "every client socket gone")
+        clients.clear()
+        # each server socket is ~50 tracked objects (the in-process clients' objects, frozen too, partly stay)
+        await wait_until(lambda: gc.get_freeze_count() <= frozen_idle + added - 40 * 30, "the frozen sockets freed")
+    finally:
+        gc.unfreeze()
+    gc.disable()
+    try:
+        assert _alive() == before  # thawed and not collected: nothing of a closed socket was left frozen
+    finally:
+        gc.enable()

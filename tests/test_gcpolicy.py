@@ -1,0 +1,71 @@
+"""The garbage-collection policy (``wsgw.gcpolicy``): pauses timed into /metrics, long-lived objects frozen."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import pytest_twisted
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+
+from tests.support.daemon import StartGateway, scrape, value
+from wsgw.gcpolicy import GcPolicy
+
+ADMIN = "tcp:0:interface=127.0.0.1"
+
+
+@pytest.fixture
+def thawed():  # type: ignore[no-untyped-def]
+    """Whatever a test freezes is thawed after it (the test process's heap is not the daemon's)."""
+    yield
+    gc.unfreeze()
+
+
+def test_every_collection_is_timed_by_generation_until_stopped() -> None:
+    registry = CollectorRegistry()
+    policy = GcPolicy(Clock(), registry)
+    policy.watch()
+    policy.watch()  # (once only)
+    gc.collect(0)
+    gc.collect()
+    count = registry.get_sample_value("wsgw_gc_pause_seconds_count", {"generation": "2"})
+    assert count is not None and count >= 1
+    assert registry.get_sample_value("wsgw_gc_pause_seconds_count", {"generation": "0"}) >= 1  # type: ignore[operator]
+    assert policy.longest[2] > 0
+    policy.stop()
+    gc.collect()
+    assert registry.get_sample_value("wsgw_gc_pause_seconds_count", {"generation": "2"}) == count
+
+
+@pytest.mark.usefixtures("thawed")
+def test_it_freezes_at_start_then_only_after_objects_were_promoted() -> None:
+    clock = Clock()
+    registry = CollectorRegistry()
+    policy = GcPolicy(clock, registry)
+    policy.start_freezing(1.0)
+    assert gc.get_freeze_count() > 0
+    assert registry.get_sample_value("wsgw_gc_frozen_objects") == gc.get_freeze_count()
+    clock.advance(1.0)
+    assert policy.freezes == 0  # nothing promoted since
+    frozen = gc.get_freeze_count()
+    kept = [[i] for i in range(1000)]
+    gc.collect(1)  # (what the collector does by itself after ~10 young collections)
+    clock.advance(1.0)
+    assert policy.freezes == 1
+    assert gc.get_freeze_count() >= frozen + 1000
+    assert not gc.get_objects(generation=2)
+    clock.advance(1.0)
+    assert policy.freezes == 1
+    policy.stop()
+    assert not clock.getDelayedCalls()
+    del kept
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_show_the_pauses_and_the_frozen_objects(gateway: StartGateway) -> None:
+    daemon = await gateway(admin=ADMIN)
+    gc.collect()
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_gc_pause_seconds_count", generation="2") >= 1
+    assert ("wsgw_gc_frozen_objects", ()) in samples

@@ -1,0 +1,122 @@
+"""The daemon's garbage-collection policy: every collection's pause measured, long-lived objects frozen.
+
+CPython's cycle collector stops the process for as long as it takes to scan
+the generation it collects. A full (generation 2) collection scans every
+tracked object that survived two younger collections: at 10,000 subscribed
+sockets about 500,000 objects, 300-600 ms during which no frame is written
+(bench/RESULTS.md, "Memory and GC"; issue 13, goal 4: no pause over 50 ms).
+
+Objects ``gc.freeze()`` moved to the permanent generation are never scanned
+again, and freezing costs no scan (the generations' lists are spliced). A frozen
+object is still freed by reference counting when its last reference goes; only
+one that ends in a reference cycle is never freed (until ``gc.unfreeze()``). A
+closed socket leaves no cycle (``tests/test_session_gc.py``), so its objects may
+be frozen while it lives.
+
+``GcPolicy``:
+
+- ``watch()`` times every collection (``gc.callbacks``, start to stop) into the
+  histogram ``wsgw_gc_pause_seconds{generation}``;
+- ``start_freezing(interval)`` checks every ``interval`` seconds whether a
+  generation-1 collection ran since the last check (objects were then promoted
+  to the oldest generation: they outlived two collections); if so it collects
+  every generation not frozen (what is garbage there goes now: a scan of only
+  what was added since the last freeze, a few ms to tens of ms during a connect
+  storm) and freezes what is left. Nothing happens while the daemon is idle.
+  ``wsgw_gc_frozen_objects`` is the size of the permanent generation: it falls
+  back when the sockets frozen with it close, and its growth while the number of
+  sockets stays flat would be a leak (the soak checks it: bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _Frozen(Collector):
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily("wsgw_gc_frozen_objects",
+                                "Objects in the garbage collector's permanent generation (gc.freeze), never scanned "
+                                "by a collection; freed by reference counting when they go.", gc.get_freeze_count())
+
+
+class GcPolicy:
+    """The collector's pauses (histogram in ``registry``, when given) and the periodic freeze (see module doc)."""
+
+    def __init__(self, clock: IReactorTime, registry: CollectorRegistry | None = None) -> None:
+        self._clock = clock
+        self._started = 0.0
+        self._pauses: Any = None
+        if registry is not None:
+            self._pauses = Histogram(
+                "wsgw_gc_pause_seconds",
+                "Time the process was stopped by each garbage collection (gc.callbacks, start to stop), by the "
+                "oldest generation collected (2: a full collection).",
+                ["generation"], registry=registry, buckets=PAUSE_BUCKETS)
+            self._children = [self._pauses.labels(generation=str(g)) for g in range(3)]
+            registry.register(_Frozen())
+        self.longest = [0.0, 0.0, 0.0]  # seconds, by generation, since start
+        self.freezes = 0
+        self._loop: LoopingCall | None = None
+        self._young_seen = 0
+
+    # -- pauses ------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Time every collection from now on (until ``stop``)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = info["generation"]
+        if pause > self.longest[generation]:
+            self.longest[generation] = pause
+        if self._pauses is not None:
+            self._children[generation].observe(pause)
+
+    # -- freezing ----------------------------------------------------------
+
+    def start_freezing(self, interval: float) -> None:
+        """Collect and freeze now (the start-up heap), then every ``interval`` seconds what outlived the young
+        generations, if anything did."""
+        gc.collect()
+        gc.freeze()
+        self._young_seen = gc.get_stats()[1]["collections"]
+        self._loop = LoopingCall(self.freeze_if_promoted)
+        self._loop.clock = self._clock
+        self._loop.start(interval, now=False)
+
+    def freeze_if_promoted(self) -> bool:
+        """Collect what is not frozen and freeze the rest if a generation-1 collection ran since the last call
+        (objects were promoted to the oldest generation); returns whether it froze."""
+        young = gc.get_stats()[1]["collections"]
+        if young == self._young_seen:
+            return False
+        gc.collect()
+        gc.freeze()
+        self._young_seen = gc.get_stats()[1]["collections"]
+        self.freezes += 1
+        return True
+
+    def stop(self) -> None:
+        """No more timing nor freezing (what is frozen stays frozen)."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
