@@ -17,8 +17,11 @@ ADMIN = "tcp:0:interface=127.0.0.1"
 
 @pytest.fixture
 def thawed():  # type: ignore[no-untyped-def]
-    """Whatever a test freezes is thawed after it (the test process's heap is not the daemon's)."""
+    """No automatic collection during the test (only the test's own), and whatever it freezes is thawed after
+    it (the test process's heap is not the daemon's)."""
+    gc.disable()
     yield
+    gc.enable()
     gc.unfreeze()
 
 
@@ -43,20 +46,22 @@ def test_it_freezes_at_start_then_only_after_objects_were_promoted() -> None:
     clock = Clock()
     registry = CollectorRegistry()
     policy = GcPolicy(clock, registry)
-    policy.start_freezing(1.0)
-    assert gc.get_freeze_count() > 0
+    policy.start_freezing(0.25)
+    assert policy.freezes == 1 and gc.get_freeze_count() > 0
     assert registry.get_sample_value("wsgw_gc_frozen_objects") == gc.get_freeze_count()
-    clock.advance(1.0)
-    assert policy.freezes == 0  # nothing promoted since
+    gc.collect(0)  # (a young collection promotes nothing to the oldest generation)
+    clock.advance(0.25)
+    assert policy.freezes == 1
     frozen = gc.get_freeze_count()
     kept = [[i] for i in range(1000)]
-    gc.collect(1)  # (what the collector does by itself after ~10 young collections)
-    clock.advance(1.0)
-    assert policy.freezes == 1
+    gc.collect(1)  # (what the collector does by itself after ten young collections)
+    assert policy.freezes == 1  # (not inside the collection: at the next check)
+    clock.advance(0.25)
+    assert policy.freezes == 2
     assert gc.get_freeze_count() >= frozen + 1000
     assert not gc.get_objects(generation=2)
-    clock.advance(1.0)
-    assert policy.freezes == 1
+    clock.advance(0.25)
+    assert policy.freezes == 2
     policy.stop()
     assert not clock.getDelayedCalls()
     del kept

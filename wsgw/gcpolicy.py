@@ -17,15 +17,21 @@ be frozen while it lives.
 
 - ``watch()`` times every collection (``gc.callbacks``, start to stop) into the
   histogram ``wsgw_gc_pause_seconds{generation}``;
-- ``start_freezing(interval)`` checks every ``interval`` seconds whether a
-  generation-1 collection ran since the last check (objects were then promoted
-  to the oldest generation: they outlived two collections); if so it collects
-  every generation not frozen (what is garbage there goes now: a scan of only
-  what was added since the last freeze, a few ms to tens of ms during a connect
-  storm) and freezes what is left. Nothing happens while the daemon is idle.
+- ``start_freezing(interval)`` collects and freezes the start-up heap; then,
+  every ``interval`` seconds, if a collection of generation 1 or 2 ran since
+  (objects were promoted to the oldest generation: they outlived two
+  collections), it collects what is not frozen and freezes what is left. What
+  is not frozen stays small (what a quarter of a second promotes: ~10,000
+  objects during a connect storm), so that collection, and the full
+  collections CPython starts by itself, scan that instead of the whole heap.
+  Nothing happens while the daemon is idle. (The collector's callback only
+  sets a flag: it runs inside any allocation, where calling into the reactor
+  is not safe.)
   ``wsgw_gc_frozen_objects`` is the size of the permanent generation: it falls
   back when the sockets frozen with it close, and its growth while the number of
   sockets stays flat would be a leak (the soak checks it: bench/RESULTS.md).
+  (Counting it walks the permanent generation: a few ms per scrape at 10,000
+  sockets.)
 """
 
 from __future__ import annotations
@@ -68,8 +74,9 @@ class GcPolicy:
             registry.register(_Frozen())
         self.longest = [0.0, 0.0, 0.0]  # seconds, by generation, since start
         self.freezes = 0
+        self._promoted = False
+        self._in_freeze = False
         self._loop: LoopingCall | None = None
-        self._young_seen = 0
 
     # -- pauses ------------------------------------------------------------
 
@@ -88,30 +95,37 @@ class GcPolicy:
             self.longest[generation] = pause
         if self._pauses is not None:
             self._children[generation].observe(pause)
+        if generation > 0 and not self._in_freeze:
+            self._promoted = True
 
     # -- freezing ----------------------------------------------------------
 
     def start_freezing(self, interval: float) -> None:
-        """Collect and freeze now (the start-up heap), then every ``interval`` seconds what outlived the young
-        generations, if anything did."""
-        gc.collect()
-        gc.freeze()
-        self._young_seen = gc.get_stats()[1]["collections"]
+        """Collect and freeze now (the start-up heap), then every ``interval`` seconds if objects were promoted
+        since (``watch`` too)."""
+        self.freeze()
+        self.watch()
         self._loop = LoopingCall(self.freeze_if_promoted)
         self._loop.clock = self._clock
         self._loop.start(interval, now=False)
 
     def freeze_if_promoted(self) -> bool:
-        """Collect what is not frozen and freeze the rest if a generation-1 collection ran since the last call
-        (objects were promoted to the oldest generation); returns whether it froze."""
-        young = gc.get_stats()[1]["collections"]
-        if young == self._young_seen:
+        """``freeze()`` if a collection of generation 1 or 2 ran since the last freeze; returns whether it did."""
+        if not self._promoted:
             return False
-        gc.collect()
-        gc.freeze()
-        self._young_seen = gc.get_stats()[1]["collections"]
-        self.freezes += 1
+        self.freeze()
         return True
+
+    def freeze(self) -> None:
+        """Collect what is not frozen (its garbage goes now), then freeze the rest."""
+        self._in_freeze = True
+        try:
+            gc.collect()
+            gc.freeze()
+        finally:
+            self._in_freeze = False
+        self._promoted = False
+        self.freezes += 1
 
     def stop(self) -> None:
         """No more timing nor freezing (what is frozen stays frozen)."""

@@ -65,7 +65,7 @@ class ListenFailed(Exception):
     twistd --listen): Address already in use``)."""
 
 
-FREEZE_INTERVAL = 1.0  # seconds between checks for long-lived objects to freeze (wsgw.gcpolicy)
+FREEZE_INTERVAL = 0.25  # seconds between checks for promoted objects to freeze (wsgw.gcpolicy)
 SETTINGS = {"public listener": "[server] listen or twistd --listen",
             "operator listener": "[admin] listen or twistd --admin-listen"}
 
