@@ -67,6 +67,27 @@ def test_it_freezes_at_start_then_only_after_objects_were_promoted() -> None:
     del kept
 
 
+@pytest.mark.usefixtures("thawed")
+def test_while_the_reactor_is_stuck_in_one_turn_the_collector_callback_freezes_what_it_promotes() -> None:
+    """No check for more than twice the interval (a long reactor turn): each generation-1 collection's objects
+    are frozen by the callback at its end, so that no full collection has them all to scan."""
+    clock = Clock()
+    policy = GcPolicy(clock)
+    policy.start_freezing(0.25)
+    gc.collect(1)
+    assert policy.overdue_freezes == 0  # (the check is not late)
+    clock.rightNow += 0.6  # time passes, the reactor runs nothing
+    kept = [[i] for i in range(1000)]
+    gc.collect(1)
+    assert policy.overdue_freezes == 1
+    assert not gc.get_objects(generation=2)  # frozen, not collected
+    clock.advance(0.25)  # the check runs again: back to collecting first
+    gc.collect(1)
+    assert policy.overdue_freezes == 1
+    policy.stop()
+    del kept
+
+
 @pytest_twisted.ensureDeferred
 async def test_metrics_show_the_pauses_and_the_frozen_objects(gateway: StartGateway) -> None:
     daemon = await gateway(admin=ADMIN)

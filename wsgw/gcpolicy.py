@@ -26,7 +26,13 @@ be frozen while it lives.
   collections CPython starts by itself, scan that instead of the whole heap.
   Nothing happens while the daemon is idle. (The collector's callback only
   sets a flag: it runs inside any allocation, where calling into the reactor
-  is not safe.)
+  is not safe.) When the reactor is busy with one long turn (a connect storm
+  of thousands of sockets makes turns of seconds), the check cannot run, and
+  the promoted objects would pile up until a full collection scanned them
+  all: past ``2 * interval`` seconds without a check, the callback itself
+  freezes at the end of each generation-1 collection, without collecting the
+  older generation first (safe there: the collection is over, and freezing
+  only moves lists), until the check runs again.
   ``wsgw_gc_frozen_objects`` is the size of the permanent generation: it falls
   back when the sockets frozen with it close, and its growth while the number of
   sockets stays flat would be a leak (the soak checks it: bench/RESULTS.md).
@@ -74,6 +80,9 @@ class GcPolicy:
             registry.register(_Frozen())
         self.longest = [0.0, 0.0, 0.0]  # seconds, by generation, since start
         self.freezes = 0
+        self.overdue_freezes = 0  # freezes by the collector's callback, during long reactor turns
+        self._last_freeze = 0.0
+        self._overdue = 0.0
         self._promoted = False
         self._in_freeze = False
         self._loop: LoopingCall | None = None
@@ -97,6 +106,9 @@ class GcPolicy:
             self._children[generation].observe(pause)
         if generation > 0 and not self._in_freeze:
             self._promoted = True
+            if self._loop is not None and self._clock.seconds() > self._last_freeze + self._overdue:
+                gc.freeze()  # a long reactor turn: no check since (see the module docstring)
+                self.overdue_freezes += 1
 
     # -- freezing ----------------------------------------------------------
 
@@ -105,12 +117,14 @@ class GcPolicy:
         since (``watch`` too)."""
         self.freeze()
         self.watch()
+        self._overdue = 2 * interval
         self._loop = LoopingCall(self.freeze_if_promoted)
         self._loop.clock = self._clock
         self._loop.start(interval, now=False)
 
     def freeze_if_promoted(self) -> bool:
         """``freeze()`` if a collection of generation 1 or 2 ran since the last freeze; returns whether it did."""
+        self._last_freeze = self._clock.seconds()
         if not self._promoted:
             return False
         self.freeze()
@@ -125,6 +139,7 @@ class GcPolicy:
         finally:
             self._in_freeze = False
         self._promoted = False
+        self._last_freeze = self._clock.seconds()
         self.freezes += 1
 
     def stop(self) -> None:
