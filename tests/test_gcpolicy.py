@@ -95,3 +95,4 @@ async def test_metrics_show_the_pauses_and_the_frozen_objects(gateway: StartGate
     samples = await scrape(daemon)
     assert value(samples, "wsgw_gc_pause_seconds_count", generation="2") >= 1
     assert ("wsgw_gc_frozen_objects", ()) in samples
+    assert value(samples, "wsgw_gc_pause_longest_seconds", generation="2") > 0

@@ -33,6 +33,7 @@ be frozen while it lives.
   freezes at the end of each generation-1 collection, without collecting the
   older generation first (safe there: the collection is over, and freezing
   only moves lists), until the check runs again.
+  ``wsgw_gc_pause_longest_seconds{generation}`` is the longest since start.
   ``wsgw_gc_frozen_objects`` is the size of the permanent generation: it falls
   back when the sockets frozen with it close, and its growth while the number of
   sockets stays flat would be a leak (the soak checks it: bench/RESULTS.md).
@@ -56,11 +57,20 @@ from twisted.internet.task import LoopingCall
 PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class _Frozen(Collector):
+class _Gauges(Collector):
+    def __init__(self, policy: GcPolicy) -> None:
+        self._policy = policy
+
     def collect(self) -> Iterable[GaugeMetricFamily]:
         yield GaugeMetricFamily("wsgw_gc_frozen_objects",
                                 "Objects in the garbage collector's permanent generation (gc.freeze), never scanned "
                                 "by a collection; freed by reference counting when they go.", gc.get_freeze_count())
+        longest = GaugeMetricFamily("wsgw_gc_pause_longest_seconds",
+                                    "The longest pause of a garbage collection since start, by the oldest generation "
+                                    "collected.", labels=["generation"])
+        for generation, pause in enumerate(self._policy.longest):
+            longest.add_metric([str(generation)], pause)
+        yield longest
 
 
 class GcPolicy:
@@ -77,7 +87,7 @@ class GcPolicy:
                 "oldest generation collected (2: a full collection).",
                 ["generation"], registry=registry, buckets=PAUSE_BUCKETS)
             self._children = [self._pauses.labels(generation=str(g)) for g in range(3)]
-            registry.register(_Frozen())
+            registry.register(_Gauges(self))
         self.longest = [0.0, 0.0, 0.0]  # seconds, by generation, since start
         self.freezes = 0
         self.overdue_freezes = 0  # freezes by the collector's callback, during long reactor turns
