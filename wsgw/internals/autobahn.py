@@ -33,9 +33,9 @@ with the few private hooks wsgw needs, exposed under names of its own:
   first writes, is rebuilt too (bench/RESULTS.md, "Memory and GC");
 - ``CONFIG_ATTRS``: Autobahn copies each of the factory's options onto each
   socket (about 30 attributes) unless the protocol already has it
-  (``hasattr``); ``ServerProtocol.__getattr__`` answers them from the factory,
-  so no socket holds a copy (an option is then read through the factory: a
-  little slower, on the paths of inbound frames, pings and closes only);
+  (``hasattr``); ``ServerFactory.setProtocolOptions`` makes its protocol a
+  subclass holding the options as class attributes, so no socket holds a copy
+  and reading one costs what reading a copy did;
 - ``factory._batched_timer``: Autobahn's handshake, ping and close timers run on
   txaio's global loop; ``ServerFactory`` gives them a txaio ``_BatchedTimer``
   (Autobahn's own kind, bucket and chunk) on the injected clock, whose
@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
-from types import MappingProxyType
+from types import FunctionType, MappingProxyType
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -103,14 +103,6 @@ class ServerProtocol(WebSocketServerProtocol):
     websocket_extensions: Any = ()
 
     _linger: Any = None  # the abort scheduled by a graceful drop
-    _FROM_FACTORY = frozenset(WebSocketServerProtocol.CONFIG_ATTRS)
-
-    def __getattr__(self, name: str) -> Any:
-        # only called when the instance and its class lack ``name``: the factory's options (never copied)
-        if name in ServerProtocol._FROM_FACTORY:
-            return getattr(self.factory, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     def message_too_big(self, limit: int) -> None:
         """An inbound message went over ``limit`` bytes; the default fails the connection with 1009."""
         WebSocketServerProtocol._max_message_size_exceeded(self, limit + 1, limit, "message too big")
@@ -236,6 +228,20 @@ class ServerFactory(WebSocketServerFactory):
         self._batched_timer = _BatchedTimer(_BATCH_MILLISECONDS, _BATCH_CHUNK, seconds_provider=clock.seconds,
                                             delayed_call_creator=clock.callLater)
         self._socket_log = None if log_budget is None else BudgetedLog(WebSocketServerProtocol.log, log_budget)
+
+    def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
+        """Autobahn's, then the protocol made a subclass holding every option as a class attribute (the module
+        docstring: ``CONFIG_ATTRS``)."""
+        super().setProtocolOptions(**options)
+        base: Any = self.protocol
+        if getattr(base, "_options_of", None) is self:
+            base = base.__bases__[0]  # (options set again: a new subclass of the same protocol)
+        # (a function, e.g. perMessageCompressionAccept, stays a plain function: not a method of the protocol)
+        attrs = {name: staticmethod(value) if isinstance(value, FunctionType) else value
+                 for name, value in ((name, getattr(self, name)) for name in base.CONFIG_ATTRS)}
+        subclass: Any = type(base.__name__, (base,), {**attrs, "_options_of": self, "__module__": base.__module__,
+                                                      "__qualname__": base.__qualname__})
+        self.protocol = subclass
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol: Any = super().buildProtocol(addr)
