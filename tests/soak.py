@@ -135,11 +135,16 @@ class Probe(Resource):
             "rss_kb": rss_kb(),
         }
         if b"gc" in request.args:
-            gc.collect()
+            # the daemon freezes long-lived objects (wsgw.gcpolicy): thaw them, so that what a closed socket left
+            # in a reference cycle is found (collected here) and every live object counted, then freeze again
+            out["frozen"] = gc.get_freeze_count()
+            gc.unfreeze()
+            out["garbage_after_thaw"] = gc.collect()
             objects = gc.get_objects()
             out["live_protocols"] = sum(1 for o in objects if isinstance(o, GatewayProtocol))
             out["live_sessions"] = sum(1 for o in objects if type(o) is Session)
             del objects
+            gc.freeze()
             out["allocated_blocks"] = sys.getallocatedblocks()  # Python objects' memory, whatever RSS says
             out["rss_kb_after_gc"] = rss_kb()
         if b"trim" in request.args:  # give freed heap pages back to the OS: what RSS keeps is then not in use
@@ -563,12 +568,17 @@ async def cycle(number: int, soak: Soak, events: Events, daemon: Daemon, seconds
     report.say(f"  drained: daemon sessions {state['sessions']}, timers {state['timers']}, "
                f"chat sockets {state['chat_sockets']}, delayed calls {state['delayed_calls']} "
                f"(before any client: {baseline['delayed_calls']}), live protocols {state['live_protocols']}, "
-               f"live sessions {state['live_sessions']}, Python allocated blocks {state['allocated_blocks']} "
+               f"live sessions {state['live_sessions']}, frozen objects {state['frozen']} (before any client: "
+               f"{baseline['frozen']}), cyclic garbage found after thawing {state['garbage_after_thaw']}, "
+               f"Python allocated blocks {state['allocated_blocks']} "
                f"(before any client: {baseline['allocated_blocks']}), RSS {rss / 1024:.1f} MiB "
                f"(peak {peak_rss / 1024:.1f}; {trimmed / 1024:.1f} after malloc_trim)")
     report.check(bool(empty), f"cycle {number}: the session table, timers and chat sockets are empty after the drain")
     report.check(state["live_protocols"] == 0 and state["live_sessions"] == 0,
                  f"cycle {number}: no GatewayProtocol or Session object is alive after gc")
+    report.check(state["garbage_after_thaw"] <= 2000,
+                 f"cycle {number}: frozen objects leaked nothing: {state['garbage_after_thaw']} objects of cyclic "
+                 f"garbage after thawing ({soak.sessions_started} sessions started so far)")
     report.check(bool(settled), f"cycle {number}: no delayed call leaked ({state['delayed_by_func']} now, "
                                 f"{baseline['delayed_by_func']} before any client)")
     return {"rss_kb": rss, "peak_rss_kb": peak_rss, "trimmed_kb": trimmed, "state": state,
@@ -660,6 +670,17 @@ async def main() -> int:
             report.check(blocks[-1] - blocks[0] <= max(2000, later // 10),
                          f"Python allocated blocks after the last drain ({blocks[-1]}) are back near the first "
                          f"drain's ({blocks[0]}) after {later} more sessions: {blocks[-1] - blocks[0]:+d}")
+        pauses = await metric(admin_port, "wsgw_gc_pause_seconds_bucket")
+
+        def bucket(generation: str, le: str) -> float:
+            return pauses.get('{generation="%s",le="%s"}' % (generation, le), 0.0)  # noqa: UP031
+
+        collections = {g: int(bucket(g, "+Inf")) for g in "012"}
+        over = {g: int(bucket(g, "+Inf") - bucket(g, "0.05")) for g in "012"}
+        longest = await metric(admin_port, "wsgw_gc_pause_longest_seconds")
+        report.check(sum(over.values()) == 0,
+                     f"no garbage collection stopped the daemon over 50 ms: over 50 ms by generation {over}, "
+                     f"longest {({k: round(v * 1000, 1) for k, v in longest.items()})} ms, collections {collections}")
         growth = last - first
         report.check(growth <= max(0.1 * first, 16 * 1024),
                      f"RSS after the last drain ({last / 1024:.1f} MiB) is back near the first drain's "

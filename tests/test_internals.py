@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import inspect
 import socket
+import sys
 from typing import Any
 
 import autobahn.websocket.protocol
+import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.application import app
@@ -217,6 +219,34 @@ async def test_the_handshake_only_attributes_exist_until_shed() -> None:
         client.sendClose(1000)
         await client.wait_closed()
         assert factory.seen["messages"] == [b'{"still": "working"}']  # type: ignore[attr-defined]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_shedding_options_are_the_factorys_and_idle_state_the_class_defaults() -> None:
+    """No socket holds a copy of the factory's options (read through the factory); shedding also drops the
+    state attributes still at their class-level default: the instance dict is then under half its size,
+    Autobahn's empty send queue a list, and the socket still works both ways."""
+    port, factory = _listen(autoPingInterval=30.0, maxFramePayloadSize=1000)
+    try:
+        client = await connect(port.getHost().port)
+        server = await factory.seen["opened"].addTimeout(TIMEOUT, reactor)  # type: ignore[attr-defined]
+        assert not set(server.CONFIG_ATTRS) & set(server.__dict__)
+        assert all(getattr(server, name) == getattr(factory, name) for name in server.CONFIG_ATTRS)
+        assert server.autoPingInterval == 30.0 and server.maxFramePayloadSize == 1000
+        assert server.wasClean is False and server.localCloseCode is None
+        assert sys.getsizeof(server.__dict__) < 900, sorted(server.__dict__)
+        assert sys.getsizeof(server.send_queue) < 100
+        with pytest.raises(AttributeError):
+            server.no_such_attribute  # noqa: B018
+        client.send_json({"still": "working"})
+        server.sendMessage(b'{"from": "server"}')
+        assert await client.next() == {"from": "server"}
+        client.sendClose(1000)
+        assert (await client.wait_closed())[0] == 1000
+        assert factory.seen["messages"] == [b'{"still": "working"}']  # type: ignore[attr-defined]
+        assert server.wasClean is True
     finally:
         await port.stopListening()
 

@@ -69,6 +69,20 @@ def test_claims_resolver_accepts_roles_as_a_list_and_defaults() -> None:
     assert access.profile == "standard" and access.workspaces == ()
 
 
+def test_sessions_with_equal_workspaces_and_roles_share_one_copy_of_each() -> None:
+    """Two users' tokens naming the same workspace and roles give accesses holding the same objects (one copy in
+    memory, however many sessions hold it: bench/RESULTS.md, "Memory and GC"); different ones stay apart."""
+    resolver = ClaimsResolver()
+    first = fired(resolver.resolve("t1", {**CLAIMS, "roles": "a,b", "workspaces": WORKSPACES}))
+    second = fired(resolver.resolve("t2", {**CLAIMS, "name": "bob", "roles": ["b", "a"],
+                                           "workspaces": json.loads(json.dumps(WORKSPACES))}))
+    assert first.workspaces[0] is second.workspaces[0]
+    assert first.roles is second.roles
+    other = fired(resolver.resolve("t3", {**CLAIMS, "roles": "c", "workspaces": [{**WORKSPACES[0], "slug": "x"}]}))
+    assert other.workspaces[0] is not first.workspaces[0] and other.workspaces[0].slug == "x"
+    assert other.roles == frozenset({"c"})
+
+
 def test_claims_resolver_falls_back_to_preferred_username() -> None:
     """Without a `name` claim the login is `preferred_username`; without `sub` the sub is empty."""
     access = fired(ClaimsResolver().resolve("tok", {"preferred_username": "bob", "exp": 5}))

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import weakref
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -112,14 +113,26 @@ class Access:
         return self.profile == "admin"
 
 
+_T = TypeVar("_T")
+_SHARED: weakref.WeakValueDictionary[Any, Any] = weakref.WeakValueDictionary()
+
+
+def shared(value: _T) -> _T:
+    """The copy of ``value`` (a hashable immutable value that supports weak references: a ``Workspace``, a
+    frozenset) some session already holds, else ``value``, remembered while any session holds it: sessions with
+    the same workspaces or roles hold one copy (a workspace is ~450 bytes with its roots and strings; bench/RESULTS.md,
+    "Memory and GC")."""
+    return _SHARED.setdefault(value, value)  # type: ignore[no-any-return]
+
+
 def parse_roles(value: object) -> frozenset[str]:
     """Roles as a comma separated string or a list of role ids."""
     if value is None or value == "":
         return frozenset()
     if isinstance(value, str):
-        return frozenset(r.strip() for r in value.split(",") if r.strip())
+        return shared(frozenset(r.strip() for r in value.split(",") if r.strip()))
     if isinstance(value, list) and all(isinstance(r, str) for r in value):
-        return frozenset(value)
+        return shared(frozenset(value))
     raise AccessError("roles must be a string or a list of strings")
 
 
@@ -138,7 +151,7 @@ def parse_workspaces(value: object) -> tuple[Workspace, ...]:
             raise AccessError("a workspace needs a uuid and a slug")
         if not isinstance(roots, list):
             raise AccessError(f"workspace {slug}: roots must be a list")
-        out.append(Workspace(uuid, slug, tuple(_parse_root(slug, r) for r in roots)))
+        out.append(shared(Workspace(uuid, slug, tuple(_parse_root(slug, r) for r in roots))))
     return tuple(out)
 
 

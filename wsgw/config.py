@@ -124,6 +124,7 @@ class Config:
     shutdown_timeout: float = _key("server", "shutdown_timeout", _positive_float, "10")
     max_connections: int = _key("server", "max_connections", _count_or_auto, "auto")
     handshake_timeout: float = _key("server", "handshake_timeout", _positive_float, "10")
+    gc_freeze: bool = _key("server", "gc_freeze", _bool, "yes")
     algorithms: tuple[str, ...] = _key("auth", "algorithms", _words, "HS256")
     hmac_secret_file: str = _key("auth", "hmac_secret_file", _text, "")
     public_key_file: str = _key("auth", "public_key_file", _text, "")

@@ -58,6 +58,10 @@ class Scope(Protocol):
         """Whether ``session``, with the access it holds now, would be sent this frame."""
 
 
+def _nothing(*_: object) -> None:
+    """What a stopped flow's callbacks become."""
+
+
 class Flow:
     """One socket's frames not yet written: held by pacing, or blocked while the connection is paused.
 
@@ -226,6 +230,9 @@ class Flow:
         self._held = self._blocked = None
         self._bytes = self._outside = 0
         self._cancel()
+        # the socket's callbacks go: they hold the connection and the session, which hold this flow (a cycle
+        # the collector would have to find; bench/RESULTS.md, "Memory and GC")
+        self._write = self.overflow = _nothing
 
     @property
     def suspended(self) -> bool:
@@ -260,8 +267,9 @@ class Flow:
         if not self._paused and self._held is not None:
             self._release(len(self._held))
         if self._bytes > self._max_bytes:
+            overflow = self.overflow
             self.stop()
-            self.overflow()
+            overflow()
 
     def _release(self, count: int) -> None:
         """Send the first ``count`` held frames (blocked behind what is blocked, if the connection pauses)."""

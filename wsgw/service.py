@@ -43,6 +43,7 @@ from wsgw.events import activity, idm, nodes, tasks
 from wsgw.events.endpoint import EventsEndpoint
 from wsgw.frames import CLOSE_NORMAL
 from wsgw.gateway import Gateway
+from wsgw.gcpolicy import GcPolicy
 from wsgw.instances import InstanceRegistry, InstanceStore, MemoryInstances, instance_id
 from wsgw.interfaces import IAccessResolver, IChatStore, IRevocationStore
 from wsgw.internals.twisted import clear_exit_signal
@@ -68,6 +69,7 @@ class ListenFailed(Exception):
     twistd --listen): Address already in use``)."""
 
 
+FREEZE_INTERVAL = 0.25  # seconds between checks for promoted objects to freeze (wsgw.gcpolicy)
 SETTINGS = {"public listener": "[server] listen or twistd --listen",
             "operator listener": "[admin] listen or twistd --admin-listen"}
 
@@ -175,6 +177,7 @@ class GatewayService(MultiService):
             reauth=self.reauth, pacing=self.events,
         ), config.topics)
         self.bus.listen(self.metrics.timed(self.dispatcher, clock))
+        self.gc = GcPolicy(clock, self.metrics.registry)  # pauses timed while running; freezing: DaemonService
         self.bus.setServiceParent(self)
         if self.redis_commands is not None:
             self.redis_commands.setServiceParent(self)
@@ -215,6 +218,7 @@ class GatewayService(MultiService):
         """Start the bus and the chat's presence sweep, then listen; a port that cannot be bound raises here,
         so startup fails."""
         super().startService()
+        self.gc.watch()
         for notice in self.config.notices:
             self._log.warn("{notice}", notice=notice)
         self.chat.start()
@@ -322,6 +326,7 @@ class GatewayService(MultiService):
             self._log.warn("chat presence updates still pending after {t} s: dropping them",
                            t=self.config.shutdown_timeout)
         yield super().stopService()
+        self.gc.stop()
         # twistd re-raises the signal that stopped the reactor (exit status 143 for SIGTERM); a designed
         # shutdown that got this far is a success, so let it exit 0 as operators and systemd expect.
         clear_exit_signal(self._reactor)
@@ -358,6 +363,8 @@ class DaemonService(GatewayService):
         except ListenFailed as e:
             self._log.critical("{message}", message=str(e))
             raise SystemExit(1) from None
+        if self.config.gc_freeze:  # the process is the daemon's own: its heap may be frozen (wsgw.gcpolicy)
+            self.gc.start_freezing(FREEZE_INTERVAL)
         if self._reread is not None:
             signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.hangup))
 

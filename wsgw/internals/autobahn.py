@@ -15,6 +15,8 @@ with the few private hooks wsgw needs, exposed under names of its own:
   peer's close frame: it waits for the transport to flush, forever if the peer
   does not read; ``ServerProtocol`` aborts such a connection ``closeHandshakeTimeout``
   seconds later (the socket, its buffers and its session are then released);
+- ``is_open`` and ``is_closed``, Autobahn's Deferreds (the second fired with the protocol itself: a reference
+  cycle): dropped when the connection is lost, so that reference counting alone frees a closed protocol;
 - ``data``, Autobahn's receive buffer: once the connection is dropped nothing
   more in it is processed, yet it holds the rest of the last read (up to
   64 KiB, e.g. the pings behind a 4029) for as long as the closed protocol
@@ -23,7 +25,17 @@ with the few private hooks wsgw needs, exposed under names of its own:
 - the handshake-only attributes (``HANDSHAKE_ONLY``), read only during the
   opening handshake, are dropped at open and the instance dict rebuilt
   (bench/RESULTS.md: ~3 KB per idle socket); class-level stand-ins answer the
-  rare read of one afterwards;
+  rare read of one afterwards. So are the state attributes still at their default
+  (``IDLE_DEFAULTS``: the class attribute answers until Autobahn sets one
+  again); Autobahn's ``send_queue``, an empty ``deque`` (760 bytes) on an idle
+  socket, becomes a list with ``popleft`` (the only calls Autobahn makes on it:
+  ``append``, ``popleft``, ``len``); the transport's instance dict, grown by its
+  first writes, is rebuilt too (bench/RESULTS.md, "Memory and GC");
+- ``CONFIG_ATTRS``: Autobahn copies each of the factory's options onto each
+  socket (about 30 attributes) unless the protocol already has it
+  (``hasattr``); ``ServerProtocol.__getattr__`` answers them from the factory,
+  so no socket holds a copy (an option is then read through the factory: a
+  little slower, on the paths of inbound frames, pings and closes only);
 - ``factory._batched_timer``: Autobahn's handshake, ping and close timers run on
   txaio's global loop; ``ServerFactory`` gives them a txaio ``_BatchedTimer``
   (Autobahn's own kind, bucket and chunk) on the injected clock, whose
@@ -46,6 +58,7 @@ with the few private hooks wsgw needs, exposed under names of its own:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from types import MappingProxyType
@@ -63,9 +76,20 @@ from wsgw.logs import LineBudget
 HANDSHAKE_ONLY = (
     "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_params",
     "http_request_host", "http_request_uri", "http_request_path", "_wskey", "websocket_protocols",
-    "websocket_origin", "websocket_extensions", "flashSocketPolicy", "versions", "allowedOrigins",
-    "allowedOriginsPatterns", "perMessageCompressionAccept", "webStatus", "trustXForwardedFor", "maxConnections",
+    "websocket_origin", "websocket_extensions",
 )
+# Autobahn's state attributes and the value each holds on an idle open socket (immutable values only)
+IDLE_DEFAULTS: dict[str, Any] = dict.fromkeys((
+    "_perMessageCompress", "trackedTimings", "wasNotCleanReason", "localCloseCode", "localCloseReason",
+    "remoteCloseCode", "remoteCloseReason", "openHandshakeTimeoutCall", "closeHandshakeTimeoutCall",
+    "autoPingTimeoutCall", "autoPingPending", "autoPingPendingSent", "websocket_protocol_in_use", "current_frame",
+    "message_data", "frame_data",
+), None) | dict.fromkeys((
+    "triggered", "wasMaxFramePayloadSizeExceeded", "wasMaxMessagePayloadSizeExceeded", "closedByMe", "failedByMe",
+    "droppedByMe", "wasClean", "wasServerConnectionDropTimeout", "wasOpenHandshakeTimeout",
+    "wasCloseHandshakeTimeout", "wasServingFlashSocketPolicyFile", "inside_message", "_isMessageCompressed",
+    "message_is_binary", "utf8validateIncomingCurrentMessage",
+), False) | dict.fromkeys(("message_data_total_length", "frame_length"), 0)
 _BATCH_MILLISECONDS = 200.0  # Autobahn's own bucket and chunk for its batched timers
 _BATCH_CHUNK = 1000
 
@@ -112,6 +136,15 @@ def lazy_debug_arguments() -> None:
 lazy_debug_arguments()
 
 
+class SendQueue(list):  # type: ignore[type-arg]
+    """Autobahn's ``send_queue`` after the handshake: a list (56 bytes empty, a ``deque`` 760) with ``popleft``."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 class ServerProtocol(WebSocketServerProtocol):
     """Autobahn's Twisted server protocol with wsgw's hooks (see the module docstring)."""
 
@@ -125,6 +158,13 @@ class ServerProtocol(WebSocketServerProtocol):
     websocket_extensions: Any = ()
 
     _linger: Any = None  # the abort scheduled by a graceful drop
+    _FROM_FACTORY = frozenset(WebSocketServerProtocol.CONFIG_ATTRS)
+
+    def __getattr__(self, name: str) -> Any:
+        # only called when the instance and its class lack ``name``: the factory's options (never copied)
+        if name in ServerProtocol._FROM_FACTORY:
+            return getattr(self.factory, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def message_too_big(self, limit: int) -> None:
         """An inbound message went over ``limit`` bytes; the default fails the connection with 1009."""
@@ -144,12 +184,21 @@ class ServerProtocol(WebSocketServerProtocol):
         return True
 
     def shed_handshake_state(self) -> None:
-        """Drop what only the handshake reads, then rebuild the instance dict: Python dicts never shrink, and
-        under 86 keys the table is half the size."""
+        """Drop what only the handshake reads and the state still at its default, then rebuild the instance
+        dict: Python dicts never shrink, and under 43 keys the table is a quarter of the size. The transport's
+        dict is rebuilt too."""
         attrs = self.__dict__
         for name in HANDSHAKE_ONLY:
             attrs.pop(name, None)
+        for name, default in IDLE_DEFAULTS.items():
+            if name in attrs and attrs[name] is default:
+                del attrs[name]
+        if not attrs.get("send_queue", True):  # (empty)
+            attrs["send_queue"] = SendQueue()
         self.__dict__ = dict(attrs)
+        transport = self.transport
+        if transport is not None and hasattr(transport, "__dict__"):
+            transport.__dict__ = dict(transport.__dict__)
 
     # -- Autobahn's private hooks ------------------------------------------
 
@@ -180,6 +229,11 @@ class ServerProtocol(WebSocketServerProtocol):
             linger.cancel()
         super().connectionLost(reason)
         self.data = b""
+        # Autobahn fires ``is_closed`` with the protocol itself: the Deferred and the protocol would point at each
+        # other until a full collection. Nothing reads either once the connection is lost.
+        attrs = self.__dict__
+        attrs.pop("is_closed", None)
+        attrs.pop("is_open", None)
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         self.message_too_big(max_msg_size)
@@ -197,7 +251,9 @@ class _BatchedTimer(txaio_common._BatchedTimer):
         now = self._get_seconds()
         bucket = self._bucket_milliseconds
         real_time = int(math.ceil((now + delay) * 1000.0 / bucket) * bucket)
-        call = txaio_common._BatchedCall(self, real_time, lambda: func(*args, **kwargs))
+        # (no closure for the usual call without arguments: a lambda and its cells are ~300 bytes per socket)
+        call = txaio_common._BatchedCall(self, real_time, functools.partial(func, *args, **kwargs) if args or kwargs
+                                         else func)
         if real_time in self._buckets:
             self._buckets[real_time][1].append(call)
         else:
@@ -249,3 +305,7 @@ class ServerFactory(WebSocketServerFactory):
         if self._socket_log is not None:
             protocol.log = self._socket_log
         return protocol
+
+
+for _name, _default in IDLE_DEFAULTS.items():  # the class-level defaults the shed attributes fall back to
+    setattr(ServerProtocol, _name, _default)

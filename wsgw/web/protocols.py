@@ -143,6 +143,7 @@ class GatewayProtocol(ServerProtocol):
         if self._ticket is not None:
             self._ticket.release()
             self._ticket = None
+        self._out = None  # (it holds this protocol's sendPong: a cycle otherwise)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._session is not None:
