@@ -33,9 +33,11 @@ with the few private hooks wsgw needs, exposed under names of its own:
   first writes, is rebuilt too (bench/RESULTS.md, "Memory and GC");
 - ``CONFIG_ATTRS``: Autobahn copies each of the factory's options onto each
   socket (about 30 attributes) unless the protocol already has it
-  (``hasattr``); ``ServerProtocol.__getattr__`` answers them from the factory,
-  so no socket holds a copy (an option is then read through the factory: a
-  little slower, on the paths of inbound frames, pings and closes only);
+  (``hasattr``, then ``getattr`` again for its debug line); a ``ServerFactory`` builds its sockets from a
+  subclass of its ``protocol`` of its own, holding its options as class attributes (set again by every
+  ``setProtocolOptions``/``resetProtocolOptions``), so no socket holds a copy and neither lookup runs Python
+  code (through ``__getattr__`` they were 13 % of a connect storm's CPU, bench/RESULTS.md "Connect path",
+  Part 2); ``ServerProtocol.__getattr__`` still answers them from the factory for a protocol built otherwise;
 - ``factory._batched_timer``: Autobahn's handshake, ping and close timers run on
   txaio's global loop; ``ServerFactory`` gives them a txaio ``_BatchedTimer``
   (Autobahn's own kind, bucket and chunk) on the injected clock, whose
@@ -94,30 +96,24 @@ _BATCH_MILLISECONDS = 200.0  # Autobahn's own bucket and chunk for its batched t
 _BATCH_CHUNK = 1000
 
 
-class Lazy:
+class Lazy(functools.partial):  # type: ignore[type-arg]
     """``fn(*args)``, computed when formatted (``str``, ``format``, ``repr``): a log line's argument that costs
-    nothing when the line is dropped unwritten."""
+    nothing when the line is dropped unwritten. A ``functools.partial``: built in C, no Python frame."""
 
-    __slots__ = ("_fn", "_args")
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._fn = fn
-        self._args = args
+    __slots__ = ()
 
     def __str__(self) -> str:
-        return str(self._fn(*self._args))
+        return str(self())
 
     def __format__(self, spec: str) -> str:
-        return format(self._fn(*self._args), spec)
+        return format(self(), spec)
 
     def __repr__(self) -> str:
-        return repr(self._fn(*self._args))
+        return repr(self())
 
 
 def _lazy(fn: Callable[..., Any]) -> Callable[..., Lazy]:
-    def lazily(*args: Any) -> Lazy:
-        return Lazy(fn, *args)
-    return lazily
+    return functools.partial(Lazy, fn)
 
 
 _LAZY_MODULES = (autobahn.websocket.protocol, autobahn.twisted.websocket)
@@ -300,8 +296,33 @@ class ServerFactory(WebSocketServerFactory):
                                             delayed_call_creator=clock.callLater)
         self._socket_log = None if log_budget is None else BudgetedLog(WebSocketServerProtocol.log, log_budget)
 
+    _options_class: Any = None  # a subclass of ``protocol`` holding this factory's options (module docstring)
+
+    def resetProtocolOptions(self) -> None:
+        super().resetProtocolOptions()
+        self._copy_options()
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        super().setProtocolOptions(*args, **kwargs)
+        self._copy_options()
+
+    def _copy_options(self) -> None:
+        cls = self._options_class
+        if cls is not None:
+            for name in WebSocketServerProtocol.CONFIG_ATTRS:
+                # (a staticmethod answers any value as is: a function option, e.g. perMessageCompressionAccept,
+                # must not become a bound method of the socket)
+                setattr(cls, name, staticmethod(getattr(self, name)))
+
     def buildProtocol(self, addr: Any) -> Any:
-        protocol: Any = super().buildProtocol(addr)
+        base = self.protocol
+        cls = self._options_class
+        if cls is None or cls.__bases__[0] is not base:
+            cls = self._options_class = type(base.__name__, (base,), {"__module__": base.__module__,
+                                                                       "__qualname__": base.__qualname__})
+            self._copy_options()
+        protocol: Any = cls()  # (twisted's Factory.buildProtocol, from this factory's class)
+        protocol.factory = self
         if self._socket_log is not None:
             protocol.log = self._socket_log
         return protocol
