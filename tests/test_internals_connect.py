@@ -109,33 +109,6 @@ def test_with_debug_on_the_options_line_reads_as_before() -> None:
             '"tcp4:192.168.1.1:54321"') in lines  # hltype and hlval, formatted when written
 
 
-def test_a_new_socket_finds_every_option_on_its_class_without_a_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Autobahn's ``_connectionMade`` looks each of ~30 options up twice (``hasattr``, ``getattr``): found on the
-    factory's own protocol class, neither runs ``ServerProtocol.__getattr__`` (two Python calls per option, 13 %
-    of a connect storm's CPU, bench/RESULTS.md "Connect path", Part 2); options set later reach open sockets."""
-    calls: list[str] = []
-    real = ServerProtocol.__getattr__
-    monkeypatch.setattr(ServerProtocol, "__getattr__", lambda self, name: calls.append(name) or real(self, name))
-    factory = ServerFactory(reactor, Clock())
-    factory.protocol = ServerProtocol
-    factory.setProtocolOptions(openHandshakeTimeout=0, autoPingInterval=7.0)
-    first: Any = factory.buildProtocol(None)
-    first.makeConnection(StringTransport())
-    assert calls == [] and isinstance(first, ServerProtocol) and type(first).__name__ == "ServerProtocol"
-    assert not set(first.CONFIG_ATTRS) & set(first.__dict__)
-    assert all(getattr(first, a) == getattr(factory, a) for a in first.CONFIG_ATTRS) and first.autoPingInterval == 7
-    factory.setProtocolOptions(autoPingInterval=9.0)
-    second: Any = factory.buildProtocol(None)
-    assert type(second) is type(first) and first.autoPingInterval == second.autoPingInterval == 9.0
-    other = ServerFactory(reactor, Clock())
-    other.protocol = ServerProtocol
-    assert other.buildProtocol(None).autoPingInterval == 0  # another factory's options are its own
-    assert ServerProtocol.__dict__.get("autoPingInterval") is None
-    lone: Any = ServerProtocol()  # a protocol built without its factory's class still reads the factory's
-    lone.factory = factory
-    assert lone.autoPingInterval == 9.0
-
-
 def test_lazy_debug_arguments_cost_no_python_frame() -> None:
     """``hltype``/``hlval`` in Autobahn's modules build their ``Lazy`` in C (``functools.partial``)."""
     import functools

@@ -74,7 +74,9 @@ async def hup(tmp_path: Path) -> AsyncIterator[tuple[Files, Callable[[], DaemonS
         if str(event.get("log_namespace", "")).startswith("wsgw."):
             lines.append((event["log_level"], formatEvent(event)))
 
-    overrides = {"server.listen": "tcp:0:interface=127.0.0.1", "admin.listen": "tcp:0:interface=127.0.0.1"}
+    # (gc_freeze off: the test process's heap is not the daemon's to freeze)
+    overrides = {"server.listen": "tcp:0:interface=127.0.0.1", "admin.listen": "tcp:0:interface=127.0.0.1",
+                 "server.gc_freeze": "no"}
     services: list[DaemonService] = []
 
     def start() -> DaemonService:

@@ -33,11 +33,9 @@ with the few private hooks wsgw needs, exposed under names of its own:
   first writes, is rebuilt too (bench/RESULTS.md, "Memory and GC");
 - ``CONFIG_ATTRS``: Autobahn copies each of the factory's options onto each
   socket (about 30 attributes) unless the protocol already has it
-  (``hasattr``, then ``getattr`` again for its debug line); a ``ServerFactory`` builds its sockets from a
-  subclass of its ``protocol`` of its own, holding its options as class attributes (set again by every
-  ``setProtocolOptions``/``resetProtocolOptions``), so no socket holds a copy and neither lookup runs Python
-  code (through ``__getattr__`` they were 13 % of a connect storm's CPU, bench/RESULTS.md "Connect path",
-  Part 2); ``ServerProtocol.__getattr__`` still answers them from the factory for a protocol built otherwise;
+  (``hasattr``); ``ServerFactory.setProtocolOptions`` makes its protocol a
+  subclass holding the options as class attributes, so no socket holds a copy
+  and reading one costs what reading a copy did;
 - ``factory._batched_timer``: Autobahn's handshake, ping and close timers run on
   txaio's global loop; ``ServerFactory`` gives them a txaio ``_BatchedTimer``
   (Autobahn's own kind, bucket and chunk) on the injected clock, whose
@@ -63,7 +61,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from types import MappingProxyType
+from types import FunctionType, MappingProxyType
 from typing import Any
 
 import autobahn.twisted.websocket
@@ -154,14 +152,6 @@ class ServerProtocol(WebSocketServerProtocol):
     websocket_extensions: Any = ()
 
     _linger: Any = None  # the abort scheduled by a graceful drop
-    _FROM_FACTORY = frozenset(WebSocketServerProtocol.CONFIG_ATTRS)
-
-    def __getattr__(self, name: str) -> Any:
-        # only called when the instance and its class lack ``name``: the factory's options (never copied)
-        if name in ServerProtocol._FROM_FACTORY:
-            return getattr(self.factory, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     def message_too_big(self, limit: int) -> None:
         """An inbound message went over ``limit`` bytes; the default fails the connection with 1009."""
         WebSocketServerProtocol._max_message_size_exceeded(self, limit + 1, limit, "message too big")
@@ -296,33 +286,22 @@ class ServerFactory(WebSocketServerFactory):
                                             delayed_call_creator=clock.callLater)
         self._socket_log = None if log_budget is None else BudgetedLog(WebSocketServerProtocol.log, log_budget)
 
-    _options_class: Any = None  # a subclass of ``protocol`` holding this factory's options (module docstring)
-
-    def resetProtocolOptions(self) -> None:
-        super().resetProtocolOptions()
-        self._copy_options()
-
-    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
-        super().setProtocolOptions(*args, **kwargs)
-        self._copy_options()
-
-    def _copy_options(self) -> None:
-        cls = self._options_class
-        if cls is not None:
-            for name in WebSocketServerProtocol.CONFIG_ATTRS:
-                # (a staticmethod answers any value as is: a function option, e.g. perMessageCompressionAccept,
-                # must not become a bound method of the socket)
-                setattr(cls, name, staticmethod(getattr(self, name)))
+    def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
+        """Autobahn's, then the protocol made a subclass holding every option as a class attribute (the module
+        docstring: ``CONFIG_ATTRS``)."""
+        super().setProtocolOptions(**options)
+        base: Any = self.protocol
+        if getattr(base, "_options_of", None) is self:
+            base = base.__bases__[0]  # (options set again: a new subclass of the same protocol)
+        # (a function, e.g. perMessageCompressionAccept, stays a plain function: not a method of the protocol)
+        attrs = {name: staticmethod(value) if isinstance(value, FunctionType) else value
+                 for name, value in ((name, getattr(self, name)) for name in base.CONFIG_ATTRS)}
+        subclass: Any = type(base.__name__, (base,), {**attrs, "_options_of": self, "__module__": base.__module__,
+                                                      "__qualname__": base.__qualname__})
+        self.protocol = subclass
 
     def buildProtocol(self, addr: Any) -> Any:
-        base = self.protocol
-        cls = self._options_class
-        if cls is None or cls.__bases__[0] is not base:
-            cls = self._options_class = type(base.__name__, (base,), {"__module__": base.__module__,
-                                                                       "__qualname__": base.__qualname__})
-            self._copy_options()
-        protocol: Any = cls()  # (twisted's Factory.buildProtocol, from this factory's class)
-        protocol.factory = self
+        protocol: Any = super().buildProtocol(addr)
         if self._socket_log is not None:
             protocol.log = self._socket_log
         return protocol
