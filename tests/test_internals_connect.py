@@ -19,6 +19,8 @@ import jwt
 import pytest
 import txaio
 from autobahn import util as autobahn_util
+from hypothesis import given
+from hypothesis import strategies as st
 from jwt.algorithms import HMACAlgorithm
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -27,7 +29,7 @@ from twisted.logger import formatEvent
 
 from wsgw.internals import autobahn as internals
 from wsgw.internals.autobahn import Lazy, ServerFactory, ServerProtocol
-from wsgw.internals.pyjwt import PreparedHMAC, prepare_keys_once
+from wsgw.internals.pyjwt import PreparedHMAC, decode_segment, decode_segments_fast, prepare_keys_once
 
 _LAZY_NAMES = {"hltype", "hlval", "pformat"}
 
@@ -144,3 +146,48 @@ def test_pyjwt_prepares_the_hmac_secret_for_every_token_unless_told_once(monkeyp
         once.decode(tokens[0], b"t" * 40, algorithms=["HS256"])
     assert len(prepared) == 5
     assert jwt.PyJWT()._jws.get_algorithm_by_name("HS256").__class__ is HMACAlgorithm  # others keep PyJWT's
+
+
+_SEGMENTS = [b"", b"A", b"AA", b"AQ", b"AB", b"AAA", b"AAE", b"AAB", b"AAAA", b"AA==", b"AQ==", b"AB==", b"AAE=",
+             b"AAB=", b"A===", b"AA=", b"AAA==", b"=", b"==", b"!!!!", b"AA!A", b"AA+A", b"AA/A", b"AA-_", b"AA A",
+             b"eyJhbGciOiJIUzI1NiJ9", b"eyJhbGciOiJIUzI1NiJ9=", b"\xff\xfe", b"AAAA\n", b"\nAAAA", b"AAAAA"]
+
+
+@given(st.one_of(st.binary(max_size=12), st.text(alphabet="AQBgw048-_=+/!Ez \n", max_size=12).map(str.encode)))
+def test_segments_decode_as_pyjwts_own(segment: bytes) -> None:
+    """``decode_segment`` returns what PyJWT's ``_decode_base64url_segment`` returns, and refuses what it refuses
+    with the same error."""
+    _same_as_pyjwt(segment)
+
+
+def test_segments_decode_as_pyjwts_own_at_the_edges() -> None:
+    for segment in _SEGMENTS:
+        _same_as_pyjwt(segment)
+
+
+def _same_as_pyjwt(segment: bytes) -> None:
+    def outcome(decode: Any) -> tuple[str, Any]:
+        try:
+            return "ok", decode(segment, "header")
+        except jwt.DecodeError as e:
+            return "refused", str(e)
+
+    assert outcome(decode_segment) == outcome(jwt.PyJWS._decode_base64url_segment), segment
+
+
+def test_pyjwt_decodes_segments_through_the_method_a_decoder_is_given() -> None:
+    """``decode_segments_fast`` gives ``decoder`` ``decode_segment`` (PyJWS calls ``self._decode_base64url_segment``
+    for each of a token's three segments); other decoders keep PyJWT's."""
+    calls: list[bytes] = []
+    decoder = jwt.PyJWT()
+    decode_segments_fast(decoder)
+    decoder._jws._decode_base64url_segment = lambda s, name: (calls.append(s), decode_segment(s, name))[1]
+    token = jwt.encode({"n": 1}, b"k" * 40, algorithm="HS256")
+    assert decoder.decode(token, b"k" * 40, algorithms=["HS256"]) == {"n": 1}
+    assert b".".join(calls) == token.encode()
+    fast = jwt.PyJWT()
+    decode_segments_fast(fast)
+    assert fast._jws._decode_base64url_segment is decode_segment
+    assert jwt.PyJWT()._jws._decode_base64url_segment is not decode_segment
+    with pytest.raises(jwt.DecodeError):
+        fast.decode(token[:-1] + "!", b"k" * 40, algorithms=["HS256"])
