@@ -23,13 +23,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jwt.algorithms import HMACAlgorithm
 from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from wsgw.internals import autobahn as internals
 from wsgw.internals.autobahn import Lazy, ServerFactory, ServerProtocol
 from wsgw.internals.pyjwt import PreparedHMAC, decode_segment, decode_segments_fast, prepare_keys_once
+from wsgw.internals.twisted import take_over
 
 _LAZY_NAMES = {"hltype", "hlval", "pformat"}
 
@@ -191,3 +194,35 @@ def test_pyjwt_decodes_segments_through_the_method_a_decoder_is_given() -> None:
     assert jwt.PyJWT()._jws._decode_base64url_segment is not decode_segment
     with pytest.raises(jwt.DecodeError):
         fast.decode(token[:-1] + "!", b"k" * 40, algorithms=["HS256"])
+
+
+# --------------------------------------------------------------------------- Twisted
+
+
+class _Seen(Protocol):
+    def __init__(self) -> None:
+        self.got = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got += data
+
+
+class _Refusing(Factory):
+    def buildProtocol(self, addr: Any) -> None:
+        return None
+
+
+def test_take_over_replaces_the_protocol_on_the_transport_or_behind_tls() -> None:
+    """``take_over`` hands a socket to a new protocol as Autobahn's ``WebSocketResource`` does: the transport's
+    ``protocol`` (plain TCP) or the TLS wrapper's ``wrappedProtocol``, connected, given the first read."""
+    factory = Factory.forProtocol(_Seen)
+    plain: Any = StringTransport()
+    plain.protocol = None
+    assert take_over(plain, factory, b"x")
+    assert isinstance(plain.protocol, _Seen) and plain.protocol.got == b"x" and plain.protocol.transport is plain
+    wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+    wrapper.makeConnection(StringTransport())
+    assert take_over(wrapper, factory, b"y")
+    assert isinstance(wrapper.wrappedProtocol, _Seen) and wrapper.wrappedProtocol.got == b"y"
+    assert wrapper.wrappedProtocol.transport is wrapper
+    assert not take_over(StringTransport(), _Refusing(), b"z")

@@ -39,12 +39,12 @@ from typing import Any
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from wsgw.internals.twisted import take_over
 from wsgw.logs import LineBudget, writes
 from wsgw.web.inbound import PeerCounts
 from wsgw.web.upgrade import whole_upgrade
@@ -280,7 +280,7 @@ class _Counted:
         if inner is None:
             route = whole_upgrade(data)
             factory = None if route is None else self._site.upgrades.get(route)
-            if factory is not None and _take_over(self.transport, factory, data):
+            if factory is not None and take_over(self.transport, factory, data):
                 return
             inner = self._channel()
         inner.dataReceived(data)
@@ -291,23 +291,6 @@ class _Counted:
                 self._inner.connectionLost(reason)
         finally:
             self._ticket.release()
-
-
-def _take_over(transport: Any, factory: Factory, data: bytes) -> bool:
-    """Give the socket and its first read ``data`` to a protocol of ``factory``, as Autobahn's
-    ``WebSocketResource.render`` does after twisted.web (False: the factory built none)."""
-    protocol = factory.buildProtocol(transport.getPeer())
-    if protocol is None:
-        return False
-    if isinstance(transport, ProtocolWrapper):  # TLS
-        transport.wrappedProtocol = protocol
-    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-        transport.protocol.wrappedProtocol = protocol
-    else:
-        transport.protocol = protocol
-    protocol.makeConnection(transport)
-    protocol.dataReceived(data)
-    return True
 
 
 class _Refused(Protocol):
