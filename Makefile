@@ -74,7 +74,7 @@ CORE := wsgw/access.py wsgw/cells.py wsgw/flow.py wsgw/frames.py wsgw/pacing.py 
 	wsgw/interfaces.py wsgw/events wsgw/chat/__init__.py wsgw/chat/service.py wsgw/chat/actions.py \
 	wsgw/chat/membership.py wsgw/chat/presence.py wsgw/chat/requests.py wsgw/chat/sanitize.py \
 	wsgw/chat/model.py wsgw/chat/memory_store.py wsgw/chat/bounded.py wsgw/chat/redis_scripts.py \
-	wsgw/revocations.py wsgw/reauth.py wsgw/control.py wsgw/instances.py
+	wsgw/revocations.py wsgw/reauth.py wsgw/control.py wsgw/instances.py wsgw/web/upgrade.py
 
 lint: install
 	$(VENV)/bin/ruff check wsgw tests

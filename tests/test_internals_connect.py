@@ -19,15 +19,20 @@ import jwt
 import pytest
 import txaio
 from autobahn import util as autobahn_util
+from hypothesis import given
+from hypothesis import strategies as st
 from jwt.algorithms import HMACAlgorithm
 from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from wsgw.internals import autobahn as internals
 from wsgw.internals.autobahn import Lazy, ServerFactory, ServerProtocol
-from wsgw.internals.pyjwt import PreparedHMAC, prepare_keys_once
+from wsgw.internals.pyjwt import PreparedHMAC, decode_segment, decode_segments_fast, prepare_keys_once
+from wsgw.internals.twisted import take_over
 
 _LAZY_NAMES = {"hltype", "hlval", "pformat"}
 
@@ -103,10 +108,18 @@ def test_with_debug_on_the_options_line_reads_as_before() -> None:
     lines = [formatEvent(e) for e in events]
     options = [line for line in lines if "maxFramePayloadSize" in line]
     assert len(options) == 1
-    assert options[0] == "\n" + internals._PFORMAT(
-        [(a, getattr(protocol, a), "ServerFactory") for a in protocol.CONFIG_ATTRS])
+    assert options[0] == "\n" + internals._PFORMAT(  # (the options are the protocol class's: see below)
+        [(a, getattr(protocol, a), "ServerProtocol") for a in protocol.CONFIG_ATTRS])
     assert ('<autobahn.twisted.websocket.WebSocketAdapterProtocol.connectionMade> connection established for peer='
             '"tcp4:192.168.1.1:54321"') in lines  # hltype and hlval, formatted when written
+
+
+def test_lazy_debug_arguments_cost_no_python_frame() -> None:
+    """``hltype``/``hlval`` in Autobahn's modules build their ``Lazy`` in C (``functools.partial``)."""
+    import functools
+
+    assert isinstance(autobahn.websocket.protocol.hltype, functools.partial)
+    assert isinstance(autobahn.twisted.websocket.hlval, functools.partial)
 
 
 # --------------------------------------------------------------------------- PyJWT
@@ -136,3 +149,80 @@ def test_pyjwt_prepares_the_hmac_secret_for_every_token_unless_told_once(monkeyp
         once.decode(tokens[0], b"t" * 40, algorithms=["HS256"])
     assert len(prepared) == 5
     assert jwt.PyJWT()._jws.get_algorithm_by_name("HS256").__class__ is HMACAlgorithm  # others keep PyJWT's
+
+
+_SEGMENTS = [b"", b"A", b"AA", b"AQ", b"AB", b"AAA", b"AAE", b"AAB", b"AAAA", b"AA==", b"AQ==", b"AB==", b"AAE=",
+             b"AAB=", b"A===", b"AA=", b"AAA==", b"=", b"==", b"!!!!", b"AA!A", b"AA+A", b"AA/A", b"AA-_", b"AA A",
+             b"eyJhbGciOiJIUzI1NiJ9", b"eyJhbGciOiJIUzI1NiJ9=", b"\xff\xfe", b"AAAA\n", b"\nAAAA", b"AAAAA"]
+
+
+@given(st.one_of(st.binary(max_size=12), st.text(alphabet="AQBgw048-_=+/!Ez \n", max_size=12).map(str.encode)))
+def test_segments_decode_as_pyjwts_own(segment: bytes) -> None:
+    """``decode_segment`` returns what PyJWT's ``_decode_base64url_segment`` returns, and refuses what it refuses
+    with the same error."""
+    _same_as_pyjwt(segment)
+
+
+def test_segments_decode_as_pyjwts_own_at_the_edges() -> None:
+    for segment in _SEGMENTS:
+        _same_as_pyjwt(segment)
+
+
+def _same_as_pyjwt(segment: bytes) -> None:
+    def outcome(decode: Any) -> tuple[str, Any]:
+        try:
+            return "ok", decode(segment, "header")
+        except jwt.DecodeError as e:
+            return "refused", str(e)
+
+    assert outcome(decode_segment) == outcome(jwt.PyJWS._decode_base64url_segment), segment
+
+
+def test_pyjwt_decodes_segments_through_the_method_a_decoder_is_given() -> None:
+    """``decode_segments_fast`` gives ``decoder`` ``decode_segment`` (PyJWS calls ``self._decode_base64url_segment``
+    for each of a token's three segments); other decoders keep PyJWT's."""
+    calls: list[bytes] = []
+    decoder = jwt.PyJWT()
+    decode_segments_fast(decoder)
+    decoder._jws._decode_base64url_segment = lambda s, name: (calls.append(s), decode_segment(s, name))[1]
+    token = jwt.encode({"n": 1}, b"k" * 40, algorithm="HS256")
+    assert decoder.decode(token, b"k" * 40, algorithms=["HS256"]) == {"n": 1}
+    assert b".".join(calls) == token.encode()
+    fast = jwt.PyJWT()
+    decode_segments_fast(fast)
+    assert fast._jws._decode_base64url_segment is decode_segment
+    assert jwt.PyJWT()._jws._decode_base64url_segment is not decode_segment
+    with pytest.raises(jwt.DecodeError):
+        fast.decode(token[:-1] + "!", b"k" * 40, algorithms=["HS256"])
+
+
+# --------------------------------------------------------------------------- Twisted
+
+
+class _Seen(Protocol):
+    def __init__(self) -> None:
+        self.got = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got += data
+
+
+class _Refusing(Factory):
+    def buildProtocol(self, addr: Any) -> None:
+        return None
+
+
+def test_take_over_replaces_the_protocol_on_the_transport_or_behind_tls() -> None:
+    """``take_over`` hands a socket to a new protocol as Autobahn's ``WebSocketResource`` does: the transport's
+    ``protocol`` (plain TCP) or the TLS wrapper's ``wrappedProtocol``, connected, given the first read."""
+    factory = Factory.forProtocol(_Seen)
+    plain: Any = StringTransport()
+    plain.protocol = None
+    assert take_over(plain, factory, b"x")
+    assert isinstance(plain.protocol, _Seen) and plain.protocol.got == b"x" and plain.protocol.transport is plain
+    wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+    wrapper.makeConnection(StringTransport())
+    assert take_over(wrapper, factory, b"y")
+    assert isinstance(wrapper.wrappedProtocol, _Seen) and wrapper.wrappedProtocol.got == b"y"
+    assert wrapper.wrappedProtocol.transport is wrapper
+    assert not take_over(StringTransport(), _Refusing(), b"z")

@@ -9,6 +9,9 @@
 - ``twisted.web.http.HTTPChannel.requests``: the requests of a channel; after
   Autobahn's takeover the channel and its request point at each other, a
   cycle only a full garbage collection frees.
+- a protocol is replaced on its transport (a WebSocket takeover) by setting
+  ``transport.protocol``, or behind TLS the wrapper's ``wrappedProtocol``:
+  ``take_over`` does it as Autobahn's ``WebSocketResource.render`` does.
 - ``reactor._exitSignal``: the signal that stopped the reactor, which twistd
   re-raises at exit (status 143 for SIGTERM) even after a designed shutdown.
 - ``TCP4ServerEndpoint``, ``TCP6ServerEndpoint`` and ``SSL4ServerEndpoint`` keep what its
@@ -25,6 +28,8 @@ import socket
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.protocol import Factory
+from twisted.protocols.policies import ProtocolWrapper
 
 
 def buffered(transport: Any) -> int:
@@ -62,6 +67,23 @@ def release_taken_over_request(request: Any) -> None:
     channel = request.channel
     if channel is not None and channel.transport is None:
         channel.requests = []
+
+
+def take_over(transport: Any, factory: Factory, data: bytes) -> bool:
+    """Give ``transport`` and its first read ``data`` to a new protocol of ``factory`` (False: the factory built
+    none), as Autobahn's ``WebSocketResource.render`` does after twisted.web's parse."""
+    protocol = factory.buildProtocol(transport.getPeer())
+    if protocol is None:
+        return False
+    if isinstance(transport, ProtocolWrapper):  # TLS
+        transport.wrappedProtocol = protocol
+    elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
+        transport.protocol.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    protocol.dataReceived(data)
+    return True
 
 
 def clear_exit_signal(reactor: Any) -> None:

@@ -32,21 +32,23 @@ would send ``Server: TwistedWeb/<version>``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from io import BytesIO
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
-from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
+from wsgw.internals.twisted import take_over
 from wsgw.logs import LineBudget, writes
 from wsgw.web.inbound import PeerCounts
+from wsgw.web.upgrade import whole_upgrade
 
 LIMITS = ("total", "per_ip", "handshake_timeout", "origin")
 """What ``ListenerGuard.refused`` counts (the ``limit`` label of ``wsgw_connections_refused_total``)."""
@@ -263,25 +265,50 @@ class ListenerGuard:
         self._tickets.pop(ticket.transport, None)
 
 
-class _Counted(proxyForInterface(IProtocol, "_inner")):  # type: ignore[misc]
-    """The HTTP protocol of one admitted socket, releasing its ticket when the socket closes (a WebSocket
-    protocol taking the socket over replaces this one as the transport's protocol and releases it itself)."""
+@implementer(IProtocol)
+class _Counted:
+    """The protocol of one admitted socket, releasing its ticket when the socket closes: twisted.web's HTTP
+    channel, built at connect, or with ``upgrades`` at the first read, which goes to Autobahn directly when it is
+    a whole upgrade to one of them (``wsgw.web.upgrade``). A WebSocket protocol taking the socket over replaces
+    this one as the transport's protocol and releases the ticket itself."""
 
-    def __init__(self, inner: IProtocol, ticket: Ticket) -> None:
-        self._inner = inner
+    def __init__(self, site: GuardedSite, addr: IAddress, ticket: Ticket) -> None:
+        self._site = site
+        self._addr = addr
         self._ticket = ticket
+        self._inner: IProtocol | None = None
+        self.transport: Any = None
 
     def makeConnection(self, transport: Any) -> None:
         self._ticket.start(transport)
-        self._inner.makeConnection(transport)
+        self.transport = transport
+        if not self._site.upgrades:
+            self._channel()
+
+    def connectionMade(self) -> None:
+        """(``makeConnection`` does the work.)"""
+
+    def _channel(self) -> IProtocol:
+        inner = self._inner = Site.buildProtocol(self._site, self._addr)
+        assert inner is not None
+        inner.makeConnection(self.transport)
+        return inner
 
     def dataReceived(self, data: bytes) -> None:
         self._ticket.received = True
-        self._inner.dataReceived(data)
+        inner = self._inner
+        if inner is None:
+            route = whole_upgrade(data)
+            factory = None if route is None else self._site.upgrades.get(route)
+            if factory is not None and take_over(self.transport, factory, data):
+                return
+            inner = self._channel()
+        inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure) -> None:
         try:
-            self._inner.connectionLost(reason)
+            if self._inner is not None:
+                self._inner.connectionLost(reason)
         finally:
             self._ticket.release()
 
@@ -319,6 +346,8 @@ class GuardedSite(Site):
 
     twisted.web's access log (a line per request) is off unless ``access_log`` is set, and then its lines are
     within ``log_budget`` (kind ``http``), so a peer cannot make the daemon write a line per request it sends.
+    ``upgrades`` maps routes to the WebSocket factories a socket's first read goes to directly when it is a whole
+    upgrade to one of them (``_Counted``), as it would through the site's resources.
     twisted.web's own idle timeout (``timeOut``, 60 s) is off when the guard's deadline is shorter: a timer per
     socket that could not fire first (bench/RESULTS.md "Connect path").
     Access lines are info lines, but debug lines for routine requests (issue 14): a GET or HEAD of a path in
@@ -331,9 +360,11 @@ class GuardedSite(Site):
 
     def __init__(self, resource: Any, guard: ListenerGuard, request_factory: type[BoundedRequest], *,
                  access_log: bool = False, log_budget: LineBudget | None = None,
-                 debug_paths: Collection[bytes] = (b"/healthz",), debug_gets: bool = False) -> None:
+                 debug_paths: Collection[bytes] = (b"/healthz",), debug_gets: bool = False,
+                 upgrades: Mapping[bytes, Factory] | None = None) -> None:
         super().__init__(resource, requestFactory=request_factory)
         self.guard = guard
+        self.upgrades = dict(upgrades or {})
         if 0 < guard.deadline <= (self.timeOut or 0):
             # twisted.web's idle timeout (a timer per socket, reset by every read) never fires before the guard's
             # deadline, which runs from accept and from the end of each answer whatever arrives
@@ -364,7 +395,7 @@ class GuardedSite(Site):
             return None  # the listening port closes the socket at once
         if ticket.refused:
             return _Refused(ticket)
-        return _Counted(super().buildProtocol(addr), ticket)
+        return _Counted(self, addr, ticket)
 
     def behind_tls(self) -> Factory:
         """The factory to hand a TLS endpoint: TLS wraps what this site builds and cannot take None."""

@@ -180,7 +180,8 @@ def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, problem:
               log_budget: LineBudget | None = None) -> GuardedSite:
     """The public Site, its sockets admitted and followed by ``guard`` (shared with the two factories);
     ``problem`` answers /healthz; ``access_log`` and ``log_budget`` as ``GuardedSite`` takes them (its access
-    lines of ``GET /healthz`` are debug lines)."""
+    lines of ``GET /healthz`` are debug lines). A whole upgrade in a socket's first read goes to its factory
+    without twisted.web's parse (``wsgw.web.upgrade``); ``_Upgrade`` takes every other."""
     events = _Upgrade(ws_factory)
     chat = _Upgrade(chat_factory)
     routes: dict[bytes, IResource] = {
@@ -192,8 +193,9 @@ def make_site(ws_factory: GatewayFactory, chat_factory: GatewayFactory, problem:
     }
     if live_page:
         routes[b"/"] = routes[b"/index.html"] = LivePage()
+    upgrades = {b"/ws": ws_factory, b"/ws/event": ws_factory, b"/chat": chat_factory, b"/ws/chat": chat_factory}
     return GuardedSite(Router(routes, bodies=False), guard, BoundedRequest, access_log=access_log,
-                       log_budget=log_budget)
+                       log_budget=log_budget, upgrades=upgrades)
 
 
 def make_admin_site(metrics: Metrics, bus: IBus, problem: Callable[[], str | None],

@@ -1,0 +1,107 @@
+"""A whole WebSocket upgrade in the socket's first read goes to Autobahn directly, not through twisted.web's
+parse first (bench/RESULTS.md "Connect path", Part 2); everything else, and every refusal, stays twisted.web's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from tests.support.daemon import StartGateway, healthz, token, workspace
+from tests.support.rawtcp import UPGRADE, exchange, head, raw_connect
+from tests.support.waiting import wait_until
+from tests.support.wsclient import connect
+from wsgw.web.listener import BoundedRequest
+from wsgw.web.upgrade import MAX_HEAD, whole_upgrade
+
+HOME = workspace("w-home", "home", "ds/home")
+CELLS = (b"GET /ws/event?x=1 HTTP/1.1\r\nHost: cells.example.org\r\nUser-Agent: Mozilla/5.0\r\n"
+         b"Upgrade: websocket\r\nConnection: Upgrade\r\nOrigin: https://cells.example.org\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+         b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nCookie: a=b\r\n\r\n")
+
+
+def test_whole_upgrades_are_named_by_their_route() -> None:
+    assert whole_upgrade(UPGRADE) == b"/ws"
+    assert whole_upgrade(CELLS) == b"/ws/event"
+    assert whole_upgrade(UPGRADE.replace(b"/ws ", b"/ws/ ")) == b"/ws"
+    assert whole_upgrade(UPGRADE.replace(b"Upgrade: websocket", b"upgrade:WebSocket ")) == b"/ws"
+    assert whole_upgrade(UPGRADE.replace(b"Upgrade: websocket", b"Upgrade: h2c, websocket")) == b"/ws"
+
+
+@pytest.mark.parametrize("request_bytes", [
+    UPGRADE[:-2],  # not whole
+    UPGRADE + b"\x81\x00",  # bytes after the head
+    UPGRADE.replace(b"HTTP/1.1\r\n", b"HTTP/1.0\r\n", 1),
+    UPGRADE.replace(b"GET ", b"HEAD ", 1),
+    UPGRADE.replace(b"GET /ws ", b"GET  /ws ", 1),
+    UPGRADE.replace(b"GET /ws ", b"GET http://h/ws ", 1),
+    UPGRADE.replace(b"Upgrade: websocket\r\n", b""),
+    UPGRADE.replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+    UPGRADE.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8"),
+    UPGRADE.replace(b"Sec-WebSocket-Version: 13\r\n", b""),
+    UPGRADE.replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Version: 13\r\n\r\n"),  # twice
+    UPGRADE.replace(b"\r\n\r\n", b"\r\nHost: other\r\n\r\n"),  # any header twice
+    UPGRADE.replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\n\r\n"),
+    UPGRADE.replace(b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    UPGRADE.replace(b"Host: ", b"Host : "),  # twisted.web answers 400
+    UPGRADE.replace(b"Host: 127.0.0.1\r\n", b"Host: 127.0.0.1\r\n folded\r\n"),
+    UPGRADE.replace(b"\r\n\r\n", b"\r\nX-Name: caf\xc3\xa9\r\n\r\n"),  # not ASCII
+    UPGRADE.replace(b"\r\n\r\n", b"\r\nX-Name: a\x0bb\r\n\r\n"),  # a control character
+    UPGRADE.replace(b"\r\n\r\n", b"\r\nX-Pad: " + b"p" * MAX_HEAD + b"\r\n\r\n"),
+    UPGRADE.replace(b"\r\n\r\n", b"".join(b"\r\nX-%d: 1" % i for i in range(100)) + b"\r\n\r\n"),
+])
+def test_anything_else_goes_to_twisted_web(request_bytes: bytes) -> None:
+    assert whole_upgrade(request_bytes) is None
+
+
+def _count_requests(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    processed: list[bytes] = []
+    real = BoundedRequest.process
+    monkeypatch.setattr(BoundedRequest, "process", lambda self: (processed.append(self.path), real(self))[1])
+    return processed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_whole_upgrade_builds_no_twisted_web_request(gateway: StartGateway,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's upgrade (one write) opens and subscribes without a twisted.web Request; an upgrade trickled
+    over two reads, /healthz and an unknown path on the same port are still twisted.web's."""
+    processed = _count_requests(monkeypatch)
+    daemon = await gateway()
+    client = await connect(daemon.port, "/ws/event")
+    assert (await client.subscribe(token("u1", [HOME])))["@type"] == "subscribed"
+    assert processed == []
+    assert daemon.service.public_guard.open == 1
+    raw: Any = await raw_connect(daemon.port)
+    raw.send(UPGRADE[:20])
+    guard = daemon.service.public_guard
+    await wait_until(lambda: any(t.received for t in guard._tickets.values()), "the first part read")
+    raw.send(UPGRADE[20:])
+    await wait_until(lambda: b"\r\n\r\n" in raw.received, "the answer to the trickled upgrade")
+    assert raw.received.startswith(b"HTTP/1.1 101") and processed == [b"/ws"]
+    raw.close()
+    assert await healthz(daemon.port) == 200
+    status, _ = head(await exchange(daemon.port, b"GET /nowhere HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+    assert status.startswith(b"HTTP/1.1 404") and processed[1:] == [b"/healthz", b"/nowhere"]
+    client.sendClose()
+    await client.wait_closed()
+    await wait_until(lambda: daemon.service.public_guard.open == 0, "every socket released")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_whole_upgrade_keeps_the_origin_list(gateway: StartGateway,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taken directly (no twisted.web Request), a refused origin is still 403 and counted."""
+    processed = _count_requests(monkeypatch)
+    daemon = await gateway(redis=None, extra="[websocket]\nallowed_origins = https://cells.example.org\n")
+    status, _ = head(await exchange(daemon.port, CELLS.replace(b"https://cells.", b"https://evil.")))
+    assert status.startswith(b"HTTP/1.1 403"), status
+    assert daemon.service.public_guard.refused["origin"] == 1
+    raw: Any = await raw_connect(daemon.port)
+    raw.send(CELLS)
+    await wait_until(lambda: b"\r\n\r\n" in raw.received, "the answer to the upgrade")
+    assert raw.received.startswith(b"HTTP/1.1 101"), raw.received
+    raw.close()
+    assert processed == []
