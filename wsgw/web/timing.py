@@ -19,14 +19,28 @@ each saying in its help text what it covers:
 Frames blocked by a client reading slowly, and node events waiting for their
 node-metadata lookup, are in none of them. ``wsgw_access_request_seconds`` is
 each access backend request's duration.
+
+They are ``PlainHistogram``s, not prometheus-client's ``Histogram``: an
+observation is a bisect and two additions on plain numbers (no lock, no walk
+over the buckets: ~0.2 µs instead of ~1.1 µs an observation, issue 13, goal 2;
+the reactor thread is the only writer and reader), and the collector writes at
+scrape time exactly the samples ``Histogram`` writes (names, help, buckets,
+``_count``, ``_sum``, ``_created``; tests/test_timing_histograms.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from twisted.internet.interfaces import IReactorTime
 
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -52,41 +66,111 @@ class Timed(Protocol):
     observe: Callable[[float], object] | None
 
 
+class Series:
+    """One histogram series: ``counts[i]`` observations in bucket ``i`` alone (not cumulative; the last is
+    +Inf's), ``sum`` of the values, ``created`` its Unix time (prometheus-client's ``_created``)."""
+
+    __slots__ = ("bounds", "counts", "sum", "created")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        """Count ``value`` (seconds) in the first bucket whose bound is >= it, as ``Histogram.observe`` (a NaN,
+        which no duration is, would count in the first bucket where prometheus-client counts it in none)."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class PlainHistogram(Collector):
+    """A histogram family on plain numbers: ``observe`` (set only when unlabelled: its one series' own method)
+    or ``child(*label_values).observe``; the samples at collection are those of prometheus-client's
+    ``Histogram`` with the same arguments. ``buckets``: sorted upper bounds (ValueError otherwise), +Inf added
+    when missing. Not thread-safe (one reactor thread)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], labelnames: Sequence[str] = ()) -> None:
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds) or not bounds:
+            raise ValueError(f"{name}: buckets not in sorted order: {buckets!r}")
+        if bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self._name, self._documentation = name, documentation
+        self._bounds, self._labelnames = tuple(bounds), tuple(labelnames)
+        self._les = [floatToGoString(b) for b in bounds]
+        self._series: dict[tuple[str, ...], Series] = {}
+        if not labelnames:
+            self.observe = self.child().observe
+
+    def child(self, *values: str) -> Series:
+        """The series of these label values (one per label name, in order), made on first use."""
+        series = self._series.get(values)
+        if series is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name}: labels {self._labelnames!r}, given {values!r}")
+            series = self._series[values] = Series(self._bounds)
+        return series
+
+    def describe(self) -> Iterator[Metric]:
+        yield Metric(self._name, self._documentation, "histogram")
+
+    def collect(self) -> Iterator[Metric]:
+        family = Metric(self._name, self._documentation, "histogram")
+        created = getattr(prometheus_metrics, "_use_created", True)  # PROMETHEUS_DISABLE_CREATED_SERIES, as theirs
+        for values, series in list(self._series.items()):
+            labels = dict(zip(self._labelnames, values, strict=True))
+            total = 0.0
+            for le, count in zip(self._les, series.counts, strict=True):
+                total += count
+                family.add_sample(self._name + "_bucket", {**labels, "le": le}, total)
+            family.add_sample(self._name + "_count", labels, total)
+            if self._bounds[0] >= 0:
+                family.add_sample(self._name + "_sum", labels, series.sum)
+            if created:
+                family.add_sample(self._name + "_created", labels, series.created)
+        yield family
+
+
 def histograms(registry: CollectorRegistry, topics: Iterable[str], nodes: Merging, pacing: Pacing | None,
-               access: Timed | None) -> dict[str, Any]:
+               access: Timed | None) -> dict[str, Series]:
     """Register the histograms in ``registry`` and set each observer (``pacing``, ``access``: when not None);
     returns the delivery lag histogram's child for each of ``topics`` (for ``TimedListener``)."""
-    lag = Histogram(
+    lag = _registered(registry, PlainHistogram(
         "wsgw_delivery_lag_seconds",
         "From a bus event's receipt to its frames handed to every recipient's outbound flow (from there written at "
         "once, with the other frames of the same bus read, or after a pacing hold), by topic. Not included: a node "
         "event's merge window (wsgw_node_merge_delay_seconds), pacing holds (wsgw_pacing_delay_seconds), frames "
         "blocked by a client reading slowly, node-metadata lookups.",
-        ["topic"], registry=registry, buckets=LAG_BUCKETS,
-    )
-    nodes.observe_merge = Histogram(
+        LAG_BUCKETS, ["topic"]))
+    nodes.observe_merge = _registered(registry, PlainHistogram(
         "wsgw_node_merge_delay_seconds", "Per merged node event (one per node and window, however many events it "
         "folds): from its first event's receipt to its frames handed to every recipient's flow, the merge window "
-        "([delivery] batch_window, restarted by each event of the node) included.", registry=registry,
-        buckets=HOLD_BUCKETS).observe
+        "([delivery] batch_window, restarted by each event of the node) included.", HOLD_BUCKETS)).observe
     if pacing is not None:
-        pacing.observe_pacing = Histogram(
+        pacing.observe_pacing = _registered(registry, PlainHistogram(
             "wsgw_pacing_delay_seconds", "Per node-event frame held by a socket's pacing ([delivery] pacing_rate, "
             "pacing_burst): from being held to being released to the socket (at most pacing_max_delay; earlier for "
-            "an Optimistic event). Frames sent at once are not observed.", registry=registry,
-            buckets=HOLD_BUCKETS).observe
+            "an Optimistic event). Frames sent at once are not observed.", HOLD_BUCKETS)).observe
     if access is not None:
-        access.observe = Histogram(
+        access.observe = _registered(registry, PlainHistogram(
             "wsgw_access_request_seconds", "Duration of each request to the access backend (answered, refused, "
-            "failed or timed out).", registry=registry, buckets=ACCESS_BUCKETS,
-        ).observe
-    return {topic: lag.labels(topic=topic) for topic in topics}
+            "failed or timed out).", ACCESS_BUCKETS)).observe
+    return {topic: lag.child(topic) for topic in topics}
+
+
+def _registered(registry: CollectorRegistry, histogram: PlainHistogram) -> PlainHistogram:
+    registry.register(histogram)
+    return histogram
 
 
 class TimedListener:
-    """A bus listener that observes, once per event, how long the wrapped listener took."""
+    """A bus listener that observes, once per event, how long the wrapped listener took (in ``children``'s series
+    of the event's topic; a topic without one is not observed)."""
 
-    def __init__(self, listener: Callable[[str, bytes], Any], clock: IReactorTime, children: Mapping[str, Any]) -> None:
+    def __init__(self, listener: Callable[[str, bytes], Any], clock: IReactorTime,
+                 children: Mapping[str, Series]) -> None:
         self._listener = listener
         self._clock = clock
         self._children = children
