@@ -17,13 +17,14 @@ be frozen while it lives.
 
 - ``watch()`` times every collection (``gc.callbacks``, start to stop) into the
   histograms ``wsgw_gc_pause_seconds{generation}`` (wall clock: how long the
-  daemon wrote nothing) and ``wsgw_gc_pause_cpu_seconds{generation}`` (the
-  main thread's CPU time, ``time.thread_time``: the collector's own work). Wall
-  includes time the process waited for a core: on a loaded machine a young
-  collection of 1-15 ms of CPU showed as 66-153 ms of wall (bench/RESULTS.md,
-  "CPU time per pause"); the CPU figure is the one the collector's work, and
-  so the policy, answers for (issue 13, goal 4). Reading the thread's CPU
-  clock costs ~0.5 us, twice per collection;
+  daemon wrote nothing) and ``wsgw_gc_pause_cpu_seconds{generation}`` (CPU
+  time of the thread that collects, ``time.thread_time``: the collector's own
+  work). Wall includes time the process waited for a core: on a loaded machine
+  young collections of 1-15 ms of CPU showed as 66-153 ms of wall
+  (bench/RESULTS.md, "Memory and GC", and its "CPU time per pause"); the CPU
+  figure is the one the collector's work, and so the policy, answers for
+  (issue 13, goal 4). Reading the thread's CPU clock costs ~0.5 us, twice per
+  collection;
 - ``start_freezing(interval)`` collects and freezes the start-up heap; then,
   every ``interval`` seconds, if a collection of generation 1 or 2 ran since
   (objects were promoted to the oldest generation: they outlived two
@@ -107,7 +108,7 @@ class GcPolicy:
                 ["generation"], registry=registry, buckets=PAUSE_BUCKETS)
             cpu = Histogram(
                 "wsgw_gc_pause_cpu_seconds",
-                "CPU time of the daemon's main thread during each garbage collection (gc.callbacks, start to stop): "
+                "CPU time of the collecting thread during each garbage collection (gc.callbacks, start to stop): "
                 "the collector's work, without time waiting for a CPU (see wsgw_gc_pause_seconds for the wall "
                 "clock), by the oldest generation collected (2: a full collection).",
                 ["generation"], registry=registry, buckets=PAUSE_BUCKETS)
@@ -134,7 +135,7 @@ class GcPolicy:
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
-            self._started_cpu = time.thread_time()  # (the collection runs in this thread: other threads' CPU is not its)
+            self._started_cpu = time.thread_time()  # (callbacks run in the collecting thread; others' CPU is not its)
             return
         cpu = time.thread_time() - self._started_cpu
         pause = time.perf_counter() - self._started
