@@ -70,7 +70,7 @@ from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from tests.soak_scenarios import Scenarios, env_float, metric, now, proc_rss_kb, refused, sleep, until
+from tests.soak_scenarios import Scenarios, env_float, gc_over, metric, now, proc_rss_kb, refused, sleep, until
 from tests.support.redis_server import RedisServer, free_port
 from wsgw.config import DEFAULT_TOPICS
 
@@ -670,17 +670,18 @@ async def main() -> int:
             report.check(blocks[-1] - blocks[0] <= max(2000, later // 10),
                          f"Python allocated blocks after the last drain ({blocks[-1]}) are back near the first "
                          f"drain's ({blocks[0]}) after {later} more sessions: {blocks[-1] - blocks[0]:+d}")
-        pauses = await metric(admin_port, "wsgw_gc_pause_seconds_bucket")
-
-        def bucket(generation: str, le: str) -> float:
-            return pauses.get('{generation="%s",le="%s"}' % (generation, le), 0.0)  # noqa: UP031
-
-        collections = {g: int(bucket(g, "+Inf")) for g in "012"}
-        over = {g: int(bucket(g, "+Inf") - bucket(g, "0.05")) for g in "012"}
-        longest = await metric(admin_port, "wsgw_gc_pause_longest_seconds")
-        report.check(sum(over.values()) == 0,
-                     f"no garbage collection stopped the daemon over 50 ms: over 50 ms by generation {over}, "
-                     f"longest {({k: round(v * 1000, 1) for k, v in longest.items()})} ms, collections {collections}")
+        text = await (await treq.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=30)).text()
+        collections = await metric(admin_port, "wsgw_gc_pause_seconds_count")
+        collections = {k.split('"')[1]: int(v) for k, v in collections.items()}
+        over_wall, over_cpu = gc_over(text, "wsgw_gc_pause_seconds"), gc_over(text, "wsgw_gc_pause_cpu_seconds")
+        longest = {k.split('"')[1]: round(v * 1000, 1)
+                   for k, v in (await metric(admin_port, "wsgw_gc_pause_longest_seconds")).items()}
+        longest_cpu = {k.split('"')[1]: round(v * 1000, 1)
+                       for k, v in (await metric(admin_port, "wsgw_gc_pause_longest_cpu_seconds")).items()}
+        report.check(sum(over_cpu.values()) == 0,
+                     f"no garbage collection took over 50 ms of CPU time (wsgw_gc_pause_cpu_seconds): by generation "
+                     f"{over_cpu}, longest {longest_cpu} ms of CPU, collections {collections}")
+        report.say(_slow_gc_note(over_wall, longest, scenarios.health.slow_gc))
         growth = last - first
         report.check(growth <= max(0.1 * first, 16 * 1024),
                      f"RSS after the last drain ({last / 1024:.1f} MiB) is back near the first drain's "
@@ -728,6 +729,8 @@ async def main() -> int:
         report.say(f"| Python allocated blocks: before any client / after each drain | {baseline['allocated_blocks']} / "
                    + " / ".join(str(r["state"]["allocated_blocks"]) for r in results) + " |")
         report.say(f"| daemon CPU | {cpu:.1f} s over {wall:.0f} s |")
+        report.say(f"| GC collections by generation / over 50 ms of CPU / over 50 ms of wall clock; longest CPU / "
+                   f"wall (ms) | {collections} / {over_cpu} / {over_wall}; {longest_cpu} / {longest} |")
         report.say(f"| after drain: sessions, timers, chat sockets, live protocols | {final['sessions']}, "
                    f"{final['timers']}, {final['chat_sockets']}, {final['live_protocols']} |")
         report.say(f"| delayed calls: before / after | {baseline['delayed_calls']} / {final['delayed_calls']} |")
@@ -776,6 +779,21 @@ async def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"(work directory kept: {workdir})")
+
+
+def _slow_gc_note(over: dict[str, int], longest: dict[str, float], seen: list[tuple[float, str, int, float]]) -> str:
+    """The report's line on wall-clock GC pauses: reported, never a failure (issue 13, goal 4 is judged in CPU
+    time: wall clock counts time the daemon waited for a core on this shared machine)."""
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    if not sum(over.values()):
+        return (f"  [note] no garbage collection stopped the daemon over 50 ms of wall clock either (longest "
+                f"{longest} ms; load average now {load})")
+    when = ", ".join(f"{n} in {phase} at load {avg:.1f}" for _, phase, n, avg in seen) or "not seen by the 1 s probe"
+    return (f"  [note, not a failure] {sum(over.values())} collection(s) stopped the daemon over 50 ms of wall "
+            f"clock (by generation {over}, longest {longest} ms): {when} (1-minute load average; "
+            f"{os.cpu_count()} CPUs; now {load}). Wall clock counts the time the process waited for a core: on a "
+            f"machine loaded past its cores that is the scheduler's, not the collector's; the collector's own "
+            f"work is the CPU time checked above")
 
 
 def _pair(values: tuple[float, float] | None) -> str:

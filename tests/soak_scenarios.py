@@ -103,6 +103,18 @@ async def metric(admin_port: int, name: str) -> dict[str, float]:
     return samples
 
 
+def gc_over(text: str, family: str, le: str = "0.05") -> dict[str, int]:
+    """From a /metrics text, the collections of one wsgw.gcpolicy histogram (``wsgw_gc_pause_seconds``: wall
+    clock, ``wsgw_gc_pause_cpu_seconds``: CPU time) longer than ``le`` seconds (a bucket bound), by generation."""
+    buckets: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key.startswith(family + "_bucket{"):
+            labels = dict(pair.split("=", 1) for pair in key[len(family) + 8:-1].split(","))
+            buckets[labels["generation"].strip('"'), labels["le"].strip('"')] = float(value)
+    return {g: int(buckets[g, "+Inf"] - buckets.get((g, le), 0.0)) for g, bound in buckets if bound == "+Inf"}
+
+
 def refused(samples: dict[str, float], limit: str, listener: str = "public") -> int:
     """The ``wsgw_connections_refused_total`` count of one listener and limit (labels in any order)."""
     wanted = {f'listener="{listener}"', f'limit="{limit}"'}
@@ -263,6 +275,10 @@ class Health:
         self.phase = "churn"
         self.answers: Counter[str] = Counter()
         self.slowest: dict[str, float] = {}
+        # wall-clock GC pauses over 50 ms as they appear in /metrics: (time, phase, how many more since the last
+        # answer, the machine's 1-minute load average then); see gc_over
+        self.slow_gc: list[tuple[float, str, int, float]] = []
+        self._slow_gc_seen = 0
         self._running = False
         self._done: Deferred[None] | None = None
 
@@ -285,14 +301,22 @@ class Health:
         started, phase = now(), self.phase
         try:
             response = await treq.get(self._base + path, timeout=HEALTH_TIMEOUT, pool=self._pool)
-            await response.content()
+            body = await response.content()
             outcome = "ok" if response.code == 200 else f"{response.code}"
+            if path == "/metrics" and response.code == 200:
+                self._note_slow_gc(body.decode(errors="replace"))
         except Exception as e:  # noqa: BLE001 - any failure is an outcome to report
             outcome = type(e).__name__
         took = now() - started
         self.answers[f"{phase} {path} {outcome}"] += 1
         key = f"{phase} {path}"
         self.slowest[key] = max(self.slowest.get(key, 0.0), took)
+
+    def _note_slow_gc(self, text: str) -> None:
+        over = sum(gc_over(text, "wsgw_gc_pause_seconds").values())
+        if over > self._slow_gc_seen:
+            self.slow_gc.append((now(), self.phase, over - self._slow_gc_seen, os.getloadavg()[0]))
+            self._slow_gc_seen = over
 
     @property
     def failures(self) -> dict[str, int]:

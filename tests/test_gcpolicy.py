@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 
 import pytest
 import pytest_twisted
@@ -39,6 +40,50 @@ def test_every_collection_is_timed_by_generation_until_stopped() -> None:
     policy.stop()
     gc.collect()
     assert registry.get_sample_value("wsgw_gc_pause_seconds_count", {"generation": "2"}) == count
+
+
+def test_each_collection_is_timed_in_cpu_time_too_never_more_than_its_wall_time() -> None:
+    registry = CollectorRegistry()
+    policy = GcPolicy(Clock(), registry)
+    policy.watch()
+    kept = [[i] for i in range(50_000)]  # (a heap worth scanning: measurable CPU time)
+    gc.collect()
+    policy.stop()
+    del kept
+    count = registry.get_sample_value("wsgw_gc_pause_cpu_seconds_count", {"generation": "2"})
+    assert count is not None and count >= 1
+    assert count == registry.get_sample_value("wsgw_gc_pause_seconds_count", {"generation": "2"})
+    cpu = registry.get_sample_value("wsgw_gc_pause_cpu_seconds_sum", {"generation": "2"})
+    wall = registry.get_sample_value("wsgw_gc_pause_seconds_sum", {"generation": "2"})
+    assert cpu is not None and wall is not None and 0 < cpu <= wall
+    assert 0 < policy.longest_cpu[2] <= policy.longest[2]
+    assert registry.get_sample_value("wsgw_gc_pause_longest_cpu_seconds", {"generation": "2"}) == policy.longest_cpu[2]
+
+
+def test_time_spent_not_running_counts_in_wall_time_not_in_cpu_time() -> None:
+    """A collector callback after the policy's sleeps 60 ms at the start of one collection: the thread does not
+    run for that long inside it, as when it waits for a core on a loaded machine."""
+    registry = CollectorRegistry()
+    policy = GcPolicy(Clock(), registry)
+    policy.watch()
+    stall = [True]
+
+    def sleep(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and stall[0]:
+            stall[0] = False
+            time.sleep(0.06)
+
+    gc.callbacks.append(sleep)
+    try:
+        gc.collect(0)
+    finally:
+        gc.callbacks.remove(sleep)
+        policy.stop()
+    assert policy.longest[0] >= 0.06
+    assert policy.longest_cpu[0] < 0.03
+    count = registry.get_sample_value("wsgw_gc_pause_seconds_count", {"generation": "0"})
+    assert registry.get_sample_value("wsgw_gc_pause_seconds_bucket", {"generation": "0", "le": "0.05"}) == count - 1
+    assert registry.get_sample_value("wsgw_gc_pause_cpu_seconds_bucket", {"generation": "0", "le": "0.05"}) == count
 
 
 @pytest.mark.usefixtures("thawed")
@@ -96,3 +141,5 @@ async def test_metrics_show_the_pauses_and_the_frozen_objects(gateway: StartGate
     assert value(samples, "wsgw_gc_pause_seconds_count", generation="2") >= 1
     assert ("wsgw_gc_frozen_objects", ()) in samples
     assert value(samples, "wsgw_gc_pause_longest_seconds", generation="2") > 0
+    assert value(samples, "wsgw_gc_pause_cpu_seconds_count", generation="2") >= 1
+    assert value(samples, "wsgw_gc_pause_longest_cpu_seconds", generation="2") > 0

@@ -86,3 +86,20 @@ def test_a_restarted_worker_never_makes_a_counter_go_down() -> None:
     got = samples(aggregate, [0])
     assert got[("wsgw_deliveries_total", (("kind", "nodes"),))] == 17
     assert got[("wsgw_connections", (("endpoint", "ws"),))] == 4
+
+
+def test_the_longest_gc_pauses_are_the_longest_of_any_worker_not_their_sum() -> None:
+    """``wsgw_gc_pause_longest_seconds`` and ``..._longest_cpu_seconds`` (wsgw.gcpolicy) name one collection:
+    the merge keeps the largest, where a sum would name a pause no process had."""
+    def gc_exposition(wall: float, cpu: float) -> str:
+        return (f"# HELP wsgw_gc_pause_longest_seconds wall\n# TYPE wsgw_gc_pause_longest_seconds gauge\n"
+                f'wsgw_gc_pause_longest_seconds{{generation="2"}} {wall}\n'
+                f"# HELP wsgw_gc_pause_longest_cpu_seconds cpu\n# TYPE wsgw_gc_pause_longest_cpu_seconds gauge\n"
+                f'wsgw_gc_pause_longest_cpu_seconds{{generation="2"}} {cpu}\n')
+
+    aggregate = Aggregate()
+    aggregate.record(0, 100, parse(gc_exposition(0.04, 0.01)))
+    aggregate.record(1, 101, parse(gc_exposition(0.03, 0.02)))
+    got = samples(aggregate, [0, 1])
+    assert got[("wsgw_gc_pause_longest_seconds", (("generation", "2"),))] == 0.04
+    assert got[("wsgw_gc_pause_longest_cpu_seconds", (("generation", "2"),))] == 0.02

@@ -19,7 +19,7 @@ The merge (every sample keyed by its name and labels):
   naming a state rather than an amount: ``MINIMUM`` ones (1 only if every
   worker's bus is up; the smallest per-process limit; the oldest start) and
   ``MAXIMUM`` ones (a stalled connection anywhere; revocations, which every
-  worker holds the same copy of);
+  worker holds the same copy of; the longest GC pause of any worker);
 - ``_created`` samples (a per-process timestamp) are left out, and so are the
   workers' samples about their private operator listener (``listener="operator"``):
   the supervisor's own listener is the operator listener.
@@ -41,7 +41,8 @@ from prometheus_client.registry import Collector
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 MINIMUM = frozenset({"wsgw_bus_up", "wsgw_redis_connected", "process_max_fds", "process_start_time_seconds"})
-MAXIMUM = frozenset({"wsgw_redis_stalled", "wsgw_revocations"})
+MAXIMUM = frozenset({"wsgw_redis_stalled", "wsgw_revocations", "wsgw_gc_pause_longest_seconds",
+                     "wsgw_gc_pause_longest_cpu_seconds"})
 CUMULATIVE = frozenset({"counter", "histogram", "summary"})
 
 
