@@ -45,6 +45,7 @@ def test_whole_upgrades_are_named_by_their_route() -> None:
     UPGRADE.replace(b"\r\n\r\n", b"\r\nHost: other\r\n\r\n"),  # any header twice
     UPGRADE.replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\n\r\n"),
     UPGRADE.replace(b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    UPGRADE.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"),  # twisted.web answers 100 first
     UPGRADE.replace(b"Host: ", b"Host : "),  # twisted.web answers 400
     UPGRADE.replace(b"Host: 127.0.0.1\r\n", b"Host: 127.0.0.1\r\n folded\r\n"),
     UPGRADE.replace(b"\r\n\r\n", b"\r\nX-Name: caf\xc3\xa9\r\n\r\n"),  # not ASCII
@@ -105,3 +106,28 @@ async def test_a_whole_upgrade_keeps_the_origin_list(gateway: StartGateway,
     assert raw.received.startswith(b"HTTP/1.1 101"), raw.received
     raw.close()
     assert processed == []
+
+
+async def _answer(port: int, parts: list[bytes], guard: Any) -> bytes:
+    """What the server sends for ``parts``, each part read on its own, up to the end of a 101 answer."""
+    raw: Any = await raw_connect(port)
+    for part in parts[:-1]:
+        raw.send(part)
+        await wait_until(lambda: any(t.received for t in guard._tickets.values()), "the part read")
+    raw.send(parts[-1])
+    await wait_until(lambda: b"HTTP/1.1 101" in raw.received and raw.received.endswith(b"\r\n\r\n"), "the 101")
+    raw.close()
+    return raw.received  # type: ignore[no-any-return]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgrade_expecting_100_continue_gets_one_answer_however_it_is_read(gateway: StartGateway) -> None:
+    """``Expect: 100-continue`` on an upgrade: twisted.web answers ``100 Continue`` before the 101; the same
+    request read at once got the 101 alone, so what a client saw depended on how its bytes were segmented."""
+    daemon = await gateway(redis=None)
+    guard = daemon.service.public_guard
+    request = UPGRADE.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n")
+    whole = await _answer(daemon.port, [request], guard)
+    await wait_until(lambda: guard.open == 0, "the first socket released")
+    split = await _answer(daemon.port, [request[:20], request[20:]], guard)
+    assert whole.split(b"\r\n")[0] == split.split(b"\r\n")[0], (whole, split)

@@ -17,7 +17,9 @@ tokens (RFC 9110 §5.1), each at most once, printable ASCII only (no
 obs-fold, nothing Autobahn's ``splitlines`` would split differently), with
 ``Upgrade`` naming ``websocket`` and one ``Sec-WebSocket-Version: 13`` (what
 ``wsgw.web.site`` checks before Autobahn, RFC 6455 §4.1/§4.2.2), and no body
-(no ``Content-Length``, no ``Transfer-Encoding``: the public routes take none).
+(no ``Content-Length``, no ``Transfer-Encoding``: the public routes take none), and no ``Expect`` (twisted.web
+answers ``Expect: 100-continue`` with ``100 Continue`` before the 101, RFC 9110 §10.1.1: the same answer whatever
+the reads).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def whole_upgrade(data: bytes) -> bytes | None:
         if field is None:
             return None
         name = field.group(1).lower()
-        if name in seen or name in (b"content-length", b"transfer-encoding"):
+        if name in seen or name in (b"content-length", b"transfer-encoding", b"expect"):
             return None
         seen.add(name)
         if name == b"upgrade":
