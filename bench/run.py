@@ -131,9 +131,10 @@ class Proc:
 
 def gateway_ini(port: int, redis_port: int, prefix: str, *, pacing: bool, extra: str = "") -> str:
     topics = "\n".join(f"{t} = {prefix}.{c}" for t, c in TOPICS.items())
+    deadline = os.environ.get("WSGW_BENCH_HANDSHAKE_TIMEOUT")  # bench/storm.py: a shorter deadline, to see refusals
     return (
         f"[server]\nlisten = tcp:{port}:interface=127.0.0.1:backlog=4096\nredis = tcp:127.0.0.1:{redis_port}\n"
-        f"shutdown_timeout = 5\n"
+        f"shutdown_timeout = 5\n{f'handshake_timeout = {deadline}' if deadline else ''}\n"
         f"[auth]\nalgorithms = HS256\n"
         f"[delivery]\n{'' if pacing else 'pacing_rate = 0'}\n"
         # Small outbound limits so the deliberately slow consumer is closed within seconds.

@@ -3,7 +3,10 @@ answer says (software versions), and every bound a peer meets before it has a We
 
 from __future__ import annotations
 
+import json
 import platform
+import socket
+import time
 
 import autobahn
 import pytest
@@ -16,7 +19,7 @@ from tests.support.daemon import StartGateway, healthz, scrape, token, value
 from tests.support.rawtcp import UPGRADE, Raw, exchange, head, raw_connect
 from tests.support.waiting import wait_until
 from tests.support.wsclient import connect
-from wsgw.web.listener import RESERVED_DESCRIPTORS, public_cap
+from wsgw.web.listener import RESERVED_DESCRIPTORS, Ticket, public_cap
 
 ADMIN = "tcp:0:interface=127.0.0.1"
 VERSIONS = (twisted.__version__.encode(), autobahn.__version__.encode(), platform.python_version().encode(),
@@ -149,6 +152,66 @@ async def test_a_trickled_request_is_cut_at_the_deadline_from_accept(gateway: St
     assert value(samples, "wsgw_connections_refused_total", listener="public", limit="handshake_timeout") == 1
     assert value(samples, "wsgw_listener_sockets", listener="public") == 0
     assert not daemon.service.gateway.table
+
+
+def masked_text(payload: bytes) -> bytes:
+    """A client text frame (RFC 6455 §5.2) under 64 KiB, masked with a zero key (masking is then the identity)."""
+    size = bytes((0x80 | len(payload),)) if len(payload) < 126 else bytes((0xFE,)) + len(payload).to_bytes(2, "big")
+    return b"\x81" + size + b"\0\0\0\0" + payload
+
+
+class Plain:
+    """A blocking-free plain socket connected at once (the kernel completes it in the listen backlog, before the
+    server accepts), and ``got``: all it has received, read by ``read``."""
+
+    def __init__(self, port: int, request: bytes = b"") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(request)
+        self.sock.setblocking(False)
+        self.got = b""
+
+    def read(self) -> bytes:
+        try:
+            while chunk := self.sock.recv(65536):
+                self.got += chunk
+        except BlockingIOError:
+            pass
+        return self.got
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_waiting_in_the_kernel_outlives_a_reactor_turn_longer_than_the_deadline(
+        gateway: StartGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reactor runs due timers before it reads sockets: in a connect storm a turn reading thousands of
+    upgrades can outlast handshake_timeout while another socket's whole request waits, unread, in the kernel
+    (bench/RESULTS.md "Storm refusals at 10,000"). Here one turn stalls 1.5 s right after accepting two sockets
+    (handshake_timeout 0.5 s): the one whose upgrade was sent at connect is upgraded and subscribes, the silent
+    one still gets its 408 within a turn of its deadline."""
+    daemon = await gateway(redis=None, admin=ADMIN, overrides={"server.handshake_timeout": "0.5"})
+    start, accepted = Ticket.start, []
+
+    def stalled(ticket: Ticket, transport: object) -> None:  # the rest of a long reactor turn, after the accepts
+        start(ticket, transport)
+        accepted.append(ticket)
+        if len(accepted) == 2:
+            time.sleep(1.5)
+
+    monkeypatch.setattr(Ticket, "start", stalled)
+    silent, whole = Plain(daemon.port), Plain(daemon.port, UPGRADE)
+    started = reactor.seconds()
+    try:
+        await wait_until(lambda: b"\r\n\r\n" in whole.read(), "the upgrade's answer", timeout=5)
+        assert whole.got.startswith(b"HTTP/1.1 101"), whole.got
+        whole.sock.sendall(masked_text(json.dumps({"@type": "subscribe", "jwt": token("alice")}).encode()))
+        await wait_until(lambda: b'"subscribed"' in whole.read(), "the subscribed frame", timeout=5)
+        await wait_until(lambda: b"too long" in silent.read(), "the silent socket's 408", timeout=5)
+        assert silent.got.startswith(b"HTTP/1.1 408"), silent.got
+        assert reactor.seconds() - started <= 1.5 + 1.0  # its deadline passed in the stall; answered right after
+    finally:
+        whole.sock.close()
+        silent.sock.close()
+    samples = await scrape(daemon)
+    assert value(samples, "wsgw_connections_refused_total", listener="public", limit="handshake_timeout") == 1
 
 
 @pytest_twisted.ensureDeferred

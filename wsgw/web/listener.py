@@ -18,7 +18,8 @@ followed by a ``ListenerGuard``, from accept to close, whatever it becomes
   request, or never sent one, gets ``408 Request Timeout`` and is closed
   (aborted if it does not read it within ``ABORT_GRACE``)
   (``refused["handshake_timeout"]``); an idle persistent connection is just
-  closed.
+  closed. It is acted on a reactor turn late, after what already waits in the
+  kernel is read (bench/RESULTS.md "Storm refusals at 10,000").
 
 A WebSocket protocol taking a socket over (``WebSocketResource``) ``claim``s its
 ``Ticket`` and ``release``s it when the socket is closed.
@@ -191,16 +192,18 @@ class Ticket:
     def _arm(self) -> None:
         self._cancel()
         if self._guard.deadline > 0 and not self._released:
-            self._timer = self._guard.clock.callLater(self._guard.deadline, self._expired)
+            self._timer = self._guard.clock.callLater(self._guard.deadline, self._due)
 
     def _cancel(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
 
+    def _due(self) -> None:  # timers run before reads: a call made now runs after the next read of every socket
+        self._timer = self._guard.clock.callLater(0, self._expired)
+
     def _expired(self) -> None:
-        self._timer = None
-        transport = self.transport
+        self._timer, transport = None, self.transport
         if self.claimed:  # a WebSocket handshake that never completed: Autobahn may hold an answer, drop it all
             self._guard.refused["handshake_timeout"] += 1
             transport.abortConnection()
