@@ -75,20 +75,17 @@ class _Gauges(Collector):
         yield GaugeMetricFamily("wsgw_gc_frozen_objects",
                                 "Objects in the garbage collector's permanent generation (gc.freeze), never scanned "
                                 "by a collection; freed by reference counting when they go.", gc.get_freeze_count())
-        longest = GaugeMetricFamily("wsgw_gc_pause_longest_seconds",
-                                    "The longest pause of a garbage collection since start, in wall-clock time (which "
-                                    "includes time waiting for a CPU), by the oldest generation collected.",
-                                    labels=["generation"])
-        for generation, pause in enumerate(self._policy.longest):
-            longest.add_metric([str(generation)], pause)
-        yield longest
-        longest_cpu = GaugeMetricFamily("wsgw_gc_pause_longest_cpu_seconds",
-                                        "The most CPU time one garbage collection took since start (the collector's "
-                                        "work, without time waiting for a CPU), by the oldest generation collected.",
-                                        labels=["generation"])
-        for generation, pause in enumerate(self._policy.longest_cpu):
-            longest_cpu.add_metric([str(generation)], pause)
-        yield longest_cpu
+        for name, text, pauses in (
+                ("wsgw_gc_pause_longest_seconds", "The longest pause of a garbage collection since start, in "
+                 "wall-clock time (which includes time waiting for a CPU), by the oldest generation collected.",
+                 self._policy.longest),
+                ("wsgw_gc_pause_longest_cpu_seconds", "The most CPU time one garbage collection took since start (the "
+                 "collector's work, without time waiting for a CPU), by the oldest generation collected.",
+                 self._policy.longest_cpu)):
+            family = GaugeMetricFamily(name, text, labels=["generation"])
+            for generation, pause in enumerate(pauses):
+                family.add_metric([str(generation)], pause)
+            yield family
 
 
 class GcPolicy:
