@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -49,30 +49,41 @@ class Dispatcher:
 
     def __call__(self, topic: str, payload: bytes) -> None:
         """One bus message: ``payload`` is the event's JSON text, ``topic`` its logical topic."""
-        self.received[topic] += 1
-        handler = self._handlers.get(topic)
-        if handler is None:
-            return
-        try:
-            event = self._decode(payload)
-            handler.handle(event)
-        except MalformedEvent as e:
-            self.malformed[topic] += 1
-            self._log.warn("dropped a malformed event on {topic}: {reason}", topic=topic, reason=str(e))
-        except Exception:
-            self.crashed[topic] += 1
-            self._log.failure("the {topic} handler failed on an event", topic=topic)
+        for _ in self.handled(((topic, payload),)):
+            pass
 
-    def _decode(self, payload: bytes) -> dict[str, Any]:
-        if len(payload) > self._max:
-            raise MalformedEvent(f"event of {len(payload)} bytes is over the {self._max} bytes limit")
-        try:
-            event = loads(payload)
-        except (ValueError, RecursionError) as e:
-            raise MalformedEvent(f"not JSON: {str(e)[:80]}") from None
-        if not isinstance(event, dict):
-            raise MalformedEvent("the event is not a JSON object")
-        return event
+    def batch(self, messages: Iterable[tuple[str, bytes]]) -> None:
+        """Every ``(topic, payload)`` of ``messages`` in order, as that many calls would (one bus read at a time:
+        ``wsgw.bus.redis.RedisBus``)."""
+        for _ in self.handled(messages):
+            pass
+
+    def handled(self, messages: Iterable[tuple[str, bytes]]) -> Iterator[str]:
+        """Handle each ``(topic, payload)`` in order, yielding its topic once it is handled (``TimedListener`` times
+        each event of a read so, with one clock read per event). Each event's failure is caught here: the
+        iteration never raises for an event, whatever its handler does."""
+        received, malformed, handlers, limit = self.received, self.malformed, self._handlers, self._max
+        for topic, payload in messages:
+            received[topic] += 1
+            handler = handlers.get(topic)
+            if handler is not None:
+                try:
+                    if len(payload) > limit:
+                        raise MalformedEvent(f"event of {len(payload)} bytes is over the {limit} bytes limit")
+                    try:
+                        event = loads(payload)
+                    except (ValueError, RecursionError) as e:
+                        raise MalformedEvent(f"not JSON: {str(e)[:80]}") from None
+                    if type(event) is not dict:  # json.loads and orjson make plain dicts
+                        raise MalformedEvent("the event is not a JSON object")
+                    handler.handle(event)
+                except MalformedEvent as e:
+                    malformed[topic] += 1
+                    self._log.warn("dropped a malformed event on {topic}: {reason}", topic=topic, reason=str(e))
+                except Exception:
+                    self.crashed[topic] += 1
+                    self._log.failure("the {topic} handler failed on an event", topic=topic)
+            yield topic
 
 
 # every digit as 0 and every [ as {: one pass, then 19 digits in a row are 19 zeros (re's [0-9]{19} costs more

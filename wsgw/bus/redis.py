@@ -16,8 +16,10 @@ the messages that came before them. A message split across reads is
 reassembled; payloads are never converted. txredisapi still makes the commands,
 their waiters and timeouts, and the connection.
 
-``RedisBus`` delivers a batch of several messages between ``batch.begin()``
-and ``batch.end()`` (``wsgw.web.outbound.WriteBatch``: each socket's frames of
+``RedisBus`` hands the messages of one read to its listener in one call when
+it is the only one and has a ``batch`` method (``listen``: one call a read
+instead of a few per message, issue 13, goal 2), and delivers a batch of
+several messages between ``batch.begin()`` and ``batch.end()`` (``wsgw.web.outbound.WriteBatch``: each socket's frames of
 the batch then leave in one write); a batch of one is delivered as before.
 
 txredisapi's ``SubscriberProtocol`` hands the 2nd..Nth SUBSCRIBE
@@ -184,6 +186,7 @@ class RedisBus(service.MultiService):
         self._topics = check_topics(topics)
         self._topic_by_channel = {channel.encode(): topic for topic, channel in self._topics.items()}
         self._listeners: list[Listener] = []
+        self._single_batch: Callable[[list[tuple[str, bytes]]], object] | None = None
         self._publisher = RedisCommands(
             reactor, endpoint, password, db, retry_policy=retry_policy, reply_timeout=reply_timeout,
             role="bus publisher", ping_interval=ping_interval,
@@ -225,7 +228,12 @@ class RedisBus(service.MultiService):
         return state if problem is None else f"{state} ({problem})"
 
     def listen(self, callback: Listener) -> None:
+        """Deliver each message as ``callback(topic, payload)``; the messages of one read go to
+        ``callback.batch([(topic, payload), ...])`` instead when ``callback`` is the only listener and has a
+        ``batch`` (which must handle them in order as that many calls would, isolating each one's failure:
+        ``wsgw.dispatch.Dispatcher.batch``, ``wsgw.web.timing.TimedListener.batch``)."""
         self._listeners.append(callback)
+        self._single_batch = getattr(callback, "batch", None) if len(self._listeners) == 1 else None
 
     def publish(self, topic: str, payload: bytes) -> Deferred[Any]:
         """PUBLISH ``payload`` on ``topic``'s channel; fires with the receiver count once Redis answered, fails with
@@ -251,15 +259,35 @@ class RedisBus(service.MultiService):
         """The messages of one read, in order; several are delivered inside ``batch.begin()``/``end()``."""
         batch = self._batch
         if batch is None or len(messages) == 1:
-            for channel, payload in messages:
-                self._message(channel, payload)
+            self._deliver(messages)
             return
         batch.begin()
         try:
-            for channel, payload in messages:
-                self._message(channel, payload)
+            self._deliver(messages)
         finally:
             batch.end()
+
+    def _deliver(self, messages: Messages) -> None:
+        """To the only listener's ``batch`` when it has one (``Listener.batch``: the read's messages in one
+        call), else to every listener message by message (``wsgw.bus.deliver``)."""
+        single = self._single_batch
+        if single is None:
+            for channel, payload in messages:
+                self._message(channel, payload)
+            return
+        topic_by_channel = self._topic_by_channel
+        events: list[tuple[str, bytes]] = []
+        for channel, payload in messages:
+            topic = topic_by_channel.get(channel)
+            if topic is None:
+                self._log.warn("bus message on unexpected channel {channel!r} dropped", channel=channel)
+            else:
+                events.append((topic, payload))
+        try:
+            single(events)
+        except Exception:  # noqa: BLE001 - isolate a broken listener, as wsgw.bus.deliver does
+            self._delivery_log.failure("bus listener {listener!r} failed on a batch of {count} message(s)",
+                                       listener=self._listeners[0], count=len(events))
 
     def _message(self, channel: bytes, payload: bytes) -> None:
         topic = self._topic_by_channel.get(channel)

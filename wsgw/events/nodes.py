@@ -37,7 +37,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from wsgw.access import Root, Workspace
-from wsgw.events.batching import NodeBatcher, event_type, merge_key
+from wsgw.events.batching import MERGEABLE, NodeBatcher, event_type, merge_key
 from wsgw.events.metastore import (
     POLICIES_META_KEY,
     WORKSPACE_META_KEY,
@@ -187,8 +187,18 @@ class PreparedEvent:
 def event_paths(event: dict[str, Any]) -> list[str]:
     """``PreparedEvent(event).paths()``, without preparing the event: its Target's and Source's internal paths
     (not UPDATE_USER_META's Source, sent without it), empty ones left out."""
-    source = None if event_type(event) == "UPDATE_USER_META" else event.get("Source")
-    return [p for p in (internal_path(n.get("Path") or "") for n in (event.get("Target"), source) if n) if p]
+    paths = []
+    node = event.get("Target")
+    if node:
+        path = (node.get("Path") or "").strip("/")
+        if path:
+            paths.append(path)
+    node = event.get("Source") if event.get("Type") != "UPDATE_USER_META" else None
+    if node:
+        path = (node.get("Path") or "").strip("/")
+        if path:
+            paths.append(path)
+    return paths
 
 
 # -- the handler --------------------------------------------------------------------------------
@@ -267,12 +277,12 @@ class NodeHandler:
     def handle(self, event: dict[str, Any]) -> None:
         """Validate ``event``, then merge it, or deliver it (after any pending merge of its nodes)."""
         event = validate(event)
-        kind = event_type(event)
+        kind = event.get("Type") or "CREATE"  # event_type
         if kind == "READ":
             return
         batcher = self._batcher
         if batcher is not None:
-            key = merge_key(event)
+            key = merge_key(event) if kind in MERGEABLE else None
             if key is not None:
                 if batcher.add(key, event):
                     self.merged += 1

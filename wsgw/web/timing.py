@@ -43,6 +43,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from twisted.internet.interfaces import IReactorTime
 
+from wsgw.bus import deliver
+
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HOLD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 30.0)
 ACCESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -167,11 +169,19 @@ def _registered(registry: CollectorRegistry, histogram: PlainHistogram) -> Plain
 
 class TimedListener:
     """A bus listener that observes, once per event, how long the wrapped listener took (in ``children``'s series
-    of the event's topic; a topic without one is not observed)."""
+    of the event's topic; a topic without one is not observed).
+
+    ``batch(messages)`` (the messages of one bus read, ``wsgw.bus.redis.RedisBus``) times each event from the end
+    of the one before it (the first from the call), with one clock read per event and one per batch, when the
+    wrapped listener has ``handled`` (``wsgw.dispatch.Dispatcher.handled``); otherwise it calls ``self`` for each
+    message, as the bus would.
+    """
 
     def __init__(self, listener: Callable[[str, bytes], Any], clock: IReactorTime,
                  children: Mapping[str, Series]) -> None:
         self._listener = listener
+        self._handled: Callable[[Iterable[tuple[str, bytes]]], Iterator[str]] | None = getattr(
+            listener, "handled", None)
         self._clock = clock
         self._children = children
 
@@ -183,3 +193,19 @@ class TimedListener:
             child = self._children.get(topic)
             if child is not None:
                 child.observe(self._clock.seconds() - start)
+
+    def batch(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Every ``(topic, payload)`` of ``messages`` in order, each observed as a call would be."""
+        handled = self._handled
+        if handled is None:
+            for topic, payload in messages:
+                deliver([self], topic, payload)
+            return
+        seconds, child_of = self._clock.seconds, self._children.get
+        start = seconds()
+        for topic in handled(messages):
+            end = seconds()
+            child = child_of(topic)
+            if child is not None:
+                child.observe(end - start)
+            start = end
