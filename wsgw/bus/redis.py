@@ -35,12 +35,15 @@ from typing import Any, Protocol
 import hiredis
 from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txredisapi import InvalidData  # type: ignore[import-untyped]
 from zope.interface import implementer
 
 from wsgw.bus import check_publish, check_topics, deliver
 from wsgw.interfaces import IBus
+from wsgw.internals.twisted import read_directly, stop_reading_directly
 from wsgw.redis.connection import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_REPLY_TIMEOUT,
@@ -73,6 +76,14 @@ class _SubscriberConnection(RedisConnection):
         self._on_messages = on_messages
         self._acks_pending = 0
         self._reader = hiredis.Reader(protocolError=InvalidData, replyError=ResponseError)
+
+    def connectionMade(self) -> None:
+        read_directly(self._link.reactor, self.transport)  # no log context per read (wsgw.internals.twisted)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        stop_reading_directly(self._link.reactor, self.transport)
+        super().connectionLost(reason)
 
     def subscribe(self, channels: Sequence[str]) -> Deferred[Any]:
         """SUBSCRIBE to ``channels``; fires once every channel is acknowledged."""

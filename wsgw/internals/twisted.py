@@ -17,6 +17,14 @@
 - ``TCP4ServerEndpoint``, ``TCP6ServerEndpoint`` and ``SSL4ServerEndpoint`` keep what its
   string says in ``_interface``, ``_port``, ``_backlog``: the supervisor of
   ``[server] workers`` binds one ``SO_REUSEPORT`` socket per worker there.
+- ``EPollReactor.doPoll`` and ``_doReadOrWrite``: ``read_directly`` has the
+  reactor's iteration run a copy of ``doPoll`` (pinned by the source's hash in
+  tests) that calls a registered transport's ``doRead()`` itself when its
+  descriptor is only readable, without ``log.callWithLogger`` (a log prefix
+  call, two dict copies and six calls per read, only for the legacy
+  ``log.msg`` context, which nothing on a bus read uses); a read that fails or
+  ends the connection is handed to ``_doReadOrWrite``'s own handling inside
+  that context, as before.
 - ``SSL4ServerEndpoint._sslContextFactory``: the TLS context factory an
   ``ssl:`` endpoint string describes; a worker (wsgw/workers/child.py) wraps
   the listening socket it inherited with it, as the endpoint's own listen would.
@@ -24,12 +32,15 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import socket
 from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.protocol import Factory
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python import failure, log
 
 
 def buffered(transport: Any) -> int:
@@ -119,3 +130,92 @@ def send_direct_many(transport: Any, sock: socket.socket, frames: list[bytes]) -
         return sock.sendmsg(frames)
     except OSError:
         return 0
+
+
+# -- reads without the legacy log context (issue 13, goal 2) ------------------------------------------------------
+
+
+_DIRECT = "_wsgw_direct_reads"
+
+
+def read_directly(reactor: Any, transport: Any) -> bool:
+    """Have ``reactor`` call ``transport.doRead()`` without ``log.callWithLogger`` when the descriptor is only
+    readable (see the module docstring); False, doing nothing, unless ``reactor`` is Twisted's own epoll reactor
+    (its iteration ``EPollReactor.doPoll``) and ``transport`` a plain TCP or UNIX connection. Undone by
+    ``stop_reading_directly`` (call it from the protocol's ``connectionLost``)."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    if not isinstance(reactor, EPollReactor) or type(reactor).doIteration is not EPollReactor.doPoll:
+        return False
+    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
+        return False
+    direct = reactor.__dict__.get(_DIRECT)
+    if direct is None:
+        direct = set()
+        setattr(reactor, _DIRECT, direct)
+        setattr(reactor, "doIteration", functools.partial(_poll, reactor, direct))  # noqa: B010 - an instance attribute
+    direct.add(transport)
+    return True
+
+
+def stop_reading_directly(reactor: Any, transport: Any) -> None:
+    """Forget ``transport`` (``read_directly``); its reactor keeps the copy of ``doPoll``, which then does what
+    Twisted's does."""
+    direct = getattr(reactor, "__dict__", {}).get(_DIRECT)
+    if direct is not None:
+        direct.discard(transport)
+
+
+def _poll(reactor: Any, direct: set[Any], timeout: float | None) -> None:
+    """``EPollReactor.doPoll`` (Twisted 26.10), the transports in ``direct`` read without the log context when
+    only readable."""
+    if timeout is None:
+        timeout = -1  # Wait indefinitely.
+    try:
+        ready = reactor._poller.poll(timeout, len(reactor._selectables))
+    except OSError as err:
+        if err.errno == errno.EINTR:
+            return
+        raise
+    _drdw = reactor._doReadOrWrite
+    selectables = reactor._selectables
+    for fd, event in ready:
+        try:
+            selectable = selectables[fd]
+        except KeyError:
+            pass
+        else:
+            if event == _EPOLLIN and selectable in direct:
+                _read(reactor, selectable, fd, event)
+            else:
+                log.callWithLogger(selectable, _drdw, selectable, fd, event)
+
+
+_EPOLLIN = 1  # select.EPOLLIN
+
+
+def _read(reactor: Any, selectable: Any, fd: int, event: int) -> None:
+    """``_doReadOrWrite`` for a descriptor only readable, still open, whose read goes well; anything else (a
+    closed descriptor, a read that ends the connection or raises) as ``_doReadOrWrite`` handles it, in the
+    selectable's log context."""
+    try:
+        closed = selectable.fileno() == -1
+    except BaseException:  # noqa: BLE001 - _doReadOrWrite meets it again, and handles it
+        closed = True
+    if closed:
+        log.callWithLogger(selectable, reactor._doReadOrWrite, selectable, fd, event)
+        return
+    try:
+        why = selectable.doRead()
+    except BaseException:
+        log.callWithLogger(selectable, _failed, reactor, selectable, failure.Failure())
+        return
+    if why:
+        log.callWithLogger(selectable, reactor._disconnectSelectable, selectable, why, True)
+
+
+def _failed(reactor: Any, selectable: Any, reason: failure.Failure) -> None:
+    """What ``_doReadOrWrite`` does when ``doRead`` raises: log it, then disconnect with the exception (as not in
+    a read: ``_doReadOrWrite`` marks the read only once ``doRead`` returned)."""
+    log.err(reason)
+    reactor._disconnectSelectable(selectable, reason.value, False)
