@@ -10,8 +10,10 @@ import uuid
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.application._client_service import _ReconnectingProtocolProxy
+from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, _WrappingProtocol
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone
 from twisted.internet.posixbase import _PollLikeMixin
@@ -26,11 +28,15 @@ from wsgw.bus.redis import RedisBus
 from wsgw.internals.twisted import read_directly, stop_reading_directly
 
 
-def test_the_copied_poll_is_twisteds_own() -> None:
-    """``_poll`` copies ``EPollReactor.doPoll`` and ``_doReadOrWrite``'s read branch: a new Twisted that changes
-    either must be read again (then update these hashes)."""
-    sources = [inspect.getsource(f) for f in (EPollReactor.doPoll, _PollLikeMixin._doReadOrWrite)]
-    assert [hashlib.sha256(s.encode()).hexdigest()[:16] for s in sources] == ["09b62ae68ef01b4b", "5ffee55b79492b00"]
+def test_the_copied_code_is_twisteds_own() -> None:
+    """``_poll`` copies ``EPollReactor.doPoll`` and ``_doReadOrWrite``'s read branch, ``_recv``
+    ``tcp.Connection.doRead`` and ``_dataReceived``, past the wrappers that forward ``dataReceived``: a new
+    Twisted that changes any of them must be read again (then update these hashes)."""
+    functions = (EPollReactor.doPoll, _PollLikeMixin._doReadOrWrite, tcp.Connection.doRead,
+                 tcp.Connection._dataReceived, _WrappingProtocol.dataReceived, _ReconnectingProtocolProxy.__getattr__)
+    assert [hashlib.sha256(inspect.getsource(f).encode()).hexdigest()[:16] for f in functions] == [
+        "09b62ae68ef01b4b", "5ffee55b79492b00", "20ac74ffecd6b7f2", "7ed147aeca0c7f8a", "3ea65a2452146f7a",
+        "1058c82aa3e1f5c0"]
 
 
 def test_only_twisteds_epoll_reactor_and_plain_connections_read_directly() -> None:
@@ -62,17 +68,22 @@ class _Peer(Protocol):
         self.lost.callback(None)
 
 
-async def _pair(direct: bool, crash_on: bytes = b"") -> tuple[_Peer, _Peer, Any]:
-    """A server side and a client side on 127.0.0.1 (the client reads directly when ``direct``)."""
+async def _pair(direct: bool, crash_on: bytes = b"", into: bool = False) -> tuple[_Peer, _Peer, Any]:
+    """A server side and a client side on 127.0.0.1, the client connected through an endpoint (its protocol behind
+    a ``_WrappingProtocol``); it reads directly when ``direct``, into its protocol when ``into``."""
     server_side: Deferred[Any] = Deferred()
     port = reactor.listenTCP(0, Factory.forProtocol(lambda: _Peer(server_side)), interface="127.0.0.1")
     client_side: Deferred[Any] = Deferred()
-    reactor.connectTCP("127.0.0.1", port.getHost().port,
-                       ClientFactory.forProtocol(lambda: _Peer(client_side, crash_on)))
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+    endpoint.connect(ClientFactory.forProtocol(lambda: _Peer(client_side, crash_on)))
     server, client = await server_side.addTimeout(TIMEOUT, reactor), await client_side.addTimeout(TIMEOUT, reactor)
+    assert type(client.transport.protocol) is _WrappingProtocol
     if direct:
-        assert read_directly(reactor, client.transport)
+        assert read_directly(reactor, client.transport, client if into else None)
     return server, client, port
+
+
+_WAYS = [(True, False), (True, True), (False, False)]  # (direct, into): doRead, into the protocol, Twisted's own
 
 
 async def _until(condition: Any) -> None:
@@ -106,8 +117,8 @@ def _counting(monkeypatch: Any, transport: Any) -> list[Any]:
 async def test_a_direct_read_gets_the_same_bytes_without_the_log_context_and_ends_as_before(monkeypatch: Any) -> None:
     """The bytes arrive whole and in order, no ``callWithLogger`` for the reads; the peer's close reaches
     ``connectionLost`` as a clean ``ConnectionDone``, through Twisted's own handling."""
-    for direct in (True, False):
-        server, client, port = await _pair(direct)
+    for direct, into in _WAYS:
+        server, client, port = await _pair(direct, into=into)
         calls = _counting(monkeypatch, client.transport)
         sent = b"".join(b"%05d" % i for i in range(2000))
         server.transport.write(sent)
@@ -128,8 +139,8 @@ async def test_a_read_that_raises_is_logged_and_drops_the_connection_as_twisteds
     """An exception from ``dataReceived``: logged with its traceback, the connection lost with that exception,
     directly or not."""
     outcomes = []
-    for direct in (True, False):
-        server, client, port = await _pair(direct, crash_on=b"boom")
+    for direct, into in _WAYS:
+        server, client, port = await _pair(direct, crash_on=b"boom", into=into)
         events: list[dict[str, Any]] = []
         log.addObserver(events.append)  # log.err, as Twisted's _doReadOrWrite logs it
         try:
@@ -141,7 +152,22 @@ async def test_a_read_that_raises_is_logged_and_drops_the_connection_as_twisteds
         outcomes.append((client.reason.type, [f.type for f in failures]))
         stop_reading_directly(reactor, client.transport)
         await port.stopListening()
-    assert outcomes[0] == outcomes[1] == (ZeroDivisionError, [ZeroDivisionError])
+    assert outcomes == [(ZeroDivisionError, [ZeroDivisionError])] * 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_protocol_not_behind_forwarding_wrappers_is_not_read_into() -> None:
+    """Given a protocol its transport's reads do not end at, the transport reads as Twisted's own: every byte
+    still reaches the protocol the transport has."""
+    server, client, port = await _pair(False)
+    stranger = _Peer(Deferred())
+    assert read_directly(reactor, client.transport, stranger)
+    server.transport.write(b"hello")
+    await _until(lambda: client.received == b"hello")
+    assert stranger.received == b""
+    stop_reading_directly(reactor, client.transport)
+    client.transport.loseConnection()
+    await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
@@ -156,7 +182,8 @@ async def test_the_bus_subscriber_reads_directly_while_connected_and_its_message
     try:
         await bus.whenConnected().addTimeout(TIMEOUT, reactor)
         transport = bus._subscriber._ready.transport
-        assert transport in reactor.__dict__["_wsgw_direct_reads"]
+        read = reactor.__dict__["_wsgw_direct_reads"][transport]
+        assert read.args == (transport, bus._subscriber._ready.dataReceived)  # into the protocol, past the wrappers
         for i in range(20):
             await bus.publish("tree", b"%d" % i)
         await _until(lambda: len(got) >= 20)

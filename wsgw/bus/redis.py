@@ -78,7 +78,7 @@ class _SubscriberConnection(RedisConnection):
         self._reader = hiredis.Reader(protocolError=InvalidData, replyError=ResponseError)
 
     def connectionMade(self) -> None:
-        read_directly(self._link.reactor, self.transport)  # no log context per read (wsgw.internals.twisted)
+        read_directly(self._link.reactor, self.transport, self)  # no log context nor wrappers per read (internals)
         super().connectionMade()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

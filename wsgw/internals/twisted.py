@@ -24,7 +24,10 @@
   call, two dict copies and six calls per read, only for the legacy
   ``log.msg`` context, which nothing on a bus read uses); a read that fails or
   ends the connection is handed to ``_doReadOrWrite``'s own handling inside
-  that context, as before.
+  that context, as before. Given the protocol behind a client endpoint's
+  ``_WrappingProtocol`` and ``ClientService``'s proxy (which forward
+  ``dataReceived`` unchanged), it reads as ``tcp.Connection.doRead`` does and
+  hands the bytes to that protocol itself (three calls fewer per read).
 - ``SSL4ServerEndpoint._sslContextFactory``: the TLS context factory an
   ``ssl:`` endpoint string describes; a worker (wsgw/workers/child.py) wraps
   the listening socket it inherited with it, as the endpoint's own listen would.
@@ -35,9 +38,10 @@ from __future__ import annotations
 import errno
 import functools
 import socket
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.protocol import Factory
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python import failure, log
@@ -138,11 +142,14 @@ def send_direct_many(transport: Any, sock: socket.socket, frames: list[bytes]) -
 _DIRECT = "_wsgw_direct_reads"
 
 
-def read_directly(reactor: Any, transport: Any) -> bool:
-    """Have ``reactor`` call ``transport.doRead()`` without ``log.callWithLogger`` when the descriptor is only
-    readable (see the module docstring); False, doing nothing, unless ``reactor`` is Twisted's own epoll reactor
-    (its iteration ``EPollReactor.doPoll``) and ``transport`` a plain TCP or UNIX connection. Undone by
-    ``stop_reading_directly`` (call it from the protocol's ``connectionLost``)."""
+def read_directly(reactor: Any, transport: Any, protocol: Any = None) -> bool:
+    """Have ``reactor`` read ``transport`` without ``log.callWithLogger`` when its descriptor is only readable
+    (see the module docstring), handing what it reads to ``protocol.dataReceived`` itself when ``protocol`` is
+    given: the protocol the transport's reads end at behind the wrappers that only forward them (a client
+    endpoint's ``_WrappingProtocol``, ``ClientService``'s proxy); else ``transport.doRead()``. False, doing
+    nothing, unless ``reactor`` is Twisted's own epoll reactor (its iteration ``EPollReactor.doPoll``) and
+    ``transport`` a plain TCP or UNIX connection. Undone by ``stop_reading_directly`` (call it from the
+    protocol's ``connectionLost``)."""
     from twisted.internet.epollreactor import EPollReactor
 
     if not isinstance(reactor, EPollReactor) or type(reactor).doIteration is not EPollReactor.doPoll:
@@ -151,11 +158,30 @@ def read_directly(reactor: Any, transport: Any) -> bool:
         return False
     direct = reactor.__dict__.get(_DIRECT)
     if direct is None:
-        direct = set()
+        direct = {}
         setattr(reactor, _DIRECT, direct)
         setattr(reactor, "doIteration", functools.partial(_poll, reactor, direct))  # noqa: B010 - an instance attribute
-    direct.add(transport)
+    if protocol is not None and _behind_forwarders(transport) is not protocol:
+        protocol = None  # not (only) behind wrappers known to forward its reads: the transport's own read
+    direct[transport] = transport.doRead if protocol is None else functools.partial(_recv, transport,
+                                                                                      protocol.dataReceived)
     return True
+
+
+def _behind_forwarders(transport: Any) -> Any:
+    """The protocol ``transport``'s reads end at through a client endpoint's ``_WrappingProtocol`` and
+    ``ClientService``'s proxy, which forward ``dataReceived`` unchanged."""
+    from twisted.application._client_service import _ReconnectingProtocolProxy
+    from twisted.internet.endpoints import _WrappingProtocol
+
+    protocol = transport.protocol
+    while True:
+        if type(protocol) is _WrappingProtocol:
+            protocol = protocol._wrappedProtocol
+        elif type(protocol) is _ReconnectingProtocolProxy:
+            protocol = protocol._protocol
+        else:
+            return protocol
 
 
 def stop_reading_directly(reactor: Any, transport: Any) -> None:
@@ -163,10 +189,10 @@ def stop_reading_directly(reactor: Any, transport: Any) -> None:
     Twisted's does."""
     direct = getattr(reactor, "__dict__", {}).get(_DIRECT)
     if direct is not None:
-        direct.discard(transport)
+        direct.pop(transport, None)
 
 
-def _poll(reactor: Any, direct: set[Any], timeout: float | None) -> None:
+def _poll(reactor: Any, direct: dict[Any, Callable[[], Any]], timeout: float | None) -> None:
     """``EPollReactor.doPoll`` (Twisted 26.10), the transports in ``direct`` read without the log context when
     only readable."""
     if timeout is None:
@@ -185,16 +211,18 @@ def _poll(reactor: Any, direct: set[Any], timeout: float | None) -> None:
         except KeyError:
             pass
         else:
-            if event == _EPOLLIN and selectable in direct:
-                _read(reactor, selectable, fd, event)
+            read = direct.get(selectable) if event == _EPOLLIN else None
+            if read is not None:
+                _read(reactor, selectable, fd, event, read)
             else:
                 log.callWithLogger(selectable, _drdw, selectable, fd, event)
 
 
 _EPOLLIN = 1  # select.EPOLLIN
+EWOULDBLOCK = errno.EWOULDBLOCK  # as twisted.internet.tcp (POSIX)
 
 
-def _read(reactor: Any, selectable: Any, fd: int, event: int) -> None:
+def _read(reactor: Any, selectable: Any, fd: int, event: int, read: Callable[[], Any]) -> None:
     """``_doReadOrWrite`` for a descriptor only readable, still open, whose read goes well; anything else (a
     closed descriptor, a read that ends the connection or raises) as ``_doReadOrWrite`` handles it, in the
     selectable's log context."""
@@ -206,12 +234,26 @@ def _read(reactor: Any, selectable: Any, fd: int, event: int) -> None:
         log.callWithLogger(selectable, reactor._doReadOrWrite, selectable, fd, event)
         return
     try:
-        why = selectable.doRead()
+        why = read()
     except BaseException:
         log.callWithLogger(selectable, _failed, reactor, selectable, failure.Failure())
         return
     if why:
         log.callWithLogger(selectable, reactor._disconnectSelectable, selectable, why, True)
+
+
+def _recv(transport: Any, data_received: Callable[[bytes], object]) -> Any:
+    """``tcp.Connection.doRead`` and ``_dataReceived`` (Twisted 26.10) with the bytes handed to ``data_received``."""
+    try:
+        data = transport.socket.recv(transport.bufferSize)
+    except OSError as se:
+        if se.args[0] == EWOULDBLOCK:
+            return None
+        return main.CONNECTION_LOST
+    if not data:
+        return main.CONNECTION_DONE
+    data_received(data)
+    return None
 
 
 def _failed(reactor: Any, selectable: Any, reason: failure.Failure) -> None:
