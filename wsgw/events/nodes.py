@@ -307,15 +307,21 @@ class NodeHandler:
             self.silent_dropped += 1  # counted, not logged: this is the flood path
             return
         if self._user_meta is None:
-            self._send(event, None)
+            paths = event_paths(event)  # (as _groups does first: an event nobody sees ends here, in fewer calls)
+            views = self._table.views_for_paths(paths) if paths else None
+            if views:
+                self._send(event, None, views)
         else:
             self._user_meta.deliver(event)
 
-    def _groups(self, event: dict[str, Any]) -> tuple[PreparedEvent | None, Groups, Policy | None]:
+    def _groups(self, event: dict[str, Any], views: dict[Workspace, set[Session]] | None = None
+                ) -> tuple[PreparedEvent | None, Groups, Policy | None]:
         """The event prepared (None when no view sees its paths: nothing is prepared for nobody), the sessions
-        that get it now by workspace view, and the READ policy that chose them (UPDATE_USER_META only)."""
-        paths = event_paths(event)
-        views = self._table.views_for_paths(paths) if paths else None
+        that get it now by workspace view, and the READ policy that chose them (UPDATE_USER_META only).
+        ``views``: the table's views for the event's paths, when already looked up."""
+        if views is None:
+            paths = event_paths(event)
+            views = self._table.views_for_paths(paths) if paths else None
         if not views:
             return None, [], None
         prepared = PreparedEvent(event)
@@ -335,8 +341,9 @@ class NodeHandler:
     def _logins(self, event: dict[str, Any]) -> list[str]:
         return [s.access.login for _, sessions in self._groups(event)[1] for s in sessions if s.access is not None]
 
-    def _send(self, event: dict[str, Any], entries: dict[str, dict[str, str]] | None) -> None:
-        prepared, groups, policy = self._groups(event)
+    def _send(self, event: dict[str, Any], entries: dict[str, dict[str, str]] | None,
+              views: dict[Workspace, set[Session]] | None = None) -> None:
+        prepared, groups, policy = self._groups(event, views)
         if prepared is None:
             return
         optimistic = bool(event.get("Optimistic"))
