@@ -206,6 +206,8 @@ class TimedListener:
         for topic in handled(messages):
             end = seconds()
             child = child_of(topic)
-            if child is not None:
-                child.observe(end - start)
+            if child is not None:  # child.observe(end - start), inlined (once per bus event)
+                elapsed = end - start
+                child.counts[bisect_left(child.bounds, elapsed)] += 1
+                child.sum += elapsed
             start = end
