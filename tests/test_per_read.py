@@ -15,11 +15,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
+from wsgw.access import Access, Root, Workspace
 from wsgw.bus.redis import RedisBus
 from wsgw.cells import EVENT_TYPE
 from wsgw.dispatch import Dispatcher
 from wsgw.events.nodes import PreparedEvent, event_paths, validate
 from wsgw.frames import MalformedEvent, field
+from wsgw.sessions import Session, SessionTable
+from wsgw.testing import RecordingConnection
 from wsgw.web.timing import PlainHistogram, TimedListener
 
 pytestmark = pytest.mark.unit
@@ -268,3 +271,28 @@ def test_event_paths_are_those_of_the_prepared_event(event: dict[str, Any]) -> N
     except MalformedEvent:
         return
     assert event_paths(event) == PreparedEvent(event).paths()
+
+
+_ROOTS = ["a", "a/b", "a/b/c", "x", "x/y"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(range(6)), min_size=1, max_size=3), max_size=8),
+       st.lists(st.sampled_from(["a/b/c/f", "a/b/g", "a", "x/y/z", "q/r", "a/bb/c", "x"]), max_size=3))
+def test_views_for_paths_is_the_union_of_each_paths_views(holdings: list[list[int]], paths: list[str]) -> None:
+    """``SessionTable.views_for_paths``: each workspace view having a root at or above any path, with every session
+    holding it (the union over the paths, the same set again when two paths meet the same root)."""
+    workspaces = [Workspace(f"ws{i}", f"slug{i}", (Root(f"r{i}", _ROOTS[i % 5], f"k{i}"),)) for i in range(6)]
+    workspaces[5] = Workspace("ws5", "slug5", (Root("r5a", "a/b", "k5a"), Root("r5b", "x", "k5b")))
+    table = SessionTable()
+    holders: dict[Workspace, set[Session]] = {}
+    for i, held in enumerate(holdings):
+        session = Session(RecordingConnection(f"s{i}"))
+        table.add(session)
+        table.subscribe(session, Access(f"u{i}", f"sub{i}", "standard", frozenset(),
+                                        tuple(workspaces[w] for w in dict.fromkeys(held))))
+        for w in held:
+            holders.setdefault(workspaces[w], set()).add(session)
+    expected = {ws: sessions for ws, sessions in holders.items()
+                if any(p == r.path or p.startswith(r.path + "/") for p in paths for r in ws.roots)}
+    assert {ws: set(s) for ws, s in table.views_for_paths(paths).items()} == expected

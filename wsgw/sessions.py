@@ -221,7 +221,10 @@ class SessionTable:
                 if views:
                     for ws, sessions in views.items():
                         held = found.get(ws)
-                        found[ws] = sessions if held is None else held | sessions
+                        if held is None:
+                            found[ws] = sessions
+                        elif held is not sessions:  # (a Target and Source under one root: the same set again)
+                            found[ws] = held | sessions
                 cut = path.rfind("/")
                 path = path[:cut] if cut > 0 else ""
         return found

@@ -112,12 +112,19 @@ class PreparedNode:
         found = locate(self.path, ws)
         if found is None:
             return None
-        if self._fields is None:
+        fields = self._fields
+        if fields is None:
             node = self._node
-            self._fields = {k: v for k, v in node.items() if k != "Path" and k != "MetaStore"}
+            fields = self._fields = {}
+            plain = True
+            for k, v in node.items():
+                if k != "Path" and k != "MetaStore":
+                    fields[k] = v
+                    if plain and type(v) not in _PLAIN_TYPES:
+                        plain = False
+            self.plain = plain
             self._meta = clean_meta_store(node.get("MetaStore"))
-            self.plain = all(type(v) in _PLAIN_TYPES for v in self._fields.values())
-        out = dict(self._fields)
+        out = dict(fields)
         out["Path"] = workspace_path(ws, *found)
         meta = dict(self._meta)
         meta[WORKSPACE_META_KEY] = ws_meta_value
