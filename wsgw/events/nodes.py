@@ -102,7 +102,7 @@ class PreparedNode:
 
     def __init__(self, node: dict[str, Any]) -> None:
         self._node = node
-        self.path = internal_path(node.get("Path") or "")
+        self.path = (node.get("Path") or "").strip("/")  # internal_path
         self._fields: dict[str, Any] | None = None  # computed when first visible
         self._meta: dict[str, str] = {}
         self.plain = True  # once visible: its fields hold no float, nor any list or object (frames.encode_plain)
@@ -125,7 +125,9 @@ class PreparedNode:
             self.plain = plain
             self._meta = clean_meta_store(node.get("MetaStore"))
         out = dict(fields)
-        out["Path"] = workspace_path(ws, *found)
+        root, rel = found  # workspace_path(ws, *found), inlined (once per node and view)
+        base = ws.slug if len(ws.roots) == 1 else ws.slug + "/" + root.key
+        out["Path"] = base + "/" + rel if rel else base
         meta = dict(self._meta)
         meta[WORKSPACE_META_KEY] = ws_meta_value
         out["MetaStore"] = meta
@@ -152,7 +154,7 @@ class PreparedEvent:
     __slots__ = ("kind", "source", "target")
 
     def __init__(self, event: dict[str, Any]) -> None:
-        self.kind = event_type(event)
+        self.kind = event.get("Type") or "CREATE"  # event_type
         target, source = event.get("Target"), event.get("Source")
         if self.kind == "UPDATE_USER_META":
             source = None  # sent without Source (it carries the policies)
