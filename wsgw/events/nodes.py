@@ -37,7 +37,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from wsgw.access import Root, Workspace
-from wsgw.events.batching import MERGEABLE, NodeBatcher, event_type, merge_key
+from wsgw.events.batching import MERGEABLE, NodeBatcher, merge_key
 from wsgw.events.metastore import (
     POLICIES_META_KEY,
     WORKSPACE_META_KEY,
