@@ -42,7 +42,6 @@ class Dispatcher:
 
     def __init__(self, handlers: Mapping[str, TopicHandler], max_event_bytes: int = 1 << 20) -> None:
         self._handlers = dict(handlers)
-        self._handles = {topic: handler.handle for topic, handler in self._handlers.items()}
         self._max = max_event_bytes
         self.received: Counter[str] = Counter()
         self.malformed: Counter[str] = Counter()
@@ -63,11 +62,11 @@ class Dispatcher:
         """Handle each ``(topic, payload)`` in order, yielding its topic once it is handled (``TimedListener`` times
         each event of a read so, with one clock read per event). Each event's failure is caught here: the
         iteration never raises for an event, whatever its handler does."""
-        received, malformed, handles, limit = self.received, self.malformed, self._handles, self._max
+        received, malformed, handlers, limit = self.received, self.malformed, self._handlers, self._max
         for topic, payload in messages:
             received[topic] += 1
-            handle = handles.get(topic)
-            if handle is not None:
+            handler = handlers.get(topic)
+            if handler is not None:
                 try:
                     if len(payload) > limit:
                         raise MalformedEvent(f"event of {len(payload)} bytes is over the {limit} bytes limit")
@@ -77,7 +76,7 @@ class Dispatcher:
                         raise MalformedEvent(f"not JSON: {str(e)[:80]}") from None
                     if type(event) is not dict:  # json.loads and orjson make plain dicts
                         raise MalformedEvent("the event is not a JSON object")
-                    handle(event)
+                    handler.handle(event)  # looked up each time, as a call would (a handler may be replaced)
                 except MalformedEvent as e:
                     malformed[topic] += 1
                     self._log.warn("dropped a malformed event on {topic}: {reason}", topic=topic, reason=str(e))
