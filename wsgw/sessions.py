@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Set as AbstractSet
 
 _ids = itertools.count(1)
-_log = Logger()
+_log = Logger(namespace=__name__)  # named: compiled (mypyc), Logger() finds no module
 
 
 class Session:
