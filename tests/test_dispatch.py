@@ -119,3 +119,31 @@ def test_a_big_integer_reaches_the_handler_as_an_integer() -> None:
     tree = Recorder()
     Dispatcher({"tree": tree})("tree", b'{"Size":123456789012345678901234567890}')
     assert tree.events == [{"Size": 123456789012345678901234567890}]
+
+
+def test_log_events_name_the_module_that_logged_them(tracebacks: Any) -> None:
+    """A dispatcher, fan-out or merge failure is logged under its module's namespace (the ``namespace`` of the
+    JSON log lines, ``[namespace#level]`` of twistd's; README "Logs"), also when these modules are compiled
+    (README "Compiled modules": there ``Logger()`` cannot find its caller's module, nor act as a descriptor)."""
+    from twisted.internet.task import Clock
+
+    from wsgw.events.batching import NodeBatcher
+    from wsgw.sessions import Session, fan_out
+    from wsgw.testing import RecordingConnection
+
+    class Broken(RecordingConnection):
+        def write(self, payload: bytes) -> None:
+            raise ZeroDivisionError("a bug")
+
+    Dispatcher({"tree": Recorder()})("tree", b'{"crash":true}')
+    fan_out([Session(Broken())], b"{}", None)
+
+    def deliver(event: dict[str, Any]) -> None:
+        raise ZeroDivisionError("a bug")
+
+    clock = Clock()
+    batcher = NodeBatcher(clock, 1.0, deliver)
+    batcher.add("n1", {"Type": "UPDATE_CONTENT", "Target": {"Uuid": "n1", "Path": "a/b"}})
+    batcher.flush()
+    assert [e["log_namespace"] for e in tracebacks] == [
+        "wsgw.dispatch.Dispatcher", "wsgw.sessions", "wsgw.events.batching.NodeBatcher"]

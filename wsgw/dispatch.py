@@ -38,7 +38,7 @@ class Dispatcher:
     every other topic and session goes on.
     """
 
-    _log = Logger()
+    _log = Logger(namespace=f"{__name__}.Dispatcher")  # named: compiled (mypyc), Logger() finds no module
 
     def __init__(self, handlers: Mapping[str, TopicHandler], max_event_bytes: int = 1 << 20) -> None:
         self._handlers = dict(handlers)

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from mypy_extensions import mypyc_attr
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Set as AbstractSet
 
 _ids = itertools.count(1)
-_log = Logger()
+_log = Logger(namespace=__name__)  # named: compiled (mypyc), Logger() finds no module
 
 
 class Session:
@@ -108,6 +109,7 @@ class ForLogin:
         return access is not None and (access.login == self.login or (self.admins and access.is_admin))
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # wsgw.testing.IndexOnlyTable, when compiled (README)
 class SessionTable:
     """Every open session (``add``/``remove``), and the subscribed event sessions indexed by login, sub, role,
     workspace and root path (``subscribe``/``unsubscribe``).

@@ -143,7 +143,7 @@ class Merge:
 class NodeBatcher:
     """Idle windows per node uuid on ``clock``; a flushed merge goes to ``deliver(event)``."""
 
-    _log = Logger()
+    _log = Logger(namespace=f"{__name__}.NodeBatcher")  # named: compiled (mypyc), Logger() finds no module
 
     def __init__(
         self,

@@ -97,7 +97,7 @@ def _plain_node(node: object) -> bool:
 
 def _validate_node(event: dict[str, Any], name: str) -> dict[str, Any] | None:
     """The node, checked; a copy with ``Type`` as a name when it was a number."""
-    node: dict[str, Any] | None = event.get(name)
+    node = event.get(name)  # not annotated: any JSON value until checked (mypyc checks annotations at run time)
     if node is None or _plain_node(node):
         return node
     node = field(event, name, dict)

@@ -283,8 +283,9 @@ class NodeHandler:
         """Node events held for the node-metadata backend (or behind their node's earlier ones)."""
         return self._user_meta.waiting if self._user_meta is not None else 0
 
-    def handle(self, event: dict[str, Any]) -> None:
-        """Validate ``event``, then merge it, or deliver it (after any pending merge of its nodes)."""
+    def handle(self, event: object) -> None:
+        """Validate ``event`` (any value: what is not a node event raises MalformedEvent), then merge it, or deliver
+        it (after any pending merge of its nodes)."""
         event = validate(event)
         kind = event.get("Type") or "CREATE"  # event_type
         if kind == "READ":
