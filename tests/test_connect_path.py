@@ -45,3 +45,42 @@ def test_with_the_idle_timer_off_a_silent_socket_still_closes_at_the_deadline() 
     assert not transport.disconnecting
     clock.advance(0.2)
     assert transport.disconnecting and transport.value().startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_sockets_deadline_is_one_timer_moved_on_when_a_websocket_claims_it() -> None:
+    """The deadline runs from accept, and again in full from a WebSocket's claim: the same timer moved on
+    (``reset``), not a cancel and a new one per socket; it still refuses at the deadline from the claim."""
+    clock = Clock()
+    guard = ListenerGuard(clock, "public", deadline=10.0)
+    ticket = guard.admit("127.0.0.1")
+    assert ticket is not None
+    transport = StringTransport()
+    ticket.start(transport)
+    [timer] = clock.getDelayedCalls()
+    clock.advance(6)
+    ticket.claim()
+    assert clock.getDelayedCalls() == [timer] and timer.getTime() == 16.0
+    clock.advance(9.9)
+    assert not transport.disconnecting and guard.refused["handshake_timeout"] == 0
+    clock.advance(0.1)
+    clock.advance(0)  # (acted on a reactor turn after it is due)
+    assert transport.disconnecting and guard.refused["handshake_timeout"] == 1
+    assert clock.getDelayedCalls() == []
+
+
+def test_an_opened_websocket_leaves_no_deadline_timer_and_an_answered_request_gets_a_new_one() -> None:
+    clock = Clock()
+    guard = ListenerGuard(clock, "public", deadline=10.0)
+    ticket = guard.admit("127.0.0.1")
+    assert ticket is not None
+    ticket.start(StringTransport())
+    ticket.busy()  # a request being answered: no deadline
+    assert clock.getDelayedCalls() == []
+    ticket.idle()  # answered: the next request within the deadline
+    [timer] = clock.getDelayedCalls()
+    assert timer.getTime() == 10.0
+    clock.advance(3)
+    ticket.claim()
+    assert clock.getDelayedCalls() == [timer] and timer.getTime() == 13.0
+    ticket.opened()
+    assert clock.getDelayedCalls() == [] and not timer.active()
