@@ -21,8 +21,7 @@ followed by a ``ListenerGuard``, from accept to close, whatever it becomes
   closed. It is acted on a reactor turn late, after what already waits in the
   kernel is read (bench/RESULTS.md "Storm refusals at 10,000").
 
-A WebSocket protocol taking a socket over (``WebSocketResource``) ``claim``s its ``Ticket`` and ``release``s it
-when the socket is closed; the deadline is one timer per socket, moved on (``reset``) when it restarts.
+A WebSocket protocol taking a socket over ``claim``s its ``Ticket`` (the deadline's timer moved on) and ``release``s it.
 
 ``BoundedRequest`` is the request of both Sites: a body over ``max_body`` bytes is discarded as it arrives
 (``too_large`` is set: no memory, no temporary file), and no answer names the server's software or version
@@ -191,7 +190,8 @@ class Ticket:
     def _arm(self) -> None:
         timer, deadline = self._timer, self._guard.deadline
         if deadline > 0 and not self._released and getattr(timer, "func", None) == self._due and timer.active():  # type: ignore[union-attr]
-            return timer.reset(deadline)  # type: ignore[union-attr]  # (the same timer moved on: none new, no cancel)
+            timer.reset(deadline)  # type: ignore[union-attr]  # (the same timer moved on: none new, no cancel)
+            return
         self._cancel()
         if deadline > 0 and not self._released:
             self._timer = self._guard.clock.callLater(deadline, self._due)
