@@ -1,0 +1,95 @@
+"""The gateway's user-space instructions per connect + subscribe in a storm, under callgrind (bench/RESULTS.md
+"Connect path", part 3): a figure the shared machine's load does not move, for A/B comparisons of code.
+
+    python bench/storm_ir.py --n 1000 --rounds 2 before=/tmp/main-tree after=/work/wt-x
+
+Each ``name=path`` is a tree holding a ``wsgw`` package, put first on ``PYTHONPATH`` of a gateway started as
+``bench/storm.py`` starts it (``make bench``'s configuration), but under ``valgrind --tool=callgrind`` with
+instrumentation off; it is switched on (``callgrind_control -i on``) once the gateway listens and has subscribed
+to Redis, the loader (``bench/loadgen.py --scenarios storm``) connects and subscribes N clients at once, then
+instrumentation is switched off and the count dumped. The trees run alternately, round after round. Printed: the
+instructions (callgrind ``Ir``) per subscribed client, in millions; they include what the daemon executes while
+the loader prepares its tokens (its idle reactor: a few %), not the kernel's work for its syscalls. Under callgrind
+the daemon runs ~20x slower: N = 1,000 takes ~20 s a storm, N above ~2,500 outlasts the loader's 60 s per client.
+Needs ``valgrind`` (``callgrind_control``) and ``redis-server``; everything listens on 127.0.0.1, stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import run  # noqa: E402
+
+
+def instructions(dump: str) -> int:
+    """The total ``Ir`` of the callgrind dumps starting with ``dump``."""
+    total = 0
+    for path in glob.glob(dump + "*"):
+        with open(path, errors="replace") as f:
+            for line in f:
+                if line.startswith(("summary:", "totals:")):
+                    total = max(total, int(line.split()[1]))
+    return total
+
+
+def one_storm(workdir: str, redis_port: int, name: str, tree: str, n: int, rnd: int) -> tuple[float, int]:
+    prefix, port = f"ir{name}{rnd}", run.free_port()
+    ini = os.path.join(workdir, f"{prefix}.ini")
+    with open(ini, "w") as f:
+        f.write(run.gateway_ini(port, redis_port, prefix, pacing=False))
+    dump = os.path.join(workdir, f"{prefix}.callgrind")
+    twistd = os.path.join(os.path.dirname(run.PY), "twistd")
+    proc = run.Proc("gateway", ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={dump}",
+                                twistd, "--nodaemon", "--pidfile=", f"--logfile={dump}.twistd", "wsgw", "--config", ini],
+                    os.path.join(workdir, f"{prefix}.log"), env={"WSGW_HMAC_SECRET": run.SECRET, "PYTHONPATH": tree})
+    try:
+        run.wait_port(port, proc.proc, timeout=600)
+        run.wait_subscribed(redis_port, f"{prefix}.{run.TOPICS[run.CHANNELS[0]]}", 1, timeout=600)
+        time.sleep(2)  # (start-up's last timers)
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
+        result = run.run_loader("gateway", [port], [proc.pid], redis_port, prefix, n, "storm", {}, 1200)
+        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+    finally:
+        proc.stop(timeout=60)
+    subscribed = result["storm"]["subscribed"]
+    return instructions(dump) / max(1, subscribed) / 1e6, subscribed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("trees", nargs="+", help="name=path of a tree holding a wsgw package")
+    args = p.parse_args()
+    run.raise_nofile()
+    trees = [tuple(t.split("=", 1)) for t in args.trees]
+    figures: dict[str, list[float]] = {name: [] for name, _ in trees}
+    with tempfile.TemporaryDirectory(prefix="wsgw-storm-ir-") as workdir:
+        redis_port = run.free_port()
+        redis = run.Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no"], os.path.join(workdir, "redis.log"))
+        try:
+            run.wait_port(redis_port, redis.proc)
+            for rnd in range(args.rounds):
+                for name, tree in trees if rnd % 2 == 0 else trees[::-1]:
+                    m, subscribed = one_storm(workdir, redis_port, name, tree, args.n, rnd)
+                    figures[name].append(m)
+                    run.log(f"N={args.n} round {rnd + 1} {name}: {m:.3f} M instructions per connect+subscribe "
+                            f"({subscribed} subscribed)")
+        finally:
+            redis.stop()
+    for name, values in figures.items():
+        print(f"{name}: " + " / ".join(f"{v:.3f}" for v in values) + " M instructions per connect+subscribe")
+
+
+if __name__ == "__main__":
+    main()
