@@ -52,7 +52,8 @@ with the few private hooks wsgw needs, exposed under names of its own:
   WebSocket modules return a ``Lazy`` value, formatted only if a log observer formats the line (every use
   there is a keyword argument of a ``self.log`` call, which tests/test_internals_connect.py checks), and
   ``ServerProtocol._connectionMade`` lends ``pformat`` the same laziness for the time of Autobahn's own
-  (``Timings.__str__`` in that module must keep returning a ``str``);
+  (``Timings.__str__`` in that module must keep returning a ``str``), and with debug off hides ``CONFIG_ATTRS``
+  for that time, so Autobahn's loop copying the options (none: ``CONFIG_ATTRS`` above) does not run;
 - ``log``, each protocol's txaio logger: ``ServerFactory`` gives its sockets a ``BudgetedLog``, so the info,
   warn and error lines Autobahn writes about one socket (a refused handshake, a dropped connection, a ping
   timeout, a protocol error, an unsolicited pong) stay within the daemon's ``wsgw.logs.LineBudget``.
@@ -72,6 +73,7 @@ from autobahn import util as autobahn_util
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.interfaces import IReactorTime
 from txaio import _common as txaio_common
+from txaio.tx import _no_op as _NO_OP  # what a txaio logger's method is when its level is off
 
 from wsgw.internals.twisted import direct_socket, send_direct
 from wsgw.logs import LineBudget
@@ -212,10 +214,17 @@ class ServerProtocol(WebSocketServerProtocol):
     def _connectionMade(self) -> None:
         module: Any = autobahn.websocket.protocol
         module.pformat = _lazy_pformat  # its one call in there: the options of the debug line
+        # With every option a class attribute (``setProtocolOptions``) Autobahn's loop over CONFIG_ATTRS copies
+        # none: it only lists them for that line. With debug off (its line unwritten) it loops over nothing.
+        skip = self.log.debug is _NO_OP and getattr(type(self), "_options_of", None) is self.factory
+        if skip:
+            self.CONFIG_ATTRS = []
         try:
             super()._connectionMade()
         finally:
             module.pformat = _PFORMAT
+            if skip:
+                del self.CONFIG_ATTRS
 
     def dropConnection(self, abort: bool = False) -> None:
         super().dropConnection(abort)
