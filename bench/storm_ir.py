@@ -1,9 +1,10 @@
 """The gateway's user-space instructions per connect + subscribe in a storm, under callgrind (bench/RESULTS.md
 "Connect path", part 3): a figure the shared machine's load does not move, for A/B comparisons of code.
 
-    python bench/storm_ir.py --n 1000 --rounds 2 before=/tmp/main-tree after=/work/wt-x
+    python bench/storm_ir.py --n 1000 --rounds 2 before=/tmp/main-tree after=/work/wt-x autobahn
 
-Each ``name=path`` is a tree holding a ``wsgw`` package, put first on ``PYTHONPATH`` of a gateway started as
+Each ``name=path`` is a tree holding a ``wsgw`` package (``autobahn`` alone: the bare Autobahn + PyJWT baseline,
+``bench/baselines/autobahn_broadcast.py``, as ``bench/storm.py`` runs it), put first on ``PYTHONPATH`` of a gateway started as
 ``bench/storm.py`` starts it (``make bench``'s configuration), but under ``valgrind --tool=callgrind`` with
 instrumentation off; it is switched on (``callgrind_control -i on``) once the gateway listens and has subscribed
 to Redis, the loader (``bench/loadgen.py --scenarios storm``) connects and subscribes N clients at once, then
@@ -42,20 +43,29 @@ def instructions(dump: str) -> int:
 
 def one_storm(workdir: str, redis_port: int, name: str, tree: str, n: int, rnd: int) -> tuple[float, int]:
     prefix, port = f"ir{name}{rnd}", run.free_port()
-    ini = os.path.join(workdir, f"{prefix}.ini")
-    with open(ini, "w") as f:
-        f.write(run.gateway_ini(port, redis_port, prefix, pacing=False))
     dump = os.path.join(workdir, f"{prefix}.callgrind")
-    twistd = os.path.join(os.path.dirname(run.PY), "twistd")
-    proc = run.Proc("gateway", ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={dump}",
-                                twistd, "--nodaemon", "--pidfile=", f"--logfile={dump}.twistd", "wsgw", "--config", ini],
-                    os.path.join(workdir, f"{prefix}.log"), env={"WSGW_HMAC_SECRET": run.SECRET, "PYTHONPATH": tree})
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={dump}"]
+    channels = [f"{prefix}.{run.TOPICS[c]}" for c in run.CHANNELS]
+    env = {"WSGW_HMAC_SECRET": run.SECRET}
+    if tree:
+        ini = os.path.join(workdir, f"{prefix}.ini")
+        with open(ini, "w") as f:
+            f.write(run.gateway_ini(port, redis_port, prefix, pacing=False))
+        twistd = os.path.join(os.path.dirname(run.PY), "twistd")
+        command = [twistd, "--nodaemon", "--pidfile=", f"--logfile={dump}.twistd", "wsgw", "--config", ini]
+        env["PYTHONPATH"] = tree
+    else:
+        command = [run.PY, os.path.join(run.HERE, "baselines", "autobahn_broadcast.py"), "--port", str(port),
+                   "--redis-port", str(redis_port)]
+        for channel in channels:
+            command += ["--channel", channel]
+    proc = run.Proc(name, valgrind + command, os.path.join(workdir, f"{prefix}.log"), env=env)
     try:
         run.wait_port(port, proc.proc, timeout=600)
-        run.wait_subscribed(redis_port, f"{prefix}.{run.TOPICS[run.CHANNELS[0]]}", 1, timeout=600)
+        run.wait_subscribed(redis_port, channels[0], 1, timeout=600)
         time.sleep(2)  # (start-up's last timers)
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
-        result = run.run_loader("gateway", [port], [proc.pid], redis_port, prefix, n, "storm", {}, 1200)
+        result = run.run_loader("gateway" if tree else "autobahn", [port], [proc.pid], redis_port, prefix, n, "storm", {}, 1200)
         subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
     finally:
@@ -68,10 +78,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("trees", nargs="+", help="name=path of a tree holding a wsgw package")
+    p.add_argument("trees", nargs="+", help="name=path of a tree holding a wsgw package, or autobahn")
     args = p.parse_args()
     run.raise_nofile()
-    trees = [tuple(t.split("=", 1)) for t in args.trees]
+    trees = [(t, "") if t == "autobahn" else tuple(t.split("=", 1)) for t in args.trees]
     figures: dict[str, list[float]] = {name: [] for name, _ in trees}
     with tempfile.TemporaryDirectory(prefix="wsgw-storm-ir-") as workdir:
         redis_port = run.free_port()
