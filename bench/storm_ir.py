@@ -4,7 +4,9 @@
     python bench/storm_ir.py --n 1000 --rounds 2 before=/tmp/main-tree after=/work/wt-x autobahn
 
 Each ``name=path`` is a tree holding a ``wsgw`` package (``autobahn`` alone: the bare Autobahn + PyJWT baseline,
-``bench/baselines/autobahn_broadcast.py``, as ``bench/storm.py`` runs it), put first on ``PYTHONPATH`` of a gateway started as
+``bench/baselines/autobahn_broadcast.py``, as ``bench/storm.py`` runs it; ``floor``: ``bench/baselines/
+twisted_floor.py``, Twisted + PyJWT with a minimal handshake and frame, ``floor-nojwt`` without PyJWT,
+``floor-wsgwjwt`` with wsgw's savings in PyJWT), put first on ``PYTHONPATH`` of a gateway started as
 ``bench/storm.py`` starts it (``make bench``'s configuration), but under ``valgrind --tool=callgrind`` with
 instrumentation off; it is switched on (``callgrind_control -i on``) once the gateway listens and has subscribed
 to Redis, the loader (``bench/loadgen.py --scenarios storm``) connects and subscribes N clients at once, then
@@ -28,6 +30,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run  # noqa: E402
+
+BASELINES = ("autobahn", "floor", "floor-nojwt", "floor-wsgwjwt")
 
 
 def instructions(dump: str) -> int:
@@ -54,6 +58,9 @@ def one_storm(workdir: str, redis_port: int, name: str, tree: str, n: int, rnd: 
         twistd = os.path.join(os.path.dirname(run.PY), "twistd")
         command = [twistd, "--nodaemon", "--pidfile=", f"--logfile={dump}.twistd", "wsgw", "--config", ini]
         env["PYTHONPATH"] = tree
+    elif name.startswith("floor"):
+        command = [run.PY, os.path.join(run.HERE, "baselines", "twisted_floor.py"), "--port", str(port)]
+        command += {"floor-nojwt": ["--no-jwt"], "floor-wsgwjwt": ["--wsgw-jwt"]}.get(name, [])
     else:
         command = [run.PY, os.path.join(run.HERE, "baselines", "autobahn_broadcast.py"), "--port", str(port),
                    "--redis-port", str(redis_port)]
@@ -62,7 +69,8 @@ def one_storm(workdir: str, redis_port: int, name: str, tree: str, n: int, rnd: 
     proc = run.Proc(name, valgrind + command, os.path.join(workdir, f"{prefix}.log"), env=env)
     try:
         run.wait_port(port, proc.proc, timeout=600)
-        run.wait_subscribed(redis_port, channels[0], 1, timeout=600)
+        if not name.startswith("floor"):  # (the floor has no Redis)
+            run.wait_subscribed(redis_port, channels[0], 1, timeout=600)
         time.sleep(2)  # (start-up's last timers)
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
         result = run.run_loader("gateway" if tree else "autobahn", [port], [proc.pid], redis_port, prefix, n, "storm", {}, 1200)
@@ -78,10 +86,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("trees", nargs="+", help="name=path of a tree holding a wsgw package, or autobahn")
+    p.add_argument("trees", nargs="+", help="name=path of a tree holding a wsgw package, or a baseline's name")
     args = p.parse_args()
     run.raise_nofile()
-    trees = [(t, "") if t == "autobahn" else tuple(t.split("=", 1)) for t in args.trees]
+    trees = [(t, "") if t in BASELINES else tuple(t.split("=", 1)) for t in args.trees]
     figures: dict[str, list[float]] = {name: [] for name, _ in trees}
     with tempfile.TemporaryDirectory(prefix="wsgw-storm-ir-") as workdir:
         redis_port = run.free_port()
