@@ -226,3 +226,33 @@ def test_take_over_replaces_the_protocol_on_the_transport_or_behind_tls() -> Non
     assert isinstance(wrapper.wrappedProtocol, _Seen) and wrapper.wrappedProtocol.got == b"y"
     assert wrapper.wrappedProtocol.transport is wrapper
     assert not take_over(StringTransport(), _Refusing(), b"z")
+
+
+class _CountedOption:
+    """A protocol class's option that counts its reads."""
+
+    def __init__(self, value: Any) -> None:
+        self.value, self.reads = value, 0
+
+    def __get__(self, instance: Any, owner: Any) -> Any:
+        self.reads += 1
+        return self.value
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_with_debug_off_autobahn_does_not_loop_over_the_options_of_a_new_socket(debug: bool) -> None:
+    """The options are class attributes: Autobahn's loop would read each twice (``hasattr``, then for the debug
+    line), copying none; with debug off it does not run, with debug on the line lists them as before."""
+    factory = ServerFactory(reactor, Clock())
+    factory.protocol = ServerProtocol
+    factory.setProtocolOptions(openHandshakeTimeout=0)
+    option = _CountedOption(factory.protocol.maxFramePayloadSize)
+    factory.protocol.maxFramePayloadSize = option
+    protocol: Any = factory.buildProtocol(None)
+    events: list[dict[str, Any]] = []
+    if debug:
+        protocol.log = txaio.make_logger(level="debug", observer=events.append)
+    protocol.makeConnection(StringTransport())
+    assert option.reads == (2 if debug else 0)
+    assert "CONFIG_ATTRS" not in protocol.__dict__ and protocol.CONFIG_ATTRS == ServerProtocol.CONFIG_ATTRS
+    assert any("maxFramePayloadSize" in formatEvent(e) for e in events) == debug

@@ -3,10 +3,13 @@ parse first (bench/RESULTS.md "Connect path", Part 2); everything else, and ever
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.daemon import StartGateway, healthz, token, workspace
 from tests.support.rawtcp import UPGRADE, exchange, head, raw_connect
@@ -131,3 +134,63 @@ async def test_an_upgrade_expecting_100_continue_gets_one_answer_however_it_is_r
     await wait_until(lambda: guard.open == 0, "the first socket released")
     split = await _answer(daemon.port, [request[:20], request[20:]], guard)
     assert whole.split(b"\r\n")[0] == split.split(b"\r\n")[0], (whole, split)
+
+
+_OLD_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([ -~\t]*?)[ \t]*")
+
+
+def _whole_upgrade_before(data: bytes) -> bytes | None:
+    """``whole_upgrade`` as it was with a lazy value group (bench/RESULTS.md "Connect path", part 3)."""
+    if len(data) > MAX_HEAD or not data.endswith(b"\r\n\r\n") or data.find(b"\r\n\r\n") != len(data) - 4:
+        return None
+    lines = data[:-4].split(b"\r\n")
+    if len(lines) > 65:
+        return None
+    method, sp, rest = lines[0].partition(b" ")
+    target, sp2, version = rest.partition(b" ")
+    if method != b"GET" or version != b"HTTP/1.1" or not sp or not sp2 or re.fullmatch(rb"/[!-~]*", target) is None:
+        return None
+    seen: set[bytes] = set()
+    upgrade = websocket_version = None
+    for line in lines[1:]:
+        field = _OLD_FIELD.fullmatch(line)
+        if field is None:
+            return None
+        name = field.group(1).lower()
+        if name in seen or name in (b"content-length", b"transfer-encoding", b"expect"):
+            return None
+        seen.add(name)
+        if name == b"upgrade":
+            upgrade = field.group(2)
+        elif name == b"sec-websocket-version":
+            websocket_version = field.group(2)
+    if upgrade is None or b"websocket" not in (token.strip().lower() for token in upgrade.split(b",")):
+        return None
+    if websocket_version != b"13":
+        return None
+    return target.partition(b"?")[0].rstrip(b"/") or b"/"
+
+
+_PIECES = [b"13", b"websocket", b"WebSocket", b"h2c", b",", b" ", b"\t", b"1", b"3", b"x", b"\x0b", b"\xc3\xa9", b"\r",
+           b"\n", b""]
+_VALUES = (st.sampled_from([b"13 ", b"13\t", b"13 \t", b" 13", b"websocket ", b"h2c, websocket\t", b"13 3"])
+           | st.lists(st.sampled_from(_PIECES), max_size=6).map(b"".join))
+_NAMES = st.sampled_from([b"Upgrade", b"upgrade", b"Sec-WebSocket-Version", b"Host", b"Connection", b"Expect",
+                          b"X-A", b"Bad Name", b""])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_NAMES, st.sampled_from([b":", b": ", b":\t", b" :"]), _VALUES), max_size=6),
+       st.sampled_from([b"/ws", b"/ws/", b"/chat?x=1", b"/", b"ws"]))
+def test_whole_upgrade_answers_as_before_its_value_pattern_was_made_greedy(
+        fields: list[tuple[bytes, bytes, bytes]], target: bytes) -> None:
+    upgrade, version = (b"Upgrade", b": ", b"websocket"), (b"Sec-WebSocket-Version", b": ", b"13")
+    for extra in (fields, [upgrade, *fields], [version, *fields], [*fields, upgrade, version]):
+        data = b"GET " + target + b" HTTP/1.1\r\n" + b"".join(n + s + v + b"\r\n" for n, s, v in extra) + b"\r\n"
+        assert whole_upgrade(data) == _whole_upgrade_before(data), data
+
+
+def test_trailing_whitespace_of_the_upgrade_and_version_values_is_not_theirs() -> None:
+    assert whole_upgrade(UPGRADE.replace(b"Upgrade: websocket", b"Upgrade: websocket \t")) == b"/ws"
+    assert whole_upgrade(UPGRADE.replace(b"Version: 13", b"Version: 13 \t ")) == b"/ws"
+    assert whole_upgrade(UPGRADE.replace(b"Version: 13", b"Version: 13 3")) is None

@@ -9,6 +9,8 @@ with the few private hooks wsgw needs, exposed under names of its own:
 - ``sendCloseFrame``, through which every close frame goes (ours and Autobahn's
   replies): ``before_close_frame()`` runs first, so frames given before a close
   go out before it;
+- ``sendData``, through which Autobahn writes its handshake answer (``STATE_CONNECTING``): sent on the socket
+  directly (``wsgw.internals.twisted.send_direct``), the wire-level count ``trafficStats`` kept as Autobahn's;
 - ``failedByMe``: set when the server starts a close, Autobahn then drops (does
   not buffer, does not deliver) every frame still arriving;
 - ``dropConnection(abort=False)``, which Autobahn calls after replying to a
@@ -50,7 +52,8 @@ with the few private hooks wsgw needs, exposed under names of its own:
   WebSocket modules return a ``Lazy`` value, formatted only if a log observer formats the line (every use
   there is a keyword argument of a ``self.log`` call, which tests/test_internals_connect.py checks), and
   ``ServerProtocol._connectionMade`` lends ``pformat`` the same laziness for the time of Autobahn's own
-  (``Timings.__str__`` in that module must keep returning a ``str``);
+  (``Timings.__str__`` in that module must keep returning a ``str``), and with debug off hides ``CONFIG_ATTRS``
+  for that time, so Autobahn's loop copying the options (none: ``CONFIG_ATTRS`` above) does not run;
 - ``log``, each protocol's txaio logger: ``ServerFactory`` gives its sockets a ``BudgetedLog``, so the info,
   warn and error lines Autobahn writes about one socket (a refused handshake, a dropped connection, a ping
   timeout, a protocol error, an unsolicited pong) stay within the daemon's ``wsgw.logs.LineBudget``.
@@ -70,7 +73,9 @@ from autobahn import util as autobahn_util
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.interfaces import IReactorTime
 from txaio import _common as txaio_common
+from txaio.tx import _no_op as _NO_OP  # what a txaio logger's method is when its level is off
 
+from wsgw.internals.twisted import direct_socket, send_direct
 from wsgw.logs import LineBudget
 
 HANDSHAKE_ONLY = (
@@ -90,6 +95,7 @@ IDLE_DEFAULTS: dict[str, Any] = dict.fromkeys((
     "wasCloseHandshakeTimeout", "wasServingFlashSocketPolicyFile", "inside_message", "_isMessageCompressed",
     "message_is_binary", "utf8validateIncomingCurrentMessage",
 ), False) | dict.fromkeys(("message_data_total_length", "frame_length"), 0)
+_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 _BATCH_MILLISECONDS = 200.0  # Autobahn's own bucket and chunk for its batched timers
 _BATCH_CHUNK = 1000
 
@@ -186,15 +192,39 @@ class ServerProtocol(WebSocketServerProtocol):
         if transport is not None and hasattr(transport, "__dict__"):
             transport.__dict__ = dict(transport.__dict__)
 
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # The opening handshake's answer (the 101, or a refusal before the close) onto the socket at once when the
+        # transport holds nothing, as the outbound path sends frames: no write buffer, no epoll registration and
+        # no reactor turn to write it (bench/RESULTS.md "Connect path", part 3). Bytes the kernel does not take,
+        # and everything else, go Autobahn's way.
+        if self.state == _CONNECTING and not sync and not chopsize and not self.send_queue and not self.logOctets:  # type: ignore[attr-defined]
+            transport = self.transport
+            sock = direct_socket(transport)
+            if sock is not None and transport.connected and not transport.disconnecting:  # type: ignore[union-attr]
+                sent = send_direct(transport, sock, data)
+                if sent:
+                    self.trafficStats.preopenOutgoingOctetsWireLevel += sent
+                    if sent == len(data):
+                        return
+                    data = data[sent:]
+        super().sendData(data, sync, chopsize)
+
     # -- Autobahn's private hooks ------------------------------------------
 
     def _connectionMade(self) -> None:
         module: Any = autobahn.websocket.protocol
         module.pformat = _lazy_pformat  # its one call in there: the options of the debug line
+        # With every option a class attribute (``setProtocolOptions``) Autobahn's loop over CONFIG_ATTRS copies
+        # none: it only lists them for that line. With debug off (its line unwritten) it loops over nothing.
+        skip = self.log.debug is _NO_OP and getattr(type(self), "_options_of", None) is self.factory
+        if skip:
+            self.CONFIG_ATTRS = []
         try:
             super()._connectionMade()
         finally:
             module.pformat = _PFORMAT
+            if skip:
+                del self.CONFIG_ATTRS
 
     def dropConnection(self, abort: bool = False) -> None:
         super().dropConnection(abort)

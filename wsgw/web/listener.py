@@ -21,13 +21,11 @@ followed by a ``ListenerGuard``, from accept to close, whatever it becomes
   closed. It is acted on a reactor turn late, after what already waits in the
   kernel is read (bench/RESULTS.md "Storm refusals at 10,000").
 
-A WebSocket protocol taking a socket over (``WebSocketResource``) ``claim``s its
-``Ticket`` and ``release``s it when the socket is closed.
+A WebSocket protocol taking a socket over ``claim``s its ``Ticket`` (the deadline's timer moved on) and ``release``s it.
 
-``BoundedRequest`` is the request of both Sites: a body over ``max_body`` bytes
-is discarded as it arrives (``too_large`` is set: no memory, no temporary
-file), and no answer names the server's software or version (twisted.web
-would send ``Server: TwistedWeb/<version>``).
+``BoundedRequest`` is the request of both Sites: a body over ``max_body`` bytes is discarded as it arrives
+(``too_large`` is set: no memory, no temporary file), and no answer names the server's software or version
+(twisted.web would send ``Server: TwistedWeb/<version>``).
 """
 
 from __future__ import annotations
@@ -190,9 +188,13 @@ class Ticket:
             self.transport = None
 
     def _arm(self) -> None:
+        timer, deadline = self._timer, self._guard.deadline
+        if deadline > 0 and not self._released and getattr(timer, "func", None) == self._due and timer.active():  # type: ignore[union-attr]
+            timer.reset(deadline)  # type: ignore[union-attr]  # (the same timer moved on: none new, no cancel)
+            return
         self._cancel()
-        if self._guard.deadline > 0 and not self._released:
-            self._timer = self._guard.clock.callLater(self._guard.deadline, self._due)
+        if deadline > 0 and not self._released:
+            self._timer = self._guard.clock.callLater(deadline, self._due)
 
     def _cancel(self) -> None:
         timer, self._timer = self._timer, None
@@ -337,7 +339,6 @@ class _Refused(Protocol):
 
 class _Dropped(Protocol):
     """A socket over the listener's cap behind TLS, where a factory may not refuse by returning None."""
-
     transport: Any
 
     def connectionMade(self) -> None:

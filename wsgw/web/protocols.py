@@ -55,6 +55,8 @@ class GatewayProtocol(ServerProtocol):
             self._ticket = guard.ticket_of(self.transport)
             if self._ticket is not None:
                 self._ticket.claim()
+            elif not self.openHandshakeTimeout:  # type: ignore[has-type]  # not a socket the guard admitted: Autobahn's deadline, then
+                self.openHandshakeTimeout = self.factory.handshake_timeout
         super().connectionMade()
 
     def onConnect(self, request: ConnectionRequest) -> None:
@@ -182,13 +184,17 @@ class GatewayFactory(ServerFactory):
         self.policy = policy or InboundPolicy()
         self.guard = guard  # the public listener's, shared by both endpoints
         self.batch = batch  # the process's WriteBatch, shared by every socket (None: no batching)
+        self.handshake_timeout = handshake_timeout
+        # The guard's ticket bounds the handshake of each socket it admitted (from the claim, as Autobahn's timer
+        # would): no second timer per socket where it is as short (a socket without a ticket gets Autobahn's).
+        ticketed = guard is not None and 0 < guard.deadline <= handshake_timeout
         self.setProtocolOptions(
             maxFramePayloadSize=max_frame,
             maxMessagePayloadSize=max_frame,
             autoPingInterval=ping_interval,
             autoPingTimeout=pong_timeout,
             failByDrop=False,
-            openHandshakeTimeout=handshake_timeout,
+            openHandshakeTimeout=0 if ticketed else handshake_timeout,
             closeHandshakeTimeout=5,
             autoPingRestartOnAnyTraffic=False,  # only a pong proves the client reads (a frame from it does not)
             versions=[13],  # RFC 6455 only (not draft 8); wsgw.web.site answers 426 before Autobahn sees it

@@ -32,7 +32,9 @@ MAX_HEAD = 16384
 MAX_FIELDS = 64
 """Header lines of a request taken directly (twisted.web takes up to 500; more go to it)."""
 
-_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([ -~\t]*?)[ \t]*")
+# (the value with its trailing whitespace: a lazy group before it made the matcher backtrack at every byte)
+_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([ -~\t]*)")
+_REFUSED = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 _TARGET = re.compile(rb"/[!-~]*")
 
 
@@ -55,15 +57,15 @@ def whole_upgrade(data: bytes) -> bytes | None:
         if field is None:
             return None
         name = field.group(1).lower()
-        if name in seen or name in (b"content-length", b"transfer-encoding", b"expect"):
+        if name in seen or name in _REFUSED:
             return None
         seen.add(name)
         if name == b"upgrade":
             upgrade = field.group(2)
         elif name == b"sec-websocket-version":
             websocket_version = field.group(2)
-    if upgrade is None or b"websocket" not in (token.strip().lower() for token in upgrade.split(b",")):
+    if upgrade is None or b"websocket" not in [token.strip().lower() for token in upgrade.split(b",")]:
         return None
-    if websocket_version != b"13":
+    if websocket_version is None or websocket_version.rstrip(b" \t") != b"13":
         return None
     return target.partition(b"?")[0].rstrip(b"/") or b"/"
