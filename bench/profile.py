@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run  # noqa: E402
 
+os.environ["WSGW_BENCH_PURE"] = "1"  # py-spy sees no frames inside a compiled module (run.compiled_tree)
+
 
 def summarize(raw_path: str, top: int) -> str:
     own: collections.Counter[str] = collections.Counter()

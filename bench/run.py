@@ -128,6 +128,33 @@ class Proc:
 
 # -- servers --------------------------------------------------------------------------------------
 
+_COMPILED: dict[str, str] = {}
+
+
+def compiled_tree(workdir: str) -> str:
+    """A directory holding wsgw as a wheel ships it (README "Compiled modules"): the checkout's ``wsgw/`` copied
+    into ``workdir`` and its ``setup.py`` ``COMPILED`` modules built there by mypyc (~30 s, once per bench run);
+    the gateway runs with it on ``PYTHONPATH``, after any the caller set (a wsgw tree there wins). ``WSGW_BENCH_PURE=1`` (or a failed build, said on stderr):
+    "" and the gateway runs the checkout's pure Python, as ``make install`` does (profilers see no frames of a
+    compiled module: bench/profile.py sets it)."""
+    if os.environ.get("WSGW_BENCH_PURE") == "1":
+        return ""
+    if workdir not in _COMPILED:
+        import shutil
+        tree = os.path.join(workdir, "compiled")
+        shutil.copytree(os.path.join(ROOT, "wsgw"), os.path.join(tree, "wsgw"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
+            shutil.copy(os.path.join(ROOT, name), tree)
+        out = subprocess.run([PY, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, capture_output=True,
+                             env={**os.environ, "WSGW_MYPYC": "1"})
+        if out.returncode != 0:
+            log("the mypyc build failed: the gateway runs pure Python\n" + out.stderr.decode(errors="replace")[-2000:])
+            tree = ""
+        _COMPILED[workdir] = tree
+    return _COMPILED[workdir]
+
+
 
 def gateway_ini(port: int, redis_port: int, prefix: str, *, pacing: bool, extra: str = "") -> str:
     topics = "\n".join(f"{t} = {prefix}.{c}" for t, c in TOPICS.items())
@@ -159,7 +186,9 @@ def start_server(kind: str, workdir: str, redis_port: int, prefix: str, *, pacin
         args = [twistd, "--nodaemon", "--pidfile=", f"--logfile={logf}.twistd"]
         if reactor:
             args.append(f"--reactor={reactor}")
-        proc = Proc(kind, args + ["wsgw", "--config", ini], logf, env=secret)
+        tree = compiled_tree(workdir)
+        env = dict(secret, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), tree])))
+        proc = Proc(kind, args + ["wsgw", "--config", ini], logf, env=env)
     elif kind == "autobahn":
         args = [PY, os.path.join(HERE, "baselines", "autobahn_broadcast.py"), "--port", str(port),
                 "--redis-port", str(redis_port)]
