@@ -21,7 +21,7 @@ if _LOG and "twistd" in sys.argv[0]:
         gc.collect()
         objs = gc.get_objects()
         c = collections.Counter(type(o).__name__ for o in objs)
-        _f.write(f"CENSUS {time.time():.3f} tracked={len(objs)} frozen={gc.get_freeze_count() if info['generation'] == 2 else -1} blocks={sys.getallocatedblocks()}\n")
+        _f.write(f"CENSUS {time.time():.3f} tracked={len(objs)} frozen={gc.get_freeze_count()} blocks={sys.getallocatedblocks()}\n")
         for name, n in c.most_common(40):
             _f.write(f"  {n:8d} {name}\n")
         del objs
