@@ -569,6 +569,7 @@ class Run:
         per_tick = max(1, int(rate * tick))
         t_next = t0
         rnd = random.Random(4)
+        hot = min(hot, groups)  # fewer sessions than hot workspaces (--n under 1,000): those that exist
         while _now() < t_end:
             for _ in range(per_tick):
                 w = rnd.randrange(hot)

@@ -9,6 +9,7 @@ installed or built them.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import json
@@ -207,3 +208,34 @@ def test_the_table_has_a_go_column_when_go_ran_and_checks_issue_13s_goals() -> N
     failed = [goal for goal, _, ok in run.goals({1000: {"gateway": gateway, "node": node, "go": go}}) if not ok]
     assert failed == ["N=1,000 event nobody receives: CPU per event ≤ Node's",
                       "N=1,000 selective (10.0 recipients per event): CPU per event ≤ 0.8× Go's"]
+
+
+def test_selective_phases_publish_only_to_workspaces_that_exist_when_n_is_under_1000(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``per_event.py --n 200``: the selective phases (1,000 workspaces; then one per session, 1,000 of them hot)
+    with 200 sessions publish to existing workspaces only (an IndexError ended the run at ``selective_one``), each
+    event expecting its workspace's sessions."""
+    expected: list[int] = []
+
+    class Instant(loadgen.Tracker):  # every event complete at once: no server, no wait
+        def expect(self, seq: int, recipients: int) -> None:
+            super().expect(seq, recipients)
+            expected.append(recipients)
+            self.completed += 1
+
+    clients = [argparse.Namespace(sink=None) for _ in range(200)]
+
+    async def resubscribe(groups: int) -> list[list[Any]]:
+        return [[clients[w]] if w < 200 else [] for w in range(groups)]
+
+    monkeypatch.setattr(loadgen, "Tracker", Instant)
+    args = argparse.Namespace(server_pid=[], prefix="t", server="gateway", n=200, selective_rate=2000,
+                              selective_duration=0.05)
+    runner = loadgen.Run(args)
+    runner.clients = clients  # type: ignore[assignment]
+    monkeypatch.setattr(runner, "_resubscribe", resubscribe)
+    monkeypatch.setattr(runner.redis, "publish", lambda channel, payload: None)
+    monkeypatch.setattr(runner, "sample", lambda: (0.0, 0, loadgen._now()))
+    asyncio.run(runner.selective())
+    assert set(runner.results) >= {"selective", "selective_one"}
+    assert expected and set(expected) <= {0, 1} and 1 in expected

@@ -162,6 +162,23 @@ def test_a_protocol_error_drops_the_connection() -> None:
     link.stopService()
 
 
+def test_a_message_whose_channel_or_payload_is_not_a_bulk_string_drops_the_connection() -> None:
+    """A ``message`` reply with an integer, array, nil or error as its channel or payload is not what Redis sends
+    (a fake server, a broken proxy): the messages before it are handed over, then the connection is dropped as for
+    bytes that are not RESP; nothing but bytes reaches the listener (a compiled dispatcher checks the types of a
+    whole read's messages up front, so one such payload lost the whole read, uncounted)."""
+    head = b"*3\r\n$7\r\nmessage\r\n"
+    for bad in (b"$1\r\na\r\n:5\r\n", b"$1\r\na\r\n*1\r\n$1\r\nx\r\n", b"$1\r\na\r\n$-1\r\n",
+                b"$1\r\na\r\n-ERR x\r\n", b":1\r\n$2\r\n{}\r\n"):
+        link, conn, transport, _, batches = subscriber(["a"])
+        conn.dataReceived(ACK_A)
+        with capturedLogs():
+            conn.dataReceived(message(b"a", b"1") + head + bad + message(b"a", b"2"))
+        assert batches == [[(b"a", b"1")]], bad
+        assert transport.disconnecting and conn.drop_reason is not None and "not a Redis reply" in conn.drop_reason
+        link.stopService()
+
+
 def test_a_command_connection_answers_every_reply_of_one_read_at_once() -> None:
     """The command connections (chat store, publisher) answer every reply of a read in the turn that read it,
     not one bulk string per reactor turn (which left the chat store behind the batched bus)."""

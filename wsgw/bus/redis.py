@@ -13,7 +13,9 @@ order Redis sent them; the other replies (SUBSCRIBE acknowledgements, PONG,
 AUTH's OK, errors) go to txredisapi's reply handling as its own parser would
 give them (a status reply as ``str``, an error as ``ResponseError``), after
 the messages that came before them. A message split across reads is
-reassembled; payloads are never converted. txredisapi still makes the commands,
+reassembled; payloads are never converted. A ``message`` whose channel or
+payload is not a bulk string is not what Redis sends: like bytes that are not
+RESP, it drops the connection (to be made again), after the messages before it. txredisapi still makes the commands,
 their waiters and timeouts, and the connection.
 
 ``RedisBus`` hands the messages of one read to its listener in one call when
@@ -99,7 +101,10 @@ class _SubscriberConnection(RedisConnection):
             reply = reader.gets()
             while reply is not False:
                 if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
-                    batch.append((reply[1], reply[2]))
+                    channel, payload = reply[1], reply[2]
+                    if type(channel) is not bytes or type(payload) is not bytes:  # not Redis: a fake server, a proxy
+                        raise InvalidData("a message whose channel or payload is not a bulk string")
+                    batch.append((channel, payload))
                 else:
                     if batch:  # what came before the reply is handled before it
                         self._hand_over(batch)

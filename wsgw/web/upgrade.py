@@ -32,8 +32,10 @@ MAX_HEAD = 16384
 MAX_FIELDS = 64
 """Header lines of a request taken directly (twisted.web takes up to 500; more go to it)."""
 
-# (the value with its trailing whitespace: a lazy group before it made the matcher backtrack at every byte)
-_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([ -~\t]*)")
+# The value with its trailing whitespace (a lazy group before it made the matcher backtrack at every byte); it
+# starts with a visible character, so that blanks are the leading whitespace's alone: a value that could start with
+# a blank made a refused line (blanks, then a byte out of place) cost a try per split of its blanks, quadratic.
+_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[!-~][ -~\t]*)?)")
 _REFUSED = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 _TARGET = re.compile(rb"/[!-~]*")
 
