@@ -7,6 +7,7 @@ import configparser
 import hashlib
 import importlib.metadata
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -82,11 +83,33 @@ def test_a_wheel_installs_in_a_fresh_venv_and_runs_as_an_unprivileged_user() -> 
         pytest.skip(".ci/run ran .ci/wheel-check before the suite")
     if os.geteuid() != 0:
         pytest.skip("the unprivileged start needs root to switch to nobody (setpriv)")
-    result = subprocess.run(["bash", str(ROOT / ".ci" / "wheel-check")], capture_output=True, text=True,
-                            timeout=300)
-    if result.returncode == 77 and not os.environ.get("CI"):
-        pytest.skip(result.stdout.strip())
-    assert result.returncode == 0, result.stdout + result.stderr
+    # in a session of its own: whatever it started and left running (reparented to init) keeps that session id
+    check = subprocess.Popen(["bash", str(ROOT / ".ci" / "wheel-check")], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = check.communicate(timeout=300)
+    finally:
+        check.kill()
+    left = _session_members(check.pid)
+    for pid in left:  # not left for every later run to find (stopped by their pids)
+        os.kill(pid, signal.SIGKILL)
+    if check.returncode == 77 and not os.environ.get("CI"):
+        pytest.skip(stdout.strip())
+    assert check.returncode == 0, stdout + stderr
+    assert not left, f"wheel-check left processes running: {left}"
+
+
+def _session_members(sid: int) -> list[int]:
+    """The pids of the processes of session ``sid`` (/proc/PID/stat field 6)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 def test_every_package_of_wsgw_is_installed() -> None:
