@@ -49,8 +49,7 @@ class Dispatcher:
 
     def __call__(self, topic: str, payload: bytes) -> None:
         """One bus message: ``payload`` is the event's JSON text, ``topic`` its logical topic."""
-        for _ in self.handled(((topic, payload),)):
-            pass
+        self.batch(((topic, payload),))
 
     def batch(self, messages: Iterable[tuple[str, bytes]]) -> None:
         """Every ``(topic, payload)`` of ``messages`` in order, as that many calls would (one bus read at a time:
