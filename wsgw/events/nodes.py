@@ -37,7 +37,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from wsgw.access import Root, Workspace
-from wsgw.events.batching import MERGEABLE, NodeBatcher, merge_key
+from wsgw.events.batching import MERGEABLE, NodeBatcher, event_type, merge_key
 from wsgw.events.metastore import (
     POLICIES_META_KEY,
     WORKSPACE_META_KEY,
@@ -102,7 +102,7 @@ class PreparedNode:
 
     def __init__(self, node: dict[str, Any]) -> None:
         self._node = node
-        self.path = (node.get("Path") or "").strip("/")  # internal_path
+        self.path = internal_path(node.get("Path") or "")
         self._fields: dict[str, Any] | None = None  # computed when first visible
         self._meta: dict[str, str] = {}
         self.plain = True  # once visible: its fields hold no float, nor any list or object (frames.encode_plain)
@@ -125,9 +125,7 @@ class PreparedNode:
             self.plain = plain
             self._meta = clean_meta_store(node.get("MetaStore"))
         out = dict(fields)
-        root, rel = found  # workspace_path(ws, *found), inlined (once per node and view)
-        base = ws.slug if len(ws.roots) == 1 else ws.slug + "/" + root.key
-        out["Path"] = base + "/" + rel if rel else base
+        out["Path"] = workspace_path(ws, *found)
         meta = dict(self._meta)
         meta[WORKSPACE_META_KEY] = ws_meta_value
         out["MetaStore"] = meta
@@ -154,7 +152,7 @@ class PreparedEvent:
     __slots__ = ("kind", "source", "target")
 
     def __init__(self, event: dict[str, Any]) -> None:
-        self.kind = event.get("Type") or "CREATE"  # event_type
+        self.kind = event_type(event)
         target, source = event.get("Target"), event.get("Source")
         if self.kind == "UPDATE_USER_META":
             source = None  # sent without Source (it carries the policies)
@@ -197,16 +195,12 @@ def event_paths(event: dict[str, Any]) -> list[str]:
     """``PreparedEvent(event).paths()``, without preparing the event: its Target's and Source's internal paths
     (not UPDATE_USER_META's Source, sent without it), empty ones left out."""
     paths = []
-    node = event.get("Target")
-    if node:
-        path = (node.get("Path") or "").strip("/")
-        if path:
-            paths.append(path)
-    node = event.get("Source") if event.get("Type") != "UPDATE_USER_META" else None
-    if node:
-        path = (node.get("Path") or "").strip("/")
-        if path:
-            paths.append(path)
+    source = event.get("Source") if event.get("Type") != "UPDATE_USER_META" else None
+    for node in (event.get("Target"), source):
+        if node:
+            path = internal_path(node.get("Path") or "")
+            if path:
+                paths.append(path)
     return paths
 
 
@@ -287,7 +281,7 @@ class NodeHandler:
         """Validate ``event`` (any value: what is not a node event raises MalformedEvent), then merge it, or deliver
         it (after any pending merge of its nodes)."""
         event = validate(event)
-        kind = event.get("Type") or "CREATE"  # event_type
+        kind = event_type(event)
         if kind == "READ":
             return
         batcher = self._batcher
