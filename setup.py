@@ -19,7 +19,7 @@ from setuptools.command.build_ext import build_ext
 COMPILED = [
     "wsgw/cells.py", "wsgw/dispatch.py", "wsgw/flow.py", "wsgw/frames.py", "wsgw/pacing.py", "wsgw/sessions.py",
     "wsgw/events/batching.py", "wsgw/events/metastore.py", "wsgw/events/nodecheck.py", "wsgw/events/nodes.py",
-    "wsgw/web/timing.py",
+    "wsgw/web/timing.py", "wsgw/web/outbound.py", "wsgw/internals/direct.py",
 ]
 
 

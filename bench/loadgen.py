@@ -56,6 +56,17 @@ def proc_cpu(pids: list[int]) -> float:
     return total / _TICK
 
 
+def proc_cpu_split(pids: list[int]) -> tuple[float, float]:
+    """``(user, system)`` CPU seconds of ``pids`` (all their threads): what the process ran, what the kernel ran for it."""
+    user = system = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / _TICK, system / _TICK
+
+
 def proc_rss_kb(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -563,6 +574,7 @@ class Run:
         rate = self.args.selective_rate
         duration = self.args.selective_duration
         cpu0, rss0, t0 = self.sample()
+        split0 = proc_cpu_split(self.pids)
         t_end = t0 + duration
         published = 0
         tick = 0.01
@@ -581,9 +593,12 @@ class Run:
             await asyncio.sleep(max(0.0, t_next - _now()))
         complete = await tracker.drain(published, 10)
         cpu1, rss1, t1 = self.sample()
+        split1 = proc_cpu_split(self.pids)
         out = tracker.summary()
         cpu = cpu1 - cpu0
         out.update({
+            "user_us_per_event": round((split1[0] - split0[0]) / published * 1e6, 1) if published else None,
+            "sys_us_per_event": round((split1[1] - split0[1]) / published * 1e6, 1) if published else None,
             "workspaces": groups, "events_per_s": round(published / duration),
             "recipients_per_event": round(tracker.deliveries / max(1, published), 2),
             "stalled": not complete, "server_cpu_s": round(cpu, 3),

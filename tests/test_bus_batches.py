@@ -4,6 +4,10 @@ one go, in order, and each socket's frames of that batch leave in one ``send()``
 from __future__ import annotations
 
 import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest_twisted
@@ -16,7 +20,6 @@ from tests.support.wsclient import connect
 from wsgw.bus.redis import RedisBus, _Subscriber, _SubscriberConnection
 from wsgw.flow import Flow
 from wsgw.redis.connection import RedisCommands
-from wsgw.web import outbound as outbound_module
 from wsgw.web.outbound import Outbound, WriteBatch
 
 HOME = workspace("ws-home", "home", "pydiods1/home")
@@ -26,6 +29,40 @@ ACK_A = b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"
 def message(channel: bytes, payload: bytes) -> bytes:
     """A pub/sub ``message`` reply as Redis writes it."""
     return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(payload), payload)
+
+
+class CountingSocket(socket.socket):
+    """A duplicate of a server socket's descriptor that records each system call that sends: ``(how, frames)``."""
+
+    def __init__(self, sock: socket.socket, sends: list[tuple[str, int]]) -> None:
+        super().__init__(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+        self.sends = sends
+
+    def send(self, data: Any, *args: Any) -> int:
+        self.sends.append(("send", 1))
+        return super().send(data, *args)
+
+    def sendmsg(self, buffers: Any, *args: Any) -> int:  # type: ignore[override]
+        self.sends.append(("sendmsg", len(buffers)))
+        return super().sendmsg(buffers, *args)
+
+
+@contextmanager
+def counting_sends(daemon: Any) -> Iterator[list[tuple[str, int]]]:
+    """Every open socket of ``daemon`` sends through a ``CountingSocket`` (the Outbound's own socket: compiled or
+    not, every direct send goes through it); yields the ``(how, frames)`` of each system call, in order."""
+    sends: list[tuple[str, int]] = []
+    swapped = []
+    for session in list(daemon.service.gateway.table):
+        out = session.connection._out
+        swapped.append((out, out._sock))
+        out._sock = CountingSocket(out._sock, sends)
+    try:
+        yield sends
+    finally:
+        for out, sock in swapped:
+            out._sock.close()
+            out._sock = sock
 
 
 def subscriber(channels: list[str], password: str | None = None) -> tuple[
@@ -294,32 +331,27 @@ def test_a_close_or_abort_during_a_batch_writes_the_batchs_frames_first() -> Non
 
 @pytest_twisted.ensureDeferred
 async def test_on_the_daemon_a_read_of_many_events_is_one_send_per_socket_in_order(
-        gateway: StartGateway, monkeypatch: Any) -> None:
+        gateway: StartGateway) -> None:
     """On the real daemon and real sockets: 40 node events arriving in one read from Redis reach each of three
     clients in order, each client's 40 frames in one ``send()``; one event alone is one ``send()`` too."""
     daemon = await gateway(overrides={"delivery.pacing_rate": "0"})
     clients = [await connect(daemon.port) for _ in range(3)]
     for i, client in enumerate(clients):
         assert (await client.subscribe(token(f"user{i}", [HOME])))["@type"] == "subscribed"
-    sends: list[tuple[str, int]] = []  # (how, frames) per system call
-    one, many = outbound_module.send_direct, outbound_module.send_direct_many
-    monkeypatch.setattr(outbound_module, "send_direct",
-                        lambda transport, sock, data: (sends.append(("send", 1)), one(transport, sock, data))[1])
-    monkeypatch.setattr(outbound_module, "send_direct_many", lambda transport, sock, frames: (
-        sends.append(("sendmsg", len(frames))), many(transport, sock, frames))[1])
     channel = daemon.service.config.topics["tree"].encode()
     events = [json.dumps({"Type": "UPDATE_PATH", "Target": {"Uuid": f"n{i}", "Path": f"pydiods1/home/f{i}.txt",
                                                             "Type": "LEAF"}}).encode() for i in range(40)]
     conn = daemon.service.bus._subscriber._ready
-    conn.dataReceived(b"".join(message(channel, e) for e in events))
-    for client in clients:
-        assert [(await client.next())["Target"]["Uuid"] for _ in range(40)] == [f"n{i}" for i in range(40)]
-    assert sends == [("sendmsg", 40)] * 3
-    sends.clear()
-    conn.dataReceived(message(channel, events[0]))
-    for client in clients:
-        assert (await client.next())["Target"]["Uuid"] == "n0"
-    assert sends == [("send", 1)] * 3
+    with counting_sends(daemon) as sends:  # (how, frames) per system call
+        conn.dataReceived(b"".join(message(channel, e) for e in events))
+        for client in clients:
+            assert [(await client.next())["Target"]["Uuid"] for _ in range(40)] == [f"n{i}" for i in range(40)]
+        assert sends == [("sendmsg", 40)] * 3
+        sends.clear()
+        conn.dataReceived(message(channel, events[0]))
+        for client in clients:
+            assert (await client.next())["Target"]["Uuid"] == "n0"
+        assert sends == [("send", 1)] * 3
 
 
 @pytest_twisted.ensureDeferred
@@ -361,19 +393,17 @@ async def test_on_the_daemon_a_reader_that_stops_is_closed_4008_while_the_other_
 
 @pytest_twisted.ensureDeferred
 async def test_on_the_daemon_more_frames_than_one_sendmsg_gathers_go_in_order(
-        gateway: StartGateway, monkeypatch: Any) -> None:
+        gateway: StartGateway) -> None:
     """1,100 events in one read: the socket's frames go in sendmsg() calls of at most 1,024 frames, in order."""
     daemon = await gateway(overrides={"delivery.pacing_rate": "0"})
     client = await connect(daemon.port)
     assert (await client.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
-    sends: list[int] = []
-    many = outbound_module.send_direct_many
-    monkeypatch.setattr(outbound_module, "send_direct_many", lambda transport, sock, frames: (
-        sends.append(len(frames)), many(transport, sock, frames))[1])
     channel = daemon.service.config.topics["tree"].encode()
     conn = daemon.service.bus._subscriber._ready
-    conn.dataReceived(b"".join(message(channel, json.dumps({"Type": "DELETE", "Source": {
-        "Uuid": f"n{i}", "Path": f"pydiods1/home/f{i}.txt", "Type": "LEAF"}}).encode()) for i in range(1100)))
-    got = [(await client.next())["Source"]["Uuid"] for _ in range(1100)]
+    with counting_sends(daemon) as calls:
+        conn.dataReceived(b"".join(message(channel, json.dumps({"Type": "DELETE", "Source": {
+            "Uuid": f"n{i}", "Path": f"pydiods1/home/f{i}.txt", "Type": "LEAF"}}).encode()) for i in range(1100)))
+        got = [(await client.next())["Source"]["Uuid"] for _ in range(1100)]
     assert got == [f"n{i}" for i in range(1100)]
+    sends = [frames for how, frames in calls if how == "sendmsg"]
     assert sends[0] == 1024 and sends[1:2] in ([], [76])  # (76 more unless the kernel took part of the 1,024)

@@ -1,11 +1,8 @@
 """What wsgw relies on inside Twisted, beyond its public API (pinned by tests/test_internals.py).
 
-- ``twisted.internet.abstract.FileDescriptor`` keeps unwritten bytes in
-  ``dataBuffer`` (from ``offset``) and ``_tempDataLen`` bytes in ``_tempData``;
-  ``tcp.Connection`` holds its ``socket`` and says ``TLS`` when TLS is on.
-  The outbound path sends on the socket directly while the transport holds
-  nothing (bench/RESULTS.md: no epoll round trip per frame), a batch of frames
-  with one ``sendmsg()``.
+- ``twisted.internet.abstract.FileDescriptor``'s ``dataBuffer``, ``offset``, ``_tempDataLen`` and
+  ``tcp.Connection``'s ``socket``: ``wsgw.internals.direct`` (compiled, on the per-delivery path) sends on the
+  socket directly while the transport holds nothing; its names are importable from here too.
 - ``twisted.web.http.HTTPChannel.requests``: the requests of a channel; after
   Autobahn's takeover the channel and its request point at each other, a
   cycle only a full garbage collection frees.
@@ -37,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -46,34 +42,11 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python import failure, log
 
-
-def buffered(transport: Any) -> int:
-    """Bytes a Twisted ``FileDescriptor`` holds and has not written yet."""
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[no-any-return]
-
-
-def direct_socket(transport: Any) -> socket.socket | None:
-    """The transport's socket when frames may be sent on it directly (plain TCP), else None (TLS, tests)."""
-    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
-        sock = getattr(transport, "socket", None)
-        try:
-            buffered(transport)
-        except (AttributeError, TypeError):
-            return None  # not the FileDescriptor this module knows: go through transport.write
-        if isinstance(sock, socket.socket):
-            return sock
-    return None
-
-
-def send_direct(transport: Any, sock: socket.socket, data: bytes) -> int:
-    """Send ``data`` on ``sock`` (from ``direct_socket(transport)``) if the transport holds nothing, so bytes
-    never overtake what it buffered; returns how many the kernel took (0 when none, or when it must wait)."""
-    if transport._tempDataLen or transport.dataBuffer:
-        return 0
-    try:
-        return sock.send(data)
-    except OSError:  # BlockingIOError included; a real error is met again by the transport, which closes properly
-        return 0
+from wsgw.internals.direct import IOV_MAX as IOV_MAX  # (re-exported: their former home)
+from wsgw.internals.direct import buffered as buffered
+from wsgw.internals.direct import direct_socket as direct_socket
+from wsgw.internals.direct import send_direct as send_direct
+from wsgw.internals.direct import send_direct_many as send_direct_many
 
 
 def release_taken_over_request(request: Any) -> None:
@@ -120,20 +93,6 @@ def tcp_listen_address(endpoint: Any) -> tuple[str, int, int] | None:
 def tls_context_factory(endpoint: Any) -> Any:
     """The TLS context factory (``IOpenSSLServerConnectionCreator``) of a parsed ``ssl:`` server endpoint."""
     return endpoint._sslContextFactory
-
-
-IOV_MAX = 1024  # buffers one sendmsg() may gather (Linux, POSIX minimum 16: 1024 everywhere wsgw runs)
-
-
-def send_direct_many(transport: Any, sock: socket.socket, frames: list[bytes]) -> int:
-    """Send ``frames`` (at most ``IOV_MAX``), in order, with one ``sendmsg()`` (the kernel gathers them: no joined
-    copy) if the transport holds nothing, as ``send_direct``; returns how many bytes the kernel took."""
-    if transport._tempDataLen or transport.dataBuffer:
-        return 0
-    try:
-        return sock.sendmsg(frames)
-    except OSError:
-        return 0
 
 
 # -- reads without the legacy log context (issue 13, goal 2) ------------------------------------------------------

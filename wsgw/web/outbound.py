@@ -37,6 +37,16 @@ them as written when they are handed over, as it does for bytes the transport
 holds: a batch adds at most what one read brings, and its write pauses
 the flow when it fills the transport. Anything that writes to the socket
 without the Outbound (a close frame) calls ``flush_batch`` first.
+
+``Outbound.send(payload)`` is what the session's flow writes through, once per
+delivery: it frames the payload with the endpoint's ``FrameCache`` and writes
+it, unless the socket stopped being open (``closing()``: the server sent or
+is about to send a close frame, dropped the connection, or lost it; then
+nothing more is written, as Autobahn's own state would say). This module and
+``wsgw.internals.direct`` are compiled by mypyc (``setup.py`` ``COMPILED``), so
+a delivery runs no Python frame from the flow to the ``send()`` (bench/RESULTS.md,
+"The send path"). The IPushProducer declaration is ``classImplements``, not the
+class decorator, which would make ``Outbound`` an ordinary Python class to mypyc.
 """
 
 from __future__ import annotations
@@ -47,12 +57,12 @@ from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from wsgw.flow import Flow
-from wsgw.internals.twisted import IOV_MAX, direct_socket, send_direct, send_direct_many
+from wsgw.internals.direct import IOV_MAX, direct_socket, send_direct, send_direct_many
 
-_log = Logger()
+_log = Logger(namespace="wsgw.web.outbound")  # (named: a compiled module has no frame to name it from)
 
 
 def frame_header(length: int) -> bytes:
@@ -109,17 +119,21 @@ class WriteBatch:
                 _log.failure("writing a batch of frames to a socket failed")
 
 
-@implementer(IPushProducer)
 class Outbound:
     """One socket's writes, and its flow control handed to the session's ``wsgw.flow.Flow``.
 
     ``send_pong(payload)`` is the protocol's own pong; ``flow`` is set once the session exists; ``batch``: the
-    process's ``WriteBatch`` (None: every frame is written at once).
+    process's ``WriteBatch`` (None: every frame is written at once); ``frames``: the endpoint's ``FrameCache``
+    (``send``'s framing; None: one of its own). ``open`` is True until ``closing()``.
     """
 
-    __slots__ = ("_transport", "_sock", "_send_pong", "_pong", "flow", "paused", "_batch", "_pending")
+    __slots__ = ("_transport", "_sock", "_send_pong", "_pong", "flow", "paused", "_batch", "_pending", "_frames",
+                 "open")
 
-    def __init__(self, transport: Any, send_pong: Callable[[bytes], None], batch: WriteBatch | None = None) -> None:
+    def __init__(self, transport: Any, send_pong: Callable[[bytes], None], batch: WriteBatch | None = None,
+                 frames: FrameCache | None = None) -> None:
+        self.open = True
+        self._frames = frames if frames is not None else FrameCache()
         self._transport = transport
         self._sock = direct_socket(transport)
         self._send_pong = send_pong
@@ -131,6 +145,17 @@ class Outbound:
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()  # twisted.web's channel, left registered after the upgrade
         transport.registerProducer(self, True)
+
+    def send(self, payload: bytes) -> None:
+        """Frame the text message ``payload`` (the ``FrameCache``: once for every socket it goes to) and write it
+        as ``write`` does; nothing once ``closing()`` was called. The session's flow writes through this."""
+        if self.open:
+            self.write(self._frames.frame(payload))
+
+    def closing(self) -> None:
+        """The socket is no longer open (a close frame goes or went out, the connection was dropped or lost):
+        ``send`` writes nothing from now on. Call ``flush_batch`` first for what was given before."""
+        self.open = False
 
     def write(self, frame: bytes) -> None:
         """Send one whole frame: to the socket if the transport holds nothing, else to the transport; while a
@@ -206,3 +231,6 @@ class Outbound:
         self._pong = None
         if self.flow is not None:
             self.flow.stop()
+
+
+classImplements(Outbound, IPushProducer)

@@ -69,13 +69,15 @@ class GatewayProtocol(ServerProtocol):
 
     def onOpen(self) -> None:
         factory = self.factory
+        out = None
         if self.transport is not None:  # (protocols driven without a socket in tests have none)
-            self._out = Outbound(self.transport, self.sendPong, factory.batch)
+            out = self._out = Outbound(self.transport, self.sendPong, factory.batch, factory.frames)
             self.shed_handshake_state()
         self._flood = factory.policy.flood_bucket(factory.clock)
-        self._session = factory.gateway.open(self, factory.endpoint)
-        if self._out is not None:
-            self._out.flow = self._session.flow
+        # the session's flow writes through the Outbound itself (what ``write`` does, without the calls between)
+        self._session = factory.gateway.open(self, factory.endpoint, None if out is None else out.send)
+        if out is not None:
+            out.flow = self._session.flow
 
     def _admit(self) -> Session | None:
         """The session, if the frame just received may be acted on: not while the server is closing the
@@ -139,8 +141,16 @@ class GatewayProtocol(ServerProtocol):
             self._session.flow.stop()
         if self._out is not None:
             self._out.flush_batch()
+            self._out.closing()  # what the flow hands over from now on is not written (Autobahn: not STATE_OPEN)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        if self._out is not None:
+            self._out.closing()  # Autobahn: STATE_CLOSED
+        super().dropConnection(abort)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # type: ignore[override]
+        if self._out is not None:
+            self._out.closing()
         super().connectionLost(reason)
         if self._ticket is not None:
             self._ticket.release()
@@ -155,8 +165,8 @@ class GatewayProtocol(ServerProtocol):
     # -- IConnection ------------------------------------------------------
 
     def write(self, payload: bytes) -> None:
-        if self.state == _OPEN and self._out is not None:
-            self._out.write(self.factory.frames.frame(payload))
+        if self._out is not None:
+            self._out.send(payload)  # (nothing once the socket is not open: ``Outbound.closing``)
 
     def close(self, code: int, reason: str) -> bool:
         return self.start_close(code, reason)
