@@ -4,10 +4,6 @@ one go, in order, and each socket's frames of that batch leave in one ``send()``
 from __future__ import annotations
 
 import json
-import os
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest_twisted
@@ -16,6 +12,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 
 from tests.support.daemon import StartGateway, token, workspace
+from tests.support.sockets import counting_sends
 from tests.support.wsclient import connect
 from wsgw.bus.redis import RedisBus, _Subscriber, _SubscriberConnection
 from wsgw.flow import Flow
@@ -29,40 +26,6 @@ ACK_A = b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"
 def message(channel: bytes, payload: bytes) -> bytes:
     """A pub/sub ``message`` reply as Redis writes it."""
     return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(payload), payload)
-
-
-class CountingSocket(socket.socket):
-    """A duplicate of a server socket's descriptor that records each system call that sends: ``(how, frames)``."""
-
-    def __init__(self, sock: socket.socket, sends: list[tuple[str, int]]) -> None:
-        super().__init__(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
-        self.sends = sends
-
-    def send(self, data: Any, *args: Any) -> int:
-        self.sends.append(("send", 1))
-        return super().send(data, *args)
-
-    def sendmsg(self, buffers: Any, *args: Any) -> int:  # type: ignore[override]
-        self.sends.append(("sendmsg", len(buffers)))
-        return super().sendmsg(buffers, *args)
-
-
-@contextmanager
-def counting_sends(daemon: Any) -> Iterator[list[tuple[str, int]]]:
-    """Every open socket of ``daemon`` sends through a ``CountingSocket`` (the Outbound's own socket: compiled or
-    not, every direct send goes through it); yields the ``(how, frames)`` of each system call, in order."""
-    sends: list[tuple[str, int]] = []
-    swapped = []
-    for session in list(daemon.service.gateway.table):
-        out = session.connection._out
-        swapped.append((out, out._sock))
-        out._sock = CountingSocket(out._sock, sends)
-    try:
-        yield sends
-    finally:
-        for out, sock in swapped:
-            out._sock.close()
-            out._sock = sock
 
 
 def subscriber(channels: list[str], password: str | None = None) -> tuple[

@@ -11,9 +11,11 @@ from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
 from tests.support.daemon import StartGateway, token, workspace
+from tests.support.sockets import CountingSocket, counting_sends
 from tests.support.wsclient import connect
 from wsgw.flow import Flow
-from wsgw.web.outbound import FrameCache, Outbound, frame_header
+from wsgw.internals.direct import buffered
+from wsgw.web.outbound import FrameCache, Outbound, WriteBatch, frame_header
 
 HOME = workspace("ws-home", "home", "pydiods1/home")
 
@@ -93,6 +95,85 @@ def test_stop_producing_stops_the_flow() -> None:
     out.resumeProducing()
     flow.send(b"more")
     assert transport.value() == b"" and pongs == [] and flow.waiting == (0, 0)
+
+
+def test_send_frames_once_for_every_socket_and_writes_nothing_once_closing() -> None:
+    """``send`` (the flow's write) frames a payload with the endpoint's cache, one framed bytes object for every
+    socket, and writes it; after ``closing()`` nothing more is written, while what a batch held from before
+    still goes out, first (``flush_batch`` before the close frame, as the protocol does)."""
+    cache, batch = FrameCache(), WriteBatch()
+    writes: list[list[bytes]] = [[], []]
+    outs = []
+    for i in range(2):
+        transport = StringTransport()
+        transport.write = writes[i].append  # type: ignore[method-assign]
+        outs.append(Outbound(transport, lambda payload: None, batch, cache))
+    one, two = outs
+    payload = b'{"a":1}'
+    one.send(payload)
+    two.send(payload)
+    assert writes[0] == writes[1] == [frame_header(7) + payload] and writes[0][0] is writes[1][0]
+    batch.begin()
+    one.send(b"b")
+    one.flush_batch()
+    one.closing()
+    one.send(b"c")
+    batch.end()
+    assert writes[0] == [frame_header(7) + payload, frame_header(1) + b"b"] and not one.open
+    two.closing()
+    two.send(b"d")
+    two.write(b"raw")  # (a frame already framed: what a batch's end writes; not send's path)
+    assert writes[1] == [frame_header(7) + payload, b"raw"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frame_the_kernel_takes_in_part_goes_on_through_the_transport_and_later_ones_behind_it(
+        gateway: StartGateway) -> None:
+    """Real sockets: the kernel takes half of a frame (a partial ``send()``, made to order); the rest goes to the
+    transport, and while the transport holds it the next frames go there too, not onto the socket: the client
+    gets every frame whole and in order."""
+    daemon = await gateway(redis=None, overrides={"delivery.pacing_rate": "0"})
+    client = await connect(daemon.port)
+    assert (await client.subscribe(token("alice", [HOME])))["@type"] == "subscribed"
+    (session,) = list(daemon.service.gateway.table)
+    out = session.connection._out
+    real, sends = out._sock, []
+    out._sock = CountingSocket(real, sends, take=lambda data: data[:len(data) // 2])
+    try:
+        payloads = [b'{"seq":%d,"pad":"%s"}' % (seq, b"x" * 1000) for seq in range(3)]
+        for payload in payloads:
+            session.flow.send(payload)
+        assert sends == [("send", 1)]  # the first frame's half; its rest and the two others wait in the transport
+        size = len(frame_header(len(payloads[0]))) + len(payloads[0])
+        assert buffered(session.connection.transport) == 3 * size - size // 2
+        assert [(await client.next())["seq"] for _ in range(3)] == [0, 1, 2]
+    finally:
+        out._sock.close()
+        out._sock = real
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_is_written_after_the_close_frame_nor_after_a_drop(gateway: StartGateway) -> None:
+    """Once the server sent its close frame, or dropped the connection, what reaches the socket's Outbound (the
+    flow's write, or the connection's ``write``) is neither sent nor buffered: the socket is not open any more,
+    whatever Autobahn's state."""
+    daemon = await gateway(redis=None)
+    closed, dropped = await connect(daemon.port), await connect(daemon.port)
+    for client, login in ((closed, "alice"), (dropped, "bob")):
+        assert (await client.subscribe(token(login, [HOME])))["@type"] == "subscribed"
+    protocols = {session.access.login: session.connection for session in daemon.service.gateway.table}
+    with counting_sends(daemon) as sends:
+        alice, bob = protocols["alice"], protocols["bob"]
+        assert alice.close(4000, "bye")
+        bob.dropConnection(abort=False)
+        held = buffered(alice.transport), buffered(bob.transport)
+        for protocol in (alice, bob):
+            protocol._out.send(b'{"late":1}')
+            protocol.write(b'{"late":2}')
+        assert sends == [] and (buffered(alice.transport), buffered(bob.transport)) == held
+        assert not alice._out.open and not bob._out.open
+    assert await closed.wait_closed() == (4000, "bye")
+    await dropped.wait_closed()
 
 
 def _event(seq: int, pad: int) -> bytes:
