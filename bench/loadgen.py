@@ -630,6 +630,7 @@ class Run:
         rate = self.args.selective_rate
         duration = self.args.selective_duration
         cpu0, _, t0 = self.sample()
+        split0 = proc_cpu_split(self.pids)
         t_end = t0 + duration
         published = 0
         tick = 0.01
@@ -648,8 +649,11 @@ class Run:
         self.redis.publish(self.channel_tree, node_event(last, "pydiods1/sel/w0"))
         complete = await tracker.drain(1, 10)
         cpu1, _, _ = self.sample()
+        split1 = proc_cpu_split(self.pids)
         cpu = cpu1 - cpu0
         self.results["floor"] = {
+            "user_us_per_event": round((split1[0] - split0[0]) / published * 1e6, 1) if published else None,
+            "sys_us_per_event": round((split1[1] - split0[1]) / published * 1e6, 1) if published else None,
             "events": published, "events_per_s": round(published / duration), "stalled": not complete,
             "stray_deliveries": tracker.deliveries - tracker.count[last], "server_cpu_s": round(cpu, 3),
             "cpu_us_per_event": round(cpu / published * 1e6, 1) if published else None,
