@@ -9,8 +9,12 @@ with the few private hooks wsgw needs, exposed under names of its own:
 - ``sendCloseFrame``, through which every close frame goes (ours and Autobahn's
   replies): ``before_close_frame()`` runs first, so frames given before a close
   go out before it;
-- ``sendData``, through which Autobahn writes its handshake answer (``STATE_CONNECTING``): sent on the socket
-  directly (``wsgw.internals.twisted.send_direct``), the wire-level count ``trafficStats`` kept as Autobahn's;
+- ``sendData``, through which Autobahn writes its handshake answer (``STATE_CONNECTING``) and, on an open
+  socket, its own frames (the keepalive pings every ``autoPingInterval``, its pongs and close frames; wsgw's
+  frames go through ``wsgw.web.outbound``): sent on the socket directly when the transport holds nothing
+  (``wsgw.internals.twisted.send_direct``: no write buffer, epoll registration and reactor turn per ping,
+  ~15 us of the ~63 us a ping and its pong cost, bench/RESULTS.md "Idle cost at N = 10,000"), the wire-level
+  counts of ``trafficStats`` kept as Autobahn's;
 - ``failedByMe``: set when the server starts a close, Autobahn then drops (does
   not buffer, does not deliver) every frame still arriving;
 - ``dropConnection(abort=False)``, which Autobahn calls after replying to a
@@ -96,6 +100,7 @@ IDLE_DEFAULTS: dict[str, Any] = dict.fromkeys((
     "message_is_binary", "utf8validateIncomingCurrentMessage",
 ), False) | dict.fromkeys(("message_data_total_length", "frame_length"), 0)
 _CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+_OPEN = WebSocketServerProtocol.STATE_OPEN
 _BATCH_MILLISECONDS = 200.0  # Autobahn's own bucket and chunk for its batched timers
 _BATCH_CHUNK = 1000
 
@@ -193,17 +198,23 @@ class ServerProtocol(WebSocketServerProtocol):
             transport.__dict__ = dict(transport.__dict__)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # The opening handshake's answer (the 101, or a refusal before the close) onto the socket at once when the
-        # transport holds nothing, as the outbound path sends frames: no write buffer, no epoll registration and
-        # no reactor turn to write it (bench/RESULTS.md "Connect path", part 3). Bytes the kernel does not take,
-        # and everything else, go Autobahn's way.
-        if self.state == _CONNECTING and not sync and not chopsize and not self.send_queue and not self.logOctets:  # type: ignore[attr-defined]
+        # The opening handshake's answer (the 101, or a refusal before the close) and an open socket's pings onto
+        # the socket at once when the transport holds nothing, as the outbound path sends frames: no write buffer,
+        # no epoll registration and no reactor turn to write it (bench/RESULTS.md "Connect path", part 3, and
+        # "Idle cost at N = 10,000"). Bytes the kernel does not take, and everything else, go Autobahn's way.
+        state = self.state
+        if (state == _OPEN or state == _CONNECTING) and not sync and not chopsize and not self.send_queue \
+                and not self.logOctets:  # type: ignore[attr-defined]
             transport = self.transport
             sock = direct_socket(transport)
             if sock is not None and transport.connected and not transport.disconnecting:  # type: ignore[union-attr]
                 sent = send_direct(transport, sock, data)
                 if sent:
-                    self.trafficStats.preopenOutgoingOctetsWireLevel += sent
+                    stats = self.trafficStats
+                    if state == _OPEN:
+                        stats.outgoingOctetsWireLevel += sent
+                    else:
+                        stats.preopenOutgoingOctetsWireLevel += sent
                     if sent == len(data):
                         return
                     data = data[sent:]
