@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.abstract import FileDescriptor
 
-from tests.support.daemon import StartGateway
+from tests.support.daemon import StartGateway, token, workspace
 from tests.support.waiting import wait_until
 from tests.support.wsclient import Client, connect
 
@@ -78,3 +79,27 @@ async def test_a_ping_never_overtakes_what_the_transport_holds(gateway: StartGat
     assert events == [("message", text), ("ping", b"after")]
     client.sendClose()
     await client.wait_closed()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_open_socket_is_read_directly_until_it_closes(gateway: StartGateway) -> None:
+    """Once open, a client socket is read without Twisted's log context (``read_directly``: its reads are mostly
+    pongs); its frames are read and answered as before, pongs included, and the reactor forgets it when it
+    closes (nothing left holding the transport)."""
+    daemon = await gateway(redis=None, overrides=FAST)
+    client = await connect(daemon.port)
+    await wait_until(lambda: len(daemon.service.gateway.table) == 1, "the session")
+    [session] = list(daemon.service.gateway.table)
+    protocol: Any = session.connection
+    direct = reactor.__dict__.get("_wsgw_direct_reads", {})
+    assert protocol.transport in direct
+    events: list[tuple[str, bytes]] = []
+    _record(client, protocol, events, [])
+    await wait_until(lambda: len(events) >= 3, "three pings, each after the pong of the one before")
+    client.send_json({"@type": "subscribe", "jwt": token("u1", [workspace("w1", "home", "ds/home")])})
+    await wait_until(lambda: any(kind == "message" for kind, _ in events), "the answer to subscribe")
+    transport = protocol.transport
+    client.sendClose()
+    await client.wait_closed()
+    await wait_until(lambda: not daemon.service.gateway.table, "the session closed")
+    assert transport not in direct

@@ -15,6 +15,8 @@ with the few private hooks wsgw needs, exposed under names of its own:
   (``wsgw.internals.twisted.send_direct``: no write buffer, epoll registration and reactor turn per ping,
   ~15 us of the ~63 us a ping and its pong cost, bench/RESULTS.md "Idle cost at N = 10,000"), the wire-level
   counts of ``trafficStats`` kept as Autobahn's;
+- ``_onOpen``, which Autobahn calls when the handshake completes: from then on the socket is read without
+  Twisted's legacy log context (``wsgw.internals.twisted.read_directly``), until ``connectionLost``;
 - ``failedByMe``: set when the server starts a close, Autobahn then drops (does
   not buffer, does not deliver) every frame still arriving;
 - ``dropConnection(abort=False)``, which Autobahn calls after replying to a
@@ -79,7 +81,7 @@ from twisted.internet.interfaces import IReactorTime
 from txaio import _common as txaio_common
 from txaio.tx import _no_op as _NO_OP  # what a txaio logger's method is when its level is off
 
-from wsgw.internals.twisted import direct_socket, send_direct
+from wsgw.internals.twisted import direct_socket, read_directly, send_direct, stop_reading_directly
 from wsgw.logs import LineBudget
 
 HANDSHAKE_ONLY = (
@@ -250,7 +252,14 @@ class ServerProtocol(WebSocketServerProtocol):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]  # (ITCPTransport's)
 
+    def _onOpen(self) -> None:
+        # Once open, the socket is read without Twisted's legacy log context (``read_directly``; its reads are
+        # mostly the pongs of the keepalive: bench/RESULTS.md "Idle cost at N = 10,000").
+        read_directly(self.factory.reactor, self.transport)
+        super()._onOpen()
+
     def connectionLost(self, reason: Any = None) -> None:
+        stop_reading_directly(self.factory.reactor, self.transport)
         linger, self._linger = self._linger, None
         if linger is not None:
             linger.cancel()
