@@ -15,6 +15,10 @@ with the few private hooks wsgw needs, exposed under names of its own:
   (``wsgw.internals.twisted.send_direct``: no write buffer, epoll registration and reactor turn per ping,
   ~15 us of the ~63 us a ping and its pong cost, bench/RESULTS.md "Idle cost at N = 10,000"), the wire-level
   counts of ``trafficStats`` kept as Autobahn's;
+- ``_dataReceived(data)``, Autobahn's entry for every read, and ``processControlFrame()``, which handles a
+  complete control frame found in ``control_frame_data`` (its payload's pieces) and ``current_frame``: a read
+  that is one whole pong is handed to the second directly (the keepalive's answers, bench/RESULTS.md "Idle cost
+  at N = 10,000");
 - ``_onOpen``, which Autobahn calls when the handshake completes: from then on the socket is read without
   Twisted's legacy log context (``wsgw.internals.twisted.read_directly``), until ``connectionLost``;
 - ``failedByMe``: set when the server starts a close, Autobahn then drops (does
@@ -77,6 +81,7 @@ import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util as autobahn_util
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import FrameHeader
 from twisted.internet.interfaces import IReactorTime
 from txaio import _common as txaio_common
 from txaio.tx import _no_op as _NO_OP  # what a txaio logger's method is when its level is off
@@ -103,6 +108,7 @@ IDLE_DEFAULTS: dict[str, Any] = dict.fromkeys((
 ), False) | dict.fromkeys(("message_data_total_length", "frame_length"), 0)
 _CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 _OPEN = WebSocketServerProtocol.STATE_OPEN
+_PONG = FrameHeader(10, True, 0, 0, None)  # type: ignore[arg-type]  # (what processControlFrame reads of a frame: its opcode)
 _BATCH_MILLISECONDS = 200.0  # Autobahn's own bucket and chunk for its batched timers
 _BATCH_CHUNK = 1000
 
@@ -251,6 +257,28 @@ class ServerProtocol(WebSocketServerProtocol):
         self._linger = None
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]  # (ITCPTransport's)
+
+    def _dataReceived(self, data: bytes) -> None:
+        # A read that is one whole masked pong (the answer to a keepalive ping: most reads of an idle socket), on
+        # an open socket holding no partial frame: unmasked here and handed to Autobahn's own control-frame
+        # handling (``processControlFrame``: the pending ping's check, its timers, ``onPong``), without its
+        # general frame parser (a masker object, a frame header and five calls per frame). The frame is valid
+        # as it is (final, no RSV bit, masked, payload <= 125 bytes): Autobahn's checks have nothing to refuse.
+        # Any other read is Autobahn's.
+        size = len(data) - 6
+        if 0 <= size <= 125 and data[0] == 0x8A and data[1] == 0x80 | size and self.state == _OPEN \
+                and self.current_frame is None and not self.data and self.applyMask \
+                and not self.logOctets and not self.logFrames:  # type: ignore[attr-defined]
+            self.trafficStats.incomingOctetsWireLevel += size + 6
+            key = (data[2:6] * ((size + 3) >> 2))[:size]
+            self.control_frame_data = [(int.from_bytes(data[6:], "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")]
+            self.current_frame = _PONG
+            try:
+                self.processControlFrame()
+            finally:
+                self.current_frame = None
+            return
+        super()._dataReceived(data)
 
     def _onOpen(self) -> None:
         # Once open, the socket is read without Twisted's legacy log context (``read_directly``; its reads are
