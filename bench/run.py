@@ -159,6 +159,7 @@ def compiled_tree(workdir: str) -> str:
 def gateway_ini(port: int, redis_port: int, prefix: str, *, pacing: bool, extra: str = "") -> str:
     topics = "\n".join(f"{t} = {prefix}.{c}" for t, c in TOPICS.items())
     deadline = os.environ.get("WSGW_BENCH_HANDSHAKE_TIMEOUT")  # bench/storm.py: a shorter deadline, to see refusals
+    ping = os.environ.get("WSGW_BENCH_PING_INTERVAL")  # bench/idle.py: keepalive pings more often than every 30 s
     return (
         f"[server]\nlisten = tcp:{port}:interface=127.0.0.1:backlog=4096\nredis = tcp:127.0.0.1:{redis_port}\n"
         f"shutdown_timeout = 5\n{f'handshake_timeout = {deadline}' if deadline else ''}\n"
@@ -166,7 +167,7 @@ def gateway_ini(port: int, redis_port: int, prefix: str, *, pacing: bool, extra:
         f"[delivery]\n{'' if pacing else 'pacing_rate = 0'}\n"
         # Small outbound limits so the deliberately slow consumer is closed within seconds.
         f"max_queued_bytes = 65536\nmax_queued_frames = 1000\n"
-        f"[websocket]\ninbound_rate = 1000\ninbound_burst = 1000\n"
+        f"[websocket]\ninbound_rate = 1000\ninbound_burst = 1000\n{f'ping_interval = {ping}' if ping else ''}\n"
         f"[admin]\nlisten = tcp:0:interface=127.0.0.1\n"
         f"[topics]\n{topics}\n{extra}"
     )

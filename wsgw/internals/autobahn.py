@@ -9,8 +9,18 @@ with the few private hooks wsgw needs, exposed under names of its own:
 - ``sendCloseFrame``, through which every close frame goes (ours and Autobahn's
   replies): ``before_close_frame()`` runs first, so frames given before a close
   go out before it;
-- ``sendData``, through which Autobahn writes its handshake answer (``STATE_CONNECTING``): sent on the socket
-  directly (``wsgw.internals.twisted.send_direct``), the wire-level count ``trafficStats`` kept as Autobahn's;
+- ``sendData``, through which Autobahn writes its handshake answer (``STATE_CONNECTING``) and, on an open
+  socket, its own frames (the keepalive pings every ``autoPingInterval``, its pongs and close frames; wsgw's
+  frames go through ``wsgw.web.outbound``): sent on the socket directly when the transport holds nothing
+  (``wsgw.internals.twisted.send_direct``: no write buffer, epoll registration and reactor turn per ping,
+  ~15 us of the ~63 us a ping and its pong cost, bench/RESULTS.md "Idle cost at N = 10,000"), the wire-level
+  counts of ``trafficStats`` kept as Autobahn's;
+- ``_dataReceived(data)``, Autobahn's entry for every read, and ``processControlFrame()``, which handles a
+  complete control frame found in ``control_frame_data`` (its payload's pieces) and ``current_frame``: a read
+  that is one whole pong is handed to the second directly (the keepalive's answers, bench/RESULTS.md "Idle cost
+  at N = 10,000");
+- ``_onOpen``, which Autobahn calls when the handshake completes: from then on the socket is read without
+  Twisted's legacy log context (``wsgw.internals.twisted.read_directly``), until ``connectionLost``;
 - ``failedByMe``: set when the server starts a close, Autobahn then drops (does
   not buffer, does not deliver) every frame still arriving;
 - ``dropConnection(abort=False)``, which Autobahn calls after replying to a
@@ -71,11 +81,12 @@ import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn import util as autobahn_util
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import FrameHeader
 from twisted.internet.interfaces import IReactorTime
 from txaio import _common as txaio_common
 from txaio.tx import _no_op as _NO_OP  # what a txaio logger's method is when its level is off
 
-from wsgw.internals.twisted import direct_socket, send_direct
+from wsgw.internals.twisted import direct_socket, read_directly, send_direct, stop_reading_directly
 from wsgw.logs import LineBudget
 
 HANDSHAKE_ONLY = (
@@ -96,6 +107,8 @@ IDLE_DEFAULTS: dict[str, Any] = dict.fromkeys((
     "message_is_binary", "utf8validateIncomingCurrentMessage",
 ), False) | dict.fromkeys(("message_data_total_length", "frame_length"), 0)
 _CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+_PONG = FrameHeader(10, True, 0, 0, None)  # type: ignore[arg-type]  # (what processControlFrame reads of a frame: its opcode)
 _BATCH_MILLISECONDS = 200.0  # Autobahn's own bucket and chunk for its batched timers
 _BATCH_CHUNK = 1000
 
@@ -193,17 +206,23 @@ class ServerProtocol(WebSocketServerProtocol):
             transport.__dict__ = dict(transport.__dict__)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # The opening handshake's answer (the 101, or a refusal before the close) onto the socket at once when the
-        # transport holds nothing, as the outbound path sends frames: no write buffer, no epoll registration and
-        # no reactor turn to write it (bench/RESULTS.md "Connect path", part 3). Bytes the kernel does not take,
-        # and everything else, go Autobahn's way.
-        if self.state == _CONNECTING and not sync and not chopsize and not self.send_queue and not self.logOctets:  # type: ignore[attr-defined]
+        # The opening handshake's answer (the 101, or a refusal before the close) and an open socket's pings onto
+        # the socket at once when the transport holds nothing, as the outbound path sends frames: no write buffer,
+        # no epoll registration and no reactor turn to write it (bench/RESULTS.md "Connect path", part 3, and
+        # "Idle cost at N = 10,000"). Bytes the kernel does not take, and everything else, go Autobahn's way.
+        state = self.state
+        if (state == _OPEN or state == _CONNECTING) and not sync and not chopsize and not self.send_queue \
+                and not self.logOctets:  # type: ignore[attr-defined]
             transport = self.transport
             sock = direct_socket(transport)
             if sock is not None and transport.connected and not transport.disconnecting:  # type: ignore[union-attr]
                 sent = send_direct(transport, sock, data)
                 if sent:
-                    self.trafficStats.preopenOutgoingOctetsWireLevel += sent
+                    stats = self.trafficStats
+                    if state == _OPEN:
+                        stats.outgoingOctetsWireLevel += sent
+                    else:
+                        stats.preopenOutgoingOctetsWireLevel += sent
                     if sent == len(data):
                         return
                     data = data[sent:]
@@ -239,7 +258,36 @@ class ServerProtocol(WebSocketServerProtocol):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]  # (ITCPTransport's)
 
+    def _dataReceived(self, data: bytes) -> None:
+        # A read that is one whole masked pong (the answer to a keepalive ping: most reads of an idle socket), on
+        # an open socket holding no partial frame: unmasked here and handed to Autobahn's own control-frame
+        # handling (``processControlFrame``: the pending ping's check, its timers, ``onPong``), without its
+        # general frame parser (a masker object, a frame header and five calls per frame). The frame is valid
+        # as it is (final, no RSV bit, masked, payload <= 125 bytes): Autobahn's checks have nothing to refuse.
+        # Any other read is Autobahn's.
+        size = len(data) - 6
+        if 0 <= size <= 125 and data[0] == 0x8A and data[1] == 0x80 | size and self.state == _OPEN \
+                and self.current_frame is None and not self.data and self.applyMask \
+                and not self.logOctets and not self.logFrames:  # type: ignore[attr-defined]
+            self.trafficStats.incomingOctetsWireLevel += size + 6
+            key = (data[2:6] * ((size + 3) >> 2))[:size]
+            self.control_frame_data = [(int.from_bytes(data[6:], "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")]
+            self.current_frame = _PONG
+            try:
+                self.processControlFrame()
+            finally:
+                self.current_frame = None
+            return
+        super()._dataReceived(data)
+
+    def _onOpen(self) -> None:
+        # Once open, the socket is read without Twisted's legacy log context (``read_directly``; its reads are
+        # mostly the pongs of the keepalive: bench/RESULTS.md "Idle cost at N = 10,000").
+        read_directly(self.factory.reactor, self.transport)
+        super()._onOpen()
+
     def connectionLost(self, reason: Any = None) -> None:
+        stop_reading_directly(self.factory.reactor, self.transport)
         linger, self._linger = self._linger, None
         if linger is not None:
             linger.cancel()
