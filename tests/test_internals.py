@@ -24,7 +24,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.http import HTTPChannel
 
-from tests.support.wsclient import TIMEOUT, connect
+from tests.support.waiting import wait_until
+from tests.support.wsclient import TIMEOUT, Client, connect
 from wsgw.internals.autobahn import HANDSHAKE_ONLY, BudgetedLog, ServerFactory, ServerProtocol
 from wsgw.internals.twisted import (
     IOV_MAX,
@@ -402,3 +403,42 @@ def test_txredisapi_hands_the_rest_of_a_read_after_a_bulk_string_to_set_line_mod
         protocol.replyQueue.get().addCallback(answers.append)
     protocol.dataReceived(b"$2\r\nab\r\n*2\r\n$1\r\nc\r\n:4\r\n+OK\r\n")
     assert answers == [b"ab", [b"c", 4], "OK"]
+
+
+class _Opened(_Probe):
+    def onOpen(self) -> None:
+        self.factory.seen.setdefault("all", []).append(self)
+        if not self.factory.seen["opened"].called:
+            self.factory.seen["opened"].callback(self)
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_pings_are_spread_over_the_second_half_of_the_interval() -> None:
+    """Sockets opened together (a connect storm) would all come due for their keepalive ping together, every
+    interval, a burst of CPU that delays events (bench/RESULTS.md "Idle cost at N = 10,000"): each socket's first
+    ping is at a random point of the interval's second half, never later than the interval (PROTOCOL.md: a ping
+    every ``ping_interval``), and the pings after it every interval, from the class's option."""
+    clock = Clock()
+    port, factory = _listen(clock, autoPingInterval=30, autoPingTimeout=60)
+    factory.protocol.__bases__ = (_Opened,)  # (setProtocolOptions' subclass of _Probe, on _Opened instead)
+    clients = []
+    try:
+        for _ in range(12):
+            clients.append(await connect(port.getHost().port))
+        await wait_until(lambda: len(factory.seen.get("all", [])) == 12, "12 sockets open")  # type: ignore[attr-defined]
+        servers = factory.seen["all"]  # type: ignore[attr-defined]
+        due = sorted(s.autoPingPendingCall._index / 1000 for s in servers)
+        assert 15 <= due[0] and due[-1] <= 30.2, due  # (the timer's 0.2 s buckets)
+        assert len(set(due)) >= 6, due  # not one burst
+        assert all("autoPingInterval" not in s.__dict__ and s.autoPingInterval == 30 for s in servers)
+        pinged: list[Any] = []
+        for client in clients:
+            client.onPing = lambda payload, c=client: (pinged.append(c), Client.onPing(c, payload))  # type: ignore[method-assign]
+        clock.advance(30.3)
+        await wait_until(lambda: len(pinged) == 12, "every first ping, within the interval")
+        await wait_until(lambda: all(s.autoPingPendingCall is not None for s in servers), "the pongs")
+        assert {s.autoPingPendingCall._index / 1000 for s in servers} == {60.4}  # 30 s after the pongs, bucketed
+    finally:
+        for client in clients:
+            client.sendClose(1000)
+        await port.stopListening()

@@ -21,6 +21,11 @@ with the few private hooks wsgw needs, exposed under names of its own:
   at N = 10,000");
 - ``_onOpen``, which Autobahn calls when the handshake completes: from then on the socket is read without
   Twisted's legacy log context (``wsgw.internals.twisted.read_directly``), until ``connectionLost``;
+- ``autoPingInterval``, which Autobahn reads when the handshake completes to schedule the first keepalive ping,
+  then after each pong for the next: ``_connectionMade`` gives the socket its own, a random point of the
+  interval's second half, and ``_onOpen`` removes it (the option's again). Sockets opened together, a connect
+  storm, would otherwise all be pinged together every interval, a burst of CPU that holds up events (10,000
+  pings, ~0.5 s: bench/RESULTS.md "Idle cost at N = 10,000"); no ping comes later than the interval;
 - ``failedByMe``: set when the server starts a close, Autobahn then drops (does
   not buffer, does not deliver) every frame still arriving;
 - ``dropConnection(abort=False)``, which Autobahn calls after replying to a
@@ -74,6 +79,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from random import random
 from types import FunctionType, MappingProxyType
 from typing import Any
 
@@ -236,6 +242,9 @@ class ServerProtocol(WebSocketServerProtocol):
         # With every option a class attribute (``setProtocolOptions``) Autobahn's loop over CONFIG_ATTRS copies
         # none: it only lists them for that line. With debug off (its line unwritten) it loops over nothing.
         skip = self.log.debug is _NO_OP and getattr(type(self), "_options_of", None) is self.factory
+        interval = self.autoPingInterval  # type: ignore[has-type]
+        if interval:  # this socket's first ping (Autobahn reads this when the handshake completes; see _onOpen)
+            self.autoPingInterval = interval * (0.5 + 0.5 * random())
         if skip:
             self.CONFIG_ATTRS = []
         try:
@@ -284,6 +293,7 @@ class ServerProtocol(WebSocketServerProtocol):
         # Once open, the socket is read without Twisted's legacy log context (``read_directly``; its reads are
         # mostly the pongs of the keepalive: bench/RESULTS.md "Idle cost at N = 10,000").
         read_directly(self.factory.reactor, self.transport)
+        self.__dict__.pop("autoPingInterval", None)  # the pings after the first: every interval, the option's
         super()._onOpen()
 
     def connectionLost(self, reason: Any = None) -> None:
