@@ -59,7 +59,7 @@ class Gateway:
     (closes the server initiated, by close code), ``withdrawn`` (waiting frames dropped by an access change).
     """
 
-    _log = Logger()
+    _log = Logger(namespace=f"{__name__}.Gateway")  # named: compiled (mypyc), Logger() finds no module
 
     def __init__(
         self,
@@ -259,12 +259,13 @@ class Gateway:
         """A subscribe in flight is done: handle the frames that waited for it, in order, until one of them is a
         subscribe in flight again (a closed socket's frames are dropped)."""
         waiting, session.waiting = session.waiting, None
-        while waiting and not session.flow.stopped and session.waiting is None:
+        while waiting and not session.flow.stopped and _waiting(session) is None:
             d = self._handle(session, *waiting.popleft())
             if d is not None:
                 d.addErrback(lambda f: self.failed("handling a frame of session {sid}", f, sid=session.sid))
-        if waiting and session.waiting is not None:
-            session.waiting.extendleft(reversed(waiting))
+        again = _waiting(session)
+        if waiting and again is not None:
+            again.extendleft(reversed(waiting))
         return result
 
     def _subscribe(self, session: Session, token: object) -> Deferred[None] | None:
@@ -349,7 +350,8 @@ class Gateway:
             self._set_timer(session, delay, self._expired)
         self._budget.info(self._log, "subscribed", "session {sid} subscribed as {login} on /{endpoint}",
                           sid=session.sid, login=access.login, endpoint=session.endpoint.name)
-        session.send(frames.encode({"@type": "subscribed", "user": access.login, "exp": access.exp}))
+        # (a string and an integer or None: orjson's bytes are encode's, without building a JSON encoder per call)
+        session.send(frames.encode_plain({"@type": "subscribed", "user": access.login, "exp": access.exp}))
 
     def _refuse(self, session: Session, reason: str, code: int, kind: str) -> None:
         self.refusals[kind] += 1
@@ -406,3 +408,9 @@ class Gateway:
         session.timer = None
         if session.open:
             self.close(session, CLOSE_AUTH, "token expired")
+
+
+def _waiting(session: Session) -> deque[tuple[dict[str, Any], int]] | None:
+    """``session.waiting`` as it is now: read through a call, since after ``session.waiting = None`` mypy takes it
+    for None until the next assignment, whatever a call in between did, and compiled (mypyc) code checks that."""
+    return session.waiting
