@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -27,7 +26,10 @@ CLOSE_FLOOD = 4029
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _ascii_encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")  # an integer past 18 digits may not fit orjson's 64 bits
+# An integer past 18 digits may not fit orjson's 64 bits: found as a run of 19 "1"s once every digit is a "1" (a
+# translation and a substring search: ~1 us on a 350-byte frame; a regular expression took ~14, trying each byte).
+_DIGIT_TO_ONE = bytes(0x31 if 0x30 <= i <= 0x39 else 0x2E for i in range(256))
+_NINETEEN_DIGITS = b"1" * 19
 
 
 def encode(obj: Any) -> bytes:
@@ -96,7 +98,7 @@ def decode(text: bytes) -> Any:
     anywhere, and anything orjson refuses (NaN, Infinity, 1e400, lone surrogates, a BOM or another encoding than
     UTF-8, nesting past 1,024, malformed JSON), is ``json.loads``'s.
     """
-    if _LONG_DIGITS.search(text) is None:
+    if _NINETEEN_DIGITS not in text.translate(_DIGIT_TO_ONE):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
