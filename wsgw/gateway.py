@@ -274,43 +274,45 @@ class Gateway:
             return None
         session.attempt += 1
         attempt = session.attempt
-
-        def verified(claims: dict[str, Any]) -> Deferred[Access]:
-            return self._resolver.resolve(token, claims)
-
-        def resolved(access: Access) -> None:
-            if not session.open or session.attempt != attempt:  # closed, or overtaken by a later subscribe
-                return
-            refused = self._refused(access)
-            if refused is not None:
-                self._refuse(session, f"subscribe: {refused}", CLOSE_AUTH, "revoked")
-                return
-            session.token = token if self._resolver.refreshes else None
-            self._accept(session, access.without_workspaces(self.revocations.withheld(access)))
-
-        def failed(failure: Failure) -> None:
-            if not session.open or session.attempt != attempt:
-                return
-            if isinstance(failure.value, AuthError):
-                self._refuse(session, f"subscribe: {failure.value}", CLOSE_AUTH, "invalid_token")
-            elif isinstance(failure.value, AccessBusy):
-                self._refuse(session, f"subscribe: {failure.value}", CLOSE_TRY_AGAIN, "access_busy")
-            elif isinstance(failure.value, AccessError):
-                reason = str(failure.value)
-                if "unavailable" in reason:
-                    self._refuse(session, f"subscribe: {reason}", CLOSE_TRY_AGAIN, "access_unavailable")
-                else:
-                    self._refuse(session, f"subscribe: {reason}", CLOSE_AUTH, "access_denied")
-            else:
-                self.failed("subscribe failed unexpectedly for session {sid}", failure, sid=session.sid)
-                self._refuse(session, "subscribe: internal error", CLOSE_TRY_AGAIN, "internal_error")
-
+        # Bound methods and arguments, no nested functions: compiled (mypyc), a nested function is kept in an
+        # environment object that holds it back, a reference cycle that would keep the session until a collection.
         d: Deferred[Any] = self._verifier.verify(token)
-        d.addCallback(verified)
+        d.addCallback(self._resolve, token)
         if self._ready is not None:  # the revocations first
             d.addCallback(self._ready)
-        d.addCallbacks(resolved, failed)
+        d.addCallbacks(self._resolved, self._failed, callbackArgs=(session, attempt, token),
+                       errbackArgs=(session, attempt))
         return d
+
+    def _resolve(self, claims: dict[str, Any], token: str) -> Deferred[Access]:
+        return self._resolver.resolve(token, claims)
+
+    def _resolved(self, access: Access, session: Session, attempt: int, token: str) -> None:
+        if not session.open or session.attempt != attempt:  # closed, or overtaken by a later subscribe
+            return
+        refused = self._refused(access)
+        if refused is not None:
+            self._refuse(session, f"subscribe: {refused}", CLOSE_AUTH, "revoked")
+            return
+        session.token = token if self._resolver.refreshes else None
+        self._accept(session, access.without_workspaces(self.revocations.withheld(access)))
+
+    def _failed(self, failure: Failure, session: Session, attempt: int) -> None:
+        if not session.open or session.attempt != attempt:
+            return
+        if isinstance(failure.value, AuthError):
+            self._refuse(session, f"subscribe: {failure.value}", CLOSE_AUTH, "invalid_token")
+        elif isinstance(failure.value, AccessBusy):
+            self._refuse(session, f"subscribe: {failure.value}", CLOSE_TRY_AGAIN, "access_busy")
+        elif isinstance(failure.value, AccessError):
+            reason = str(failure.value)
+            if "unavailable" in reason:
+                self._refuse(session, f"subscribe: {reason}", CLOSE_TRY_AGAIN, "access_unavailable")
+            else:
+                self._refuse(session, f"subscribe: {reason}", CLOSE_AUTH, "access_denied")
+        else:
+            self.failed("subscribe failed unexpectedly for session {sid}", failure, sid=session.sid)
+            self._refuse(session, "subscribe: internal error", CLOSE_TRY_AGAIN, "internal_error")
 
     def wait_for(self, ready: Callable[[Access], Access | Deferred[Access]]) -> None:
         """Every subscribe's access passes through ``ready`` before it is checked against ``revocations``
