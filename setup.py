@@ -20,6 +20,9 @@ COMPILED = [
     "wsgw/cells.py", "wsgw/dispatch.py", "wsgw/flow.py", "wsgw/frames.py", "wsgw/pacing.py", "wsgw/sessions.py",
     "wsgw/events/batching.py", "wsgw/events/metastore.py", "wsgw/events/nodecheck.py", "wsgw/events/nodes.py",
     "wsgw/web/timing.py", "wsgw/web/outbound.py", "wsgw/internals/direct.py",
+    # the connect path (issue 13, goal 3; bench/RESULTS.md "Connect path", part 4)
+    "wsgw/access.py", "wsgw/gateway.py", "wsgw/web/upgrade.py", "wsgw/web/inbound.py",
+    "wsgw/revocations.py", "wsgw/events/endpoint.py", "wsgw/internals/pyjwt.py",
 ]
 
 

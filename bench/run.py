@@ -131,29 +131,33 @@ class Proc:
 _COMPILED: dict[str, str] = {}
 
 
-def compiled_tree(workdir: str) -> str:
-    """A directory holding wsgw as a wheel ships it (README "Compiled modules"): the checkout's ``wsgw/`` copied
-    into ``workdir`` and its ``setup.py`` ``COMPILED`` modules built there by mypyc (~30 s, once per bench run);
-    the gateway runs with it on ``PYTHONPATH``, after any the caller set (a wsgw tree there wins). ``WSGW_BENCH_PURE=1`` (or a failed build, said on stderr):
-    "" and the gateway runs the checkout's pure Python, as ``make install`` does (profilers see no frames of a
-    compiled module: bench/profile.py sets it)."""
+def compiled_tree(workdir: str, source: str = ROOT) -> str:
+    """A directory holding wsgw as a wheel ships it (README "Compiled modules"): ``source``'s (the checkout's)
+    ``wsgw/`` copied into ``workdir`` and its ``setup.py`` ``COMPILED`` modules built there by mypyc (~30 s, once per
+    bench run and source); the gateway runs with it on ``PYTHONPATH``, after any the caller set (a wsgw tree there
+    wins). A ``source`` without its own ``setup.py`` (``git archive main wsgw``) is built with the checkout's.
+    ``WSGW_BENCH_PURE=1`` (or a failed build, said on stderr): "" and the gateway runs the checkout's pure Python,
+    as ``make install`` does (profilers see no frames of a compiled module: bench/profile.py sets it)."""
     if os.environ.get("WSGW_BENCH_PURE") == "1":
         return ""
-    if workdir not in _COMPILED:
+    key = os.path.join(workdir, os.path.abspath(source))
+    if key not in _COMPILED:
         import shutil
-        tree = os.path.join(workdir, "compiled")
-        shutil.copytree(os.path.join(ROOT, "wsgw"), os.path.join(tree, "wsgw"),
+        tree = os.path.join(workdir, f"compiled{len(_COMPILED) or ''}")
+        shutil.copytree(os.path.join(source, "wsgw"), os.path.join(tree, "wsgw"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        own = os.path.exists(os.path.join(source, "setup.py"))
+        if not own:
+            log(f"{source} has no setup.py: its COMPILED modules are the checkout's")
         for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
-            shutil.copy(os.path.join(ROOT, name), tree)
+            shutil.copy(os.path.join(source if own else ROOT, name), tree)
         out = subprocess.run([PY, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, capture_output=True,
                              env={**os.environ, "WSGW_MYPYC": "1"})
         if out.returncode != 0:
             log("the mypyc build failed: the gateway runs pure Python\n" + out.stderr.decode(errors="replace")[-2000:])
             tree = ""
-        _COMPILED[workdir] = tree
-    return _COMPILED[workdir]
-
+        _COMPILED[key] = tree
+    return _COMPILED[key]
 
 
 def gateway_ini(port: int, redis_port: int, prefix: str, *, pacing: bool, extra: str = "") -> str:

@@ -3,7 +3,9 @@
 
     python bench/storm_ir.py --n 1000 --rounds 2 before=/tmp/main-tree after=/work/wt-x autobahn
 
-Each ``name=path`` is a tree holding a ``wsgw`` package (``autobahn`` alone: the bare Autobahn + PyJWT baseline,
+Each ``name=path`` is a tree holding a ``wsgw`` package, run as a wheel ships it: a copy with its ``setup.py``
+``COMPILED`` modules built by mypyc (``run.compiled_tree``; ``git archive main wsgw setup.py setup.cfg
+pyproject.toml README.md`` makes such a tree of a branch; ``WSGW_BENCH_PURE=1``: the tree's pure Python) (``autobahn`` alone: the bare Autobahn + PyJWT baseline,
 ``bench/baselines/autobahn_broadcast.py``, as ``bench/storm.py`` runs it; ``floor``: ``bench/baselines/
 twisted_floor.py``, Twisted + PyJWT with a minimal handshake and frame, ``floor-nojwt`` without PyJWT,
 ``floor-wsgwjwt`` with wsgw's savings in PyJWT), put first on ``PYTHONPATH`` of a gateway started as
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,7 +60,7 @@ def one_storm(workdir: str, redis_port: int, name: str, tree: str, n: int, rnd: 
             f.write(run.gateway_ini(port, redis_port, prefix, pacing=False))
         twistd = os.path.join(os.path.dirname(run.PY), "twistd")
         command = [twistd, "--nodaemon", "--pidfile=", f"--logfile={dump}.twistd", "wsgw", "--config", ini]
-        env["PYTHONPATH"] = tree
+        env["PYTHONPATH"] = run.compiled_tree(workdir, tree) or tree
     elif name.startswith("floor"):
         command = [run.PY, os.path.join(run.HERE, "baselines", "twisted_floor.py"), "--port", str(port)]
         command += {"floor-nojwt": ["--no-jwt"], "floor-wsgwjwt": ["--wsgw-jwt"]}.get(name, [])
@@ -86,6 +89,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--keep", default="", help="a directory to copy each storm's callgrind dump to "
+                   "(for callgrind_annotate)")
     p.add_argument("trees", nargs="+", help="name=path of a tree holding a wsgw package, or a baseline's name")
     args = p.parse_args()
     run.raise_nofile()
@@ -100,6 +105,11 @@ def main() -> None:
             for rnd in range(args.rounds):
                 for name, tree in trees if rnd % 2 == 0 else trees[::-1]:
                     m, subscribed = one_storm(workdir, redis_port, name, tree, args.n, rnd)
+                    if args.keep:
+                        os.makedirs(args.keep, exist_ok=True)
+                        for path in glob.glob(os.path.join(workdir, f"ir{name}{rnd}.callgrind*")):
+                            if not path.endswith((".twistd", ".log")):
+                                shutil.copy(path, args.keep)
                     figures[name].append(m)
                     run.log(f"N={args.n} round {rnd + 1} {name}: {m:.3f} M instructions per connect+subscribe "
                             f"({subscribed} subscribed)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,3 +43,56 @@ def test_encode_plain_falls_back_for_what_orjson_refuses() -> None:
     value = {"Size": 2**70, "Path": "x\ud800y", "é": "\u2028\x00\x7f"}
     assert frames.encode_plain(value) == frames.encode(value) == (
         b'{"Size":1180591620717411303424,"Path":"x\\ud800y","\\u00e9":"\\u2028\\u0000\\u007f"}')
+
+
+def _loads(text: bytes) -> tuple[str, Any]:
+    """What ``json.loads`` makes of ``text``: ("ok", repr of the value: -0.0, int against float, NaN compared)
+    or ("error", the exception's type and message)."""
+    try:
+        return "ok", repr(json.loads(text))
+    except (ValueError, RecursionError) as e:
+        return "error", (type(e), str(e))
+
+
+def _decode(text: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", repr(frames.decode(text))
+    except (ValueError, RecursionError) as e:
+        return "error", (type(e), str(e))
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES, st.booleans(), st.booleans())
+def test_decode_is_json_loads_on_serialized_values(value: Any, ascii_only: bool, spaced: bool) -> None:
+    """Every value json writes (big integers, NaN and infinities, lone surrogates, any float) reads back through
+    ``decode`` exactly as through ``json.loads``."""
+    text = json.dumps(value, ensure_ascii=ascii_only, separators=(", ", ": ") if spaced else (",", ":"))
+    data = text.encode("utf-8", "surrogatepass")
+    assert _decode(data) == _loads(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=40) | st.text(alphabet='{}[]",:0123456789.eE+-tfnaulrsNIy\\u \t\n', max_size=40).map(
+    str.encode))
+def test_decode_is_json_loads_on_arbitrary_bytes(data: bytes) -> None:
+    """Malformed and borderline texts: the same value or the same exception (type and message) as ``json.loads``."""
+    assert _decode(data) == _loads(data)
+
+
+@pytest.mark.parametrize("data", [
+    b'{"a":1,"a":2}', b"1e400", b"-1e400", b"-0", b"-0.0", b"5e-324", b"2.4e-324", b"NaN", b"[Infinity]",
+    b"123456789012345678901234567890", b"18446744073709551615", b"18446744073709551616", b"-9223372036854775808",
+    b"-9223372036854775809", b"999999999999999999", b'"\\ud800"', b'"\xed\xa0\x80"', b"\xef\xbb\xbf{}", b'"\xff"',
+    b"[" * 1100 + b"]" * 1100, b'"\\ud83d\\ude00"', b'{"@type":"subscribe","jwt":"eyJhbGciOiJIUzI1NiJ9.e30.x"}',
+    b"1.00000000000000011102230246251565404236316680908203125", '"é"'.encode("utf-16"), b"",
+])
+def test_decode_is_json_loads_at_the_edges(data: bytes) -> None:
+    """Where orjson and json differ (64-bit integers, NaN, 1e400, surrogates, BOM, nesting, encodings)."""
+    assert _decode(data) == _loads(data)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from wsgw import frames
 from wsgw.access import Access, AccessBusy, AccessError, AuthError, Workspace
 from wsgw.events.endpoint import EventsEndpoint
 from wsgw.events.nodes import InView
@@ -114,6 +116,17 @@ def test_subscribe_indexes_the_session_and_answers_subscribed() -> None:
     assert session.access is not None and session.access.login == "alice"
     assert gw.table.with_login("alice") == {session}
     assert gw.table.with_workspace("ws-1") == {session}
+
+
+@pytest.mark.parametrize("login", ["alice", "zoë \u2603 \U0001f600", 'quote" back\\slash \x01'])
+def test_the_subscribed_frame_is_compact_utf8_json_byte_for_byte(login: str) -> None:
+    """The ``subscribed`` answer's bytes are what ``frames.encode`` writes (compact, UTF-8, key order kept): the
+    login unescaped beyond JSON's own escapes, ``exp`` an integer."""
+    gw, clock, _, world = make()
+    conn = RecordingConnection()
+    session = gw.open(conn, world.ws)
+    gw.receive(session, {"@type": "subscribe", "jwt": f"{login}@1000"})
+    assert conn.sent == [frames.encode({"@type": "subscribed", "user": login, "exp": 1000})]
 
 
 def test_register_is_an_alias() -> None:

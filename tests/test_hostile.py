@@ -139,17 +139,27 @@ def hostile(gateway: StartGateway) -> Hostile:
     return attack
 
 
+class _Recording:
+    """The gateway as the protocols see it, recording every frame handed to ``receive`` (a wrapper: a compiled
+    ``Gateway``, README "Compiled modules", takes no instance attribute such as a patched method)."""
+
+    def __init__(self, gateway: Any, calls: list[Frame]) -> None:
+        self._gateway = gateway
+        self._calls = calls
+
+    def receive(self, session: Any, frame: Frame, size: int = 0) -> Any:
+        self._calls.append(frame)
+        return self._gateway.receive(session, frame, size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gateway, name)
+
+
 def receive_calls(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> list[Frame]:
     """Records every frame the protocols hand to Gateway.receive."""
     calls: list[Frame] = []
-    gateway = daemon.service.gateway
-    real = gateway.receive
-
-    def recording(session: Any, frame: Frame) -> Any:
-        calls.append(frame)
-        return real(session, frame)
-
-    monkeypatch.setattr(gateway, "receive", recording)
+    for factory in daemon.service.factories:
+        monkeypatch.setattr(factory, "gateway", _Recording(factory.gateway, calls))
     return calls
 
 

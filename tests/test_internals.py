@@ -26,7 +26,14 @@ from twisted.web.http import HTTPChannel
 
 from tests.support.waiting import wait_until
 from tests.support.wsclient import TIMEOUT, Client, connect
-from wsgw.internals.autobahn import HANDSHAKE_ONLY, BudgetedLog, ServerFactory, ServerProtocol
+from wsgw.internals.autobahn import (
+    HANDSHAKE_ONLY,
+    IDLE_DEFAULTS,
+    BudgetedLog,
+    SendQueue,
+    ServerFactory,
+    ServerProtocol,
+)
 from wsgw.internals.twisted import (
     IOV_MAX,
     buffered,
@@ -203,6 +210,7 @@ class _Probe(ServerProtocol):
 
     def onOpen(self) -> None:
         self.factory.seen["dict"] = set(self.__dict__)
+        self.factory.seen["shed_as_before"] = _shed_as_before(self.__dict__)
         self.shed_handshake_state()
         self.factory.seen["opened"].callback(self)
 
@@ -215,6 +223,20 @@ class _Probe(ServerProtocol):
 
     def before_close_frame(self) -> None:
         self.factory.seen["before_close"] += 1
+
+
+def _shed_as_before(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What ``shed_handshake_state`` made of an instance dict before it was one pass (bench/RESULTS.md "Connect
+    path", part 4), on a copy."""
+    attrs = dict(attrs)
+    for name in HANDSHAKE_ONLY:
+        attrs.pop(name, None)
+    for name, default in IDLE_DEFAULTS.items():
+        if name in attrs and attrs[name] is default:
+            del attrs[name]
+    if not attrs.get("send_queue", True):
+        attrs["send_queue"] = SendQueue()
+    return dict(attrs)
 
 
 def _listen(clock: Any = reactor, **options: Any) -> tuple[Any, ServerFactory]:
@@ -241,6 +263,25 @@ async def test_the_handshake_only_attributes_exist_until_shed() -> None:
         client.sendClose(1000)
         await client.wait_closed()
         assert factory.seen["messages"] == [b'{"still": "working"}']  # type: ignore[attr-defined]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shedding_in_one_pass_keeps_what_the_two_passes_kept() -> None:
+    """The instance dict after shedding holds the same names in the same order, the same objects (a new empty
+    ``SendQueue`` for the empty send queue) and has the same size as the previous pops and copy gave."""
+    port, factory = _listen(autoPingInterval=30.0)
+    try:
+        client = await connect(port.getHost().port)
+        server = await factory.seen["opened"].addTimeout(TIMEOUT, reactor)  # type: ignore[attr-defined]
+        before = factory.seen["shed_as_before"]  # type: ignore[attr-defined]
+        assert list(server.__dict__) == list(before)
+        assert [n for n, v in server.__dict__.items() if v is not before[n] and n != "send_queue"] == []
+        assert type(server.__dict__["send_queue"]) is type(before["send_queue"])
+        assert sys.getsizeof(server.__dict__) == sys.getsizeof(before)
+        client.sendClose(1000)
+        await client.wait_closed()
     finally:
         await port.stopListening()
 

@@ -10,12 +10,17 @@ line wrong.
 from __future__ import annotations
 
 import ast
+import hashlib
+import hmac
 import inspect
+import json
 from typing import Any
 
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 import jwt
+import jwt.api_jws
+import jwt.api_jwt
 import pytest
 import txaio
 from autobahn import util as autobahn_util
@@ -31,7 +36,14 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from wsgw.internals import autobahn as internals
 from wsgw.internals.autobahn import Lazy, ServerFactory, ServerProtocol
-from wsgw.internals.pyjwt import PreparedHMAC, decode_segment, decode_segments_fast, prepare_keys_once
+from wsgw.internals.pyjwt import (
+    FAST_JSON,
+    PreparedHMAC,
+    decode_segment,
+    decode_segments_fast,
+    json_loads_fast,
+    prepare_keys_once,
+)
 from wsgw.internals.twisted import take_over
 
 _LAZY_NAMES = {"hltype", "hlval", "pformat"}
@@ -256,3 +268,41 @@ def test_with_debug_off_autobahn_does_not_loop_over_the_options_of_a_new_socket(
     assert option.reads == (2 if debug else 0)
     assert "CONFIG_ATTRS" not in protocol.__dict__ and protocol.CONFIG_ATTRS == ServerProtocol.CONFIG_ATTRS
     assert any("maxFramePayloadSize" in formatEvent(e) for e in events) == debug
+
+
+def test_pyjwt_reads_header_and_claims_through_its_modules_json_loads() -> None:
+    """What ``json_loads_fast`` relies on: PyJWT's header and claims readers call ``json.loads`` through their
+    module's global ``json``."""
+    assert "json.loads(header_data)" in inspect.getsource(jwt.api_jws.PyJWS._load)
+    assert 'json.loads(decoded["payload"])' in inspect.getsource(jwt.api_jwt.PyJWT._decode_payload)
+
+
+@pytest.mark.parametrize("claims", [
+    {"name": "alice", "exp": 2_000_000_000, "big": 123456789012345678901234567890, "neg": -9223372036854775809},
+    {"name": "zoë", "exp": 2_000_000_000.5, "nan": float("nan"), "inf": float("inf"), "s": "\ud800"},
+    {"name": "bob", "exp": 2_000_000_000, "nested": {"a": [1, 2.5, None, True, "x"]}, "name2": "dup"},
+])
+def test_pyjwt_with_fast_json_reads_the_same_claims(claims: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claims PyJWT reads with ``FAST_JSON`` are those it reads with the standard ``json`` (repr: NaN, -0.0,
+    int against float), and a header or claims that are not JSON objects fail with the same message."""
+    secret = b"s" * 32
+    header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+    body = jwt.utils.base64url_encode(json.dumps(claims).encode("utf-8", "surrogatepass"))
+    signing_input = header + b"." + body
+    token = (signing_input + b"." + jwt.utils.base64url_encode(
+        hmac.new(secret, signing_input, hashlib.sha256).digest())).decode()
+
+    def read(token: str) -> str:
+        try:
+            return repr(jwt.decode(token, secret, algorithms=["HS256"]))
+        except jwt.PyJWTError as e:
+            return f"{type(e).__name__}: {e}"
+
+    bad = header + b"." + jwt.utils.base64url_encode(b"[1, 2]")
+    bad_token = (bad + b"." + jwt.utils.base64url_encode(hmac.new(secret, bad, hashlib.sha256).digest())).decode()
+    monkeypatch.setattr(jwt.api_jws, "json", json)
+    monkeypatch.setattr(jwt.api_jwt, "json", json)
+    expected = read(token), read(bad_token), read(token + "x"), read("e30." + token.partition(".")[2])
+    json_loads_fast()
+    assert jwt.api_jws.json is FAST_JSON and jwt.api_jwt.json is FAST_JSON
+    assert (read(token), read(bad_token), read(token + "x"), read("e30." + token.partition(".")[2])) == expected

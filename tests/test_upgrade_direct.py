@@ -209,3 +209,15 @@ def test_a_head_of_blanks_before_a_byte_out_of_place_is_refused_in_linear_time()
         started = time.perf_counter()
         assert whole_upgrade(data) is None
         assert time.perf_counter() - started < 0.2
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=6) | _NAMES, st.binary(max_size=8) | _VALUES), max_size=5))
+def test_whole_upgrade_answers_as_before_its_lines_were_checked_without_a_pattern(
+        fields: list[tuple[bytes, bytes]]) -> None:
+    """Any bytes in a header line's name and value (colons, controls, non-ASCII, blanks around the colon): the
+    same answer as the pattern per line gave (bench/RESULTS.md "Connect path", part 4)."""
+    upgrade, version = (b"Upgrade", b"websocket"), (b"Sec-WebSocket-Version", b"13")
+    for extra in (fields, [upgrade, version, *fields], [*fields, upgrade, version]):
+        data = b"GET /ws HTTP/1.1\r\n" + b"".join(n + b":" + v + b"\r\n" for n, v in extra) + b"\r\n"
+        assert whole_upgrade(data) == _whole_upgrade_before(data), data

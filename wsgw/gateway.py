@@ -59,7 +59,7 @@ class Gateway:
     (closes the server initiated, by close code), ``withdrawn`` (waiting frames dropped by an access change).
     """
 
-    _log = Logger()
+    _log = Logger(namespace=f"{__name__}.Gateway")  # named: compiled (mypyc), Logger() finds no module
 
     def __init__(
         self,
@@ -263,12 +263,13 @@ class Gateway:
         """A subscribe in flight is done: handle the frames that waited for it, in order, until one of them is a
         subscribe in flight again (a closed socket's frames are dropped)."""
         waiting, session.waiting = session.waiting, None
-        while waiting and not session.flow.stopped and session.waiting is None:
+        while waiting and not session.flow.stopped and _waiting(session) is None:
             d = self._handle(session, *waiting.popleft())
             if d is not None:
                 d.addErrback(lambda f: self.failed("handling a frame of session {sid}", f, sid=session.sid))
-        if waiting and session.waiting is not None:
-            session.waiting.extendleft(reversed(waiting))
+        again = _waiting(session)
+        if waiting and again is not None:
+            again.extendleft(reversed(waiting))
         return result
 
     def _subscribe(self, session: Session, token: object) -> Deferred[None] | None:
@@ -277,43 +278,45 @@ class Gateway:
             return None
         session.attempt += 1
         attempt = session.attempt
-
-        def verified(claims: dict[str, Any]) -> Deferred[Access]:
-            return self._resolver.resolve(token, claims)
-
-        def resolved(access: Access) -> None:
-            if not session.open or session.attempt != attempt:  # closed, or overtaken by a later subscribe
-                return
-            refused = self._refused(access)
-            if refused is not None:
-                self._refuse(session, f"subscribe: {refused}", CLOSE_AUTH, "revoked")
-                return
-            session.token = token if self._resolver.refreshes else None
-            self._accept(session, access.without_workspaces(self.revocations.withheld(access)))
-
-        def failed(failure: Failure) -> None:
-            if not session.open or session.attempt != attempt:
-                return
-            if isinstance(failure.value, AuthError):
-                self._refuse(session, f"subscribe: {failure.value}", CLOSE_AUTH, "invalid_token")
-            elif isinstance(failure.value, AccessBusy):
-                self._refuse(session, f"subscribe: {failure.value}", CLOSE_TRY_AGAIN, "access_busy")
-            elif isinstance(failure.value, AccessError):
-                reason = str(failure.value)
-                if "unavailable" in reason:
-                    self._refuse(session, f"subscribe: {reason}", CLOSE_TRY_AGAIN, "access_unavailable")
-                else:
-                    self._refuse(session, f"subscribe: {reason}", CLOSE_AUTH, "access_denied")
-            else:
-                self.failed("subscribe failed unexpectedly for session {sid}", failure, sid=session.sid)
-                self._refuse(session, "subscribe: internal error", CLOSE_TRY_AGAIN, "internal_error")
-
+        # Bound methods and arguments, no nested functions: compiled (mypyc), a nested function is kept in an
+        # environment object that holds it back, a reference cycle that would keep the session until a collection.
         d: Deferred[Any] = self._verifier.verify(token)
-        d.addCallback(verified)
+        d.addCallback(self._resolve, token)
         if self._ready is not None:  # the revocations first
             d.addCallback(self._ready)
-        d.addCallbacks(resolved, failed)
+        d.addCallbacks(self._resolved, self._failed, callbackArgs=(session, attempt, token),
+                       errbackArgs=(session, attempt))
         return d
+
+    def _resolve(self, claims: dict[str, Any], token: str) -> Deferred[Access]:
+        return self._resolver.resolve(token, claims)
+
+    def _resolved(self, access: Access, session: Session, attempt: int, token: str) -> None:
+        if not session.open or session.attempt != attempt:  # closed, or overtaken by a later subscribe
+            return
+        refused = self._refused(access)
+        if refused is not None:
+            self._refuse(session, f"subscribe: {refused}", CLOSE_AUTH, "revoked")
+            return
+        session.token = token if self._resolver.refreshes else None
+        self._accept(session, access.without_workspaces(self.revocations.withheld(access)))
+
+    def _failed(self, failure: Failure, session: Session, attempt: int) -> None:
+        if not session.open or session.attempt != attempt:
+            return
+        if isinstance(failure.value, AuthError):
+            self._refuse(session, f"subscribe: {failure.value}", CLOSE_AUTH, "invalid_token")
+        elif isinstance(failure.value, AccessBusy):
+            self._refuse(session, f"subscribe: {failure.value}", CLOSE_TRY_AGAIN, "access_busy")
+        elif isinstance(failure.value, AccessError):
+            reason = str(failure.value)
+            if "unavailable" in reason:
+                self._refuse(session, f"subscribe: {reason}", CLOSE_TRY_AGAIN, "access_unavailable")
+            else:
+                self._refuse(session, f"subscribe: {reason}", CLOSE_AUTH, "access_denied")
+        else:
+            self.failed("subscribe failed unexpectedly for session {sid}", failure, sid=session.sid)
+            self._refuse(session, "subscribe: internal error", CLOSE_TRY_AGAIN, "internal_error")
 
     def wait_for(self, ready: Callable[[Access], Access | Deferred[Access]]) -> None:
         """Every subscribe's access passes through ``ready`` before it is checked against ``revocations``
@@ -353,7 +356,8 @@ class Gateway:
             self._set_timer(session, delay, self._expired)
         self._budget.info(self._log, "subscribed", "session {sid} subscribed as {login} on /{endpoint}",
                           sid=session.sid, login=access.login, endpoint=session.endpoint.name)
-        session.send(frames.encode({"@type": "subscribed", "user": access.login, "exp": access.exp}))
+        # (a string and an integer or None: orjson's bytes are encode's, without building a JSON encoder per call)
+        session.send(frames.encode_plain({"@type": "subscribed", "user": access.login, "exp": access.exp}))
 
     def _refuse(self, session: Session, reason: str, code: int, kind: str) -> None:
         self.refusals[kind] += 1
@@ -410,3 +414,9 @@ class Gateway:
         session.timer = None
         if session.open:
             self.close(session, CLOSE_AUTH, "token expired")
+
+
+def _waiting(session: Session) -> deque[tuple[dict[str, Any], int]] | None:
+    """``session.waiting`` as it is now: read through a call, since after ``session.waiting = None`` mypy takes it
+    for None until the next assignment, whatever a call in between did, and compiled (mypyc) code checks that."""
+    return session.waiting

@@ -34,7 +34,7 @@ from zope.interface import implementer
 from wsgw.access import AuthError, login_claim
 from wsgw.auth.oidc import JwksKeys
 from wsgw.interfaces import ITokenVerifier
-from wsgw.internals.pyjwt import decode_segments_fast, prepare_keys_once
+from wsgw.internals.pyjwt import decode_segments_fast, json_loads_fast, prepare_keys_once
 
 _log = Logger()
 
@@ -129,6 +129,7 @@ class TokenVerifier:
         )
         prepare_keys_once(self._decoder)
         decode_segments_fast(self._decoder)
+        json_loads_fast()
         self._hmac_headers: dict[str, str] = {}  # a header segment read before -> its (allowed, HMAC) algorithm
         self._jwks: JwksKeys | None = None
         if oidc_issuer:

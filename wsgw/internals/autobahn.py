@@ -112,6 +112,9 @@ IDLE_DEFAULTS: dict[str, Any] = dict.fromkeys((
     "wasCloseHandshakeTimeout", "wasServingFlashSocketPolicyFile", "inside_message", "_isMessageCompressed",
     "message_is_binary", "utf8validateIncomingCurrentMessage",
 ), False) | dict.fromkeys(("message_data_total_length", "frame_length"), 0)
+_HANDSHAKE_ONLY = frozenset(HANDSHAKE_ONLY)
+_IDLE_DEFAULT = IDLE_DEFAULTS.get
+_KEPT = object()  # (no attribute's value: kept)
 _CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 _PONG = FrameHeader(10, True, 0, 0, None)  # type: ignore[arg-type]  # (what processControlFrame reads of a frame: its opcode)
@@ -198,15 +201,12 @@ class ServerProtocol(WebSocketServerProtocol):
         """Drop what only the handshake reads and the state still at its default, then rebuild the instance
         dict: Python dicts never shrink, and under 43 keys the table is a quarter of the size. The transport's
         dict is rebuilt too."""
-        attrs = self.__dict__
-        for name in HANDSHAKE_ONLY:
-            attrs.pop(name, None)
-        for name, default in IDLE_DEFAULTS.items():
-            if name in attrs and attrs[name] is default:
-                del attrs[name]
+        # one pass building the new dict (the same size as a copy of the old one, less the names dropped)
+        attrs = {name: value for name, value in self.__dict__.items()
+                 if name not in _HANDSHAKE_ONLY and _IDLE_DEFAULT(name, _KEPT) is not value}
         if not attrs.get("send_queue", True):  # (empty)
             attrs["send_queue"] = SendQueue()
-        self.__dict__ = dict(attrs)
+        self.__dict__ = attrs
         transport = self.transport
         if transport is not None and hasattr(transport, "__dict__"):
             transport.__dict__ = dict(transport.__dict__)

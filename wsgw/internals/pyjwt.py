@@ -17,20 +17,30 @@
   result to check it is canonical (4 % of a connect storm's CPU, bench/RESULTS.md
   "Connect path", Part 2). ``decode_segments_fast(decoder)`` gives ``decoder``'s
   PyJWS ``decode_segment``, which accepts and refuses exactly the same segments
-  (a regular expression for the alphabet, the last character's unused bits for
+  (the alphabet deleted: nothing may be left, the last character's unused bits for
   canonical form) with the same ``DecodeError``, pinned against PyJWT's own.
+- ``json.loads``, which ``PyJWS._load`` (the header) and ``PyJWT._decode_payload`` (the claims) call through their
+  modules' ``json``: ``json_loads_fast()`` gives both modules a ``json`` whose ``loads`` of bytes is
+  ``wsgw.frames.decode`` (the same value or exception, from orjson when it can; bench/RESULTS.md "Connect path",
+  part 4), everything else the standard module's.
 """
 
 from __future__ import annotations
 
-import base64
-import re
+import binascii
+import json
+import types
 from typing import Any
 
 import jwt
+import jwt.api_jws
+import jwt.api_jwt
 from jwt.algorithms import HMACAlgorithm
 
-_ALPHABET = re.compile(rb"[A-Za-z0-9_-]*")
+from wsgw.frames import decode
+
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # (checked by deleting it: C per byte)
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")  # base64url to base64, as base64.urlsafe_b64decode does
 # the last character of a segment of 4k+2 (4k+3) characters holds 4 (2) unused bits, zero in canonical form
 _CANONICAL_LAST = {2: frozenset(b"AQgw"), 3: frozenset(b"AEIMQUYcgkosw048")}
 
@@ -68,12 +78,28 @@ def decode_segment(segment: bytes, name: str) -> bytes:
     stripped = segment.rstrip(b"=")
     padding = len(segment) - len(stripped)
     rem = len(stripped) % 4
-    if (padding > 2 or (padding and len(segment) % 4 != 0) or rem == 1 or _ALPHABET.fullmatch(stripped) is None
+    if (padding > 2 or (padding and len(segment) % 4 != 0) or rem == 1 or stripped.translate(None, _ALPHABET)
             or (rem and stripped[-1] not in _CANONICAL_LAST[rem])):
         raise jwt.DecodeError(f"Invalid {name} padding")
-    return base64.urlsafe_b64decode(stripped + b"=" * (-rem % 4))
+    # base64.urlsafe_b64decode without its Python layers (every byte is of the alphabet: nothing for it to drop)
+    return binascii.a2b_base64((stripped + b"=" * (-rem % 4)).translate(_TO_STANDARD))
 
 
 def decode_segments_fast(decoder: jwt.PyJWT) -> None:
     """Give ``decoder``'s PyJWS ``decode_segment`` in place of its ``_decode_base64url_segment`` (module docstring)."""
     decoder._jws._decode_base64url_segment = decode_segment  # type: ignore[method-assign]
+
+
+def _loads(text: Any, **kwargs: Any) -> Any:
+    return decode(text) if not kwargs and isinstance(text, bytes) else json.loads(text, **kwargs)
+
+
+FAST_JSON = types.SimpleNamespace(**{name: value for name, value in vars(json).items() if not name.startswith("__")})
+"""The ``json`` PyJWT's two modules see after ``json_loads_fast``: the standard module's names, ``loads`` faster."""
+FAST_JSON.loads = _loads
+
+
+def json_loads_fast() -> None:
+    """Make PyJWT read a token's header and claims with ``FAST_JSON.loads`` (module docstring); idempotent."""
+    jwt.api_jws.json = FAST_JSON  # type: ignore[assignment]
+    jwt.api_jwt.json = FAST_JSON  # type: ignore[assignment]
