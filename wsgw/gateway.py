@@ -100,13 +100,10 @@ class Gateway:
 
     # -- socket lifecycle -------------------------------------------------
 
-    def open(self, connection: IConnection, endpoint: IEndpoint,
-             write: Callable[[bytes], None] | None = None) -> Session:
-        """A socket finished its opening handshake on ``endpoint``. Its flow writes through ``write`` if given (a
-        callable that does what ``connection.write`` does, without the calls between: the delivery path), else
-        ``connection.write``."""
-        session = Session(connection, endpoint, Flow(write if write is not None else connection.write,
-                                                     max_bytes=self._max_queued_bytes))
+    def open(self, connection: IConnection, endpoint: IEndpoint, write: Callable[[bytes], None] | None = None) -> Session:
+        """A socket finished its opening handshake on ``endpoint``; its flow writes through ``write`` (what
+        ``connection.write`` does, without the calls between: the delivery path), by default ``connection.write``."""
+        session = Session(connection, endpoint, Flow(write or connection.write, max_bytes=self._max_queued_bytes))
         # too_slow(session) as a bound method of the session (48 bytes; a partial is ~250 with its tuple and dict)
         session.flow.overflow = MethodType(self.too_slow, session)
         self.table.add(session)
