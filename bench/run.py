@@ -163,7 +163,10 @@ def compiled_tree(workdir: str, source: str = ROOT) -> str:
 def gateway_ini(port: int, redis_port: int, prefix: str, *, pacing: bool, extra: str = "") -> str:
     topics = "\n".join(f"{t} = {prefix}.{c}" for t, c in TOPICS.items())
     deadline = os.environ.get("WSGW_BENCH_HANDSHAKE_TIMEOUT")  # bench/storm.py: a shorter deadline, to see refusals
-    ping = os.environ.get("WSGW_BENCH_PING_INTERVAL")  # bench/idle.py: keepalive pings more often than every 30 s
+    # Keepalive pings every 54 s, as the Go baseline (melody's default; Node's `ws` baseline sends none): the
+    # per-event phases then compare events, not keepalives (bench/RESULTS.md "Idle cost at N = 10,000"; the
+    # daemon's default is 30 s, PROTOCOL.md). bench/idle.py measures the keepalive itself, at any interval.
+    ping = os.environ.get("WSGW_BENCH_PING_INTERVAL", "54")
     return (
         f"[server]\nlisten = tcp:{port}:interface=127.0.0.1:backlog=4096\nredis = tcp:127.0.0.1:{redis_port}\n"
         f"shutdown_timeout = 5\n{f'handshake_timeout = {deadline}' if deadline else ''}\n"
