@@ -24,11 +24,8 @@ os.environ["MEMGC_LOG"] = log
 if os.environ.get("MEMGC_FREEZE") == "no":
     _orig = run.gateway_ini
     run.gateway_ini = lambda *a, **k: _orig(*a, **k).replace("[server]\n", "[server]\ngc_freeze = no\n")
-redis_port = run.free_port()
-redis = run.Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "no", "--maxclients", "1000"], os.path.join(workdir, "redis.log"))
+redis, redis_port = run.private_redis(workdir, "--maxclients", "1000")
 try:
-    run.wait_port(redis_port, redis.proc)
     proc, port = run.start_server("gateway", workdir, redis_port, "m", pacing=len(sys.argv) > 4)
     try:
         res = run.run_loader("gateway", [port], [proc.pid], redis_port, "m", n, scenarios, {}, 900)

@@ -95,11 +95,8 @@ def main() -> None:
     run.raise_nofile()
     os.environ["WSGW_BENCH_PING_INTERVAL"] = f"{args.ping_interval:g}"
     with tempfile.TemporaryDirectory(prefix="wsgw-idle-") as workdir:
-        redis_port = run.free_port()
-        redis = run.Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no"], os.path.join(workdir, "redis.log"))
+        redis, redis_port = run.private_redis(workdir)
         try:
-            run.wait_port(redis_port, redis.proc)
             for rnd in range(args.rounds):
                 for kind in args.servers.split(","):
                     ms, timeline = one(kind, workdir, redis_port, args, f"{args.n}r{rnd}")

@@ -71,11 +71,8 @@ def main() -> None:
         sys.exit("per_event: the Go baseline is not built (make bench-deps)")
     rounds: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="wsgw-per-event-") as workdir:
-        redis_port = run.free_port()
-        redis = run.Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--maxclients", "1000"], os.path.join(workdir, "redis.log"))
+        redis, redis_port = run.private_redis(workdir, "--maxclients", "1000")
         try:
-            run.wait_port(redis_port, redis.proc)
             for i in range(args.rounds):
                 results = {}
                 for kind in servers:

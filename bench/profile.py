@@ -82,11 +82,8 @@ def main() -> None:
     run.raise_nofile()
     pyspy = os.path.join(os.path.dirname(run.PY), "py-spy")
     with tempfile.TemporaryDirectory(prefix="wsgw-profile-") as workdir:
-        redis_port = run.free_port()
-        redis = run.Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no"], os.path.join(workdir, "redis.log"))
+        redis, redis_port = run.private_redis(workdir)
         try:
-            run.wait_port(redis_port, redis.proc)
             server, port = run.start_server(args.server, workdir, redis_port, "prof", reactor=args.reactor)
             try:
                 if args.scenario == "storm":

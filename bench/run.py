@@ -126,6 +126,20 @@ class Proc:
         self._log.close()
 
 
+def private_redis(workdir: str, *extra: str) -> tuple[Proc, int]:
+    """A redis-server of this run alone on 127.0.0.1 (no persistence; ``extra`` arguments added), answering on the
+    port returned; stop it with ``Proc.stop`` (it is stopped here if it does not answer)."""
+    port = free_port()
+    redis = Proc("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                           "no", *extra], os.path.join(workdir, "redis.log"))
+    try:
+        wait_port(port, redis.proc)
+    except BaseException:
+        redis.stop()
+        raise
+    return redis, port
+
+
 # -- servers --------------------------------------------------------------------------------------
 
 _COMPILED: dict[str, str] = {}
@@ -461,11 +475,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="wsgw-bench-") as tmp:
         workdir = args.workdir or tmp
         os.makedirs(workdir, exist_ok=True)
-        redis_port = free_port()
-        redis = Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--maxclients", "1000"], os.path.join(workdir, "redis.log"))
+        redis, redis_port = private_redis(workdir, "--maxclients", "1000")
         try:
-            wait_port(redis_port, redis.proc)
             for n in ns:
                 results[n] = {}
                 for kind in servers:

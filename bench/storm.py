@@ -40,11 +40,8 @@ def main() -> None:
         servers.remove("go")
     lines = []
     with tempfile.TemporaryDirectory(prefix="wsgw-storm-") as workdir:
-        redis_port = run.free_port()
-        redis = run.Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no"], os.path.join(workdir, "redis.log"))
+        redis, redis_port = run.private_redis(workdir)
         try:
-            run.wait_port(redis_port, redis.proc)
             for n in args.n or [1000, 10000]:
                 for rnd in range(args.rounds):
                     ms: dict[str, float] = {}

@@ -97,11 +97,8 @@ def main() -> None:
     trees = [(t, "") if t in BASELINES else tuple(t.split("=", 1)) for t in args.trees]
     figures: dict[str, list[float]] = {name: [] for name, _ in trees}
     with tempfile.TemporaryDirectory(prefix="wsgw-storm-ir-") as workdir:
-        redis_port = run.free_port()
-        redis = run.Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no"], os.path.join(workdir, "redis.log"))
+        redis, redis_port = run.private_redis(workdir)
         try:
-            run.wait_port(redis_port, redis.proc)
             for rnd in range(args.rounds):
                 for name, tree in trees if rnd % 2 == 0 else trees[::-1]:
                     m, subscribed = one_storm(workdir, redis_port, name, tree, args.n, rnd)
