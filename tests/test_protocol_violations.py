@@ -55,5 +55,6 @@ async def test_a_frame_with_two_violations_gets_1002_and_no_traceback(
     finally:
         globalLogPublisher.removeObserver(observe)
     assert received[:1] == b"\x88" and int.from_bytes(received[2:4], "big") == 1002, received
+    assert len(received) == 2 + received[1], received  # nothing after the close frame
     assert failures == []
     await wait_until(lambda: not daemon.service.gateway.table, "the session closed")
