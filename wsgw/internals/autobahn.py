@@ -38,7 +38,8 @@ with the few private hooks wsgw needs, exposed under names of its own:
   more in it is processed, yet it holds the rest of the last read (up to
   64 KiB, e.g. the pings behind a 4029) for as long as the closed protocol
   lives, which is until a garbage collection (it sits in reference cycles):
-  ``ServerProtocol`` empties it when the connection is dropped or lost;
+  ``ServerProtocol`` empties it at the end of the read that dropped the connection (not in the middle:
+  Autobahn drops at a frame's second protocol violation, then reads on in that frame's header), or when lost;
 - the handshake-only attributes (``HANDSHAKE_ONLY``), read only during the
   opening handshake, are dropped at open and the instance dict rebuilt
   (bench/RESULTS.md: ~3 KB per idle socket); class-level stand-ins answer the
@@ -117,6 +118,7 @@ _IDLE_DEFAULT = IDLE_DEFAULTS.get
 _KEPT = object()  # (no attribute's value: kept)
 _CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 _OPEN = WebSocketServerProtocol.STATE_OPEN
+_CLOSED = WebSocketServerProtocol.STATE_CLOSED
 _PONG = FrameHeader(10, True, 0, 0, None)  # type: ignore[arg-type]  # (what processControlFrame reads of a frame: its opcode)
 _BATCH_MILLISECONDS = 200.0  # Autobahn's own bucket and chunk for its batched timers
 _BATCH_CHUNK = 1000
@@ -256,8 +258,6 @@ class ServerProtocol(WebSocketServerProtocol):
 
     def dropConnection(self, abort: bool = False) -> None:
         super().dropConnection(abort)
-        if self.state == WebSocketServerProtocol.STATE_CLOSED:
-            self.data = b""  # nothing more is processed: the rest of the last read goes now, not at the next gc
         if not abort and self._linger is None and self.transport is not None:
             timeout: float = self.closeHandshakeTimeout  # type: ignore[attr-defined]  # (set by the factory's options)
             self._linger = self.factory._batched_timer.call_later(timeout, self._abort_lingering)
@@ -288,6 +288,8 @@ class ServerProtocol(WebSocketServerProtocol):
                 self.current_frame = None
             return
         super()._dataReceived(data)
+        if self.state == _CLOSED:  # dropped: nothing more is processed, the rest of the read goes now (not at a gc)
+            self.data = b""
 
     def _onOpen(self) -> None:
         # Once open, the socket is read without Twisted's legacy log context (``read_directly``; its reads are
