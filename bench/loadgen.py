@@ -28,7 +28,9 @@ import os
 import random
 import re
 import resource
+import shlex
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -372,6 +374,12 @@ class Run:
         self.loader_cpu = time.process_time()
         return proc_cpu(self.pids), proc_rss_kb(self.pids), _now()
 
+    def phase_hook(self, state: str) -> None:
+        """``--phase-hook`` with ``{state}`` replaced by ``state`` (``on`` as the floor's measured window opens, ``off``
+        once it closed), run to its end: ``bench/storm_ir.py --scenario floor`` switches callgrind so."""
+        if self.args.phase_hook:
+            subprocess.run(shlex.split(self.args.phase_hook.format(state=state)), check=True, timeout=60)
+
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
@@ -629,6 +637,7 @@ class Run:
             c.sink = tracker.sink
         rate = self.args.selective_rate
         duration = self.args.selective_duration
+        self.phase_hook("on")
         cpu0, _, t0 = self.sample()
         split0 = proc_cpu_split(self.pids)
         t_end = t0 + duration
@@ -648,6 +657,7 @@ class Run:
         tracker.expect(last, len(by_ws[0]))
         self.redis.publish(self.channel_tree, node_event(last, "pydiods1/sel/w0"))
         complete = await tracker.drain(1, 10)
+        self.phase_hook("off")
         cpu1, _, _ = self.sample()
         split1 = proc_cpu_split(self.pids)
         cpu = cpu1 - cpu0
@@ -759,6 +769,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chat-duration", type=float, default=3.0)
     p.add_argument("--hold", type=float, default=10.0)
     p.add_argument("--single-events", type=int, default=5)
+    p.add_argument("--phase-hook", default="", help="a command run as the floor's window opens and closes "
+                   "({state}: on, off)")
     p.add_argument("--out", default="-")
     return p.parse_args(argv)
 

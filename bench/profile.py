@@ -27,7 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run  # noqa: E402
 
-os.environ["WSGW_BENCH_PURE"] = "1"  # py-spy sees no frames inside a compiled module (run.compiled_tree)
+PERF = "--perf" in sys.argv  # perf sees the compiled modules' C; py-spy sees no frames inside one
+if not PERF:
+    os.environ["WSGW_BENCH_PURE"] = "1"  # run.compiled_tree: the pure Python
 
 
 def summarize(raw_path: str, top: int) -> str:
@@ -68,6 +70,19 @@ def storm(args: argparse.Namespace, pyspy: str, pid: int, port: int, redis_port:
     return out.stdout
 
 
+def perf_record(pid: int, seconds: float, out: str, top: int) -> None:
+    """``perf record`` of ``pid`` for ``seconds``, then into ``out`` the ``top`` symbols by own samples (with
+    their library) and the libraries' shares."""
+    data = out + ".data"
+    subprocess.run(["perf", "record", "-F", "999", "-p", str(pid), "-o", data, "--", "sleep", str(seconds)],
+                   check=True, capture_output=True, timeout=seconds + 30)
+    with open(out, "w") as f:
+        for sort, lines in (("dso", 15), ("dso,sym", top)):
+            report = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort, "--stdio",
+                                     "--percent-limit", "0.3"], capture_output=True, text=True, timeout=120).stdout
+            f.write("\n".join([ln for ln in report.splitlines() if ln and not ln.startswith("#")][:lines]) + "\n\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--server", default="gateway", choices=["gateway", "autobahn"])
@@ -78,6 +93,9 @@ def main() -> None:
     p.add_argument("--raw", default="", help="also keep py-spy's collapsed stacks here")
     p.add_argument("--reactor", default="")
     p.add_argument("--scenario", default="flood", choices=["flood", "selective", "floor", "storm"])
+    p.add_argument("--rate", type=int, default=250, help="py-spy's samples per second")
+    p.add_argument("--perf", action="store_true", help="the compiled gateway under `perf record` (own samples by"
+                   " library and symbol) instead of the pure one under py-spy; not with --scenario storm")
     args = p.parse_args()
     run.raise_nofile()
     pyspy = os.path.join(os.path.dirname(run.PY), "py-spy")
@@ -104,13 +122,16 @@ def main() -> None:
                             break
                     time.sleep(3.0 if args.scenario == "floor" else 1.5)  # floor: after its re-subscribe
                     raw = os.path.join(workdir, "profile.txt")
-                    subprocess.run([pyspy, "record", "--pid", str(server.pid), "--duration", str(int(args.seconds)),
-                                    "--rate", "250", "--format", "raw", "--output", raw, "--nonblocking"],
-                                   check=True, capture_output=True, timeout=args.seconds + 30)
+                    if args.perf:
+                        perf_record(server.pid, args.seconds, raw, args.top)
+                    else:
+                        subprocess.run([pyspy, "record", "--pid", str(server.pid), "--duration",
+                                        str(int(args.seconds)), "--rate", str(args.rate), "--format", "raw", "--output", raw,
+                                        "--nonblocking"], check=True, capture_output=True, timeout=args.seconds + 30)
                     out, _ = loader.communicate(timeout=60)
             finally:
                 server.stop()
-            text = summarize(raw, args.top)
+            text = open(raw).read() if args.perf else summarize(raw, args.top)
             if args.raw:
                 shutil.copyfile(raw, args.raw)
             text += "\n\nloader: " + out.decode().strip()[-1500:]

@@ -235,7 +235,7 @@ def start_server(kind: str, workdir: str, redis_port: int, prefix: str, *, pacin
 
 
 def run_loader(kind: str, ports: list[int], pids: list[int], redis_port: int, prefix: str, n: int,
-               scenarios: str, phase: dict[str, float], timeout: float) -> dict[str, Any]:
+               scenarios: str, phase: dict[str, Any], timeout: float) -> dict[str, Any]:
     args = [PY, os.path.join(HERE, "loadgen.py"), "--server", kind, "--redis-port", str(redis_port),
             "--prefix", prefix, "--n", str(n), "--scenarios", scenarios]
     for p in ports:

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +49,8 @@ def instructions(dump: str) -> int:
     return total
 
 
-def one_storm(workdir: str, redis_port: int, name: str, tree: str, n: int, rnd: int) -> tuple[float, int]:
+def one_storm(workdir: str, redis_port: int, name: str, tree: str, n: int, rnd: int,
+              floor: dict[str, Any] | None = None) -> tuple[float, int]:
     prefix, port = f"ir{name}{rnd}", run.free_port()
     dump = os.path.join(workdir, f"{prefix}.callgrind")
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={dump}"]
@@ -75,12 +77,21 @@ def one_storm(workdir: str, redis_port: int, name: str, tree: str, n: int, rnd: 
         if not name.startswith("floor"):  # (the floor has no Redis)
             run.wait_subscribed(redis_port, channels[0], 1, timeout=600)
         time.sleep(2)  # (start-up's last timers)
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
-        result = run.run_loader("gateway" if tree else "autobahn", [port], [proc.pid], redis_port, prefix, n, "storm", {}, 1200)
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
+        kind = "gateway" if tree else "autobahn"
+        if floor is None:
+            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
+            result = run.run_loader(kind, [port], [proc.pid], redis_port, prefix, n, "storm", {}, 1200)
+            subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
+        else:  # the loader switches instrumentation on and off around the floor's events
+            hook = f"callgrind_control -i {{state}} {proc.pid}"
+            result = run.run_loader(kind, [port], [proc.pid], redis_port, prefix, n, "storm,floor",
+                                    dict(floor, phase_hook=hook), 1200)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
     finally:
         proc.stop(timeout=60)
+    if floor is not None:
+        events = result["floor"]["events"]
+        return instructions(dump) / max(1, events) / 1e3, events
     subscribed = result["storm"]["subscribed"]
     return instructions(dump) / max(1, subscribed) / 1e6, subscribed
 
@@ -91,29 +102,37 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--keep", default="", help="a directory to copy each storm's callgrind dump to "
                    "(for callgrind_annotate)")
+    p.add_argument("--scenario", default="storm", choices=["storm", "floor"],
+                   help="floor: instructions per event nobody receives (after a storm of N; k instructions)")
+    p.add_argument("--rate", type=float, default=100.0, help="floor: events a second (100: one per 10-ms tick, "
+                   "each read alone)")
+    p.add_argument("--duration", type=float, default=10.0, help="floor: seconds of events")
     p.add_argument("trees", nargs="+", help="name=path of a tree holding a wsgw package, or a baseline's name")
     args = p.parse_args()
     run.raise_nofile()
     trees = [(t, "") if t in BASELINES else tuple(t.split("=", 1)) for t in args.trees]
     figures: dict[str, list[float]] = {name: [] for name, _ in trees}
+    unit = "k instructions per event" if args.scenario == "floor" else "M instructions per connect+subscribe"
     with tempfile.TemporaryDirectory(prefix="wsgw-storm-ir-") as workdir:
         redis, redis_port = run.private_redis(workdir)
         try:
             for rnd in range(args.rounds):
                 for name, tree in trees if rnd % 2 == 0 else trees[::-1]:
-                    m, subscribed = one_storm(workdir, redis_port, name, tree, args.n, rnd)
+                    floor = (dict(selective_rate=args.rate, selective_duration=args.duration)
+                             if args.scenario == "floor" else None)
+                    m, subscribed = one_storm(workdir, redis_port, name, tree, args.n, rnd, floor)
                     if args.keep:
                         os.makedirs(args.keep, exist_ok=True)
                         for path in glob.glob(os.path.join(workdir, f"ir{name}{rnd}.callgrind*")):
                             if not path.endswith((".twistd", ".log")):
                                 shutil.copy(path, args.keep)
                     figures[name].append(m)
-                    run.log(f"N={args.n} round {rnd + 1} {name}: {m:.3f} M instructions per connect+subscribe "
-                            f"({subscribed} subscribed)")
+                    run.log(f"N={args.n} round {rnd + 1} {name}: {m:.3f} {unit} ({subscribed} "
+                            f"{'events' if floor else 'subscribed'})")
         finally:
             redis.stop()
     for name, values in figures.items():
-        print(f"{name}: " + " / ".join(f"{v:.3f}" for v in values) + " M instructions per connect+subscribe")
+        print(f"{name}: " + " / ".join(f"{v:.3f}" for v in values) + f" {unit}")
 
 
 if __name__ == "__main__":

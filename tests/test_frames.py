@@ -90,7 +90,8 @@ def test_decode_is_json_loads_on_arbitrary_bytes(data: bytes) -> None:
     b'{"a":1,"a":2}', b"1e400", b"-1e400", b"-0", b"-0.0", b"5e-324", b"2.4e-324", b"NaN", b"[Infinity]",
     b"123456789012345678901234567890", b"18446744073709551615", b"18446744073709551616", b"-9223372036854775808",
     b"-9223372036854775809", b"999999999999999999", b'"\\ud800"', b'"\xed\xa0\x80"', b"\xef\xbb\xbf{}", b'"\xff"',
-    b"[" * 1100 + b"]" * 1100, b"[" * 1010 + b"]" * 1010, b'{"a":' * 1010 + b"1" + b"}" * 1010, b'"\\ud83d\\ude00"', b'{"@type":"subscribe","jwt":"eyJhbGciOiJIUzI1NiJ9.e30.x"}',
+    b"[" * 1100 + b"]" * 1100, b"[" * 199 + b"]" * 199, b"[" * 200 + b"]" * 200, b'{"a":[' * 100 + b"1" + b"]}" * 100,
+    b"[" * 1010 + b"]" * 1010, b'{"a":' * 1010 + b"1" + b"}" * 1010, b'"\\ud83d\\ude00"', b'{"@type":"subscribe","jwt":"eyJhbGciOiJIUzI1NiJ9.e30.x"}',
     b"1.00000000000000011102230246251565404236316680908203125", '"é"'.encode("utf-16"), b"",
 ])
 def test_decode_is_json_loads_at_the_edges(data: bytes) -> None:

@@ -1,26 +1,23 @@
 """Topic -> handler routing for bus messages (PROTOCOL.md §4): decode once, isolate each handler's failures, count.
 
-Events are decoded by orjson where it gives exactly what the standard library's
-``json.loads`` gives, several times faster (issue 13: a bus event's JSON decode
-was ~9% of the per-event profile): every JSON text it accepts it reads as
-``json.loads`` does, but for integers past 64 bits (it makes them floats) and
-nesting the standard parser refuses with RecursionError; a payload that might
-hold either (a run of 19 digits, or more than ``_MAX_ORJSON_BRACKETS`` brackets)
-and anything orjson refuses (NaN, Infinity, lone surrogates, UTF-16, bad JSON)
-goes to ``json.loads``, whose answer or error stands.
+Events are decoded by ``wsgw.frames.decode``: orjson where it gives exactly what
+the standard library's ``json.loads`` gives, several times faster (issue 13: a
+bus event's JSON decode was ~9% of the per-event profile), ``json.loads`` for a
+payload that might hold what orjson reads otherwise (integers past 64 bits,
+nesting the standard parser refuses with RecursionError) or refuses (NaN,
+Infinity, lone surrogates, UTF-16, bad JSON), whose answer or error stands.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-import orjson
 from twisted.logger import Logger
 
 from wsgw.frames import MalformedEvent
+from wsgw.frames import decode as loads
 
 
 class TopicHandler(Protocol):
@@ -83,21 +80,3 @@ class Dispatcher:
                     self.crashed[topic] += 1
                     self._log.failure("the {topic} handler failed on an event", topic=topic)
             yield topic
-
-
-# every digit as 0 and every [ as {: one pass, then 19 digits in a row are 19 zeros (re's [0-9]{19} costs more
-# than the decode) and the brackets one count
-_FOLDED = bytes.maketrans(b"123456789[", b"000000000{")
-_LONG_NUMBER = b"0" * 19
-_MAX_ORJSON_BRACKETS = 200  # far below the depth json.loads refuses under the reactor's stack
-
-
-def loads(payload: bytes) -> Any:
-    """``json.loads(payload)``: the same value, or the same error (``ValueError``, ``RecursionError``)."""
-    folded = payload.translate(_FOLDED)
-    if folded.count(b"{") <= _MAX_ORJSON_BRACKETS and _LONG_NUMBER not in folded:
-        try:
-            return orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(payload)
