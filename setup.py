@@ -17,9 +17,9 @@ from setuptools.command.build_ext import build_ext
 
 # The per-event path (issue 13, goal 2; bench/RESULTS.md "mypyc"), type-checked by `make lint` (the core strictly).
 COMPILED = [
-    "wsgw/cells.py", "wsgw/dispatch.py", "wsgw/flow.py", "wsgw/frames.py", "wsgw/pacing.py", "wsgw/sessions.py",
+    "wsgw/bus/reads.py", "wsgw/cells.py", "wsgw/dispatch.py", "wsgw/flow.py", "wsgw/frames.py", "wsgw/pacing.py", "wsgw/sessions.py",
     "wsgw/events/batching.py", "wsgw/events/metastore.py", "wsgw/events/nodecheck.py", "wsgw/events/nodes.py",
-    "wsgw/web/timing.py", "wsgw/web/outbound.py", "wsgw/internals/direct.py",
+    "wsgw/web/timing.py", "wsgw/web/outbound.py", "wsgw/internals/direct.py", "wsgw/internals/loop.py",
     # the connect path (issue 13, goal 3; bench/RESULTS.md "Connect path", part 4)
     "wsgw/access.py", "wsgw/gateway.py", "wsgw/web/upgrade.py", "wsgw/web/inbound.py",
     "wsgw/revocations.py", "wsgw/events/endpoint.py", "wsgw/internals/pyjwt.py",

@@ -219,8 +219,8 @@ def test_the_bus_delivers_a_batch_inside_begin_and_end_and_a_single_message_with
     bus = RedisBus(MemoryReactorClock(), "tcp:127.0.0.1:1", {"tree": "c.tree", "chat": "c.chat"},
                    batch=Recorder(log))
     bus.listen(lambda topic, payload: log.append((topic, payload)))
-    bus._messages([(b"c.tree", b"1"), (b"c.other", b"x"), (b"c.chat", b"2")])
-    bus._messages([(b"c.tree", b"3")])
+    bus._deliveries.messages([(b"c.tree", b"1"), (b"c.other", b"x"), (b"c.chat", b"2")])
+    bus._deliveries.messages([(b"c.tree", b"3")])
     assert log == ["begin", ("tree", b"1"), ("chat", b"2"), "end", ("tree", b"3")]
 
 

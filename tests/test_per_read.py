@@ -171,9 +171,9 @@ def test_the_only_listener_with_batch_gets_each_read_in_one_call() -> None:
     bus = _bus()
     bus.listen(BatchListener(log))
     with capturedLogs() as lines:
-        bus._messages([(b"c.tree", b"1"), (b"c.other", b"x"), (b"c.chat", b"2")])
-        bus._messages([(b"c.tree", b"boom")])
-    bus._messages([(b"c.chat", b"3")])
+        bus._deliveries.messages([(b"c.tree", b"1"), (b"c.other", b"x"), (b"c.chat", b"2")])
+        bus._deliveries.messages([(b"c.tree", b"boom")])
+    bus._deliveries.messages([(b"c.chat", b"3")])
     assert log == [[("tree", b"1"), ("chat", b"2")], [("tree", b"boom")], [("chat", b"3")]]
     assert any("unexpected channel" in e["log_format"] for e in lines)
     assert any(e.get("log_failure") is not None for e in lines)
@@ -185,7 +185,7 @@ def test_several_listeners_get_each_message_in_turn() -> None:
     bus = _bus()
     bus.listen(BatchListener(log))
     bus.listen(lambda topic, payload: log.append(("second", payload)))
-    bus._messages([(b"c.tree", b"1"), (b"c.chat", b"2")])
+    bus._deliveries.messages([(b"c.tree", b"1"), (b"c.chat", b"2")])
     assert log == [("tree", b"1"), ("second", b"1"), ("chat", b"2"), ("second", b"2")]
 
 
@@ -198,7 +198,7 @@ def test_the_daemons_chain_handles_a_read_as_its_messages() -> None:
     timed, histogram = _timed(clock, dispatch)
     bus = _bus()
     bus.listen(timed)
-    bus._messages([(b"c.tree", b'{"a":1}'), (b"c.chat", b"{}"), (b"c.tree", b'{"a":2}')])
+    bus._deliveries.messages([(b"c.tree", b'{"a":1}'), (b"c.chat", b"{}"), (b"c.tree", b'{"a":2}')])
     assert log == [{"a": 1}, {"a": 2}] and dispatch.received == {"tree": 2, "chat": 1}
     assert _observed(histogram)["tree"][0][-1] == 2 and _observed(histogram)["chat"][0][-1] == 1
 

@@ -65,8 +65,10 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
     from wsgw.config import worker_count
+    from wsgw.internals.twisted import run_natively
     from wsgw.service import DaemonService
 
+    run_natively(reactor)  # the reactor's iteration compiled (wsgw.internals.loop), before twistd runs it
     path, overrides, config = options["config"], options["wsgw_overrides"], options["wsgw_config"]
     count = worker_count(config)
     if count > 1:  # the supervisor of ``count`` gateway processes (README "Workers")

@@ -34,16 +34,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import hiredis
 from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txredisapi import InvalidData  # type: ignore[import-untyped]
 from zope.interface import implementer
 
-from wsgw.bus import check_publish, check_topics, deliver
+from wsgw.bus import check_publish, check_topics
+from wsgw.bus.reads import Deliveries, MessageReads, Messages
 from wsgw.interfaces import IBus
 from wsgw.internals.twisted import read_directly, stop_reading_directly
 from wsgw.redis.connection import (
@@ -52,13 +51,10 @@ from wsgw.redis.connection import (
     RedisCommands,
     RedisConnection,
     RedisLink,
-    ResponseError,
     RetryPolicy,
 )
 
 Listener = Callable[[str, bytes], Any]
-Messages = list[tuple[bytes, bytes]]
-"""The ``(channel, payload)`` of every complete pub/sub message of one read, in the order Redis sent them."""
 
 
 class Batch(Protocol):
@@ -71,13 +67,14 @@ class Batch(Protocol):
 
 class _SubscriberConnection(RedisConnection):
     """A connection in subscribed mode: the messages of each read go to ``on_messages(batch)``, other replies to
-    their waiters."""
+    their waiters. Each read is one compiled call (``wsgw.bus.reads.MessageReads.data_received``, this instance's
+    ``dataReceived``) in place of txredisapi's parser."""
 
     def __init__(self, link: RedisLink, reply_timeout: float | None, on_messages: Callable[[Messages], None]) -> None:
         super().__init__(link, reply_timeout)
-        self._on_messages = on_messages
         self._acks_pending = 0
-        self._reader = hiredis.Reader(protocolError=InvalidData, replyError=ResponseError)
+        self.dataReceived = MessageReads(  # type: ignore[method-assign, assignment]
+            self, link.reactor.seconds, on_messages, self._not_redis, self._failed).data_received
 
     def connectionMade(self) -> None:
         read_directly(self._link.reactor, self.transport, self)  # no log context nor wrappers per read (internals)
@@ -92,43 +89,13 @@ class _SubscriberConnection(RedisConnection):
         self._acks_pending += len(channels)
         return self.execute_command("SUBSCRIBE", *channels)
 
-    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        self.received_at = self._link.reactor.seconds()
-        reader = self._reader
-        reader.feed(data)
-        batch: Messages = []
-        try:
-            reply = reader.gets()
-            while reply is not False:
-                if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
-                    channel, payload = reply[1], reply[2]
-                    if type(channel) is not bytes or type(payload) is not bytes:  # not Redis: a fake server, a proxy
-                        raise InvalidData("a message whose channel or payload is not a bulk string")
-                    batch.append((channel, payload))
-                else:
-                    if batch:  # what came before the reply is handled before it
-                        self._hand_over(batch)
-                        batch = []
-                    # a status reply, as txredisapi's parser gives it (only status replies come alone as bytes
-                    # on this connection: AUTH's OK, PONG before SUBSCRIBE)
-                    self.replyReceived(reply.decode("utf-8", "replace") if type(reply) is bytes else reply)
-                reply = reader.gets()
-        except InvalidData as e:
-            if batch:
-                self._hand_over(batch)
-            self.drop_reason = f"not a Redis reply: {e}"
-            self._link._log.error("Redis {role}: {reason}; reconnecting", role=self._link.role,
-                                  reason=self.drop_reason)
-            self.transport.abortConnection()
-            return
-        if batch:
-            self._hand_over(batch)
+    def _not_redis(self, reason: str) -> None:
+        self.drop_reason = reason
+        self._link._log.error("Redis {role}: {reason}; reconnecting", role=self._link.role, reason=reason)
+        self.transport.abortConnection()
 
-    def _hand_over(self, batch: Messages) -> None:
-        try:
-            self._on_messages(batch)
-        except Exception:  # noqa: BLE001 - a handling bug must not break the connection
-            self._link._log.failure("{count} bus message(s) could not be handled", count=len(batch))
+    def _failed(self, count: int) -> None:
+        self._link._log.failure("{count} bus message(s) could not be handled", count=count)
 
     def replyReceived(self, reply: Any) -> None:
         if isinstance(reply, list) and len(reply) == 3:
@@ -197,18 +164,14 @@ class RedisBus(service.MultiService):
         batch: Batch | None = None,
     ) -> None:
         super().__init__()
-        self._batch = batch
-        self._delivery_log = self._log  # a Logger made once (the descriptor makes one at each access)
         self._topics = check_topics(topics)
-        self._topic_by_channel = {channel.encode(): topic for topic, channel in self._topics.items()}
-        self._listeners: list[Listener] = []
-        self._single_batch: Callable[[list[tuple[str, bytes]]], object] | None = None
+        self._deliveries = Deliveries({channel.encode(): topic for topic, channel in self._topics.items()}, batch)
         self._publisher = RedisCommands(
             reactor, endpoint, password, db, retry_policy=retry_policy, reply_timeout=reply_timeout,
             role="bus publisher", ping_interval=ping_interval,
         )
         self._subscriber = _Subscriber(
-            reactor, endpoint, password, list(self._topics.values()), self._messages,
+            reactor, endpoint, password, list(self._topics.values()), self._deliveries.messages,
             retry_policy, reply_timeout, ping_interval,
         )
         self._publisher.setServiceParent(self)
@@ -248,8 +211,7 @@ class RedisBus(service.MultiService):
         ``callback.batch([(topic, payload), ...])`` instead when ``callback`` is the only listener and has a
         ``batch`` (which must handle them in order as that many calls would, isolating each one's failure:
         ``wsgw.dispatch.Dispatcher.batch``, ``wsgw.web.timing.TimedListener.batch``)."""
-        self._listeners.append(callback)
-        self._single_batch = getattr(callback, "batch", None) if len(self._listeners) == 1 else None
+        self._deliveries.listen(callback)
 
     def publish(self, topic: str, payload: bytes) -> Deferred[Any]:
         """PUBLISH ``payload`` on ``topic``'s channel; fires with the receiver count once Redis answered, fails with
@@ -270,44 +232,3 @@ class RedisBus(service.MultiService):
             await self._subscriber.whenConnected()
             await self._publisher.whenConnected()
         return self
-
-    def _messages(self, messages: Messages) -> None:
-        """The messages of one read, in order; several are delivered inside ``batch.begin()``/``end()``."""
-        batch = self._batch
-        if batch is None or len(messages) == 1:
-            self._deliver(messages)
-            return
-        batch.begin()
-        try:
-            self._deliver(messages)
-        finally:
-            batch.end()
-
-    def _deliver(self, messages: Messages) -> None:
-        """To the only listener's ``batch`` when it has one (``Listener.batch``: the read's messages in one
-        call), else to every listener message by message (``wsgw.bus.deliver``)."""
-        single = self._single_batch
-        if single is None:
-            for channel, payload in messages:
-                self._message(channel, payload)
-            return
-        topic_by_channel = self._topic_by_channel
-        events: list[tuple[str, bytes]] = []
-        for channel, payload in messages:
-            topic = topic_by_channel.get(channel)
-            if topic is None:
-                self._log.warn("bus message on unexpected channel {channel!r} dropped", channel=channel)
-            else:
-                events.append((topic, payload))
-        try:
-            single(events)
-        except Exception:  # noqa: BLE001 - isolate a broken listener, as wsgw.bus.deliver does
-            self._delivery_log.failure("bus listener {listener!r} failed on a batch of {count} message(s)",
-                                       listener=self._listeners[0], count=len(events))
-
-    def _message(self, channel: bytes, payload: bytes) -> None:
-        topic = self._topic_by_channel.get(channel)
-        if topic is None:
-            self._log.warn("bus message on unexpected channel {channel!r} dropped", channel=channel)
-            return
-        deliver(self._listeners, topic, payload, self._delivery_log)

@@ -15,8 +15,8 @@
   string says in ``_interface``, ``_port``, ``_backlog``: the supervisor of
   ``[server] workers`` binds one ``SO_REUSEPORT`` socket per worker there.
 - ``EPollReactor.doPoll`` and ``_doReadOrWrite``: ``read_directly`` has the
-  reactor's iteration run a copy of ``doPoll`` (pinned by the source's hash in
-  tests) that calls a registered transport's ``doRead()`` itself when its
+  reactor's iteration run a compiled copy of ``doPoll`` (``wsgw.internals.loop``,
+  pinned by the source's hash in tests) that calls a registered transport's ``doRead()`` itself when its
   descriptor is only readable, without ``log.callWithLogger`` (a log prefix
   call, two dict copies and six calls per read, only for the legacy
   ``log.msg`` context, which nothing on a bus read uses); a read that fails or
@@ -25,6 +25,9 @@
   ``_WrappingProtocol`` and ``ClientService``'s proxy (which forward
   ``dataReceived`` unchanged), it reads as ``tcp.Connection.doRead`` does and
   hands the bytes to that protocol itself (three calls fewer per read).
+- ``ReactorBase.mainLoop``, ``runUntilCurrent``, ``timeout`` and the timed-call
+  lists: ``run_natively`` has ``reactor.run()`` iterate with a compiled copy
+  that calls ``runUntilCurrent`` only when it has work (``wsgw.internals.loop``).
 - ``SSL4ServerEndpoint._sslContextFactory``: the TLS context factory an
   ``ssl:`` endpoint string describes; a worker (wsgw/workers/child.py) wraps
   the listening socket it inherited with it, as the endpoint's own listen would.
@@ -32,21 +35,19 @@
 
 from __future__ import annotations
 
-import errno
 import functools
-from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import main, tcp
+from twisted.internet import tcp
 from twisted.internet.protocol import Factory
 from twisted.protocols.policies import ProtocolWrapper
-from twisted.python import failure, log
 
 from wsgw.internals.direct import IOV_MAX as IOV_MAX  # (re-exported: their former home)
 from wsgw.internals.direct import buffered as buffered
 from wsgw.internals.direct import direct_socket as direct_socket
 from wsgw.internals.direct import send_direct as send_direct
 from wsgw.internals.direct import send_direct_many as send_direct_many
+from wsgw.internals.loop import main_loop, poll, recv
 
 
 def release_taken_over_request(request: Any) -> None:
@@ -119,11 +120,11 @@ def read_directly(reactor: Any, transport: Any, protocol: Any = None) -> bool:
     if direct is None:
         direct = {}
         setattr(reactor, _DIRECT, direct)
-        setattr(reactor, "doIteration", functools.partial(_poll, reactor, direct))  # noqa: B010 - an instance attribute
+        setattr(reactor, "doIteration", functools.partial(poll, reactor, direct))  # noqa: B010 - an instance attribute
     if protocol is not None and _behind_forwarders(transport) is not protocol:
         protocol = None  # not (only) behind wrappers known to forward its reads: the transport's own read
-    direct[transport] = transport.doRead if protocol is None else functools.partial(_recv, transport,
-                                                                                      protocol.dataReceived)
+    direct[transport] = transport.doRead if protocol is None else functools.partial(recv, transport,
+                                                                                     protocol.dataReceived)
     return True
 
 
@@ -151,72 +152,18 @@ def stop_reading_directly(reactor: Any, transport: Any) -> None:
         direct.pop(transport, None)
 
 
-def _poll(reactor: Any, direct: dict[Any, Callable[[], Any]], timeout: float | None) -> None:
-    """``EPollReactor.doPoll`` (Twisted 26.10), the transports in ``direct`` read without the log context when
-    only readable."""
-    if timeout is None:
-        timeout = -1  # Wait indefinitely.
-    try:
-        ready = reactor._poller.poll(timeout, len(reactor._selectables))
-    except OSError as err:
-        if err.errno == errno.EINTR:
-            return
-        raise
-    _drdw = reactor._doReadOrWrite
-    selectables = reactor._selectables
-    for fd, event in ready:
-        try:
-            selectable = selectables[fd]
-        except KeyError:
-            pass
-        else:
-            read = direct.get(selectable) if event == _EPOLLIN else None
-            if read is not None:
-                _read(reactor, selectable, fd, event, read)
-            else:
-                log.callWithLogger(selectable, _drdw, selectable, fd, event)
+def run_natively(reactor: Any) -> bool:
+    """Have ``reactor.run()`` iterate with ``wsgw.internals.loop.main_loop`` (the module docstring): call it before
+    the reactor runs. False, doing nothing, unless ``reactor`` is Twisted's epoll reactor, not running, with
+    ``ReactorBase``'s own ``mainLoop``, ``runUntilCurrent`` and ``timeout``."""
+    from twisted.internet import base
+    from twisted.internet.epollreactor import EPollReactor
 
-
-_EPOLLIN = 1  # select.EPOLLIN
-EWOULDBLOCK = errno.EWOULDBLOCK  # as twisted.internet.tcp (POSIX)
-
-
-def _read(reactor: Any, selectable: Any, fd: int, event: int, read: Callable[[], Any]) -> None:
-    """``_doReadOrWrite`` for a descriptor only readable, still open, whose read goes well; anything else (a
-    closed descriptor, a read that ends the connection or raises) as ``_doReadOrWrite`` handles it, in the
-    selectable's log context."""
-    try:
-        closed = selectable.fileno() == -1
-    except BaseException:  # noqa: BLE001 - _doReadOrWrite meets it again, and handles it
-        closed = True
-    if closed:
-        log.callWithLogger(selectable, reactor._doReadOrWrite, selectable, fd, event)
-        return
-    try:
-        why = read()
-    except BaseException:
-        log.callWithLogger(selectable, _failed, reactor, selectable, failure.Failure())
-        return
-    if why:
-        log.callWithLogger(selectable, reactor._disconnectSelectable, selectable, why, True)
-
-
-def _recv(transport: Any, data_received: Callable[[bytes], object]) -> Any:
-    """``tcp.Connection.doRead`` and ``_dataReceived`` (Twisted 26.10) with the bytes handed to ``data_received``."""
-    try:
-        data = transport.socket.recv(transport.bufferSize)
-    except OSError as se:
-        if se.args[0] == EWOULDBLOCK:
-            return None
-        return main.CONNECTION_LOST
-    if not data:
-        return main.CONNECTION_DONE
-    data_received(data)
-    return None
-
-
-def _failed(reactor: Any, selectable: Any, reason: failure.Failure) -> None:
-    """What ``_doReadOrWrite`` does when ``doRead`` raises: log it, then disconnect with the exception (as not in
-    a read: ``_doReadOrWrite`` marks the read only once ``doRead`` returned)."""
-    log.err(reason)
-    reactor._disconnectSelectable(selectable, reason.value, False)
+    cls = type(reactor)
+    if not isinstance(reactor, EPollReactor) or reactor.running or (
+            cls.mainLoop, cls.runUntilCurrent, cls.timeout) != (
+            base.ReactorBase.mainLoop, base.ReactorBase.runUntilCurrent, base.ReactorBase.timeout):
+        return False
+    terminated = functools.partial(base._log.info, "Main loop terminated.")
+    setattr(reactor, "mainLoop", functools.partial(main_loop, reactor, base._topHandler, terminated))  # noqa: B010
+    return True

@@ -32,7 +32,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 import wsgw.logs
 from wsgw.config import ConfigError, config_from_file
-from wsgw.internals.twisted import tls_context_factory
+from wsgw.internals.twisted import run_natively, tls_context_factory
 from wsgw.logs import LiveLogs, tidied
 from wsgw.service import DaemonService, address_of
 from wsgw.web.listener import GuardedSite
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown",  # type: ignore[attr-defined]
                                   lambda: service.stopService() if service.running else None)
+    run_natively(reactor)
     reactor.run()  # type: ignore[attr-defined]
     return status[0]
 
