@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import orjson
 
@@ -98,16 +99,41 @@ def decode(text: bytes) -> Any:
     client's subscribe frame, a token's header and claims; bench/RESULTS.md "Connect path", part 4).
 
     orjson parses what it can and gives what ``json.loads`` gives (key order, the last of duplicate keys, floats
-    correctly rounded), except for integers past 64 bits, which it makes floats: a text with a run of 19 digits
-    anywhere, and anything orjson refuses (NaN, Infinity, 1e400, lone surrogates, a BOM or another encoding than
-    UTF-8, nesting past 1,024, malformed JSON), is ``json.loads``'s. So is a text with ``_MAX_OPENINGS`` or more
-    ``[`` and ``{``: orjson nests to 1,024 levels, ``json.loads`` to Python's recursion limit (~1,000 less the stack
-    it is called from), where it raises RecursionError.
+    correctly rounded), except for integers past 64 bits, which it makes floats, and nesting: orjson nests to 1,024
+    levels, ``json.loads`` to Python's recursion limit (~1,000 less the stack it is called from), where it raises
+    RecursionError. So orjson's value stands when it holds no float and nests less than ``_MAX_OPENINGS`` deep (a
+    walk of the value: most events hold no float), or when its text has no run of 19 digits and fewer than
+    ``_MAX_OPENINGS`` ``[`` and ``{``; anything else, and anything orjson refuses (NaN, Infinity, 1e400, lone
+    surrogates, a BOM or another encoding than UTF-8, malformed JSON), is ``json.loads``'s.
     """
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    if _floatless(value, 0):
+        return value
     folded = text.translate(_FOLD)
     if folded.count(b"{") < _MAX_OPENINGS and folded.find(_NINETEEN_DIGITS) < 0:
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass
+        return value
     return json.loads(text)
+
+
+def _floatless(value: object, depth: int) -> bool:
+    """Whether ``value`` (as JSON makes it) holds no float and nests less than ``_MAX_OPENINGS`` deep, ``depth``
+    levels down already."""
+    kind = type(value)
+    if kind is dict:
+        items: Iterable[object] = cast("dict[str, object]", value).values()
+    elif kind is list:
+        items = cast("list[object]", value)
+    else:
+        return kind is not float
+    if depth + 1 >= _MAX_OPENINGS:
+        return False
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is float or not _floatless(item, depth + 1):
+            return False
+    return True
