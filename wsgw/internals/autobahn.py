@@ -15,10 +15,10 @@ with the few private hooks wsgw needs, exposed under names of its own:
   (``wsgw.internals.twisted.send_direct``: no write buffer, epoll registration and reactor turn per ping,
   ~15 us of the ~63 us a ping and its pong cost, bench/RESULTS.md "Idle cost at N = 10,000"), the wire-level
   counts of ``trafficStats`` kept as Autobahn's;
-- ``_dataReceived(data)``, Autobahn's entry for every read, and ``processControlFrame()``, which handles a
-  complete control frame found in ``control_frame_data`` (its payload's pieces) and ``current_frame``: a read
-  that is one whole pong is handed to the second directly (the keepalive's answers, bench/RESULTS.md "Idle cost
-  at N = 10,000");
+- ``_dataReceived(data)``, Autobahn's entry for every read; ``processControlFrame()``, which handles a complete
+  control frame found in ``control_frame_data`` (its payload's pieces) and ``current_frame``; ``_onMessage``, to
+  which its parser hands a complete message: a read that is one whole pong goes to the second directly, one whole
+  text message to the third, with ``trafficStats`` counted as Autobahn's parser counts them;
 - ``_onOpen``, which Autobahn calls when the handshake completes: from then on the socket is read without
   Twisted's legacy log context (``wsgw.internals.twisted.read_directly``), until ``connectionLost``;
 - ``autoPingInterval``, which Autobahn reads when the handshake completes to schedule the first keepalive ping,
@@ -94,6 +94,7 @@ from txaio import _common as txaio_common
 from txaio.tx import _no_op as _NO_OP  # what a txaio logger's method is when its level is off
 
 from wsgw.internals.twisted import direct_socket, read_directly, send_direct, stop_reading_directly
+from wsgw.internals.wholeframe import unmask, whole_text
 from wsgw.logs import LineBudget
 
 HANDSHAKE_ONLY = (
@@ -268,25 +269,43 @@ class ServerProtocol(WebSocketServerProtocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]  # (ITCPTransport's)
 
     def _dataReceived(self, data: bytes) -> None:
-        # A read that is one whole masked pong (the answer to a keepalive ping: most reads of an idle socket), on
-        # an open socket holding no partial frame: unmasked here and handed to Autobahn's own control-frame
-        # handling (``processControlFrame``: the pending ping's check, its timers, ``onPong``), without its
-        # general frame parser (a masker object, a frame header and five calls per frame). The frame is valid
-        # as it is (final, no RSV bit, masked, payload <= 125 bytes): Autobahn's checks have nothing to refuse.
-        # Any other read is Autobahn's.
-        size = len(data) - 6
-        if 0 <= size <= 125 and data[0] == 0x8A and data[1] == 0x80 | size and self.state == _OPEN \
-                and self.current_frame is None and not self.data and self.applyMask \
-                and not self.logOctets and not self.logFrames:  # type: ignore[attr-defined]
-            self.trafficStats.incomingOctetsWireLevel += size + 6
-            key = (data[2:6] * ((size + 3) >> 2))[:size]
-            self.control_frame_data = [(int.from_bytes(data[6:], "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")]
-            self.current_frame = _PONG
-            try:
-                self.processControlFrame()
-            finally:
-                self.current_frame = None
-            return
+        # A read that is one whole masked pong (the keepalive's answer: most reads of an idle socket) or one whole
+        # masked text message (the client's subscribe, its token: one per connect), on an open socket holding no
+        # partial frame or message: unmasked here (``wsgw.internals.wholeframe``) and handed to what Autobahn's
+        # parser would call at that frame's end (``processControlFrame``; ``_onMessage``), its counts kept, with
+        # nothing Autobahn refuses in it; its per-frame objects (a masker, a frame header, a validator reset, five
+        # calls per frame) not made. Any other read is Autobahn's (bench/RESULTS.md "Idle cost at N = 10,000";
+        # "Connect path", part 5).
+        first = data[0] if data else 0
+        if (first == 0x8A or first == 0x81) and self.state == _OPEN and self.current_frame is None \
+                and not self.data and self.applyMask and not self.logOctets and not self.logFrames:  # type: ignore[attr-defined]
+            size = len(data) - 6
+            if first == 0x8A and 0 <= size <= 125 and data[1] == 0x80 | size:  # (valid as it is: final, masked, short)
+                self.trafficStats.incomingOctetsWireLevel += size + 6
+                self.control_frame_data = [unmask(data, 6, size)]
+                self.current_frame = _PONG
+                try:
+                    self.processControlFrame()
+                finally:
+                    self.current_frame = None
+                return
+            payload = None if (self.inside_message or self.failedByMe or self._listeners is not None
+                               or self.trackedTimings or self._perMessageCompress is not None
+                               or not self.utf8validateIncoming or self.websocket_version == 0) \
+                else whole_text(data, self.maxFramePayloadSize, self.maxMessagePayloadSize)  # type: ignore[attr-defined]
+            if payload is not None:  # (the counts of _dataReceived, onFrameData, onFrameEnd)
+                stats, size = self.trafficStats, len(payload)
+                stats.incomingOctetsWireLevel += len(data)
+                stats.incomingOctetsWebSocketLevel += size
+                stats.incomingOctetsAppLevel += size
+                stats.incomingWebSocketFrames += 1
+                if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
+                    self._cancelAutoPingTimeoutCall()
+                stats.incomingWebSocketMessages += 1
+                self.inside_message = True  # (as while Autobahn's parser hands it over)
+                self._onMessage(payload, False)  # (Autobahn's "message" event has no listener: nothing to fire)
+                self.inside_message = False
+                return
         super()._dataReceived(data)
         if self.state == _CLOSED:  # dropped: nothing more is processed, the rest of the read goes now (not at a gc)
             self.data = b""
