@@ -10,8 +10,8 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from wsgw.access import Access, AccessError, AuthError
 from wsgw import gateway as gateway_module
+from wsgw.access import Access, AccessError, AuthError
 from wsgw.gateway import Gateway
 from wsgw.logs import LineBudget
 from wsgw.revocations import Revocations

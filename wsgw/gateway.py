@@ -257,7 +257,7 @@ class Gateway:
             try:
                 self._resolved(value, session, attempt, token)
             except BaseException:  # (as the caller's errback logs what a chain ends with)
-                self.failed("handling a frame of session {sid}", Failure(), sid=session.sid)
+                self.failed("handling a frame of session {sid}", Failure(), sid=session.sid)  # type: ignore[no-untyped-call]
             return None
         # Bound methods and arguments, no nested functions: compiled (mypyc), a nested function is kept in an
         # environment object that holds it back, a reference cycle that would keep the session until a collection.
