@@ -167,9 +167,10 @@ def test_the_parse_is_autobahns_own_for_arbitrary_reads_and_limits() -> None:
                 | st.binary(max_size=300) | st.sampled_from(INVALID_UTF8 + TEXTS[:-1]))
     frames = st.builds(_frame, firsts, payloads, st.none() | st.binary(min_size=4, max_size=4),
                        st.sampled_from(["short", "short", "16", "64"]))
-    reads = st.tuples(frames, st.sampled_from([b"", b"\x88\x80abcd", b"\x8a\x80abcd", b"\x81"])).map(
+    whole = st.builds(_frame, st.just(0x81), st.text(max_size=300).map(str.encode), st.binary(min_size=4, max_size=4))
+    reads = whole | st.tuples(frames, st.sampled_from([b"", b"\x88\x80abcd", b"\x8a\x80abcd", b"\x81"])).map(
         lambda t: t[0] + t[1])
-    before = st.sampled_from([[], [_frame(0x01, b"start ")], [b"\x81"], [_frame(0x8A, b"")]])
+    before = st.just([]) | st.sampled_from([[_frame(0x01, b"start ")], [b"\x81"], [_frame(0x8A, b"")]])
     limits = st.sampled_from([0, 0, 1, 125, 126, 200])
 
     @settings(max_examples=int(os.environ.get("WSGW_HYPOTHESIS_EXAMPLES", "400")), deadline=None,
@@ -205,3 +206,25 @@ def test_unmask_is_the_xor_with_the_repeated_mask() -> None:
         payload = os.urandom(size)
         data = b"\x81\x80" + b"\x9a\x0b\xfc\x31" + bytes(b ^ b"\x9a\x0b\xfc\x31"[i % 4] for i, b in enumerate(payload))
         assert unmask(data, 6, size) == payload
+
+
+def test_a_socket_gets_autobahns_validator_only_when_its_parser_reads_a_text_message() -> None:
+    """No validator is made at connect (``LazyValidator``); the first text message Autobahn's parser reads makes
+    the socket's own, which validates across fragments and refuses invalid UTF-8 with 1007 as before."""
+    from autobahn.websocket.utf8validator import Utf8Validator
+
+    protocol = _open()
+    assert "utf8validator" not in protocol.__dict__
+    protocol.dataReceived(_frame(0x81, b"whole"))  # (read whole: validated without it)
+    assert "utf8validator" not in protocol.__dict__
+    snowman = "☃".encode()
+    protocol.dataReceived(_frame(0x01, b"a" + snowman[:1]))  # a character split over two fragments
+    protocol.dataReceived(_frame(0x80, snowman[1:]))
+    validator = protocol.__dict__["utf8validator"]
+    assert isinstance(validator, Utf8Validator)
+    assert protocol.factory.seen[-1] == ("message", b"a" + snowman, False, True)
+    protocol.dataReceived(_frame(0x01, b"ok"))
+    protocol.dataReceived(_frame(0x80, b"\xc0\x80"))
+    assert protocol.utf8validator is validator and protocol.factory.seen[-1][1] == b"a" + snowman
+    assert protocol.transport.value()[:4] == b"\x88" + bytes([len(protocol.transport.value()) - 2]) + b"\x03\xef"
+    assert _open().utf8validator is not _open().utf8validator  # (each socket its own)

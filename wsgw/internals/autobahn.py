@@ -70,6 +70,9 @@ with the few private hooks wsgw needs, exposed under names of its own:
   ``ServerProtocol._connectionMade`` lends ``pformat`` the same laziness for the time of Autobahn's own
   (``Timings.__str__`` in that module must keep returning a ``str``), and with debug off hides ``CONFIG_ATTRS``
   for that time, so Autobahn's loop copying the options (none: ``CONFIG_ATTRS`` above) does not run;
+- ``Utf8Validator``: ``_connectionMade`` gives each socket one (a cffi object, ~400 bytes with its dict and C
+  state), used only when Autobahn's parser reads a text message (rare: ``_dataReceived`` validates whole ones
+  itself); the socket's is made at that first use (``LazyValidator``, a class attribute), none at connect;
 - ``log``, each protocol's txaio logger: ``ServerFactory`` gives its sockets a ``BudgetedLog``, so the info,
   warn and error lines Autobahn writes about one socket (a refused handshake, a dropped connection, a ping
   timeout, a protocol error, an unsolicited pong) stay within the daemon's ``wsgw.logs.LineBudget``.
@@ -95,7 +98,7 @@ from txaio.tx import _no_op as _NO_OP  # what a txaio logger's method is when it
 
 from wsgw.internals.twisted import direct_socket, read_directly, send_direct, stop_reading_directly
 from wsgw.internals.wholeframe import unmask, whole_text
-from wsgw.logs import LineBudget
+from wsgw.logs import BudgetedLog, LineBudget
 
 HANDSHAKE_ONLY = (
     "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_params",
@@ -161,6 +164,24 @@ def lazy_debug_arguments() -> None:
 lazy_debug_arguments()
 
 
+class LazyValidator:
+    """``utf8validator`` of a socket that has none yet: Autobahn's validator, made at the first read and kept."""
+
+    def __get__(self, protocol: Any, owner: Any = None) -> Any:
+        if protocol is None:
+            return self
+        validator = protocol.__dict__["utf8validator"] = _UTF8_VALIDATOR()
+        return validator
+
+
+_UTF8_VALIDATOR = autobahn.websocket.protocol.Utf8Validator
+_LAZY_VALIDATOR = LazyValidator()
+
+
+def _no_validator_yet() -> LazyValidator:
+    return _LAZY_VALIDATOR
+
+
 class SendQueue(list):  # type: ignore[type-arg]
     """Autobahn's ``send_queue`` after the handshake: a list (56 bytes empty, a ``deque`` 760) with ``popleft``."""
 
@@ -183,6 +204,7 @@ class ServerProtocol(WebSocketServerProtocol):
     websocket_extensions: Any = ()
 
     _linger: Any = None  # the abort scheduled by a graceful drop
+    utf8validator: Any = _LAZY_VALIDATOR
     def message_too_big(self, limit: int) -> None:
         """An inbound message went over ``limit`` bytes; the default fails the connection with 1009."""
         WebSocketServerProtocol._max_message_size_exceeded(self, limit + 1, limit, "message too big")
@@ -242,6 +264,7 @@ class ServerProtocol(WebSocketServerProtocol):
     def _connectionMade(self) -> None:
         module: Any = autobahn.websocket.protocol
         module.pformat = _lazy_pformat  # its one call in there: the options of the debug line
+        module.Utf8Validator = _no_validator_yet  # (and its validator: made at the first use, LazyValidator)
         # With every option a class attribute (``setProtocolOptions``) Autobahn's loop over CONFIG_ATTRS copies
         # none: it only lists them for that line. With debug off (its line unwritten) it loops over nothing.
         skip = self.log.debug is _NO_OP and getattr(type(self), "_options_of", None) is self.factory
@@ -254,8 +277,11 @@ class ServerProtocol(WebSocketServerProtocol):
             super()._connectionMade()
         finally:
             module.pformat = _PFORMAT
+            module.Utf8Validator = _UTF8_VALIDATOR
             if skip:
                 del self.CONFIG_ATTRS
+        if self.__dict__.get("utf8validator") is _LAZY_VALIDATOR:
+            del self.utf8validator  # (the class's LazyValidator answers)
 
     def dropConnection(self, abort: bool = False) -> None:
         super().dropConnection(abort)
@@ -355,33 +381,6 @@ class _BatchedTimer(txaio_common._BatchedTimer):
             delayed = self._create_delayed_call(max(0.0, real_time / 1000.0 - now), self._notify_bucket, real_time)
             self._buckets[real_time] = (delayed, [call])
         return call
-
-
-class BudgetedLog:
-    """Autobahn's logger for the sockets of one factory: ``debug`` and ``trace`` are Autobahn's own (bound once,
-    nothing added on the frame path); ``info``, ``warn`` and ``error`` lines are written within ``budget``
-    (kind ``websocket``)."""
-
-    def __init__(self, inner: Any, budget: LineBudget) -> None:
-        self._inner = inner
-        self._budget = budget
-        self.debug = inner.debug
-        self.trace = inner.trace
-
-    def info(self, *args: Any, **kwargs: Any) -> None:
-        if self._budget.admit("websocket"):
-            self._inner.info(*args, **kwargs)
-
-    def warn(self, *args: Any, **kwargs: Any) -> None:
-        if self._budget.admit("websocket"):
-            self._inner.warn(*args, **kwargs)
-
-    def error(self, *args: Any, **kwargs: Any) -> None:
-        if self._budget.admit("websocket"):
-            self._inner.error(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 class ServerFactory(WebSocketServerFactory):
