@@ -32,7 +32,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 # tests/test_fresh_machine.py checks they import none of the network support modules.
 UNIT_MODULES = frozenset({
     "test_bus_memory", "test_chat_races", "test_chat_rooms", "test_chat_sanitize", "test_config", "test_control",
-    "test_dispatch", "test_events_activity", "test_events_batching", "test_events_idm", "test_events_nodes",
+    "test_dispatch", "test_session_timer", "test_events_activity", "test_events_batching", "test_events_idm", "test_events_nodes",
     "test_events_tasks", "test_events_usermeta", "test_flow", "test_frames", "test_fresh_machine", "test_gateway",
     "test_instances", "test_interfaces", "test_layout", "test_properties", "test_reactor_loop", "test_reauthorizer",
     "test_revocations", "test_sessions",

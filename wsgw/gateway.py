@@ -1,13 +1,11 @@
 """The gateway core: the life of every session, whatever its endpoint (PROTOCOL.md §2, §6).
 
-Protocols hand it sockets and decoded client frames; it never sees Autobahn.
-It owns: opening and closing sessions (registered in the ``SessionTable``, each
-with its outbound ``wsgw.flow.Flow``), subscribe / unsubscribe (verify the token,
-resolve the access, hand it to the session's endpoint, then drop the frames
-still waiting that the new access would not produce; the frames a client sends
-meanwhile wait for it, in order), the auth timeout and token expiry timers, the
-cap on one login's subscribed sockets, and every close the server initiates,
-counted by code. What a session receives is its endpoint's business (``wsgw.interfaces.IEndpoint``).
+Protocols hand it sockets and decoded client frames; it never sees Autobahn. It owns: opening and closing sessions
+(registered in the ``SessionTable``, each with its outbound ``wsgw.flow.Flow``), subscribe / unsubscribe (verify the
+token, resolve the access, hand it to the session's endpoint, then drop the frames still waiting that the new access
+would not produce; the frames a client sends meanwhile wait for it, in order), the auth timeout and token expiry
+timers, the cap on one login's subscribed sockets, and every close the server initiates, counted by code. What a
+session receives is its endpoint's business (``wsgw.interfaces.IEndpoint``).
 """
 
 from __future__ import annotations
@@ -17,8 +15,8 @@ from collections.abc import Callable
 from types import MethodType
 from typing import Any
 
-import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.base import DelayedCall
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,21 +28,10 @@ from wsgw.frames import CLOSE_AUTH, CLOSE_FLOOD, CLOSE_REVOKED, CLOSE_SLOW, CLOS
 from wsgw.interfaces import IAccessResolver, IConnection, IEndpoint, ITokenVerifier
 from wsgw.logs import LineBudget
 from wsgw.revocations import Revocations
-from wsgw.sessions import Session, SessionTable
+from wsgw.sessions import Census, Session, SessionTable, take_census
 
 SUBSCRIBE = ("subscribe", "register")
 UNSUBSCRIBE = ("unsubscribe", "unregister")
-
-
-@attrs.frozen
-class Census:
-    """The open sessions right now: ``open`` and ``subscribed`` by endpoint name; ``waiting_frames`` and
-    ``waiting_bytes``, what their flows hold (paced, or blocked by a client that reads slowly)."""
-
-    open: Counter[str]
-    subscribed: Counter[str]
-    waiting_frames: int
-    waiting_bytes: int
 
 
 class Gateway:
@@ -61,21 +48,10 @@ class Gateway:
 
     _log = Logger(namespace=f"{__name__}.Gateway")  # named: compiled (mypyc), Logger() finds no module
 
-    def __init__(
-        self,
-        clock: IReactorTime,
-        verifier: ITokenVerifier,
-        resolver: IAccessResolver,
-        *,
-        auth_timeout: float = 30.0,
-        leeway: float = 30.0,
-        max_queued_bytes: int = 4 << 20,
-        max_waiting_frames: int = 64,
-        max_waiting_bytes: int = 64 * 1024,
-        max_sockets_per_user: int = 0,
-        log_budget: LineBudget | None = None,
-        revocations: Revocations | None = None,
-    ) -> None:
+    def __init__(self, clock: IReactorTime, verifier: ITokenVerifier, resolver: IAccessResolver, *,
+                 auth_timeout: float = 30.0, leeway: float = 30.0, max_queued_bytes: int = 4 << 20,
+                 max_waiting_frames: int = 64, max_waiting_bytes: int = 64 * 1024, max_sockets_per_user: int = 0,
+                 log_budget: LineBudget | None = None, revocations: Revocations | None = None) -> None:
         self._clock = clock
         self._verifier = verifier
         self._resolver = resolver
@@ -131,18 +107,7 @@ class Gateway:
 
     def census(self) -> Census:
         """Count the open sessions (a scan: for /metrics at scrape time, never per event)."""
-        open_: Counter[str] = Counter()
-        subscribed: Counter[str] = Counter()
-        frames = size = 0
-        for session in self.table:
-            name = session.endpoint.name if session.endpoint is not None else "-"
-            open_[name] += 1
-            if session.access is not None:
-                subscribed[name] += 1
-            waiting = session.flow.waiting
-            frames += waiting[0]
-            size += waiting[1]
-        return Census(open_, subscribed, frames, size)
+        return take_census(self.table)
 
     def when_empty(self) -> Deferred[None]:
         """Fires when no socket is left open."""
@@ -273,17 +238,36 @@ class Gateway:
         if not isinstance(token, str) or not token:
             self._refuse(session, "subscribe: missing token", CLOSE_AUTH, "missing_token")
             return None
-        session.attempt += 1
-        attempt = session.attempt
+        attempt = session.attempt = session.attempt + 1
+        # Each step known at once (an HMAC token, an access from its claims) runs here, not through a chain of Deferreds
+        # (bench/RESULTS.md "Connect path", part 5): the same calls, in order, a raise a failure as in a chain.
+        d: Any = self._verifier.verify(token)
+        steps = 0
+        try:
+            value = _now(d)
+            if value is not _LATER:
+                d, steps = self._resolve(value, token), 1
+                value = _now(d)
+                if value is not _LATER and self._ready is not None:  # the revocations first
+                    d, steps = self._ready(value), 2
+                    value = _now(d)
+        except BaseException:
+            d, value = fail(), _LATER
+        if value is not _LATER:
+            try:
+                self._resolved(value, session, attempt, token)
+            except BaseException:  # (as the caller's errback logs what a chain ends with)
+                self.failed("handling a frame of session {sid}", Failure(), sid=session.sid)  # type: ignore[no-untyped-call]
+            return None
         # Bound methods and arguments, no nested functions: compiled (mypyc), a nested function is kept in an
         # environment object that holds it back, a reference cycle that would keep the session until a collection.
-        d: Deferred[Any] = self._verifier.verify(token)
-        d.addCallback(self._resolve, token)
-        if self._ready is not None:  # the revocations first
+        if steps < 1:
+            d.addCallback(self._resolve, token)
+        if steps < 2 and self._ready is not None:
             d.addCallback(self._ready)
         d.addCallbacks(self._resolved, self._failed, callbackArgs=(session, attempt, token),
                        errbackArgs=(session, attempt))
-        return d
+        return d  # type: ignore[no-any-return]
 
     def _resolve(self, claims: dict[str, Any], token: str) -> Deferred[Access]:
         return self._resolver.resolve(token, claims)
@@ -306,11 +290,9 @@ class Gateway:
         elif isinstance(failure.value, AccessBusy):
             self._refuse(session, f"subscribe: {failure.value}", CLOSE_TRY_AGAIN, "access_busy")
         elif isinstance(failure.value, AccessError):
-            reason = str(failure.value)
-            if "unavailable" in reason:
-                self._refuse(session, f"subscribe: {reason}", CLOSE_TRY_AGAIN, "access_unavailable")
-            else:
-                self._refuse(session, f"subscribe: {reason}", CLOSE_AUTH, "access_denied")
+            unavailable = "unavailable" in str(failure.value)
+            self._refuse(session, f"subscribe: {failure.value}", CLOSE_TRY_AGAIN if unavailable else CLOSE_AUTH,
+                         "access_unavailable" if unavailable else "access_denied")
         else:
             self.failed("subscribe failed unexpectedly for session {sid}", failure, sid=session.sid)
             self._refuse(session, "subscribe: internal error", CLOSE_TRY_AGAIN, "internal_error")
@@ -347,10 +329,10 @@ class Gateway:
         session.endpoint.subscribe(session, access)
         self._refilter(session, before)
         self.subscribes_accepted += 1
-        self._cancel_timer(session)
-        if access.exp is not None:
-            delay = max(0.0, access.exp + self._leeway - self._clock.seconds())
-            self._set_timer(session, delay, self._expired)
+        if access.exp is None:
+            self._cancel_timer(session)
+        else:
+            self._set_timer(session, max(0.0, access.exp + self._leeway - self._clock.seconds()), self._expired)
         self._budget.info(self._log, "subscribed", "session {sid} subscribed as {login} on /{endpoint}",
                           sid=session.sid, login=access.login, endpoint=session.endpoint.name)
         # (a string and an integer or None: orjson's bytes are encode's, without building a JSON encoder per call)
@@ -394,8 +376,15 @@ class Gateway:
     # -- timers -----------------------------------------------------------
 
     def _set_timer(self, session: Session, delay: float, fn: Callable[[Session], None]) -> None:
-        self._cancel_timer(session)
-        session.timer = self._clock.callLater(delay, fn, session)
+        """``fn(session)`` in ``delay`` s, not the timer's call: a pending timer due no later is moved on (``reset``, no
+        re-sort), not replaced (bench/RESULTS.md "Connect path", part 5: one timer from open to expiry)."""
+        call = session.timer
+        if isinstance(call, DelayedCall) and call.active() and call.getTime() <= self._clock.seconds() + delay:
+            call.func = fn  # (a DelayedCall's public attribute, read when it fires)
+            call.reset(delay)
+        else:
+            self._cancel_timer(session)
+            session.timer = self._clock.callLater(delay, fn, session)
 
     def _cancel_timer(self, session: Session) -> None:
         call, session.timer = session.timer, None
@@ -411,6 +400,18 @@ class Gateway:
         session.timer = None
         if session.open:
             self.close(session, CLOSE_AUTH, "token expired")
+
+
+_LATER = object()  # (not known yet)
+
+
+def _now(result: Any) -> Any:
+    """``result``, or a Deferred's value when it has one (fired, not paused, not a failure); else ``_LATER``."""
+    if not isinstance(result, Deferred):
+        return result
+    if not result.called or result.paused or isinstance(result.result, (Failure, Deferred)):
+        return _LATER
+    return result.result
 
 
 def _waiting(session: Session) -> deque[tuple[dict[str, Any], int]] | None:

@@ -291,3 +291,30 @@ class LineBudget:
         """``log.failure(text, failure, **fields)`` (a traceback, critical) within the budget of ``internal_error``."""
         if self.admit("internal_error"):
             log.failure(text, failure, **fields)
+
+
+class BudgetedLog:
+    """Autobahn's logger for the sockets of one factory: ``debug`` and ``trace`` are Autobahn's own (bound once,
+    nothing added on the frame path); ``info``, ``warn`` and ``error`` lines are written within ``budget``
+    (kind ``websocket``)."""
+
+    def __init__(self, inner: Any, budget: LineBudget) -> None:
+        self._inner = inner
+        self._budget = budget
+        self.debug = inner.debug
+        self.trace = inner.trace
+
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        if self._budget.admit("websocket"):
+            self._inner.info(*args, **kwargs)
+
+    def warn(self, *args: Any, **kwargs: Any) -> None:
+        if self._budget.admit("websocket"):
+            self._inner.warn(*args, **kwargs)
+
+    def error(self, *args: Any, **kwargs: Any) -> None:
+        if self._budget.admit("websocket"):
+            self._inner.error(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

@@ -15,7 +15,7 @@ drops the frames still waiting that the new access would not produce (PROTOCOL.m
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,17 @@ if TYPE_CHECKING:
 
 _ids = itertools.count(1)
 _log = Logger(namespace=__name__)  # named: compiled (mypyc), Logger() finds no module
+
+
+@attrs.frozen
+class Census:
+    """The open sessions right now: ``open`` and ``subscribed`` by endpoint name; ``waiting_frames`` and
+    ``waiting_bytes``, what their flows hold (paced, or blocked by a client that reads slowly)."""
+
+    open: Counter[str]
+    subscribed: Counter[str]
+    waiting_frames: int
+    waiting_bytes: int
 
 
 class Session:
@@ -95,6 +106,23 @@ def fan_out(recipients: Iterable[Session], frame: bytes, scope: Scope | None, *,
         else:
             sent += 1
     return sent
+
+
+def take_census(sessions: Iterable[Session]) -> Census:
+    """Count ``sessions`` by endpoint name, subscribed or not, and what their flows hold (``wsgw.gateway.Gateway``'s
+    census: a scan, for /metrics at scrape time, never per event)."""
+    open_: Counter[str] = Counter()
+    subscribed: Counter[str] = Counter()
+    frames = size = 0
+    for session in sessions:
+        name = session.endpoint.name if session.endpoint is not None else "-"
+        open_[name] += 1
+        if session.access is not None:
+            subscribed[name] += 1
+        waiting = session.flow.waiting
+        frames += waiting[0]
+        size += waiting[1]
+    return Census(open_, subscribed, frames, size)
 
 
 @attrs.frozen

@@ -15,10 +15,10 @@ with the few private hooks wsgw needs, exposed under names of its own:
   (``wsgw.internals.twisted.send_direct``: no write buffer, epoll registration and reactor turn per ping,
   ~15 us of the ~63 us a ping and its pong cost, bench/RESULTS.md "Idle cost at N = 10,000"), the wire-level
   counts of ``trafficStats`` kept as Autobahn's;
-- ``_dataReceived(data)``, Autobahn's entry for every read, and ``processControlFrame()``, which handles a
-  complete control frame found in ``control_frame_data`` (its payload's pieces) and ``current_frame``: a read
-  that is one whole pong is handed to the second directly (the keepalive's answers, bench/RESULTS.md "Idle cost
-  at N = 10,000");
+- ``_dataReceived(data)``, Autobahn's entry for every read; ``processControlFrame()``, which handles a complete
+  control frame found in ``control_frame_data`` (its payload's pieces) and ``current_frame``; ``_onMessage``, to
+  which its parser hands a complete message: a read that is one whole pong goes to the second directly, one whole
+  text message to the third, with ``trafficStats`` counted as Autobahn's parser counts them;
 - ``_onOpen``, which Autobahn calls when the handshake completes: from then on the socket is read without
   Twisted's legacy log context (``wsgw.internals.twisted.read_directly``), until ``connectionLost``;
 - ``autoPingInterval``, which Autobahn reads when the handshake completes to schedule the first keepalive ping,
@@ -70,6 +70,9 @@ with the few private hooks wsgw needs, exposed under names of its own:
   ``ServerProtocol._connectionMade`` lends ``pformat`` the same laziness for the time of Autobahn's own
   (``Timings.__str__`` in that module must keep returning a ``str``), and with debug off hides ``CONFIG_ATTRS``
   for that time, so Autobahn's loop copying the options (none: ``CONFIG_ATTRS`` above) does not run;
+- ``Utf8Validator``: ``_connectionMade`` gives each socket one (a cffi object, ~400 bytes with its dict and C
+  state), used only when Autobahn's parser reads a text message (rare: ``_dataReceived`` validates whole ones
+  itself); the socket's is made at that first use (``LazyValidator``, a class attribute), none at connect;
 - ``log``, each protocol's txaio logger: ``ServerFactory`` gives its sockets a ``BudgetedLog``, so the info,
   warn and error lines Autobahn writes about one socket (a refused handshake, a dropped connection, a ping
   timeout, a protocol error, an unsolicited pong) stay within the daemon's ``wsgw.logs.LineBudget``.
@@ -94,7 +97,8 @@ from txaio import _common as txaio_common
 from txaio.tx import _no_op as _NO_OP  # what a txaio logger's method is when its level is off
 
 from wsgw.internals.twisted import direct_socket, read_directly, send_direct, stop_reading_directly
-from wsgw.logs import LineBudget
+from wsgw.internals.wholeframe import unmask, whole_text
+from wsgw.logs import BudgetedLog, LineBudget
 
 HANDSHAKE_ONLY = (
     "http_headers", "http_request_data", "http_response_data", "http_status_line", "http_request_params",
@@ -160,6 +164,24 @@ def lazy_debug_arguments() -> None:
 lazy_debug_arguments()
 
 
+class LazyValidator:
+    """``utf8validator`` of a socket that has none yet: Autobahn's validator, made at the first read and kept."""
+
+    def __get__(self, protocol: Any, owner: Any = None) -> Any:
+        if protocol is None:
+            return self
+        validator = protocol.__dict__["utf8validator"] = _UTF8_VALIDATOR()
+        return validator
+
+
+_UTF8_VALIDATOR = autobahn.websocket.protocol.Utf8Validator
+_LAZY_VALIDATOR = LazyValidator()
+
+
+def _no_validator_yet() -> LazyValidator:
+    return _LAZY_VALIDATOR
+
+
 class SendQueue(list):  # type: ignore[type-arg]
     """Autobahn's ``send_queue`` after the handshake: a list (56 bytes empty, a ``deque`` 760) with ``popleft``."""
 
@@ -182,6 +204,7 @@ class ServerProtocol(WebSocketServerProtocol):
     websocket_extensions: Any = ()
 
     _linger: Any = None  # the abort scheduled by a graceful drop
+    utf8validator: Any = _LAZY_VALIDATOR
     def message_too_big(self, limit: int) -> None:
         """An inbound message went over ``limit`` bytes; the default fails the connection with 1009."""
         WebSocketServerProtocol._max_message_size_exceeded(self, limit + 1, limit, "message too big")
@@ -241,6 +264,7 @@ class ServerProtocol(WebSocketServerProtocol):
     def _connectionMade(self) -> None:
         module: Any = autobahn.websocket.protocol
         module.pformat = _lazy_pformat  # its one call in there: the options of the debug line
+        module.Utf8Validator = _no_validator_yet  # (and its validator: made at the first use, LazyValidator)
         # With every option a class attribute (``setProtocolOptions``) Autobahn's loop over CONFIG_ATTRS copies
         # none: it only lists them for that line. With debug off (its line unwritten) it loops over nothing.
         skip = self.log.debug is _NO_OP and getattr(type(self), "_options_of", None) is self.factory
@@ -253,8 +277,11 @@ class ServerProtocol(WebSocketServerProtocol):
             super()._connectionMade()
         finally:
             module.pformat = _PFORMAT
+            module.Utf8Validator = _UTF8_VALIDATOR
             if skip:
                 del self.CONFIG_ATTRS
+        if self.__dict__.get("utf8validator") is _LAZY_VALIDATOR:
+            del self.utf8validator  # (the class's LazyValidator answers)
 
     def dropConnection(self, abort: bool = False) -> None:
         super().dropConnection(abort)
@@ -268,25 +295,43 @@ class ServerProtocol(WebSocketServerProtocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]  # (ITCPTransport's)
 
     def _dataReceived(self, data: bytes) -> None:
-        # A read that is one whole masked pong (the answer to a keepalive ping: most reads of an idle socket), on
-        # an open socket holding no partial frame: unmasked here and handed to Autobahn's own control-frame
-        # handling (``processControlFrame``: the pending ping's check, its timers, ``onPong``), without its
-        # general frame parser (a masker object, a frame header and five calls per frame). The frame is valid
-        # as it is (final, no RSV bit, masked, payload <= 125 bytes): Autobahn's checks have nothing to refuse.
-        # Any other read is Autobahn's.
-        size = len(data) - 6
-        if 0 <= size <= 125 and data[0] == 0x8A and data[1] == 0x80 | size and self.state == _OPEN \
-                and self.current_frame is None and not self.data and self.applyMask \
-                and not self.logOctets and not self.logFrames:  # type: ignore[attr-defined]
-            self.trafficStats.incomingOctetsWireLevel += size + 6
-            key = (data[2:6] * ((size + 3) >> 2))[:size]
-            self.control_frame_data = [(int.from_bytes(data[6:], "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")]
-            self.current_frame = _PONG
-            try:
-                self.processControlFrame()
-            finally:
-                self.current_frame = None
-            return
+        # A read that is one whole masked pong (the keepalive's answer: most reads of an idle socket) or one whole
+        # masked text message (the client's subscribe, its token: one per connect), on an open socket holding no
+        # partial frame or message: unmasked here (``wsgw.internals.wholeframe``) and handed to what Autobahn's
+        # parser would call at that frame's end (``processControlFrame``; ``_onMessage``), its counts kept, with
+        # nothing Autobahn refuses in it; its per-frame objects (a masker, a frame header, a validator reset, five
+        # calls per frame) not made. Any other read is Autobahn's (bench/RESULTS.md "Idle cost at N = 10,000";
+        # "Connect path", part 5).
+        first = data[0] if data else 0
+        if (first == 0x8A or first == 0x81) and self.state == _OPEN and self.current_frame is None \
+                and not self.data and self.applyMask and not self.logOctets and not self.logFrames:  # type: ignore[attr-defined]
+            size = len(data) - 6
+            if first == 0x8A and 0 <= size <= 125 and data[1] == 0x80 | size:  # (valid as it is: final, masked, short)
+                self.trafficStats.incomingOctetsWireLevel += size + 6
+                self.control_frame_data = [unmask(data, 6, size)]
+                self.current_frame = _PONG
+                try:
+                    self.processControlFrame()
+                finally:
+                    self.current_frame = None
+                return
+            payload = None if (self.inside_message or self.failedByMe or self._listeners is not None
+                               or self.trackedTimings or self._perMessageCompress is not None
+                               or not self.utf8validateIncoming or self.websocket_version == 0) \
+                else whole_text(data, self.maxFramePayloadSize, self.maxMessagePayloadSize)  # type: ignore[attr-defined]
+            if payload is not None:  # (the counts of _dataReceived, onFrameData, onFrameEnd)
+                stats, size = self.trafficStats, len(payload)
+                stats.incomingOctetsWireLevel += len(data)
+                stats.incomingOctetsWebSocketLevel += size
+                stats.incomingOctetsAppLevel += size
+                stats.incomingWebSocketFrames += 1
+                if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:  # type: ignore[attr-defined]
+                    self._cancelAutoPingTimeoutCall()
+                stats.incomingWebSocketMessages += 1
+                self.inside_message = True  # (as while Autobahn's parser hands it over)
+                self._onMessage(payload, False)  # (Autobahn's "message" event has no listener: nothing to fire)
+                self.inside_message = False
+                return
         super()._dataReceived(data)
         if self.state == _CLOSED:  # dropped: nothing more is processed, the rest of the read goes now (not at a gc)
             self.data = b""
@@ -336,33 +381,6 @@ class _BatchedTimer(txaio_common._BatchedTimer):
             delayed = self._create_delayed_call(max(0.0, real_time / 1000.0 - now), self._notify_bucket, real_time)
             self._buckets[real_time] = (delayed, [call])
         return call
-
-
-class BudgetedLog:
-    """Autobahn's logger for the sockets of one factory: ``debug`` and ``trace`` are Autobahn's own (bound once,
-    nothing added on the frame path); ``info``, ``warn`` and ``error`` lines are written within ``budget``
-    (kind ``websocket``)."""
-
-    def __init__(self, inner: Any, budget: LineBudget) -> None:
-        self._inner = inner
-        self._budget = budget
-        self.debug = inner.debug
-        self.trace = inner.trace
-
-    def info(self, *args: Any, **kwargs: Any) -> None:
-        if self._budget.admit("websocket"):
-            self._inner.info(*args, **kwargs)
-
-    def warn(self, *args: Any, **kwargs: Any) -> None:
-        if self._budget.admit("websocket"):
-            self._inner.warn(*args, **kwargs)
-
-    def error(self, *args: Any, **kwargs: Any) -> None:
-        if self._budget.admit("websocket"):
-            self._inner.error(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 class ServerFactory(WebSocketServerFactory):
