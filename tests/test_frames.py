@@ -97,3 +97,35 @@ def test_decode_is_json_loads_on_arbitrary_bytes(data: bytes) -> None:
 def test_decode_is_json_loads_at_the_edges(data: bytes) -> None:
     """Where orjson and json differ (64-bit integers, NaN, 1e400, surrogates, BOM, nesting, encodings)."""
     assert _decode(data) == _loads(data)
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value - value == 0.0
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES, st.booleans())
+def test_decode_event_is_decode_without_what_json_cannot_hold(value: Any, ascii_only: bool) -> None:
+    """``decode_event``: ``decode``'s value when it holds only finite numbers; else ValueError (a bus event with NaN,
+    Infinity or 1e400 is malformed: no frame can carry it on, PROTOCOL.md §1)."""
+    data = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    if _finite(value):
+        assert repr(frames.decode_event(data)) == repr(frames.decode(data))
+    else:
+        with pytest.raises(ValueError):
+            frames.decode_event(data)
+
+
+@pytest.mark.parametrize("data", [b"NaN", b"[Infinity]", b'{"a":-Infinity}', b"1e400", b"-1e400", b"[1.8e308]",
+                                  b'{"n":' + b"9" * 400 + b".0}", b"[" * 300 + b"NaN" + b"]" * 300])
+def test_decode_event_refuses_what_no_json_text_holds(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        frames.decode_event(data)
+    assert frames.decode_event(b'{"a":1.7976931348623157e308,"b":-0.0,"c":5e-324}') == json.loads(
+        b'{"a":1.7976931348623157e308,"b":-0.0,"c":5e-324}')

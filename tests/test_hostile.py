@@ -518,6 +518,45 @@ async def test_bad_bus_events_on_every_topic_are_dropped_and_good_ones_still_arr
         assert not list(tracebacks)
 
 
+# where each topic's event may hold any value that its rules pass on to browsers
+_ANY_VALUE_AT = {"tree": "Target", "meta": "Target", "tasks": "TaskUpdated", "idm": "User", "activity": "Activity",
+                 "chat": "Message"}
+NOT_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400", b"[1.8e308]"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bus_events_holding_nan_or_infinity_are_malformed(tracebacks: EventLoggingObserver,
+                                                                 hostile: Hostile) -> None:
+    """A value ``json.loads`` reads as a float that is not finite (NaN, Infinity, 1e400) has no JSON form: passed on,
+    it made a frame holding ``NaN`` or ``Infinity``, which a browser's ``JSON.parse`` refuses (PROTOCOL.md §1: one
+    JSON value per frame). On every topic such an event is malformed (§4: counted, dropped), and the good event
+    published right after is the next frame its recipient gets."""
+    async with hostile() as (daemon, calm):
+        chat = await connect(daemon.port, "/chat")
+        await chat.subscribe(token("watcher", [HOME]))
+        room = f"hostile-{uuid.uuid4().hex[:8]}"
+        chat.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": room}})
+        room_uuid = (await chat.next())["Room"]["Uuid"]
+        dispatcher = daemon.service.dispatcher
+        for topic, good in GOOD_EVENTS.items():
+            for value in NOT_FINITE:
+                event = good(uuid.uuid4().hex)
+                event[_ANY_VALUE_AT[topic]]["Extra"] = "@VALUE@"
+                await daemon.publish(topic, json.dumps(event).replace('"@ROOM@"', json.dumps(room_uuid))
+                                     .replace('"@VALUE@"', value.decode()).encode())
+            tag = uuid.uuid4().hex
+            await daemon.publish(topic, json.dumps(good(tag)).replace("@ROOM@", room_uuid))
+            if topic == "chat":
+                while (frame := await chat.next()).get("@type") == "ROOM_UPDATE":
+                    pass
+                assert frame["Uuid"] == tag
+            else:
+                assert tag in json.dumps(await calm.next()), topic
+            assert dispatcher.malformed[topic] == len(NOT_FINITE), topic
+        assert not dispatcher.crashed
+        assert not list(tracebacks)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_crashing_handler_is_counted_and_logged_and_other_topics_go_on(
     monkeypatch: pytest.MonkeyPatch, tracebacks: EventLoggingObserver, hostile: Hostile,

@@ -111,3 +111,29 @@ def decode(text: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass
     return json.loads(text)
+
+
+def decode_event(text: bytes) -> Any:
+    """``decode(text)`` for a bus event, whose values the rules pass on to browsers: ``NaN``, ``Infinity``,
+    ``-Infinity`` and a number past a double's range (``1e400``), which ``json.loads`` reads as floats that no JSON
+    text can hold (a frame with ``NaN`` in it is refused by the browser's ``JSON.parse``; PROTOCOL.md §1: one JSON
+    value per frame), raise ValueError, as any text that is not JSON does. orjson refuses them: only the
+    ``json.loads`` path meets them."""
+    folded = text.translate(_FOLD)
+    if folded.count(b"{") < _MAX_OPENINGS and folded.find(_NINETEEN_DIGITS) < 0:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text, parse_constant=_not_finite, parse_float=_finite)
+
+
+def _not_finite(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(number: str) -> float:
+    value = float(number)  # what json.loads makes of it
+    if value - value != 0.0:  # inf - inf is NaN, as is NaN - NaN
+        raise ValueError(f"{number[:40]} is out of a double's range")
+    return value
