@@ -129,3 +129,18 @@ def test_decode_event_refuses_what_no_json_text_holds(data: bytes) -> None:
         frames.decode_event(data)
     assert frames.decode_event(b'{"a":1.7976931348623157e308,"b":-0.0,"c":5e-324}') == json.loads(
         b'{"a":1.7976931348623157e308,"b":-0.0,"c":5e-324}')
+
+
+@pytest.mark.parametrize("depth", [1, 2, 199, 200, 201, 499, 500, 501, 502, 900, 970, 980, 1100])
+def test_decode_event_refuses_an_event_deeper_than_its_fixed_bound(depth: int) -> None:
+    """Lists and objects nested at most ``MAX_EVENT_DEPTH`` deep decode as ``json.loads`` decodes them; deeper, a
+    ValueError or RecursionError (the dispatcher's malformed event) whatever the stack, so that an interpreted and
+    a compiled build agree (``json.loads`` alone refused from ~975 levels interpreted, a few more compiled)."""
+    text = b'{"a":' + b'[{"b":' * ((depth - 1) // 2) + b"[" * ((depth - 1) % 2) + b"1" + b"]" * ((depth - 1) % 2) \
+        + b"}]" * ((depth - 1) // 2) + b"}"
+    if depth <= frames.MAX_EVENT_DEPTH:
+        assert frames.decode_event(text) == json.loads(text)
+    else:
+        with pytest.raises((ValueError, RecursionError)):
+            frames.decode_event(text)
+    assert frames.MAX_EVENT_DEPTH == 500

@@ -558,6 +558,26 @@ async def test_bus_events_holding_nan_or_infinity_are_malformed(tracebacks: Even
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_bus_event_nested_past_the_fixed_bound_is_malformed(tracebacks: EventLoggingObserver,
+                                                                     hostile: Hostile) -> None:
+    """A task event 500 levels deep is delivered; 501, 800 and 974 deep are malformed, as 1,000 deep is: the bound
+    is ``MAX_EVENT_DEPTH``, not the depth where ``json.loads`` runs out of stack (~975 levels on an interpreted
+    daemon, a few more on a compiled one, which delivered what the interpreted one dropped)."""
+    async with hostile() as (daemon, calm):
+        def task(tag: str, depth: int) -> bytes:
+            return (b'{"TaskUpdated":{"TriggerOwner":"watcher","ID":"%s","X":' % tag.encode()
+                    + b"[" * (depth - 2) + b"]" * (depth - 2) + b"}}")
+
+        for depth in (501, 800, 974, 1000):
+            await daemon.publish("tasks", task(f"deep-{depth}", depth))
+        await daemon.publish("tasks", task("at-the-bound", 500))
+        assert (await calm.next())["TaskUpdated"]["ID"] == "at-the-bound"
+        assert daemon.service.dispatcher.malformed["tasks"] == 4
+        assert not daemon.service.dispatcher.crashed
+        assert not list(tracebacks)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_crashing_handler_is_counted_and_logged_and_other_topics_go_on(
     monkeypatch: pytest.MonkeyPatch, tracebacks: EventLoggingObserver, hostile: Hostile,
 ) -> None:

@@ -34,6 +34,9 @@ _FOLD = bytes(0x31 if 0x30 <= i <= 0x39 else 0x7B if i in (0x5B, 0x7B) else 0x2E
 _NINETEEN_DIGITS = b"1" * 19
 _MAX_OPENINGS = 200  # (no frame, token or bus event comes near; far below the depth json.loads refuses under the
 # reactor's stack)
+MAX_EVENT_DEPTH = 500
+"""``decode_event``: a bus event nested deeper (lists and objects) is not decoded; far below the depth ``json.loads``
+refuses under the reactor's stack, far above any event's (Cells' deepest are a few levels)."""
 
 
 def encode(obj: Any) -> bytes:
@@ -118,14 +121,39 @@ def decode_event(text: bytes) -> Any:
     ``-Infinity`` and a number past a double's range (``1e400``), which ``json.loads`` reads as floats that no JSON
     text can hold (a frame with ``NaN`` in it is refused by the browser's ``JSON.parse``; PROTOCOL.md §1: one JSON
     value per frame), raise ValueError, as any text that is not JSON does. orjson refuses them: only the
-    ``json.loads`` path meets them."""
+    ``json.loads`` path meets them. So does an event nested deeper than ``MAX_EVENT_DEPTH`` levels: ``json.loads``
+    alone refuses one at a depth its caller's stack decides (~975 interpreted, a few more compiled, whose calls
+    take no Python frame), so that the same event would be delivered by one build and malformed in the other."""
     folded = text.translate(_FOLD)
-    if folded.count(b"{") < _MAX_OPENINGS and folded.find(_NINETEEN_DIGITS) < 0:
+    openings = folded.count(b"{")
+    if openings < _MAX_OPENINGS and folded.find(_NINETEEN_DIGITS) < 0:
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(text, parse_constant=_not_finite, parse_float=_finite)
+    value = json.loads(text, parse_constant=_not_finite, parse_float=_finite)
+    if openings > MAX_EVENT_DEPTH and _deeper_than(value, MAX_EVENT_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_EVENT_DEPTH} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` (as ``json.loads`` makes it) holds lists and objects more than ``limit`` levels deep; level by
+    level, without recursion."""
+    level: list[Any] = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        inner: list[Any] = []
+        for container in level:
+            if type(container) is dict:
+                inner.extend(v for v in container.values() if type(v) is dict or type(v) is list)
+            elif type(container) is list:
+                inner.extend(v for v in container if type(v) is dict or type(v) is list)
+        level = inner
+    return False
 
 
 def _not_finite(name: str) -> float:
