@@ -131,16 +131,18 @@ def test_decode_event_refuses_what_no_json_text_holds(data: bytes) -> None:
         b'{"a":1.7976931348623157e308,"b":-0.0,"c":5e-324}')
 
 
-@pytest.mark.parametrize("depth", [1, 2, 199, 200, 201, 499, 500, 501, 502, 900, 970, 980, 1100])
-def test_decode_event_refuses_an_event_deeper_than_its_fixed_bound(depth: int) -> None:
-    """Lists and objects nested at most ``MAX_EVENT_DEPTH`` deep decode as ``json.loads`` decodes them; deeper, a
-    ValueError or RecursionError (the dispatcher's malformed event) whatever the stack, so that an interpreted and
-    a compiled build agree (``json.loads`` alone refused from ~975 levels interpreted, a few more compiled)."""
+@pytest.mark.parametrize("depth", [1, 2, 199, 200, 201, 511, 512, 513, 514, 900, 970, 980, 1100])
+def test_decoding_refuses_a_text_deeper_than_its_fixed_bound(depth: int) -> None:
+    """Lists and objects nested at most ``MAX_DEPTH`` deep decode as ``json.loads`` decodes them; deeper, a
+    ValueError or RecursionError (a malformed event, a frame that is not JSON) whatever the stack, so that an
+    interpreted and a compiled build agree (``json.loads`` alone refused from ~975 levels interpreted, a few more
+    compiled)."""
     text = b'{"a":' + b'[{"b":' * ((depth - 1) // 2) + b"[" * ((depth - 1) % 2) + b"1" + b"]" * ((depth - 1) % 2) \
         + b"}]" * ((depth - 1) // 2) + b"}"
-    if depth <= frames.MAX_EVENT_DEPTH:
-        assert frames.decode_event(text) == json.loads(text)
-    else:
-        with pytest.raises((ValueError, RecursionError)):
-            frames.decode_event(text)
-    assert frames.MAX_EVENT_DEPTH == 500
+    for decode in (frames.decode, frames.decode_event):
+        if depth <= frames.MAX_DEPTH:
+            assert decode(text) == json.loads(text)
+        else:
+            with pytest.raises((ValueError, RecursionError)):
+                decode(text)
+    assert frames.MAX_DEPTH == 512

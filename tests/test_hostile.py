@@ -324,6 +324,11 @@ BAD_FRAMES: dict[str, tuple[str, bytes, bool, int, str | None]] = {
     "deeply nested on ws": ("/ws", b"[" * 2040, False, 1003, "the frame is not valid JSON"),
     "deeply nested on chat": ("/chat", b"[" * 16000, False, 1003, "the frame is not valid JSON"),
     "deeply nested object": ("/chat", b'{"a":' * 2500 + b"1" + b"}" * 2500, False, 1003, "the frame is not valid JSON"),
+    # past frames.MAX_DEPTH (512), under the depth json.loads refuses (~975 interpreted, more compiled: they differed)
+    "nested 513 deep on chat": ("/chat", b'{"@type":"JOIN","x":' + b"[" * 512 + b"]" * 512 + b"}", False, 1003,
+                                "the frame is not valid JSON"),
+    "nested 973 deep on ws": ("/ws", b'{"x":' + b"[" * 972 + b"]" * 972 + b"}", False, 1003,
+                              "the frame is not valid JSON"),
     "huge integer": ("/chat", b'{"@type":"subscribe","jwt":' + b"9" * 10_000 + b"}", False, 1003,
                      "the frame is not valid JSON"),
     "subscribe, nested token": ("/ws", b'{"@type":"subscribe","jwt":' + NESTED_OK + b"}", False, 4001,
@@ -560,17 +565,17 @@ async def test_bus_events_holding_nan_or_infinity_are_malformed(tracebacks: Even
 @pytest_twisted.ensureDeferred
 async def test_a_bus_event_nested_past_the_fixed_bound_is_malformed(tracebacks: EventLoggingObserver,
                                                                      hostile: Hostile) -> None:
-    """A task event 500 levels deep is delivered; 501, 800 and 974 deep are malformed, as 1,000 deep is: the bound
-    is ``MAX_EVENT_DEPTH``, not the depth where ``json.loads`` runs out of stack (~975 levels on an interpreted
+    """A task event 512 levels deep is delivered; 513, 800 and 974 deep are malformed, as 1,000 deep is: the bound
+    is ``MAX_DEPTH``, not the depth where ``json.loads`` runs out of stack (~975 levels on an interpreted
     daemon, a few more on a compiled one, which delivered what the interpreted one dropped)."""
     async with hostile() as (daemon, calm):
         def task(tag: str, depth: int) -> bytes:
             return (b'{"TaskUpdated":{"TriggerOwner":"watcher","ID":"%s","X":' % tag.encode()
                     + b"[" * (depth - 2) + b"]" * (depth - 2) + b"}}")
 
-        for depth in (501, 800, 974, 1000):
+        for depth in (513, 800, 974, 1000):
             await daemon.publish("tasks", task(f"deep-{depth}", depth))
-        await daemon.publish("tasks", task("at-the-bound", 500))
+        await daemon.publish("tasks", task("at-the-bound", 512))
         assert (await calm.next())["TaskUpdated"]["ID"] == "at-the-bound"
         assert daemon.service.dispatcher.malformed["tasks"] == 4
         assert not daemon.service.dispatcher.crashed

@@ -34,9 +34,9 @@ _FOLD = bytes(0x31 if 0x30 <= i <= 0x39 else 0x7B if i in (0x5B, 0x7B) else 0x2E
 _NINETEEN_DIGITS = b"1" * 19
 _MAX_OPENINGS = 200  # (no frame, token or bus event comes near; far below the depth json.loads refuses under the
 # reactor's stack)
-MAX_EVENT_DEPTH = 500
-"""``decode_event``: a bus event nested deeper (lists and objects) is not decoded; far below the depth ``json.loads``
-refuses under the reactor's stack, far above any event's (Cells' deepest are a few levels)."""
+MAX_DEPTH = 512
+"""``decode``, ``decode_event``: a text nested deeper (lists and objects) is not decoded; far below the depth
+``json.loads`` refuses under the reactor's stack, far above any frame's or event's (Cells' deepest are a few)."""
 
 
 def encode(obj: Any) -> bytes:
@@ -105,15 +105,21 @@ def decode(text: bytes) -> Any:
     anywhere, and anything orjson refuses (NaN, Infinity, 1e400, lone surrogates, a BOM or another encoding than
     UTF-8, nesting past 1,024, malformed JSON), is ``json.loads``'s. So is a text with ``_MAX_OPENINGS`` or more
     ``[`` and ``{``: orjson nests to 1,024 levels, ``json.loads`` to Python's recursion limit (~1,000 less the stack
-    it is called from), where it raises RecursionError.
+    it is called from), where it raises RecursionError. Nested deeper than ``MAX_DEPTH``, a text that ``json.loads``
+    reads raises ValueError: that limit depends on the stack (~975 levels interpreted, a few more compiled, whose
+    calls take no Python frame), so that the same frame was read by one build and refused by the other.
     """
     folded = text.translate(_FOLD)
-    if folded.count(b"{") < _MAX_OPENINGS and folded.find(_NINETEEN_DIGITS) < 0:
+    openings = folded.count(b"{")
+    if openings < _MAX_OPENINGS and folded.find(_NINETEEN_DIGITS) < 0:
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(text)
+    value = json.loads(text)
+    if openings > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    return value
 
 
 def decode_event(text: bytes) -> Any:
@@ -121,9 +127,7 @@ def decode_event(text: bytes) -> Any:
     ``-Infinity`` and a number past a double's range (``1e400``), which ``json.loads`` reads as floats that no JSON
     text can hold (a frame with ``NaN`` in it is refused by the browser's ``JSON.parse``; PROTOCOL.md §1: one JSON
     value per frame), raise ValueError, as any text that is not JSON does. orjson refuses them: only the
-    ``json.loads`` path meets them. So does an event nested deeper than ``MAX_EVENT_DEPTH`` levels: ``json.loads``
-    alone refuses one at a depth its caller's stack decides (~975 interpreted, a few more compiled, whose calls
-    take no Python frame), so that the same event would be delivered by one build and malformed in the other."""
+    ``json.loads`` path meets them. So does an event nested deeper than ``MAX_DEPTH`` levels, as in ``decode``."""
     folded = text.translate(_FOLD)
     openings = folded.count(b"{")
     if openings < _MAX_OPENINGS and folded.find(_NINETEEN_DIGITS) < 0:
@@ -132,8 +136,8 @@ def decode_event(text: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass
     value = json.loads(text, parse_constant=_not_finite, parse_float=_finite)
-    if openings > MAX_EVENT_DEPTH and _deeper_than(value, MAX_EVENT_DEPTH):
-        raise ValueError(f"nested deeper than {MAX_EVENT_DEPTH} levels")
+    if openings > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     return value
 
 
