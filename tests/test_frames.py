@@ -99,3 +99,52 @@ def test_decode_is_json_loads_on_arbitrary_bytes(data: bytes) -> None:
 def test_decode_is_json_loads_at_the_edges(data: bytes) -> None:
     """Where orjson and json differ (64-bit integers, NaN, 1e400, surrogates, BOM, nesting, encodings)."""
     assert _decode(data) == _loads(data)
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value - value == 0.0
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES, st.booleans())
+def test_decode_event_is_decode_without_what_json_cannot_hold(value: Any, ascii_only: bool) -> None:
+    """``decode_event``: ``decode``'s value when it holds only finite numbers; else ValueError (a bus event with NaN,
+    Infinity or 1e400 is malformed: no frame can carry it on, PROTOCOL.md §1)."""
+    data = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    if _finite(value):
+        assert repr(frames.decode_event(data)) == repr(frames.decode(data))
+    else:
+        with pytest.raises(ValueError):
+            frames.decode_event(data)
+
+
+@pytest.mark.parametrize("data", [b"NaN", b"[Infinity]", b'{"a":-Infinity}', b"1e400", b"-1e400", b"[1.8e308]",
+                                  b'{"n":' + b"9" * 400 + b".0}", b"[" * 300 + b"NaN" + b"]" * 300])
+def test_decode_event_refuses_what_no_json_text_holds(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        frames.decode_event(data)
+    assert frames.decode_event(b'{"a":1.7976931348623157e308,"b":-0.0,"c":5e-324}') == json.loads(
+        b'{"a":1.7976931348623157e308,"b":-0.0,"c":5e-324}')
+
+
+@pytest.mark.parametrize("depth", [1, 2, 199, 200, 201, 511, 512, 513, 514, 900, 970, 980, 1100])
+def test_decoding_refuses_a_text_deeper_than_its_fixed_bound(depth: int) -> None:
+    """Lists and objects nested at most ``MAX_DEPTH`` deep decode as ``json.loads`` decodes them; deeper, a
+    ValueError or RecursionError (a malformed event, a frame that is not JSON) whatever the stack, so that an
+    interpreted and a compiled build agree (``json.loads`` alone refused from ~975 levels interpreted, a few more
+    compiled)."""
+    text = b'{"a":' + b'[{"b":' * ((depth - 1) // 2) + b"[" * ((depth - 1) % 2) + b"1" + b"]" * ((depth - 1) % 2) \
+        + b"}]" * ((depth - 1) // 2) + b"}"
+    for decode in (frames.decode, frames.decode_event):
+        if depth <= frames.MAX_DEPTH:
+            assert decode(text) == json.loads(text)
+        else:
+            with pytest.raises((ValueError, RecursionError)):
+                decode(text)
+    assert frames.MAX_DEPTH == 512

@@ -324,6 +324,11 @@ BAD_FRAMES: dict[str, tuple[str, bytes, bool, int, str | None]] = {
     "deeply nested on ws": ("/ws", b"[" * 2040, False, 1003, "the frame is not valid JSON"),
     "deeply nested on chat": ("/chat", b"[" * 16000, False, 1003, "the frame is not valid JSON"),
     "deeply nested object": ("/chat", b'{"a":' * 2500 + b"1" + b"}" * 2500, False, 1003, "the frame is not valid JSON"),
+    # past frames.MAX_DEPTH (512), under the depth json.loads refuses (~975 interpreted, more compiled: they differed)
+    "nested 513 deep on chat": ("/chat", b'{"@type":"JOIN","x":' + b"[" * 512 + b"]" * 512 + b"}", False, 1003,
+                                "the frame is not valid JSON"),
+    "nested 973 deep on ws": ("/ws", b'{"x":' + b"[" * 972 + b"]" * 972 + b"}", False, 1003,
+                              "the frame is not valid JSON"),
     "huge integer": ("/chat", b'{"@type":"subscribe","jwt":' + b"9" * 10_000 + b"}", False, 1003,
                      "the frame is not valid JSON"),
     "subscribe, nested token": ("/ws", b'{"@type":"subscribe","jwt":' + NESTED_OK + b"}", False, 4001,
@@ -515,6 +520,65 @@ async def test_bad_bus_events_on_every_topic_are_dropped_and_good_ones_still_arr
                 assert tag in json.dumps(await calm.next())
             assert dispatcher.malformed[topic] == len(bad), topic  # each bad payload, counted once
         assert not dispatcher.crashed
+        assert not list(tracebacks)
+
+
+# where each topic's event may hold any value that its rules pass on to browsers
+_ANY_VALUE_AT = {"tree": "Target", "meta": "Target", "tasks": "TaskUpdated", "idm": "User", "activity": "Activity",
+                 "chat": "Message"}
+NOT_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400", b"[1.8e308]"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bus_events_holding_nan_or_infinity_are_malformed(tracebacks: EventLoggingObserver,
+                                                                 hostile: Hostile) -> None:
+    """A value ``json.loads`` reads as a float that is not finite (NaN, Infinity, 1e400) has no JSON form: passed on,
+    it made a frame holding ``NaN`` or ``Infinity``, which a browser's ``JSON.parse`` refuses (PROTOCOL.md §1: one
+    JSON value per frame). On every topic such an event is malformed (§4: counted, dropped), and the good event
+    published right after is the next frame its recipient gets."""
+    async with hostile() as (daemon, calm):
+        chat = await connect(daemon.port, "/chat")
+        await chat.subscribe(token("watcher", [HOME]))
+        room = f"hostile-{uuid.uuid4().hex[:8]}"
+        chat.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": room}})
+        room_uuid = (await chat.next())["Room"]["Uuid"]
+        dispatcher = daemon.service.dispatcher
+        for topic, good in GOOD_EVENTS.items():
+            for value in NOT_FINITE:
+                event = good(uuid.uuid4().hex)
+                event[_ANY_VALUE_AT[topic]]["Extra"] = "@VALUE@"
+                await daemon.publish(topic, json.dumps(event).replace('"@ROOM@"', json.dumps(room_uuid))
+                                     .replace('"@VALUE@"', value.decode()).encode())
+            tag = uuid.uuid4().hex
+            await daemon.publish(topic, json.dumps(good(tag)).replace("@ROOM@", room_uuid))
+            if topic == "chat":
+                while (frame := await chat.next()).get("@type") == "ROOM_UPDATE":
+                    pass
+                assert frame["Uuid"] == tag
+            else:
+                assert tag in json.dumps(await calm.next()), topic
+            assert dispatcher.malformed[topic] == len(NOT_FINITE), topic
+        assert not dispatcher.crashed
+        assert not list(tracebacks)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bus_event_nested_past_the_fixed_bound_is_malformed(tracebacks: EventLoggingObserver,
+                                                                     hostile: Hostile) -> None:
+    """A task event 512 levels deep is delivered; 513, 800 and 974 deep are malformed, as 1,000 deep is: the bound
+    is ``MAX_DEPTH``, not the depth where ``json.loads`` runs out of stack (~975 levels on an interpreted
+    daemon, a few more on a compiled one, which delivered what the interpreted one dropped)."""
+    async with hostile() as (daemon, calm):
+        def task(tag: str, depth: int) -> bytes:
+            return (b'{"TaskUpdated":{"TriggerOwner":"watcher","ID":"%s","X":' % tag.encode()
+                    + b"[" * (depth - 2) + b"]" * (depth - 2) + b"}}")
+
+        for depth in (513, 800, 974, 1000):
+            await daemon.publish("tasks", task(f"deep-{depth}", depth))
+        await daemon.publish("tasks", task("at-the-bound", 512))
+        assert (await calm.next())["TaskUpdated"]["ID"] == "at-the-bound"
+        assert daemon.service.dispatcher.malformed["tasks"] == 4
+        assert not daemon.service.dispatcher.crashed
         assert not list(tracebacks)
 
 

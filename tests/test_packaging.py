@@ -3,12 +3,15 @@ installed in a fresh venv (.ci/wheel-check) that `twistd wsgw` finds and a non-r
 
 from __future__ import annotations
 
+import ast
 import configparser
 import hashlib
 import importlib.metadata
 import os
+import re
 import signal
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -118,3 +121,39 @@ def test_every_package_of_wsgw_is_installed() -> None:
     listed = set(setup_cfg()["options"]["packages"].split())
     found = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "wsgw").rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+def test_the_bases_of_compiled_classes_are_in_the_build_requirements() -> None:
+    """mypyc compiles a class whose base comes from a library missing from the build environment (its type then
+    Any, setup.cfg ignore_missing_imports) into a broken native class: ``PreparedHMAC(HMACAlgorithm)`` built by
+    ``pip install`` into a fresh venv (README "systemd", PyJWT not yet installed) made every start of the daemon
+    end in a segmentation fault or ``SystemError: Objects/dictobject.c: bad argument to internal function``. So
+    every base a compiled module (setup.py COMPILED) imports from another distribution is a build requirement
+    (pyproject.toml [build-system] requires), whatever the build machine has installed."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    compiled = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                    and getattr(node.targets[0], "id", None) == "COMPILED")
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    required = {_normalized(re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0]) for r in requires}
+    distributions = importlib.metadata.packages_distributions()
+    needed: dict[str, str] = {}
+    for path in ast.literal_eval(compiled):
+        module = ast.parse((ROOT / path).read_text())
+        imported = {alias.asname or alias.name: node.module or "" for node in ast.walk(module)
+                    if isinstance(node, ast.ImportFrom) for alias in node.names}
+        imported.update({(alias.asname or alias.name).split(".")[0]: alias.name for node in ast.walk(module)
+                         if isinstance(node, ast.Import) for alias in node.names})
+        for cls in (node for node in ast.walk(module) if isinstance(node, ast.ClassDef)):
+            for base in cls.bases:
+                root = base
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                top = imported.get(getattr(root, "id", ""), "").split(".")[0]
+                for dist in distributions.get(top, []) if top not in ("", "wsgw") else []:
+                    needed[f"{path}: {cls.name}({ast.unparse(base)})"] = _normalized(dist)
+    assert needed, "no compiled class has a base from another distribution: is this test still reading them?"
+    assert {where: dist for where, dist in needed.items() if dist not in required} == {}
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503

@@ -1,11 +1,12 @@
 """Topic -> handler routing for bus messages (PROTOCOL.md §4): decode once, isolate each handler's failures, count.
 
-Events are decoded by ``wsgw.frames.decode``: orjson where it gives exactly what
+Events are decoded by ``wsgw.frames.decode_event``: orjson where it gives exactly what
 the standard library's ``json.loads`` gives, several times faster (issue 13: a
 bus event's JSON decode was ~9% of the per-event profile), ``json.loads`` for a
 payload that might hold what orjson reads otherwise (integers past 64 bits,
-nesting the standard parser refuses with RecursionError) or refuses (NaN,
-Infinity, lone surrogates, UTF-16, bad JSON), whose answer or error stands.
+nesting the standard parser refuses with RecursionError) or refuses (lone
+surrogates, UTF-16, bad JSON), whose answer or error stands; NaN, Infinity and
+1e400, which no frame can carry on, are not JSON (``decode_event``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 
 from wsgw.frames import MalformedEvent
-from wsgw.frames import decode as loads
+from wsgw.frames import decode_event as loads
 
 
 class TopicHandler(Protocol):

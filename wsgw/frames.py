@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import orjson
@@ -35,6 +35,9 @@ _FOLD = bytes(0x31 if 0x30 <= i <= 0x39 else 0x7B if i in (0x5B, 0x7B) else 0x2E
 _NINETEEN_DIGITS = b"1" * 19
 _MAX_OPENINGS = 200  # (no frame, token or bus event comes near; far below the depth json.loads refuses under the
 # reactor's stack)
+MAX_DEPTH = 512
+"""``decode``, ``decode_event``: a text nested deeper (lists and objects) is not decoded; far below the depth
+``json.loads`` refuses under the reactor's stack, far above any frame's or event's (Cells' deepest are a few)."""
 
 
 def encode(obj: Any) -> bytes:
@@ -96,7 +99,8 @@ def _describe(kinds: tuple[type, ...]) -> str:
 
 def decode(text: bytes) -> Any:
     """``json.loads(text)``: the same value, or the same exception, ~3-7x faster on small objects (a bus event, a
-    client's subscribe frame, a token's header and claims; bench/RESULTS.md "Connect path", part 4).
+    client's subscribe frame, a token's header and claims; bench/RESULTS.md "Connect path", part 4), but for a text
+    nested deeper than ``MAX_DEPTH``, which raises ValueError.
 
     orjson parses what it can and gives what ``json.loads`` gives (key order, the last of duplicate keys, floats
     correctly rounded), except for integers past 64 bits, which it makes floats, and nesting: orjson nests to 1,024
@@ -104,18 +108,42 @@ def decode(text: bytes) -> Any:
     RecursionError. So orjson's value stands when it holds no float and nests less than ``_MAX_OPENINGS`` deep (a
     walk of the value: most events hold no float), or when its text has no run of 19 digits and fewer than
     ``_MAX_OPENINGS`` ``[`` and ``{``; anything else, and anything orjson refuses (NaN, Infinity, 1e400, lone
-    surrogates, a BOM or another encoding than UTF-8, malformed JSON), is ``json.loads``'s.
+    surrogates, a BOM or another encoding than UTF-8, malformed JSON), is ``json.loads``'s. ``MAX_DEPTH``: the depth
+    ``json.loads`` refuses depends on the stack (~975 levels interpreted, a few more compiled, whose calls take no
+    Python frame), so that the same frame was read by one build and refused by the other.
     """
+    return _decode(text, json.loads)
+
+
+def decode_event(text: bytes) -> Any:
+    """``decode(text)`` for a bus event, whose values the rules pass on to browsers: ``NaN``, ``Infinity``,
+    ``-Infinity`` and a number past a double's range (``1e400``), which ``json.loads`` reads as floats that no JSON
+    text can hold (a frame with ``NaN`` in it is refused by the browser's ``JSON.parse``; PROTOCOL.md §1: one JSON
+    value per frame), raise ValueError, as any text that is not JSON does. orjson refuses them: only the
+    ``json.loads`` path meets them. So does an event nested deeper than ``MAX_DEPTH`` levels, as in ``decode``."""
+    return _decode(text, _loads_finite)
+
+
+def _decode(text: bytes, loads: Callable[[bytes], Any]) -> Any:
     try:
         value = orjson.loads(text)
+        parsed = True
     except orjson.JSONDecodeError:
-        return json.loads(text)
-    if _floatless(value, 0):
+        value, parsed = None, False
+    if parsed and _floatless(value, 0):
         return value
     folded = text.translate(_FOLD)
-    if folded.count(b"{") < _MAX_OPENINGS and folded.find(_NINETEEN_DIGITS) < 0:
+    openings = folded.count(b"{")
+    if parsed and openings < _MAX_OPENINGS and folded.find(_NINETEEN_DIGITS) < 0:
         return value
-    return json.loads(text)
+    value = loads(text)
+    if openings > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _loads_finite(text: bytes) -> Any:
+    return json.loads(text, parse_constant=_not_finite, parse_float=_finite)
 
 
 def _floatless(value: object, depth: int) -> bool:
@@ -137,3 +165,33 @@ def _floatless(value: object, depth: int) -> bool:
         if kind is float or not _floatless(item, depth + 1):
             return False
     return True
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` (as ``json.loads`` makes it) holds lists and objects more than ``limit`` levels deep; level by
+    level, without recursion."""
+    level: list[Any] = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        inner: list[Any] = []
+        for container in level:
+            if type(container) is dict:
+                inner.extend(v for v in container.values() if type(v) is dict or type(v) is list)
+            elif type(container) is list:
+                inner.extend(v for v in container if type(v) is dict or type(v) is list)
+        level = inner
+    return False
+
+
+def _not_finite(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(number: str) -> float:
+    value = float(number)  # what json.loads makes of it
+    if value - value != 0.0:  # inf - inf is NaN, as is NaN - NaN
+        raise ValueError(f"{number[:40]} is out of a double's range")
+    return value
