@@ -491,6 +491,15 @@ NOT_EVENTS: list[bytes] = [b"{nope", b"", b"\xff\xfe", b"[1,2]", b'"event"', b"n
 ENORMOUS = b'{"pad":"' + b"x" * (5 * 1024 * 1024) + b'"}'
 
 
+async def _watcher_in_room(daemon: Any) -> tuple[Any, str]:
+    """A /chat client subscribed and joined to a new room (the chat topic's events land there), and the room's uuid."""
+    chat = await connect(daemon.port, "/chat")
+    await chat.subscribe(token("watcher", [HOME]))
+    room = f"hostile-{uuid.uuid4().hex[:8]}"
+    chat.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": room}})
+    return chat, (await chat.next())["Room"]["Uuid"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_bad_bus_events_on_every_topic_are_dropped_and_good_ones_still_arrive(
     tracebacks: EventLoggingObserver, hostile: Hostile,
@@ -498,11 +507,7 @@ async def test_bad_bus_events_on_every_topic_are_dropped_and_good_ones_still_arr
     """On every topic: non-JSON, non-objects, wrong types, missing fields and a 5 MB payload are dropped (counted
     as malformed, none as a handler crash), and a good event published right after reaches its recipient."""
     async with hostile() as (daemon, calm):
-        chat = await connect(daemon.port, "/chat")
-        await chat.subscribe(token("watcher", [HOME]))
-        room = f"hostile-{uuid.uuid4().hex[:8]}"
-        chat.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": room}})
-        room_uuid = (await chat.next())["Room"]["Uuid"]
+        chat, room_uuid = await _watcher_in_room(daemon)
         dispatcher = daemon.service.dispatcher
         for topic, good in GOOD_EVENTS.items():
             bad = [*NOT_EVENTS, *(json.dumps(e).encode() for e in WRONG_TYPES[topic] + MISSING_FIELDS[topic]),
@@ -537,11 +542,7 @@ async def test_bus_events_holding_nan_or_infinity_are_malformed(tracebacks: Even
     JSON value per frame). On every topic such an event is malformed (§4: counted, dropped), and the good event
     published right after is the next frame its recipient gets."""
     async with hostile() as (daemon, calm):
-        chat = await connect(daemon.port, "/chat")
-        await chat.subscribe(token("watcher", [HOME]))
-        room = f"hostile-{uuid.uuid4().hex[:8]}"
-        chat.send_json({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": room}})
-        room_uuid = (await chat.next())["Room"]["Uuid"]
+        chat, room_uuid = await _watcher_in_room(daemon)
         dispatcher = daemon.service.dispatcher
         for topic, good in GOOD_EVENTS.items():
             for value in NOT_FINITE:
