@@ -70,14 +70,14 @@ def test_a_batch_is_dispatched_as_that_many_calls(messages: list[tuple[str, byte
         (e["log_format"], e.get("topic")) for e in one_lines]
 
 
-def test_handled_yields_each_topic_once_its_event_is_handled() -> None:
-    """``Dispatcher.handled`` yields after each event, handled or not (no handler, malformed, crashed)."""
+def test_each_calls_after_once_each_event_is_handled() -> None:
+    """``Dispatcher.each`` calls ``after(topic)`` after each event, handled or not (no handler, malformed,
+    crashed)."""
     dispatch, log = _dispatcher()
     seen = []
     with capturedLogs():
-        for topic in dispatch.handled([("tree", b'{"a":1}'), ("other", b"{}"), ("tasks", b"{nope"),
-                                       ("tree", b'{"crash":1}'), ("tasks", b'{"a":2}')]):
-            seen.append((topic, len(log)))
+        dispatch.each([("tree", b'{"a":1}'), ("other", b"{}"), ("tasks", b"{nope"), ("tree", b'{"crash":1}'),
+                       ("tasks", b'{"a":2}')], lambda topic: seen.append((topic, len(log))))
     assert seen == [("tree", 1), ("other", 1), ("tasks", 1), ("tree", 1), ("tasks", 2)]
 
 
@@ -88,13 +88,12 @@ class Stepping:
         self.clock = clock
 
     def __call__(self, topic: str, payload: bytes) -> None:
-        for _ in self.handled([(topic, payload)]):
-            pass
+        self.each([(topic, payload)], lambda _: None)
 
-    def handled(self, messages: list[tuple[str, bytes]]) -> Any:
+    def each(self, messages: list[tuple[str, bytes]], after: Any) -> None:
         for topic, payload in messages:
             self.clock.advance(int(payload) / 1000)
-            yield topic
+            after(topic)
 
 
 def _observed(histogram: PlainHistogram) -> dict[str, tuple[list[float], float]]:
@@ -132,7 +131,7 @@ def test_a_timed_batch_observes_what_timed_calls_observe(times: list[int]) -> No
 
 
 def test_a_timed_batch_of_a_plain_listener_calls_it_per_message_and_isolates_its_failures() -> None:
-    """Around a listener without ``handled``, ``batch`` calls it for each message, as the bus would: a failure
+    """Around a listener without ``each``, ``batch`` calls it for each message, as the bus would: a failure
     is logged and the next message still goes."""
     got: list[Any] = []
 

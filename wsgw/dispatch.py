@@ -12,7 +12,7 @@ surrogates, UTF-16, bad JSON), whose answer or error stands; NaN, Infinity and
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from twisted.logger import Logger
@@ -52,13 +52,13 @@ class Dispatcher:
     def batch(self, messages: Iterable[tuple[str, bytes]]) -> None:
         """Every ``(topic, payload)`` of ``messages`` in order, as that many calls would (one bus read at a time:
         ``wsgw.bus.redis.RedisBus``)."""
-        for _ in self.handled(messages):
-            pass
+        self.each(messages, None)
 
-    def handled(self, messages: Iterable[tuple[str, bytes]]) -> Iterator[str]:
-        """Handle each ``(topic, payload)`` in order, yielding its topic once it is handled (``TimedListener`` times
-        each event of a read so, with one clock read per event). Each event's failure is caught here: the
-        iteration never raises for an event, whatever its handler does."""
+    def each(self, messages: Iterable[tuple[str, bytes]], after: Callable[[str], object] | None) -> None:
+        """Handle each ``(topic, payload)`` in order, calling ``after(topic)`` once it is handled, when given
+        (``TimedListener`` times each event of a read so, with one clock read per event; a call, not a generator's
+        resumption: ~2,000 instructions fewer an event, callgrind). Each event's failure is caught here: nothing
+        raises for an event, whatever its handler does; an exception out of ``after`` is the caller's."""
         received, malformed, handlers, limit = self.received, self.malformed, self._handlers, self._max
         for topic, payload in messages:
             received[topic] += 1
@@ -80,4 +80,5 @@ class Dispatcher:
                 except Exception:
                     self.crashed[topic] += 1
                     self._log.failure("the {topic} handler failed on an event", topic=topic)
-            yield topic
+            if after is not None:
+                after(topic)

@@ -245,8 +245,12 @@ class SessionTable:
         """
         found: dict[Workspace, set[Session]] = {}
         by_root = self._by_root
-        for path in paths:
+        walked = ""  # the path walked before: its ancestors are not looked up again (a rename in one folder)
+        for full in paths:
+            path = full
             while path:  # ``a/b/c``, then ``a/b``, then ``a``
+                if walked.startswith(path) and (len(walked) == len(path) or walked[len(path)] == "/"):
+                    break
                 views = by_root.get(path)
                 if views:
                     for ws, sessions in views.items():
@@ -257,6 +261,7 @@ class SessionTable:
                             found[ws] = held | sessions
                 cut = path.rfind("/")
                 path = path[:cut] if cut > 0 else ""
+            walked = full
         return found
 
 

@@ -173,17 +173,19 @@ class TimedListener:
 
     ``batch(messages)`` (the messages of one bus read, ``wsgw.bus.redis.RedisBus``) times each event from the end
     of the one before it (the first from the call), with one clock read per event and one per batch, when the
-    wrapped listener has ``handled`` (``wsgw.dispatch.Dispatcher.handled``); otherwise it calls ``self`` for each
+    wrapped listener has ``each`` (``wsgw.dispatch.Dispatcher.each``); otherwise it calls ``self`` for each
     message, as the bus would.
     """
 
     def __init__(self, listener: Callable[[str, bytes], Any], clock: IReactorTime,
                  children: Mapping[str, Series]) -> None:
         self._listener = listener
-        self._handled: Callable[[Iterable[tuple[str, bytes]]], Iterator[str]] | None = getattr(
-            listener, "handled", None)
+        self._each: Callable[[Iterable[tuple[str, bytes]], Callable[[str], object]], object] | None = getattr(
+            listener, "each", None)
         self._clock = clock
+        self._seconds = clock.seconds
         self._children = children
+        self._start = 0.0
 
     def __call__(self, topic: str, payload: bytes) -> Any:
         start = self._clock.seconds()
@@ -196,18 +198,20 @@ class TimedListener:
 
     def batch(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Every ``(topic, payload)`` of ``messages`` in order, each observed as a call would be."""
-        handled = self._handled
-        if handled is None:
+        each = self._each
+        if each is None:
             for topic, payload in messages:
                 deliver([self], topic, payload)
             return
-        seconds, child_of = self._clock.seconds, self._children.get
-        start = seconds()
-        for topic in handled(messages):
-            end = seconds()
-            child = child_of(topic)
-            if child is not None:  # child.observe(end - start), inlined (once per bus event)
-                elapsed = end - start
-                child.counts[bisect_left(child.bounds, elapsed)] += 1
-                child.sum += elapsed
-            start = end
+        self._start = self._seconds()
+        each(messages, self._observe)
+
+    def _observe(self, topic: str) -> None:
+        """``topic``'s event is handled: observe the time since the end of the one before (or the batch's start)."""
+        end = self._seconds()
+        child = self._children.get(topic)
+        if child is not None:  # child.observe(end - start), inlined (once per bus event)
+            elapsed = end - self._start
+            child.counts[bisect_left(child.bounds, elapsed)] += 1
+            child.sum += elapsed
+        self._start = end
