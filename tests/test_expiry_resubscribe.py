@@ -64,3 +64,17 @@ async def test_a_token_expiring_before_the_auth_timeout_closes_at_its_exp(gatewa
     assert closed == (4001, "token expired") and exp <= at < exp + SLACK
     closed, at = await _closed_at(late)
     assert closed == (4001, "token expired") and exp + 3 <= at < exp + 3 + SLACK
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fractional_exp_is_not_cut_short(gateway: StartGateway) -> None:
+    """``exp`` is a NumericDate, which may be non-integer (RFC 7519 §2): a token expiring at ``s + 0.9`` is one
+    the verifier accepts until then (``wsgw.auth.tokens``: expired when now >= exp + leeway), so the socket may not
+    be closed ``token expired`` at ``s`` (the whole seconds alone), 0.9 s before its exp passes."""
+    daemon = await gateway(redis=None, overrides=LEEWAY0)
+    exp = int(time.time()) + 2.9
+    client = await connect(daemon.port)
+    assert (await client.subscribe(token("alice", exp=exp)))["@type"] == "subscribed"
+    closed, at = await _closed_at(client)
+    assert closed == (4001, "token expired")
+    assert exp <= at < exp + SLACK
