@@ -228,3 +228,38 @@ def test_a_socket_gets_autobahns_validator_only_when_its_parser_reads_a_text_mes
     assert protocol.utf8validator is validator and protocol.factory.seen[-1][1] == b"a" + snowman
     assert protocol.transport.value()[:4] == b"\x88" + bytes([len(protocol.transport.value()) - 2]) + b"\x03\xef"
     assert _open().utf8validator is not _open().utf8validator  # (each socket its own)
+
+
+@pytest.mark.parametrize("size", [0, 1, 12, 125])
+@pytest.mark.parametrize("pending", [None, "its", "another"])
+@pytest.mark.parametrize("before", [[], [_frame(0x01, b"start ")]])
+def test_a_whole_pong_is_handled_as_autobahns_parser_handles_it(size: int, pending: str | None,
+                                                                 before: list[bytes]) -> None:
+    """A read that is one whole pong (``_dataReceived``'s other shortcut): the same auto-ping state, callbacks,
+    counts and bytes as when Autobahn's parser reads it in two pieces; inside a fragmented message too."""
+    payload = bytes(range(size))
+    ends = []
+    for reads in ([_frame(0x8A, payload)], [_frame(0x8A, payload)[:1], _frame(0x8A, payload)[1:]]):
+        protocol = _open()
+        calls: list[Any] = []
+        protocol.onPong = calls.append
+        protocol.onAutoPong = lambda *args, calls=calls: calls.append(("auto", args[1], args[4]))
+        if pending is not None:
+            protocol.autoPingPending = payload if pending == "its" else b"other pong"
+            protocol.autoPingPendingSent = 1
+        for data in [*before, *reads]:
+            protocol.dataReceived(data)
+        ends.append((_outcome(protocol), calls, protocol.autoPingPending, protocol.control_frame_data))
+    assert ends[0] == ends[1]
+    assert ends[0][1][-1] == payload  # (onPong, after onAutoPong when it was the pending one)
+
+
+@pytest.mark.parametrize("payload", [TEXTS[2], TEXTS[3], b"z" * 126, b"v" * 65535])
+def test_a_message_split_at_any_byte_is_the_same_message(payload: bytes) -> None:
+    """A whole text frame in two reads, cut at every byte of its header and of its payload's ends (all of it when
+    short): Autobahn's parser then, the same outcome as read whole."""
+    frame = _frame(0x81, payload)
+    cuts = range(1, len(frame)) if len(frame) < 400 else [*range(1, 16), *range(len(frame) - 8, len(frame))]
+    whole = _both([frame])[0]
+    for cut in cuts:
+        assert _both([frame[:cut], frame[cut:]])[0] == whole, cut

@@ -7,6 +7,7 @@ Also the two ways a subscribe is refused, as the core sees them: ``AuthError``
 from __future__ import annotations
 
 import hashlib
+import math
 import posixpath
 import weakref
 from collections.abc import Mapping
@@ -188,7 +189,9 @@ def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
     if not isinstance(sub, str):
         raise AccessError("token sub must be a string")
     exp, iat, jti = _number(claims.get("exp")), _number(claims.get("iat")), claims.get("jti")
-    return Identity(login, sub, None if exp is None else int(exp), iat, jti if isinstance(jti, str) else None)
+    # exp rounded up, never down: a non-integer NumericDate (RFC 7519 §2) is valid until it passes, so its session
+    # is closed no earlier (PROTOCOL.md §2) and the verifier accepts no token its session's timer has expired
+    return Identity(login, sub, None if exp is None else math.ceil(exp), iat, jti if isinstance(jti, str) else None)
 
 
 def _number(value: object) -> float | None:
