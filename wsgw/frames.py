@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -150,21 +150,26 @@ def _floatless(value: object, depth: int) -> bool:
     """Whether ``value`` (as JSON makes it) holds no float and nests less than ``_MAX_OPENINGS`` deep, ``depth``
     levels down already."""
     kind = type(value)
-    if kind is dict:
-        items: Iterable[object] = cast("dict[str, object]", value).values()
-    elif kind is list:
-        items = cast("list[object]", value)
-    else:
+    if kind is not dict and kind is not list:
         return kind is not float
     if depth + 1 >= _MAX_OPENINGS:
         return False
-    for item in items:
-        kind = type(item)
-        if kind is str or kind is int or kind is bool or item is None:
-            continue
-        if kind is float or not _floatless(item, depth + 1):
-            return False
+    # a typed loop each (compiled: a dict's values and a list's items walked in C, not through an iterator object)
+    if kind is dict:
+        for item in cast("dict[str, object]", value).values():
+            if not _fits(item, depth + 1):
+                return False
+    else:
+        for item in cast("list[object]", value):
+            if not _fits(item, depth + 1):
+                return False
     return True
+
+
+def _fits(item: object, depth: int) -> bool:
+    """``_floatless(item, depth)``, a string, integer, boolean or null answered without the call."""
+    kind = type(item)
+    return kind is str or kind is int or kind is bool or item is None or _floatless(item, depth)
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

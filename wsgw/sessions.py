@@ -111,18 +111,20 @@ def fan_out(recipients: Iterable[Session], frame: bytes, scope: Scope | None, *,
 def take_census(sessions: Iterable[Session]) -> Census:
     """Count ``sessions`` by endpoint name, subscribed or not, and what their flows hold (``wsgw.gateway.Gateway``'s
     census: a scan, for /metrics at scrape time, never per event)."""
-    open_: Counter[str] = Counter()
-    subscribed: Counter[str] = Counter()
+    # plain dicts while counting (compiled, a dict's item set is a C call, a Counter's a Python slot: ~1,000
+    # instructions each, callgrind), Counters once counted
+    open_: dict[str, int] = {}
+    subscribed: dict[str, int] = {}
     frames = size = 0
     for session in sessions:
         name = session.endpoint.name if session.endpoint is not None else "-"
-        open_[name] += 1
+        open_[name] = open_.get(name, 0) + 1
         if session.access is not None:
-            subscribed[name] += 1
+            subscribed[name] = subscribed.get(name, 0) + 1
         waiting = session.flow.waiting
         frames += waiting[0]
         size += waiting[1]
-    return Census(open_, subscribed, frames, size)
+    return Census(Counter(open_), Counter(subscribed), frames, size)
 
 
 @attrs.frozen

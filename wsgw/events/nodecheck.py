@@ -89,7 +89,7 @@ def _plain_node(node: object) -> bool:
         return True
     if type(meta) is not dict:
         return False
-    for value in meta.values():
+    for value in cast("dict[str, object]", meta).values():  # (compiled: walked in C)
         if type(value) is not str:
             return False
     return True
