@@ -49,7 +49,7 @@ class GatewayCounts(Protocol):
 class DispatchCounts(Protocol):
     """Bus events by topic (``wsgw.dispatch.Dispatcher``)."""
 
-    received: Counter[str]
+    received: dict[str, int]
     malformed: Counter[str]
     crashed: Counter[str]
 
