@@ -276,7 +276,8 @@ def test_close_forgets_the_session_and_timers() -> None:
     session = gw.open(RecordingConnection(), world.ws)
     gw.receive(session, {"@type": "subscribe", "jwt": "alice@100"})
     gw.closed(session)
-    assert gw.table.with_login("alice") == set()
+    assert gw.table.with_login("alice") == set() and session.timer is None
+    clock.advance(30)  # the auth deadlines' timer (one for every socket), left to fire: nothing else was pending
     assert clock.getDelayedCalls() == []
     assert gw.when_empty().called
 

@@ -1,5 +1,6 @@
-"""One timer per session from open to expiry (bench/RESULTS.md "Connect path", part 5): the auth timer is moved on
-to the token's expiry at subscribe (``DelayedCall.reset``) when that is later, and each deadline fires as before."""
+"""The session's timers: its auth deadline held among all of them (``wsgw.sessions.Deadlines``: one reactor timer for
+every socket awaiting its subscribe, PROTOCOL.md §2), its token's expiry its own timer from the subscribe on, moved
+on (``DelayedCall.reset``) by a fresher token (bench/RESULTS.md "Auth deadlines")."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from wsgw.access import Access
 from wsgw.gateway import Gateway
 from wsgw.interfaces import IEndpoint
 from wsgw.revocations import Revocations
-from wsgw.sessions import Session
+from wsgw.sessions import Deadlines, Session
 from wsgw.testing import RecordingConnection
 
 
@@ -61,31 +62,34 @@ def make(**kwargs: Any) -> tuple[Gateway, Clock, None, _World]:
     return Gateway(clock, tokens, tokens, revocations=Revocations(clock, 10**6), **kwargs), clock, None, _World()
 
 
+def _times(clock: Clock) -> list[float]:
+    return sorted(call.getTime() for call in clock.getDelayedCalls())
+
+
 @pytest.mark.parametrize("leeway", [0, 5])
-def test_the_auth_timer_becomes_the_expiry_timer(leeway: float) -> None:
+def test_the_expiry_timer_is_set_at_subscribe(leeway: float) -> None:
     gw, clock, _, world = make(auth_timeout=30, leeway=leeway)
     conn = RecordingConnection()
     session = gw.open(conn, world.ws)
-    timer = session.timer
+    assert session.timer is None and _times(clock) == [30]  # the auth deadlines' one timer
     clock.advance(10)
     gw.receive(session, {"@type": "subscribe", "jwt": "alice@100"})
-    assert session.timer is timer and timer is not None and timer.getTime() == 100 + leeway
-    assert len(clock.getDelayedCalls()) == 1
-    clock.advance(89.9 + leeway)
+    timer = session.timer
+    assert timer is not None and timer.getTime() == 100 + leeway
+    clock.advance(20)  # the auth deadline passes: nothing to close, nothing rescheduled
+    assert conn.closed is None and _times(clock) == [100 + leeway]
+    clock.advance(69.9 + leeway)
     assert conn.closed is None
     clock.advance(0.2)
     assert conn.closed == (4001, "token expired") and session.timer is None
 
 
-def test_an_expiry_sooner_than_the_auth_deadline_gets_a_timer_of_its_own() -> None:
-    """(Moving a reactor's timer sooner searches its whole heap: a new one is made instead.)"""
+def test_an_expiry_sooner_than_the_auth_deadline_closes_at_the_expiry() -> None:
     gw, clock, _, world = make(auth_timeout=30, leeway=0)
     conn = RecordingConnection()
     session = gw.open(conn, world.ws)
-    first = session.timer
     gw.receive(session, {"@type": "subscribe", "jwt": "alice@20"})
-    assert session.timer is not first and first is not None and not first.active()
-    assert [call.getTime() for call in clock.getDelayedCalls()] == [20]
+    assert session.timer is not None and _times(clock) == [20, 30]
     clock.advance(20.1)
     assert conn.closed == (4001, "token expired")
 
@@ -94,32 +98,34 @@ def test_a_fresher_token_moves_the_same_timer_a_staler_one_replaces_it() -> None
     gw, clock, _, world = make(auth_timeout=30, leeway=0)
     conn = RecordingConnection()
     session = gw.open(conn, world.ws)
-    timer = session.timer
     gw.receive(session, {"@type": "subscribe", "jwt": "alice@100"})
+    timer = session.timer
     gw.receive(session, {"@type": "subscribe", "jwt": "alice@500"})
     assert session.timer is timer and timer is not None and timer.getTime() == 500
     gw.receive(session, {"@type": "subscribe", "jwt": "alice@200"})
     assert session.timer is not timer and not timer.active()
-    assert [call.getTime() for call in clock.getDelayedCalls()] == [200]
+    assert _times(clock) == [30, 200]
     clock.advance(199.9)
     assert conn.closed is None
     clock.advance(0.2)
     assert conn.closed == (4001, "token expired")
 
 
-def test_unsubscribe_and_close_still_cancel_the_one_timer() -> None:
+def test_unsubscribe_and_close_cancel_the_expiry() -> None:
     gw, clock, _, world = make(auth_timeout=30, leeway=0)
     conn = RecordingConnection()
     session = gw.open(conn, world.ws)
     gw.receive(session, {"@type": "subscribe", "jwt": "alice@100"})
     gw.receive(session, {"@type": "unsubscribe"})
-    assert session.timer is None and clock.getDelayedCalls() == []
+    assert session.timer is None and _times(clock) == [30]
     clock.advance(1000)
-    assert conn.closed is None
+    assert conn.closed is None and clock.getDelayedCalls() == []
     other = gw.open(RecordingConnection(), world.ws)
-    gw.receive(other, {"@type": "subscribe", "jwt": "bob@100"})
+    gw.receive(other, {"@type": "subscribe", "jwt": "bob@2000"})
     gw.closed(other)
-    assert other.timer is None and clock.getDelayedCalls() == []
+    assert other.timer is None and _times(clock) == [1030]  # (the auth deadlines' timer, left to fire)
+    clock.advance(30)
+    assert clock.getDelayedCalls() == []
 
 
 def test_the_auth_timeout_still_fires_without_a_subscribe() -> None:
@@ -128,3 +134,51 @@ def test_the_auth_timeout_still_fires_without_a_subscribe() -> None:
     gw.receive(gw.open(conn, world.ws), {"@type": "subscribe", "jwt": "later"})  # in flight, never answered
     clock.advance(30.1)
     assert conn.closed == (4001, "authentication timeout")
+
+
+def test_an_unsubscribe_before_any_subscribe_does_not_lift_the_auth_timeout() -> None:
+    """PROTOCOL.md §2: a socket that has not subscribed within the auth timeout is closed; an ``unsubscribe`` (or
+    ``unregister``) sent first cancelled the socket's one timer, and the socket stayed open unauthenticated."""
+    gw, clock, _, world = make(auth_timeout=30)
+    first, second = RecordingConnection(), RecordingConnection()
+    gw.receive(gw.open(first, world.ws), {"@type": "unsubscribe"})
+    gw.receive(gw.open(second, world.ws), {"@type": "unregister"})
+    clock.advance(30.1)
+    assert first.closed == second.closed == (4001, "authentication timeout")
+
+
+def test_each_socket_is_closed_at_its_own_deadline_with_one_timer_pending() -> None:
+    gw, clock, _, world = make(auth_timeout=30, leeway=0)
+    conns = [RecordingConnection() for _ in range(4)]
+    sessions = []
+    for conn in conns:  # opened at 0, 1, 2 and 3
+        sessions.append(gw.open(conn, world.ws))
+        clock.advance(1)
+    gw.receive(sessions[1], {"@type": "subscribe", "jwt": "alice@1000"})  # no deadline from now on
+    assert _times(clock) == [30, 1000]
+    closed_at: dict[int, float] = {}
+    while clock.seconds() < 35:
+        clock.advance(0.25)
+        for i, conn in enumerate(conns):
+            if conn.closed and i not in closed_at:
+                closed_at[i] = clock.seconds()
+        assert len([t for t in _times(clock) if t != 1000]) <= 1  # the deadlines' one timer, at most
+    assert closed_at == {0: 30.0, 2: 32.0, 3: 33.0}
+    assert all(conns[i].closed == (4001, "authentication timeout") for i in (0, 2, 3)) and conns[1].closed is None
+
+
+def test_a_deadline_that_fails_does_not_keep_the_others_open() -> None:
+    clock = Clock()
+    expired: list[int] = []
+
+    def expire(session: Session) -> None:
+        expired.append(session.sid)
+        if len(expired) == 1:
+            raise RuntimeError("boom")
+
+    deadlines = Deadlines(clock, 5, expire)
+    sessions = [Session(RecordingConnection(), None) for _ in range(3)]
+    for session in sessions:
+        deadlines.add(session)
+    clock.advance(5)
+    assert expired == [s.sid for s in sessions] and len(deadlines) == 0

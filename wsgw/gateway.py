@@ -28,7 +28,7 @@ from wsgw.frames import CLOSE_AUTH, CLOSE_FLOOD, CLOSE_REVOKED, CLOSE_SLOW, CLOS
 from wsgw.interfaces import IAccessResolver, IConnection, IEndpoint, ITokenVerifier
 from wsgw.logs import LineBudget
 from wsgw.revocations import Revocations
-from wsgw.sessions import Census, Session, SessionTable, take_census
+from wsgw.sessions import Census, Deadlines, Session, SessionTable, take_census
 
 SUBSCRIBE = ("subscribe", "register")
 UNSUBSCRIBE = ("unsubscribe", "unregister")
@@ -55,7 +55,7 @@ class Gateway:
         self._clock = clock
         self._verifier = verifier
         self._resolver = resolver
-        self._auth_timeout = auth_timeout
+        self._deadlines = Deadlines(clock, auth_timeout, self._auth_timed_out)  # (0: none)
         self._leeway = leeway
         self._max_queued_bytes = max_queued_bytes
         self._max_waiting = max_waiting_frames
@@ -84,8 +84,7 @@ class Gateway:
         session.flow.overflow = MethodType(self.too_slow, session)
         self.table.add(session)
         endpoint.opened(session)
-        if self._auth_timeout > 0:
-            self._set_timer(session, self._auth_timeout, self._auth_timed_out)
+        self._deadlines.add(session)
         return session
 
     def closed(self, session: Session) -> None:
@@ -96,6 +95,7 @@ class Gateway:
         session.flow.stop()
         session.waiting = None
         self._cancel_timer(session)
+        self._deadlines.discard(session)
         self._count_as(session, None)
         self.table.remove(session)
         assert session.endpoint is not None
@@ -329,10 +329,11 @@ class Gateway:
         session.endpoint.subscribe(session, access)
         self._refilter(session, before)
         self.subscribes_accepted += 1
+        self._deadlines.discard(session)
         if access.exp is None:
             self._cancel_timer(session)
         else:
-            self._set_timer(session, max(0.0, access.exp + self._leeway - self._clock.seconds()), self._expired)
+            self._set_expiry(session, max(0.0, access.exp + self._leeway - self._clock.seconds()))
         self._budget.info(self._log, "subscribed", "session {sid} subscribed as {login} on /{endpoint}",
                           sid=session.sid, login=access.login, endpoint=session.endpoint.name)
         # (a string and an integer or None: orjson's bytes are encode's, without building a JSON encoder per call)
@@ -375,16 +376,15 @@ class Gateway:
 
     # -- timers -----------------------------------------------------------
 
-    def _set_timer(self, session: Session, delay: float, fn: Callable[[Session], None]) -> None:
-        """``fn(session)`` in ``delay`` s, not the timer's call: a pending timer due no later is moved on (``reset``, no
-        re-sort), not replaced (bench/RESULTS.md "Connect path", part 5: one timer from open to expiry)."""
+    def _set_expiry(self, session: Session, delay: float) -> None:
+        """The session's expiry in ``delay`` s: a pending one due no later is moved on (``reset``, no re-sort of the
+        reactor's heap), a later one replaced (moving a timer sooner re-sorts it)."""
         call = session.timer
         if isinstance(call, DelayedCall) and call.active() and call.getTime() <= self._clock.seconds() + delay:
-            call.func = fn  # (a DelayedCall's public attribute, read when it fires)
             call.reset(delay)
         else:
             self._cancel_timer(session)
-            session.timer = self._clock.callLater(delay, fn, session)
+            session.timer = self._clock.callLater(delay, self._expired, session)
 
     def _cancel_timer(self, session: Session) -> None:
         call, session.timer = session.timer, None
@@ -392,7 +392,6 @@ class Gateway:
             call.cancel()
 
     def _auth_timed_out(self, session: Session) -> None:
-        session.timer = None
         if session.open and session.access is None:
             self.close(session, CLOSE_AUTH, "authentication timeout")
 

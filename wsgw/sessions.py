@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from mypy_extensions import mypyc_attr
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from wsgw.access import Access, Workspace
@@ -51,7 +51,7 @@ class Session:
 
     ``flow`` holds its frames not yet written (made by the gateway; None for a session that was never
     opened by one); ``state`` belongs to the endpoint (the chat keeps its per-socket state there);
-    ``timer``, ``attempt``, ``waiting`` and ``token`` to the gateway (auth timeout or expiry, the count of
+    ``timer``, ``attempt``, ``waiting`` and ``token`` to the gateway (the token's expiry, the count of
     subscribe attempts, the client frames waiting for a subscribe in flight, the token its access came from when
     the resolver can re-derive it).
     """
@@ -125,6 +125,56 @@ def take_census(sessions: Iterable[Session]) -> Census:
         frames += waiting[0]
         size += waiting[1]
     return Census(Counter(open_), Counter(subscribed), frames, size)
+
+
+class Deadlines:
+    """Sessions held until a deadline ``timeout`` s after each is added (the gateway's auth timeout, PROTOCOL.md §2),
+    then handed to ``expire(session)`` unless ``discard``-ed first (``timeout`` 0: none is held).
+
+    One reactor timer for all, not one each: held in the order added, which is their deadlines' order, only the
+    first deadline is scheduled; a discard is a dict deletion, not a timer's cancel or move. (A reactor timer per
+    session, moved on to the token's expiry at subscribe, came due 30 s after each connect of a storm: 10,000
+    re-sorts of the reactor's heap, ~0.1 s of CPU, inside whatever ran then; bench/RESULTS.md "Auth deadlines".)
+    The timer is left to fire when the last session is discarded (a cancel costs the heap as much): at most one
+    is pending. ``expire`` raising is logged; the other sessions due still expire."""
+
+    def __init__(self, clock: IReactorTime, timeout: float, expire: Callable[[Session], object]) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._expire = expire
+        self._held: dict[Session, float] = {}  # session -> deadline (s, the clock's), in the order added
+        self._call: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, session: Session) -> None:
+        if self._timeout <= 0:  # no deadline
+            return
+        self._held[session] = self._clock.seconds() + self._timeout
+        if self._call is None:
+            self._call = self._clock.callLater(self._timeout, self._due)
+
+    def discard(self, session: Session) -> None:
+        self._held.pop(session, None)
+
+    def _due(self) -> None:
+        self._call = None
+        held, now = self._held, self._clock.seconds()
+        due: list[Session] = []
+        for session, deadline in held.items():
+            if deadline > now:
+                break
+            due.append(session)
+        for session in due:
+            del held[session]
+        for session in due:
+            try:
+                self._expire(session)
+            except Exception:  # noqa: BLE001 - the other sessions due still expire
+                _log.failure("the deadline of session {sid} failed", sid=session.sid)
+        if held and self._call is None:
+            self._call = self._clock.callLater(max(0.0, next(iter(held.values())) - now), self._due)
 
 
 @attrs.frozen
