@@ -36,9 +36,11 @@ from wsgw.internals.autobahn import (
 )
 from wsgw.internals.twisted import (
     IOV_MAX,
+    StrictLineChannel,
     buffered,
     clear_exit_signal,
     direct_socket,
+    http_channel,
     release_taken_over_request,
     send_direct,
     send_direct_many,
@@ -167,6 +169,27 @@ def test_an_http_channel_keeps_its_requests_in_a_list() -> None:
     channel.requests = [request]
     release_taken_over_request(request)
     assert channel.requests == []
+
+
+def test_a_site_builds_its_channels_with_its_protocol_and_a_line_receiver_keeps_the_line_being_read() -> None:
+    """``HTTPFactory.protocol`` builds each channel (wrapped in ``_GenericHTTPChannelProtocol``, ``http_channel``
+    the same way); LineReceiver holds the unfinished line in ``_buffer`` and ``_busyReceiving`` while it reads;
+    ``_respondToBadRequestAndDisconnect`` answers 400 and closes."""
+    from twisted.web.http import HTTPFactory, _genericHTTPChannelProtocolFactory
+    from twisted.web.server import Site
+
+    assert HTTPFactory.protocol is _genericHTTPChannelProtocolFactory
+    built = http_channel(Site(None))
+    assert type(built) is type(_genericHTTPChannelProtocolFactory(Site(None)))
+    assert isinstance(built._channel, StrictLineChannel)
+    channel = HTTPChannel()
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    assert not channel._busyReceiving and not channel.paused
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost")
+    assert channel._buffer == b"Host" and channel.line_mode
+    channel._respondToBadRequestAndDisconnect()
+    assert transport.value() == b"HTTP/1.1 400 Bad Request\r\n\r\n" and transport.disconnecting
 
 
 def test_twistd_reads_the_exit_signal_from_the_reactor() -> None:
