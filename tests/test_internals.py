@@ -49,6 +49,7 @@ from wsgw.internals.twisted import (
 )
 from wsgw.internals.txredisapi import WholeReads
 from wsgw.logs import LineBudget
+from wsgw.web.outbound import Outbound
 
 # --------------------------------------------------------------------------- Twisted
 
@@ -61,6 +62,7 @@ class _Keep(Protocol):
         self.received = b""
         self.got: Deferred[None] | None = None
         self.wanted = 0
+        self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         self.made.callback(self)
@@ -70,6 +72,9 @@ class _Keep(Protocol):
         if self.got is not None and len(self.received) >= self.wanted:
             got, self.got = self.got, None
             got.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
 
     def wait_for(self, size: int) -> Deferred[None]:
         self.wanted = size
@@ -83,6 +88,15 @@ async def _tcp_pair() -> tuple[_Keep, _Keep, Any]:
     """A server protocol and a client protocol connected on 127.0.0.1; the listening port."""
     server_side: Deferred[Any] = Deferred()
     port = reactor.listenTCP(0, Factory.forProtocol(lambda: _Keep(server_side)), interface="127.0.0.1")
+    client_side: Deferred[Any] = Deferred()
+    reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: _Keep(client_side)))
+    return await server_side.addTimeout(TIMEOUT, reactor), await client_side.addTimeout(TIMEOUT, reactor), port
+
+
+async def _tcp_pair_on(port: Any) -> tuple[_Keep, _Keep, Any]:
+    """Another pair on the listening ``port`` of ``_tcp_pair``."""
+    server_side: Deferred[Any] = Deferred()
+    port.factory.protocol = lambda: _Keep(server_side)
     client_side: Deferred[Any] = Deferred()
     reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: _Keep(client_side)))
     return await server_side.addTimeout(TIMEOUT, reactor), await client_side.addTimeout(TIMEOUT, reactor), port
@@ -147,6 +161,40 @@ async def test_send_direct_many_gathers_frames_in_order_and_never_overtakes_the_
         assert client.received == b"first-second-" + b"".join(frames)
     finally:
         server.transport.loseConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_is_sent_directly_on_a_transport_that_is_closing() -> None:
+    """After ``loseConnection`` (``disconnecting``) ``send_direct`` and ``send_direct_many`` send nothing (0): the
+    peer reads the end of the stream and no byte before it (they used to reach it). After ``abortConnection``
+    (``_aborting``) the same; an ``Outbound`` then hands its frame to the transport, whose write an aborted
+    transport never sends, instead of to the socket."""
+    server, client, port = await _tcp_pair()
+    try:
+        transport = server.transport
+        sock = direct_socket(transport)
+        assert sock is not None
+        transport.loseConnection()
+        assert transport.disconnecting
+        assert send_direct(transport, sock, b"after-close") == 0
+        assert send_direct_many(transport, sock, [b"after-", b"close"]) == 0
+        await client.lost.addTimeout(TIMEOUT, reactor)
+        assert client.received == b""
+        server, client, _ = await _tcp_pair_on(port)
+        transport = server.transport
+        sock = direct_socket(transport)
+        assert sock is not None
+        out = Outbound(transport, lambda payload: None)
+        transport.abortConnection()
+        assert not transport.disconnecting and transport._aborting
+        assert send_direct(transport, sock, b"after-abort") == 0
+        assert send_direct_many(transport, sock, [b"after-", b"abort"]) == 0
+        out.write(b"\x81\x05hello")
+        assert buffered(transport) == 7  # Twisted's, never written: nothing went to the socket
+        await client.lost.addTimeout(TIMEOUT, reactor)
+        assert client.received == b""
+    finally:
         await port.stopListening()
 
 
