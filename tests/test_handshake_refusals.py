@@ -127,3 +127,28 @@ def test_autobahns_supported_versions_header_is_kept() -> None:
                                   [("Sec-WebSocket-Version", "13")])
     assert b"\r\nSec-WebSocket-Version: 13\r\n" in answer
     assert answer.endswith(b"\r\n\r\nWebSocket version 13 only (RFC 6455 section 4.2.2)\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_method_a_resource_does_not_take_is_answered_without_quoting_the_request(
+        gateway: StartGateway) -> None:
+    """twisted.web's own 405 and 501 pages quoted the request target and method (``Your browser approached me
+    (at /healthz?<...>) with the method "POST"``): the same kind of reflection. Both listeners now answer a fixed
+    text naming the resource's methods (wsgw.web.answers), 405 with Allow for GET/HEAD/POST, 501 for others."""
+    daemon = await gateway(redis=None, admin="tcp:0:interface=127.0.0.1")
+    target = b"?q=%3Cimg%20src=x%3E<img>"
+    for port, path, method, status, allow in [
+            (daemon.port, b"/healthz", b"POST", b"405 Method Not Allowed", b"GET, HEAD"),
+            (daemon.port, b"/healthz", b"PROPFIND", b"501 Not Implemented", None),
+            (daemon.admin_port, b"/metrics", b"POST", b"405 Method Not Allowed", b"GET, HEAD"),
+            (daemon.admin_port, b"/metrics", b"MARKER-METHOD", b"501 Not Implemented", None)]:
+        raw: Any = await raw_connect(port)
+        raw.send(method + b" " + path + target + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        answer = await raw.wait_lost()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status_line, *fields = head.split(b"\r\n")
+        assert status_line == b"HTTP/1.1 " + status, answer
+        names = {f.split(b":")[0].lower(): f.split(b":", 1)[1].strip() for f in fields}
+        assert names.get(b"allow") == allow and names[b"content-type"].startswith(b"text/plain"), answer
+        assert b"img" not in answer and b"MARKER" not in answer and path not in answer, answer
+        assert body.endswith(b"\n") and b"allowed" in body, answer

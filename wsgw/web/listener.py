@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from wsgw.internals.twisted import http_channel, take_over
 from wsgw.logs import LineBudget, writes
+from wsgw.web.answers import Rendered
 from wsgw.web.inbound import PeerCounts
 from wsgw.web.upgrade import whole_upgrade
 
@@ -81,7 +82,7 @@ class BoundedRequest(Request):
         super().process()
 
     def render(self, resrc: IResource) -> None:
-        super().render(_Headless(resrc) if self.method == b"HEAD" else resrc)
+        super().render(Rendered(resrc))  # (a HEAD without its body; a method not taken: a fixed answer)
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         if (name.encode("latin-1") if isinstance(name, str) else name).lower() == b"server":
@@ -103,22 +104,6 @@ class BoundedRequest(Request):
             self.content.truncate()
             return
         self.content.write(data)
-
-
-class _Headless:
-    """``resource`` answering a HEAD: the status and headers of its GET, the ``Content-Length`` of the body it
-    would send, no body (RFC 9110 §9.3.2). Given the body, twisted.web drops it but logs, at info and outside any
-    line budget, ``Warning: HEAD request <BoundedRequest at 0x...> ...`` for every HEAD of any peer."""
-
-    def __init__(self, resource: IResource) -> None:
-        self._resource = resource
-
-    def render(self, request: Request) -> bytes | int:
-        body: bytes | int = self._resource.render(request)
-        if isinstance(body, bytes) and body:
-            request.setHeader(b"content-length", b"%d" % len(body))
-            return b""
-        return body
 
 
 def public_cap(configured: int, operator_sockets: int, open_files: int) -> tuple[int, str]:
