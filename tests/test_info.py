@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest_twisted
 import treq
+from twisted.logger import formatEventAsClassicLogText, globalLogPublisher
 
 from tests.support.daemon import Daemon, StartGateway, scrape, token, value, workspace
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, wait_until
 from tests.support.wsclient import connect
 
 ADMIN = "tcp:0:interface=127.0.0.1"
@@ -228,3 +229,44 @@ async def test_info_names_each_listen_address_ipv6_in_brackets(gateway: StartGat
     ports = [port.getHost().port for port in a.service.ports]
     listen = (await info(a))["instances"][0]["listen"]
     assert listen == [f"127.0.0.1:{ports[0]}", f"[::1]:{ports[1]}", f"127.0.0.1:{a.admin_port}"]
+
+
+def _twin_warnings(events: list[dict[str, Any]], name: str) -> list[str]:
+    lines = [formatEventAsClassicLogText(e) or "" for e in events]
+    return [t for t in lines if f"another live instance is named {name}" in t]
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_live_instances_with_one_name_each_warn_once(gateway: StartGateway, tmp_path: Path) -> None:
+    """Two processes given the same [operator] instance_name on one Redis write one record, each replacing the
+    other's: each says so in one warning (they used to say nothing, /info showing one of them at a time)."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        a = await instance(gateway, tmp_path, **{"operator.instance_name": "gw-twin"})
+        b = await instance(gateway, tmp_path, prefix=a.prefix, **{"operator.instance_name": "gw-twin"})
+        registries = (a.service.instances, b.service.instances)
+        await wait_until(lambda: all(r.written >= 10 for r in registries), "10 heartbeats of each", timeout=10)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [e for e in events if "another live instance" in (e.get("log_format") or "")]
+    assert len(_twin_warnings(events, "gw-twin")) == 2, _twin_warnings(events, "gw-twin")
+    assert {e["log_level"].name for e in warnings} == {"warn"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_replacing_the_record_of_the_process_it_restarts_says_nothing(
+        gateway: StartGateway, tmp_path: Path) -> None:
+    """A process killed (its record still there for 3 heartbeats) and started again under its name: the new one's
+    first heartbeat replaces the old record, which is no second instance."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        old = await instance(gateway, tmp_path, **{"operator.instance_name": "gw-again"})
+        await wait_until(lambda: old.service.instances.written >= 2, "the old process's heartbeats")
+        old.service.instances._loop.stop()  # killed: its record stays until its TTL
+        new = await instance(gateway, tmp_path, prefix=old.prefix, **{"operator.instance_name": "gw-again"})
+        await wait_until(lambda: new.service.instances.written >= 8, "8 heartbeats of the new process")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert _twin_warnings(events, "gw-again") == []

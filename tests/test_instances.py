@@ -24,6 +24,7 @@ from wsgw.instances import (
     InstanceRegistry,
     MemoryInstances,
     instance_id,
+    started_of,
     validate,
 )
 
@@ -243,3 +244,40 @@ def test_validate_leaves_out_a_history_whose_per_second_rates_are_not_finite() -
         assert record is not None and "history" not in record
     kept = validate("x", raw({**GOOD, "history": {"step": MIN_STEP, "events": [2**53], "deliveries": [1]}}))
     assert kept is not None and math.isfinite(max(kept["history"]["events"]) / kept["history"]["step"] * MAX_INSTANCES)
+
+
+def test_two_live_registries_with_one_name_warn_once_each_whatever_their_heartbeats() -> None:
+    """One name, two processes (here two registries on one store, heartbeats of 1 s and 3 s): each warns once,
+    though the faster one finds its own record between the other's heartbeats; a third registry of that name
+    started after the first stops (its record left to expire) says nothing. ``started_of`` reads what ``put``
+    replaced."""
+    from twisted.logger import globalLogPublisher
+
+    clock, events = Clock(), []
+    store = MemoryInstances(clock)
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock.advance(1.0)
+        fast = registry(clock, store, "twin", heartbeat=1.0)
+        clock.advance(0.5)
+        slow = registry(clock, store, "twin", heartbeat=3.0)
+        fast.start()
+        slow.start()
+        for _ in range(60):
+            clock.advance(0.5)
+        warned = [e for e in events if "another live instance" in (e.get("log_format") or "")]
+        assert [e["log_source"] for e in warned] == [fast, slow] or [e["log_source"] for e in warned] == [slow, fast]
+        fast._loop.stop()
+        slow._loop.stop()  # both killed: the record stays for its TTL
+        clock.advance(0.5)
+        again = registry(clock, store, "twin", heartbeat=1.0)
+        again.start()
+        for _ in range(20):
+            clock.advance(0.5)
+        assert again.written >= 10 and len([e for e in events if "another live instance" in (
+            e.get("log_format") or "")]) == 2
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert result(MemoryInstances(clock).put("x", b'{"id":"x","started":12.5}', 1.0)) is None
+    assert started_of(b'{"id":"x","version":"1","started":1796097580.2433205,"at":1}') == "1796097580.2433205"
+    assert started_of(b'{"id":"x"}') is None

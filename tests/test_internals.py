@@ -36,9 +36,11 @@ from wsgw.internals.autobahn import (
 )
 from wsgw.internals.twisted import (
     IOV_MAX,
+    StrictLineChannel,
     buffered,
     clear_exit_signal,
     direct_socket,
+    http_channel,
     release_taken_over_request,
     send_direct,
     send_direct_many,
@@ -47,6 +49,7 @@ from wsgw.internals.twisted import (
 )
 from wsgw.internals.txredisapi import WholeReads
 from wsgw.logs import LineBudget
+from wsgw.web.outbound import Outbound
 
 # --------------------------------------------------------------------------- Twisted
 
@@ -59,6 +62,7 @@ class _Keep(Protocol):
         self.received = b""
         self.got: Deferred[None] | None = None
         self.wanted = 0
+        self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         self.made.callback(self)
@@ -68,6 +72,9 @@ class _Keep(Protocol):
         if self.got is not None and len(self.received) >= self.wanted:
             got, self.got = self.got, None
             got.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
 
     def wait_for(self, size: int) -> Deferred[None]:
         self.wanted = size
@@ -81,6 +88,15 @@ async def _tcp_pair() -> tuple[_Keep, _Keep, Any]:
     """A server protocol and a client protocol connected on 127.0.0.1; the listening port."""
     server_side: Deferred[Any] = Deferred()
     port = reactor.listenTCP(0, Factory.forProtocol(lambda: _Keep(server_side)), interface="127.0.0.1")
+    client_side: Deferred[Any] = Deferred()
+    reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: _Keep(client_side)))
+    return await server_side.addTimeout(TIMEOUT, reactor), await client_side.addTimeout(TIMEOUT, reactor), port
+
+
+async def _tcp_pair_on(port: Any) -> tuple[_Keep, _Keep, Any]:
+    """Another pair on the listening ``port`` of ``_tcp_pair``."""
+    server_side: Deferred[Any] = Deferred()
+    port.factory.protocol = lambda: _Keep(server_side)
     client_side: Deferred[Any] = Deferred()
     reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: _Keep(client_side)))
     return await server_side.addTimeout(TIMEOUT, reactor), await client_side.addTimeout(TIMEOUT, reactor), port
@@ -148,6 +164,40 @@ async def test_send_direct_many_gathers_frames_in_order_and_never_overtakes_the_
         await port.stopListening()
 
 
+@pytest_twisted.ensureDeferred
+async def test_nothing_is_sent_directly_on_a_transport_that_is_closing() -> None:
+    """After ``loseConnection`` (``disconnecting``) ``send_direct`` and ``send_direct_many`` send nothing (0): the
+    peer reads the end of the stream and no byte before it (they used to reach it). After ``abortConnection``
+    (``_aborting``) the same; an ``Outbound`` then hands its frame to the transport, whose write an aborted
+    transport never sends, instead of to the socket."""
+    server, client, port = await _tcp_pair()
+    try:
+        transport = server.transport
+        sock = direct_socket(transport)
+        assert sock is not None
+        transport.loseConnection()
+        assert transport.disconnecting
+        assert send_direct(transport, sock, b"after-close") == 0
+        assert send_direct_many(transport, sock, [b"after-", b"close"]) == 0
+        await client.lost.addTimeout(TIMEOUT, reactor)
+        assert client.received == b""
+        server, client, _ = await _tcp_pair_on(port)
+        transport = server.transport
+        sock = direct_socket(transport)
+        assert sock is not None
+        out = Outbound(transport, lambda payload: None)
+        transport.abortConnection()
+        assert not transport.disconnecting and transport._aborting
+        assert send_direct(transport, sock, b"after-abort") == 0
+        assert send_direct_many(transport, sock, [b"after-", b"abort"]) == 0
+        out.write(b"\x81\x05hello")
+        assert buffered(transport) == 7  # Twisted's, never written: nothing went to the socket
+        await client.lost.addTimeout(TIMEOUT, reactor)
+        assert client.received == b""
+    finally:
+        await port.stopListening()
+
+
 def test_transports_that_are_not_plain_tcp_get_no_direct_socket() -> None:
     """A transport that is not Twisted's TCP connection (TLS wraps it, tests fake it) goes through write()."""
     assert direct_socket(StringTransport()) is None
@@ -167,6 +217,27 @@ def test_an_http_channel_keeps_its_requests_in_a_list() -> None:
     channel.requests = [request]
     release_taken_over_request(request)
     assert channel.requests == []
+
+
+def test_a_site_builds_its_channels_with_its_protocol_and_a_line_receiver_keeps_the_line_being_read() -> None:
+    """``HTTPFactory.protocol`` builds each channel (wrapped in ``_GenericHTTPChannelProtocol``, ``http_channel``
+    the same way); LineReceiver holds the unfinished line in ``_buffer`` and ``_busyReceiving`` while it reads;
+    ``_respondToBadRequestAndDisconnect`` answers 400 and closes."""
+    from twisted.web.http import HTTPFactory, _genericHTTPChannelProtocolFactory
+    from twisted.web.server import Site
+
+    assert HTTPFactory.protocol is _genericHTTPChannelProtocolFactory
+    built = http_channel(Site(None))
+    assert type(built) is type(_genericHTTPChannelProtocolFactory(Site(None)))
+    assert isinstance(built._channel, StrictLineChannel)
+    channel = HTTPChannel()
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    assert not channel._busyReceiving and not channel.paused
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost")
+    assert channel._buffer == b"Host" and channel.line_mode
+    channel._respondToBadRequestAndDisconnect()
+    assert transport.value() == b"HTTP/1.1 400 Bad Request\r\n\r\n" and transport.disconnecting
 
 
 def test_twistd_reads_the_exit_signal_from_the_reactor() -> None:

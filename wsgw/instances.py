@@ -19,6 +19,13 @@ The record, a JSON object (docs/protocol.md "Operator page: GET /info")::
      "history": {"step": s, "events": [n, ...], "deliveries": [n, ...]},
      "rooms": n, "closes": {"<close code>": n}, "bus": {"state": str, "connected": bool}}
 
+One name, one process: two live processes given the same ``[operator] instance_name`` write one record, each
+replacing the other's (``/info`` shows one of them, whichever wrote last). A store's ``put`` tells what it replaced
+(the ``started`` of that record), so a heartbeat that replaces a record of another ``started`` than its own, after
+its own first heartbeat (which may replace the record of the process it restarts), logs a warning: once, and again
+only after ``HEARTBEAT_TTLS`` heartbeats without one. It does not refuse: PROTOCOL.md and DESIGN.md say nothing of
+instance names, and an instance restarted while the old one still stops is no mistake.
+
 ``history`` holds, oldest first, the bus events received and the frames
 delivered during each of the last heartbeats (at most ``HISTORY_SECONDS`` of
 them, ``MAX_POINTS`` points): per second is a count divided by ``step``.
@@ -32,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -80,8 +88,9 @@ class InstanceStore(Protocol):
 
     kind: str
 
-    def put(self, instance: str, record: bytes, ttl: float) -> Deferred[None]:
-        """Store ``record`` as ``instance``'s for ``ttl`` seconds."""
+    def put(self, instance: str, record: bytes, ttl: float) -> Deferred[str | None]:
+        """Store ``record`` as ``instance``'s for ``ttl`` seconds; fires with the ``started`` of the record it
+        replaced (``started_of``), or None when there was none."""
 
     def remove(self, instance: str) -> Deferred[None]:
         """Forget ``instance``'s record."""
@@ -99,9 +108,11 @@ class MemoryInstances:
         self._clock = clock
         self._records: dict[str, tuple[bytes, float]] = {}
 
-    def put(self, instance: str, record: bytes, ttl: float) -> Deferred[None]:
-        self._records[instance] = (record, self._clock.seconds() + ttl)
-        return succeed(None)
+    def put(self, instance: str, record: bytes, ttl: float) -> Deferred[str | None]:
+        now = self._clock.seconds()
+        old = self._records.get(instance)
+        self._records[instance] = (record, now + ttl)
+        return succeed(started_of(old[0]) if old is not None and old[1] > now else None)
 
     def remove(self, instance: str) -> Deferred[None]:
         self._records.pop(instance, None)
@@ -111,6 +122,15 @@ class MemoryInstances:
         now = self._clock.seconds()
         self._records = {k: v for k, v in self._records.items() if v[1] > now}
         return succeed([(k, v[0]) for k, v in list(self._records.items())[:MAX_INSTANCES]])
+
+
+_STARTED = re.compile(rb'"started":(-?[0-9.eE+-]+)')
+
+
+def started_of(record: bytes) -> str | None:
+    """The ``started`` of a record as its writer wrote it (``json.dumps``: a JSON number's text), or None."""
+    found = _STARTED.search(record)
+    return found.group(1).decode("ascii") if found is not None else None
 
 
 def _text(value: Any) -> str | None:
@@ -216,6 +236,7 @@ class InstanceRegistry:
         self._loop.clock = clock
         self._failing = 0  # heartbeats failed in a row
         self.written = 0  # heartbeats the store took
+        self.twin_seen = -HEARTBEAT_TTLS - 1  # ``written`` when a heartbeat last replaced another process's record
 
     def start(self) -> None:
         """Heartbeat now, then every ``heartbeat`` seconds (and once the store's connection is set up)."""
@@ -252,11 +273,17 @@ class InstanceRegistry:
         record = json.dumps(self.record(), separators=(",", ":")).encode()
         self.store.put(self.id, record, self.heartbeat * HEARTBEAT_TTLS).addCallbacks(self._wrote, self._failed)
 
-    def _wrote(self, _: object) -> None:
+    def _wrote(self, replaced: str | None) -> None:
         if self._failing >= HEARTBEAT_TTLS:
             self._log.info("instance registry: the heartbeat of {id} is written again", id=self.id)
         self._failing = 0
         self.written += 1
+        if self.written > 1 and replaced is not None and replaced != json.dumps(self.started):
+            if self.written - self.twin_seen > HEARTBEAT_TTLS:
+                self._log.warn("instance registry: another live instance is named {id}: each heartbeat replaces the "
+                               "other's record (GET /info shows one of them at a time); give each instance its own "
+                               "[operator] instance_name", id=self.id)
+            self.twin_seen = self.written
 
     def _failed(self, failure: Failure) -> None:
         self._failing += 1

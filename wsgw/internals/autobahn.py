@@ -246,7 +246,7 @@ class ServerProtocol(WebSocketServerProtocol):
                 and not self.logOctets:  # type: ignore[attr-defined]
             transport = self.transport
             sock = direct_socket(transport)
-            if sock is not None and transport.connected and not transport.disconnecting:  # type: ignore[union-attr]
+            if sock is not None and transport.connected:  # type: ignore[union-attr]  # (closing: send_direct's 0)
                 sent = send_direct(transport, sock, data)
                 if sent:
                     stats = self.trafficStats

@@ -2,7 +2,8 @@
 
 ``twisted.internet.abstract.FileDescriptor`` keeps unwritten bytes in
 ``dataBuffer`` (from ``offset``) and ``_tempDataLen`` bytes in ``_tempData``;
-``tcp.Connection`` holds its ``socket`` and says ``TLS`` when TLS is on. The
+``tcp.Connection`` holds its ``socket``, says ``TLS`` when TLS is on, and ``disconnecting`` (``FileDescriptor``) or
+``_aborting`` once ``loseConnection`` or ``abortConnection`` was called. The
 outbound path (``wsgw.web.outbound``) and Autobahn's handshake answer
 (``wsgw.internals.autobahn``) send on the socket directly while the transport
 holds nothing (bench/RESULTS.md: no epoll round trip per frame), a batch of
@@ -41,9 +42,12 @@ def direct_socket(transport: Any) -> socket.socket | None:
 
 
 def send_direct(transport: Any, sock: socket.socket, data: bytes) -> int:
-    """Send ``data`` on ``sock`` (from ``direct_socket(transport)``) if the transport holds nothing, so bytes
-    never overtake what it buffered; returns how many the kernel took (0 when none, or when it must wait)."""
-    if transport._tempDataLen or transport.dataBuffer:
+    """Send ``data`` on ``sock`` (from ``direct_socket(transport)``) if the transport holds nothing and is not
+    closing (``loseConnection`` or ``abortConnection`` called), so bytes never overtake what it buffered nor go
+    where Twisted's ``write`` would not send them (a disconnecting transport writes what it is given, then closes; an
+    aborting one nothing more); returns how many the kernel took (0 when none, when it must wait, or when the
+    transport is closing: the caller gives the rest to ``transport.write``, and Twisted decides)."""
+    if transport._tempDataLen or transport.dataBuffer or transport.disconnecting or transport._aborting:
         return 0
     try:
         return sock.send(data)
@@ -53,8 +57,9 @@ def send_direct(transport: Any, sock: socket.socket, data: bytes) -> int:
 
 def send_direct_many(transport: Any, sock: socket.socket, frames: list[bytes]) -> int:
     """Send ``frames`` (at most ``IOV_MAX``), in order, with one ``sendmsg()`` (the kernel gathers them: no joined
-    copy) if the transport holds nothing, as ``send_direct``; returns how many bytes the kernel took."""
-    if transport._tempDataLen or transport.dataBuffer:
+    copy) if the transport holds nothing and is not closing, as ``send_direct``; returns how many bytes the
+    kernel took."""
+    if transport._tempDataLen or transport.dataBuffer or transport.disconnecting or transport._aborting:
         return 0
     try:
         return sock.sendmsg(frames)

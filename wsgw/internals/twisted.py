@@ -28,6 +28,11 @@
 - ``ReactorBase.mainLoop``, ``runUntilCurrent``, ``timeout`` and the timed-call
   lists: ``run_natively`` has ``reactor.run()`` iterate with a compiled copy
   that calls ``runUntilCurrent`` only when it has work (``wsgw.internals.loop``).
+- ``twisted.web.http._GenericHTTPChannelProtocol``, the wrapper ``Site`` puts around each ``HTTPChannel``
+  (``HTTPFactory.protocol``), and ``LineReceiver``'s ``_buffer`` (the line being read), ``_busyReceiving`` and
+  ``paused``, and ``HTTPChannel._respondToBadRequestAndDisconnect`` (twisted.web's answer to a malformed line):
+  ``http_channel`` builds twisted.web's channel as ``StrictLineChannel``, which answers a line that can never end
+  at once (``wsgw.web.listener.GuardedSite``, both listeners).
 - ``SSL4ServerEndpoint._sslContextFactory``: the TLS context factory an
   ``ssl:`` endpoint string describes; a worker (wsgw/workers/child.py) wraps
   the listening socket it inherited with it, as the endpoint's own listen would.
@@ -41,6 +46,7 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.protocol import Factory
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 
 from wsgw.internals.direct import IOV_MAX as IOV_MAX  # (re-exported: their former home)
 from wsgw.internals.direct import buffered as buffered
@@ -73,6 +79,29 @@ def take_over(transport: Any, factory: Factory, data: bytes) -> bool:
     protocol.makeConnection(transport)
     protocol.dataReceived(data)
     return True
+
+
+class StrictLineChannel(HTTPChannel):
+    """twisted.web's HTTP channel, answering ``400 Bad Request`` (twisted.web's own answer to a malformed line) and
+    closing as soon as the request line or header line being read holds a bare LF, or a CR followed by anything
+    but LF. twisted.web ends a line at CRLF only and refuses a line holding CR or LF (its request-line and field
+    checks, RFC 9110 §5.5), but only once a CRLF ends it: a request whose lines end in bare LF was held until the
+    listener's deadline, then answered 408. RFC 9112 §2.2 lets a recipient take a bare LF as a line end or not;
+    wsgw does not (one line grammar for its upgrade fast path ``wsgw.web.upgrade``, twisted.web and Autobahn,
+    nothing a proxy in front might split differently), and now says so at once. A body is never looked at."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self.line_mode and not self._busyReceiving and not self.paused:  # (the line being read: self._buffer)
+            line, transport = self._buffer, self.transport
+            if (b"\n" in line or b"\r" in line[:-1]) and not getattr(transport, "disconnecting", True):
+                self._respondToBadRequestAndDisconnect()
+
+
+def http_channel(factory: Any) -> Any:
+    """A new channel of ``factory`` (a twisted.web ``Site``) as ``HTTPFactory.protocol`` builds one, but a
+    ``StrictLineChannel``: set it as the Site's ``protocol``."""
+    return _GenericHTTPChannelProtocol(StrictLineChannel())
 
 
 def clear_exit_signal(reactor: Any) -> None:

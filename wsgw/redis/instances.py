@@ -8,7 +8,7 @@ with the time of its last heartbeat (ms, the writer's clock), so ``load`` costs
 one script over the instances, however many other keys that Redis holds (a
 SCAN of the prefix would walk the whole keyspace, chat history included).
 
-``PUT`` sets the record, adds the id to the index and drops index entries over
+``PUT`` sets the record (returning the ``started`` of the one it replaced: ``wsgw.instances``), adds the id to the index and drops index entries over
 ``STALE_MS`` old (instances that died long ago, never listed since). ``LOAD``
 reads the newest ``MAX_INSTANCES`` ids of the index and returns the value of
 each one's key when it is a string of at most ``MAX_RECORD_BYTES`` (a huge or
@@ -30,12 +30,17 @@ from wsgw.redis.revocations import _text
 
 STALE_MS = 24 * 3600 * 1000  # index entries older than this are dropped by the next heartbeat of any instance
 
-# KEYS[1]: the index, KEYS[2]: the record's key; ARGV: the id, the record, its TTL (ms), now (unix ms).
+# KEYS[1]: the index, KEYS[2]: the record's key; ARGV: the id, the record, its TTL (ms), now (unix ms). Returns the
+# "started" of the record replaced, as written (nil: none, or not a record).
 PUT = """
+local replaced = false
+if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
+  replaced = string.match(redis.call('GET', KEYS[2]), '"started":(%-?[%d%.eE%+%-]+)') or false
+end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (tonumber(ARGV[4]) - tonumber(ARGV[5])))
-return 1
+return replaced
 """
 
 # KEYS[1]: the index; ARGV: the key prefix, how many at most, the size cap. Returns id, value, id, value...
@@ -70,11 +75,11 @@ class RedisInstances:
         """The Redis key of ``instance``'s record (the index is the prefix itself)."""
         return self._prefix + instance
 
-    def put(self, instance: str, record: bytes, ttl: float) -> Deferred[None]:
+    def put(self, instance: str, record: bytes, ttl: float) -> Deferred[str | None]:
         now = int(self._clock.seconds() * 1000)
         d = self._redis.run_script(PUT, [self._prefix, self.key(instance)],
                                    [instance, record, max(1, int(ttl * 1000)), now, STALE_MS])
-        return d.addCallback(lambda _: None)
+        return d.addCallback(lambda replaced: _text(replaced) if replaced else None)
 
     def remove(self, instance: str) -> Deferred[None]:
         d = self._redis.run_script("redis.call('ZREM', KEYS[1], ARGV[1])\nreturn redis.call('DEL', KEYS[2])",

@@ -44,8 +44,9 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from wsgw.internals.twisted import take_over
+from wsgw.internals.twisted import http_channel, take_over
 from wsgw.logs import LineBudget, writes
+from wsgw.web.answers import Rendered
 from wsgw.web.inbound import PeerCounts
 from wsgw.web.upgrade import whole_upgrade
 
@@ -81,7 +82,7 @@ class BoundedRequest(Request):
         super().process()
 
     def render(self, resrc: IResource) -> None:
-        super().render(_Headless(resrc) if self.method == b"HEAD" else resrc)
+        super().render(Rendered(resrc))  # (a HEAD without its body; a method not taken: a fixed answer)
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         if (name.encode("latin-1") if isinstance(name, str) else name).lower() == b"server":
@@ -103,22 +104,6 @@ class BoundedRequest(Request):
             self.content.truncate()
             return
         self.content.write(data)
-
-
-class _Headless:
-    """``resource`` answering a HEAD: the status and headers of its GET, the ``Content-Length`` of the body it
-    would send, no body (RFC 9110 §9.3.2). Given the body, twisted.web drops it but logs, at info and outside any
-    line budget, ``Warning: HEAD request <BoundedRequest at 0x...> ...`` for every HEAD of any peer."""
-
-    def __init__(self, resource: IResource) -> None:
-        self._resource = resource
-
-    def render(self, request: Request) -> bytes | int:
-        body: bytes | int = self._resource.render(request)
-        if isinstance(body, bytes) and body:
-            request.setHeader(b"content-length", b"%d" % len(body))
-            return b""
-        return body
 
 
 def public_cap(configured: int, operator_sockets: int, open_files: int) -> tuple[int, str]:
@@ -348,19 +333,19 @@ class _Dropped(Protocol):
 class GuardedSite(Site):
     """A Site whose sockets ``guard`` admits and follows; requests are ``BoundedRequest``s (``request_factory``).
 
-    twisted.web's access log (a line per request) is off unless ``access_log`` is set, and then its lines are
-    within ``log_budget`` (kind ``http``), so a peer cannot make the daemon write a line per request it sends.
-    ``upgrades`` maps routes to the WebSocket factories a socket's first read goes to directly when it is a whole
-    upgrade to one of them (``_Counted``), as it would through the site's resources.
-    twisted.web's own idle timeout (``timeOut``, 60 s) is off when the guard's deadline is shorter: a timer per
-    socket that could not fire first (bench/RESULTS.md "Connect path").
-    Access lines are info lines, but debug lines for routine requests (issue 14): a GET or HEAD of a path in
-    ``debug_paths`` (the health probes), or with ``debug_gets`` any GET or HEAD answered below 400 (the operator
-    listener's scrapes); a debug line the log does not write now (``wsgw.logs.writes``) spends no budget. Each
-    line's event holds ``line`` (the combined-log-format line) and ``listener`` (``guard.name``).
+    twisted.web's access log (a line per request) is off unless ``access_log`` is set, and then its lines are within
+    ``log_budget`` (kind ``http``), so a peer cannot make the daemon write a line per request it sends. ``upgrades``
+    maps routes to the WebSocket factories a socket's first read goes to directly when it is a whole upgrade to one
+    of them (``_Counted``), as it would through the site's resources. twisted.web's own idle timeout (``timeOut``,
+    60 s) is off when the guard's deadline is shorter: a timer per socket that could not fire first (bench/RESULTS.md
+    "Connect path"). Access lines are info lines, but debug lines for routine requests (issue 14): a GET or HEAD of a
+    path in ``debug_paths`` (the health probes), or with ``debug_gets`` any GET or HEAD answered below 400 (the
+    operator listener's scrapes); a debug line the log does not write now (``wsgw.logs.writes``) spends no budget.
+    Each line's event holds ``line`` (the combined-log-format line) and ``listener`` (``guard.name``).
     """
 
     _access = Logger(namespace="wsgw.web.access")
+    protocol = http_channel  # twisted.web's channel, answering 400 at once to a line that cannot end (bare LF)
 
     def __init__(self, resource: Any, guard: ListenerGuard, request_factory: type[BoundedRequest], *,
                  access_log: bool = False, log_budget: LineBudget | None = None,

@@ -33,6 +33,7 @@ from wsgw.sessions import Session
 from wsgw.web.inbound import InboundPolicy
 from wsgw.web.listener import ListenerGuard, Ticket
 from wsgw.web.outbound import FrameCache, Outbound, WriteBatch
+from wsgw.web.refusals import handshake_refusal
 
 _OPEN = ServerProtocol.STATE_OPEN
 
@@ -65,6 +66,15 @@ class GatewayProtocol(ServerProtocol):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         if self._ticket is not None:
             self._ticket.opened()
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        # Autobahn's, answering a fixed text naming what was wrong instead of its reason, which quotes the request
+        # (``wsgw.web.refusals``); its line in the log says the same.
+        text, answer = handshake_refusal(reason, code, responseHeaders)
+        self.wasNotCleanReason = text
+        self.log.info("failing WebSocket opening handshake ('{reason}')", reason=text)
+        self.sendData(answer)
+        self.dropConnection(abort=False)
 
     def onOpen(self) -> None:
         factory = self.factory

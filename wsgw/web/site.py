@@ -16,6 +16,8 @@ import hashlib
 import importlib.resources
 import re
 from collections.abc import Callable, Mapping
+from io import BytesIO
+from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.pages import errorPage, notFound
@@ -130,7 +132,8 @@ class _Upgrade(WebSocketResource):
     Refused before Autobahn sees them: an upgrade over HTTP/1.0 (400; Autobahn's resource would
     rewrite the request line as HTTP/1.1), a request without ``Upgrade: websocket`` (426 with
     ``Upgrade: websocket``, instead of Autobahn's version page), a ``Sec-WebSocket-Version`` other than 13
-    (426 with ``Sec-WebSocket-Version: 13``, RFC 6455 §4.2.2).
+    (426 with ``Sec-WebSocket-Version: 13``, RFC 6455 §4.2.2). Bytes read after the request's head are
+    handed to Autobahn after it, as the socket's first WebSocket bytes.
 
     The takeover leaves the HTTP channel and its request pointing at each other
     and never finishes the request: 26 objects per socket that only a full
@@ -142,6 +145,13 @@ class _Upgrade(WebSocketResource):
         refusal = _refusal(request)
         if refusal is not None:
             return refusal
+        # Bytes read after the head (a client that sent its first frame with the upgrade, not waiting for the 101
+        # as RFC 6455 §4.1 says it must) are still twisted.web's unread line buffer: Autobahn's render hands the
+        # protocol the head then ``request.content``, so there they are the socket's first bytes, not lost.
+        rest = request.channel.clearLineBuffer()
+        if rest:
+            body: Any = request.content  # (a BoundedRequest's: a BytesIO, empty)
+            request.content = BytesIO((body.read() if body is not None else b"") + rest)  # type: ignore[assignment]
         result: bytes | int = super().render(request)
         release_taken_over_request(request)
         return result
