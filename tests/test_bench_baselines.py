@@ -77,6 +77,21 @@ class Baseline:
         self.proc.wait(10)
 
 
+class _Client(loadgen.Client):  # type: ignore[name-defined,misc]
+    """loadgen's client, and ``gone``: resolved when its connection is lost."""
+
+    __slots__ = ("gone",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+
 async def _client(port: int, jwt: str) -> tuple[Any, list[bytes], asyncio.Event]:
     """A loadgen client on /ws that sent a subscribe frame; its frames land in the returned list."""
     frames: list[bytes] = []
@@ -87,7 +102,7 @@ async def _client(port: int, jwt: str) -> tuple[Any, list[bytes], asyncio.Event]
         arrived.set()
 
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(lambda: loadgen.Client(0, f"127.0.0.1:{port}", "/ws", sink),
+    _, client = await loop.create_connection(lambda: _Client(0, f"127.0.0.1:{port}", "/ws", sink),
                                              "127.0.0.1", port)
     await asyncio.wait_for(client.opened, 5)
     client.send_text(json.dumps({"@type": "subscribe", "jwt": jwt}).encode())
@@ -111,10 +126,7 @@ def test_a_baseline_refuses_a_bad_token_and_accepts_a_good_one(kind: str, redis:
         bad, bad_frames, bad_arrived = await _client(server.port, forged)
         good, good_frames, good_arrived = await _client(server.port, loadgen.token("alice", []))
         assert (await _frames(bad_frames, bad_arrived, 1))[0]["@type"] == "error"
-        for _ in range(50):
-            if bad.lost:
-                break
-            await asyncio.sleep(0.1)
+        await asyncio.wait_for(bad.gone, 5)  # the server closes the connection
         assert bad.close_code == 4001
         subscribed = (await _frames(good_frames, good_arrived, 1))[0]
         assert subscribed["@type"] == "subscribed" and subscribed["user"] == "alice"

@@ -12,6 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
+from wsgw import devtoken
 from wsgw.cli import main
 
 ROOT = Path(__file__).parent.parent
@@ -164,6 +165,17 @@ def test_token_with_issuer_audience_and_lifetime(tmp_path: Path, capsys) -> None
     claims = jwt.decode(out.strip(), HMAC, algorithms=["HS256"], audience="wsgw", issuer="https://cells.example")
     assert claims["name"] == "alice" and claims["exp"] - claims["iat"] == 600
     assert claims["workspaces"][0]["uuid"] == "w1"
+
+
+def test_token_dates_iat_and_exp_by_the_clock_it_is_given(tmp_path: Path, capsys) -> None:
+    """``iat`` is the given clock's Unix time in whole seconds (RFC 7519 NumericDate), ``exp`` that plus the
+    lifetime: the clock is a parameter of the entry point (``time.time`` by default), not read deep inside."""
+    secret = tmp_path / "hmac.secret"
+    secret.write_text(HMAC + "\n")
+    assert devtoken.main(["alice", "--secret-file", str(secret), "--lifetime", "600"],
+                         now=lambda: 1_700_000_000.75) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), HMAC, algorithms=["HS256"], options={"verify_exp": False})
+    assert (claims["iat"], claims["exp"]) == (1_700_000_000, 1_700_000_600)
 
 
 def test_token_refuses_a_lifetime_the_daemon_would_refuse(tmp_path: Path, capsys) -> None:

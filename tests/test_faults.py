@@ -180,7 +180,8 @@ async def health(port: int) -> tuple[int, bytes]:
 
 
 async def until_health(port: int, code: int, within: float) -> tuple[float, bytes]:
-    """Poll /healthz every 0.1 s until it answers ``code``; how long it took and its body (bounded)."""
+    """Poll /healthz every 0.1 s until it answers ``code``; how long it took and its body (bounded). (Polling, not
+    an event: what is under test is what an HTTP client polling /healthz sees, and nothing announces it.)"""
     start = reactor.seconds()
     while True:
         status, body = await health(port)

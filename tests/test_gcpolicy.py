@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import time
 
 import pytest
 import pytest_twisted
@@ -61,27 +60,32 @@ def test_each_collection_is_timed_in_cpu_time_too_never_more_than_its_wall_time(
 
 
 def test_time_spent_not_running_counts_in_wall_time_not_in_cpu_time() -> None:
-    """A collector callback after the policy's sleeps 60 ms at the start of one collection: the thread does not
-    run for that long inside it, as when it waits for a core on a loaded machine."""
+    """60 ms pass on the wall clock at the start of one collection while the thread does not run (a collector
+    callback after the policy's moves the policy's stopwatch on, as when the thread waits for a core on a loaded
+    machine): the pause is those 60 ms of wall time, and the thread's CPU time (real) stays below half of it."""
     registry = CollectorRegistry()
-    policy = GcPolicy(Clock(), registry)
+    wall = [1000.0]
+    policy = GcPolicy(Clock(), registry, stopwatch=lambda: wall[0])
     policy.watch()
     stall = [True]
 
-    def sleep(phase: str, info: dict[str, int]) -> None:
+    def stalled(phase: str, info: dict[str, int]) -> None:
         if phase == "start" and stall[0]:
             stall[0] = False
-            time.sleep(0.06)
+            wall[0] += 0.06
 
-    gc.callbacks.append(sleep)
+    gc.callbacks.append(stalled)
     try:
         gc.collect(0)
     finally:
-        gc.callbacks.remove(sleep)
+        gc.callbacks.remove(stalled)
         policy.stop()
-    assert policy.longest[0] >= 0.06
+    assert stall == [False]
+    assert policy.longest[0] == pytest.approx(0.06)
     assert policy.longest_cpu[0] < 0.03
     count = registry.get_sample_value("wsgw_gc_pause_seconds_count", {"generation": "0"})
+    assert count is not None and count >= 1
+    assert registry.get_sample_value("wsgw_gc_pause_seconds_sum", {"generation": "0"}) == pytest.approx(0.06)
     assert registry.get_sample_value("wsgw_gc_pause_seconds_bucket", {"generation": "0", "le": "0.05"}) == count - 1
     assert registry.get_sample_value("wsgw_gc_pause_cpu_seconds_bucket", {"generation": "0", "le": "0.05"}) == count
 

@@ -4,6 +4,7 @@ no more lines than the budget about what peers do (issue 11 §4)."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tests.support.redis_server import free_port
 from tests.support.twistd import spawn
 from tests.support.waiting import wait_until
 from tests.support.wsclient import TIMEOUT, connect
+from wsgw import logs
 from wsgw.logs import REDACTED, LineBudget, event_as_json, use_json_for_twistd
 
 HOME = workspace("w-home", "home", "ds/home")
@@ -80,11 +82,40 @@ def test_credential_fields_are_redacted_in_fields_and_message() -> None:
 def test_the_twistd_hook_respects_an_explicit_logger() -> None:
     """JSON becomes twistd's logger only when --logger and --syslog were not given, and never outside twistd."""
     plain: dict[str, Any] = {"logger": None, "nodaemon": True, "logfile": None}
-    assert use_json_for_twistd(plain) and plain["logger"] == "wsgw.logs.twistd_observer"
+    assert use_json_for_twistd(plain) and plain["logger"] == "wsgw.tap.twistd_observer"
     explicit = {"logger": "my.observer", "nodaemon": True}
     assert not use_json_for_twistd(explicit) and explicit["logger"] == "my.observer"
     assert not use_json_for_twistd({"logger": None, "syslog": True})
     assert not use_json_for_twistd(None)
+
+
+class FromThreads:
+    """A reactor's ``callFromThread``, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def callFromThread(self, f: Any, *args: Any) -> None:  # noqa: N802 - IReactorFromThreads
+        self.calls.append(f)
+
+
+def test_the_log_file_is_reopened_on_sigusr1_through_the_reactor_it_is_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--logfile``, SIGUSR1 rotates the file as twistd's own: through the reactor passed in (its
+    ``callFromThread``, at the next turn), the global reactor never imported by wsgw.logs."""
+    log_file = tmp_path / "wsgw.log"
+    monkeypatch.setattr(logs, "_twistd_destination", (str(log_file), False, "text", "info"))
+    monkeypatch.setattr(logs, "live_logs", None)
+    before = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        reactor_given = FromThreads()
+        observer = logs.observer_for_twistd(reactor_given)  # type: ignore[arg-type]
+        assert observer is logs.live_logs
+        signal.raise_signal(signal.SIGUSR1)  # (the handler has run when it returns)
+        assert [f.__self__.path for f in reactor_given.calls] == [str(log_file)]
+        assert [f.__name__ for f in reactor_given.calls] == ["rotate"]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
 
 
 def secrets_in(text: str, secrets: list[str]) -> list[str]:

@@ -27,6 +27,20 @@ def event(name: str) -> dict[str, Any]:
     return {"Target": {"Uuid": f"u-{name}", "Path": f"ds/home/{name}", "Type": "LEAF"}}
 
 
+# Counts the page's poll ticks that found a /info request still in flight: each writes "waiting for /info ..." into
+# #status (setStatus replaces its text node, one mutation a tick, the same text or not).
+COUNT_WAITING = """
+window.waitingTicks = 0;
+new MutationObserver((records) => {
+  for (const record of records) {
+    for (const node of record.addedNodes) {
+      if (node.textContent.startsWith("waiting for /info")) window.waitingTicks += 1;
+    }
+  }
+}).observe(document.getElementById("status"), {childList: true});
+"""
+
+
 def fill(driver: Any, values: dict[str, str]) -> None:
     """Set each input, textarea or select (by id) to its value."""
     from selenium.webdriver.common.by import By
@@ -147,11 +161,16 @@ async def test_the_page_asks_info_once_at_a_time_and_says_when_it_waits(tmp_path
             await deferToThread(fill, driver, {"token": OPERATOR_TOKEN})
             await deferToThread(click, driver, "connect")
             await deferToThread(wait_text, driver, "status", "connected")
+            await deferToThread(driver.execute_script, COUNT_WAITING)
             redis.freeze()
             frozen = time.monotonic()
             try:
                 await deferToThread(wait_text, driver, "status", "waiting for /info")
-                await deferToThread(time.sleep, 5.0)  # 2-3 more polls would have gone
+                # the page's own poll ticks, counted: after 3 (the one that found the request in flight, then 2
+                # more, 4 s), a page asking on every tick would have sent 3 more requests
+                await deferToThread(wait_for, driver, lambda d: d.execute_script("return window.waitingTicks") >= 3,
+                                    "3 poll ticks waiting for /info", lambda d: d.execute_script(
+                                        "return window.waitingTicks"))
                 assert len([t for t in asked if t > frozen]) <= 1
             finally:
                 redis.thaw()

@@ -111,7 +111,7 @@ def _observed(histogram: PlainHistogram) -> dict[str, tuple[list[float], float]]
 
 
 def _timed(clock: Clock, listener: Any) -> tuple[TimedListener, PlainHistogram]:
-    histogram = PlainHistogram("lag", "doc", (0.001, 0.005, 0.01, 0.1), ["topic"])
+    histogram = PlainHistogram("lag", "doc", (0.001, 0.005, 0.01, 0.1), clock, ["topic"])
     return TimedListener(listener, clock, {"tree": histogram.child("tree"), "chat": histogram.child("chat")}), histogram
 
 

@@ -39,7 +39,7 @@ def reference(registry: CollectorRegistry, topics: list[str]) -> tuple[dict[str,
     ours, so that a changed text cannot pass unnoticed: the test below compares it with the literal)."""
     ours = CollectorRegistry(auto_describe=False)
     holder = Holder()
-    histograms(ours, topics, holder, holder, holder)
+    histograms(ours, Clock(), topics, holder, holder, holder)
     docs = {family.name: family.documentation for family in ours.collect()}
     lag = Histogram("wsgw_delivery_lag_seconds", docs["wsgw_delivery_lag_seconds"], ["topic"], registry=registry,
                     buckets=LAG_BUCKETS)
@@ -51,12 +51,15 @@ def reference(registry: CollectorRegistry, topics: list[str]) -> tuple[dict[str,
 
 
 def fed(monkeypatch: pytest.MonkeyPatch) -> tuple[CollectorRegistry, CollectorRegistry]:
-    """Two registries, ours and prometheus-client's, made at the same (pinned) time and fed the same values."""
+    """Two registries, ours and prometheus-client's, made at the same (pinned) time and fed the same values: ours
+    reads the clock it is given, prometheus-client ``time.time()``."""
     monkeypatch.setattr(time, "time", lambda: 1_790_000_000.25)
+    clock = Clock()
+    clock.advance(1_790_000_000.25)
     topics = ["tree", "idm", "tasks"]
     ours, theirs = CollectorRegistry(auto_describe=False), CollectorRegistry(auto_describe=False)
     holder = Holder()
-    children = histograms(ours, topics, holder, holder, holder)
+    children = histograms(ours, clock, topics, holder, holder, holder)
     their_children, their_plain = reference(theirs, topics)
     for n, value in enumerate(OBSERVED):
         topic = topics[n % 2]  # "tasks" stays at zero: a series made but never observed
@@ -86,7 +89,7 @@ def test_the_exposition_is_prometheus_clients_own_for_the_same_observations(monk
 def test_the_help_texts_are_unchanged() -> None:
     registry = CollectorRegistry(auto_describe=False)
     holder = Holder()
-    histograms(registry, ["tree"], holder, holder, holder)
+    histograms(registry, Clock(), ["tree"], holder, holder, holder)
     docs = {family.name: (family.type, family.documentation) for family in registry.collect()}
     assert docs["wsgw_access_request_seconds"] == ("histogram", "Duration of each request to the access backend "
                                                   "(answered, refused, failed or timed out).")
@@ -118,10 +121,10 @@ def test_the_per_event_path_calls_no_prometheus_client_code(monkeypatch: pytest.
 
     registry = CollectorRegistry(auto_describe=False)
     holder = Holder()
-    children = histograms(registry, ["tree"], holder, holder, holder)
+    clock = Clock()
+    children = histograms(registry, clock, ["tree"], holder, holder, holder)
     monkeypatch.setattr(prometheus_values.MutexValue, "inc", refuse)
     monkeypatch.setattr(prometheus_values.MutexValue, "set", refuse)
-    clock = Clock()
     timed = TimedListener(lambda topic, payload: clock.advance(0.003), clock, children)
     timed("tree", b"{}")
     timed("idm", b"{}")  # a topic without a series: not observed
@@ -139,9 +142,24 @@ def test_the_per_event_path_calls_no_prometheus_client_code(monkeypatch: pytest.
 
 def test_a_plain_histogram_refuses_unsorted_buckets_and_adds_infinity() -> None:
     with pytest.raises(ValueError):
-        PlainHistogram("h", "doc", (0.5, 0.1))
-    histogram = PlainHistogram("h", "doc", (0.5, 1.0))
+        PlainHistogram("h", "doc", (0.5, 0.1), Clock())
+    histogram = PlainHistogram("h", "doc", (0.5, 1.0), Clock())
     histogram.observe(7.0)
     (family,) = histogram.collect()
     assert [(s.labels["le"], s.value) for s in family.samples if s.name == "h_bucket"] == [
         ("0.5", 0.0), ("1.0", 0.0), ("+Inf", 1.0)]
+
+
+def test_each_series_is_created_at_the_time_its_clock_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_created`` is the injected clock's time when the series is made (at construction unlabelled, at its
+    first ``child`` labelled), never the process's wall clock."""
+    monkeypatch.setattr(time, "time", lambda: pytest.fail("time.time() read"))
+    clock = Clock()
+    clock.advance(1_700_000_000.5)
+    plain = PlainHistogram("p", "doc", (1.0,), clock)
+    labelled = PlainHistogram("l", "doc", (1.0,), clock, ["topic"])
+    clock.advance(30)
+    labelled.child("tree").observe(0.5)
+    created = {(s.name, tuple(s.labels.items())): s.value for h in (plain, labelled) for f in h.collect()
+               for s in f.samples if s.name.endswith("_created")}
+    assert created == {("p_created", ()): 1_700_000_000.5, ("l_created", (("topic", "tree"),)): 1_700_000_030.5}

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jwt
@@ -15,8 +15,12 @@ import jwt
 DEFAULT_MAX_LIFETIME = 86400  # seconds: [auth] max_token_lifetime by default
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "wsgw-token") -> int:
-    """``wsgw-token`` (and ``wsgw token``): the token on standard output, its claims on standard error; exit 0."""
+def main(argv: Sequence[str] | None = None, prog: str = "wsgw-token", now: Callable[[], float] = time.time) -> int:
+    """``wsgw-token`` (and ``wsgw token``): the token on standard output, its claims on standard error; exit 0.
+
+    ``now``: the current Unix time in seconds. ``iat`` and ``exp`` are NumericDates (RFC 7519 §2, §4.1.4, §4.1.6),
+    wall-clock time by definition, so the process's clock (``time.time``) is right; it is read here, in the
+    command's entry point, and nowhere below it."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("login", help="the user's login (the 'name' claim)")
     parser.add_argument("--secret-file", help="HMAC secret file (default: $WSGW_HMAC_SECRET)")
@@ -50,15 +54,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "wsgw-token") -> int:
     for spec in specs:
         uuid, slug, root = spec.split(":", 2)
         workspaces.append({"uuid": uuid, "slug": slug, "roots": [{"uuid": f"root-{uuid}", "path": root}]})
-    now = int(time.time())
+    issued = int(now())
     claims: dict[str, Any] = {  # iat: a token minted after an operator's /revoke is not revoked (PROTOCOL.md §3.1)
         "name": args.login,
         "sub": f"uuid-{args.login}",
         "profile": args.profile,
         "roles": args.roles,
         "workspaces": workspaces,
-        "iat": now,
-        "exp": now + args.ttl,
+        "iat": issued,
+        "exp": issued + args.ttl,
     }
     if args.issuer:
         claims["iss"] = args.issuer

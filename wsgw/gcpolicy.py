@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -89,10 +89,16 @@ class _Gauges(Collector):
 
 
 class GcPolicy:
-    """The collector's pauses (histograms in ``registry``, when given) and the periodic freeze (see module doc)."""
+    """The collector's pauses (histograms in ``registry``, when given) and the periodic freeze (see module doc).
 
-    def __init__(self, clock: IReactorTime, registry: CollectorRegistry | None = None) -> None:
+    ``clock`` (the reactor) runs the freeze check; ``stopwatch`` (seconds, monotonic: ``time.perf_counter``) times
+    each pause's wall time, not ``clock``, whose ``seconds()`` is the system's wall clock, which can be stepped
+    (NTP) during a collection."""
+
+    def __init__(self, clock: IReactorTime, registry: CollectorRegistry | None = None,
+                 stopwatch: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
+        self._stopwatch = stopwatch
         self._started = 0.0
         self._started_cpu = 0.0
         self._pauses: Any = None
@@ -131,11 +137,11 @@ class GcPolicy:
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = self._stopwatch()
             self._started_cpu = time.thread_time()  # (callbacks run in the collecting thread; others' CPU is not its)
             return
         cpu = time.thread_time() - self._started_cpu
-        pause = time.perf_counter() - self._started
+        pause = self._stopwatch() - self._started
         generation = info["generation"]
         if pause > self.longest[generation]:
             self.longest[generation] = pause

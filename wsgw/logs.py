@@ -17,8 +17,9 @@ first place, and the tests check both.
 
 Under twistd the daemon's observer is wired through twistd's own ``--logger``
 hook: ``wsgw.tap.Options.postOptions`` calls ``use_live_logs_for_twistd``, which
-points twistd's ``logger`` option at ``twistd_observer`` unless ``--logger`` or
-``--syslog`` was given on the command line. That observer (``LiveLogs``)
+points twistd's ``logger`` option at ``wsgw.tap.twistd_observer`` (which passes
+the reactor to ``observer_for_twistd``) unless ``--logger`` or ``--syslog`` was
+given on the command line. That observer (``LiveLogs``)
 writes text (as twistd's own) or JSON lines, and only events at or above
 ``[log] level``; both can change while the daemon runs (SIGHUP, wsgw.reload:
 ``set_live_logs``). The destination follows twistd's rules: standard output
@@ -42,7 +43,7 @@ from collections import Counter
 from collections.abc import MutableMapping
 from typing import IO, Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, Logger, LogLevel, formatEvent, textFileLogObserver
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
@@ -54,7 +55,7 @@ _CREDENTIAL = re.compile(r"token|jwt|secret|password|passwd|authorization|cookie
 _LEGACY = frozenset({"message", "format", "isError", "time", "printed", "failure", "why", "log_legacy"})
 _SCALARS = (str, int, float, bool, type(None))
 
-# set by use_live_logs_for_twistd, read by twistd_observer: (log file name or "", nodaemon, format, level)
+# set by use_live_logs_for_twistd, read by observer_for_twistd: (log file name or "", nodaemon, format, level)
 _twistd_destination: tuple[str, bool, str, str] = ("", True, "text", "info")
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -128,7 +129,7 @@ def use_live_logs_for_twistd(server_options: MutableMapping[str, Any] | None, lo
         return False
     _twistd_destination = (server_options.get("logfile") or "", bool(server_options.get("nodaemon")), log_format,
                            level)
-    server_options["logger"] = f"{__name__}.twistd_observer"
+    server_options["logger"] = "wsgw.tap.twistd_observer"  # (the entry point's: it has the reactor)
     return True
 
 
@@ -192,7 +193,7 @@ class LiveLogs:
 
 
 live_logs: LiveLogs | None = None
-"""The observer ``twistd_observer`` made (None when twistd logs elsewhere: ``--logger``, ``--syslog``, no twistd)."""
+"""The observer ``observer_for_twistd`` made (None when twistd logs elsewhere: ``--logger``, ``--syslog``, no twistd)."""
 
 
 def set_live_logs(log_format: str, level: str) -> bool:
@@ -203,8 +204,9 @@ def set_live_logs(log_format: str, level: str) -> bool:
     return True
 
 
-def twistd_observer() -> ILogObserver:
-    """twistd's ``--logger`` factory: ``LiveLogs`` where twistd would have written text."""
+def observer_for_twistd(reactor: IReactorFromThreads) -> ILogObserver:
+    """What twistd's ``--logger`` factory (``wsgw.tap.twistd_observer``) returns: ``LiveLogs`` where twistd would
+    have written text; a log file is reopened on SIGUSR1 through ``reactor`` (``callFromThread``)."""
     global live_logs
     logfile, nodaemon, log_format, level = _twistd_destination
     out: IO[str]
@@ -212,20 +214,19 @@ def twistd_observer() -> ILogObserver:
         out = sys.stdout
     else:
         log_file: LogFile = LogFile.fromFullPath(logfile or "twistd.log")  # type: ignore[no-untyped-call]
-        _rotate_on_sigusr1(log_file)
+        _rotate_on_sigusr1(log_file, reactor)
         out = log_file  # type: ignore[assignment]
     live_logs = LiveLogs(out, log_format, level)
     return live_logs
 
 
-def _rotate_on_sigusr1(logfile: LogFile) -> None:
-    """Reopen (rotate) the log file on SIGUSR1, as twistd does for its own log file (twisted.scripts._twistd_unix)."""
+def _rotate_on_sigusr1(logfile: LogFile, reactor: IReactorFromThreads) -> None:
+    """Reopen (rotate) the log file on SIGUSR1, as twistd does for its own log file (twisted.scripts._twistd_unix):
+    in the reactor's thread at its next turn, not inside whatever write the signal interrupted."""
     import signal
 
-    from twisted.internet import reactor
-
     if not signal.getsignal(signal.SIGUSR1):
-        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(logfile.rotate))  # type: ignore[attr-defined]
+        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(logfile.rotate))
 
 
 KINDS = ("subscribed", "refused", "too_slow", "access_backend", "chat_store", "websocket", "http", "internal_error",

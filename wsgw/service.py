@@ -205,8 +205,8 @@ class GatewayService(MultiService):
             access=resolver if isinstance(resolver, HttpResolver) else None, log_budget=self.log_budget,
             chat_store=store if isinstance(store, RedisChatStore) else None, control=self.control,
             reauth=self.reauth, pacing=self.events,
-        ), config.topics)
-        self.bus.listen(self.metrics.timed(self.dispatcher, clock))
+        ), config.topics, clock)
+        self.bus.listen(self.metrics.timed(self.dispatcher))
         self.gc = GcPolicy(clock, self.metrics.registry)  # pauses timed while running; freezing: DaemonService
         self.bus.setServiceParent(self)
         if self.redis_commands is not None:

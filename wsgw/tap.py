@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from wsgw.config import ConfigError, check_endpoints, config_from_file
-from wsgw.logs import use_live_logs_for_twistd
+from wsgw.logs import observer_for_twistd, use_live_logs_for_twistd
 
 
 class Options(usage.Options):
@@ -76,3 +77,11 @@ def makeService(options: Options) -> Any:
 
         return Supervisor(config, reactor, count, path, overrides, reread=lambda: config_from_file(path, overrides))
     return DaemonService(config, reactor, reread=lambda: config_from_file(path, overrides))
+
+
+def twistd_observer() -> ILogObserver:
+    """twistd's ``--logger`` factory (set by ``wsgw.logs.use_live_logs_for_twistd``): twistd calls it with no
+    argument, after installing the reactor; the reactor is imported here, at the entry point, and passed on."""
+    from twisted.internet import reactor
+
+    return observer_for_twistd(reactor)  # type: ignore[arg-type]

@@ -344,19 +344,21 @@ def _counter(name: str, doc: str, label: str | None, values: Any, always: Iterab
 
 
 class Metrics:
-    """One registry per gateway: the collector, process metrics, and the histograms of ``wsgw.web.timing``."""
+    """One registry per gateway: the collector, process metrics, and the histograms of ``wsgw.web.timing``
+    (timed, and dated, by ``clock``: the reactor)."""
 
-    def __init__(self, view: MetricsView, topics: Iterable[str]) -> None:
+    def __init__(self, view: MetricsView, topics: Iterable[str], clock: IReactorTime) -> None:
         self.publish_requests: Counter[int] = Counter()
         self.operator_requests: Counter[tuple[str, int]] = Counter()  # (path, status), of /disconnect and /revoke
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(view, self.publish_requests, self.operator_requests))
         ProcessCollector(registry=self.registry)  # (not PlatformCollector: no answer names a software version)
-        self._lag_children = histograms(self.registry, topics, view.nodes, view.pacing, view.access)
+        self._clock = clock
+        self._lag_children = histograms(self.registry, clock, topics, view.nodes, view.pacing, view.access)
 
-    def timed(self, listener: Callable[[str, bytes], Any], clock: IReactorTime) -> TimedListener:
+    def timed(self, listener: Callable[[str, bytes], Any]) -> TimedListener:
         """``listener`` with its time per bus event observed in the lag histogram."""
-        return TimedListener(listener, clock, self._lag_children)
+        return TimedListener(listener, self._clock, self._lag_children)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")

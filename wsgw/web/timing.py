@@ -31,7 +31,6 @@ scrape time exactly the samples ``Histogram`` writes (names, help, buckets,
 from __future__ import annotations
 
 import math
-import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -70,15 +69,15 @@ class Timed(Protocol):
 
 class Series:
     """One histogram series: ``counts[i]`` observations in bucket ``i`` alone (not cumulative; the last is
-    +Inf's), ``sum`` of the values, ``created`` its Unix time (prometheus-client's ``_created``)."""
+    +Inf's), ``sum`` of the values, ``created`` its Unix time in seconds (prometheus-client's ``_created``)."""
 
     __slots__ = ("bounds", "counts", "sum", "created")
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
+    def __init__(self, bounds: tuple[float, ...], created: float) -> None:
         self.bounds = bounds
         self.counts = [0] * len(bounds)
         self.sum = 0.0
-        self.created = time.time()
+        self.created = created
 
     def observe(self, value: float) -> None:
         """Count ``value`` (seconds) in the first bucket whose bound is >= it, as ``Histogram.observe`` (a NaN,
@@ -91,9 +90,11 @@ class PlainHistogram(Collector):
     """A histogram family on plain numbers: ``observe`` (set only when unlabelled: its one series' own method)
     or ``child(*label_values).observe``; the samples at collection are those of prometheus-client's
     ``Histogram`` with the same arguments. ``buckets``: sorted upper bounds (ValueError otherwise), +Inf added
-    when missing. Not thread-safe (one reactor thread)."""
+    when missing. ``clock`` dates each series' ``_created`` (``seconds()``: Unix time on the real reactor, as
+    prometheus-client's own clock). Not thread-safe (one reactor thread)."""
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float], labelnames: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], clock: IReactorTime,
+                 labelnames: Sequence[str] = ()) -> None:
         bounds = [float(b) for b in buckets]
         if bounds != sorted(bounds) or not bounds:
             raise ValueError(f"{name}: buckets not in sorted order: {buckets!r}")
@@ -103,6 +104,7 @@ class PlainHistogram(Collector):
         self._bounds, self._labelnames = tuple(bounds), tuple(labelnames)
         self._les = [floatToGoString(b) for b in bounds]
         self._series: dict[tuple[str, ...], Series] = {}
+        self._clock = clock
         if not labelnames:
             self.observe = self.child().observe
 
@@ -112,7 +114,7 @@ class PlainHistogram(Collector):
         if series is None:
             if len(values) != len(self._labelnames):
                 raise ValueError(f"{self._name}: labels {self._labelnames!r}, given {values!r}")
-            series = self._series[values] = Series(self._bounds)
+            series = self._series[values] = Series(self._bounds, self._clock.seconds())
         return series
 
     def describe(self) -> Iterator[Metric]:
@@ -135,30 +137,31 @@ class PlainHistogram(Collector):
         yield family
 
 
-def histograms(registry: CollectorRegistry, topics: Iterable[str], nodes: Merging, pacing: Pacing | None,
-               access: Timed | None) -> dict[str, Series]:
-    """Register the histograms in ``registry`` and set each observer (``pacing``, ``access``: when not None);
-    returns the delivery lag histogram's child for each of ``topics`` (for ``TimedListener``)."""
+def histograms(registry: CollectorRegistry, clock: IReactorTime, topics: Iterable[str], nodes: Merging,
+               pacing: Pacing | None, access: Timed | None) -> dict[str, Series]:
+    """Register the histograms in ``registry`` (``_created`` from ``clock``) and set each observer (``pacing``,
+    ``access``: when not None); returns the delivery lag histogram's child for each of ``topics`` (for
+    ``TimedListener``)."""
     lag = _registered(registry, PlainHistogram(
         "wsgw_delivery_lag_seconds",
         "From a bus event's receipt to its frames handed to every recipient's outbound flow (from there written at "
         "once, with the other frames of the same bus read, or after a pacing hold), by topic. Not included: a node "
         "event's merge window (wsgw_node_merge_delay_seconds), pacing holds (wsgw_pacing_delay_seconds), frames "
         "blocked by a client reading slowly, node-metadata lookups.",
-        LAG_BUCKETS, ["topic"]))
+        LAG_BUCKETS, clock, ["topic"]))
     nodes.observe_merge = _registered(registry, PlainHistogram(
         "wsgw_node_merge_delay_seconds", "Per merged node event (one per node and window, however many events it "
         "folds): from its first event's receipt to its frames handed to every recipient's flow, the merge window "
-        "([delivery] batch_window, restarted by each event of the node) included.", HOLD_BUCKETS)).observe
+        "([delivery] batch_window, restarted by each event of the node) included.", HOLD_BUCKETS, clock)).observe
     if pacing is not None:
         pacing.observe_pacing = _registered(registry, PlainHistogram(
             "wsgw_pacing_delay_seconds", "Per node-event frame held by a socket's pacing ([delivery] pacing_rate, "
             "pacing_burst): from being held to being released to the socket (at most pacing_max_delay; earlier for "
-            "an Optimistic event). Frames sent at once are not observed.", HOLD_BUCKETS)).observe
+            "an Optimistic event). Frames sent at once are not observed.", HOLD_BUCKETS, clock)).observe
     if access is not None:
         access.observe = _registered(registry, PlainHistogram(
             "wsgw_access_request_seconds", "Duration of each request to the access backend (answered, refused, "
-            "failed or timed out).", ACCESS_BUCKETS)).observe
+            "failed or timed out).", ACCESS_BUCKETS, clock)).observe
     return {topic: lag.child(topic) for topic in topics}
 
 

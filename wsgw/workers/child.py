@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     wsgw.logs.live_logs = observer  # SIGHUP's [log] level applies here (wsgw.logs.set_live_logs)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
+    # This is the worker process's entry point (``python -m wsgw.workers``, as wsgw.tap.makeService is twistd's):
+    # the one place the process takes the global reactor, here in main (importing this module does not), and
+    # passes it on to everything it starts.
     from twisted.internet import reactor
 
     service = WorkerService(config, reactor, lambda: config_from_file(args.config, overrides),
