@@ -261,6 +261,31 @@ async def test_a_killed_worker_is_started_again_and_only_its_clients_reconnect(t
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_worker_that_stops_answering_is_named_in_healthz_without_a_python_repr(tmp_path) -> None:
+    """A worker stopped (SIGSTOP: alive, not answering) is reported by the supervisor's /healthz 503 as ``worker 1
+    not answering: no answer within 5 s`` (README "Workers": 503 naming each worker that does not), not as the
+    repr of the cancelled request's failures (``[<twisted.python.failure.Failure ...CancelledError: >]``), and
+    /metrics still answers with it down; once continued, it is healthy again."""
+    daemon = await start(tmp_path)
+    stopped = (await daemon.pids())[1]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        response = await treq.get(f"http://127.0.0.1:{daemon.admin}/healthz", timeout=15)
+        assert response.code == 503
+        assert (await response.text()) == "worker 1 not answering: no answer within 5 s\n"
+        response = await treq.get(f"http://127.0.0.1:{daemon.admin}/metrics", timeout=15)  # (after 5 s)
+        assert response.code == 200
+        lines = (await response.text()).splitlines()
+        assert 'wsgw_worker_up{worker="0"} 1.0' in lines and 'wsgw_worker_up{worker="1"} 0.0' in lines
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    try:
+        await eventually(daemon.healthy, "worker 1 answering again", timeout=15)
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_crash_loop_backs_off_and_sighup_reaches_every_worker(tmp_path) -> None:
     """SIGHUP to the supervisor reloads it and every worker (each logs its reload, tagged). A worker that cannot
     start (its config file broken meanwhile) is started again after 1, 2, 4 s..., not in a spinning loop, and
