@@ -177,6 +177,25 @@ async def test_publish_puts_the_event_on_the_bus(gateway: StartGateway, tmp_path
 
 
 @pytest_twisted.ensureDeferred
+async def test_publish_takes_the_topics_configured_channel_name_too(gateway: StartGateway, tmp_path: Any) -> None:
+    """PROTOCOL.md §1: ``<topic>`` of ``POST /publish/<topic>`` is the logical name or its configured channel name;
+    the channel name was answered 404 unknown topic. The event reaches the subscriber as through the logical name;
+    the gateway's own control channel stays closed to it."""
+    daemon = await publishing_daemon(gateway, tmp_path)
+    alice = await connect(daemon.port)
+    await alice.subscribe(token("alice", [HOME]))
+    channels = daemon.service.config.topics
+    event = b'{"Target":{"Uuid":"n1","Path":"ds/home/report.pdf"}}'
+    code, answer = await post(daemon, "/publish/" + channels["tree"], event)
+    assert (code, answer) == (200, {"published": "tree", "bytes": len(event)})
+    assert (await alice.next())["Target"]["Path"] == "home/report.pdf"
+    code, answer = await post(daemon, "/publish/" + channels["tasks"], b'{"Job":{}}')
+    assert code == 400 and "not a tasks event" in answer["error"]
+    code, answer = await post(daemon, "/publish/" + channels["control"], b"{}")
+    assert code == 404 and "unknown topic" in answer["error"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_publish_answers_401_400_404_413_405(gateway: StartGateway, tmp_path: Any) -> None:
     """Without the right token 401; an unknown topic 404; a body that is not an event of the topic 400 with the
     reason; an oversized body 413; a GET 405. Nothing reaches the bus."""

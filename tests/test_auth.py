@@ -161,6 +161,17 @@ def test_non_numeric_exp_is_refused(exp: Any) -> None:
     assert refused(hs_verifier().verify(token)) == "token exp must be a number"
 
 
+@pytest.mark.parametrize("iat", ["yesterday", float("nan"), float("inf"), float("-inf"), True, 10**400])
+def test_an_iat_that_is_not_a_number_is_refused(iat: Any) -> None:
+    """An iat that is not a finite number is refused, as exp and nbf are: NaN (which json.loads reads) compares
+    false with every time, so such a token escaped a revocation by login or sub (``iat < before``) and
+    ``max_token_lifetime`` (``exp - iat``) (PROTOCOL.md §3.1); RFC 7519 §4.1.6: a NumericDate."""
+    token = raw_token({"alg": "HS256", "typ": "JWT"}, claims(iat=iat),
+                      lambda m: hmac.new(SECRET, m, hashlib.sha256).digest())
+    assert refused(hs_verifier().verify(token)) == "token iat must be a number"
+    assert fired(hs_verifier().verify(hs256(claims(iat=NOW - 0.5))))["iat"] == NOW - 0.5
+
+
 def test_nbf_in_the_future_is_refused() -> None:
     """A token not valid before a time beyond the leeway is refused; within the leeway it passes."""
     verifier = hs_verifier(leeway=30)

@@ -416,6 +416,18 @@ def test_frames_before_subscribe_are_refused() -> None:
     assert chat.store.find_room("WORKSPACE", "ws-1").result is None
 
 
+def test_a_frame_before_subscribe_without_a_string_type_is_named_chat_in_the_refusal() -> None:
+    """A frame with no "@type", or a number there, is refused as "chat: not subscribed, ..." (as the other chat
+    refusals name it), not "None: ..." or "1: ..." (a Python value in the error frame)."""
+    chat = ChatHarness()
+    anonymous = Session(RecordingConnection(), chat.service)
+    chat.service.opened(anonymous)
+    for frame in ({"Room": {}}, {"@type": 1}, {"@type": None}):
+        chat.send(anonymous, frame)
+        assert frames(anonymous) == [{"@type": "error",
+                                      "error": "chat: not subscribed, send subscribe with a token first"}]
+
+
 def test_message_length_limit() -> None:
     """A message over max_message_chars is refused; one at the limit is posted."""
     chat = ChatHarness(max_message_chars=10)

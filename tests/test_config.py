@@ -127,3 +127,24 @@ def test_workers_default_to_one_and_auto_counts_the_cpus_this_process_may_use(mo
     assert worker_count(config_from_string(text.format(3), environ=SECRET)) == 3
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 2, 5})
     assert worker_count(config_from_string(text.format("auto"), environ=SECRET)) == 3
+
+
+def test_a_relative_file_and_the_secrets_it_names_are_read_under_base(tmp_path, monkeypatch) -> None:
+    """``config_from_file(path, base=DIR)`` reads a relative ``path`` and the relative ``*_file`` paths it names
+    under DIR, as from the directory twistd started in once ``--rundir`` moved it elsewhere (a SIGHUP's re-read
+    refused 'cannot read config file' or a secret file); absolute ones as given; an error names the file."""
+    (tmp_path / "wsgw.ini").write_text("[auth]\nhmac_secret_file = secret\n[admin]\npublish_token_file = "
+                                       f"{tmp_path / 'token'}\n")
+    (tmp_path / "secret").write_text("a-secret-of-at-least-32-bytes-0123456789\n")
+    (tmp_path / "token").write_text("operator-token\n")
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = config_from_file("wsgw.ini", base=str(tmp_path))
+    assert (config.hmac_secret, config.publish_token) == (b"a-secret-of-at-least-32-bytes-0123456789",
+                                                          b"operator-token")
+    with pytest.raises(ConfigError, match="cannot read config file wsgw.ini"):
+        config_from_file("wsgw.ini")
+    (tmp_path / "secret").unlink()
+    with pytest.raises(ConfigError, match=r"\[auth\] hmac_secret_file = '.*/secret'"):
+        config_from_file("wsgw.ini", base=str(tmp_path))

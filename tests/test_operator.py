@@ -126,6 +126,22 @@ async def test_revoke_by_login_closes_tokens_issued_before_everywhere_and_refuse
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_token_whose_iat_is_nan_escapes_neither_a_revoke_nor_the_lifetime_bound(
+        gateway: StartGateway, tmp_path: Path) -> None:
+    """An ``iat`` of NaN (json.loads reads it; not a NumericDate, RFC 7519 §2) compares false with every time: a
+    token holding one was subscribed after a /revoke of its login (``iat < before``: false) and however long it
+    lived (``exp - iat > max_token_lifetime``: false). It is refused 4001 at subscribe, as a NaN exp or nbf is."""
+    a = await instance(gateway, tmp_path)
+    assert await post(a, "/revoke", {"login": "alice", "before": time.time() + 5}) == (202, {"accepted": True})
+    for lifetime in (3600, 10 * 86400):
+        claims = {"name": "alice", "sub": "uuid-alice", "iat": float("nan"), "exp": int(time.time()) + lifetime,
+                  "workspaces": []}
+        answer, close = await refused(a, jwt.encode(claims, SECRET, algorithm="HS256"))
+        assert answer == {"@type": "error", "error": "subscribe: token iat must be a number"}
+        assert close == (4001, "subscribe: token iat must be a number")
+
+
+@pytest_twisted.ensureDeferred
 async def test_revoke_by_sub_and_by_jti(gateway: StartGateway, tmp_path: Path) -> None:
     """A sub revocation (before absent: now) closes every token of that user id; a jti one only that token."""
     a, b = await pair(gateway, tmp_path)

@@ -82,19 +82,28 @@ def _gone(pid: int) -> bool:
         return True
 
 
-async def start(tmp_path: Any, workers: str = "2", listen: list[str] | None = None, extra: str = "") -> Workers:
+async def start(tmp_path: Any, workers: str = "2", listen: list[str] | None = None, extra: str = "",
+                rundir: str | None = None) -> Workers:
+    """The supervisor of ``workers``; with ``rundir``, started in ``tmp_path`` with ``--config wsgw.ini`` (a path
+    relative to it, as is the publish token file it names) and ``twistd --rundir``, as an operator may (twistd
+    changes directory before it runs)."""
     prefix = new_prefix()
     port, admin = free_port(), free_port()
     topics = "\n".join(f"{t} = {c}" for t, c in channels(prefix).items())
     (tmp_path / "token").write_text("operator-token-of-the-test\n")
     config = tmp_path / "wsgw.ini"
+    token = "token" if rundir is not None else tmp_path / "token"  # (relative: to where twistd was started)
     config.write_text(f"[server]\nredis = {shared_endpoint()}\nworkers = {workers}\nshutdown_timeout = 5\n"
                       f"[topics]\n{topics}\n[delivery]\nbatch_window = 0\n"
-                      f"[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\npublish_token_file = {tmp_path / 'token'}\n"
+                      f"[admin]\nlisten = tcp:{admin}:interface=127.0.0.1\npublish_token_file = {token}\n"
                       f"[chat]\nkey_prefix = {prefix}:chat:\n[auth]\nrevocation_prefix = {prefix}:revoked:\n"
                       f"[operator]\ninstance_name = gw\npage = yes\nkey_prefix = {prefix}:instances:\n{extra}")
     listening = [arg for d in listen or [f"tcp:{port}:interface=127.0.0.1"] for arg in ("--listen", d)]
-    proto, transport = spawn(["--config", str(config), *listening])
+    if rundir is None:
+        proto, transport = spawn(["--config", str(config), *listening])
+    else:
+        proto, transport = spawn(["--config", config.name, *listening], twistd_args=("--rundir", rundir),
+                                 cwd=str(tmp_path))
     daemon = Workers(proto, transport, port, admin, prefix)
     for _ in listen or [""]:
         await proto.logged(b"2 workers)")
@@ -256,6 +265,52 @@ async def test_a_killed_worker_is_started_again_and_only_its_clients_reconnect(t
         assert set(closes) == {(1000, "server shutting down")}
         daemon.proto.ended.addTimeout(30, reactor)
         assert await daemon.proto.ended == (0, None)
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_that_stops_answering_is_named_in_healthz_without_a_python_repr(tmp_path) -> None:
+    """A worker stopped (SIGSTOP: alive, not answering) is reported by the supervisor's /healthz 503 as ``worker 1
+    not answering: no answer within 5 s`` (README "Workers": 503 naming each worker that does not), not as the
+    repr of the cancelled request's failures (``[<twisted.python.failure.Failure ...CancelledError: >]``), and
+    /metrics still answers with it down; once continued, it is healthy again."""
+    daemon = await start(tmp_path)
+    stopped = (await daemon.pids())[1]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        response = await treq.get(f"http://127.0.0.1:{daemon.admin}/healthz", timeout=15)
+        assert response.code == 503
+        assert (await response.text()) == "worker 1 not answering: no answer within 5 s\n"
+        response = await treq.get(f"http://127.0.0.1:{daemon.admin}/metrics", timeout=15)  # (after 5 s)
+        assert response.code == 200
+        lines = (await response.text()).splitlines()
+        assert 'wsgw_worker_up{worker="0"} 1.0' in lines and 'wsgw_worker_up{worker="1"} 0.0' in lines
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    try:
+        await eventually(daemon.healthy, "worker 1 answering again", timeout=15)
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_read_a_relative_config_after_twistd_changed_directory(tmp_path) -> None:
+    """``twistd --rundir DIR wsgw --config wsgw.ini`` (relative to where twistd was started, as the supervisor read
+    it, and a relative publish_token_file in it): each worker reads the same files and starts (it crash-looped on
+    'cannot read config file wsgw.ini', started in DIR), serves clients, and a SIGHUP reloads the supervisor and
+    every worker from that file."""
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir()
+    daemon = await start(tmp_path, rundir=str(elsewhere))
+    try:
+        await exactly_once(daemon, [await subscribed(daemon.port, "alice")], "relative", events=1)
+        daemon.transport.signalProcess("HUP")
+        await daemon.proto.logged(b"SIGHUP: reloading the configuration, and the workers'")
+        for slot in (0, 1):
+            await daemon.proto.logged(f"[worker {slot} wsgw.reload".encode())
+        assert b"cannot read config file" not in daemon.proto.output
+        assert b"reload refused" not in daemon.proto.output
     finally:
         await daemon.stop()
 

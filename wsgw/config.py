@@ -229,8 +229,10 @@ def config_from_string(
     source: str = "<string>",
     overrides: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    base: str | None = None,
 ) -> Config:
-    """Parse INI ``text``; ``overrides`` are ``section.key`` -> value (the command-line options)."""
+    """Parse INI ``text``; ``overrides`` are ``section.key`` -> value (the command-line options); ``base``: the
+    directory a relative ``*_file`` path is read from (default: the current one)."""
     parser = configparser.ConfigParser(interpolation=None, default_section="__none__")
     try:
         parser.read_string(text, source=source)
@@ -258,20 +260,24 @@ def config_from_string(
         except ValueError as e:
             raise ConfigError(f"{source}: [{section}] {key} = {raw[(section, key)]!r}: {e}") from None
     env = os.environ if environ is None else environ
-    values["hmac_secret"] = _secret(source, "hmac_secret_file", values["hmac_secret_file"], env.get("WSGW_HMAC_SECRET"))
-    values["public_key_pem"] = _secret(source, "public_key_file", values["public_key_file"], None)
-    password = _secret(source, "redis_password_file", values["redis_password_file"], env.get("WSGW_REDIS_PASSWORD"))
+    values["hmac_secret"] = _secret(source, "hmac_secret_file", _under(base, values["hmac_secret_file"]), env.get("WSGW_HMAC_SECRET"))
+    values["public_key_pem"] = _secret(source, "public_key_file", _under(base, values["public_key_file"]), None)
+    password = _secret(source, "redis_password_file", _under(base, values["redis_password_file"]), env.get("WSGW_REDIS_PASSWORD"))
     values["redis_password"] = password.decode("utf-8") if password else None
-    values["publish_token"] = _secret(source, "publish_token_file", values["publish_token_file"], None)
-    values["node_meta_token"] = _secret(source, "node_meta_token_file", values["node_meta_token_file"], None)
+    values["publish_token"] = _secret(source, "publish_token_file", _under(base, values["publish_token_file"]), None)
+    values["node_meta_token"] = _secret(source, "node_meta_token_file", _under(base, values["node_meta_token_file"]), None)
     config = Config(**values, source=source, notices=tuple(notices))
     _check(config)
     return config
 
 
-def config_from_file(path: str | None, overrides: Mapping[str, str] | None = None) -> Config:
+def config_from_file(path: str | None, overrides: Mapping[str, str] | None = None, base: str | None = None) -> Config:
+    """The configuration of the INI file ``path`` (None: the defaults); ``base``: the directory a relative ``path``
+    and relative ``*_file`` paths are read from (default: the current one; twistd's ``--rundir`` changes it after
+    the first read, and SIGHUP reads them again)."""
     if path is None:
-        return config_from_string("", "<defaults>", overrides)
+        return config_from_string("", "<defaults>", overrides, base=base)
+    path = _under(base, path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -279,7 +285,11 @@ def config_from_file(path: str | None, overrides: Mapping[str, str] | None = Non
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte {e.start})") from None
-    return config_from_string(text, path, overrides)
+    return config_from_string(text, path, overrides, base=base)
+
+
+def _under(base: str | None, path: str) -> str:
+    return os.path.join(base, path) if base and path else path
 
 
 def _secret(source: str, key: str, path: str, from_env: str | None) -> bytes | None:

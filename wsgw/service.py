@@ -242,7 +242,7 @@ class GatewayService(MultiService):
         self.admin_site = make_admin_site(self.metrics, self.bus, self.problem, published, config.publish_token,
                                           self.admin_guard, access_log=config.access_log, log_budget=self.log_budget,
                                           operator=self.operator, registry=self.instances,
-                                          page=config.operator_page)
+                                          page=config.operator_page, channels=config.topics)
 
     def startService(self) -> None:
         """Start the bus and the chat's presence sweep, then listen; a port that cannot be bound raises here,

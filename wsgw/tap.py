@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.logger import ILogObserver
@@ -71,12 +72,14 @@ def makeService(options: Options) -> Any:
 
     run_natively(reactor)  # the reactor's iteration compiled (wsgw.internals.loop), before twistd runs it
     path, overrides, config = options["config"], options["wsgw_overrides"], options["wsgw_config"]
+    # SIGHUP reads the files again after twistd's --rundir changed the directory: the ones read now
+    here = os.getcwd()
     count = worker_count(config)
     if count > 1:  # the supervisor of ``count`` gateway processes (README "Workers")
         from wsgw.workers.supervisor import Supervisor
 
-        return Supervisor(config, reactor, count, path, overrides, reread=lambda: config_from_file(path, overrides))
-    return DaemonService(config, reactor, reread=lambda: config_from_file(path, overrides))
+        return Supervisor(config, reactor, count, path, overrides, reread=lambda: config_from_file(path, overrides, here))
+    return DaemonService(config, reactor, reread=lambda: config_from_file(path, overrides, here))
 
 
 def twistd_observer() -> ILogObserver:

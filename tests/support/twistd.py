@@ -48,14 +48,16 @@ PRLIMIT = "/usr/bin/prlimit"
 
 
 def spawn(args: list[str], env_extra: dict[str, str] | None = None,
-          open_files: int | None = None) -> tuple[Twistd, object]:
-    """Start ``twistd --nodaemon wsgw *args``; ``open_files`` sets its RLIMIT_NOFILE (through prlimit)."""
+          open_files: int | None = None, twistd_args: tuple[str, ...] = (),
+          cwd: str | None = None) -> tuple[Twistd, object]:
+    """Start ``twistd --nodaemon *twistd_args wsgw *args`` in directory ``cwd`` (default: this one);
+    ``open_files`` sets its RLIMIT_NOFILE (through prlimit)."""
     proto = Twistd()
     env = {**os.environ, "WSGW_HMAC_SECRET": SECRET, **(env_extra or {})}
-    argv = [TWISTD, "--nodaemon", "--pidfile=", "wsgw", *args]
+    argv = [TWISTD, "--nodaemon", "--pidfile=", *twistd_args, "wsgw", *args]
     if open_files is not None:
         argv = [PRLIMIT, f"--nofile={open_files}:{open_files}", *argv]
-    transport = reactor.spawnProcess(proto, argv[0], argv, env=env)
+    transport = reactor.spawnProcess(proto, argv[0], argv, env=env, path=cwd)
     return proto, transport
 
 

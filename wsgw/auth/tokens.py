@@ -8,7 +8,8 @@ Policy decisions:
 - pyjwt checks the signature, that ``exp`` is present, ``iss`` when ``issuer`` (else ``oidc_issuer``) is set,
   ``aud`` only when configured, and the types of ``sub`` and ``jti``;
 - time claims (``exp``, ``nbf``) are checked here against ``clock.seconds()`` ± leeway, since pyjwt's own
-  checks read the wall clock;
+  checks read the wall clock; ``exp``, ``nbf`` and ``iat`` must be finite numbers (RFC 7519 §2 NumericDate: a NaN
+  ``iat``, which json.loads reads, escaped every revocation by time and ``max_token_lifetime``, PROTOCOL.md §3.1);
 - the login is ``name``, else ``preferred_username``; the verified claims come back with ``name`` set to it.
 
 Cost (bench/RESULTS.md "Connect path"): an HMAC secret is prepared once, not per token
@@ -238,6 +239,10 @@ class TokenVerifier:
                 raise AuthError("token nbf must be a number")
             if now + self._leeway < nbf:
                 raise AuthError("token not yet valid")
+        # a NaN iat compares false with every time: it escaped revocations by time and the lifetime bound (§3.1)
+        iat = claims.get("iat")
+        if iat is not None and not _is_time(iat):
+            raise AuthError("token iat must be a number")
         login = login_claim(claims)
         if login is None:
             raise AuthError("token has no login (name)")

@@ -161,7 +161,9 @@ class ChatService:
         the other, those waiting bounded as the class says. The Deferred fires (never fails) when the frame is
         done."""
         if session.access is None:
-            session.send(error(f"{frame.get('@type')}: not subscribed, send subscribe with a token first"))
+            action = frame.get("@type")
+            session.send(error(f"{action if isinstance(action, str) else 'chat'}: not subscribed, send subscribe "
+                               "with a token first"))
             return None
         state = _state(session)
         waits = state.lock.locked

@@ -47,9 +47,11 @@ class GatewayCounts(Protocol):
 
 
 class DispatchCounts(Protocol):
-    """Bus events by topic (``wsgw.dispatch.Dispatcher``)."""
+    """Bus events by topic (``wsgw.dispatch.Dispatcher``; ``received`` a plain dict there, read only here)."""
 
-    received: dict[str, int]
+    @property
+    def received(self) -> Mapping[str, int]: ...
+
     malformed: Counter[str]
     crashed: Counter[str]
 

@@ -108,17 +108,20 @@ class TokenPage(Resource):
 
 
 class PublishPage(TokenPage):
-    """``POST /publish/<topic>``: one event onto the bus, as an internal service would publish it."""
+    """``POST /publish/<topic>``: one event onto the bus, as an internal service would publish it. ``<topic>`` is
+    a logical name of ``validators`` or its channel in ``channels`` (logical name -> Redis channel, the config's
+    ``[topics]``; PROTOCOL.md §1); the answer names the logical one."""
 
     usage = "use POST with one event as a JSON object"
     off = "publishing over HTTP is off: set [admin] publish_token_file"
 
     def __init__(self, bus: IBus, token: bytes | None, validators: Mapping[str, Validator],
-                 counts: Counter[int]) -> None:
+                 counts: Counter[int], channels: Mapping[str, str] | None = None) -> None:
         super().__init__(token)
         self._bus = bus
         self._validators = validators
         self._counts = counts
+        self._topic_of = {channel: topic for topic, channel in (channels or {}).items() if topic in validators}
 
     def count(self, request: Request, status: int) -> None:
         self._counts[status] += 1
@@ -144,6 +147,7 @@ class PublishPage(TokenPage):
     def _check(self, request: Request) -> tuple[int, str, str | None, bytes | None]:
         parts = request.path.split(b"/")
         topic = parts[2].decode("utf-8", "replace") if len(parts) == 3 else ""
+        topic = topic if topic in self._validators else self._topic_of.get(topic, topic)
         if topic not in self._validators:
             return 404, f"unknown topic {topic[:40]!r}: one of {', '.join(sorted(self._validators))}", None, None
         if getattr(request, "too_large", False):

@@ -212,12 +212,14 @@ def make_admin_site(metrics: Metrics, bus: IBus, problem: Callable[[], str | Non
                     validators: Mapping[str, Validator], publish_token: bytes | None,
                     guard: ListenerGuard, *, access_log: bool = False,
                     log_budget: LineBudget | None = None, operator: Operator | None = None,
-                    registry: InstanceRegistry | None = None, page: bool = False) -> GuardedSite:
+                    registry: InstanceRegistry | None = None, page: bool = False,
+                    channels: Mapping[str, str] | None = None) -> GuardedSite:
     """The operator Site; ``validators`` are the topics ``/publish`` accepts, each with its shape check;
     ``operator`` sends ``/disconnect`` and ``/revoke`` (None: they answer 403); ``registry`` answers ``GET /info``
-    (None: no /info); ``page``: serve the operator page (``wsgw.web.info``) at ``/``. Its access lines of the GETs
+    (None: no /info); ``page``: serve the operator page (``wsgw.web.info``) at ``/``; ``channels`` (topic ->
+    Redis channel) lets ``/publish`` take a topic's channel name too (PROTOCOL.md §1). Its access lines of the GETs
     it answers below 400 (``/metrics``, ``/healthz``, ``/info``, the page) are debug lines."""
-    publish = PublishPage(bus, publish_token, validators, metrics.publish_requests)
+    publish = PublishPage(bus, publish_token, validators, metrics.publish_requests, channels)
     routes: dict[bytes, IResource] = {b"/metrics": MetricsPage(metrics), b"/healthz": Health(problem)}
     if registry is not None:
         routes[b"/info"] = InfoPage(registry, publish_token, metrics.operator_requests)

@@ -37,6 +37,7 @@ from prometheus_client.metrics_core import Metric
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
@@ -110,7 +111,7 @@ class WorkersView:
             return readBody(response).addCallback(lambda data: (response.code, response.headers, data))
 
         d.addCallback(read)
-        d.addTimeout(SCRAPE_TIMEOUT, self._reactor)
+        d.addTimeout(SCRAPE_TIMEOUT, self._reactor, onTimeoutCancel=_no_answer)
         return d
 
     def next_worker(self) -> int | None:
@@ -177,6 +178,14 @@ class WorkersView:
             elif answer[0] != 200:
                 problems.append(f"worker {slot}: {answer[2].decode('utf-8', 'replace').strip()}")
         return "; ".join(sorted(problems)) or None
+
+
+def _no_answer(result: Any, timeout: float) -> Any:
+    """``ask``'s timeout: the agent fails a cancelled request with ``ResponseNeverReceived([CancelledError])``,
+    which ``addTimeout`` leaves as is (its message a list of failures' reprs); TimeoutError names the wait."""
+    if isinstance(result, Failure):
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    return result
 
 
 def _gauge(name: str, doc: str, value: float) -> Metric:

@@ -150,6 +150,9 @@ class Supervisor(MultiService):
         self._when_none: list[Deferred[bool]] = []
         self._stopping = False
         self._run_dir = ""
+        # the directory twistd was started in (its --rundir is entered later): workers start there, so the paths
+        # the configuration names (secret files...) are the ones the supervisor read
+        self._cwd = os.getcwd()
         self.admin_guard = ListenerGuard(reactor, "operator", max_sockets=config.admin_max_connections,
                                          deadline=config.handshake_timeout)
         self.view = WorkersView(reactor, self, self.admin_guard)
@@ -218,7 +221,7 @@ class Supervisor(MultiService):
                     own.append(mine)
             env = {k: v for k, v in os.environ.items() if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")}
             worker = WorkerProcess(self, slot, self._reactor.seconds())
-            self._reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs=fds)
+            self._reactor.spawnProcess(worker, sys.executable, argv, env=env, path=self._cwd, childFDs=fds)
         finally:
             for sock in own:  # the worker holds its own sockets now: they close when it ends
                 sock.close()
