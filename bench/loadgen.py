@@ -616,8 +616,9 @@ class Run:
         return out
 
     async def selective(self) -> None:
-        # 1,000 workspaces: N/1000 recipients per event.
-        self.results["selective"] = await self._selective(1000, 1000)
+        # 1,000 workspaces (--selective-groups): N/1000 recipients per event.
+        groups = self.args.selective_groups
+        self.results["selective"] = await self._selective(groups, groups)
         # One workspace per session, events to 1,000 of them: one recipient per event whatever N.
         self.results["selective_one"] = await self._selective(len(self.clients), 1000)
 
@@ -765,6 +766,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-pad", type=int, default=4096)
     p.add_argument("--selective-rate", type=float, default=1000.0)
     p.add_argument("--selective-duration", type=float, default=3.0)
+    p.add_argument("--selective-groups", type=int, default=1000, help="workspaces of the first selective phase "
+                   "(N / groups recipients per event; the issue's 10 recipients at N = 1,000: 100)")
     p.add_argument("--chat-members", type=int, default=100)
     p.add_argument("--chat-duration", type=float, default=3.0)
     p.add_argument("--hold", type=float, default=10.0)

@@ -38,7 +38,7 @@ PHASES = (("selective", "selective 1,000 ws"), ("selective_one", "selective, one
 
 
 def one(kind: str, workdir: str, redis_port: int, n: int, duration: float, tag: str,
-        reactor: str, window: int) -> dict[str, Any]:
+        reactor: str, window: int, groups: int = 1000) -> dict[str, Any]:
     prefix = f"pe{tag}{kind}"
     mode = "selective" if kind in run.SELECTIVE_BASELINES and not window else "broadcast"
     proc, port = run.start_server(kind, workdir, redis_port, prefix, tag=f"-{tag}", mode=mode,
@@ -48,7 +48,7 @@ def one(kind: str, workdir: str, redis_port: int, n: int, duration: float, tag: 
             return run.run_loader(kind, [port], [proc.pid], redis_port, prefix, n, "storm,flood",
                                   dict(duration=duration, window=window), 600)
         return run.run_loader(kind, [port], [proc.pid], redis_port, prefix, n, "storm,selective,floor",
-                              dict(selective_duration=duration), 300)
+                              dict(selective_duration=duration, selective_groups=groups), 300)
     finally:
         proc.stop()
 
@@ -63,7 +63,11 @@ def main() -> None:
     p.add_argument("--json", default="", help="write every round's raw results here")
     p.add_argument("--flood", action="store_true", help="the broadcast flood (storm,flood) instead")
     p.add_argument("--window", type=int, default=0, help="--flood: events in flight (default 8,000 / N, >= 2)")
+    p.add_argument("--selective-groups", type=int, default=1000, help="workspaces of the first selective phase: "
+                   "N / groups recipients per event (100 at N = 1,000: issue 13's 10 recipients)")
     args = p.parse_args()
+    global PHASES
+    PHASES = (("selective", f"selective {args.selective_groups:,} ws"),) + PHASES[1:]
     run.raise_nofile()
     servers = args.servers.split(",")
     window = (args.window or max(2, 8000 // args.n)) if args.flood else 0
@@ -78,7 +82,7 @@ def main() -> None:
                 for kind in servers:
                     run.log(f"round {i + 1}: N={args.n} {kind}")
                     results[kind] = one(kind, workdir, redis_port, args.n, args.duration, f"{args.n}r{i}",
-                                        args.reactor, window)
+                                        args.reactor, window, args.selective_groups)
                 rounds.append(results)
                 print((render_flood if window else render)([results], args.n, f"round {i + 1}"), flush=True)
         finally:
