@@ -55,6 +55,7 @@ def test_file_values_and_overrides() -> None:
         ("[topics]\ntree = same\nmeta = same\n", "must be distinct"),
         ("[server]\nworkers = 0\nredis = tcp:127.0.0.1:6379\n", "[server] workers = '0': must be auto or at least 1"),
         ("[server]\nworkers = some\n", "[server] workers = 'some'"),
+        ("[server]\nworkers = 100000\nredis = tcp:127.0.0.1:6379\n", "[server] workers = '100000': must be auto or at most 1024"),
         ("[server]\nworkers = 2\n", "[server] workers = 2 needs [server] redis: the embedded bus"),
         ("[server]\nworkers = auto\n", "[server] workers = auto needs [server] redis"),
         ("not an ini", "File contains no section headers"),

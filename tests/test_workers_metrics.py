@@ -103,3 +103,40 @@ def test_the_longest_gc_pauses_are_the_longest_of_any_worker_not_their_sum() -> 
     got = samples(aggregate, [0, 1])
     assert got[("wsgw_gc_pause_longest_seconds", (("generation", "2"),))] == 0.04
     assert got[("wsgw_gc_pause_longest_cpu_seconds", (("generation", "2"),))] == 0.02
+
+
+def test_the_bus_stream_every_worker_reads_is_counted_once_not_once_per_worker() -> None:
+    """Every worker subscribes to the bus and reads every event (each for its own sockets): the bus events
+    received, malformed or failed, the control messages and the re-authorization events are the instance's stream
+    seen N times, so the merge keeps the largest count, not the N-fold sum; still never going down when a worker
+    is started again (the ended process's last count is kept as a floor)."""
+    def bus(received: float, control: float) -> str:
+        return (f"# HELP wsgw_bus_events_received_total received\n# TYPE wsgw_bus_events_received_total counter\n"
+                f'wsgw_bus_events_received_total{{topic="tree"}} {received}\n'
+                f"# HELP wsgw_bus_events_malformed_total malformed\n# TYPE wsgw_bus_events_malformed_total counter\n"
+                f'wsgw_bus_events_malformed_total{{topic="tree"}} 1\n'
+                f"# HELP wsgw_bus_events_failed_total failed\n# TYPE wsgw_bus_events_failed_total counter\n"
+                f'wsgw_bus_events_failed_total{{topic="tree"}} 0\n'
+                f"# HELP wsgw_control_messages_total control\n# TYPE wsgw_control_messages_total counter\n"
+                f'wsgw_control_messages_total{{kind="revoke"}} {control}\n'
+                f"# HELP wsgw_reauthorization_events_total reauth\n# TYPE wsgw_reauthorization_events_total "
+                f'counter\nwsgw_reauthorization_events_total{{kind="acl"}} 2\n' + exposition(received, 1, 1))
+
+    received = ("wsgw_bus_events_received_total", (("topic", "tree"),))
+    aggregate = Aggregate()
+    aggregate.record(0, 100, parse(bus(100, 3)))
+    aggregate.record(1, 101, parse(bus(99, 3)))  # (scraped a moment apart)
+    got = samples(aggregate, [0, 1])
+    assert got[received] == 100
+    assert got[("wsgw_bus_events_malformed_total", (("topic", "tree"),))] == 1
+    assert got[("wsgw_control_messages_total", (("kind", "revoke"),))] == 3
+    assert got[("wsgw_reauthorization_events_total", (("kind", "acl"),))] == 2
+    assert got[("wsgw_deliveries_total", (("kind", "nodes"),))] == 199  # each worker's own sockets: summed
+    aggregate.ended(0, 100)
+    assert samples(aggregate, [1])[received] == 100
+    aggregate.record(0, 200, parse(bus(5, 0)))  # started again: counts from 0
+    aggregate.record(1, 101, parse(bus(104, 3)))
+    assert samples(aggregate, [0, 1])[received] == 104
+    aggregate.ended(1, 101)
+    aggregate.record(1, 201, parse(bus(6, 0)))  # both restarted: the largest count seen stays the floor
+    assert samples(aggregate, [0, 1])[received] == 104

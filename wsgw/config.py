@@ -50,6 +50,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
+MAX_WORKERS = 1024  # a typo's bound (each worker is a whole gateway process, ~60 MB): more than any machine's cores
+
+
 def _count_or_auto(text: str) -> int:
     """A count of at least 1, or ``auto`` (0)."""
     if text.strip().lower() == "auto":
@@ -57,6 +60,14 @@ def _count_or_auto(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError("must be auto or at least 1")
+    return value
+
+
+def _workers(text: str) -> int:
+    """``_count_or_auto``, at most ``MAX_WORKERS``."""
+    value = _count_or_auto(text)
+    if value > MAX_WORKERS:
+        raise ValueError(f"must be auto or at most {MAX_WORKERS}")
     return value
 
 
@@ -127,7 +138,7 @@ class Config:
     shutdown_timeout: float = _key("server", "shutdown_timeout", _positive_float, "10")
     max_connections: int = _key("server", "max_connections", _count_or_auto, "auto")
     handshake_timeout: float = _key("server", "handshake_timeout", _positive_float, "10")
-    workers: int = _key("server", "workers", _count_or_auto, "1")  # 0: auto (worker_count)
+    workers: int = _key("server", "workers", _workers, "1")  # 0: auto (worker_count)
     gc_freeze: bool = _key("server", "gc_freeze", _bool, "yes")
     algorithms: tuple[str, ...] = _key("auth", "algorithms", _words, "HS256")
     hmac_secret_file: str = _key("auth", "hmac_secret_file", _text, "")

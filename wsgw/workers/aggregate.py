@@ -20,6 +20,11 @@ The merge (every sample keyed by its name and labels):
   worker's bus is up; the smallest per-process limit; the oldest start) and
   ``MAXIMUM`` ones (a stalled connection anywhere; revocations, which every
   worker holds the same copy of; the longest GC pause of any worker);
+- ``SHARED`` counters count the bus stream every worker reads whole (each
+  event, for its own sockets): the largest of the workers' counts, not their
+  N-fold sum; an ended process's last count is kept as a floor (monotonic: when
+  every worker was started again, the count stays at that floor until one of
+  the new processes passes it);
 - ``_created`` samples (a per-process timestamp) are left out, and so are the
   workers' samples about their private operator listener (``listener="operator"``):
   the supervisor's own listener is the operator listener.
@@ -43,6 +48,8 @@ Key = tuple[str, tuple[tuple[str, str], ...]]
 MINIMUM = frozenset({"wsgw_bus_up", "wsgw_redis_connected", "process_max_fds", "process_start_time_seconds"})
 MAXIMUM = frozenset({"wsgw_redis_stalled", "wsgw_revocations", "wsgw_gc_pause_longest_seconds",
                      "wsgw_gc_pause_longest_cpu_seconds"})
+SHARED = frozenset({"wsgw_bus_events_received_total", "wsgw_bus_events_malformed_total", "wsgw_bus_events_failed_total",
+                    "wsgw_control_messages_total", "wsgw_reauthorization_events_total"})
 CUMULATIVE = frozenset({"counter", "histogram", "summary"})
 
 
@@ -95,7 +102,10 @@ class Aggregate:
                 for sample in family.samples:
                     if _kept(sample, True):
                         key = _key(sample)
-                        self._retired[key] = self._retired.get(key, 0.0) + sample.value
+                        if sample.name in SHARED:
+                            self._retired[key] = max(self._retired.get(key, 0.0), sample.value)
+                        else:
+                            self._retired[key] = self._retired.get(key, 0.0) + sample.value
 
     def total(self, slot: int, sample_name: str) -> float:
         """The sum of the samples named ``sample_name`` (every label) in worker ``slot``'s last exposition; 0
@@ -127,7 +137,7 @@ class Aggregate:
                         values[key] = sample.value
                     elif sample.name in MINIMUM:
                         values[key] = min(values[key], sample.value)
-                    elif sample.name in MAXIMUM:
+                    elif sample.name in MAXIMUM or sample.name in SHARED:
                         values[key] = max(values[key], sample.value)
                     else:
                         values[key] += sample.value
