@@ -242,7 +242,7 @@ def test_selective_phases_publish_only_to_workspaces_that_exist_when_n_is_under_
 
     monkeypatch.setattr(loadgen, "Tracker", Instant)
     args = argparse.Namespace(server_pid=[], prefix="t", server="gateway", n=200, selective_rate=2000,
-                              selective_duration=0.05)
+                              selective_duration=0.05, selective_groups=1000)
     runner = loadgen.Run(args)
     runner.clients = clients  # type: ignore[assignment]
     monkeypatch.setattr(runner, "_resubscribe", resubscribe)
@@ -251,3 +251,35 @@ def test_selective_phases_publish_only_to_workspaces_that_exist_when_n_is_under_
     asyncio.run(runner.selective())
     assert set(runner.results) >= {"selective", "selective_one"}
     assert expected and set(expected) <= {0, 1} and 1 in expected
+
+
+def test_selective_groups_sets_the_recipients_of_the_first_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``per_event.py --selective-groups 20`` at N = 200: the first selective phase groups the sessions in 20
+    workspaces, so each of its events expects 10 recipients (issue 13's 10-recipient event at N = 1,000: 100)."""
+    groups_asked: list[int] = []
+    expected: list[int] = []
+
+    class Instant(loadgen.Tracker):
+        def expect(self, seq: int, recipients: int) -> None:
+            super().expect(seq, recipients)
+            expected.append(recipients)
+            self.completed += 1
+
+    clients = [argparse.Namespace(sink=None) for _ in range(200)]
+
+    async def resubscribe(groups: int) -> list[list[Any]]:
+        groups_asked.append(groups)
+        return [clients[w::groups] for w in range(groups)]
+
+    monkeypatch.setattr(loadgen, "Tracker", Instant)
+    args = argparse.Namespace(server_pid=[], prefix="t", server="gateway", n=200, selective_rate=2000,
+                              selective_duration=0.05, selective_groups=20)
+    runner = loadgen.Run(args)
+    runner.clients = clients  # type: ignore[assignment]
+    monkeypatch.setattr(runner, "_resubscribe", resubscribe)
+    monkeypatch.setattr(runner.redis, "publish", lambda channel, payload: None)
+    monkeypatch.setattr(runner, "sample", lambda: (0.0, 0, loadgen._now()))
+    asyncio.run(runner.selective())
+    first = runner.results["selective"]
+    assert groups_asked == [20, 200]
+    assert expected[:first["events"]] == [10] * first["events"] and first["events"] > 0
