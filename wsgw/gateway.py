@@ -119,11 +119,12 @@ class Gateway:
 
     def close(self, session: Session, code: int, reason: str) -> None:
         """Close the session's socket with ``code`` (PROTOCOL.md §6), counted once per socket; after the close
-        frame nothing more is sent, and no frame of the client's is handled."""
+        frame nothing more is sent, no frame of the client's is handled, and a subscribe in flight is void."""
         if session.connection.close(code, reason):
             self.closes[code] += 1
         session.flow.stop()
         session.waiting = None
+        session.attempt += 1  # (answered before the socket is gone, it may not subscribe it nor count)
 
     def failed(self, text: str, failure: Any, **fields: Any) -> None:
         """Log the traceback of work for a client that failed unexpectedly (a bug a peer may repeat), within the
