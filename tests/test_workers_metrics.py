@@ -3,6 +3,9 @@ when a worker is started again."""
 
 from __future__ import annotations
 
+import itertools
+import random
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -140,3 +143,79 @@ def test_the_bus_stream_every_worker_reads_is_counted_once_not_once_per_worker()
     aggregate.ended(1, 101)
     aggregate.record(1, 201, parse(bus(6, 0)))  # both restarted: the largest count seen stays the floor
     assert samples(aggregate, [0, 1])[received] == 104
+
+
+def _received(count: float) -> str:
+    return ("# HELP wsgw_bus_events_received_total received\n# TYPE wsgw_bus_events_received_total counter\n"
+            f'wsgw_bus_events_received_total{{topic="tree"}} {count}\n')
+
+
+def test_the_bus_stream_counts_on_after_the_largest_worker_ended() -> None:
+    """Workers ended one after the other (kill -9): the one that had the largest count ends, and the other,
+    started again earlier, has counted the stream only since its own start. The events read from then on are counted (the merged
+    count goes on from the ended process's floor with the survivor's increase), not hidden until the survivor's
+    own count passes the floor (Prometheus' rate() showing no events while the stream flowed)."""
+    key = ("wsgw_bus_events_received_total", (("topic", "tree"),))
+    aggregate = Aggregate()
+    aggregate.record(0, 100, parse(_received(100)))
+    aggregate.record(1, 101, parse(_received(100)))
+    assert samples(aggregate, [0, 1])[key] == 100  # (each scrape of the supervisor: every worker's, then merged)
+    aggregate.ended(0, 100)
+    aggregate.record(0, 200, parse(_received(2)))  # started again: it read 2 events before its first scrape
+    assert samples(aggregate, [0, 1])[key] == 100
+    aggregate.record(0, 200, parse(_received(52)))  # 50 more events, read by both
+    aggregate.record(1, 101, parse(_received(150)))
+    assert samples(aggregate, [0, 1])[key] == 150
+    aggregate.ended(1, 101)  # now the other one
+    assert samples(aggregate, [0])[key] == 150
+    aggregate.record(0, 200, parse(_received(82)))  # 30 more events
+    aggregate.record(1, 201, parse(_received(1)))
+    assert samples(aggregate, [0, 1])[key] == 180
+    aggregate.record(0, 200, parse(_received(92)))  # 10 more
+    aggregate.record(1, 201, parse(_received(11)))
+    assert samples(aggregate, [0, 1])[key] == 190
+
+
+def test_a_new_label_of_the_bus_stream_is_not_double_counted_nor_lost() -> None:
+    """A topic first seen in both workers (each read the same 4 events) counts 4; one first seen in a single worker
+    counts what it read."""
+    def two(tree: float, chat: float) -> str:
+        return ("# HELP wsgw_bus_events_received_total received\n# TYPE wsgw_bus_events_received_total counter\n"
+                f'wsgw_bus_events_received_total{{topic="tree"}} {tree}\n'
+                f'wsgw_bus_events_received_total{{topic="chat"}} {chat}\n')
+
+    aggregate = Aggregate()
+    aggregate.record(0, 100, parse(_received(10)))
+    aggregate.record(1, 101, parse(_received(10)))
+    aggregate.record(0, 100, parse(two(10, 4)))
+    aggregate.record(1, 101, parse(two(10, 4)))
+    got = samples(aggregate, [0, 1])
+    assert got[("wsgw_bus_events_received_total", (("topic", "chat"),))] == 4
+    assert got[("wsgw_bus_events_received_total", (("topic", "tree"),))] == 10
+
+
+def test_the_bus_stream_count_never_goes_down_nor_passes_the_events_read_through_kills_and_late_answers() -> None:
+    """A stream of events read by 3 workers, killed and started again at random, answering each scrape in a
+    random order with events arriving between answers (and now and then not at all): after every scrape the merged
+    count is at least the last one and at most the events sent; with a worker alive throughout a stretch of the
+    stream, that stretch is counted."""
+    rng = random.Random(20)
+    key = ("wsgw_bus_events_received_total", (("topic", "tree"),))
+    aggregate = Aggregate()
+    sent, pids = 0, itertools.count(100)
+    workers = {slot: (next(pids), 0) for slot in range(3)}  # slot -> (pid, the events sent when it started)
+    last = 0.0
+    for _ in range(400):
+        for slot in rng.sample(range(3), 3):
+            sent += rng.choice((0, 0, 1, 5, 40))
+            if rng.random() < 0.9:
+                pid, start = workers[slot]
+                aggregate.record(slot, pid, parse(_received(sent - start)))
+        merged = samples(aggregate, [0, 1, 2])[key]
+        assert last <= merged <= sent
+        last = merged
+        if rng.random() < 0.15:
+            slot = rng.randrange(3)
+            aggregate.ended(slot, workers[slot][0])
+            workers[slot] = (next(pids), sent)
+    assert last > 0.9 * sent  # (a merge keeping only the largest count as a floor ends at 20 %: each kill hid a stretch)

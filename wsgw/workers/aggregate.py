@@ -21,10 +21,17 @@ The merge (every sample keyed by its name and labels):
   ``MAXIMUM`` ones (a stalled connection anywhere; revocations, which every
   worker holds the same copy of; the longest GC pause of any worker);
 - ``SHARED`` counters count the bus stream every worker reads whole (each
-  event, for its own sockets): the largest of the workers' counts, not their
-  N-fold sum; an ended process's last count is kept as a floor (monotonic: when
-  every worker was started again, the count stays at that floor until one of
-  the new processes passes it);
+  event, for its own sockets): not their N-fold sum but the stream's count,
+  the largest of the workers' estimates of it: a process's estimate is its own
+  count plus a ``base``: 0 for the processes started with the supervisor (they
+  read the same stream from the start), and for a process started again in a
+  worker's slot, fixed when its sample is first seen: the count of the last
+  merge (all answers scraped before this one) less what the process had counted
+  by then (at least 0). So the count goes on with the survivors' increase when
+  the process with the largest count ends (it is not hidden until a survivor's
+  own count passes it), an event is never counted twice (what a new process
+  read before its first scrape is within the last merge's count or not
+  counted), and an ended process's last estimate is kept as a floor (monotonic);
 - ``_created`` samples (a per-process timestamp) are left out, and so are the
   workers' samples about their private operator listener (``listener="operator"``):
   the supervisor's own listener is the operator listener.
@@ -73,6 +80,9 @@ class Aggregate:
 
     def __init__(self) -> None:
         self._last: dict[int, tuple[int, list[Metric]]] = {}  # slot -> (pid, its last exposition)
+        self._bases: dict[int, dict[Key, float]] = {}  # slot -> its process's SHARED bases (see the module's doc)
+        self._first: dict[int, int] = {}  # slot -> the pid of its first process (started with the supervisor)
+        self._high: dict[Key, float] = {}  # SHARED sample -> its count at the last merge
         self._retired: dict[Key, float] = {}  # cumulative samples of ended processes, summed
         self._shapes: dict[str, tuple[str, str, str]] = {}  # family name -> (type, help, unit)
         self._family_of: dict[str, str] = {}  # sample name -> family name
@@ -82,7 +92,14 @@ class Aggregate:
         counts of the previous one."""
         previous = self._last.get(slot)
         if previous is not None and previous[0] != pid:
-            self._retire(previous[1])
+            self._retire(slot, previous[1])
+        bases = self._bases.setdefault(slot, {})
+        replacing = self._first.setdefault(slot, pid) != pid
+        for family in families:
+            for sample in family.samples:
+                if sample.name in SHARED and _key(sample) not in bases:
+                    key = _key(sample)
+                    bases[key] = max(0.0, self._high.get(key, 0.0) - sample.value) if replacing else 0.0
         self._last[slot] = (pid, families)
         for family in families:
             self._shapes.setdefault(family.name, (family.type, family.documentation, family.unit))
@@ -93,17 +110,18 @@ class Aggregate:
         """Worker ``slot``'s process ``pid`` ended: its last counts are kept in the sums from now on."""
         previous = self._last.get(slot)
         if previous is not None and previous[0] == pid:
-            self._retire(previous[1])
+            self._retire(slot, previous[1])
             del self._last[slot]
 
-    def _retire(self, families: list[Metric]) -> None:
+    def _retire(self, slot: int, families: list[Metric]) -> None:
+        bases = self._bases.pop(slot, {})
         for family in families:
             if family.type in CUMULATIVE:
                 for sample in family.samples:
                     if _kept(sample, True):
                         key = _key(sample)
                         if sample.name in SHARED:
-                            self._retired[key] = max(self._retired.get(key, 0.0), sample.value)
+                            self._retired[key] = max(self._retired.get(key, 0.0), bases.get(key, 0.0) + sample.value)
                         else:
                             self._retired[key] = self._retired.get(key, 0.0) + sample.value
 
@@ -121,9 +139,10 @@ class Aggregate:
         families: its process, its operator listener) merged in as one more answer."""
         fresh = set(fresh)
         values: dict[Key, float] = dict(self._retired)
-        sources: list[tuple[bool, bool, list[Metric]]] = [(True, False, list(own))]
-        sources += [(slot in fresh, True, families) for slot, (_, families) in sorted(self._last.items())]
-        for answered, private, families in sources:
+        sources: list[tuple[bool, bool, list[Metric], dict[Key, float]]] = [(True, False, list(own), {})]
+        sources += [(slot in fresh, True, families, self._bases.get(slot, {}))
+                    for slot, (_, families) in sorted(self._last.items())]
+        for answered, private, families, bases in sources:
             for family in families:
                 self._shapes.setdefault(family.name, (family.type, family.documentation, family.unit))
                 if family.type not in CUMULATIVE and not answered:
@@ -133,14 +152,17 @@ class Aggregate:
                         continue
                     self._family_of.setdefault(sample.name, family.name)
                     key = _key(sample)
-                    if key not in values:
+                    if sample.name in SHARED:
+                        values[key] = max(values.get(key, 0.0), bases.get(key, 0.0) + sample.value)
+                    elif key not in values:
                         values[key] = sample.value
                     elif sample.name in MINIMUM:
                         values[key] = min(values[key], sample.value)
-                    elif sample.name in MAXIMUM or sample.name in SHARED:
+                    elif sample.name in MAXIMUM:
                         values[key] = max(values[key], sample.value)
                     else:
                         values[key] += sample.value
+        self._high = {key: value for key, value in values.items() if key[0] in SHARED}
         out: dict[str, Metric] = {}
         for (name, labels), value in values.items():
             family_name = self._family_of.get(name, name)
