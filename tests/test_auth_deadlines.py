@@ -7,18 +7,55 @@ from __future__ import annotations
 import gc
 import time
 import weakref
+from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from tests.support.daemon import StartGateway, token
 from tests.support.wsclient import connect
-from tests.test_gateway import make
+from wsgw.access import Access, Workspace
+from wsgw.events.endpoint import EventsEndpoint
+from wsgw.gateway import Gateway
+from wsgw.revocations import Revocations
 from wsgw.sessions import Deadlines, Session
 from wsgw.testing import RecordingConnection
 
 SLACK = 1.0  # s: a loaded 2-core VM's reactor turn and close handshake
+
+
+class _Tokens:
+    """Verifier and resolver: ``login@exp`` is that login's token expiring at ``exp`` (1000 without one); ``later``
+    waits in ``pending`` until the test answers it."""
+
+    refreshes = False
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Deferred[dict[str, Any]]] = {}
+
+    def verify(self, token: str) -> Deferred[dict[str, Any]]:
+        if token == "later":
+            self.pending[token] = Deferred()
+            return self.pending[token]
+        login, _, exp = token.partition("@")
+        return succeed({"name": login, "sub": login, "exp": int(exp or 1000)})
+
+    def resolve(self, token: str, claims: dict[str, Any]) -> Deferred[Access]:
+        workspaces = (Workspace("ws-1", "common", ()),)
+        return succeed(Access(claims["name"], claims["sub"], "standard", frozenset(), workspaces, claims["exp"]))
+
+
+class _World:
+    def __init__(self, gateway: Gateway, clock: Clock) -> None:
+        self.ws = EventsEndpoint(gateway.table, clock)
+
+
+def make(**kwargs: Any) -> tuple[Gateway, Clock, _Tokens, _World]:
+    clock, tokens = Clock(), _Tokens()
+    gateway = Gateway(clock, tokens, tokens, revocations=Revocations(clock, 10**6), **kwargs)
+    return gateway, clock, tokens, _World(gateway, clock)
 
 
 def test_a_subscribe_answered_after_the_auth_timeout_closed_the_socket_is_dropped() -> None:
@@ -94,7 +131,7 @@ def test_auth_timeout_0_holds_nothing_and_schedules_nothing() -> None:
     gw, clock, _, world = make(auth_timeout=0)
     conns = [RecordingConnection() for _ in range(3)]
     for conn in conns:
-        gw.open(conn, world.ws if conn is not conns[1] else world.chat)
+        gw.open(conn, world.ws)
     assert clock.getDelayedCalls() == [] and len(gw._deadlines) == 0
     clock.advance(10**6)
     assert all(conn.closed is None for conn in conns)

@@ -416,3 +416,44 @@ async def test_ipv6_tls_and_unix_listeners_are_served_by_the_workers(tmp_path) -
     finally:
         await daemon.stop()
         shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_bus_stream_is_counted_once_and_on_through_two_kills(tmp_path) -> None:
+    """``wsgw_bus_events_received_total`` (each worker reads the whole stream): counted once, not per worker; after
+    kill -9 of one worker and then of the other, each started again, the events published later are counted on
+    (not hidden under the first processes' count until a new process passes it), never going down."""
+    daemon = await start(tmp_path)
+    try:
+        async def received() -> float:
+            return value(await daemon.metrics(), "wsgw_bus_events_received_total", topic="tree")
+
+        async def publish(count: int, tag: str) -> None:
+            for n in range(count):  # 2: both workers' bus subscribers got it
+                assert await daemon.publisher.publish("tree", {"Target": {"Uuid": f"{tag}{n}", "Path": "ds/x"}}) == 2
+
+        async def counted(expected: float) -> None:
+            async def exact() -> bool:
+                got = await received()
+                assert got <= expected
+                return got == expected
+            await eventually(exact, f"{expected} bus events counted")
+
+        await publish(4, "a")
+        await counted(4)
+        for slot, restarts in ((0, 1), (1, 1)):
+            old = await daemon.pids()
+            os.kill(old[slot], signal.SIGKILL)
+
+            async def restarted(slot: int = slot, restarts: int = restarts) -> bool:
+                samples = await daemon.metrics()
+                assert value(samples, "wsgw_bus_events_received_total", topic="tree") >= 4 * (slot + 1)
+                return (value(samples, "wsgw_worker_restarts_total", worker=str(slot)) == restarts
+                        and value(samples, "wsgw_worker_up", worker=str(slot)) == 1
+                        and value(samples, "wsgw_bus_up") == 1)
+
+            await eventually(restarted, f"worker {slot} started again", timeout=30)
+            await publish(4, f"after{slot}-")
+            await counted(4 * (slot + 2))
+    finally:
+        await daemon.stop()
