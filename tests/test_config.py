@@ -149,3 +149,26 @@ def test_a_relative_file_and_the_secrets_it_names_are_read_under_base(tmp_path, 
     (tmp_path / "secret").unlink()
     with pytest.raises(ConfigError, match=r"\[auth\] hmac_secret_file = '.*/secret'"):
         config_from_file("wsgw.ini", base=str(tmp_path))
+
+
+def test_auto_workers_are_at_most_the_cap_on_a_machine_with_more_cpus(monkeypatch) -> None:
+    """``auto`` on a machine of 2,000 CPUs is the cap (1,024) that a number may not pass, not 2,000 processes."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(2000)))
+    config = config_from_string("[server]\nredis = tcp:127.0.0.1:6379\nworkers = auto\n", environ=SECRET)
+    assert worker_count(config) == 1024
+    config = config_from_string("[server]\nredis = tcp:127.0.0.1:6379\nworkers = 1024\n", environ=SECRET)
+    assert worker_count(config) == 1024
+
+
+@pytest.mark.parametrize("workers, expected", [("1025", "must be auto or at most 1024"), ("0", "at least 1"),
+                                               ("four", "invalid literal")])
+def test_a_bad_command_line_value_is_named_as_the_command_lines_not_the_files(workers: str, expected: str) -> None:
+    """``twistd wsgw --config wsgw.ini --workers 1025``: the refusal names the command line, not wsgw.ini (which
+    may say ``workers = 2``, or nothing)."""
+    text = "[server]\nredis = tcp:127.0.0.1:6379\nworkers = 2\n"
+    with pytest.raises(ConfigError) as refused:
+        config_from_string(text, "wsgw.ini", {"server.workers": workers}, environ=SECRET)
+    assert str(refused.value).startswith(f"command line: [server] workers = '{workers}': ")
+    assert expected in str(refused.value)
+    with pytest.raises(ConfigError, match=r"^wsgw.ini: \[server\] workers = '1025': must be auto or at most 1024"):
+        config_from_string("[server]\nredis = tcp:127.0.0.1:6379\nworkers = 1025\n", "wsgw.ini", environ=SECRET)

@@ -250,6 +250,7 @@ def config_from_string(
     except configparser.Error as e:
         raise ConfigError(f"{source}: {e}") from None
     raw = {key: default for key, (_, _, default) in _KEYS.items()}
+    given: dict[tuple[str, str], str] = {}  # (section, key) -> where its value was given, when not in the file
     notices: list[str] = []
     for section in parser.sections():
         for key, value in parser.items(section):
@@ -264,12 +265,14 @@ def config_from_string(
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         raw[(section, key)] = value
+        given[(section, key)] = "command line"  # (not the file: it may hold another value, or none)
     values: dict[str, Any] = {}
     for (section, key), (attr, parse, _) in _KEYS.items():
         try:
             values[attr] = parse(raw[(section, key)])
         except ValueError as e:
-            raise ConfigError(f"{source}: [{section}] {key} = {raw[(section, key)]!r}: {e}") from None
+            where = given.get((section, key), source)
+            raise ConfigError(f"{where}: [{section}] {key} = {raw[(section, key)]!r}: {e}") from None
     env = os.environ if environ is None else environ
     values["hmac_secret"] = _secret(source, "hmac_secret_file", _under(base, values["hmac_secret_file"]), env.get("WSGW_HMAC_SECRET"))
     values["public_key_pem"] = _secret(source, "public_key_file", _under(base, values["public_key_file"]), None)
@@ -360,13 +363,14 @@ def _check(config: Config) -> None:
 def worker_count(config: Config) -> int:
     """The processes ``[server] workers`` asks for: the number given, or for ``auto`` the CPUs this process may
     run on (``os.sched_getaffinity``: a CPU set by taskset, systemd ``CPUAffinity=`` or a container counts, not
-    the machine's), at least 1."""
+    the machine's), at least 1 and at most ``MAX_WORKERS``."""
     if config.workers:
         return config.workers
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return min(max(1, cpus), MAX_WORKERS)
 
 
 class _NoReactor:
