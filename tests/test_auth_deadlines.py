@@ -208,3 +208,26 @@ async def _pause(seconds: float) -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, seconds, lambda: None)
+
+
+def test_a_socket_opened_after_the_wall_clock_stepped_back_is_closed_at_its_own_deadline() -> None:
+    """The reactor's clock is the wall clock (``time.time``): stepped back 50 s (NTP, a restored VM), a socket
+    opened since then has a deadline earlier than those held before it. It is closed at its own deadline, as its
+    own timer closed it, not behind theirs (50 s late); theirs come no later than its own (never early: they have
+    waited at least as long), and a socket opened later still is closed at its own deadline."""
+    clock = Clock()
+    clock.advance(100)
+    expired: list[tuple[int, float]] = []
+    deadlines = Deadlines(clock, 30, lambda s: expired.append((s.sid, clock.seconds())))
+    before = Session(RecordingConnection(), None)
+    deadlines.add(before)  # due at 130
+    clock.rightNow = 50.0  # stepped back
+    after = Session(RecordingConnection(), None)
+    deadlines.add(after)  # due at 80
+    clock.advance(5)
+    last = Session(RecordingConnection(), None)
+    deadlines.add(last)  # due at 85
+    while clock.seconds() < 140:
+        clock.advance(1)
+    assert expired == [(before.sid, 80.0), (after.sid, 80.0), (last.sid, 85.0)]
+    assert clock.getDelayedCalls() == []

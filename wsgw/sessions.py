@@ -135,7 +135,8 @@ class Deadlines:
     first deadline is scheduled; a discard is a dict deletion, not a timer's cancel or move. (A reactor timer per
     session, moved on to the token's expiry at subscribe, came due 30 s after each connect anyway: a re-sort of the
     reactor's heap in Twisted's runUntilCurrent, ~1.6 µs a socket, 16 ms for a storm of 10,000; bench/RESULTS.md
-    "Auth deadlines".)
+    "Auth deadlines".) When the clock went back (the reactor's is the wall clock: NTP, a restored VM), those held
+    are due no later than the one added, which would otherwise wait behind them (they have waited longer).
     The timer is left to fire when the last session is discarded (a cancel costs the heap as much): at most one
     is pending. ``expire`` raising is logged; the other sessions due still expire."""
 
@@ -143,8 +144,9 @@ class Deadlines:
         self._clock = clock
         self._timeout = timeout
         self._expire = expire
-        self._held: dict[Session, float] = {}  # session -> deadline (s, the clock's), in the order added
+        self._held: dict[Session, float] = {}  # session -> deadline (s, the clock's), in the order added = theirs
         self._call: IDelayedCall | None = None
+        self._latest = 0.0  # the latest deadline added
 
     def __len__(self) -> int:
         return len(self._held)
@@ -152,9 +154,18 @@ class Deadlines:
     def add(self, session: Session) -> None:
         if self._timeout <= 0:  # no deadline
             return
-        self._held[session] = self._clock.seconds() + self._timeout
+        now = self._clock.seconds()
+        deadline = self._held[session] = now + self._timeout
+        if deadline < self._latest:  # the clock went back: none held is due later than this one (none early)
+            for held, due in self._held.items():
+                if due > deadline:
+                    self._held[held] = deadline
+            if self._call is not None and self._call.active():
+                self._call.cancel()
+            self._call = None
+        self._latest = deadline
         if self._call is None:
-            self._call = self._clock.callLater(self._timeout, self._due)
+            self._call = self._clock.callLater(max(0.0, next(iter(self._held.values())) - now), self._due)
 
     def discard(self, session: Session) -> None:
         self._held.pop(session, None)
