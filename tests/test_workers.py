@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from typing import Any
 
 import pytest_twisted
@@ -18,6 +19,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.task import deferLater
 
 from tests.support.daemon import Publisher, channels, new_prefix, scrape, token, value, workspace
 from tests.support.redis_server import free_port, shared_endpoint
@@ -455,5 +457,31 @@ async def test_the_bus_stream_is_counted_once_and_on_through_two_kills(tmp_path)
             await eventually(restarted, f"worker {slot} started again", timeout=30)
             await publish(4, f"after{slot}-")
             await counted(4 * (slot + 2))
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_worker_closes_its_unauthenticated_sockets_at_their_own_deadlines(tmp_path) -> None:
+    """workers = 2, auth_timeout = 2: sockets opened 0.4 s apart on /ws and /chat (served by both workers, the
+    kernel's choice) are closed 4001 each at its own open + 2 s (within a reactor turn and the close handshake);
+    a subscribed one stays."""
+    daemon = await start(tmp_path, extra="[websocket]\nauth_timeout = 2\n")
+    try:
+        clients, opened, closed_at = [], [], {}
+        for i in range(6):
+            client = await connect(daemon.port, "/chat" if i % 2 else "/ws")
+            opened.append(time.time())
+            client.closed.addCallback(lambda result, i=i: closed_at.setdefault(i, (time.time(), result))[1])
+            clients.append(client)
+            await deferLater(reactor, 0.4, lambda: None)
+        kept = await subscribed(daemon.port, "alice")
+        await gatherResults([client.wait_closed(6) for client in clients])
+        for i, at in enumerate(opened):
+            when, code = closed_at[i]
+            assert code == (4001, "authentication timeout")
+            assert at + 2 - 0.05 <= when < at + 2 + 1.0, (i, when - at)
+        await deferLater(reactor, 2.2, lambda: None)
+        assert not kept.closed.called
     finally:
         await daemon.stop()
