@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -222,12 +222,12 @@ def test_the_table_has_a_go_column_when_go_ran_and_checks_issue_13s_goals() -> N
                       "N=1,000 selective (10.0 recipients per event): CPU per event ≤ 0.8× Go's"]
 
 
-def test_selective_phases_publish_only_to_workspaces_that_exist_when_n_is_under_1000(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """``per_event.py --n 200``: the selective phases (1,000 workspaces; then one per session, 1,000 of them hot)
-    with 200 sessions publish to existing workspaces only (an IndexError ended the run at ``selective_one``), each
-    event expecting its workspace's sessions."""
+def _run_selective(monkeypatch: pytest.MonkeyPatch, groups: int,
+                   grouping: Callable[[list[Any], int], list[list[Any]]]) -> tuple[Any, list[int], list[int]]:
+    """The loader's two selective phases for 200 sessions grouped by ``grouping(clients, groups)``, without a
+    server (every event complete at once): the loader, each event's expected recipients, the groupings asked."""
     expected: list[int] = []
+    asked: list[int] = []
 
     class Instant(loadgen.Tracker):  # every event complete at once: no server, no wait
         def expect(self, seq: int, recipients: int) -> None:
@@ -237,18 +237,29 @@ def test_selective_phases_publish_only_to_workspaces_that_exist_when_n_is_under_
 
     clients = [argparse.Namespace(sink=None) for _ in range(200)]
 
-    async def resubscribe(groups: int) -> list[list[Any]]:
-        return [[clients[w]] if w < 200 else [] for w in range(groups)]
+    async def resubscribe(n: int) -> list[list[Any]]:
+        asked.append(n)
+        return grouping(clients, n)
 
     monkeypatch.setattr(loadgen, "Tracker", Instant)
     args = argparse.Namespace(server_pid=[], prefix="t", server="gateway", n=200, selective_rate=2000,
-                              selective_duration=0.05, selective_groups=1000)
+                              selective_duration=0.05, selective_groups=groups)
     runner = loadgen.Run(args)
     runner.clients = clients  # type: ignore[assignment]
     monkeypatch.setattr(runner, "_resubscribe", resubscribe)
     monkeypatch.setattr(runner.redis, "publish", lambda channel, payload: None)
     monkeypatch.setattr(runner, "sample", lambda: (0.0, 0, loadgen._now()))
     asyncio.run(runner.selective())
+    return runner, expected, asked
+
+
+def test_selective_phases_publish_only_to_workspaces_that_exist_when_n_is_under_1000(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``per_event.py --n 200``: the selective phases (1,000 workspaces; then one per session, 1,000 of them hot)
+    with 200 sessions publish to existing workspaces only (an IndexError ended the run at ``selective_one``), each
+    event expecting its workspace's sessions."""
+    runner, expected, _ = _run_selective(
+        monkeypatch, 1000, lambda clients, n: [[clients[w]] if w < 200 else [] for w in range(n)])
     assert set(runner.results) >= {"selective", "selective_one"}
     assert expected and set(expected) <= {0, 1} and 1 in expected
 
@@ -256,30 +267,7 @@ def test_selective_phases_publish_only_to_workspaces_that_exist_when_n_is_under_
 def test_selective_groups_sets_the_recipients_of_the_first_phase(monkeypatch: pytest.MonkeyPatch) -> None:
     """``per_event.py --selective-groups 20`` at N = 200: the first selective phase groups the sessions in 20
     workspaces, so each of its events expects 10 recipients (issue 13's 10-recipient event at N = 1,000: 100)."""
-    groups_asked: list[int] = []
-    expected: list[int] = []
-
-    class Instant(loadgen.Tracker):
-        def expect(self, seq: int, recipients: int) -> None:
-            super().expect(seq, recipients)
-            expected.append(recipients)
-            self.completed += 1
-
-    clients = [argparse.Namespace(sink=None) for _ in range(200)]
-
-    async def resubscribe(groups: int) -> list[list[Any]]:
-        groups_asked.append(groups)
-        return [clients[w::groups] for w in range(groups)]
-
-    monkeypatch.setattr(loadgen, "Tracker", Instant)
-    args = argparse.Namespace(server_pid=[], prefix="t", server="gateway", n=200, selective_rate=2000,
-                              selective_duration=0.05, selective_groups=20)
-    runner = loadgen.Run(args)
-    runner.clients = clients  # type: ignore[assignment]
-    monkeypatch.setattr(runner, "_resubscribe", resubscribe)
-    monkeypatch.setattr(runner.redis, "publish", lambda channel, payload: None)
-    monkeypatch.setattr(runner, "sample", lambda: (0.0, 0, loadgen._now()))
-    asyncio.run(runner.selective())
+    runner, expected, asked = _run_selective(monkeypatch, 20, lambda clients, n: [clients[w::n] for w in range(n)])
     first = runner.results["selective"]
-    assert groups_asked == [20, 200]
+    assert asked == [20, 200]
     assert expected[:first["events"]] == [10] * first["events"] and first["events"] > 0
